@@ -1,0 +1,43 @@
+// Runs the benchmark suites in bench/ and prints their figures.
+//
+//   deno task bench                 every suite, as a table
+//   deno task bench --json          one JSON object per line: {"name", "value", "unit"}
+//   deno task bench runtime gpu     only the suites whose file name starts with these words
+//
+// A suite is a file `bench/<name>_bench.ts` exporting `run(report)`; it calls `report` once per
+// figure. Figures are measured, never asserted.
+import { parseArgs } from "node:util";
+import type { Figure } from "./figure.ts";
+
+const { values, positionals } = parseArgs({
+  args: Deno.args,
+  options: { json: { type: "boolean", default: false } },
+  allowPositionals: true,
+});
+
+const dir = new URL(".", import.meta.url);
+const suites = [...Deno.readDirSync(dir)]
+  .map((e) => e.name)
+  .filter((n) => n.endsWith("_bench.ts"))
+  .map((n) => n.slice(0, -"_bench.ts".length))
+  .filter((n) => positionals.length === 0 || positionals.some((p) => n.startsWith(p)))
+  .sort();
+if (suites.length === 0) {
+  console.error(`bench: no suite matches ${positionals.join(", ")}`);
+  Deno.exit(2);
+}
+
+const rows: (Figure & { suite: string })[] = [];
+for (const suite of suites) {
+  const mod = await import(new URL(`${suite}_bench.ts`, dir).href);
+  if (!values.json) console.log(`\n== ${suite}`);
+  await mod.run((f: Figure) => {
+    rows.push({ ...f, suite });
+    if (values.json) {
+      console.log(JSON.stringify({ name: f.name, value: f.value, unit: f.unit }));
+    } else {
+      const v = Number.isInteger(f.value) ? String(f.value) : f.value.toPrecision(4);
+      console.log(`  ${f.name.padEnd(56)} ${v.padStart(12)} ${f.unit}`);
+    }
+  });
+}
