@@ -33,7 +33,11 @@ function hasVulkanDriver(): boolean {
     "/usr/local/share/vulkan/icd.d",
     "/usr/local/nvidia/share/vulkan/icd.d",
   ];
-  const loader = ["/usr/lib/x86_64-linux-gnu/libvulkan.so.1", "/usr/lib/aarch64-linux-gnu/libvulkan.so.1", "/usr/lib/libvulkan.so.1"]
+  const loader = [
+    "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
+    "/usr/lib/aarch64-linux-gnu/libvulkan.so.1",
+    "/usr/lib/libvulkan.so.1",
+  ]
     .some(exists);
   if (!loader) return false;
   if (Deno.env.get("VK_DRIVER_FILES") || Deno.env.get("VK_ICD_FILENAMES")) return true;
@@ -61,7 +65,9 @@ if (missing.length > 0) {
   const cmd = `apt-get update && apt-get install -y ${names.join(" ")}`;
   const isRoot = Deno.uid?.() === 0;
   if (isRoot && onPath("apt-get")) {
-    console.error(`setup: installing ${names.join(", ")} (${missing.map((p) => p.why).join("; ")})`);
+    console.error(
+      `setup: installing ${names.join(", ")} (${missing.map((p) => p.why).join("; ")})`,
+    );
     const ok = await run(["apt-get", "update", "-qq"]) &&
       await run(["apt-get", "install", "-y", "-qq", ...names]);
     if (!ok || PACKAGES.some((p) => !p.present())) {
