@@ -1,0 +1,9 @@
+/**
+ * The data pipeline in one import: JSONL loading, encoding and masking, batch plans and the
+ * data cursor (DESIGN §4).
+ * @module
+ */
+export * from "./data_errors.ts";
+export * from "./jsonl.ts";
+export * from "./encode.ts";
+export * from "./batching.ts";
