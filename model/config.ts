@@ -163,7 +163,8 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
   }
   const hd = head_dim ?? hidden_size / num_attention_heads;
   if (hd % 2 !== 0) {
-    throw new ConfigError(`config.json: head dimension ${hd} must be even for RoPE`, "head_dim");
+    const how = head_dim === undefined ? " (hidden_size / num_attention_heads)" : "";
+    throw new ConfigError(`config.json: head_dim ${hd}${how} must be even for RoPE`, "head_dim");
   }
 
   const tie = json.tie_word_embeddings ?? HF_DEFAULTS.tie_word_embeddings;
