@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { ByteTokenizer } from "../model/tokenizer.ts";
-import { DataError, encodeExample, encodeExamples, packMicroBatch } from "../train/data.ts";
+import {
+  DataError,
+  encodeExample,
+  encodeExamples,
+  packMicroBatch,
+  promptIds,
+} from "../train/data.ts";
 import { Rng } from "../train/rng.ts";
 
 const tok = new ByteTokenizer();
@@ -82,4 +88,13 @@ Deno.test("packMicroBatch: rows in the given order and the count of j >= 1 targe
   assert.equal(packMicroBatch(enc, [0, 1, 2], 6).targets, 2 + 3 + 2);
   assert.throws(() => packMicroBatch(enc, [3], 6), DataError);
   assert.throws(() => packMicroBatch(enc, [0], 7), DataError);
+});
+
+Deno.test("promptIds: the training prefix of the response", () => {
+  assert.deepEqual(promptIds(tok, "ab"), [1, A, B]);
+  const e = encodeExample(tok, { prompt: "ab", response: "cab" }, 16);
+  const p = promptIds(tok, "ab");
+  assert.deepEqual(Array.from(e.ids.slice(0, p.length)), p);
+  assert.equal(e.targetMask[p.length], 1);
+  assert.equal(e.targetMask[p.length - 1], 0);
 });

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { readLlamaConfig } from "../model/config.ts";
 import {
   ByteTokenizer,
   HfJsonTokenizer,
@@ -172,4 +173,13 @@ Deno.test("loadTokenizer: byte tokenizer without tokenizer.json; mismatched conf
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("loadTokenizer: the shared byte-level fixture, through its parsed config.json", async () => {
+  const dir = new URL("../../shared/fixtures/llama-tiny", import.meta.url).pathname;
+  const config = await readLlamaConfig(`${dir}/config.json`);
+  const t = await loadTokenizer(dir, config);
+  assert.equal(t.kind, "byte");
+  assert.equal(t.vocabSize, config.vocab_size);
+  assert.deepEqual([t.pad, t.bos, t.eos], [0, 1, 2]);
 });

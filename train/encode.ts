@@ -56,6 +56,14 @@ export function encodeExample(
   return { ids, targetMask, length: Math.min(full, seqLen), truncated: full > seqLen };
 }
 
+/**
+ * The ids a generation starts from: [bos] + enc(prompt), the same prefix that training puts
+ * before the response.
+ */
+export function promptIds(tok: Tokenizer, prompt: string): number[] {
+  return [tok.bos, ...tok.encode(prompt)];
+}
+
 /** Every example of a data set, encoded once. */
 export function encodeExamples(
   tok: Tokenizer,
