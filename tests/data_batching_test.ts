@@ -6,6 +6,7 @@ import {
   epochOrder,
   epochSeed,
   shardBatch,
+  stepPlan,
 } from "../train/data.ts";
 import { Rng } from "../train/rng.ts";
 
@@ -70,6 +71,7 @@ Deno.test("worked example, shuffled: N = 10, batch 8, K = 2, M = 2, 2 epochs", (
     ]);
     assert.deepEqual([...o].sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
   }
+  assert.deepEqual(stepPlan({ ...base, numExamples: 10, shuffle: true }, 1), plan.step(1));
   assert.notDeepEqual(orders[0], orders[1]);
   assert.notDeepEqual(orders[0], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
   // Same seed, same orders; another seed, other orders.

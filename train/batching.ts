@@ -208,6 +208,11 @@ export class BatchPlan {
   }
 }
 
+/** What step t of a run with `config` trains on (a BatchPlan, built once, is cheaper per step). */
+export function stepPlan(config: BatchConfig, t: number): StepPlan {
+  return new BatchPlan(config).step(t);
+}
+
 function checkShape(batchSize: number, workers: number, microBatch: number): void {
   if (batchSize % (workers * microBatch) !== 0) {
     throw new BatchConfigError(
