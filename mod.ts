@@ -4,3 +4,5 @@
  * This module only re-exports; each part lives in its own folder (see README.md).
  * @module
  */
+
+export * from "./runtime/mod.ts";

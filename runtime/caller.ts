@@ -1,0 +1,313 @@
+/**
+ * The calling side: requests over one multiplexed inbox, with timeouts, cancellation and
+ * failure detection.
+ *
+ * Each process subscribes once to `<inbox>.*`; a call publishes to the actor's subject with a
+ * reply subject `<inbox>.<callId>`. Pending calls are indexed by actor, so when the directory
+ * learns that an incarnation ended (heartbeats stopped, or a down event) its pending calls fail
+ * with ActorDiedError at once instead of waiting for their timeout. While an actor restarts,
+ * new calls wait for it (up to their deadline) or fail at once with `failFast`.
+ * @module
+ */
+import { createInbox, type Msg, type NatsConnection, type Subscription } from "@nats-io/nats-core";
+import type { Meta } from "./codec.ts";
+import type { Directory } from "./directory.ts";
+import {
+  ActorDiedError,
+  ActorNotFoundError,
+  CallCancelledError,
+  CallTimeoutError,
+  FrameError,
+  fromWireError,
+  SystemClosedError,
+  type WireError,
+} from "./errors.ts";
+import type { Subjects } from "./protocol.ts";
+import { FrameInbox, type Incoming, isNoResponders, publishFrame } from "./wire.ts";
+import { encodeFrame } from "./codec.ts";
+
+/** Default call timeout (DESIGN §5). */
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+type Outcome = { kind: "reply"; m: Incoming } | { kind: "noresp" };
+
+interface Pending {
+  actor?: string;
+  inc?: number;
+  resolve(o: Outcome): void;
+  reject(e: Error): void;
+}
+
+/** Traffic counters of one process (payload bytes, without NATS protocol overhead). */
+export interface TrafficStats {
+  bytesSent: number;
+  bytesReceived: number;
+  calls: number;
+}
+
+/** Options of one request. */
+export interface RequestOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  failFast?: boolean;
+}
+
+/** Sends calls and requests and routes their replies. */
+export class Caller {
+  readonly #nc: NatsConnection;
+  readonly #dir: Directory;
+  readonly #subjects: Subjects;
+  readonly #prefix: string;
+  readonly #inbox: FrameInbox;
+  readonly #pending = new Map<number, Pending>();
+  readonly #byActor = new Map<string, Set<Pending>>();
+  readonly stats: TrafficStats = { bytesSent: 0, bytesReceived: 0, calls: 0 };
+  #sub?: Subscription;
+  #next = 1;
+  #closed = false;
+  #off?: () => void;
+
+  constructor(nc: NatsConnection, subjects: Subjects, dir: Directory, maxFrameBytes: number) {
+    this.#nc = nc;
+    this.#dir = dir;
+    this.#subjects = subjects;
+    this.#prefix = createInbox();
+    this.#inbox = new FrameInbox(maxFrameBytes);
+  }
+
+  /** Starts routing replies and watching for dead actors. */
+  start() {
+    this.#sub = this.#nc.subscribe(`${this.#prefix}.*`, {
+      callback: (err, msg) => {
+        if (!err) this.#onReply(msg);
+      },
+    });
+    this.#off = this.#dir.on((e) => {
+      if (e.type !== "actor_down") return;
+      const set = this.#byActor.get(e.actor.id);
+      if (!set) return;
+      for (const p of [...set]) {
+        if (p.inc === e.actor.inc) p.reject(new ActorDiedError(e.actor.id, e.reason, e.detail));
+      }
+    });
+  }
+
+  #onReply(msg: Msg) {
+    const id = Number(msg.subject.slice(this.#prefix.length + 1));
+    const p = this.#pending.get(id);
+    if (!p) return;
+    if (isNoResponders(msg)) return p.resolve({ kind: "noresp" });
+    let m: Incoming | undefined;
+    try {
+      m = this.#inbox.accept(msg);
+    } catch (e) {
+      return p.reject(e instanceof FrameError ? e : new FrameError(String(e)));
+    }
+    if (m) {
+      this.stats.bytesReceived += m.bytes;
+      p.resolve({ kind: "reply", m });
+    }
+  }
+
+  #register(p: Pending): number {
+    const id = this.#next++;
+    this.#pending.set(id, p);
+    if (p.actor !== undefined) {
+      let set = this.#byActor.get(p.actor);
+      if (!set) this.#byActor.set(p.actor, set = new Set());
+      set.add(p);
+    }
+    return id;
+  }
+
+  #unregister(id: number, p: Pending) {
+    this.#pending.delete(id);
+    if (p.actor !== undefined) {
+      const set = this.#byActor.get(p.actor);
+      set?.delete(p);
+      if (set && set.size === 0) this.#byActor.delete(p.actor);
+    }
+  }
+
+  /**
+   * Publishes one request and waits for its outcome. Rejects with CallTimeoutError at the
+   * deadline, CallCancelledError when `signal` aborts, ActorDiedError when the directory sees
+   * incarnation `inc` of `actor` end.
+   */
+  #exchange(
+    subject: string,
+    meta: Meta,
+    value: unknown,
+    deadline: number,
+    what: { actor: string; method: string; inc?: number; timeoutMs: number },
+    signal?: AbortSignal,
+  ): Promise<Outcome> {
+    if (this.#closed) return Promise.reject(new SystemClosedError("the system is shut down"));
+    const frame = encodeFrame(meta, value);
+    return new Promise<Outcome>((resolve, reject) => {
+      const live: { timer?: ReturnType<typeof setTimeout> } = {};
+      let id = 0;
+      const tracked = what.inc !== undefined;
+      const cleanup = () => {
+        clearTimeout(live.timer);
+        signal?.removeEventListener("abort", onAbort);
+        this.#unregister(id, p);
+      };
+      const cancelRemote = () => {
+        if (tracked) {
+          try {
+            this.#nc.publish(subject, encodeFrame({ k: "cancel" }, null), {
+              reply: `${this.#prefix}.${id}`,
+            });
+          } catch { /* closed */ }
+        }
+      };
+      const p: Pending = {
+        actor: tracked ? what.actor : undefined,
+        inc: what.inc,
+        resolve: (o) => {
+          cleanup();
+          resolve(o);
+        },
+        reject: (e) => {
+          cleanup();
+          reject(e);
+        },
+      };
+      const onAbort = () => {
+        p.reject(new CallCancelledError(what.actor, what.method));
+        cancelRemote();
+      };
+      if (signal?.aborted) return reject(new CallCancelledError(what.actor, what.method));
+      id = this.#register(p);
+      live.timer = setTimeout(() => {
+        p.reject(new CallTimeoutError(what.actor, what.method, what.timeoutMs));
+        cancelRemote();
+      }, Math.max(0, deadline - Date.now()));
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.stats.bytesSent += frame.byteLength;
+      publishFrame(this.#nc, subject, frame, `${this.#prefix}.${id}`).catch((e) => p.reject(e));
+    });
+  }
+
+  /** Calls `method` of actor `id`, with the input already validated. Returns the raw output. */
+  async call(
+    id: string,
+    method: string,
+    value: unknown,
+    options: RequestOptions = {},
+  ): Promise<unknown> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const deadline = Date.now() + timeoutMs;
+    const what = { actor: id, method, timeoutMs, inc: 0 };
+    this.stats.calls++;
+    for (;;) {
+      const e = this.#dir.actor(id);
+      if (!e) throw new ActorNotFoundError(id);
+      if (e.state === "gone") throw new ActorDiedError(id, e.reason ?? "stopped", e.detail);
+      if (e.state !== "up") {
+        if (options.failFast) throw new ActorDiedError(id, e.reason ?? "node", "it is restarting");
+        await this.#waitChange(id, deadline, what, options.signal);
+        continue;
+      }
+      what.inc = e.info.inc;
+      const remaining = Math.max(1, deadline - Date.now());
+      const o = await this.#exchange(
+        this.#subjects.actor(id),
+        { k: "call", m: method, t: remaining, i: e.info.inc },
+        value,
+        deadline,
+        what,
+        options.signal,
+      );
+      if (o.kind === "noresp") {
+        // Not subscribed (yet or any more): the directory will learn why shortly.
+        if (options.failFast) throw new ActorDiedError(id, "node", "it is not reachable");
+        await this.#waitChange(
+          id,
+          Math.min(deadline, Date.now() + 100),
+          what,
+          options.signal,
+          deadline,
+        );
+        continue;
+      }
+      const meta = o.m.meta;
+      if (meta.k === "ok") return o.m.value;
+      const w = meta.e as WireError;
+      if (w?.code === "STALE_INCARNATION") {
+        await this.#waitChange(
+          id,
+          Math.min(deadline, Date.now() + 100),
+          what,
+          options.signal,
+          deadline,
+        );
+        continue;
+      }
+      throw fromWireError(
+        w ?? { code: "REMOTE", name: "Error", message: "malformed reply" },
+        id,
+        method,
+      );
+    }
+  }
+
+  /** A plain request to a runtime endpoint (node control); the reply's value or its typed error. */
+  async request(
+    subject: string,
+    meta: Meta,
+    value: unknown,
+    what: { actor: string; method: string },
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<unknown> {
+    const o = await this.#exchange(
+      subject,
+      meta,
+      value,
+      Date.now() + timeoutMs,
+      { ...what, timeoutMs },
+      signal,
+    );
+    if (o.kind === "noresp") throw new ActorNotFoundError(what.actor);
+    if (o.m.meta.k === "ok") return o.m.value;
+    throw fromWireError(o.m.meta.e as WireError, what.actor, what.method);
+  }
+
+  async #waitChange(
+    id: string,
+    until: number,
+    what: { actor: string; method: string; timeoutMs: number },
+    signal?: AbortSignal,
+    deadline = until,
+  ) {
+    if (Date.now() >= deadline) throw new CallTimeoutError(what.actor, what.method, what.timeoutMs);
+    if (signal?.aborted) throw new CallCancelledError(what.actor, what.method);
+    const ac = new AbortController();
+    const onAbort = () => ac.abort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const timer = setTimeout(() => ac.abort(), Math.max(0, until - Date.now()));
+    try {
+      await this.#dir.changed(id, ac.signal);
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    }
+    if (signal?.aborted) throw new CallCancelledError(what.actor, what.method);
+    if (Date.now() >= deadline) throw new CallTimeoutError(what.actor, what.method, what.timeoutMs);
+    if (this.#closed) throw new SystemClosedError("the system is shut down");
+  }
+
+  /** Fails every pending request and stops routing replies. */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#off?.();
+    this.#sub?.unsubscribe();
+    for (const p of [...this.#pending.values()]) {
+      p.reject(new SystemClosedError("the system is shut down"));
+    }
+    this.#inbox.clear();
+  }
+}

@@ -1,0 +1,302 @@
+/**
+ * Binary frames: one message = routing metadata + a value whose typed arrays travel as raw bytes.
+ *
+ * Layout (all integers little-endian):
+ *
+ * ```
+ *  0  u32  magic "AFR1"
+ *  4  u32  header length H
+ *  8  u32  checksum of the header bytes
+ * 12  u32  reserved (0)
+ * 16  H bytes of UTF-8 JSON: [meta, value?, tensors?] (no value: undefined)
+ *     zero padding to a multiple of 8
+ *     tensor bytes, each block 8-aligned, at the offsets the header lists (counted from the
+ *     end of the padding)
+ * ```
+ *
+ * In the JSON `value`, each tensor is replaced by `null`; `tensors` lists for each one its name
+ * (its path in the value, dotted), path, dtype, shape, byte offset and checksum. Tensors are
+ * never written as JSON arrays of numbers. Decoding checks every length, bound and checksum and
+ * throws {@link FrameError} on anything inconsistent, so a corrupt or truncated frame is never
+ * half-read.
+ * @module
+ */
+import { checksum32 } from "./checksum.ts";
+import { EncodeError, FrameError } from "./errors.ts";
+import {
+  type DType,
+  DTYPE_BYTES,
+  dtypeOf,
+  shapeOf,
+  type TensorArray,
+  viewAs,
+  withShape,
+} from "./tensor.ts";
+
+/** Marks a binary frame ("AFR1"). */
+export const FRAME_MAGIC = 0x31524641;
+const PREFIX = 16;
+
+if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
+  throw new Error("the actor runtime needs a little-endian host (tensors travel little-endian)");
+}
+
+/** Header entry of one tensor. */
+export interface TensorHeader {
+  /** Dotted path of the tensor in the value, e.g. `delta.0.a`. */
+  n: string;
+  /** Path of the tensor in the value. */
+  p: (string | number)[];
+  d: DType;
+  s: number[];
+  /** Byte offset from the start of the tensor region (after the padded header). */
+  o: number;
+  /** Checksum of the tensor bytes. */
+  c: number;
+}
+
+/** Routing metadata of a frame (small, JSON). */
+export type Meta = Record<string, unknown>;
+
+/** A decoded frame. */
+export interface Decoded {
+  meta: Meta;
+  value: unknown;
+  /** Descriptions of the tensors the value carried. */
+  tensors: readonly TensorHeader[];
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+const FORBIDDEN_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+
+function isPlainContainer(v: unknown): v is Record<string, unknown> | unknown[] {
+  if (typeof v !== "object" || v === null) return false;
+  if (Array.isArray(v)) return true;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+function hasTensor(v: unknown): boolean {
+  if (typeof v !== "object" || v === null) return false;
+  if (ArrayBuffer.isView(v)) return true;
+  if (!isPlainContainer(v)) return false;
+  if (Array.isArray(v)) {
+    for (const x of v) if (hasTensor(x)) return true;
+    return false;
+  }
+  for (const k in v) if (hasTensor(v[k])) return true;
+  return false;
+}
+
+interface Pending {
+  header: TensorHeader;
+  array: TensorArray;
+}
+
+function extract(v: unknown, path: (string | number)[], out: Pending[]): unknown {
+  if (typeof v !== "object" || v === null) return v;
+  if (ArrayBuffer.isView(v)) {
+    const dtype = dtypeOf(v);
+    if (!dtype) {
+      throw new EncodeError(
+        `${v.constructor.name} at ${path.join(".") || "(root)"} cannot travel as a tensor ` +
+          `(supported: Float32Array, Int32Array, Uint8Array)`,
+      );
+    }
+    const array = v as TensorArray;
+    out.push({
+      header: { n: path.join("."), p: [...path], d: dtype, s: [...shapeOf(array)], o: 0, c: 0 },
+      array,
+    });
+    return null;
+  }
+  if (!isPlainContainer(v)) return v;
+  if (Array.isArray(v)) return v.map((x, i) => extract(x, [...path, i], out));
+  const o: Record<string, unknown> = {};
+  for (const k in v) o[k] = extract(v[k], [...path, k], out);
+  return o;
+}
+
+function json(x: unknown): string {
+  try {
+    return JSON.stringify(x);
+  } catch (e) {
+    throw new EncodeError(`value cannot be encoded: ${(e as Error).message}`);
+  }
+}
+
+function bytesOf(a: TensorArray): Uint8Array {
+  return a instanceof Uint8Array ? a : new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/** Encodes `meta` and `value` into one frame. */
+export function encodeFrame(meta: Meta, value: unknown): Uint8Array {
+  if (hasTensor(value)) {
+    const pending: Pending[] = [];
+    const stripped = extract(value, [], pending);
+    let off = 0;
+    for (const p of pending) {
+      p.header.c = checksum32(bytesOf(p.array));
+      p.header.o = off;
+      off = align8(off + p.array.byteLength);
+    }
+    const header = encoder.encode(json([meta, stripped, pending.map((p) => p.header)]));
+    const base = align8(PREFIX + header.byteLength);
+    const last = pending[pending.length - 1];
+    const out = new Uint8Array(base + last.header.o + last.array.byteLength);
+    writePrefix(out, header);
+    for (const p of pending) out.set(bytesOf(p.array), base + p.header.o);
+    return out;
+  }
+  // A top-level undefined (a method without input) is left out: JSON would turn it into null.
+  const header = encoder.encode(json(value === undefined ? [meta] : [meta, value]));
+  const out = new Uint8Array(PREFIX + header.byteLength);
+  writePrefix(out, header);
+  return out;
+}
+
+function writePrefix(out: Uint8Array, header: Uint8Array) {
+  const dv = new DataView(out.buffer, out.byteOffset, PREFIX);
+  dv.setUint32(0, FRAME_MAGIC, true);
+  dv.setUint32(4, header.byteLength, true);
+  dv.setUint32(8, checksum32(header), true);
+  dv.setUint32(12, 0, true);
+  out.set(header, PREFIX);
+}
+
+function align8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+/** True when `bytes` starts like a frame (used to tell frames from chunks). */
+export function isFrame(bytes: Uint8Array): boolean {
+  return bytes.byteLength >= 4 &&
+    (bytes[0] | (bytes[1] << 8) | (bytes[2] << 16) | (bytes[3] << 24)) === FRAME_MAGIC;
+}
+
+/**
+ * Decodes a frame. Tensors become typed-array views of the frame's bytes (no copy when the frame
+ * is 8-aligned in memory, e.g. after chunk reassembly; one copy otherwise).
+ */
+export function decodeFrame(bytes: Uint8Array): Decoded {
+  if (bytes.byteLength < PREFIX) {
+    throw new FrameError(`frame truncated: ${bytes.byteLength} bytes, the prefix alone is 16`);
+  }
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (dv.getUint32(0, true) !== FRAME_MAGIC) throw new FrameError("not a frame (bad magic)");
+  const h = dv.getUint32(4, true);
+  if (PREFIX + h > bytes.byteLength) {
+    throw new FrameError(
+      `frame truncated: header of ${h} bytes, ${bytes.byteLength - PREFIX} present`,
+    );
+  }
+  const headerBytes = bytes.subarray(PREFIX, PREFIX + h);
+  if (checksum32(headerBytes) !== dv.getUint32(8, true)) {
+    throw new FrameError("frame header checksum mismatch (corrupt frame)");
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(decoder.decode(headerBytes));
+  } catch (e) {
+    throw new FrameError(`frame header is not valid JSON: ${(e as Error).message}`);
+  }
+  if (!Array.isArray(parsed) || parsed.length < 1 || parsed.length > 3) {
+    throw new FrameError("frame header is not [meta, value?, tensors?]");
+  }
+  const [meta, value, tensorList] = parsed as [unknown, unknown, unknown];
+  if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
+    throw new FrameError("frame meta is not an object");
+  }
+  if (tensorList === undefined) {
+    if (bytes.byteLength !== PREFIX + h) {
+      throw new FrameError(`frame has ${bytes.byteLength - PREFIX - h} unexpected trailing bytes`);
+    }
+    return { meta: meta as Meta, value, tensors: [] };
+  }
+  if (!Array.isArray(tensorList) || tensorList.length === 0) {
+    throw new FrameError("frame tensor list is malformed");
+  }
+  let frame = bytes;
+  if ((bytes.byteOffset & 7) !== 0) {
+    // Typed-array views need aligned offsets; one copy is cheaper than a copy per tensor.
+    frame = new Uint8Array(bytes.byteLength);
+    frame.set(bytes);
+  }
+  const headers = tensorList.map((t, i) => checkTensorHeader(t, i));
+  const base = align8(PREFIX + h);
+  let end = 0;
+  let root = value;
+  for (const t of headers) {
+    const size = DTYPE_BYTES[t.d];
+    const count = t.s.reduce((a, b) => a * b, 1);
+    const length = count * size;
+    if (t.o !== end) throw new FrameError(`tensor ${t.n}: offset ${t.o}, expected ${end}`);
+    const at = base + t.o;
+    if (at + length > frame.byteLength) {
+      throw new FrameError(
+        `frame truncated: tensor ${t.n} needs bytes ${at}..${
+          at + length
+        }, frame has ${frame.byteLength}`,
+      );
+    }
+    const raw = new Uint8Array(frame.buffer, frame.byteOffset + at, length);
+    if (checksum32(raw) !== t.c) {
+      throw new FrameError(`tensor ${t.n}: checksum mismatch (corrupt data)`);
+    }
+    const view = viewAs(t.d, frame.buffer as ArrayBuffer, frame.byteOffset + at, count);
+    if (t.s.length !== 1) withShape(view, t.s);
+    root = place(root, t.p, view, t.n);
+    end = align8(t.o + length);
+  }
+  const last = headers[headers.length - 1];
+  const exact = base + last.o + last.s.reduce((a, b) => a * b, 1) * DTYPE_BYTES[last.d];
+  if (frame.byteLength !== exact) {
+    throw new FrameError(`frame has ${frame.byteLength - exact} unexpected trailing bytes`);
+  }
+  return { meta: meta as Meta, value: root, tensors: headers };
+}
+
+function checkTensorHeader(t: unknown, i: number): TensorHeader {
+  const bad = (why: string) => new FrameError(`tensor header ${i} is malformed: ${why}`);
+  if (typeof t !== "object" || t === null) throw bad("not an object");
+  const r = t as Record<string, unknown>;
+  if (typeof r.n !== "string") throw bad("name");
+  if (!Array.isArray(r.p) || !r.p.every((k) => typeof k === "string" || Number.isInteger(k))) {
+    throw bad("path");
+  }
+  if (r.d !== "f32" && r.d !== "i32" && r.d !== "u8") throw bad(`unknown dtype ${String(r.d)}`);
+  if (!Array.isArray(r.s) || !r.s.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw bad("shape");
+  }
+  if (!Number.isSafeInteger(r.o) || (r.o as number) % 8 !== 0) throw bad("offset");
+  if (!Number.isInteger(r.c)) throw bad("checksum");
+  return r as unknown as TensorHeader;
+}
+
+function place(root: unknown, path: (string | number)[], view: TensorArray, name: string): unknown {
+  if (path.length === 0) return view;
+  let node = root;
+  for (let i = 0; i < path.length - 1; i++) {
+    node = step(node, path[i], name);
+  }
+  const k = path[path.length - 1];
+  if (typeof k === "string" && FORBIDDEN_KEYS.has(k)) {
+    throw new FrameError(`tensor ${name}: forbidden key ${k}`);
+  }
+  if (typeof node !== "object" || node === null || (node as Record<string, unknown>)[k] !== null) {
+    throw new FrameError(`tensor ${name}: its path does not lead to a placeholder in the value`);
+  }
+  (node as Record<string | number, unknown>)[k] = view;
+  return root;
+}
+
+function step(node: unknown, k: string | number, name: string): unknown {
+  if (typeof k === "string" && FORBIDDEN_KEYS.has(k)) {
+    throw new FrameError(`tensor ${name}: forbidden key ${k}`);
+  }
+  if (typeof node !== "object" || node === null || !Object.hasOwn(node, k)) {
+    throw new FrameError(`tensor ${name}: its path does not exist in the value`);
+  }
+  return (node as Record<string | number, unknown>)[k];
+}

@@ -1,0 +1,117 @@
+/**
+ * Connecting to NATS by URL: `nats://` (TCP) or `ws://` / `wss://` (WebSocket).
+ *
+ * TCP goes through `@nats-io/transport-node`, which turns Nagle off. WebSocket goes through
+ * `wsconnect` with a socket from the npm `ws` package: Deno's built-in WebSocket client leaves
+ * Nagle on, which costs tens of milliseconds per small request/reply, while `ws` runs on
+ * `node:net` with `setNoDelay`.
+ * @module
+ */
+import { type ConnectionOptions, type NatsConnection, wsconnect } from "@nats-io/nats-core";
+import { connect as tcpConnect } from "@nats-io/transport-node";
+// @ts-types="@types/ws"
+import WebSocket from "ws";
+import { InvalidArgumentError } from "./errors.ts";
+
+/** TLS settings, passed through to the NATS client (files are read by the client). */
+export interface TlsSettings {
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  /** Requires the server to be configured with `handshake_first`. */
+  handshakeFirst?: boolean;
+}
+
+/**
+ * Credentials for a NATS server. Serialisable on purpose: a system hands them to the node
+ * processes it starts (through the environment, never the command line).
+ */
+export interface Credentials {
+  user?: string;
+  pass?: string;
+  token?: string;
+  /** A `.creds` file (JWT and nkey seed), as `nsc` writes it. */
+  credsFile?: string;
+  tls?: TlsSettings;
+}
+
+/** Options of {@link connectNats}. */
+export interface ConnectNatsOptions extends Credentials {
+  /** Connection name shown by the server's monitoring. */
+  name?: string;
+  /** Any further nats.js connection options (e.g. an `authenticator`), applied last. */
+  extra?: Partial<ConnectionOptions>;
+}
+
+/** Environment variable through which node processes receive credentials. */
+export const CREDENTIALS_ENV = "ACTORS_NATS_CREDENTIALS";
+
+/** The scheme family of a server URL. */
+export function transportOf(url: string): "tcp" | "ws" {
+  const scheme = url.split("://")[0].toLowerCase();
+  if (scheme === "ws" || scheme === "wss") return "ws";
+  if (scheme === "nats" || scheme === "tls" || !url.includes("://")) return "tcp";
+  throw new InvalidArgumentError(`unsupported NATS URL scheme in ${url} (use nats:// or ws://)`);
+}
+
+/** Connects to one or more server URLs of the same scheme family. */
+export async function connectNats(
+  servers: string | string[],
+  options: ConnectNatsOptions = {},
+): Promise<NatsConnection> {
+  const list = Array.isArray(servers) ? servers : [servers];
+  if (list.length === 0) throw new InvalidArgumentError("no NATS server URL given");
+  const kinds = new Set(list.map(transportOf));
+  if (kinds.size > 1) {
+    throw new InvalidArgumentError("mixing nats:// and ws:// URLs is not supported");
+  }
+  const base: ConnectionOptions = {
+    servers: list,
+    name: options.name,
+    user: options.user,
+    pass: options.pass,
+    token: options.token,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    ...await authOptions(options),
+    ...options.extra,
+  };
+  if (kinds.has("tcp")) return await tcpConnect(base);
+  return await wsconnect({
+    ...base,
+    wsFactory: (url: string) => {
+      const tls = options.tls;
+      const socket = new WebSocket(url, {
+        perMessageDeflate: false,
+        ca: tls?.caFile ? Deno.readTextFileSync(tls.caFile) : undefined,
+        cert: tls?.certFile ? Deno.readTextFileSync(tls.certFile) : undefined,
+        key: tls?.keyFile ? Deno.readTextFileSync(tls.keyFile) : undefined,
+      });
+      return Promise.resolve({
+        socket: socket as unknown as globalThis.WebSocket,
+        encrypted: url.startsWith("wss://"),
+      });
+    },
+  });
+}
+
+async function authOptions(c: Credentials): Promise<Partial<ConnectionOptions>> {
+  const out: Partial<ConnectionOptions> = {};
+  if (c.tls) out.tls = { ...c.tls };
+  if (c.credsFile) {
+    const { credsAuthenticator } = await import("@nats-io/nats-core");
+    out.authenticator = credsAuthenticator(await Deno.readFile(c.credsFile));
+  }
+  return out;
+}
+
+/** Reads credentials handed over through {@link CREDENTIALS_ENV}, if any. */
+export function credentialsFromEnv(): Credentials {
+  const raw = Deno.env.get(CREDENTIALS_ENV);
+  if (!raw) return {};
+  try {
+    return JSON.parse(raw) as Credentials;
+  } catch {
+    throw new InvalidArgumentError(`${CREDENTIALS_ENV} is not valid JSON`);
+  }
+}

@@ -1,0 +1,305 @@
+/**
+ * One running actor instance: its state, its bounded mailbox, one call at a time.
+ *
+ * Calls are queued in arrival order and run one after another. A full mailbox rejects at once.
+ * Every call carries its timeout: a call still queued at its deadline is dropped, a running one
+ * sees its `signal` abort and its late result is discarded. Stopping fails every queued call.
+ * @module
+ */
+import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core";
+import type { ActorContext, AnyActorDef, CallContext, MethodSpec, Schema } from "./actor.ts";
+import {
+  ActorDiedError,
+  ActorInitError,
+  CallCancelledError,
+  CallTimeoutError,
+  type DeathReason,
+  FrameError,
+  MailboxFullError,
+  SchemaError,
+  StaleIncarnationError,
+  toWireError,
+  UnknownMethodError,
+  type WireError,
+} from "./errors.ts";
+import { type ActorInfo, issuesOf } from "./protocol.ts";
+import { FrameInbox, type Incoming, send } from "./wire.ts";
+
+/** What an instance needs from the process hosting it. */
+export interface InstanceEnv {
+  nc: NatsConnection;
+  subject: string;
+  /** Builds the context handed to `create`, `close` and handlers. */
+  context(info: ActorInfo, stopped: AbortSignal): ActorContext;
+  /** Largest frame accepted in one call (memory bound against rogue senders). */
+  maxFrameBytes: number;
+}
+
+interface Call {
+  method: string;
+  value: unknown;
+  reply: string;
+  deadline: number;
+  timeoutMs: number;
+  ac?: AbortController;
+  done: boolean;
+}
+
+/** A hosted actor. */
+export class ActorInstance {
+  readonly info: ActorInfo;
+  readonly #def: AnyActorDef;
+  readonly #env: InstanceEnv;
+  readonly #mailbox: number;
+  readonly #life = new AbortController();
+  readonly #inbox: FrameInbox;
+  readonly #queue: Call[] = [];
+  #ctx!: ActorContext;
+  #state: unknown;
+  #sub?: Subscription;
+  #running?: Call;
+  #runningDone?: Promise<void>;
+  #stopping = false;
+
+  constructor(env: InstanceEnv, def: AnyActorDef, info: ActorInfo, mailbox: number) {
+    this.#env = env;
+    this.#def = def;
+    this.info = info;
+    this.#mailbox = mailbox;
+    this.#inbox = new FrameInbox(env.maxFrameBytes);
+  }
+
+  /** Aborted when this instance stops. */
+  get stopped(): AbortSignal {
+    return this.#life.signal;
+  }
+
+  /** Validates the input, runs the constructor, then starts taking calls. */
+  async start(input: unknown, initTimeoutMs: number): Promise<void> {
+    const parsed = this.#def.init.safeParse(input);
+    if (!parsed.success) {
+      throw new SchemaError(this.#def.name, "init", issuesOf(parsed.error), true);
+    }
+    this.#ctx = this.#env.context(this.info, this.#life.signal);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const created = Promise.resolve(this.#def.create(parsed.data, this.#ctx));
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`constructor did not finish within ${initTimeoutMs} ms`)),
+          initTimeoutMs,
+        );
+      });
+      this.#state = await Promise.race([created, timeout]);
+    } catch (e) {
+      this.#life.abort(new ActorDiedError(this.info.id, "init"));
+      throw new ActorInitError(this.info.id, e instanceof Error ? e : new Error(String(e)));
+    } finally {
+      clearTimeout(timer);
+    }
+    this.#sub = this.#env.nc.subscribe(this.#env.subject, {
+      callback: (err, msg) => {
+        if (!err) this.#onMessage(msg);
+      },
+    });
+  }
+
+  #onMessage(msg: Msg) {
+    let m: Incoming | undefined;
+    try {
+      m = this.#inbox.accept(msg);
+    } catch (e) {
+      if (msg.reply) {
+        this.#replyError(
+          msg.reply,
+          toWireError(e instanceof FrameError ? e : new FrameError(String(e))),
+        );
+      }
+      return;
+    }
+    if (!m) return;
+    const reply = m.reply;
+    if (!reply) return;
+    const meta = m.meta;
+    if (meta.k === "cancel") return this.#cancel(reply);
+    if (meta.k !== "call") return;
+    const inc = Number(meta.i);
+    if (inc > this.info.inc) return; // a newer incarnation exists: this one must stay silent
+    if (inc < this.info.inc && inc >= 0) {
+      return this.#replyError(
+        reply,
+        new StaleIncarnationError(this.info.id, this.info.inc).toWire(),
+      );
+    }
+    const method = String(meta.m);
+    const timeoutMs = Number(meta.t) > 0 ? Number(meta.t) : 30_000;
+    if (this.#stopping) {
+      return this.#replyError(reply, new ActorDiedError(this.info.id, "stopped").toWire());
+    }
+    if (this.#queue.length >= this.#mailbox) {
+      return this.#replyError(reply, new MailboxFullError(this.info.id, this.#mailbox).toWire());
+    }
+    this.#queue.push({
+      method,
+      value: m.value,
+      reply,
+      deadline: Date.now() + timeoutMs,
+      timeoutMs,
+      done: false,
+    });
+    if (!this.#running) this.#runningDone = this.#drain();
+  }
+
+  async #drain() {
+    while (this.#queue.length > 0 && !this.#stopping) {
+      const call = this.#queue.shift()!;
+      if (Date.now() >= call.deadline) continue; // its caller has already given up
+      this.#running = call;
+      await this.#run(call);
+      this.#running = undefined;
+    }
+  }
+
+  async #run(call: Call) {
+    const spec =
+      (this.#def.methods as Record<string, MethodSpec<unknown, Schema, Schema>>)[call.method];
+    const where = `${this.#def.name}.${call.method}`;
+    if (!spec || !Object.hasOwn(this.#def.methods, call.method)) {
+      return this.#finish(
+        call,
+        undefined,
+        new UnknownMethodError(this.info.id, call.method).toWire(),
+      );
+    }
+    const input = spec.input.safeParse(call.value);
+    if (!input.success) {
+      return this.#finish(
+        call,
+        undefined,
+        new SchemaError(where, "input", issuesOf(input.error), true).toWire(),
+      );
+    }
+    const ac = new AbortController();
+    call.ac = ac;
+    const onStop = () => ac.abort(this.#life.signal.reason);
+    this.#life.signal.addEventListener("abort", onStop, { once: true });
+    const timer = setTimeout(
+      () => ac.abort(new CallTimeoutError(this.info.id, call.method, call.timeoutMs)),
+      Math.max(0, call.deadline - Date.now()),
+    );
+    const ctx: CallContext = { ...this.#ctx, signal: ac.signal, method: call.method };
+    try {
+      const out = await spec.handler(this.#state, input.data, ctx);
+      const parsed = spec.output.safeParse(out);
+      if (!parsed.success) {
+        await this.#finish(
+          call,
+          undefined,
+          new SchemaError(where, "output", issuesOf(parsed.error), true).toWire(),
+        );
+      } else {
+        await this.#finish(call, parsed.data, undefined);
+      }
+    } catch (e) {
+      // Exceptions of the actor's own code always arrive as RemoteError, even when they are
+      // runtime errors of a nested call: the caller must not mistake them for its own.
+      const w = toWireError(e);
+      await this.#finish(call, undefined, {
+        code: "REMOTE",
+        name: "RemoteError",
+        message: w.message,
+        data: {
+          remoteName: w.name,
+          remoteMessage: w.message,
+          remoteStack: w.stack,
+          remoteCode: w.code,
+        },
+      });
+    } finally {
+      clearTimeout(timer);
+      this.#life.signal.removeEventListener("abort", onStop);
+    }
+  }
+
+  async #finish(call: Call, value: unknown, error: WireError | undefined) {
+    if (call.done) return;
+    call.done = true;
+    if (call.ac?.signal.aborted && Date.now() >= call.deadline) return; // caller timed out
+    try {
+      if (error) await send(this.#env.nc, call.reply, { k: "err", e: error }, null);
+      else await send(this.#env.nc, call.reply, { k: "ok" }, value);
+    } catch (e) {
+      // The value could not be encoded (e.g. a Float64Array): tell the caller why.
+      if (!error) {
+        this.#replyError(call.reply, toWireError(e));
+      }
+    }
+  }
+
+  #replyError(reply: string, error: WireError) {
+    send(this.#env.nc, reply, { k: "err", e: error }, null).catch(() => {});
+  }
+
+  #cancel(reply: string) {
+    const i = this.#queue.findIndex((c) => c.reply === reply);
+    if (i >= 0) {
+      this.#queue.splice(i, 1);
+      return;
+    }
+    const r = this.#running;
+    if (r && r.reply === reply) {
+      r.ac?.abort(new CallCancelledError(this.info.id, r.method));
+      r.done = true;
+    }
+  }
+
+  /** Calls waiting in the mailbox (not counting the running one). */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  /**
+   * Stops the instance: queued calls fail with ActorDiedError, the running call's signal aborts
+   * (a graceful stop waits up to `graceMs` for it), then `close` runs and the endpoint goes.
+   */
+  async stop(mode: "stop" | "kill", reason: DeathReason, graceMs: number): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    const died = new ActorDiedError(this.info.id, reason);
+    this.#sub?.unsubscribe();
+    this.#sub = undefined;
+    for (const c of this.#queue.splice(0)) {
+      c.done = true;
+      this.#replyError(c.reply, died.toWire());
+    }
+    this.#life.abort(died);
+    const running = this.#running;
+    if (running && this.#runningDone) {
+      const wait = mode === "stop" ? graceMs : 0;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        this.#runningDone,
+        new Promise((r) => timer = setTimeout(r, wait)),
+      ]);
+      clearTimeout(timer);
+      if (!running.done) {
+        running.done = true;
+        this.#replyError(running.reply, died.toWire());
+      }
+    }
+    if (this.#def.close && this.#ctx) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      try {
+        await Promise.race([
+          Promise.resolve(this.#def.close(this.#state, this.#ctx)),
+          new Promise((r) => timer = setTimeout(r, Math.max(graceMs, 1000))),
+        ]);
+      } catch (e) {
+        console.error(`actor ${this.info.id}: close failed:`, e);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    this.#inbox.clear();
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * The actor runtime: Ray-style actors over NATS, with Erlang-style supervision.
+ *
+ * ```ts
+ * import { defineActor, init, z } from "./mod.ts";
+ *
+ * export const Greeter = defineActor({
+ *   name: "Greeter",
+ *   module: import.meta.url,
+ *   init: z.object({ greeting: z.string() }),
+ *   create: (input) => ({ greeting: input.greeting }),
+ *   methods: {
+ *     greet: { input: z.string(), output: z.string(), handler: (s, who) => `${s.greeting}, ${who}` },
+ *   },
+ * });
+ *
+ * const system = await init({ nodes: 2 });
+ * const g = await system.spawn(Greeter, { greeting: "Hello" });
+ * console.log(await g.greet("world"));
+ * await system.shutdown();
+ * ```
+ * @module
+ */
+export { z } from "zod";
+export {
+  type ActorContext,
+  type ActorDef,
+  type ActorHandle,
+  type ActorMethods,
+  type ActorRef,
+  type ActorSpec,
+  type AnyActorDef,
+  type CallContext,
+  type CallOptions,
+  defineActor,
+  type InitInput,
+  isActorDef,
+  type MethodSpec,
+} from "./actor.ts";
+export {
+  child,
+  init,
+  type InitOptions,
+  type NodeInfo,
+  type SpawnOptions,
+  type Supervisor,
+  supervisor,
+  type SupervisorSpec,
+  System,
+  type SystemEvent,
+} from "./system.ts";
+export type { ChildOptions, Strategy } from "./supervisor.ts";
+export type { NodeSpec } from "./local_nodes.ts";
+export type { Resources } from "./protocol.ts";
+export type { Credentials, TlsSettings } from "./connect.ts";
+export { connectNats } from "./connect.ts";
+export { Collectives, type Gathering, type Receiver } from "./collectives.ts";
+export { type ObjectEntry, ObjectStore } from "./objects.ts";
+export { EmbeddedServer, type EmbeddedServerOptions } from "./nats_server.ts";
+export {
+  type DType,
+  dtypeOf,
+  shapeOf,
+  tensor,
+  type TensorArray,
+  type TensorOptions,
+  withShape,
+} from "./tensor.ts";
+export { decodeFrame, encodeFrame } from "./codec.ts";
+export { Reassembler, splitFrame } from "./chunks.ts";
+export { checksum32 } from "./checksum.ts";
+export {
+  ActorDiedError,
+  ActorExistsError,
+  ActorInitError,
+  ActorNotFoundError,
+  ActorSystemError,
+  ActorTypeMismatchError,
+  CallCancelledError,
+  CallTimeoutError,
+  CollectiveTimeoutError,
+  type DeathReason,
+  EncodeError,
+  FrameError,
+  InsufficientResourcesError,
+  InvalidArgumentError,
+  MailboxFullError,
+  ModuleNotAllowedError,
+  NodeStartError,
+  NoNodeAvailableError,
+  ObjectStoreError,
+  RemoteError,
+  SchemaError,
+  ServerStartError,
+  StaleIncarnationError,
+  SupervisorFailedError,
+  SystemClosedError,
+  UnknownActorTypeError,
+  UnknownMethodError,
+} from "./errors.ts";

@@ -1,0 +1,211 @@
+/**
+ * The embedded nats-server of a system started without an address.
+ *
+ * It listens on free loopback ports (TCP and WebSocket), keeps JetStream data in its own temp
+ * folder, and accepts only the credentials generated for it. nats-server does not watch its
+ * parent, so it runs under a tiny shell watchdog whose stdin is a pipe from this process: when
+ * this process exits for any reason (SIGKILL included) the pipe closes, `cat` returns, and the
+ * watchdog stops the server.
+ * @module
+ */
+import { ServerStartError } from "./errors.ts";
+
+/** Options of {@link EmbeddedServer.start}. */
+export interface EmbeddedServerOptions {
+  /** Largest message the server accepts (bigger frames are chunked). Default 8 MiB. */
+  maxPayload?: number;
+  /** Bytes the server buffers for one slow client before dropping it. Default 1 GiB. */
+  maxPending?: number;
+  /** Enable JetStream (needed by the object store). Default true. */
+  jetstream?: boolean;
+  /** Also listen for WebSocket clients. Default true. */
+  websocket?: boolean;
+  /** How long to wait for the server to come up. Default 15 s. */
+  startTimeoutMs?: number;
+}
+
+const WATCHDOG = `
+"$1" -c "$2" >>"$3" 2>&1 &
+s=$!
+echo "$s"
+cat >/dev/null
+kill -TERM "$s" 2>/dev/null
+wait "$s"
+`;
+
+/** Finds the nats-server binary on PATH or in the usual Debian places. */
+export function findNatsServer(): string | undefined {
+  const dirs = (Deno.env.get("PATH") ?? "").split(":").concat([
+    "/usr/sbin",
+    "/usr/bin",
+    "/usr/local/bin",
+  ]);
+  for (const d of dirs) {
+    if (!d) continue;
+    try {
+      const p = `${d}/nats-server`;
+      if (Deno.statSync(p).isFile) return p;
+    } catch { /* not here */ }
+  }
+  return undefined;
+}
+
+function randomSecret(bytes = 24): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(bytes)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
+    .join("");
+}
+
+/** A private nats-server owned by this process. */
+export class EmbeddedServer {
+  #watchdog: Deno.ChildProcess;
+  #stdout: Promise<unknown>;
+  #stopped?: Promise<void>;
+
+  private constructor(
+    watchdog: Deno.ChildProcess,
+    stdout: Promise<unknown>,
+    /** `nats://127.0.0.1:<port>` */
+    readonly url: string,
+    /** `ws://127.0.0.1:<port>`, when WebSocket is on. */
+    readonly wsUrl: string | undefined,
+    /** The generated credentials; clients without them are refused. */
+    readonly credentials: { user: string; pass: string },
+    /** The server's private folder (config, log, JetStream store). */
+    readonly dir: string,
+    /** Process id of nats-server itself. */
+    readonly pid: number,
+    /** The `max_payload` configured. */
+    readonly maxPayload: number,
+  ) {
+    this.#watchdog = watchdog;
+    this.#stdout = stdout;
+  }
+
+  /** Process id of the watchdog shell. */
+  get watchdogPid(): number {
+    return this.#watchdog.pid;
+  }
+
+  /** Starts a server and waits until it accepts connections. */
+  static async start(options: EmbeddedServerOptions = {}): Promise<EmbeddedServer> {
+    const bin = findNatsServer();
+    if (!bin) {
+      throw new ServerStartError(
+        "nats-server not found on PATH or in /usr/sbin: install it (Debian: apt-get install nats-server) " +
+          "or pass a nats:// URL of an existing server",
+      );
+    }
+    const maxPayload = options.maxPayload ?? 8 * 1024 * 1024;
+    const dir = await Deno.makeTempDir({ prefix: "actors-nats-" });
+    const credentials = { user: `u${randomSecret(6)}`, pass: randomSecret() };
+    const conf = [
+      `listen: "127.0.0.1:-1"`,
+      `ports_file_dir: ${JSON.stringify(dir)}`,
+      `max_payload: ${maxPayload}`,
+      `max_pending: ${options.maxPending ?? 1024 * 1024 * 1024}`,
+      `write_deadline: "30s"`,
+      options.jetstream === false ? "" : `jetstream { store_dir: ${JSON.stringify(`${dir}/js`)} }`,
+      options.websocket === false ? "" : `websocket { listen: "127.0.0.1:-1", no_tls: true }`,
+      `authorization { user: ${JSON.stringify(credentials.user)}, password: ${
+        JSON.stringify(credentials.pass)
+      } }`,
+    ].join("\n");
+    const confPath = `${dir}/server.conf`;
+    const logPath = `${dir}/server.log`;
+    await Deno.writeTextFile(confPath, conf + "\n", { mode: 0o600 });
+    const watchdog = new Deno.Command("sh", {
+      args: ["-c", WATCHDOG, "actors-nats-watchdog", bin, confPath, logPath],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const lines = watchdog.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let pid = 0;
+    const drain = (async () => {
+      let buf = "";
+      for (;;) {
+        const { value, done } = await lines.read();
+        if (done) return;
+        buf += value;
+        const m = /^(\d+)\n/.exec(buf);
+        if (m && !pid) pid = Number(m[1]);
+      }
+    })();
+    const fail = async (why: string): Promise<never> => {
+      try {
+        await watchdog.stdin.close();
+      } catch { /* already closed */ }
+      await watchdog.status;
+      await drain;
+      let log = "";
+      try {
+        log = (await Deno.readTextFile(logPath)).split("\n").slice(-15).join("\n");
+      } catch { /* no log */ }
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw new ServerStartError(`nats-server did not start: ${why}\n${log}`);
+    };
+    const deadline = Date.now() + (options.startTimeoutMs ?? 15_000);
+    let ports: { nats?: string[]; websocket?: string[] } | undefined;
+    while (Date.now() < deadline) {
+      for (const e of Deno.readDirSync(dir)) {
+        if (e.name.endsWith(".ports")) {
+          try {
+            ports = JSON.parse(Deno.readTextFileSync(`${dir}/${e.name}`));
+          } catch { /* being written */ }
+        }
+      }
+      if (ports?.nats?.length && (options.websocket === false || ports.websocket?.length) && pid) {
+        break;
+      }
+      ports = undefined;
+      if (pid && !alive(pid)) return await fail("it exited");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (!ports) return await fail("timed out waiting for it to listen");
+    return new EmbeddedServer(
+      watchdog,
+      drain,
+      ports.nats![0],
+      ports.websocket?.[0],
+      credentials,
+      dir,
+      pid,
+      maxPayload,
+    );
+  }
+
+  /** Stops the server (closing the watchdog's pipe), waits for it, removes its folder. */
+  stop(): Promise<void> {
+    this.#stopped ??= (async () => {
+      try {
+        await this.#watchdog.stdin.close();
+      } catch { /* already closed */ }
+      const timer = setTimeout(() => {
+        try {
+          Deno.kill(this.pid, "SIGKILL");
+        } catch { /* gone */ }
+        try {
+          this.#watchdog.kill("SIGKILL");
+        } catch { /* gone */ }
+      }, 10_000);
+      await this.#watchdog.status;
+      clearTimeout(timer);
+      await this.#stdout;
+      await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+    })();
+    return this.#stopped;
+  }
+}
+
+/** True while a process with this id exists (and is not a zombie we could see). */
+export function alive(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return !/^\d+ \(.*\) Z /.test(stat);
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * Large blobs (base weights, checkpoints) in the JetStream Object Store, with SHA-256 digests.
+ *
+ * Ray's object store analogue, for data that is too big or too long-lived for messages: put once,
+ * get from any node. Every get is checked against the digest recorded at put time.
+ * @module
+ */
+import type { NatsConnection } from "@nats-io/nats-core";
+import { type ObjectStore as NatsObjectStore, Objm } from "@nats-io/obj";
+import { InvalidArgumentError, ObjectStoreError } from "./errors.ts";
+
+/** What the store records about one object. */
+export interface ObjectEntry {
+  name: string;
+  size: number;
+  /** `SHA-256=<base64url>` of the whole object. */
+  digest: string;
+  mtime: string;
+}
+
+/** Options of {@link ObjectStore.open}. */
+export interface ObjectStoreOptions {
+  /** Where JetStream keeps it. Default "file". */
+  storage?: "file" | "memory";
+  /** Replicas in a JetStream cluster. Default 1. */
+  replicas?: number;
+}
+
+async function sha256(data: Uint8Array): Promise<string> {
+  const h = new Uint8Array(await crypto.subtle.digest("SHA-256", data as Uint8Array<ArrayBuffer>));
+  const b64 = btoa(String.fromCharCode(...h)).replaceAll("+", "-").replaceAll("/", "_");
+  return `SHA-256=${b64}`;
+}
+
+/** One bucket of the JetStream Object Store. */
+export class ObjectStore {
+  readonly #os: NatsObjectStore;
+
+  private constructor(os: NatsObjectStore, readonly bucket: string) {
+    this.#os = os;
+  }
+
+  /** Opens (creating when missing) a bucket. Needs JetStream on the server. */
+  static async open(
+    nc: NatsConnection,
+    bucket: string,
+    options: ObjectStoreOptions = {},
+  ): Promise<ObjectStore> {
+    if (!/^[A-Za-z0-9_-]+$/.test(bucket)) {
+      throw new InvalidArgumentError(`bucket name ${JSON.stringify(bucket)} is invalid`);
+    }
+    try {
+      const os = await new Objm(nc).create(
+        bucket,
+        {
+          storage: options.storage === "memory" ? "memory" : "file",
+          replicas: options.replicas ?? 1,
+        } as Parameters<Objm["create"]>[1],
+      );
+      return new ObjectStore(os, bucket);
+    } catch (e) {
+      throw new ObjectStoreError(
+        `cannot open object store ${bucket} (is JetStream enabled on the server?): ${
+          (e as Error).message
+        }`,
+        { cause: e },
+      );
+    }
+  }
+
+  /** Stores `data` under `name` (replacing any previous version); returns its entry. */
+  async put(
+    name: string,
+    data: Uint8Array,
+    options: { description?: string } = {},
+  ): Promise<ObjectEntry> {
+    checkName(name);
+    const info = await this.#os.putBlob({ name, description: options.description }, data);
+    return { name: info.name, size: info.size, digest: info.digest, mtime: info.mtime };
+  }
+
+  /** The bytes stored under `name`, verified against their SHA-256 digest. */
+  async get(name: string): Promise<Uint8Array> {
+    checkName(name);
+    const info = await this.#os.info(name);
+    if (!info || info.deleted) {
+      throw new ObjectStoreError(`object ${name} not found in ${this.bucket}`);
+    }
+    let data: Uint8Array | null;
+    try {
+      data = await this.#os.getBlob(name);
+    } catch (e) {
+      throw new ObjectStoreError(`reading ${name} failed: ${(e as Error).message}`, { cause: e });
+    }
+    if (!data) throw new ObjectStoreError(`object ${name} not found in ${this.bucket}`);
+    const digest = await sha256(data);
+    if (data.byteLength !== info.size || digest !== info.digest) {
+      throw new ObjectStoreError(
+        `object ${name}: digest mismatch (stored ${info.digest}, ${info.size} bytes; read ${digest}, ${data.byteLength} bytes)`,
+      );
+    }
+    return data;
+  }
+
+  /** The entry of `name`, or undefined. */
+  async info(name: string): Promise<ObjectEntry | undefined> {
+    checkName(name);
+    const i = await this.#os.info(name);
+    if (!i || i.deleted) return undefined;
+    return { name: i.name, size: i.size, digest: i.digest, mtime: i.mtime };
+  }
+
+  /** Every object in the bucket. */
+  async list(): Promise<ObjectEntry[]> {
+    const all = await this.#os.list();
+    return all.filter((i) => !i.deleted).map((i) => ({
+      name: i.name,
+      size: i.size,
+      digest: i.digest,
+      mtime: i.mtime,
+    }));
+  }
+
+  /** Deletes `name`; true when it existed. */
+  async delete(name: string): Promise<boolean> {
+    checkName(name);
+    const i = await this.#os.info(name);
+    if (!i || i.deleted) return false;
+    await this.#os.delete(name);
+    return true;
+  }
+
+  /** Deletes the whole bucket. */
+  async destroy(): Promise<void> {
+    await this.#os.destroy();
+  }
+}
+
+function checkName(name: string) {
+  if (typeof name !== "string" || name.length === 0 || name.length > 1024) {
+    throw new InvalidArgumentError(`object name ${JSON.stringify(name)} is invalid`);
+  }
+}

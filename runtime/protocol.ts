@@ -1,0 +1,155 @@
+/**
+ * Subjects and control messages of the runtime's own protocol.
+ *
+ * Everything of one system lives under `actors.<system>.`: the runtime's subjects under `rt.`,
+ * the application's (collectives, job subjects) under `app.`. Two systems on one server never
+ * see each other's messages. Control messages are validated with zod like any other message, so
+ * a malformed one from a rogue client is dropped rather than trusted.
+ * @module
+ */
+import { z } from "zod";
+import { InvalidArgumentError } from "./errors.ts";
+
+const TOKEN = /^[A-Za-z0-9_-]{1,128}$/;
+
+/** Checks a name used as a subject token (system, actor and node names). */
+export function checkToken(kind: string, name: string): string {
+  if (typeof name !== "string" || !TOKEN.test(name)) {
+    throw new InvalidArgumentError(
+      `${kind} name ${JSON.stringify(name)} is invalid: use 1-128 of A-Z a-z 0-9 _ -`,
+    );
+  }
+  return name;
+}
+
+/** The subjects of one system. */
+export class Subjects {
+  /** `actors.<system>` */
+  readonly root: string;
+  /** Prefix for application subjects: `actors.<system>.app`. */
+  readonly app: string;
+  /** Heartbeats of every node: `<root>.rt.hb.*`. */
+  readonly heartbeats: string;
+  /** Actor lifecycle events. */
+  readonly events: string;
+
+  constructor(readonly system: string) {
+    checkToken("system", system);
+    this.root = `actors.${system}`;
+    this.app = `${this.root}.app`;
+    this.heartbeats = `${this.root}.rt.hb.*`;
+    this.events = `${this.root}.rt.ev`;
+  }
+
+  /** Where a node publishes its heartbeat. */
+  heartbeat(node: string): string {
+    return `${this.root}.rt.hb.${node}`;
+  }
+
+  /** A node's control endpoint (spawn, stop, kill). */
+  control(node: string): string {
+    return `${this.root}.rt.node.${node}`;
+  }
+
+  /** An actor's call endpoint; stable across restarts, so handles survive them. */
+  actor(id: string): string {
+    return `${this.root}.rt.a.${id}`;
+  }
+}
+
+/** Named amounts of resources, e.g. `{ gpu: 1 }`. */
+export type Resources = Record<string, number>;
+
+export const resourcesSchema = z.record(z.string(), z.number().nonnegative());
+
+/** What a system knows about a running actor. */
+export const actorInfoSchema = z.object({
+  id: z.string(),
+  name: z.string().optional(),
+  type: z.string(),
+  module: z.string().optional(),
+  /** Incarnation: bumped by every (re)start. */
+  inc: z.number().int().nonnegative(),
+  node: z.string(),
+  /** Node (process) that spawned it and supervises it. */
+  owner: z.string(),
+  resources: resourcesSchema,
+});
+/** What a system knows about a running actor. */
+export type ActorInfo = z.infer<typeof actorInfoSchema>;
+
+export const heartbeatSchema = z.object({
+  node: z.string(),
+  pid: z.number(),
+  host: z.string(),
+  /** The sender's heartbeat period and how many may be missed before it counts as dead. */
+  interval: z.number().positive(),
+  missed: z.number().int().positive(),
+  resources: resourcesSchema,
+  used: resourcesSchema,
+  /** False for a process that hosts actors only when asked by node id. */
+  placeable: z.boolean(),
+  /** Revision of the hosted-actor set; events carry it too. */
+  rev: z.number().int().nonnegative(),
+  seq: z.number().int().nonnegative(),
+  actors: z.array(actorInfoSchema),
+});
+/** One node's heartbeat. */
+export type Heartbeat = z.infer<typeof heartbeatSchema>;
+
+const deathReason = z.enum(["node", "stopped", "killed", "owner", "init", "budget", "shutdown"]);
+
+export const eventSchema = z.discriminatedUnion("e", [
+  z.object({ e: z.literal("up"), actor: actorInfoSchema, rev: z.number() }),
+  z.object({
+    e: z.literal("down"),
+    id: z.string(),
+    inc: z.number(),
+    node: z.string(),
+    reason: deathReason,
+    /** Final: the instance was stopped on purpose and must not be restarted. */
+    final: z.boolean(),
+    rev: z.number(),
+    detail: z.string().optional(),
+  }),
+  z.object({ e: z.literal("restarting"), id: z.string(), inc: z.number(), owner: z.string() }),
+  z.object({
+    e: z.literal("gone"),
+    id: z.string(),
+    inc: z.number(),
+    reason: deathReason,
+    detail: z.string().optional(),
+  }),
+]);
+/** An actor lifecycle event published on {@link Subjects.events}. */
+export type ActorEvent = z.infer<typeof eventSchema>;
+
+export const spawnRequestSchema = z.object({
+  id: z.string(),
+  name: z.string().optional(),
+  type: z.string(),
+  module: z.string().optional(),
+  inc: z.number().int().nonnegative(),
+  owner: z.string(),
+  resources: resourcesSchema,
+  mailbox: z.number().int().positive(),
+  initTimeoutMs: z.number().positive(),
+  input: z.unknown(),
+});
+/** Asks a node to start an actor instance. */
+export type SpawnRequest = z.infer<typeof spawnRequestSchema>;
+
+export const stopRequestSchema = z.object({
+  id: z.string(),
+  /** "stop": graceful, final. "kill": immediate, may be restarted by its supervisor. */
+  mode: z.enum(["stop", "kill"]),
+  graceMs: z.number().nonnegative(),
+});
+/** Asks a node to stop or kill an actor instance. */
+export type StopRequest = z.infer<typeof stopRequestSchema>;
+
+/** Formats zod issues in one line. */
+export function issuesOf(err: z.ZodError): string {
+  return err.issues.map((i) => `${i.path.length ? i.path.join(".") : "(root)"}: ${i.message}`)
+    .join("; ");
+}

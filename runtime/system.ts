@@ -1,0 +1,957 @@
+/**
+ * The actor system: `init()`, spawning, lookup, calls, supervision, shutdown.
+ *
+ * Every process of a system (the one that called `init()`, every node process) runs one
+ * `System`: a NATS connection, a directory fed by heartbeats and events, a caller, and a host
+ * for the actors placed on it. There is no central coordinator: an actor's supervisor lives in
+ * the process that spawned it, and every process detects dead nodes by itself.
+ * @module
+ */
+import { type ConnectionOptions, type NatsConnection, type Subscription } from "@nats-io/nats-core";
+import {
+  type ActorContext,
+  type ActorHandle,
+  type ActorRef,
+  type AnyActorDef,
+  type CallOptions,
+  type InitInput,
+  isActorDef,
+  type MethodSpec,
+  type Schema,
+} from "./actor.ts";
+import { Caller, type TrafficStats } from "./caller.ts";
+import { Collectives } from "./collectives.ts";
+import { connectNats, type Credentials } from "./connect.ts";
+import { Directory, type DirectoryEvent } from "./directory.ts";
+import {
+  ActorExistsError,
+  ActorNotFoundError,
+  ActorTypeMismatchError,
+  CallCancelledError,
+  InsufficientResourcesError,
+  InvalidArgumentError,
+  NodeStartError,
+  NoNodeAvailableError,
+  SchemaError,
+  SupervisorFailedError,
+  SystemClosedError,
+} from "./errors.ts";
+import { HeartbeatPublisher } from "./heartbeat.ts";
+import { Host } from "./host.ts";
+import { LocalNode, type NodeSpec } from "./local_nodes.ts";
+import { ModuleLoader, PROJECT_ROOT } from "./modules.ts";
+import { EmbeddedServer, type EmbeddedServerOptions } from "./nats_server.ts";
+import { ObjectStore } from "./objects.ts";
+import { pickNode } from "./placement.ts";
+import {
+  type ActorEvent,
+  type ActorInfo,
+  actorInfoSchema,
+  checkToken,
+  eventSchema,
+  type Heartbeat,
+  heartbeatSchema,
+  issuesOf,
+  type Resources,
+  type SpawnRequest,
+  Subjects,
+} from "./protocol.ts";
+import {
+  ActorChild,
+  type Budget,
+  type ChildOptions,
+  DEFAULT_BUDGET,
+  type Strategy,
+  type SupervisionEnv,
+  SupervisorNode,
+} from "./supervisor.ts";
+
+/** Options of {@link init}. */
+export interface InitOptions extends Credentials {
+  /**
+   * URL(s) of an existing NATS server or cluster (`nats://` or `ws://`). Without it a private
+   * nats-server is started (JetStream on, free loopback ports, generated credentials).
+   */
+  nats?: string | string[];
+  /** Name of the system; processes with the same name on one server form one system. Default "default". */
+  system?: string;
+  /** Local node processes to start: a count (each with `nodeResources`) or one spec per node. */
+  nodes?: number | NodeSpec[];
+  /** Resources of each node when `nodes` is a count, e.g. `{ gpu: 1 }`. */
+  nodeResources?: Resources;
+  /** Resources this process's own node advertises (it hosts actors too). Default none. */
+  resources?: Resources;
+  /**
+   * Whether actors without a `node` option may be placed on this process. Default false: this
+   * process hosts an actor only when asked (`node: "local"`) or when no other node fits.
+   */
+  placeable?: boolean;
+  /** Module URL prefixes (or local folders) actor types may be loaded from, besides this project. */
+  allowModules?: string[];
+  /** Heartbeat period. Default 500 ms. */
+  heartbeatMs?: number;
+  /** Heartbeats missed before a node counts as dead. Default 3. */
+  missedHeartbeats?: number;
+  /** Settings of the embedded server; `transport: "ws"` makes this system use its WebSocket port. */
+  server?: EmbeddedServerOptions & { transport?: "tcp" | "ws" };
+  /** Further nats.js options for this process's connection (not passed to node processes). */
+  connection?: Partial<ConnectionOptions>;
+  /** How long to wait for the local node processes to join. Default 60 s. */
+  nodeStartTimeoutMs?: number;
+  /** Largest message accepted (bounds what a sender can make a receiver allocate). Default 1 GiB. */
+  maxFrameBytes?: number;
+  /** This process's node id (node processes get theirs from their owner). Default random. */
+  nodeId?: string;
+}
+
+/** Options of {@link System.spawn}. */
+export interface SpawnOptions extends ChildOptions {
+  /** A unique name: the actor can then be looked up with {@link System.getActor} from any process. */
+  name?: string;
+  /** Resources the actor needs, e.g. `{ gpu: 1 }`; it is placed on a node that has them free. */
+  resources?: Resources;
+  /** A node id, or "local" for this process. */
+  node?: string;
+  /** Restarts allowed within `withinMs` after the actor dies. Default 3. */
+  maxRestarts?: number;
+  /** Window of the restart budget. Default 60 000 ms. */
+  withinMs?: number;
+  /** Mailbox capacity. Default 1024. */
+  mailbox?: number;
+  /** Time the constructor may take. Default 120 000 ms. */
+  initTimeoutMs?: number;
+  /** How long to wait for a node with the resources. Default 10 000 ms. */
+  placementTimeoutMs?: number;
+}
+
+/** A child of a supervisor: an actor. */
+export interface ActorChildSpec<D extends AnyActorDef = AnyActorDef> {
+  readonly kind: "actor";
+  readonly def: D;
+  readonly input: InitInput<D>;
+  readonly options: ChildOptions;
+}
+
+/** A supervisor (possibly nested). */
+export interface SupervisorSpec<C extends ChildSpecs = ChildSpecs> {
+  readonly kind: "supervisor";
+  strategy: Strategy;
+  /** Default 3. */
+  maxRestarts?: number;
+  /** Default 60 000 ms. */
+  withinMs?: number;
+  children: C;
+}
+
+/** Children of a supervisor, by key. */
+export type ChildSpecs = { [key: string]: ActorChildSpec | SupervisorSpec };
+
+/** An actor child for {@link System.supervise}. */
+export function child<D extends AnyActorDef>(
+  def: D,
+  input: InitInput<D>,
+  options: ChildOptions = {},
+): ActorChildSpec<D> {
+  return { kind: "actor", def, input, options };
+}
+
+/** A nested supervisor for {@link System.supervise}. */
+export function supervisor<C extends ChildSpecs>(
+  spec: Omit<SupervisorSpec<C>, "kind">,
+): SupervisorSpec<C> {
+  return { kind: "supervisor", ...spec };
+}
+
+/** Handles of a supervisor's children, typed by its spec. */
+export type SupervisedChildren<C extends ChildSpecs> = {
+  readonly [K in keyof C]: C[K] extends ActorChildSpec<infer D> ? ActorHandle<D>
+    : C[K] extends SupervisorSpec<infer C2> ? Supervisor<C2>
+    : never;
+};
+
+/** A running supervision tree. */
+export interface Supervisor<C extends ChildSpecs> {
+  readonly children: SupervisedChildren<C>;
+  /** Resolves (never rejects) if this top-level supervisor gives up. */
+  readonly failed: Promise<SupervisorFailedError>;
+  /** Stops supervising and stops every actor below. */
+  stop(): Promise<void>;
+}
+
+/** A node as seen from this process. */
+export interface NodeInfo {
+  id: string;
+  host: string;
+  pid: number;
+  resources: Resources;
+  used: Resources;
+  placeable: boolean;
+  actors: number;
+}
+
+/** Events a system reports to {@link System.on} listeners. */
+export type SystemEvent = DirectoryEvent | {
+  type: "supervisor_failed";
+  supervisor: string;
+  error: SupervisorFailedError;
+};
+
+const DEFAULT_MAILBOX = 1024;
+const DEFAULT_INIT_TIMEOUT = 120_000;
+const DEFAULT_PLACEMENT_TIMEOUT = 10_000;
+
+function randomId(prefix: string): string {
+  const b = crypto.getRandomValues(new Uint8Array(5));
+  return prefix + Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+interface JoinOptions {
+  servers: string[];
+  credentials: Credentials;
+  connection?: Partial<ConnectionOptions>;
+  system: string;
+  nodeId: string;
+  resources: Resources;
+  placeable: boolean;
+  allowModules: string[];
+  heartbeatMs: number;
+  missedHeartbeats: number;
+  maxFrameBytes: number;
+}
+
+/**
+ * Starts (no `nats` URL) or joins (with one) a system, and starts `nodes` local node processes.
+ *
+ * ```ts
+ * const system = await init({ nodes: 2, nodeResources: { gpu: 1 } });
+ * const w = await system.spawn(Worker, { k: 0 }, { resources: { gpu: 1 } });
+ * await system.shutdown();
+ * ```
+ */
+export async function init(options: InitOptions = {}): Promise<System> {
+  const systemName = options.system ?? "default";
+  checkToken("system", systemName);
+  let server: EmbeddedServer | undefined;
+  let servers: string[];
+  let credentials: Credentials;
+  if (options.nats === undefined) {
+    server = await EmbeddedServer.start(options.server);
+    if (options.server?.transport === "ws") {
+      if (!server.wsUrl) {
+        throw new InvalidArgumentError("server.transport is ws but websocket is off");
+      }
+      servers = [server.wsUrl];
+    } else {
+      servers = [server.url];
+    }
+    credentials = { ...server.credentials };
+  } else {
+    servers = Array.isArray(options.nats) ? options.nats : options.nats.split(",");
+    credentials = {
+      user: options.user,
+      pass: options.pass,
+      token: options.token,
+      credsFile: options.credsFile,
+      tls: options.tls,
+    };
+  }
+  let system: System | undefined;
+  try {
+    system = await System.join({
+      servers,
+      credentials,
+      connection: options.connection,
+      system: systemName,
+      nodeId: options.nodeId ?? randomId("p"),
+      resources: options.resources ?? {},
+      placeable: options.placeable ?? false,
+      allowModules: options.allowModules ?? [],
+      heartbeatMs: options.heartbeatMs ?? 500,
+      missedHeartbeats: options.missedHeartbeats ?? 3,
+      maxFrameBytes: options.maxFrameBytes ?? 1024 * 1024 * 1024,
+    }, server);
+    const nodes = options.nodes ?? 0;
+    const specs: NodeSpec[] = typeof nodes === "number"
+      ? Array.from({ length: nodes }, () => ({ resources: options.nodeResources }))
+      : nodes;
+    if (specs.length > 0) await system.addNodes(specs, options.nodeStartTimeoutMs);
+    return system;
+  } catch (e) {
+    if (system) await system.shutdown();
+    else await server?.stop();
+    throw e;
+  }
+}
+
+/** One process's view of, and part in, an actor system. */
+export class System {
+  /** The system's name. */
+  readonly name: string;
+  /** Prefix for application subjects (`<namespace>.step.<t>...`), private to this system. */
+  readonly namespace: string;
+  /** This process's node id. */
+  readonly nodeId: string;
+  /** The NATS connection of this process. */
+  readonly nc: NatsConnection;
+  /** The server URLs this system uses. */
+  readonly servers: readonly string[];
+  /** Collectives (gather, broadcast, all-gather) on this connection. */
+  readonly collectives: Collectives;
+  /** The embedded server, when this process started one. */
+  readonly server?: EmbeddedServer;
+
+  readonly #opts: JoinOptions;
+  readonly #subjects: Subjects;
+  readonly #dir = new Directory();
+  readonly #caller: Caller;
+  readonly #host: Host;
+  readonly #loader: ModuleLoader;
+  readonly #owned = new Map<string, ActorChild>();
+  readonly #roots = new Set<SupervisorNode>();
+  readonly #failures = new Map<SupervisorNode, (e: SupervisorFailedError) => void>();
+  readonly #inflight = new Map<string, Resources>();
+  readonly #listeners = new Set<(e: SystemEvent) => void>();
+  readonly #nodes: LocalNode[] = [];
+  readonly #subs: Subscription[] = [];
+  #heartbeat?: HeartbeatPublisher;
+  #tick?: ReturnType<typeof setInterval>;
+  #objects?: Promise<ObjectStore>;
+  #closing?: Promise<void>;
+
+  private constructor(nc: NatsConnection, opts: JoinOptions, server?: EmbeddedServer) {
+    this.nc = nc;
+    this.#opts = opts;
+    this.server = server;
+    this.name = opts.system;
+    this.nodeId = opts.nodeId;
+    this.servers = opts.servers;
+    this.#subjects = new Subjects(opts.system);
+    this.namespace = this.#subjects.app;
+    this.#loader = new ModuleLoader([PROJECT_ROOT, ...opts.allowModules]);
+    this.#caller = new Caller(nc, this.#subjects, this.#dir, opts.maxFrameBytes);
+    this.collectives = new Collectives(nc, opts.maxFrameBytes, this.#caller.stats);
+    this.#host = new Host({
+      nc,
+      subjects: this.#subjects,
+      node: opts.nodeId,
+      resources: opts.resources,
+      loader: this.#loader,
+      maxFrameBytes: opts.maxFrameBytes,
+      context: (info, stopped) => this.#context(info, stopped),
+      changed: () => this.#heartbeat?.update(this.#payload()),
+    });
+  }
+
+  /** Joins a system over an already running server (used by `init` and node processes). */
+  static async join(opts: JoinOptions, server?: EmbeddedServer): Promise<System> {
+    checkToken("node", opts.nodeId);
+    const nc = await connectNats(opts.servers, {
+      ...opts.credentials,
+      name: `${opts.system}-${opts.nodeId}`,
+      extra: opts.connection,
+    });
+    const system = new System(nc, opts, server);
+    try {
+      await system.#start();
+    } catch (e) {
+      await system.shutdown();
+      throw e;
+    }
+    return system;
+  }
+
+  async #start() {
+    const s = this.#subjects;
+    this.#subs.push(this.nc.subscribe(s.heartbeats, {
+      callback: (err, msg) => {
+        if (err) return;
+        let raw: unknown;
+        try {
+          raw = msg.json();
+        } catch {
+          return;
+        }
+        const hb = heartbeatSchema.safeParse(raw);
+        if (hb.success) this.#dir.heartbeat(hb.data);
+      },
+    }));
+    this.#subs.push(this.nc.subscribe(s.events, {
+      callback: (err, msg) => {
+        if (err) return;
+        let raw: unknown;
+        try {
+          raw = msg.json();
+        } catch {
+          return;
+        }
+        const ev = eventSchema.safeParse(raw);
+        if (ev.success) this.#dir.event(ev.data);
+      },
+    }));
+    this.#dir.on((e) => this.#onDirectory(e));
+    this.#caller.start();
+    this.#host.start();
+    await this.nc.flush();
+    const payload = this.#payload();
+    this.#dir.heartbeat({ ...payload, seq: 0 });
+    this.#heartbeat = await HeartbeatPublisher.start(
+      [...this.servers],
+      { ...this.#opts.credentials, name: `${this.name}-${this.nodeId}` },
+      s.heartbeat(this.nodeId),
+      this.#opts.heartbeatMs,
+      this.#opts.heartbeatMs * this.#opts.missedHeartbeats,
+      payload,
+      () => this.#frozen(),
+    );
+    const period = Math.max(20, Math.floor(this.#opts.heartbeatMs / 2));
+    this.#tick = setInterval(() => this.#dir.tick(Date.now(), period), period);
+  }
+
+  #payload(): Omit<Heartbeat, "seq"> {
+    return {
+      node: this.nodeId,
+      pid: Deno.pid,
+      host: Deno.hostname(),
+      interval: this.#opts.heartbeatMs,
+      missed: this.#opts.missedHeartbeats,
+      resources: this.#opts.resources,
+      used: this.#host.used,
+      placeable: this.#opts.placeable,
+      rev: this.#host.rev,
+      actors: this.#host.actors(),
+    };
+  }
+
+  /**
+   * The whole process was frozen (SIGSTOP, suspend) long enough to be declared dead: its actors
+   * may already run elsewhere, so the instances here must not go on answering.
+   */
+  #frozen() {
+    for (const a of this.#host.actors()) {
+      this.#host.stop(a.id, "kill", "node", 0).catch(() => {});
+    }
+  }
+
+  #onDirectory(e: DirectoryEvent) {
+    if (e.type === "actor_down") {
+      const c = this.#owned.get(e.actor.id);
+      if (c && c.inc === e.actor.inc && c.state === "running") {
+        if (e.final) {
+          c.state = "stopped";
+        } else {
+          c.parent.childFailed(c, e.reason, e.detail);
+        }
+      }
+    } else if (e.type === "node_down") {
+      this.#host.stopOwnedBy(e.node).catch(() => {});
+    }
+    for (const l of [...this.#listeners]) {
+      try {
+        l(e);
+      } catch (err) {
+        console.error("system event listener failed:", err);
+      }
+    }
+  }
+
+  #context(info: ActorInfo, stopped: AbortSignal): ActorContext {
+    return {
+      self: {
+        id: info.id,
+        name: info.name,
+        type: info.type,
+        module: info.module,
+        inc: info.inc,
+        node: info.node,
+      },
+      system: this,
+      nc: this.nc,
+      namespace: this.namespace,
+      collectives: this.collectives,
+      objects: () => this.objects(),
+      stopped,
+    };
+  }
+
+  /** Payload bytes and calls this process has sent and received. */
+  get stats(): Readonly<TrafficStats> {
+    return this.#caller.stats;
+  }
+
+  /** The node processes this system started on this host. */
+  get localNodes(): readonly LocalNode[] {
+    return this.#nodes;
+  }
+
+  /** Credentials this system connects with (hand them to another process to join it). */
+  get credentials(): Credentials {
+    return { ...this.#opts.credentials };
+  }
+
+  /** Listens to node and actor events; returns the function that stops listening. */
+  on(listener: (e: SystemEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Live nodes, as heartbeats say. */
+  nodes(): NodeInfo[] {
+    return [...this.#dir.nodes.values()].map(({ hb }) => ({
+      id: hb.node,
+      host: hb.host,
+      pid: hb.pid,
+      resources: hb.resources,
+      used: hb.used,
+      placeable: hb.placeable,
+      actors: hb.actors.length,
+    }));
+  }
+
+  /** Actors this process knows of, with their state. */
+  actors(): (ActorInfo & { state: string })[] {
+    return [...this.#dir.actors.values()].map((e) => ({ ...e.info, state: e.state }));
+  }
+
+  /** Starts more local node processes and waits until they have joined. */
+  async addNodes(specs: NodeSpec[], timeoutMs = 60_000): Promise<LocalNode[]> {
+    this.#checkOpen();
+    const started = specs.map((spec) =>
+      LocalNode.start({
+        id: `${this.nodeId}-${this.#nodes.length + specs.indexOf(spec)}-${
+          randomId("").slice(0, 4)
+        }`,
+        servers: [...this.servers],
+        system: this.name,
+        credentials: this.#opts.credentials,
+        resources: spec.resources ?? {},
+        allowModules: this.#loader.allowed,
+        heartbeatMs: this.#opts.heartbeatMs,
+        missedHeartbeats: this.#opts.missedHeartbeats,
+        env: spec.env,
+      })
+    );
+    this.#nodes.push(...started);
+    const deadline = Date.now() + timeoutMs;
+    while (!started.every((n) => this.#dir.nodes.has(n.id))) {
+      const dead = started.find((n) => n.exited);
+      if (dead) {
+        throw new NodeStartError(`node ${dead.id} exited before joining (see its output above)`);
+      }
+      if (Date.now() > deadline) {
+        throw new NodeStartError(`nodes did not join within ${timeoutMs} ms`);
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    return started;
+  }
+
+  /**
+   * Spawns an actor on a node that has the resources it asks for, and returns its typed handle.
+   * The handle survives restarts (up to `maxRestarts` within `withinMs`).
+   */
+  async spawn<D extends AnyActorDef>(
+    def: D,
+    input: InitInput<D>,
+    options: SpawnOptions = {},
+  ): Promise<ActorHandle<D>> {
+    this.#checkOpen();
+    const budget: Budget = {
+      maxRestarts: options.maxRestarts ?? DEFAULT_BUDGET.maxRestarts,
+      withinMs: options.withinMs ?? DEFAULT_BUDGET.withinMs,
+    };
+    const sup = new SupervisorNode(
+      `spawn:${options.name ?? def.name}`,
+      "one_for_one",
+      budget,
+      this.#env,
+    );
+    const c = this.#newChild(def, input, options, sup);
+    sup.children.push(c);
+    try {
+      await sup.startAll();
+    } catch (e) {
+      this.#owned.delete(c.id);
+      throw e;
+    }
+    this.#roots.add(sup);
+    return this.#handleFor(def, this.#refOf(c));
+  }
+
+  /** Starts a supervision tree and returns handles to its children, typed by the spec. */
+  async supervise<C extends ChildSpecs>(
+    spec: Omit<SupervisorSpec<C>, "kind"> & { kind?: "supervisor" },
+  ): Promise<Supervisor<C>> {
+    this.#checkOpen();
+    let failedResolve!: (e: SupervisorFailedError) => void;
+    const failed = new Promise<SupervisorFailedError>((r) => failedResolve = r);
+    const build = (s: Omit<SupervisorSpec, "kind">, label: string, parent?: SupervisorNode) => {
+      if (s.strategy !== "one_for_one" && s.strategy !== "one_for_all") {
+        throw new InvalidArgumentError(`unknown supervision strategy ${String(s.strategy)}`);
+      }
+      const node = new SupervisorNode(
+        label,
+        s.strategy,
+        {
+          maxRestarts: s.maxRestarts ?? DEFAULT_BUDGET.maxRestarts,
+          withinMs: s.withinMs ?? DEFAULT_BUDGET.withinMs,
+        },
+        this.#env,
+        parent,
+      );
+      const handles: Record<string, unknown> = {};
+      for (const [key, cs] of Object.entries(s.children)) {
+        if (cs.kind === "actor") {
+          const c = this.#newChild(cs.def, cs.input, cs.options, node);
+          node.children.push(c);
+          handles[key] = this.#handleFor(cs.def, this.#refOf(c));
+        } else if (cs.kind === "supervisor") {
+          const sub = build(cs, `${label}/${key}`, node);
+          node.children.push(sub.node);
+          handles[key] = sub.api;
+        } else {
+          throw new InvalidArgumentError(`child ${key}: use child(...) or supervisor(...)`);
+        }
+      }
+      const api = {
+        children: Object.freeze(handles),
+        failed,
+        stop: () => this.#stopTree(node),
+      };
+      return { node, api };
+    };
+    const tree = build(spec, "supervisor");
+    this.#failures.set(tree.node, failedResolve);
+    try {
+      await tree.node.startAll();
+    } catch (e) {
+      await this.#stopTree(tree.node);
+      throw e;
+    }
+    this.#roots.add(tree.node);
+    return tree.api as unknown as Supervisor<C>;
+  }
+
+  async #stopTree(node: SupervisorNode) {
+    node.close();
+    this.#roots.delete(node);
+    this.#failures.delete(node);
+    await Promise.all(node.actors().map((a) => this.#stopChild(a, 5000)));
+  }
+
+  /**
+   * Looks up a named actor (from any process of the system), waiting up to `timeoutMs` for it to
+   * show up. Throws ActorNotFoundError, or ActorTypeMismatchError when it is of another type.
+   */
+  async getActor<D extends AnyActorDef>(
+    def: D,
+    name: string,
+    options: { timeoutMs?: number } = {},
+  ): Promise<ActorHandle<D>> {
+    this.#checkOpen();
+    checkToken("actor", name);
+    if (!isActorDef(def)) {
+      throw new InvalidArgumentError("getActor needs a definition from defineActor");
+    }
+    const deadline = Date.now() + (options.timeoutMs ?? 3000);
+    for (;;) {
+      const e = this.#dir.actor(name);
+      if (e && e.state !== "gone") {
+        if (e.info.type !== def.name) throw new ActorTypeMismatchError(name, def.name, e.info.type);
+        return this.#handleFor(def, {
+          id: e.info.id,
+          name: e.info.name,
+          type: e.info.type,
+          module: e.info.module,
+        });
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new ActorNotFoundError(name);
+      const ac = new AbortController();
+      const t = setTimeout(() => ac.abort(), left);
+      await this.#dir.changed(name, ac.signal);
+      clearTimeout(t);
+    }
+  }
+
+  /** A handle from a ref (e.g. one received in a message). */
+  handle<D extends AnyActorDef>(def: D, ref: ActorRef): ActorHandle<D> {
+    if (ref.type !== def.name) throw new ActorTypeMismatchError(ref.id, def.name, ref.type);
+    return this.#handleFor(def, ref);
+  }
+
+  /**
+   * Stops an actor for good: its queued calls fail with ActorDiedError, its running call's signal
+   * aborts (it gets `graceMs` to finish), `close` runs, and it is not restarted.
+   */
+  async stop(
+    target: { ref: ActorRef } | ActorRef,
+    options: { graceMs?: number } = {},
+  ): Promise<void> {
+    this.#checkOpen();
+    const ref = "ref" in target ? target.ref : target;
+    const c = this.#owned.get(ref.id);
+    if (c) return await this.#stopChild(c, options.graceMs ?? 5000);
+    await this.#requestStop(ref.id, "stop", options.graceMs ?? 5000);
+  }
+
+  /** Kills an actor at once, as a crash would: its supervisor restarts it if the budget allows. */
+  async kill(target: { ref: ActorRef } | ActorRef): Promise<void> {
+    this.#checkOpen();
+    const ref = "ref" in target ? target.ref : target;
+    await this.#requestStop(ref.id, "kill", 0);
+  }
+
+  async #stopChild(c: ActorChild, graceMs: number) {
+    const was = c.state;
+    c.state = "stopped";
+    if (was === "running") await this.#requestStop(c.id, "stop", graceMs);
+    this.#owned.delete(c.id);
+    this.#dir.markGone(c.id, "stopped");
+    if (was !== "running" && was !== "stopped") {
+      this.#publish({ e: "gone", id: c.id, inc: c.inc, reason: "stopped" });
+    }
+  }
+
+  async #requestStop(id: string, mode: "stop" | "kill", graceMs: number) {
+    const e = this.#dir.actor(id);
+    if (!e || e.state !== "up") return;
+    const node = e.info.node;
+    const ac = new AbortController();
+    const off = this.#dir.on((ev) => {
+      if (ev.type === "node_down" && ev.node === node) ac.abort();
+    });
+    try {
+      await this.#caller.request(
+        this.#subjects.control(node),
+        { k: "stop" },
+        { id, mode, graceMs },
+        { actor: id, method: mode },
+        graceMs + 10_000,
+        ac.signal,
+      );
+    } catch (err) {
+      if (!(err instanceof CallCancelledError || err instanceof ActorNotFoundError)) throw err;
+    } finally {
+      off();
+    }
+  }
+
+  /** The system's object store (a JetStream Object Store bucket), opened on first use. */
+  objects(): Promise<ObjectStore> {
+    this.#checkOpen();
+    this.#objects ??= ObjectStore.open(this.nc, `actors_${this.name}`).catch((e) => {
+      this.#objects = undefined;
+      throw e;
+    });
+    return this.#objects;
+  }
+
+  #checkOpen() {
+    if (this.#closing) throw new SystemClosedError("the system is shut down");
+  }
+
+  #refOf(c: ActorChild): ActorRef {
+    return { id: c.id, name: c.options.name, type: c.def.name, module: c.def.module };
+  }
+
+  #newChild(
+    def: AnyActorDef,
+    input: unknown,
+    options: ChildOptions,
+    parent: SupervisorNode,
+  ): ActorChild {
+    if (!isActorDef(def)) {
+      throw new InvalidArgumentError("spawn needs a definition from defineActor");
+    }
+    const parsed = def.init.safeParse(input);
+    if (!parsed.success) throw new SchemaError(def.name, "init", issuesOf(parsed.error));
+    const name = options.name;
+    if (name !== undefined) checkToken("actor", name);
+    const id = name ?? randomId("_");
+    const prev = this.#dir.actor(id);
+    if (this.#owned.has(id) || (prev && prev.state !== "gone")) throw new ActorExistsError(id);
+    for (const [k, v] of Object.entries(options.resources ?? {})) {
+      if (!(v >= 0)) throw new InvalidArgumentError(`resource ${k} must be a non-negative number`);
+    }
+    this.#loader.register(def);
+    const opts: ChildOptions = def.module === undefined && options.node === undefined
+      ? { ...options, node: "local" }
+      : { ...options };
+    const c = new ActorChild(id, def, parsed.data, opts, parent, prev ? prev.info.inc + 1 : 0);
+    this.#owned.set(id, c);
+    return c;
+  }
+
+  #handleFor<D extends AnyActorDef>(def: D, ref: ActorRef): ActorHandle<D> {
+    const h: Record<string, unknown> = { ref: Object.freeze({ ...ref }) };
+    const methods = def.methods as Record<string, MethodSpec<unknown, Schema, Schema>>;
+    for (const m of Object.keys(methods)) {
+      const spec = methods[m];
+      const where = `${def.name}.${m}`;
+      h[m] = async (input: unknown, options?: CallOptions) => {
+        const p = spec.input.safeParse(input);
+        if (!p.success) throw new SchemaError(where, "input", issuesOf(p.error));
+        const out = await this.#caller.call(ref.id, m, p.data, options);
+        const q = spec.output.safeParse(out);
+        if (!q.success) throw new SchemaError(where, "output", issuesOf(q.error));
+        return q.data;
+      };
+    }
+    return Object.freeze(h) as ActorHandle<D>;
+  }
+
+  get #env(): SupervisionEnv {
+    return {
+      start: (c) => this.#place(c),
+      kill: (c) => this.#requestStop(c.id, "kill", 0),
+      restarting: (c) => {
+        this.#dir.markRestarting(c.id);
+        this.#publish({ e: "restarting", id: c.id, inc: c.inc, owner: this.nodeId });
+      },
+      gone: (c, reason, detail) => {
+        this.#owned.delete(c.id);
+        this.#dir.markGone(c.id, reason, detail);
+        this.#publish({ e: "gone", id: c.id, inc: c.inc, reason, detail });
+        return Promise.resolve();
+      },
+      failed: (sup, error) => {
+        this.#roots.delete(sup);
+        this.#failures.get(sup)?.(error);
+        this.#failures.delete(sup);
+        for (const l of [...this.#listeners]) {
+          try {
+            l({ type: "supervisor_failed", supervisor: sup.label, error });
+          } catch { /* listener's problem */ }
+        }
+      },
+    };
+  }
+
+  #publish(ev: ActorEvent) {
+    try {
+      this.nc.publish(this.#subjects.events, JSON.stringify(ev));
+    } catch { /* closed */ }
+  }
+
+  async #place(c: ActorChild): Promise<ActorInfo> {
+    const o = c.options;
+    const resources = o.resources ?? {};
+    const initTimeoutMs = o.initTimeoutMs ?? DEFAULT_INIT_TIMEOUT;
+    const deadline = Date.now() + (o.placementTimeoutMs ?? DEFAULT_PLACEMENT_TIMEOUT);
+    const req: SpawnRequest = {
+      id: c.id,
+      name: o.name,
+      type: c.def.name,
+      module: c.def.module,
+      inc: c.inc,
+      owner: this.nodeId,
+      resources,
+      mailbox: o.mailbox ?? DEFAULT_MAILBOX,
+      initTimeoutMs,
+      input: c.input,
+    };
+    const exclude = new Set<string>();
+    for (;;) {
+      if (this.#closing) throw new SystemClosedError("the system is shut down");
+      const node = pickNode(this.#dir.nodes, {
+        resources,
+        self: this.nodeId,
+        pinned: o.node,
+        exclude,
+        inflight: this.#inflight,
+        load: (id) => this.#load(id),
+      });
+      if (!node) {
+        if (Date.now() >= deadline) {
+          throw new NoNodeAvailableError(this.#noNodeMessage(c, resources));
+        }
+        await new Promise((r) => setTimeout(r, 100));
+        exclude.clear();
+        continue;
+      }
+      this.#reserve(node, resources, 1);
+      const ac = new AbortController();
+      const off = this.#dir.on((ev) => {
+        if (ev.type === "node_down" && ev.node === node) ac.abort();
+      });
+      try {
+        const raw = await this.#caller.request(
+          this.#subjects.control(node),
+          { k: "spawn" },
+          req,
+          { actor: c.id, method: "spawn" },
+          initTimeoutMs + 10_000,
+          ac.signal,
+        );
+        const info = actorInfoSchema.parse(raw);
+        this.#dir.record(info);
+        return info;
+      } catch (e) {
+        const retry = e instanceof InsufficientResourcesError || e instanceof ActorNotFoundError ||
+          (e instanceof CallCancelledError && ac.signal.aborted);
+        if (!retry) throw e;
+        exclude.add(node);
+      } finally {
+        off();
+        this.#reserve(node, resources, -1);
+      }
+    }
+  }
+
+  #load(node: string): number {
+    let n = 0;
+    for (const e of this.#dir.actors.values()) if (e.state === "up" && e.info.node === node) n++;
+    return n;
+  }
+
+  #reserve(node: string, r: Resources, sign: 1 | -1) {
+    const cur = this.#inflight.get(node) ?? {};
+    for (const [k, v] of Object.entries(r)) cur[k] = (cur[k] ?? 0) + sign * v;
+    this.#inflight.set(node, cur);
+  }
+
+  #noNodeMessage(c: ActorChild, resources: Resources): string {
+    const want = Object.keys(resources).length ? JSON.stringify(resources) : "no resources";
+    const nodes = this.nodes().map((n) =>
+      `${n.id}${n.id === this.nodeId ? " (this process)" : ""}: ${
+        JSON.stringify(n.resources)
+      } used ${JSON.stringify(n.used)}`
+    );
+    const where = c.options.node ? ` on node ${c.options.node}` : "";
+    return `no node can host ${c.id} (${c.def.name}, ${want})${where}; nodes: ${
+      nodes.join("; ") || "none"
+    }`;
+  }
+
+  /**
+   * Shuts down: stops the actors this process owns and hosts, leaves the system, and stops the
+   * node processes and the server it started. Idempotent.
+   */
+  shutdown(): Promise<void> {
+    this.#closing ??= (async () => {
+      for (const r of this.#roots) r.close();
+      const owned = [...this.#owned.values()].filter((c) => c.state === "running");
+      for (const c of owned) c.state = "stopped";
+      await Promise.all(owned.map((c) => this.#requestStop(c.id, "stop", 2000).catch(() => {})));
+      await this.#host.close(2000);
+      clearInterval(this.#tick);
+      this.#caller.close();
+      this.#dir.close();
+      for (const s of this.#subs) s.unsubscribe();
+      await this.#heartbeat?.stop();
+      try {
+        await this.nc.drain();
+      } catch {
+        await this.nc.close().catch(() => {});
+      }
+      await Promise.all(this.#nodes.map((n) => n.stop()));
+      await this.server?.stop();
+    })();
+    return this.#closing;
+  }
+
+  /** `await using system = await init()` shuts it down at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.shutdown();
+  }
+}
