@@ -1,0 +1,324 @@
+/**
+ * The engine: one WebGPU device with its buffer pool, pipeline cache, bind-group cache and
+ * uniform arenas. Kernels record into a `Recorder` made by `Gpu.record()`.
+ * @module
+ */
+import { BufferPool, type PoolStats } from "./buffer_pool.ts";
+import { type DeviceInfo, type DeviceOptions, openDevice } from "./device.ts";
+import {
+  DeviceLostError,
+  GpuClosedError,
+  type GpuError,
+  GpuOutOfMemoryError,
+  GpuShapeError,
+  GpuValidationError,
+} from "./errors.ts";
+import { type CompiledKernel, type KernelSpec, PipelineCache } from "./pipeline_cache.ts";
+import {
+  type ArenaChunk,
+  type MatmulVariant,
+  QUERIES_PER_SET,
+  Recorder,
+  type RecorderHost,
+  type RecordOptions,
+} from "./recorder.ts";
+import { type Allocation, type DType, GpuTensor, numel } from "./tensor.ts";
+
+export type { MatmulVariant } from "./recorder.ts";
+
+export interface GpuOptions extends DeviceOptions {
+  /**
+   * "auto" (default): per-thread register blocking on CPU adapters (lavapipe), where workgroup
+   * memory is slow, and workgroup-memory tiling on real GPUs.
+   */
+  matmul?: "auto" | MatmulVariant;
+}
+
+export interface EngineStats extends PoolStats {
+  pipelines: number;
+  bindGroups: number;
+}
+
+const TENSOR_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+// 64 KiB holds the Params of 256 dispatches even at a 256-byte uniform offset alignment.
+const ARENA_BYTES = 64 * 1024;
+// Bind groups are cheap to rebuild; the cap only bounds memory when callers churn tensors.
+const MAX_BIND_GROUPS = 8192;
+
+/**
+ * A WebGPU device and everything cached on it. Open with `Gpu.open()`, close with `close()`.
+ *
+ * Ordering: `upload`/`write` go through the device queue, so they are ordered before any later
+ * `submit`, and after every earlier one.
+ */
+export class Gpu {
+  readonly adapter: GPUAdapter;
+  readonly device: GPUDevice;
+  readonly info: DeviceInfo;
+  readonly matmulVariant: MatmulVariant;
+  /** The device's limits that the kernels and checks use. */
+  readonly limits: {
+    maxStorageBufferBindingSize: number;
+    maxBufferSize: number;
+    maxComputeWorkgroupsPerDimension: number;
+    minStorageBufferOffsetAlignment: number;
+    minUniformBufferOffsetAlignment: number;
+    maxComputeWorkgroupStorageSize: number;
+    maxComputeInvocationsPerWorkgroup: number;
+  };
+
+  #owner = {};
+  #pool: BufferPool;
+  #pipelines: PipelineCache;
+  #bindGroups = new Map<string, GPUBindGroup>();
+  #bufferIds = new WeakMap<GPUBuffer, number>();
+  #nextBufferId = 1;
+  #arenas: ArenaChunk[] = [];
+  #arenaCount = 0;
+  #querySets: GPUQuerySet[] = [];
+  #allQuerySets: GPUQuerySet[] = [];
+  #failure: GpuError | null = null;
+  #lost: Promise<never>;
+  #closed = false;
+  #host: RecorderHost;
+
+  private constructor(
+    opened: { adapter: GPUAdapter; device: GPUDevice; info: DeviceInfo },
+    options: GpuOptions,
+  ) {
+    this.adapter = opened.adapter;
+    this.device = opened.device;
+    this.info = opened.info;
+    const l = this.device.limits;
+    this.limits = {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      minStorageBufferOffsetAlignment: l.minStorageBufferOffsetAlignment,
+      minUniformBufferOffsetAlignment: l.minUniformBufferOffsetAlignment,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+    };
+    const choice = options.matmul ?? "auto";
+    this.matmulVariant = choice === "auto" ? (this.info.isCpu ? "register" : "tiled") : choice;
+    // Any destroyed buffer may sit in a cached bind group; dropping them all is simple and rare.
+    this.#pool = new BufferPool(this.device, () => this.#bindGroups.clear());
+    this.#pipelines = new PipelineCache(this.device);
+
+    this.#lost = this.device.lost.then((info) => {
+      const e = this.#closed ? new GpuClosedError("the engine was closed") : new DeviceLostError(
+        String(info.reason),
+        `the WebGPU device was lost (${info.reason}): ${info.message || "no message"}; ` +
+          `open a new Gpu to continue`,
+      );
+      this.#failure ??= e;
+      throw e;
+    });
+    this.#lost.catch(() => {});
+    this.device.addEventListener("uncapturederror", (ev) => {
+      const err = (ev as GPUUncapturedErrorEvent).error;
+      const E = err instanceof GPUOutOfMemoryError ? GpuOutOfMemoryError : GpuValidationError;
+      this.#failure ??= new E(`WebGPU error: ${err.message}`);
+    });
+    this.#host = this.#makeHost();
+  }
+
+  /** Opens a device (see `openDevice`) and wraps it in an engine. */
+  static async open(options: GpuOptions = {}): Promise<Gpu> {
+    return new Gpu(await openDevice(options), options);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Throws the first failure (lost device, uncaptured WebGPU error) or if closed. */
+  check(): void {
+    if (this.#failure) throw this.#failure;
+    if (this.#closed) throw new GpuClosedError("the engine was closed");
+  }
+
+  /** A tensor from the pool; its contents are undefined until written. */
+  tensor(shape: readonly number[], dtype: DType = "f32", label = ""): GpuTensor {
+    this.check();
+    const bytes = numel(shape) * 4;
+    if (bytes > this.limits.maxStorageBufferBindingSize) {
+      throw new GpuShapeError(
+        `tensor ${label} [${shape.join(", ")}] needs ${bytes} bytes, over the device's ` +
+          `maxStorageBufferBindingSize ${this.limits.maxStorageBufferBindingSize}`,
+      );
+    }
+    const buffer = this.#pool.acquire(bytes, TENSOR_USAGE, label);
+    const allocation: Allocation = {
+      buffer,
+      bufferId: this.#bufferId(buffer),
+      capacity: buffer.size,
+      owner: this.#owner,
+      alive: true,
+    };
+    return new GpuTensor(allocation, shape, dtype, 0, label);
+  }
+
+  /** A tensor filled with zeros. */
+  zeros(shape: readonly number[], dtype: DType = "f32", label = ""): GpuTensor {
+    const t = this.tensor(shape, dtype, label);
+    const enc = this.device.createCommandEncoder();
+    enc.clearBuffer(t.buffer, 0, t.bytes);
+    this.device.queue.submit([enc.finish()]);
+    return t;
+  }
+
+  /** A new tensor holding `data` (f32 for Float32Array, i32 for Int32Array). */
+  upload(
+    data: Float32Array | Int32Array,
+    shape: readonly number[] = [data.length],
+    label = "",
+  ): GpuTensor {
+    const t = this.tensor(shape, data instanceof Int32Array ? "i32" : "f32", label);
+    try {
+      this.write(t, data);
+    } catch (e) {
+      this.release(t);
+      throw e;
+    }
+    return t;
+  }
+
+  /** Overwrites all of `t` with `data` (same length and dtype). */
+  write(t: GpuTensor, data: Float32Array | Int32Array): void {
+    this.check();
+    this.#checkOwned("write", t);
+    const dtype: DType = data instanceof Int32Array ? "i32" : "f32";
+    if (data.length !== t.size || dtype !== t.dtype) {
+      throw new GpuShapeError(
+        `write: ${data.length} ${dtype} values do not fit ${t.describe()}`,
+      );
+    }
+    this.device.queue.writeBuffer(t.buffer, t.offset, data as unknown as BufferSource);
+  }
+
+  /** Returns `t`'s buffer to the pool; `t` and its views become unusable. */
+  release(t: GpuTensor): void {
+    this.#checkOwned("release", t);
+    t.allocation.alive = false;
+    this.#pool.release(t.buffer);
+  }
+
+  /** Copies `t` back to the host (one submit and wait). */
+  async read(t: GpuTensor): Promise<Float32Array | Int32Array> {
+    return (await this.readMany([t]))[0];
+  }
+
+  /** Copies `t` (an f32 tensor) back to the host. */
+  async readF32(t: GpuTensor): Promise<Float32Array> {
+    if (t.dtype !== "f32") throw new GpuShapeError(`readF32: ${t.describe()} is not f32`);
+    return (await this.read(t)) as Float32Array;
+  }
+
+  /** Copies several tensors back with one submit. */
+  async readMany(ts: readonly GpuTensor[]): Promise<(Float32Array | Int32Array)[]> {
+    const rec = this.record({ label: "read" });
+    const ps = ts.map((t) => rec.read(t));
+    await rec.submit();
+    return Promise.all(ps);
+  }
+
+  /** A recorder for one submit (typically one training step). */
+  record(options: RecordOptions = {}): Recorder {
+    this.check();
+    return new Recorder(this.#host, options);
+  }
+
+  /** Waits until all submitted work is done; throws a pending failure. */
+  async sync(): Promise<void> {
+    this.check();
+    await this.#host.waitQueue();
+    this.check();
+  }
+
+  stats(): EngineStats {
+    return {
+      ...this.#pool.stats(),
+      pipelines: this.#pipelines.size,
+      bindGroups: this.#bindGroups.size,
+    };
+  }
+
+  /** Destroys every buffer and the device. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#bindGroups.clear();
+    this.#pool.close();
+    for (const a of this.#arenas) a.buffer.destroy();
+    for (const q of this.#allQuerySets) q.destroy();
+    this.device.destroy();
+  }
+
+  #bufferId(b: GPUBuffer): number {
+    let id = this.#bufferIds.get(b);
+    if (id === undefined) this.#bufferIds.set(b, id = this.#nextBufferId++);
+    return id;
+  }
+
+  #checkOwned(what: string, t: GpuTensor): void {
+    if (t.allocation.owner !== this.#owner) {
+      throw new GpuShapeError(`${what}: ${t.describe()} belongs to another engine`);
+    }
+    if (!t.allocation.alive) throw new GpuClosedError(`${what}: ${t.describe()} was released`);
+  }
+
+  #makeHost(): RecorderHost {
+    const device = this.device;
+    const race = <T>(p: Promise<T>): Promise<T> => Promise.race([p, this.#lost]);
+    return {
+      device,
+      owner: this.#owner,
+      timestamps: this.info.timestamps,
+      uniformAlign: this.limits.minUniformBufferOffsetAlignment,
+      storageAlign: this.limits.minStorageBufferOffsetAlignment,
+      maxBinding: this.limits.maxStorageBufferBindingSize,
+      maxGroups: this.limits.maxComputeWorkgroupsPerDimension,
+      arenaBytes: ARENA_BYTES,
+      matmulVariant: this.matmulVariant,
+      kernel: (spec: KernelSpec): CompiledKernel => this.#pipelines.get(spec),
+      bindGroup: (key, make) => {
+        let g = this.#bindGroups.get(key);
+        if (!g) {
+          if (this.#bindGroups.size >= MAX_BIND_GROUPS) this.#bindGroups.clear();
+          g = make();
+          this.#bindGroups.set(key, g);
+        }
+        return g;
+      },
+      acquireArena: () =>
+        this.#arenas.pop() ?? {
+          buffer: device.createBuffer({
+            label: "uniform arena",
+            size: ARENA_BYTES,
+            usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+          }),
+          id: ++this.#arenaCount,
+        },
+      releaseArena: (c) => {
+        if (this.#closed) c.buffer.destroy();
+        else this.#arenas.push(c);
+      },
+      acquireQuerySet: () => {
+        const q = this.#querySets.pop();
+        if (q) return q;
+        const made = device.createQuerySet({ type: "timestamp", count: QUERIES_PER_SET });
+        this.#allQuerySets.push(made);
+        return made;
+      },
+      releaseQuerySet: (q) => {
+        if (!this.#closed) this.#querySets.push(q);
+      },
+      acquireBuffer: (bytes, usage) => this.#pool.acquire(bytes, usage),
+      releaseBuffer: (b) => this.#pool.release(b),
+      waitQueue: () => race(device.queue.onSubmittedWorkDone()),
+      mapRead: (b) => race(b.mapAsync(GPUMapMode.READ)),
+      check: () => this.check(),
+    };
+  }
+}

@@ -1,0 +1,35 @@
+/**
+ * Typed errors of the WebGPU engine. Every failure the engine can diagnose is one of these, so
+ * callers can tell a missing driver from a lost device from a programming error.
+ * @module
+ */
+
+/** Base class of every error thrown by `gpu/`. */
+export class GpuError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** No WebGPU adapter could be found (no GPU and no Vulkan software driver). */
+export class NoAdapterError extends GpuError {}
+
+/** The device was lost (driver reset, out of memory at the driver level, or destroyed). */
+export class DeviceLostError extends GpuError {
+  constructor(readonly reason: string, message: string) {
+    super(message);
+  }
+}
+
+/** WebGPU reported a validation error (a bug in the engine or in its caller). */
+export class GpuValidationError extends GpuError {}
+
+/** WebGPU could not allocate memory. */
+export class GpuOutOfMemoryError extends GpuError {}
+
+/** A tensor has the wrong shape, size, dtype or device for the kernel it was given to. */
+export class GpuShapeError extends GpuError {}
+
+/** The engine (or a recorder) was used after `close()` / `submit()`. */
+export class GpuClosedError extends GpuError {}

@@ -1,0 +1,502 @@
+/**
+ * Causal self-attention with grouped-query heads (GQA), forward and backward, plus a forward
+ * for greedy generation against a KV cache.
+ *
+ * Layouts (row-major, one row per token, heads side by side as Hugging Face's projections give
+ * them): q, out [B·S, nHeads·hd]; k, v [B·S, nKv·hd]; lse, delta [B·S, nHeads]. Query head h
+ * reads KV head `h / (nHeads / nKv)`; scores are `q·k · headDim^-1/2`.
+ *
+ * Work split (deterministic, no atomics):
+ * - forward and dQ: one invocation per (sequence, head, query row). A workgroup covers 64 query
+ *   rows of one (sequence, head) and walks the keys in order; every invocation reads the same
+ *   key at the same time (a broadcast on GPUs, a scalar load on lavapipe), and causality is a
+ *   per-invocation mask. The forward keeps the row's logsumexp for the backward pass.
+ * - dK, dV: one invocation per (sequence, KV head, key row), summing over its query heads in
+ *   order and, within each, over query rows in order.
+ * @module
+ */
+import { GpuShapeError } from "../errors.ts";
+import type { KernelSpec } from "../pipeline_cache.ts";
+import type { Recorder } from "../recorder.ts";
+import { expectShape, type GpuTensor } from "../tensor.ts";
+import { FLAT_INDEX_WGSL, grid1d, NAN_WGSL } from "./grid.ts";
+
+/** Shape of a batch of equal-length sequences. */
+export interface AttentionShape {
+  batch: number;
+  seqLen: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+}
+
+const WG = 64;
+
+const specs = new Map<string, KernelSpec>();
+
+function cached(key: string, make: () => KernelSpec): KernelSpec {
+  let s = specs.get(key);
+  if (!s) specs.set(key, s = make());
+  return s;
+}
+
+function forwardSpec(hd: number): KernelSpec {
+  return cached(`fwd${hd}`, () => ({
+    name: `attention_forward_hd${hd}`,
+    bindings: ["read", "read", "read", "read", "rw", "rw"],
+    params: "uuuuufuuu",
+    code: /* wgsl */ `
+struct Params {
+  B: u32, Sq: u32, Skv: u32, nH: u32, nKV: u32, scale: f32, usePos: u32, saveLse: u32, bound: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<f32>;
+@group(0) @binding(3) var<storage, read> V: array<f32>;
+@group(0) @binding(4) var<storage, read> pos: array<i32>;
+@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+@group(0) @binding(6) var<storage, read_write> LSE: array<f32>;
+${NAN_WGSL}
+const HD = ${hd}u;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / p.nH;
+  let h = wid.y % p.nH;
+  let kvh = h / (p.nH / p.nKV);
+  let i = wid.x * ${WG}u + lid.x;
+  let row = b * p.Sq + min(i, p.Sq - 1u);
+  // Keys 0..jEnd-1 are visited by the whole workgroup; 'last' masks each query's own range.
+  var last = min(i, p.Sq - 1u);
+  var jEnd = min(wid.x * ${WG}u + ${WG}u, p.Sq);
+  var bad = false;
+  if (p.usePos != 0u) {
+    let ps = pos[row];
+    bad = ps < 0 || u32(ps) >= p.Skv;
+    last = u32(max(ps, 0));
+    jEnd = min(p.bound + 1u, p.Skv);
+  }
+  let qb = (row * p.nH + h) * HD;
+  var qv: array<f32, HD>;
+  for (var d = 0u; d < HD; d++) { qv[d] = Q[qb + d]; }
+  let kvStride = p.nKV * HD;
+  let kb = b * p.Skv * kvStride + kvh * HD;
+  var m = -3.0e38;
+  for (var j = 0u; j < jEnd; j++) {
+    let kr = kb + j * kvStride;
+    var s = 0.0;
+    for (var d = 0u; d < HD; d++) { s = fma(qv[d], K[kr + d], s); }
+    s = s * p.scale;
+    m = select(m, max(m, s), j <= last);
+  }
+  var l = 0.0;
+  var o: array<f32, HD>;
+  for (var j = 0u; j < jEnd; j++) {
+    let kr = kb + j * kvStride;
+    var s = 0.0;
+    for (var d = 0u; d < HD; d++) { s = fma(qv[d], K[kr + d], s); }
+    s = s * p.scale;
+    let pj = select(0.0, exp(s - m), j <= last);
+    l += pj;
+    for (var d = 0u; d < HD; d++) { o[d] = fma(pj, V[kr + d], o[d]); }
+  }
+  if (i < p.Sq) {
+    for (var d = 0u; d < HD; d++) { O[qb + d] = select(o[d] / l, nanF32(), bad); }
+    if (p.saveLse != 0u) { LSE[row * p.nH + h] = m + log(l); }
+  }
+}
+`,
+  }));
+}
+
+const DELTA: KernelSpec = {
+  name: "attention_delta",
+  bindings: ["rw", "read", "read"],
+  params: "uu",
+  code: /* wgsl */ `
+struct Params { n: u32, hd: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> delta: array<f32>;
+@group(0) @binding(2) var<storage, read> dO: array<f32>;
+@group(0) @binding(3) var<storage, read> O: array<f32>;
+${FLAT_INDEX_WGSL}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let r = flatIndex(gid, nwg, ${WG}u);
+  if (r >= p.n) { return; }
+  var s = 0.0;
+  for (var d = 0u; d < p.hd; d++) { s = fma(dO[r * p.hd + d], O[r * p.hd + d], s); }
+  delta[r] = s;
+}
+`,
+};
+
+function dqSpec(hd: number): KernelSpec {
+  return cached(`dq${hd}`, () => ({
+    name: `attention_backward_dq_hd${hd}`,
+    bindings: ["rw", "read", "read", "read", "read", "read", "read"],
+    params: "uuuuf",
+    code: /* wgsl */ `
+struct Params { B: u32, S: u32, nH: u32, nKV: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> dQ: array<f32>;
+@group(0) @binding(2) var<storage, read> Q: array<f32>;
+@group(0) @binding(3) var<storage, read> K: array<f32>;
+@group(0) @binding(4) var<storage, read> V: array<f32>;
+@group(0) @binding(5) var<storage, read> dO: array<f32>;
+@group(0) @binding(6) var<storage, read> LSE: array<f32>;
+@group(0) @binding(7) var<storage, read> DELTA: array<f32>;
+const HD = ${hd}u;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / p.nH;
+  let h = wid.y % p.nH;
+  let kvh = h / (p.nH / p.nKV);
+  let i = wid.x * ${WG}u + lid.x;
+  let ic = min(i, p.S - 1u);
+  let row = b * p.S + ic;
+  let jEnd = min(wid.x * ${WG}u + ${WG}u, p.S);
+  let qb = (row * p.nH + h) * HD;
+  var qv: array<f32, HD>;
+  var gv: array<f32, HD>;
+  for (var d = 0u; d < HD; d++) { qv[d] = Q[qb + d]; gv[d] = dO[qb + d]; }
+  let lse = LSE[row * p.nH + h];
+  let dl = DELTA[row * p.nH + h];
+  let kvStride = p.nKV * HD;
+  let kb = b * p.S * kvStride + kvh * HD;
+  var acc: array<f32, HD>;
+  for (var j = 0u; j < jEnd; j++) {
+    let kr = kb + j * kvStride;
+    var s = 0.0;
+    var dp = 0.0;
+    for (var d = 0u; d < HD; d++) {
+      s = fma(qv[d], K[kr + d], s);
+      dp = fma(gv[d], V[kr + d], dp);
+    }
+    s = s * p.scale;
+    let pj = select(0.0, exp(s - lse), j <= ic);
+    let ds = pj * (dp - dl);
+    for (var d = 0u; d < HD; d++) { acc[d] = fma(ds, K[kr + d], acc[d]); }
+  }
+  if (i < p.S) {
+    for (var d = 0u; d < HD; d++) { dQ[qb + d] = acc[d] * p.scale; }
+  }
+}
+`,
+  }));
+}
+
+function dkvSpec(hd: number): KernelSpec {
+  return cached(`dkv${hd}`, () => ({
+    name: `attention_backward_dkv_hd${hd}`,
+    bindings: ["rw", "rw", "read", "read", "read", "read", "read", "read"],
+    params: "uuuuf",
+    code: /* wgsl */ `
+struct Params { B: u32, S: u32, nH: u32, nKV: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> dK: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dV: array<f32>;
+@group(0) @binding(3) var<storage, read> Q: array<f32>;
+@group(0) @binding(4) var<storage, read> K: array<f32>;
+@group(0) @binding(5) var<storage, read> V: array<f32>;
+@group(0) @binding(6) var<storage, read> dO: array<f32>;
+@group(0) @binding(7) var<storage, read> LSE: array<f32>;
+@group(0) @binding(8) var<storage, read> DELTA: array<f32>;
+const HD = ${hd}u;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / p.nKV;
+  let kvh = wid.y % p.nKV;
+  let group = p.nH / p.nKV;
+  let j = wid.x * ${WG}u + lid.x;
+  let jc = min(j, p.S - 1u);
+  let kb = ((b * p.S + jc) * p.nKV + kvh) * HD;
+  var kv: array<f32, HD>;
+  var vv: array<f32, HD>;
+  for (var d = 0u; d < HD; d++) { kv[d] = K[kb + d]; vv[d] = V[kb + d]; }
+  var dk: array<f32, HD>;
+  var dv: array<f32, HD>;
+  // Queries before the workgroup's first key see none of its keys.
+  let iStart = wid.x * ${WG}u;
+  for (var hq = kvh * group; hq < kvh * group + group; hq++) {
+    for (var i = iStart; i < p.S; i++) {
+      let qrow = b * p.S + i;
+      let qb = (qrow * p.nH + hq) * HD;
+      var s = 0.0;
+      var dp = 0.0;
+      for (var d = 0u; d < HD; d++) {
+        s = fma(Q[qb + d], kv[d], s);
+        dp = fma(dO[qb + d], vv[d], dp);
+      }
+      s = s * p.scale;
+      let pj = select(0.0, exp(s - LSE[qrow * p.nH + hq]), i >= jc);
+      let ds = pj * (dp - DELTA[qrow * p.nH + hq]);
+      for (var d = 0u; d < HD; d++) {
+        dv[d] = fma(pj, dO[qb + d], dv[d]);
+        dk[d] = fma(ds, Q[qb + d], dk[d]);
+      }
+    }
+  }
+  if (j < p.S) {
+    for (var d = 0u; d < HD; d++) {
+      dK[kb + d] = dk[d] * p.scale;
+      dV[kb + d] = dv[d];
+    }
+  }
+}
+`,
+  }));
+}
+
+function checkShape(what: string, s: AttentionShape): void {
+  const { batch, seqLen, nHeads, nKvHeads, headDim } = s;
+  for (const [k, v] of Object.entries(s)) {
+    if (!Number.isInteger(v) || v < 1) {
+      throw new GpuShapeError(`${what}: ${k} must be an integer >= 1, got ${v}`);
+    }
+  }
+  if (nHeads % nKvHeads !== 0) {
+    throw new GpuShapeError(`${what}: nKvHeads ${nKvHeads} does not divide nHeads ${nHeads}`);
+  }
+  if (headDim > 256) throw new GpuShapeError(`${what}: headDim ${headDim} > 256 is not supported`);
+  void batch;
+  void seqLen;
+}
+
+export interface AttentionForwardTensors {
+  /** [B·S, nHeads·hd] (written). */
+  out: GpuTensor;
+  /** [B·S, nHeads] row logsumexp for the backward pass (written); null when not training. */
+  lse: GpuTensor | null;
+  /** [B·S, nHeads·hd], after RoPE. */
+  q: GpuTensor;
+  /** [B·S, nKvHeads·hd], after RoPE. */
+  k: GpuTensor;
+  /** [B·S, nKvHeads·hd]. */
+  v: GpuTensor;
+}
+
+/** Causal attention of every position of B sequences of length S over its own prefix. */
+export function attentionForward(
+  rec: Recorder,
+  t: AttentionForwardTensors,
+  s: AttentionShape,
+): void {
+  checkShape("attentionForward", s);
+  const rows = s.batch * s.seqLen;
+  expectShape("attention q", t.q, [rows, s.nHeads * s.headDim]);
+  expectShape("attention out", t.out, [rows, s.nHeads * s.headDim]);
+  expectShape("attention k", t.k, [rows, s.nKvHeads * s.headDim]);
+  expectShape("attention v", t.v, [rows, s.nKvHeads * s.headDim]);
+  if (t.lse) expectShape("attention lse", t.lse, [rows, s.nHeads]);
+  rec.dispatch(
+    forwardSpec(s.headDim),
+    [t.q, t.k, t.v, t.q, t.out, t.lse ?? t.out],
+    [
+      s.batch,
+      s.seqLen,
+      s.seqLen,
+      s.nHeads,
+      s.nKvHeads,
+      1 / Math.sqrt(s.headDim),
+      0,
+      t.lse ? 1 : 0,
+      0,
+    ],
+    [Math.ceil(s.seqLen / WG), s.batch * s.nHeads],
+  );
+}
+
+export interface AttentionBackwardTensors {
+  /** [B·S, nHeads·hd] (written). */
+  dq: GpuTensor;
+  /** [B·S, nKvHeads·hd] (written). */
+  dk: GpuTensor;
+  /** [B·S, nKvHeads·hd] (written). */
+  dv: GpuTensor;
+  /** [B·S, nHeads·hd], gradient of the forward output. */
+  dout: GpuTensor;
+  q: GpuTensor;
+  k: GpuTensor;
+  v: GpuTensor;
+  /** The forward output. */
+  out: GpuTensor;
+  /** The forward's lse. */
+  lse: GpuTensor;
+  /** [B·S, nHeads] scratch (written: rowsum(dout ⊙ out)). */
+  delta: GpuTensor;
+}
+
+/**
+ * Gradients of `attentionForward` w.r.t. q, k, v (k, v gradients summed over the query heads
+ * that share a KV head).
+ */
+export function attentionBackward(
+  rec: Recorder,
+  t: AttentionBackwardTensors,
+  s: AttentionShape,
+): void {
+  checkShape("attentionBackward", s);
+  const rows = s.batch * s.seqLen;
+  const qw = s.nHeads * s.headDim;
+  const kw = s.nKvHeads * s.headDim;
+  for (
+    const [n, x, w] of [
+      ["dq", t.dq, qw],
+      ["dout", t.dout, qw],
+      ["q", t.q, qw],
+      ["out", t.out, qw],
+      ["dk", t.dk, kw],
+      ["dv", t.dv, kw],
+      ["k", t.k, kw],
+      ["v", t.v, kw],
+    ] as const
+  ) {
+    expectShape(`attention ${n}`, x, [rows, w]);
+  }
+  expectShape("attention lse", t.lse, [rows, s.nHeads]);
+  expectShape("attention delta", t.delta, [rows, s.nHeads]);
+  const scale = 1 / Math.sqrt(s.headDim);
+  rec.dispatch(
+    DELTA,
+    [t.delta, t.dout, t.out],
+    [rows * s.nHeads, s.headDim],
+    grid1d(rows * s.nHeads, WG),
+  );
+  rec.dispatch(
+    dqSpec(s.headDim),
+    [t.dq, t.q, t.k, t.v, t.dout, t.lse, t.delta],
+    [s.batch, s.seqLen, s.nHeads, s.nKvHeads, scale],
+    [Math.ceil(s.seqLen / WG), s.batch * s.nHeads],
+  );
+  rec.dispatch(
+    dkvSpec(s.headDim),
+    [t.dk, t.dv, t.q, t.k, t.v, t.dout, t.lse, t.delta],
+    [s.batch, s.seqLen, s.nHeads, s.nKvHeads, scale],
+    [Math.ceil(s.seqLen / WG), s.batch * s.nKvHeads],
+  );
+}
+
+/** Shape of a decoding step: `newTokens` query rows per sequence against a cache of `maxLen`. */
+export interface DecodeShape {
+  batch: number;
+  newTokens: number;
+  maxLen: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+}
+
+export interface AttentionDecodeTensors {
+  /** [B·newTokens, nHeads·hd] (written). */
+  out: GpuTensor;
+  /** [B·newTokens, nHeads·hd], after RoPE. */
+  q: GpuTensor;
+  /** [B·maxLen, nKvHeads·hd]: row b·maxLen + p holds sequence b's key at position p. */
+  kCache: GpuTensor;
+  /** [B·maxLen, nKvHeads·hd]. */
+  vCache: GpuTensor;
+  /** i32 [B·newTokens]: each query's absolute position; it attends to cache rows 0..position. */
+  positions: GpuTensor;
+}
+
+function checkDecode(what: string, s: DecodeShape, maxPosition: number): void {
+  checkShape(what, {
+    batch: s.batch,
+    seqLen: s.newTokens,
+    nHeads: s.nHeads,
+    nKvHeads: s.nKvHeads,
+    headDim: s.headDim,
+  });
+  if (!Number.isInteger(s.maxLen) || s.maxLen < 1) {
+    throw new GpuShapeError(`${what}: bad maxLen ${s.maxLen}`);
+  }
+  if (!Number.isInteger(maxPosition) || maxPosition < 0 || maxPosition >= s.maxLen) {
+    throw new GpuShapeError(`${what}: maxPosition ${maxPosition} is outside [0, ${s.maxLen})`);
+  }
+}
+
+/**
+ * Attention of a few new positions per sequence against a KV cache that already holds their
+ * own keys and values (write them first with `kvCacheWrite`). `maxPosition` bounds every
+ * position in `positions` (it limits the keys visited); a position outside [0, maxLen) gives a
+ * NaN output row.
+ */
+export function attentionDecode(
+  rec: Recorder,
+  t: AttentionDecodeTensors,
+  s: DecodeShape,
+  maxPosition: number,
+): void {
+  checkDecode("attentionDecode", s, maxPosition);
+  const rows = s.batch * s.newTokens;
+  expectShape("attentionDecode q", t.q, [rows, s.nHeads * s.headDim]);
+  expectShape("attentionDecode out", t.out, [rows, s.nHeads * s.headDim]);
+  expectShape("attentionDecode kCache", t.kCache, [s.batch * s.maxLen, s.nKvHeads * s.headDim]);
+  expectShape("attentionDecode vCache", t.vCache, [s.batch * s.maxLen, s.nKvHeads * s.headDim]);
+  expectShape("attentionDecode positions", t.positions, [rows], "i32");
+  rec.dispatch(
+    forwardSpec(s.headDim),
+    [t.q, t.kCache, t.vCache, t.positions, t.out, t.out],
+    [
+      s.batch,
+      s.newTokens,
+      s.maxLen,
+      s.nHeads,
+      s.nKvHeads,
+      1 / Math.sqrt(s.headDim),
+      1,
+      0,
+      maxPosition,
+    ],
+    [Math.ceil(s.newTokens / WG), s.batch * s.nHeads],
+  );
+}
+
+const CACHE_WRITE: KernelSpec = {
+  name: "kv_cache_write",
+  bindings: ["rw", "read", "read"],
+  params: "uuuu",
+  code: /* wgsl */ `
+struct Params { n: u32, Tn: u32, maxLen: u32, W: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> cache: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> pos: array<i32>;
+${FLAT_INDEX_WGSL}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = flatIndex(gid, nwg, 256u);
+  if (i >= p.n) { return; }
+  let r = i / p.W;
+  let ps = pos[r];
+  if (ps < 0 || u32(ps) >= p.maxLen) { return; }
+  cache[((r / p.Tn) * p.maxLen + u32(ps)) * p.W + i % p.W] = x[i];
+}
+`,
+};
+
+/**
+ * Stores the new rows `x` [B·newTokens, nKvHeads·hd] of k or v into `cache` [B·maxLen, same]
+ * at row `b·maxLen + positions[r]`. Rows with a position outside [0, maxLen) are skipped.
+ */
+export function kvCacheWrite(
+  rec: Recorder,
+  cache: GpuTensor,
+  x: GpuTensor,
+  positions: GpuTensor,
+  s: { batch: number; newTokens: number; maxLen: number },
+): void {
+  const rows = s.batch * s.newTokens;
+  if (x.shape.length !== 2 || x.shape[0] !== rows) {
+    throw new GpuShapeError(`kvCacheWrite: x must be [${rows}, width], got ${x.describe()}`);
+  }
+  const W = x.shape[1];
+  expectShape("kvCacheWrite cache", cache, [s.batch * s.maxLen, W]);
+  expectShape("kvCacheWrite positions", positions, [rows], "i32");
+  rec.dispatch(
+    CACHE_WRITE,
+    [cache, x, positions],
+    [rows * W, s.newTokens, s.maxLen, W],
+    grid1d(rows * W, 256),
+  );
+}

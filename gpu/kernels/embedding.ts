@@ -1,0 +1,204 @@
+/**
+ * Token embedding: gather forward, and a deterministic backward without atomics.
+ *
+ * The backward pass needs, for every distinct token, the positions where it occurs. The host
+ * knows the tokens (it uploaded them), so `EmbeddingGradPlan.set` sorts the positions by token
+ * once per step (a stable counting sort); the kernel then gives each distinct token one
+ * workgroup row that sums its positions' gradient rows in ascending position order.
+ * @module
+ */
+import type { Gpu } from "../engine.ts";
+import { GpuShapeError } from "../errors.ts";
+import type { KernelSpec } from "../pipeline_cache.ts";
+import type { Recorder } from "../recorder.ts";
+import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
+import { fill } from "./elementwise.ts";
+import { FLAT_INDEX_WGSL, grid1d, NAN_WGSL } from "./grid.ts";
+
+const WG = 256;
+
+const FORWARD: KernelSpec = {
+  name: "embedding_forward",
+  bindings: ["rw", "read", "read"],
+  params: "uuu",
+  code: /* wgsl */ `
+struct Params { T: u32, H: u32, V: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> table: array<f32>;
+@group(0) @binding(3) var<storage, read> tokens: array<i32>;
+${FLAT_INDEX_WGSL}
+${NAN_WGSL}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = flatIndex(gid, nwg, ${WG}u);
+  if (i >= p.T * p.H) { return; }
+  let tok = tokens[i / p.H];
+  if (tok < 0 || u32(tok) >= p.V) { y[i] = nanF32(); return; }
+  y[i] = table[u32(tok) * p.H + i % p.H];
+}
+`,
+};
+
+const BWD_WG = 64;
+
+const BACKWARD: KernelSpec = {
+  name: "embedding_backward",
+  bindings: ["rw", "read", "read", "read", "read"],
+  params: "u",
+  code: /* wgsl */ `
+struct Params { H: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> dtable: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read> order: array<i32>;
+@group(0) @binding(4) var<storage, read> starts: array<i32>;
+@group(0) @binding(5) var<storage, read> ids: array<i32>;
+@compute @workgroup_size(${BWD_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let u = wid.y;
+  let h = wid.x * ${BWD_WG}u + lid.x;
+  if (h >= p.H) { return; }
+  var s = 0.0;
+  let end = u32(starts[u + 1u]);
+  for (var n = u32(starts[u]); n < end; n++) {
+    s += dy[u32(order[n]) * p.H + h];
+  }
+  let o = u32(ids[u]) * p.H + h;
+  dtable[o] = dtable[o] + s;
+}
+`,
+};
+
+/**
+ * `y[t,:] = table[tokens[t],:]`. Shapes: y [T, H], table [V, H], tokens i32 [T]. An id outside
+ * [0, V) gives a NaN row (a kernel cannot throw).
+ */
+export function embeddingForward(
+  rec: Recorder,
+  y: GpuTensor,
+  table: GpuTensor,
+  tokens: GpuTensor,
+): void {
+  const [V, H] = expect2d("embedding table", table);
+  const [T] = tokens.shape;
+  expectShape("embedding tokens", tokens, [T], "i32");
+  expectShape("embedding y", y, [T, H]);
+  rec.dispatch(FORWARD, [y, table, tokens], [T, H, V], grid1d(T * H, WG));
+}
+
+/**
+ * The positions of each distinct token of a batch, on the device: `order` lists positions
+ * grouped by token (ascending token, ascending position), distinct token u owns
+ * `order[starts[u] .. starts[u+1])`, and `ids[u]` is its token id. Allocate once with the
+ * batch size as capacity; `set` refills it each step.
+ */
+export class EmbeddingGradPlan {
+  readonly capacity: number;
+  readonly vocab: number;
+  readonly order: GpuTensor;
+  readonly starts: GpuTensor;
+  readonly ids: GpuTensor;
+  #unique = 0;
+  #tokens = 0;
+  #gpu: Gpu;
+
+  constructor(gpu: Gpu, capacity: number, vocab: number) {
+    if (!Number.isInteger(capacity) || capacity < 1 || !Number.isInteger(vocab) || vocab < 1) {
+      throw new GpuShapeError(`EmbeddingGradPlan: bad capacity ${capacity} or vocab ${vocab}`);
+    }
+    this.#gpu = gpu;
+    this.capacity = capacity;
+    this.vocab = vocab;
+    this.order = gpu.tensor([capacity], "i32", "embedding order");
+    this.starts = gpu.tensor([capacity + 1], "i32", "embedding starts");
+    this.ids = gpu.tensor([capacity], "i32", "embedding ids");
+  }
+
+  /** Distinct tokens of the last `set`. */
+  get unique(): number {
+    return this.#unique;
+  }
+
+  /** Number of tokens of the last `set`. */
+  get tokens(): number {
+    return this.#tokens;
+  }
+
+  /**
+   * Computes the plan of `tokens` and writes it to the device (queue-ordered before the next
+   * submit).
+   * @throws GpuShapeError when there are more tokens than `capacity` or an id is outside the vocab.
+   */
+  set(tokens: Int32Array): void {
+    const T = tokens.length;
+    if (T < 1 || T > this.capacity) {
+      throw new GpuShapeError(`EmbeddingGradPlan: ${T} tokens, capacity ${this.capacity}`);
+    }
+    const counts = new Int32Array(this.vocab);
+    for (let t = 0; t < T; t++) {
+      const v = tokens[t];
+      if (!Number.isInteger(v) || v < 0 || v >= this.vocab) {
+        throw new GpuShapeError(
+          `EmbeddingGradPlan: token ${v} at position ${t} is outside [0, ${this.vocab})`,
+        );
+      }
+      counts[v]++;
+    }
+    const first = new Int32Array(this.vocab);
+    const ids = new Int32Array(this.capacity);
+    const starts = new Int32Array(this.capacity + 1);
+    let u = 0;
+    let at = 0;
+    for (let v = 0; v < this.vocab; v++) {
+      if (counts[v] === 0) continue;
+      ids[u] = v;
+      starts[u] = at;
+      first[v] = at;
+      at += counts[v];
+      u++;
+    }
+    starts[u] = at;
+    const order = new Int32Array(this.capacity);
+    for (let t = 0; t < T; t++) order[first[tokens[t]]++] = t;
+    this.#unique = u;
+    this.#tokens = T;
+    this.#gpu.write(this.order, order);
+    this.#gpu.write(this.starts, starts);
+    this.#gpu.write(this.ids, ids);
+  }
+
+  /** Releases the plan's device buffers. */
+  release(): void {
+    this.#gpu.release(this.order);
+    this.#gpu.release(this.starts);
+    this.#gpu.release(this.ids);
+  }
+}
+
+/**
+ * `dtable[v,:] (+)= Σ_{t: tokens[t] = v} dy[t,:]`, summed in ascending t; rows of tokens absent
+ * from the batch are zeroed unless `accumulate`. Shapes: dtable [V, H], dy [T, H] with T the
+ * token count of the plan's last `set`.
+ */
+export function embeddingBackward(
+  rec: Recorder,
+  dtable: GpuTensor,
+  dy: GpuTensor,
+  plan: EmbeddingGradPlan,
+  accumulate = false,
+): void {
+  const [V, H] = expect2d("embedding dtable", dtable);
+  if (V !== plan.vocab) {
+    throw new GpuShapeError(`embeddingBackward: dtable has ${V} rows, plan vocab ${plan.vocab}`);
+  }
+  if (plan.tokens === 0) throw new GpuShapeError("embeddingBackward: the plan was never set");
+  expectShape("embedding dy", dy, [plan.tokens, H]);
+  if (!accumulate) fill(rec, dtable, 0);
+  rec.dispatch(
+    BACKWARD,
+    [dtable, dy, plan.order, plan.starts, plan.ids],
+    [H],
+    [Math.ceil(H / BWD_WG), plan.unique],
+  );
+}

@@ -1,0 +1,148 @@
+/**
+ * The HD-PiSSA weight update `W[out,in] += c·s·L·R` with
+ *
+ *   L = [ΔB_1 | B_1+ΔB_1 | … | ΔB_K | B_K+ΔB_K]   [out, 2Kr]
+ *   R = [A_1 ; ΔA_1 ; … ; A_K ; ΔA_K]             [2Kr, in]
+ *
+ * so that L·R = Σ_j ΔB_j A_j + (B_j+ΔB_j) ΔA_j = Σ_j (B_j+ΔB_j)(A_j+ΔA_j) − B_j A_j. L and R
+ * are packed on the device by `blockCopy`, then one NN matmul of inner size 2Kr accumulates
+ * into W; the inner sum runs over j = 1..K in order, so every worker gets the same bits.
+ * @module
+ */
+import { GpuShapeError } from "../errors.ts";
+import type { KernelSpec } from "../pipeline_cache.ts";
+import type { Recorder } from "../recorder.ts";
+import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
+import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
+import { matmul, type MatmulOptions } from "./matmul.ts";
+
+const WG = 256;
+
+const BLOCK_COPY: KernelSpec = {
+  name: "block_copy",
+  bindings: ["rw", "read", "read"],
+  params: "uuuuuu",
+  code: /* wgsl */ `
+struct Params { rows: u32, cols: u32, dstCols: u32, row0: u32, col0: u32, hasSrc2: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<f32>;
+@group(0) @binding(3) var<storage, read> src2: array<f32>;
+${FLAT_INDEX_WGSL}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = flatIndex(gid, nwg, ${WG}u);
+  if (i >= p.rows * p.cols) { return; }
+  var v = src[i];
+  if (p.hasSrc2 != 0u) { v = v + src2[i]; }
+  dst[(p.row0 + i / p.cols) * p.dstCols + p.col0 + i % p.cols] = v;
+}
+`,
+};
+
+/**
+ * `dst[row0 + i, col0 + j] = src[i, j] (+ src2[i, j])` for the whole of `src` [rows, cols];
+ * dst is [R, C] with the block inside it.
+ */
+export function blockCopy(
+  rec: Recorder,
+  dst: GpuTensor,
+  src: GpuTensor,
+  src2: GpuTensor | null,
+  row0: number,
+  col0: number,
+): void {
+  const [R, C] = expect2d("blockCopy dst", dst);
+  const [rows, cols] = expect2d("blockCopy src", src);
+  if (src2) expectShape("blockCopy src2", src2, [rows, cols]);
+  if (
+    !Number.isInteger(row0) || !Number.isInteger(col0) || row0 < 0 || col0 < 0 ||
+    row0 + rows > R || col0 + cols > C
+  ) {
+    throw new GpuShapeError(
+      `blockCopy: a [${rows}, ${cols}] block at (${row0}, ${col0}) does not fit dst [${R}, ${C}]`,
+    );
+  }
+  rec.dispatch(
+    BLOCK_COPY,
+    [dst, src, src2 ?? src],
+    [rows, cols, C, row0, col0, src2 ? 1 : 0],
+    grid1d(rows * cols, WG),
+  );
+}
+
+/** One worker's factors and steps for one adapted matrix W [out, in]. */
+export interface AdapterSteps {
+  /** [r, in] */
+  A: GpuTensor;
+  /** [out, r] */
+  B: GpuTensor;
+  /** [r, in] */
+  dA: GpuTensor;
+  /** [out, r] */
+  dB: GpuTensor;
+}
+
+/** Checks the K pairs against W and returns r. */
+function adapterRank(W: GpuTensor, pairs: readonly AdapterSteps[]): number {
+  const [out, inn] = expect2d("hdPissa W", W);
+  if (pairs.length === 0) throw new GpuShapeError("hdPissa: no adapter pairs");
+  const [r] = expect2d("hdPissa A_1", pairs[0].A);
+  pairs.forEach((q, j) => {
+    expectShape(`hdPissa A_${j + 1}`, q.A, [r, inn]);
+    expectShape(`hdPissa dA_${j + 1}`, q.dA, [r, inn]);
+    expectShape(`hdPissa B_${j + 1}`, q.B, [out, r]);
+    expectShape(`hdPissa dB_${j + 1}`, q.dB, [out, r]);
+  });
+  return r;
+}
+
+/** Packs L [out, 2Kr] and R [2Kr, in] from the K pairs (see the module doc). */
+export function hdPissaPack(
+  rec: Recorder,
+  L: GpuTensor,
+  R: GpuTensor,
+  W: GpuTensor,
+  pairs: readonly AdapterSteps[],
+): void {
+  const r = adapterRank(W, pairs);
+  const [out, inn] = W.shape;
+  const inner = 2 * pairs.length * r;
+  expectShape("hdPissa L", L, [out, inner]);
+  expectShape("hdPissa R", R, [inner, inn]);
+  pairs.forEach((q, j) => {
+    blockCopy(rec, L, q.dB, null, 0, 2 * j * r);
+    blockCopy(rec, L, q.B, q.dB, 0, 2 * j * r + r);
+    blockCopy(rec, R, q.A, null, 2 * j * r, 0);
+    blockCopy(rec, R, q.dA, null, 2 * j * r + r, 0);
+  });
+}
+
+export interface HdPissaUpdateOptions {
+  /** 1/K ("mean", default in the paper's text) or 1 ("sum"). */
+  c: number;
+  /** Adapter scaling alpha/r. */
+  s: number;
+  /** Matmul implementation override (tests). */
+  variant?: MatmulOptions["variant"];
+}
+
+/**
+ * `W += f32(c·s)·L·R` after packing L, R (preallocated scratch of shapes [out, 2Kr] and
+ * [2Kr, in]) from `pairs` (j = 1..K in order).
+ */
+export function hdPissaUpdate(
+  rec: Recorder,
+  W: GpuTensor,
+  pairs: readonly AdapterSteps[],
+  L: GpuTensor,
+  R: GpuTensor,
+  options: HdPissaUpdateOptions,
+): void {
+  hdPissaPack(rec, L, R, W, pairs);
+  matmul(rec, "NN", W, L, R, {
+    alpha: Math.fround(options.c * options.s),
+    beta: 1,
+    variant: options.variant,
+  });
+}

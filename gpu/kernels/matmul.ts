@@ -1,0 +1,320 @@
+/**
+ * Matrix products in the three layouts a linear layer and its adapters need (row-major, f32,
+ * Hugging Face convention `y = x·Wᵀ` with `W [out, in]`):
+ *
+ * - NT `C[M,N] = α·A[M,K]·B[N,K]ᵀ + β·C` — linear forward `x·Wᵀ`, adapter products `x·Aᵀ`, `(xAᵀ)·Bᵀ`;
+ * - NN `C[M,N] = α·A[M,K]·B[K,N] + β·C` — input gradients `dY·W`, `dY·B`, the HD-PiSSA update;
+ * - TN `C[M,N] = α·A[K,M]ᵀ·B[K,N] + β·C` — weight gradients `dYᵀ·x`, `g_B`, `g_A`.
+ *
+ * `β = 0` overwrites C without reading it (C may hold garbage or NaN); `β = 1` accumulates.
+ * Each output element is one fused-multiply-add chain over k = 0..K-1 in order, so results are
+ * deterministic.
+ *
+ * Two implementations share these semantics:
+ * - "register" (CPU adapters such as lavapipe, and small or skinny products everywhere): no
+ *   workgroup memory. A workgroup owns TU rows of the "uniform" operand (addresses depend only on
+ *   the workgroup id, so lavapipe loads them once per SIMD batch and broadcasts) and its
+ *   invocations own TL columns each of the "lane" operand; every invocation keeps a TU×TL block
+ *   of accumulators in registers. The larger of M and N becomes the lane dimension (computing
+ *   Cᵀ = B·Aᵀ when M > N), so skinny adapter products (N = r) still fill the SIMD lanes.
+ * - "tiled" (real GPUs): 64×64 output tiles per 16×16 workgroup, 16-deep K slices staged in
+ *   workgroup memory as vec4, 4×4 accumulators per invocation.
+ * @module
+ */
+import { GpuShapeError } from "../errors.ts";
+import type { KernelSpec } from "../pipeline_cache.ts";
+import type { MatmulVariant, Recorder } from "../recorder.ts";
+import { expect2d, type GpuTensor } from "../tensor.ts";
+
+/** Operand layouts; the letters say whether A and B are used as stored (N) or transposed (T). */
+export type MatmulLayout = "NT" | "NN" | "TN";
+
+export interface MatmulOptions {
+  /** Scale of the product (default 1). */
+  alpha?: number;
+  /** Scale of the existing C (default 0: C is overwritten and not read). */
+  beta?: number;
+  /** Force an implementation (default: the device's preference, see the module doc). */
+  variant?: MatmulVariant;
+}
+
+/** The logical problem: C(m,n) = α Σ_k A(m,k)·B(n,k) + β C(m,n), with element strides. */
+interface Problem {
+  M: number;
+  N: number;
+  K: number;
+  sAm: number;
+  sAk: number;
+  sBn: number;
+  sBk: number;
+}
+
+function problem(layout: MatmulLayout, c: GpuTensor, a: GpuTensor, b: GpuTensor): Problem {
+  const [cm, cn] = expect2d(`matmul${layout} C`, c);
+  const [a0, a1] = expect2d(`matmul${layout} A`, a);
+  const [b0, b1] = expect2d(`matmul${layout} B`, b);
+  let p: Problem;
+  if (layout === "NT") p = { M: a0, K: a1, N: b0, sAm: a1, sAk: 1, sBn: b1, sBk: 1 };
+  else if (layout === "NN") p = { M: a0, K: a1, N: b1, sAm: a1, sAk: 1, sBn: 1, sBk: b1 };
+  else p = { M: a1, K: a0, N: b1, sAm: 1, sAk: a1, sBn: 1, sBk: b1 };
+  const bk = layout === "NT" ? b1 : b0;
+  if (bk !== p.K || cm !== p.M || cn !== p.N) {
+    const shapes = {
+      NT: "C[M,N], A[M,K], B[N,K]",
+      NN: "C[M,N], A[M,K], B[K,N]",
+      TN: "C[M,N], A[K,M], B[K,N]",
+    };
+    throw new GpuShapeError(
+      `matmul${layout} needs ${shapes[layout]}; got C [${c.shape}], A [${a.shape}], B [${b.shape}]`,
+    );
+  }
+  return p;
+}
+
+// ---- register-blocked implementation ---------------------------------------------------------
+
+const registerSpecs = new Map<string, KernelSpec>();
+
+function registerSpec(TU: number, TL: number, WG: number): KernelSpec {
+  const key = `${TU}x${TL}x${WG}`;
+  const hit = registerSpecs.get(key);
+  if (hit) return hit;
+  const L: string[] = [];
+  const us = [...Array(TU).keys()];
+  const ls = [...Array(TL).keys()];
+  for (const i of us) L.push(`  let pu${i} = min(u0 + ${i}u, p.U - 1u) * p.sPu;`);
+  for (const j of ls) L.push(`  let ql${j} = min(l0 + ${j * WG}u, p.L - 1u) * p.sQl;`);
+  for (const i of us) for (const j of ls) L.push(`  var c${i}_${j} = 0.0;`);
+  L.push(`  for (var k = 0u; k < p.K; k++) {`);
+  L.push(`    let kp = k * p.sPk;`);
+  L.push(`    let kq = k * p.sQk;`);
+  for (const i of us) L.push(`    let a${i} = P[pu${i} + kp];`);
+  for (const j of ls) L.push(`    let b${j} = Q[ql${j} + kq];`);
+  for (const i of us) for (const j of ls) L.push(`    c${i}_${j} = fma(a${i}, b${j}, c${i}_${j});`);
+  L.push(`  }`);
+  for (const i of us) {
+    for (const j of ls) L.push(`  store(u0 + ${i}u, l0 + ${j * WG}u, c${i}_${j});`);
+  }
+  const spec: KernelSpec = {
+    name: `matmul_register_${key}`,
+    bindings: ["read", "read", "rw"],
+    params: "uuuuuuuuuff",
+    code: /* wgsl */ `
+struct Params {
+  U: u32, L: u32, K: u32, sPu: u32, sPk: u32, sQl: u32, sQk: u32, sCu: u32, sCl: u32,
+  alpha: f32, beta: f32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> P: array<f32>;
+@group(0) @binding(2) var<storage, read> Q: array<f32>;
+@group(0) @binding(3) var<storage, read_write> C: array<f32>;
+
+fn store(u: u32, l: u32, acc: f32) {
+  if (u < p.U && l < p.L) {
+    let o = u * p.sCu + l * p.sCl;
+    if (p.beta == 0.0) { C[o] = p.alpha * acc; } else { C[o] = p.alpha * acc + p.beta * C[o]; }
+  }
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let u0 = wid.y * ${TU}u;
+  let l0 = wid.x * ${WG * TL}u + lid.x;
+${L.join("\n")}
+}
+`,
+  };
+  registerSpecs.set(key, spec);
+  return spec;
+}
+
+function dispatchRegister(
+  rec: Recorder,
+  c: GpuTensor,
+  a: GpuTensor,
+  b: GpuTensor,
+  p: Problem,
+  alpha: number,
+  beta: number,
+): void {
+  const swap = p.M > p.N;
+  const U = swap ? p.N : p.M;
+  const Lw = swap ? p.M : p.N;
+  const TU = U <= 4 ? 4 : U <= 8 ? 8 : 16;
+  const [WG, TL] = Lw >= 128 ? [16, 8] : [8, 4];
+  const params = swap
+    ? [U, Lw, p.K, p.sBn, p.sBk, p.sAm, p.sAk, 1, p.N, alpha, beta]
+    : [U, Lw, p.K, p.sAm, p.sAk, p.sBn, p.sBk, p.N, 1, alpha, beta];
+  rec.dispatch(
+    registerSpec(TU, TL, WG),
+    swap ? [b, a, c] : [a, b, c],
+    params,
+    [Math.ceil(Lw / (WG * TL)), Math.ceil(U / TU)],
+  );
+}
+
+// ---- workgroup-tiled implementation ----------------------------------------------------------
+
+const TILE = 64;
+
+const TILED: KernelSpec = {
+  name: "matmul_tiled_64x64x16",
+  bindings: ["read", "read", "rw"],
+  params: "uuuuuuuuuffuu",
+  code: /* wgsl */ `
+struct Params {
+  M: u32, N: u32, K: u32, sAm: u32, sAk: u32, sBn: u32, sBk: u32, sCm: u32, sCn: u32,
+  alpha: f32, beta: f32, aKFast: u32, bKFast: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> A: array<f32>;
+@group(0) @binding(2) var<storage, read> B: array<f32>;
+@group(0) @binding(3) var<storage, read_write> C: array<f32>;
+
+const BM = 64u;
+const BK = 16u;
+// [BK][BM/4] vec4: a k-slice of 64 rows, four rows per vec4.
+var<workgroup> As: array<vec4<f32>, 256>;
+var<workgroup> Bs: array<vec4<f32>, 256>;
+
+@compute @workgroup_size(16, 16)
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let m0 = wid.y * BM;
+  let n0 = wid.x * BM;
+  var acc: array<vec4<f32>, 4>;
+  for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+  for (var k0 = 0u; k0 < p.K; k0 += BK) {
+    // Consecutive invocations load consecutive addresses of whichever index is contiguous.
+    for (var e = 0u; e < 4u; e++) {
+      let idx = tid + e * 256u;
+      var r = idx / BK;
+      var k = idx % BK;
+      if (p.aKFast == 0u) { r = idx % BM; k = idx / BM; }
+      var va = 0.0;
+      if (m0 + r < p.M && k0 + k < p.K) { va = A[(m0 + r) * p.sAm + (k0 + k) * p.sAk]; }
+      As[k * 16u + r / 4u][r % 4u] = va;
+      r = idx / BK;
+      k = idx % BK;
+      if (p.bKFast == 0u) { r = idx % BM; k = idx / BM; }
+      var vb = 0.0;
+      if (n0 + r < p.N && k0 + k < p.K) { vb = B[(n0 + r) * p.sBn + (k0 + k) * p.sBk]; }
+      Bs[k * 16u + r / 4u][r % 4u] = vb;
+    }
+    workgroupBarrier();
+    for (var k = 0u; k < BK; k++) {
+      let a = As[k * 16u + lid.y];
+      let b = Bs[k * 16u + lid.x];
+      acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
+      acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
+      acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
+      acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
+    }
+    workgroupBarrier();
+  }
+  for (var i = 0u; i < 4u; i++) {
+    let m = m0 + lid.y * 4u + i;
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + lid.x * 4u + j;
+      if (m < p.M && n < p.N) {
+        let o = m * p.sCm + n * p.sCn;
+        if (p.beta == 0.0) { C[o] = p.alpha * acc[i][j]; } else { C[o] = p.alpha * acc[i][j] + p.beta * C[o]; }
+      }
+    }
+  }
+}
+`,
+};
+
+function dispatchTiled(
+  rec: Recorder,
+  c: GpuTensor,
+  a: GpuTensor,
+  b: GpuTensor,
+  p: Problem,
+  alpha: number,
+  beta: number,
+): void {
+  rec.dispatch(
+    TILED,
+    [a, b, c],
+    [
+      p.M,
+      p.N,
+      p.K,
+      p.sAm,
+      p.sAk,
+      p.sBn,
+      p.sBk,
+      p.N,
+      1,
+      alpha,
+      beta,
+      p.sAk === 1 ? 1 : 0,
+      p.sBk === 1 ? 1 : 0,
+    ],
+    [Math.ceil(p.N / TILE), Math.ceil(p.M / TILE)],
+  );
+}
+
+// ---- public API ------------------------------------------------------------------------------
+
+/**
+ * Records `C = α·op(A)·op(B) + β·C` for `layout` (see the module doc for the shapes). C must
+ * not share a buffer with A or B.
+ * @throws GpuShapeError on shapes that do not match the layout.
+ */
+export function matmul(
+  rec: Recorder,
+  layout: MatmulLayout,
+  c: GpuTensor,
+  a: GpuTensor,
+  b: GpuTensor,
+  options: MatmulOptions = {},
+): void {
+  const p = problem(layout, c, a, b);
+  const alpha = options.alpha ?? 1;
+  const beta = options.beta ?? 0;
+  const variant = options.variant ?? rec.matmulVariant;
+  // Tiles of 64 waste most of their work on skinny products; the register kernel is the better
+  // GPU kernel there too.
+  const tiled = variant === "tiled" && (options.variant === "tiled" || Math.min(p.M, p.N) >= 32);
+  if (tiled) dispatchTiled(rec, c, a, b, p, alpha, beta);
+  else dispatchRegister(rec, c, a, b, p, alpha, beta);
+}
+
+/** `C[M,N] = α·A[M,K]·B[N,K]ᵀ + β·C` (linear forward `y = x·Wᵀ`). */
+export function matmulNT(
+  rec: Recorder,
+  c: GpuTensor,
+  a: GpuTensor,
+  b: GpuTensor,
+  options: MatmulOptions = {},
+): void {
+  matmul(rec, "NT", c, a, b, options);
+}
+
+/** `C[M,N] = α·A[M,K]·B[K,N] + β·C` (input gradient `dX = dY·W`). */
+export function matmulNN(
+  rec: Recorder,
+  c: GpuTensor,
+  a: GpuTensor,
+  b: GpuTensor,
+  options: MatmulOptions = {},
+): void {
+  matmul(rec, "NN", c, a, b, options);
+}
+
+/** `C[M,N] = α·A[K,M]ᵀ·B[K,N] + β·C` (weight gradient `dW = dYᵀ·x`). */
+export function matmulTN(
+  rec: Recorder,
+  c: GpuTensor,
+  a: GpuTensor,
+  b: GpuTensor,
+  options: MatmulOptions = {},
+): void {
+  matmul(rec, "TN", c, a, b, options);
+}

@@ -1,0 +1,45 @@
+/**
+ * The WebGPU engine and its kernels.
+ *
+ * ```ts
+ * const gpu = await Gpu.open();
+ * const x = gpu.upload(data, [T, H]);
+ * const rec = gpu.record();
+ * matmulNT(rec, y, x, W);          // y = x·Wᵀ
+ * const loss = rec.read(lossTensor);
+ * await rec.submit();               // one submit per step
+ * console.log(await loss);
+ * gpu.close();
+ * ```
+ * @module
+ */
+export * from "./errors.ts";
+export { type AdapterChoice, type DeviceInfo, type DeviceOptions, openDevice } from "./device.ts";
+export { type Allocation, type DType, GpuTensor, numel } from "./tensor.ts";
+export { BufferPool, type PoolStats, sizeClass } from "./buffer_pool.ts";
+export {
+  type Access,
+  type CompiledKernel,
+  type KernelSpec,
+  PipelineCache,
+} from "./pipeline_cache.ts";
+export {
+  type MatmulVariant,
+  Recorder,
+  type RecordOptions,
+  type Section,
+  type SubmitResult,
+} from "./recorder.ts";
+export { type EngineStats, Gpu, type GpuOptions } from "./engine.ts";
+export * from "./kernels/matmul.ts";
+export * from "./kernels/embedding.ts";
+export * from "./kernels/rmsnorm.ts";
+export * from "./kernels/rope.ts";
+export * from "./kernels/attention.ts";
+export * from "./kernels/swiglu.ts";
+export * from "./kernels/elementwise.ts";
+export * from "./kernels/cross_entropy.ts";
+export * from "./kernels/reduce.ts";
+export * from "./kernels/optimizer.ts";
+export * from "./kernels/hd_pissa.ts";
+export * from "./kernels/argmax.ts";

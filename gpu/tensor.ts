@@ -1,0 +1,138 @@
+/**
+ * Typed handles to device memory.
+ * @module
+ */
+import { GpuShapeError } from "./errors.ts";
+
+/** Element types the kernels read and write. Both are 4 bytes. */
+export type DType = "f32" | "i32";
+
+/** The device allocation behind one or more tensors (views share it). */
+export interface Allocation {
+  readonly buffer: GPUBuffer;
+  /** Stable number of the GPUBuffer, used in bind-group cache keys. */
+  readonly bufferId: number;
+  /** Bytes of the buffer (at least the tensor's bytes; pools round sizes up). */
+  readonly capacity: number;
+  /** Token of the engine that owns the buffer, to catch tensors of another engine. */
+  readonly owner: object;
+  /** False once released to the pool or destroyed. */
+  alive: boolean;
+}
+
+/** Number of elements of a shape; throws on a non-positive or non-integer dimension. */
+export function numel(shape: readonly number[]): number {
+  if (shape.length === 0) throw new GpuShapeError("a tensor needs at least one dimension");
+  let n = 1;
+  for (const d of shape) {
+    if (!Number.isInteger(d) || d <= 0) {
+      throw new GpuShapeError(
+        `invalid shape [${shape.join(", ")}]: dimensions must be integers >= 1`,
+      );
+    }
+    n *= d;
+  }
+  return n;
+}
+
+/**
+ * A row-major tensor in device memory: `size` elements of `dtype` starting `offset` bytes into
+ * `buffer`. Views made by `view` and `rows` share the allocation.
+ */
+export class GpuTensor {
+  /** Number of elements. */
+  readonly size: number;
+
+  constructor(
+    readonly allocation: Allocation,
+    readonly shape: readonly number[],
+    readonly dtype: DType = "f32",
+    readonly offset = 0,
+    readonly label = "",
+  ) {
+    this.size = numel(shape);
+    if (offset % 4 !== 0) throw new GpuShapeError(`tensor offset ${offset} is not a multiple of 4`);
+    if (offset + this.size * 4 > allocation.capacity) {
+      throw new GpuShapeError(
+        `tensor ${this.describe()} does not fit its buffer of ${allocation.capacity} bytes`,
+      );
+    }
+    this.shape = Object.freeze([...shape]);
+  }
+
+  get buffer(): GPUBuffer {
+    return this.allocation.buffer;
+  }
+
+  /** Bytes covered by the tensor. */
+  get bytes(): number {
+    return this.size * 4;
+  }
+
+  /** The same elements under another shape with the same element count. */
+  view(shape: readonly number[], label = this.label): GpuTensor {
+    const n = numel(shape);
+    if (n !== this.size) {
+      throw new GpuShapeError(
+        `cannot view ${this.describe()} as [${shape.join(", ")}]: ${n} != ${this.size} elements`,
+      );
+    }
+    return new GpuTensor(this.allocation, shape, this.dtype, this.offset, label);
+  }
+
+  /**
+   * Rows `[start, start + count)` along the first dimension. Binding a view whose byte offset is
+   * not a multiple of the device's `minStorageBufferOffsetAlignment` fails with GpuShapeError.
+   */
+  rows(start: number, count: number): GpuTensor {
+    const rowSize = this.size / this.shape[0];
+    if (
+      !Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 1 ||
+      start + count > this.shape[0]
+    ) {
+      throw new GpuShapeError(`rows(${start}, ${count}) is outside ${this.describe()}`);
+    }
+    return new GpuTensor(
+      this.allocation,
+      [count, ...this.shape.slice(1)],
+      this.dtype,
+      this.offset + start * rowSize * 4,
+      this.label,
+    );
+  }
+
+  /** e.g. `q f32[64, 128]`. */
+  describe(): string {
+    return `${this.label || "tensor"} ${this.dtype}[${this.shape.join(", ")}]`;
+  }
+}
+
+/** Throws GpuShapeError unless `t` has exactly `shape` (and `dtype`, default f32). */
+export function expectShape(
+  what: string,
+  t: GpuTensor,
+  shape: readonly number[],
+  dtype: DType = "f32",
+): void {
+  const ok = t.shape.length === shape.length && t.shape.every((d, i) => d === shape[i]);
+  if (!ok || t.dtype !== dtype) {
+    throw new GpuShapeError(
+      `${what}: expected ${dtype}[${shape.join(", ")}], got ${t.describe()}`,
+    );
+  }
+}
+
+/** Throws GpuShapeError unless `t` is a 2-D tensor of `dtype`; returns its [rows, cols]. */
+export function expect2d(what: string, t: GpuTensor, dtype: DType = "f32"): [number, number] {
+  if (t.shape.length !== 2 || t.dtype !== dtype) {
+    throw new GpuShapeError(`${what}: expected a 2-D ${dtype} tensor, got ${t.describe()}`);
+  }
+  return [t.shape[0], t.shape[1]];
+}
+
+/** Throws GpuShapeError unless `t` has `size` elements of `dtype` (any shape). */
+export function expectSize(what: string, t: GpuTensor, size: number, dtype: DType = "f32"): void {
+  if (t.size !== size || t.dtype !== dtype) {
+    throw new GpuShapeError(`${what}: expected ${size} ${dtype} elements, got ${t.describe()}`);
+  }
+}
