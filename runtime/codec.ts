@@ -77,15 +77,22 @@ function isPlainContainer(v: unknown): v is Record<string, unknown> | unknown[] 
   return proto === Object.prototype || proto === null;
 }
 
-function hasTensor(v: unknown): boolean {
+const MAX_DEPTH = 256;
+
+function tooDeep(): never {
+  throw new EncodeError(`value is nested deeper than ${MAX_DEPTH} levels (or cyclic)`);
+}
+
+function hasTensor(v: unknown, depth = 0): boolean {
   if (typeof v !== "object" || v === null) return false;
   if (ArrayBuffer.isView(v)) return true;
   if (!isPlainContainer(v)) return false;
+  if (depth > MAX_DEPTH) tooDeep();
   if (Array.isArray(v)) {
-    for (const x of v) if (hasTensor(x)) return true;
+    for (const x of v) if (hasTensor(x, depth + 1)) return true;
     return false;
   }
-  for (const k in v) if (hasTensor(v[k])) return true;
+  for (const k in v) if (hasTensor(v[k], depth + 1)) return true;
   return false;
 }
 

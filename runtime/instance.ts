@@ -259,8 +259,9 @@ export class ActorInstance {
   }
 
   /**
-   * Stops the instance: queued calls fail with ActorDiedError, the running call's signal aborts
-   * (a graceful stop waits up to `graceMs` for it), then `close` runs and the endpoint goes.
+   * Stops the instance: queued calls and the running one fail with ActorDiedError, the running
+   * call's signal aborts (a graceful stop waits up to `graceMs` for its handler to return), then
+   * `close` runs.
    */
   async stop(mode: "stop" | "kill", reason: DeathReason, graceMs: number): Promise<void> {
     if (this.#stopping) return;
@@ -275,17 +276,18 @@ export class ActorInstance {
     this.#life.abort(died);
     const running = this.#running;
     if (running && this.#runningDone) {
-      const wait = mode === "stop" ? graceMs : 0;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        this.#runningDone,
-        new Promise((r) => timer = setTimeout(r, wait)),
-      ]);
-      clearTimeout(timer);
+      // Its caller learns now; whatever the handler still returns is discarded.
       if (!running.done) {
         running.done = true;
         this.#replyError(running.reply, died.toWire());
       }
+      // A graceful stop lets the handler wind down before `close` frees what it may be using.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        this.#runningDone,
+        new Promise((r) => timer = setTimeout(r, mode === "stop" ? graceMs : 0)),
+      ]);
+      clearTimeout(timer);
     }
     if (this.#def.close && this.#ctx) {
       let timer: ReturnType<typeof setTimeout> | undefined;

@@ -1,6 +1,6 @@
 // Actor types used by the runtime tests (node processes import this module by URL), and the
-// tests of `defineActor` itself: type inference and definition errors. Deno.test is ignored when
-// a node process imports this file.
+// tests of `defineActor` itself: type inference and definition errors. The tests register only
+// when this file is the test module being run, not when another test file imports the actors.
 import assert from "node:assert/strict";
 import {
   type ActorHandle,
@@ -202,47 +202,50 @@ export const Closer = defineActor({
   },
 });
 
-Deno.test("defineActor infers handle types from the zod schemas", () => {
-  // Only the type checker runs this part: `deno test` type-checks the file.
-  const typed = (h: ActorHandle<typeof Counter>) => {
-    const a: Promise<number> = h.add(1);
-    const b: Promise<number> = h.get();
-    const c: Promise<number[]> = h.record({ i: 1 });
-    // @ts-expect-error a string is not a number
-    h.add("x");
-    // @ts-expect-error unknown method
-    h.nope();
-    return [a, b, c];
-  };
-  assert.equal(typeof typed, "function");
-  const t = (h: ActorHandle<typeof TensorEcho>) => h.echo({ name: "x", data: new Float32Array(1) });
-  assert.equal(typeof t, "function");
-});
+if (Deno.mainModule === import.meta.url) {
+  Deno.test("defineActor infers handle types from the zod schemas", () => {
+    // Only the type checker runs this part: `deno test` type-checks the file.
+    const typed = (h: ActorHandle<typeof Counter>) => {
+      const a: Promise<number> = h.add(1);
+      const b: Promise<number> = h.get();
+      const c: Promise<number[]> = h.record({ i: 1 });
+      // @ts-expect-error a string is not a number
+      h.add("x");
+      // @ts-expect-error unknown method
+      h.nope();
+      return [a, b, c];
+    };
+    assert.equal(typeof typed, "function");
+    const t = (h: ActorHandle<typeof TensorEcho>) =>
+      h.echo({ name: "x", data: new Float32Array(1) });
+    assert.equal(typeof t, "function");
+  });
 
-Deno.test("defineActor rejects reserved method names and bad type names", () => {
-  assert.throws(
-    () =>
-      defineActor({
-        name: "Bad",
-        init: z.object({}),
-        create: () => ({}),
-        methods: { then: { input: z.number(), output: z.number(), handler: (_s, x) => x } },
-      }),
-    InvalidArgumentError,
-  );
-  assert.throws(
-    () => defineActor({ name: "has space", init: z.object({}), create: () => ({}), methods: {} }),
-    InvalidArgumentError,
-  );
-  assert.throws(
-    () =>
-      defineActor({
-        name: "X",
-        module: "not a url",
-        init: z.object({}),
-        create: () => ({}),
-        methods: {},
-      }),
-    InvalidArgumentError,
-  );
-});
+  Deno.test("defineActor rejects reserved method names and bad type names", () => {
+    assert.throws(
+      () =>
+        defineActor({
+          name: "Bad",
+          init: z.object({}),
+          create: () => ({}),
+          methods: { then: { input: z.number(), output: z.number(), handler: (_s, x) => x } },
+        }),
+      InvalidArgumentError,
+    );
+    assert.throws(
+      () => defineActor({ name: "has space", init: z.object({}), create: () => ({}), methods: {} }),
+      InvalidArgumentError,
+    );
+    assert.throws(
+      () =>
+        defineActor({
+          name: "X",
+          module: "not a url",
+          init: z.object({}),
+          create: () => ({}),
+          methods: {},
+        }),
+      InvalidArgumentError,
+    );
+  });
+}
