@@ -1,0 +1,327 @@
+/**
+ * `report.json` of a fine-tuning run (DESIGN §9): its types, its zod schema, validation with an
+ * error that names the offending key, and an atomic writer.
+ *
+ * Unknown keys are kept everywhere (the contract says "at least these keys"), so a newer report
+ * still validates and round-trips through an older reader.
+ * @module
+ */
+import { z } from "zod";
+
+/** A value that survives `JSON.stringify` / `JSON.parse` unchanged. */
+export type JsonValue =
+  | string
+  | number
+  | boolean
+  | null
+  | JsonValue[]
+  | { [key: string]: JsonValue };
+
+/** One optimizer step as the driver saw it. */
+export interface StepRecord {
+  /** 0-based step index; strictly increasing through `steps`. */
+  step: number;
+  /**
+   * Mean training loss over workers. Not finite (a diverged run) is kept as NaN/Infinity in
+   * memory and becomes `null` in JSON.
+   */
+  loss: number | null;
+  lr: number;
+  /** Wall time of the step in milliseconds. */
+  ms: number;
+  /** Payload bytes a worker sent during the step (mean over workers, no NATS overhead). */
+  bytes_sent: number;
+  /** Payload bytes a worker received during the step (mean over workers). */
+  bytes_received: number;
+  /** Target tokens trained on in this step (optional). */
+  tokens?: number;
+}
+
+/** Examples and correct answers of one task label. */
+export interface TaskCount {
+  n: number;
+  correct: number;
+}
+
+/** Accuracy of one evaluation pass (before or after fine-tuning). */
+export interface EvalSplit {
+  /** Mean over all examples, in [0, 1]. */
+  overall: number;
+  /** Accuracy per task label, in [0, 1]. */
+  tasks: Record<string, number>;
+  n?: number;
+  correct?: number;
+  counts?: Record<string, TaskCount>;
+}
+
+/** `eval` of report.json; `null` means that pass was not run. */
+export interface EvalRecord {
+  before: EvalSplit | null;
+  after: EvalSplit | null;
+}
+
+/** Effective rank of ΔW = W_final − W_initial for one matrix (DESIGN §2). */
+export interface MatrixRank {
+  /** Count of σ_i > 10⁻²·σ_1. */
+  "rank_1e-2": number;
+  /** Fewest leading components holding 90% of Σσ². */
+  energy90: number;
+}
+
+/** Totals over the run, in milliseconds (DESIGN §9). */
+export interface Timing {
+  total_ms: number;
+  /** Forward, backward and optimizer (max over workers). */
+  compute_ms: number;
+  /** The driver's gather + broadcast wall time. */
+  comm_ms: number;
+  /** Applying the update (max over workers). */
+  update_ms: number;
+}
+
+/** Memory a method needs per worker beyond the model weights. */
+export interface MemoryRecord {
+  /** Floats of optimizer state (e.g. AdamW moments) one worker holds. */
+  optimizer_floats_per_worker?: number;
+  /** Bytes of that state; if absent, readers assume 4 bytes per float. */
+  optimizer_bytes_per_worker?: number;
+  /** Floats of trainable adapter (or weight) parameters one worker owns. */
+  trainable_floats_per_worker?: number;
+}
+
+/** The expected bytes per step per worker from the formula of DESIGN §2. */
+export interface BytesFormula {
+  sent: number;
+  received: number;
+  /** The formula in words, e.g. "4·Σ(in+out)·r sent, K times that received". */
+  expression?: string;
+}
+
+/** A model or data set: a path or name, or an object describing it. */
+export type Described = string | {
+  name?: string;
+  path?: string;
+  [key: string]: JsonValue | undefined;
+};
+
+/** The whole `report.json`. */
+export interface RunReport {
+  method: string;
+  /** Every resolved flag, keys snake_case (flag names with `-` → `_`), including `seed`. */
+  config: Record<string, JsonValue>;
+  steps: StepRecord[];
+  eval: EvalRecord;
+  effective_rank: Record<string, MatrixRank>;
+  timing: Timing;
+  /** Singular values of ΔW per matrix, descending. */
+  spectra?: Record<string, number[]>;
+  memory?: MemoryRecord;
+  bytes_per_step_formula?: BytesFormula;
+  /** ISO 8601 date-times. */
+  started_at?: string;
+  finished_at?: string;
+  model?: Described;
+  data?: Described;
+}
+
+/** A report that does not meet the contract; `key` is the path of the first bad value. */
+export class ReportError extends Error {
+  constructor(message: string, readonly key: string) {
+    super(message);
+    this.name = "ReportError";
+  }
+}
+
+const nonNeg = z.number().nonnegative();
+const count = z.int().nonnegative();
+const fraction = z.number().min(0).max(1);
+const jsonValue: z.ZodType<JsonValue> = z.json();
+const snakeKey = z.string().regex(/^[a-z][a-z0-9_]*$/, "config keys must be snake_case");
+
+// A diverged run is still worth a report, so any number (NaN included) or null is a loss.
+const loss = z.union([
+  z.custom<number>((v) => typeof v === "number", "expected a number or null"),
+  z.null(),
+]);
+
+const stepSchema = z.looseObject({
+  step: count,
+  loss,
+  lr: nonNeg,
+  ms: nonNeg,
+  bytes_sent: nonNeg,
+  bytes_received: nonNeg,
+  tokens: nonNeg.optional(),
+});
+
+const evalSplitSchema = z.looseObject({
+  overall: fraction,
+  tasks: z.record(z.string(), fraction),
+  n: count.optional(),
+  correct: count.optional(),
+  counts: z.record(z.string(), z.looseObject({ n: count, correct: count })).optional(),
+});
+
+const describedSchema = z.union([
+  z.string(),
+  z.object({ name: z.string().optional(), path: z.string().optional() }).catchall(jsonValue),
+]);
+
+const spectrumSchema = z.array(nonNeg).superRefine((s, ctx) => {
+  for (let i = 1; i < s.length; i++) {
+    if (s[i] > s[i - 1]) {
+      ctx.addIssue({
+        code: "custom",
+        path: [i],
+        message: `singular values must be descending: ${s[i]} after ${s[i - 1]}`,
+      });
+      return;
+    }
+  }
+});
+
+/** The zod schema of `report.json`. */
+export const reportSchema = z.looseObject({
+  method: z.string().min(1),
+  config: z.record(snakeKey, jsonValue).superRefine((c, ctx) => {
+    if (!("seed" in c)) {
+      ctx.addIssue({ code: "custom", path: ["seed"], message: "the seed must be recorded" });
+    }
+  }),
+  steps: z.array(stepSchema).superRefine((steps, ctx) => {
+    for (let i = 1; i < steps.length; i++) {
+      if (!(steps[i].step > steps[i - 1].step)) {
+        ctx.addIssue({
+          code: "custom",
+          path: [i, "step"],
+          message: `steps must be strictly increasing: ${steps[i].step} after ${steps[i - 1].step}`,
+        });
+        return;
+      }
+    }
+  }),
+  eval: z.looseObject({ before: evalSplitSchema.nullable(), after: evalSplitSchema.nullable() }),
+  effective_rank: z.record(
+    z.string().min(1),
+    z.looseObject({ "rank_1e-2": count, energy90: count }),
+  ),
+  timing: z.looseObject({
+    total_ms: nonNeg,
+    compute_ms: nonNeg,
+    comm_ms: nonNeg,
+    update_ms: nonNeg,
+  }),
+  spectra: z.record(z.string().min(1), spectrumSchema).optional(),
+  memory: z.looseObject({
+    optimizer_floats_per_worker: count.optional(),
+    optimizer_bytes_per_worker: nonNeg.optional(),
+    trainable_floats_per_worker: count.optional(),
+  }).optional(),
+  bytes_per_step_formula: z.looseObject({
+    sent: nonNeg,
+    received: nonNeg,
+    expression: z.string().optional(),
+  }).optional(),
+  started_at: z.iso.datetime({ offset: true }).optional(),
+  finished_at: z.iso.datetime({ offset: true }).optional(),
+  model: describedSchema.optional(),
+  data: describedSchema.optional(),
+});
+
+// Compile-time guard: what the schema accepts is a RunReport.
+const _schemaMatchesType = (r: z.output<typeof reportSchema>): RunReport => r;
+
+/** `steps[3].loss`, `effective_rank["model.layers.0.q_proj.weight"]["rank_1e-2"]`. */
+export function formatKeyPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const p of path) {
+    if (typeof p === "number") out += `[${p}]`;
+    else if (typeof p === "string" && /^[A-Za-z_][A-Za-z0-9_]*$/.test(p)) {
+      out += out === "" ? p : `.${p}`;
+    } else out += `[${JSON.stringify(String(p))}]`;
+  }
+  return out === "" ? "(root)" : out;
+}
+
+/**
+ * Checks `json` against the contract and returns it typed. Unknown keys are kept.
+ * @throws {ReportError} naming the first bad key, e.g. `steps[2].lr`.
+ */
+export function validateReport(json: unknown): RunReport {
+  const r = reportSchema.safeParse(json);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  // A bad record key is reported at the key itself, which is the useful place to point at.
+  const key = formatKeyPath(issue.path);
+  const more = r.error.issues.length > 1 ? ` (and ${r.error.issues.length - 1} more)` : "";
+  throw new ReportError(`report.json: ${key}: ${issue.message}${more}`, key);
+}
+
+/** Reads and validates a `report.json`. */
+export async function readReportJson(path: string): Promise<RunReport> {
+  const text = await Deno.readTextFile(path);
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new ReportError(`${path}: not JSON: ${(e as Error).message}`, "(root)");
+  }
+  return validateReport(json);
+}
+
+/**
+ * Validates `report` and writes it as pretty JSON, atomically: a temporary file in the same
+ * folder, flushed to disk, then renamed over `path`, so a reader never sees half a report.
+ * Non-finite losses become `null`.
+ * @throws {ReportError} if the report breaks the contract; nothing is written then.
+ */
+export async function writeReportJson(path: string, report: RunReport): Promise<void> {
+  validateReport(report);
+  const text = JSON.stringify(report, null, 2) + "\n";
+  const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    const file = await Deno.open(tmp, { write: true, createNew: true });
+    try {
+      const bytes = new TextEncoder().encode(text);
+      let off = 0;
+      while (off < bytes.length) off += await file.write(bytes.subarray(off));
+      await file.syncData();
+    } finally {
+      file.close();
+    }
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Turns parsed flags into the `config` of a report: keys to snake_case (`batch-size` and
+ * `batchSize` both become `batch_size`), `undefined` dropped, non-finite numbers refused.
+ * @throws {ReportError} for a value JSON cannot hold.
+ */
+export function configFromFlags(flags: object): Record<string, JsonValue> {
+  const out: Record<string, JsonValue> = {};
+  for (const [k, v] of Object.entries(flags)) {
+    if (v === undefined) continue;
+    const key = k.replace(/-/g, "_").replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
+    out[key] = toJson(v, `config.${key}`);
+  }
+  return out;
+}
+
+function toJson(v: unknown, key: string): JsonValue {
+  if (v === null || typeof v === "string" || typeof v === "boolean") return v;
+  if (typeof v === "number") {
+    if (!Number.isFinite(v)) throw new ReportError(`${key}: ${v} is not a finite number`, key);
+    return v;
+  }
+  if (Array.isArray(v)) return v.map((x, i) => toJson(x, `${key}[${i}]`));
+  if (typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
+    const o: Record<string, JsonValue> = {};
+    for (const [k, x] of Object.entries(v)) if (x !== undefined) o[k] = toJson(x, `${key}.${k}`);
+    return o;
+  }
+  throw new ReportError(`${key}: a ${typeof v} cannot be written to JSON`, key);
+}
