@@ -24,6 +24,8 @@ export interface EmbeddedServerOptions {
   startTimeoutMs?: number;
 }
 
+// Arguments: server binary, config, log, private folder (removed once the server is gone, so
+// nothing is left behind even when the owner was killed).
 const WATCHDOG = `
 "$1" -c "$2" >>"$3" 2>&1 &
 s=$!
@@ -31,6 +33,7 @@ echo "$s"
 cat >/dev/null
 kill -TERM "$s" 2>/dev/null
 wait "$s"
+rm -rf "$4"
 `;
 
 /** Finds the nats-server binary on PATH or in the usual Debian places. */
@@ -117,7 +120,7 @@ export class EmbeddedServer {
     const logPath = `${dir}/server.log`;
     await Deno.writeTextFile(confPath, conf + "\n", { mode: 0o600 });
     const watchdog = new Deno.Command("sh", {
-      args: ["-c", WATCHDOG, "actors-nats-watchdog", bin, confPath, logPath],
+      args: ["-c", WATCHDOG, "actors-nats-watchdog", bin, confPath, logPath, dir],
       stdin: "piped",
       stdout: "piped",
       stderr: "inherit",
@@ -135,15 +138,15 @@ export class EmbeddedServer {
       }
     })();
     const fail = async (why: string): Promise<never> => {
+      let log = "";
+      try {
+        log = (await Deno.readTextFile(logPath)).split("\n").slice(-15).join("\n");
+      } catch { /* no log */ }
       try {
         await watchdog.stdin.close();
       } catch { /* already closed */ }
       await watchdog.status;
       await drain;
-      let log = "";
-      try {
-        log = (await Deno.readTextFile(logPath)).split("\n").slice(-15).join("\n");
-      } catch { /* no log */ }
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw new ServerStartError(`nats-server did not start: ${why}\n${log}`);
     };

@@ -149,6 +149,11 @@ export class SupervisorNode {
       child.inc++;
       try {
         child.info = await this.env.start(child);
+        if (child.state !== "restarting") {
+          // Stopped (or given up) while the new incarnation was starting.
+          await this.env.kill(child).catch(() => {});
+          return { ok: true };
+        }
         child.state = "running";
         return { ok: true };
       } catch (e) {

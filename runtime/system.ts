@@ -704,7 +704,7 @@ export class System {
   async #stopChild(c: ActorChild, graceMs: number) {
     const was = c.state;
     c.state = "stopped";
-    if (was === "running") await this.#requestStop(c.id, "stop", graceMs);
+    if (was === "running") await this.#requestStop(c.id, "stop", graceMs, c.info?.node);
     this.#owned.delete(c.id);
     this.#dir.markGone(c.id, "stopped");
     if (was !== "running" && was !== "stopped") {
@@ -712,10 +712,11 @@ export class System {
     }
   }
 
-  async #requestStop(id: string, mode: "stop" | "kill", graceMs: number) {
+  /** Asks the node hosting `id` (by the directory, or `at` when the caller knows) to end it. */
+  async #requestStop(id: string, mode: "stop" | "kill", graceMs: number, at?: string) {
     const e = this.#dir.actor(id);
-    if (!e || e.state !== "up") return;
-    const node = e.info.node;
+    const node = at ?? (e && e.state === "up" ? e.info.node : undefined);
+    if (!node || !this.#dir.nodes.has(node)) return;
     const ac = new AbortController();
     const off = this.#dir.on((ev) => {
       if (ev.type === "node_down" && ev.node === node) ac.abort();
@@ -803,7 +804,7 @@ export class System {
   get #env(): SupervisionEnv {
     return {
       start: (c) => this.#place(c),
-      kill: (c) => this.#requestStop(c.id, "kill", 0),
+      kill: (c) => this.#requestStop(c.id, "kill", 0, c.info?.node),
       restarting: (c) => {
         this.#dir.markRestarting(c.id);
         this.#publish({ e: "restarting", id: c.id, inc: c.inc, owner: this.nodeId });
@@ -850,13 +851,19 @@ export class System {
       initTimeoutMs,
       input: c.input,
     };
+    // A restart may not go back to a pinned node that died: then any node with the resources will
+    // do. ("local" is this process, which is alive since it is the one restarting.)
+    const pinned =
+      c.inc > 0 && o.node !== undefined && o.node !== "local" && !this.#dir.nodes.has(o.node)
+        ? undefined
+        : o.node;
     const exclude = new Set<string>();
     for (;;) {
       if (this.#closing) throw new SystemClosedError("the system is shut down");
       const node = pickNode(this.#dir.nodes, {
         resources,
         self: this.nodeId,
-        pinned: o.node,
+        pinned,
         exclude,
         inflight: this.#inflight,
         load: (id) => this.#load(id),

@@ -38,9 +38,17 @@ function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
 export const Counter = defineActor({
   name: "Counter",
   module: import.meta.url,
-  init: z.object({ start: z.number().int(), failInit: z.boolean().optional() }),
-  create: (input, ctx) => {
+  init: z.object({
+    start: z.number().int(),
+    failInit: z.boolean().optional(),
+    /** Restarts (incarnation > 0) fail, or take this long: a window to observe "restarting". */
+    failOnRestart: z.boolean().optional(),
+    restartDelayMs: z.number().optional(),
+  }),
+  create: async (input, ctx) => {
     if (input.failInit) throw new Error("constructor refused on purpose");
+    if (ctx.self.inc > 0 && input.failOnRestart) throw new Error("restart refused on purpose");
+    if (ctx.self.inc > 0 && input.restartDelayMs) await sleep(input.restartDelayMs, ctx.stopped);
     return { n: input.start, order: [] as number[], inc: ctx.self.inc, aborted: 0 };
   },
   methods: {
