@@ -223,6 +223,28 @@ export class Gpu {
     return Promise.all(ps);
   }
 
+  /**
+   * Records `body` into a fresh recorder, submits it and returns the values of `reads` as they
+   * are at the end (a convenience for one-off work and tests; steps use `record` directly).
+   */
+  async run(
+    body: (rec: Recorder) => void,
+    reads: readonly GpuTensor[] = [],
+    options: RecordOptions = {},
+  ): Promise<(Float32Array | Int32Array)[]> {
+    const rec = this.record(options);
+    let ps: Promise<Float32Array | Int32Array>[];
+    try {
+      body(rec);
+      ps = reads.map((t) => rec.read(t));
+    } catch (e) {
+      rec.discard();
+      throw e;
+    }
+    await rec.submit();
+    return Promise.all(ps);
+  }
+
   /** A recorder for one submit (typically one training step). */
   record(options: RecordOptions = {}): Recorder {
     this.check();

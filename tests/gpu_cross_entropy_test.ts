@@ -1,0 +1,164 @@
+// Weighted softmax cross-entropy (loss and dlogits), deterministic sums and argmax against
+// float64; dlogits also against finite differences of the GPU loss itself.
+import assert from "node:assert/strict";
+import { Gpu } from "../gpu/engine.ts";
+import { GpuShapeError } from "../gpu/errors.ts";
+import { argmax } from "../gpu/kernels/argmax.ts";
+import { crossEntropy } from "../gpu/kernels/cross_entropy.ts";
+import { sum } from "../gpu/kernels/reduce.ts";
+import { crossEntropyRef } from "../gpu/reference.ts";
+import { dot, finiteDiffError, relError, sameBits } from "../gpu/check.ts";
+import { Rng } from "../train/rng.ts";
+
+function batch(rng: Rng, T: number, V: number) {
+  const logits = rng.normals(T * V, 3);
+  const targets = Int32Array.from({ length: T }, () => rng.int(V));
+  const mask = Array.from({ length: T }, () => rng.float() < 0.7);
+  const n = Math.max(1, mask.filter(Boolean).length);
+  // Non-targets carry weight 0 and an out-of-range target, which must not matter.
+  const weights = Float32Array.from(mask, (m) => (m ? 1 / n : 0));
+  mask.forEach((m, i) => {
+    if (!m) targets[i] = -1;
+  });
+  return { logits, targets, weights };
+}
+
+Deno.test("gpu cross-entropy", async (t) => {
+  const gpu = await Gpu.open();
+  const rng = new Rng(707);
+  try {
+    await t.step("loss, per-position losses and dlogits against float64", async () => {
+      for (const [T, V] of [[1, 2], [13, 259], [70, 31]]) {
+        const { logits, targets, weights } = batch(rng, T, V);
+        if (T === 1) weights[0] = 0.5, targets[0] = 1;
+        const LG = gpu.upload(logits, [T, V]), TG = gpu.upload(targets), W = gpu.upload(weights);
+        const LS = gpu.tensor([T]), L = gpu.tensor([1]), D = gpu.tensor([T, V]);
+        const LI = gpu.upload(logits, [T, V]), LSI = gpu.tensor([T]);
+        const [ls, l, d, di] = await gpu.run((rec) => {
+          crossEntropy(rec, {
+            logits: LG,
+            targets: TG,
+            weights: W,
+            losses: LS,
+            loss: L,
+            dlogits: D,
+          });
+          // In place: the gradient overwrites the logits.
+          crossEntropy(rec, { logits: LI, targets: TG, weights: W, losses: LSI, dlogits: LI });
+        }, [LS, L, D, LI]);
+        const ref = crossEntropyRef(logits, targets, weights, T, V);
+        const errs = [
+          relError(ls, ref.losses),
+          Math.abs(l[0] - ref.loss) / Math.abs(ref.loss),
+          relError(d, ref.dlogits),
+        ];
+        console.log(`cross-entropy ${T}x${V} rel ${errs.map((e) => e.toExponential(2)).join(" ")}`);
+        for (const e of errs) assert.ok(e < 1e-5, `${errs}`);
+        assert.ok(sameBits(d, di), "in-place gradient equals the out-of-place one");
+        for (const x of [LG, TG, W, LS, L, D, LI, LSI]) gpu.release(x);
+      }
+    });
+
+    await t.step("dlogits match finite differences of the GPU loss", async () => {
+      const T = 4, V = 6;
+      const { logits, targets, weights } = batch(rng, T, V);
+      weights.fill(0.25);
+      targets.forEach((_, i) => targets[i] = rng.int(V));
+      const LG = gpu.upload(logits, [T, V]), TG = gpu.upload(targets), W = gpu.upload(weights);
+      const LS = gpu.tensor([T]), L = gpu.tensor([1]), D = gpu.tensor([T, V]);
+      const [d] = await gpu.run(
+        (rec) =>
+          crossEntropy(rec, {
+            logits: LG,
+            targets: TG,
+            weights: W,
+            losses: LS,
+            loss: L,
+            dlogits: D,
+          }),
+        [D],
+      );
+      const h = 1e-2;
+      let worst = 0;
+      for (const i of [0, 5, 9, 17, 23]) {
+        const at = async (delta: number) => {
+          const x = Float32Array.from(logits);
+          x[i] += delta;
+          gpu.write(LG, x);
+          const [l] = await gpu.run(
+            (rec) =>
+              crossEntropy(rec, { logits: LG, targets: TG, weights: W, losses: LS, loss: L }),
+            [L],
+          );
+          return l[0];
+        };
+        const fd = ((await at(h)) - (await at(-h))) / (2 * h);
+        worst = Math.max(worst, Math.abs(fd - d[i]) / Math.max(Math.abs(d[i]), 1e-2));
+      }
+      console.log(`cross-entropy GPU finite differences ${worst.toExponential(2)}`);
+      assert.ok(worst < 1e-2, `fd ${worst}`);
+      // And the float64 reference against its own finite differences.
+      const ref = crossEntropyRef(logits, targets, weights, T, V);
+      const e = finiteDiffError(
+        (x) => crossEntropyRef(x, targets, weights, T, V).loss,
+        Float64Array.from(logits),
+        ref.dlogits,
+        [0, 5, 9, 17, 23],
+      );
+      assert.ok(e < 1e-7, `${e}`);
+      for (const x of [LG, TG, W, LS, L, D]) gpu.release(x);
+    });
+
+    await t.step(
+      "sum and argmax; invalid targets with weight give NaN; shapes checked",
+      async () => {
+        const n = 1000;
+        const x = rng.normals(n);
+        const X = gpu.upload(x), S1 = gpu.tensor([1]), S2 = gpu.tensor([1]);
+        const [s1, s2] = await gpu.run((rec) => {
+          sum(rec, S1, X);
+          sum(rec, S2, X);
+        }, [S1, S2]);
+        assert.ok(Math.abs(s1[0] - dot(x, new Float64Array(n).fill(1))) < 1e-4);
+        assert.ok(sameBits(s1, s2));
+
+        const T = 5, V = 9;
+        const lg = rng.normals(T * V);
+        lg[2 * V + 4] = lg[2 * V + 6] = 100; // a tie keeps the first index
+        const LG = gpu.upload(lg, [T, V]), IDS = gpu.tensor([T], "i32");
+        const [ids] = await gpu.run((rec) => argmax(rec, IDS, LG), [IDS]);
+        for (let r = 0; r < T; r++) {
+          const row = Array.from(lg.slice(r * V, (r + 1) * V));
+          assert.equal(ids[r], row.indexOf(Math.max(...row)));
+        }
+
+        const TG = gpu.upload(new Int32Array([0, V, 1, 2, 3])),
+          W = gpu.upload(new Float32Array([1, 1, 0, 0, 0]));
+        const LS = gpu.tensor([T]);
+        const [ls] = await gpu.run(
+          (rec) => crossEntropy(rec, { logits: LG, targets: TG, weights: W, losses: LS }),
+          [LS],
+        );
+        assert.ok(Number.isFinite(ls[0]) && Number.isNaN(ls[1]) && ls[2] === 0);
+
+        const rec = gpu.record();
+        try {
+          assert.throws(
+            () => crossEntropy(rec, { logits: LG, targets: W, weights: W, losses: LS }),
+            GpuShapeError,
+          );
+          assert.throws(
+            () =>
+              crossEntropy(rec, { logits: LG, targets: TG, weights: W, losses: gpu.tensor([4]) }),
+            GpuShapeError,
+          );
+          assert.throws(() => sum(rec, gpu.tensor([2]), X), GpuShapeError);
+        } finally {
+          rec.discard();
+        }
+      },
+    );
+  } finally {
+    gpu.close();
+  }
+});
