@@ -422,6 +422,21 @@ Deno.test("degenerate reports render: no steps, one step, NaN losses, zero spect
   assertSelfContained(renderCompareHtml([]));
 });
 
+Deno.test("long runs are thinned to at most 2000 points per series", () => {
+  const r = sampleReport("hd-pissa", { steps: 5001, seed: freshSeed(), layers: 1, dim: 8 });
+  r.steps[1234].loss = NaN;
+  const html = renderReportHtml(r);
+  const pts = seriesPoints(html, "loss");
+  assert.ok(pts.length <= 2001 && pts.length >= 1500, `${pts.length} points`);
+  assert.equal(html.match(/class="nonfinite"/g)?.length, 1, "a NaN is marked even if thinned");
+  // First and last steps are kept, so the curve spans the whole axis.
+  const xs = pts.map((p) => p[0]);
+  const frame = /<rect class="frame" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"/.exec(html)!;
+  assert.equal(Math.min(...xs), Number(frame[1]));
+  assert.equal(Math.max(...xs), Number(frame[1]) + Number(frame[2]));
+  assert.ok(html.length < 400_000, `${html.length} bytes`);
+});
+
 Deno.test("compare.html overlays one curve and one spectrum per method", () => {
   const methods = ["hd-pissa", "pissa", "lora", "full", "lora"];
   const rs = methods.map((m) => sampleReport(m, { steps: 15, seed: freshSeed(), layers: 2 }));

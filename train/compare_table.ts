@@ -184,9 +184,10 @@ export function compareTable(reports: readonly RunReport[]): string {
     rule,
     ...rows.map(line),
     "",
-    "acc: exact-match accuracy after fine-tuning; rank@1e-2, energy90: mean over " +
-    `${matrices} matrices of ΔW's effective rank; step ms: mean wall time per step; ` +
-    "sent/recv: payload bytes per step per worker; opt mem: optimizer state per worker.",
+    "acc: exact-match accuracy after fine-tuning",
+    `rank@1e-2, energy90: effective rank of ΔW, mean over ${matrices} matrices`,
+    "step ms: mean wall time per step; sent/recv: payload bytes per step per worker",
+    "opt mem: optimizer state per worker",
   ].join("\n");
 }
 

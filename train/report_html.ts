@@ -62,6 +62,10 @@ function fmtMs(v: number | null | undefined): string {
   return `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
+function fmtBytes(v: number | null | undefined): string {
+  return isNum(v) ? formatBytes(v) : "–";
+}
+
 function fmtInt(v: number | null | undefined): string {
   return isNum(v) ? Math.round(v).toLocaleString("en-US") : "–";
 }
@@ -190,6 +194,9 @@ interface ChartOptions {
 // Ids of clip paths, unique within a page; reset per page so that output is reproducible.
 let clipSeq = 0;
 
+/** Points drawn per series at most; longer series are thinned evenly. */
+const MAX_POINTS = 2000;
+
 const PAD = { left: 64, right: 14, top: 12, bottom: 42 };
 
 function niceStep(span: number, target: number): number {
@@ -233,13 +240,16 @@ function lineChart(o: ChartOptions): string {
     return `<div class="empty" role="img" aria-label="${h(o.title)}">${h(o.empty)}</div>`;
   }
   if (x0 === x1) {
-    x0 -= 1;
-    x1 += 1;
+    x0 -= 0.5;
+    x1 += 0.5;
   }
   if (o.yLog) {
     y0 = Math.floor(y0 + 1e-9);
     y1 = Math.ceil(y1 - 1e-9);
     if (y0 === y1) y0 -= 1;
+  } else if (y0 === y1 && o.yZero && y0 >= 0) {
+    y1 = y0 > 0 ? y0 * 1.1 : 1;
+    y0 = 0;
   } else if (y0 === y1) {
     const d = Math.abs(y0) * 0.1 || 1;
     y0 -= d;
@@ -344,12 +354,16 @@ function lineChart(o: ChartOptions): string {
     };
     const dots: string[] = [];
     const crosses: number[] = [];
-    for (const [x, y] of l.points) {
+    // A chart is ~1000 px wide: beyond MAX_POINTS, every point would only grow the file.
+    const stride = Math.ceil(l.points.length / MAX_POINTS);
+    const last = l.points.length - 1;
+    for (const [i, [x, y]] of l.points.entries()) {
       if (!Number.isFinite(x) || !usable(y)) {
         if (l.markNonFinite && Number.isFinite(x) && !Number.isFinite(y)) crosses.push(sx(x));
         flush();
         continue;
       }
+      if (i % stride !== 0 && i !== last) continue;
       const px = r1(sx(x)), py = r1(sy(transform(y)));
       seg.push(`${px},${py}`);
       if (l.dots || l.points.length === 1) dots.push(`${px},${py}`);
@@ -618,7 +632,7 @@ export function renderReportHtml(report: RunReport): string {
         ),
         tile(fmtNum(f["mean_rank_1e-2"]), "mean rank@1e-2 of ΔW"),
         tile(fmtMs(f.step_ms_mean), "mean step time"),
-        tile(formatBytes(f.bytes_sent_per_step), "sent per step per worker"),
+        tile(fmtBytes(f.bytes_sent_per_step), "sent per step per worker"),
       ].join("")
     }</div></header>`;
   return page(
@@ -626,7 +640,7 @@ export function renderReportHtml(report: RunReport): string {
     [
       header,
       trainingSection(report, color),
-      evalSection(report),
+      evalSection(report, color),
       rankSection(report),
       spectraSection(report),
       performanceSection(report, f, color),
@@ -682,7 +696,7 @@ function trainingSection(r: RunReport, color: string): string {
   }${note}<h3>Learning-rate schedule</h3>${lr}</section>`;
 }
 
-function evalSection(r: RunReport): string {
+function evalSection(r: RunReport, color: string): string {
   const b = r.eval.before, a = r.eval.after;
   if (!b && !a) {
     return `<section id="evaluation"><h2>Evaluation</h2><div class="empty">Not evaluated.</div></section>`;
@@ -690,9 +704,9 @@ function evalSection(r: RunReport): string {
   const tasks = taskNames([r]);
   const counts = a?.counts ?? b?.counts;
   const row = (name: string, vb: number | undefined, va: number | undefined, n?: number) =>
-    `<td class="name">${h(name)}</td><td>${fmtInt(n)}</td>${accCell(vb, "#98a2b3")}${accCell(va)}${
-      deltaCell(vb, va)
-    }`;
+    `<td class="name">${h(name)}</td><td>${fmtInt(n)}</td>${accCell(vb, "#98a2b3")}${
+      accCell(va, color)
+    }${deltaCell(vb, va)}`;
   const rows = tasks.map((t) => `<tr>${row(t, b?.tasks[t], a?.tasks[t], counts?.[t]?.n)}</tr>`);
   rows.push(`<tr class="total">${row("overall", b?.overall, a?.overall, a?.n ?? b?.n)}</tr>`);
   return `<section id="evaluation"><h2>Evaluation <span class="note">exact match, greedy decoding</span></h2>` +
@@ -706,9 +720,7 @@ function rankSection(r: RunReport): string {
   const bound = rankBound(r.method, r.config);
   const boundText = bound === null
     ? ""
-    : ` First-order bound for ${r.method}: ${bound} (${
-      r.method === "hd-pissa" ? "2Kr" : r.method === "pissa" ? "2r" : "r"
-    }).`;
+    : ` First-order bound for ${r.method}: ${boundName(r.method)} = ${bound}.`;
   if (names.length === 0) {
     return `<section id="effective-rank"><h2>Effective rank of ΔW</h2><div class="empty">No effective rank recorded.` +
       `</div></section>`;
@@ -818,8 +830,8 @@ function splitLegend(): string {
 
 function memoryAmount(key: string, v: JsonValue): string {
   if (typeof v !== "number") return fmtJson(v);
-  if (key.includes("bytes")) return `${formatBytes(v)} (${fmtInt(v)} B)`;
-  if (key.includes("floats")) return `${fmtInt(v)} floats (${formatBytes(4 * v)} in f32)`;
+  if (key.includes("bytes")) return `${fmtBytes(v)} (${fmtInt(v)} B)`;
+  if (key.includes("floats")) return `${fmtInt(v)} floats (${fmtBytes(4 * v)} in f32)`;
   return fmtInt(v);
 }
 
@@ -856,11 +868,11 @@ function performanceSection(r: RunReport, f: MethodFigures, color: string): stri
   const formula = r.bytes_per_step_formula;
   const ratio = (m: number | null, e: number | undefined) =>
     isNum(m) && isNum(e) && e > 0 ? `${(m / e).toFixed(3)}×` : "–";
-  const bytesRows = `<tr><td>sent</td><td>${formatBytes(f.bytes_sent_per_step)}</td><td>${
+  const bytesRows = `<tr><td>sent</td><td>${fmtBytes(f.bytes_sent_per_step)}</td><td>${
     fmtInt(f.bytes_sent_per_step)
   }</td><td>${formula ? fmtInt(formula.sent) : "–"}</td><td>${
     ratio(f.bytes_sent_per_step, formula?.sent)
-  }</td></tr><tr><td>received</td><td>${formatBytes(f.bytes_received_per_step)}</td><td>${
+  }</td></tr><tr><td>received</td><td>${fmtBytes(f.bytes_received_per_step)}</td><td>${
     fmtInt(f.bytes_received_per_step)
   }</td><td>${formula ? fmtInt(formula.received) : "–"}</td><td>${
     ratio(f.bytes_received_per_step, formula?.received)
@@ -965,9 +977,9 @@ function compareSummary(runs: readonly Run[]): string {
     `<td>${fmtSig(x.f.final_loss)}</td>` +
     `<td>${fmtNum(rank[i])}</td>` +
     `<td>${fmtNum(x.f.mean_energy90)}</td><td>${fmtInt(x.f.rank_bound)}</td>` +
-    `<td>${fmtMs(x.f.step_ms_mean)}</td><td>${formatBytes(x.f.bytes_sent_per_step)}</td>` +
-    `<td>${formatBytes(x.f.bytes_received_per_step)}</td>` +
-    `<td>${formatBytes(x.f.optimizer_bytes_per_worker)}</td></tr>`
+    `<td>${fmtMs(x.f.step_ms_mean)}</td><td>${fmtBytes(x.f.bytes_sent_per_step)}</td>` +
+    `<td>${fmtBytes(x.f.bytes_received_per_step)}</td>` +
+    `<td>${fmtBytes(x.f.optimizer_bytes_per_worker)}</td></tr>`
   ).join("");
   return `<section id="summary"><h2>Summary</h2><div class="wide"><table><tr><th>method</th><th>accuracy after</th>` +
     `<th>final loss</th><th>rank@1e-2 (mean)</th><th>energy90 (mean)</th><th>rank bound</th>` +
@@ -1160,11 +1172,11 @@ function comparePerformance(runs: readonly Run[]): string {
     return `<tr><td>${methodBadge(x.label, x.color)}</td><td>${fmtMs(x.f.step_ms_mean)}</td>` +
       `<td>${fmtMs(x.f.step_ms_median)}</td><td>${fmtMs(p?.compute)}</td><td>${
         fmtMs(p?.comm)
-      }</td><td>${fmtMs(p?.update)}</td><td>${formatBytes(x.f.bytes_sent_per_step)}</td><td>${
-        formatBytes(x.f.formula_bytes_sent_per_step)
-      }</td><td>${formatBytes(x.f.bytes_received_per_step)}</td><td>${
-        formatBytes(x.f.formula_bytes_received_per_step)
-      }</td><td>${formatBytes(x.f.optimizer_bytes_per_worker)}</td></tr>`;
+      }</td><td>${fmtMs(p?.update)}</td><td>${fmtBytes(x.f.bytes_sent_per_step)}</td><td>${
+        fmtBytes(x.f.formula_bytes_sent_per_step)
+      }</td><td>${fmtBytes(x.f.bytes_received_per_step)}</td><td>${
+        fmtBytes(x.f.formula_bytes_received_per_step)
+      }</td><td>${fmtBytes(x.f.optimizer_bytes_per_worker)}</td></tr>`;
   }).join("");
   return `<section id="cost"><h2>Cost per step</h2>${bars}${splitLegend()}` +
     `<div class="wide"><table style="margin-top:12px"><tr><th>method</th><th>step mean</th>` +
