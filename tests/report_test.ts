@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Rng } from "../train/rng.ts";
 import {
   configFromFlags,
+  effectiveRankFields,
   readReportJson,
   ReportError,
   type RunReport,
@@ -285,6 +286,25 @@ Deno.test("configFromFlags: snake_case keys, undefined dropped, bad values refus
   );
   assert.throws(() => configFromFlags({ hook: () => 1 }), ReportError);
   assert.throws(() => configFromFlags({ when: new Date() }), ReportError);
+});
+
+Deno.test("effectiveRankFields splits results into effective_rank and spectra", () => {
+  const rng = new Rng(freshSeed());
+  const spectrum = Float64Array.from({ length: 6 }, () => rng.float()).sort().reverse();
+  const f = effectiveRankFields({
+    a: { "rank_1e-2": 6, energy90: 4, spectrum },
+    b: { "rank_1e-2": 0, energy90: 0 },
+  });
+  assert.deepEqual(f.effective_rank, {
+    a: { "rank_1e-2": 6, energy90: 4 },
+    b: { "rank_1e-2": 0, energy90: 0 },
+  });
+  assert.deepEqual(f.spectra, { a: Array.from(spectrum) });
+  assert.ok(Array.isArray(f.spectra.a));
+  assert.throws(
+    () => effectiveRankFields({ "m.q": { "rank_1e-2": 1, energy90: 1, spectrum: [1, NaN] } }),
+    (e: unknown) => e instanceof ReportError && e.key === 'spectra["m.q"][1]',
+  );
 });
 
 /** Coordinates in the `points` of every polyline of one series. */

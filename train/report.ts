@@ -297,6 +297,30 @@ export async function writeReportJson(path: string, report: RunReport): Promise<
 }
 
 /**
+ * Splits per-matrix effective-rank results (each with its spectrum) into the report's
+ * `effective_rank` and `spectra` fields. Non-finite or negative singular values are refused.
+ * @throws {ReportError} naming the matrix.
+ */
+export function effectiveRankFields(
+  results: Record<string, MatrixRank & { spectrum?: ArrayLike<number> }>,
+): { effective_rank: Record<string, MatrixRank>; spectra: Record<string, number[]> } {
+  const effective_rank: Record<string, MatrixRank> = {};
+  const spectra: Record<string, number[]> = {};
+  for (const [name, r] of Object.entries(results)) {
+    effective_rank[name] = { "rank_1e-2": r["rank_1e-2"], energy90: r.energy90 };
+    if (r.spectrum === undefined) continue;
+    const s = Array.from(r.spectrum);
+    const bad = s.findIndex((v) => !(Number.isFinite(v) && v >= 0));
+    if (bad >= 0) {
+      const key = formatKeyPath(["spectra", name, bad]);
+      throw new ReportError(`${key}: singular value ${s[bad]} is not a finite number >= 0`, key);
+    }
+    spectra[name] = s;
+  }
+  return { effective_rank, spectra };
+}
+
+/**
  * Turns parsed flags into the `config` of a report: keys to snake_case (`batch-size` and
  * `batchSize` both become `batch_size`), `undefined` dropped, non-finite numbers refused.
  * @throws {ReportError} for a value JSON cannot hold.
