@@ -15,7 +15,13 @@ import {
   renderReportHtml,
   smoothLoss,
 } from "../train/report_html.ts";
-import { compareJson, compareTable, formatBytes, methodFigures } from "../train/compare_table.ts";
+import {
+  compareJson,
+  compareTable,
+  formatBytes,
+  methodFigures,
+  writeCompareJson,
+} from "../train/compare_table.ts";
 
 const KINDS = [
   "self_attn.q_proj",
@@ -516,7 +522,7 @@ Deno.test("compare table: aligned columns with each run's figures", () => {
   assert.equal(compareTable([]), "(no runs to compare)");
 });
 
-Deno.test("compare.json carries the same figures, machine-readable", () => {
+Deno.test("compare.json carries the same figures, machine-readable", async () => {
   const rs = ["hd-pissa", "lora", "lora"].map((m) =>
     sampleReport(m, { steps: 9, seed: freshSeed(), layers: 1 })
   );
@@ -541,6 +547,13 @@ Deno.test("compare.json carries the same figures, machine-readable", () => {
     assert.ok(Number.isFinite(f.final_loss), "a NaN loss does not poison the final loss");
     assert.ok(Math.abs(f.timing_per_step_ms.compute - r.timing.compute_ms / 9) < 1e-9);
   });
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeCompareJson(`${dir}/compare.json`, rs);
+    assert.deepEqual(JSON.parse(await Deno.readTextFile(`${dir}/compare.json`)), j);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
   const noEval = sampleReport("full", { steps: 0, seed: 1 });
   noEval.eval = { before: null, after: null };
   const f = methodFigures(noEval);

@@ -3,7 +3,7 @@
  * prints and the `compare.json` it writes. Both read the same figures, so they always agree.
  * @module
  */
-import type { JsonValue, RunReport, Timing } from "./report.ts";
+import { type JsonValue, type RunReport, type Timing, writeJsonAtomic } from "./report.ts";
 
 /** Accuracies of one evaluation pass. */
 export interface AccuracyFigures {
@@ -139,6 +139,11 @@ export function compareJson(reports: readonly RunReport[]): CompareJson {
   const methods: Record<string, MethodFigures> = {};
   reports.forEach((r, i) => (methods[labels[i]] = methodFigures(r)));
   return { tasks: taskNames(reports), methods };
+}
+
+/** Writes `compare.json` for several runs, atomically. */
+export async function writeCompareJson(path: string, reports: readonly RunReport[]): Promise<void> {
+  await writeJsonAtomic(path, compareJson(reports));
 }
 
 /**

@@ -277,7 +277,15 @@ export async function readReportJson(path: string): Promise<RunReport> {
  */
 export async function writeReportJson(path: string, report: RunReport): Promise<void> {
   validateReport(report);
-  const text = JSON.stringify(report, null, 2) + "\n";
+  await writeJsonAtomic(path, report);
+}
+
+/**
+ * Writes `value` as pretty JSON through a temporary file in the same folder, flushed to disk and
+ * then renamed over `path`: a reader sees the old file or the new one, never half of one.
+ */
+export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  const text = JSON.stringify(value, null, 2) + "\n";
   const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
   try {
     const file = await Deno.open(tmp, { write: true, createNew: true });
