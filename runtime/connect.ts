@@ -54,6 +54,23 @@ export function transportOf(url: string): "tcp" | "ws" {
   throw new InvalidArgumentError(`unsupported NATS URL scheme in ${url} (use nats:// or ws://)`);
 }
 
+let resetGuard = false;
+
+/**
+ * When a server refuses a TCP client (bad credentials), nats.js lets go of the socket, and under
+ * Deno's node:net the peer's reset can still surface afterwards as an "error" event nobody
+ * listens to, which would end the process. Such a reset concerns a socket already closed, so it
+ * is dropped here; any other uncaught error is left alone.
+ */
+function guardLateResets() {
+  if (resetGuard) return;
+  resetGuard = true;
+  globalThis.addEventListener("error", (e) => {
+    const err = (e as ErrorEvent).error as { code?: string; syscall?: string } | undefined;
+    if (err?.code === "ECONNRESET" && err.syscall === "read") e.preventDefault();
+  });
+}
+
 /** Connects to one or more server URLs of the same scheme family. */
 export async function connectNats(
   servers: string | string[],
@@ -76,7 +93,10 @@ export async function connectNats(
     ...await authOptions(options),
     ...options.extra,
   };
-  if (kinds.has("tcp")) return await tcpConnect(base);
+  if (kinds.has("tcp")) {
+    guardLateResets();
+    return await tcpConnect(base);
+  }
   return await wsconnect({
     ...base,
     wsFactory: (url: string) => {

@@ -3,9 +3,9 @@
  *
  * It listens on free loopback ports (TCP and WebSocket), keeps JetStream data in its own temp
  * folder, and accepts only the credentials generated for it. nats-server does not watch its
- * parent, so it runs under a tiny shell watchdog whose stdin is a pipe from this process: when
- * this process exits for any reason (SIGKILL included) the pipe closes, `cat` returns, and the
- * watchdog stops the server.
+ * parent, so a tiny shell watchdog does: its stdin is a pipe from this process, and when this
+ * process exits for any reason (SIGKILL included) the pipe closes, `cat` returns, and the
+ * watchdog stops the server and removes its folder.
  * @module
  */
 import { ServerStartError } from "./errors.ts";
@@ -24,17 +24,26 @@ export interface EmbeddedServerOptions {
   startTimeoutMs?: number;
 }
 
-// Arguments: server binary, config, log, private folder (removed once the server is gone, so
-// nothing is left behind even when the owner was killed).
+// Arguments: server binary, config, log, private folder. Prints "<watchdog pid> <server pid>".
+// Should the watchdog itself be SIGKILLed, setpriv's parent-death signal still stops the server.
 const WATCHDOG = `
-"$1" -c "$2" >>"$3" 2>&1 &
+if command -v setpriv >/dev/null 2>&1; then
+  setpriv --pdeathsig TERM "$1" -c "$2" >>"$3" 2>&1 </dev/null &
+else
+  "$1" -c "$2" >>"$3" 2>&1 </dev/null &
+fi
 s=$!
-echo "$s"
+trap '' TERM INT HUP
+echo "$$ $s"
 cat >/dev/null
 kill -TERM "$s" 2>/dev/null
 wait "$s"
 rm -rf "$4"
 `;
+
+// Deno kills its own children when it exits, before a watchdog could clean up; so the watchdog
+// is started detached (the launcher exits at once), keeping only the pipes.
+const LAUNCH = `exec 3<&0; "$@" <&3 3<&- &`;
 
 /** Finds the nats-server binary on PATH or in the usual Debian places. */
 export function findNatsServer(): string | undefined {
@@ -63,13 +72,15 @@ function randomSecret(bytes = 24): string {
 
 /** A private nats-server owned by this process. */
 export class EmbeddedServer {
-  #watchdog: Deno.ChildProcess;
-  #stdout: Promise<unknown>;
+  #pipe: WritableStream<Uint8Array>;
+  #exited: Promise<unknown>;
   #stopped?: Promise<void>;
 
   private constructor(
-    watchdog: Deno.ChildProcess,
-    stdout: Promise<unknown>,
+    pipe: WritableStream<Uint8Array>,
+    exited: Promise<unknown>,
+    /** Process id of the watchdog shell. */
+    readonly watchdogPid: number,
     /** `nats://127.0.0.1:<port>` */
     readonly url: string,
     /** `ws://127.0.0.1:<port>`, when WebSocket is on. */
@@ -83,13 +94,8 @@ export class EmbeddedServer {
     /** The `max_payload` configured. */
     readonly maxPayload: number,
   ) {
-    this.#watchdog = watchdog;
-    this.#stdout = stdout;
-  }
-
-  /** Process id of the watchdog shell. */
-  get watchdogPid(): number {
-    return this.#watchdog.pid;
+    this.#pipe = pipe;
+    this.#exited = exited;
   }
 
   /** Starts a server and waits until it accepts connections. */
@@ -119,22 +125,41 @@ export class EmbeddedServer {
     const confPath = `${dir}/server.conf`;
     const logPath = `${dir}/server.log`;
     await Deno.writeTextFile(confPath, conf + "\n", { mode: 0o600 });
-    const watchdog = new Deno.Command("sh", {
-      args: ["-c", WATCHDOG, "actors-nats-watchdog", bin, confPath, logPath, dir],
+    const launcher = new Deno.Command("sh", {
+      args: [
+        "-c",
+        LAUNCH,
+        "actors-nats-launch",
+        "sh",
+        "-c",
+        WATCHDOG,
+        "actors-nats-watchdog",
+        bin,
+        confPath,
+        logPath,
+        dir,
+      ],
       stdin: "piped",
       stdout: "piped",
       stderr: "inherit",
     }).spawn();
-    const lines = watchdog.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    await launcher.status;
+    const pipe = launcher.stdin;
+    const lines = launcher.stdout.pipeThrough(new TextDecoderStream()).getReader();
     let pid = 0;
-    const drain = (async () => {
+    let watchdogPid = 0;
+    // The watchdog holds the other end of stdout: its end of file means the watchdog is done.
+    const exited = (async () => {
       let buf = "";
       for (;;) {
         const { value, done } = await lines.read();
         if (done) return;
         buf += value;
-        const m = /^(\d+)\n/.exec(buf);
-        if (m && !pid) pid = Number(m[1]);
+        const m = /^(\d+) (\d+)\n/.exec(buf);
+        if (m && !pid) {
+          watchdogPid = Number(m[1]);
+          pid = Number(m[2]);
+        }
       }
     })();
     const fail = async (why: string): Promise<never> => {
@@ -142,11 +167,8 @@ export class EmbeddedServer {
       try {
         log = (await Deno.readTextFile(logPath)).split("\n").slice(-15).join("\n");
       } catch { /* no log */ }
-      try {
-        await watchdog.stdin.close();
-      } catch { /* already closed */ }
-      await watchdog.status;
-      await drain;
+      await pipe.close().catch(() => {});
+      await exited;
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw new ServerStartError(`nats-server did not start: ${why}\n${log}`);
     };
@@ -169,8 +191,9 @@ export class EmbeddedServer {
     }
     if (!ports) return await fail("timed out waiting for it to listen");
     return new EmbeddedServer(
-      watchdog,
-      drain,
+      pipe,
+      exited,
+      watchdogPid,
       ports.nats![0],
       ports.websocket?.[0],
       credentials,
@@ -183,20 +206,16 @@ export class EmbeddedServer {
   /** Stops the server (closing the watchdog's pipe), waits for it, removes its folder. */
   stop(): Promise<void> {
     this.#stopped ??= (async () => {
-      try {
-        await this.#watchdog.stdin.close();
-      } catch { /* already closed */ }
+      await this.#pipe.close().catch(() => {});
       const timer = setTimeout(() => {
-        try {
-          Deno.kill(this.pid, "SIGKILL");
-        } catch { /* gone */ }
-        try {
-          this.#watchdog.kill("SIGKILL");
-        } catch { /* gone */ }
+        for (const p of [this.pid, this.watchdogPid]) {
+          try {
+            Deno.kill(p, "SIGKILL");
+          } catch { /* gone */ }
+        }
       }, 10_000);
-      await this.#watchdog.status;
+      await this.#exited;
       clearTimeout(timer);
-      await this.#stdout;
       await Deno.remove(this.dir, { recursive: true }).catch(() => {});
     })();
     return this.#stopped;
