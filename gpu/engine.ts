@@ -303,6 +303,7 @@ export class Gpu {
       maxGroups: this.limits.maxComputeWorkgroupsPerDimension,
       arenaBytes: ARENA_BYTES,
       matmulVariant: this.matmulVariant,
+      onCpu: this.info.isCpu,
       kernel: (spec: KernelSpec): CompiledKernel => this.#pipelines.get(spec),
       bindGroup: (key, make) => {
         let g = this.#bindGroups.get(key);

@@ -60,6 +60,7 @@ export interface RecorderHost {
   readonly maxGroups: number;
   readonly arenaBytes: number;
   readonly matmulVariant: MatmulVariant;
+  readonly onCpu: boolean;
   kernel(spec: KernelSpec): CompiledKernel;
   bindGroup(key: string, make: () => GPUBindGroup): GPUBindGroup;
   acquireArena(): ArenaChunk;
@@ -118,6 +119,11 @@ export class Recorder {
   /** The matmul implementation preferred on this device. */
   get matmulVariant(): MatmulVariant {
     return this.#host.matmulVariant;
+  }
+
+  /** The device is a CPU adapter (lavapipe): kernels pick CPU-friendly workgroup shapes. */
+  get onCpu(): boolean {
+    return this.#host.onCpu;
   }
 
   /** Dispatches recorded so far. */

@@ -23,6 +23,8 @@ Deno.test("gpu matmul", async (t) => {
   try {
     for (const variant of ["register", "tiled"] as const) {
       await t.step(`${variant}: every layout against float64, odd and skinny shapes`, async () => {
+        // K % 4 == 0 takes the vec4-load kernels (with rows or columns that are, or are not,
+        // multiples of four); odd K the scalar ones.
         const shapes = [
           [1, 1, 1],
           [3, 5, 7],
@@ -31,6 +33,11 @@ Deno.test("gpu matmul", async (t) => {
           [130, 4, 65],
           [65, 66, 67],
           [96, 16, 40],
+          [68, 36, 20],
+          [12, 132, 44],
+          [130, 4, 64],
+          [33, 65, 32],
+          [9, 200, 8],
         ];
         for (const layout of LAYOUTS) {
           for (const [M, N, K] of shapes) {

@@ -30,7 +30,22 @@ export interface AttentionShape {
   headDim: number;
 }
 
-const WG = 64;
+// Workgroup width along the query (or key) rows. On CPU adapters one SIMD batch (8 lanes) per
+// workgroup keeps the causal waste to within 8 rows (each workgroup only walks the keys its own
+// rows need); on GPUs 64 rows keep the workgroup reasonably full.
+function rowsPerGroup(rec: Recorder, options: AttentionOptions): number {
+  const wg = options.rowsPerGroup ?? (rec.onCpu ? 8 : 64);
+  if (![8, 16, 32, 64].includes(wg)) {
+    throw new GpuShapeError(`attention: rowsPerGroup must be 8, 16, 32 or 64, got ${wg}`);
+  }
+  return wg;
+}
+
+/** Tuning overrides (tests use them to run the GPU configuration on any adapter). */
+export interface AttentionOptions {
+  /** Query/key rows per workgroup: default 8 on CPU adapters, 64 on GPUs. */
+  rowsPerGroup?: number;
+}
 
 const specs = new Map<string, KernelSpec>();
 
@@ -40,8 +55,16 @@ function cached(key: string, make: () => KernelSpec): KernelSpec {
   return s;
 }
 
-function forwardSpec(hd: number): KernelSpec {
-  return cached(`fwd${hd}`, () => ({
+// Per-dimension statements are written out (d = 0..hd-1) rather than looped over private
+// arrays: compilers then keep the vectors in registers instead of indexed scratch memory,
+// which on lavapipe halves the time.
+function each(hd: number, line: (d: number) => string): string {
+  return Array.from({ length: hd }, (_, d) => line(d)).join("\n  ");
+}
+
+function forwardSpec(hd: number, wg: number): KernelSpec {
+  const dotK = each(hd, (d) => `s = fma(q${d}, K[kr + ${d}u], s);`);
+  return cached(`fwd${hd}/${wg}`, () => ({
     name: `attention_forward_hd${hd}`,
     bindings: ["read", "read", "read", "read", "rw", "rw"],
     params: "uuuuufuuu",
@@ -57,17 +80,16 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> O: array<f32>;
 @group(0) @binding(6) var<storage, read_write> LSE: array<f32>;
 ${NAN_WGSL}
-const HD = ${hd}u;
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / p.nH;
   let h = wid.y % p.nH;
   let kvh = h / (p.nH / p.nKV);
-  let i = wid.x * ${WG}u + lid.x;
+  let i = wid.x * ${wg}u + lid.x;
   let row = b * p.Sq + min(i, p.Sq - 1u);
   // Keys 0..jEnd-1 are visited by the whole workgroup; 'last' masks each query's own range.
   var last = min(i, p.Sq - 1u);
-  var jEnd = min(wid.x * ${WG}u + ${WG}u, p.Sq);
+  var jEnd = min(wid.x * ${wg}u + ${wg}u, p.Sq);
   var bad = false;
   if (p.usePos != 0u) {
     let ps = pos[row];
@@ -75,38 +97,39 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     last = u32(max(ps, 0));
     jEnd = min(p.bound + 1u, p.Skv);
   }
-  let qb = (row * p.nH + h) * HD;
-  var qv: array<f32, HD>;
-  for (var d = 0u; d < HD; d++) { qv[d] = Q[qb + d]; }
-  let kvStride = p.nKV * HD;
-  let kb = b * p.Skv * kvStride + kvh * HD;
+  let qb = (row * p.nH + h) * ${hd}u;
+  ${each(hd, (d) => `let q${d} = Q[qb + ${d}u];`)}
+  let kvStride = p.nKV * ${hd}u;
+  let kb = b * p.Skv * kvStride + kvh * ${hd}u;
   var m = -3.0e38;
   for (var j = 0u; j < jEnd; j++) {
     let kr = kb + j * kvStride;
     var s = 0.0;
-    for (var d = 0u; d < HD; d++) { s = fma(qv[d], K[kr + d], s); }
+    ${dotK}
     s = s * p.scale;
     m = select(m, max(m, s), j <= last);
   }
   var l = 0.0;
-  var o: array<f32, HD>;
+  ${each(hd, (d) => `var o${d} = 0.0;`)}
   for (var j = 0u; j < jEnd; j++) {
     let kr = kb + j * kvStride;
     var s = 0.0;
-    for (var d = 0u; d < HD; d++) { s = fma(qv[d], K[kr + d], s); }
+    ${dotK}
     s = s * p.scale;
     let pj = select(0.0, exp(s - m), j <= last);
     l += pj;
-    for (var d = 0u; d < HD; d++) { o[d] = fma(pj, V[kr + d], o[d]); }
+    ${each(hd, (d) => `o${d} = fma(pj, V[kr + ${d}u], o${d});`)}
   }
   if (i < p.Sq) {
-    for (var d = 0u; d < HD; d++) { O[qb + d] = select(o[d] / l, nanF32(), bad); }
+    ${each(hd, (d) => `O[qb + ${d}u] = select(o${d} / l, nanF32(), bad);`)}
     if (p.saveLse != 0u) { LSE[row * p.nH + h] = m + log(l); }
   }
 }
 `,
   }));
 }
+
+const DELTA_WG = 64;
 
 const DELTA: KernelSpec = {
   name: "attention_delta",
@@ -119,9 +142,9 @@ struct Params { n: u32, hd: u32 }
 @group(0) @binding(2) var<storage, read> dO: array<f32>;
 @group(0) @binding(3) var<storage, read> O: array<f32>;
 ${FLAT_INDEX_WGSL}
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(${DELTA_WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let r = flatIndex(gid, nwg, ${WG}u);
+  let r = flatIndex(gid, nwg, ${DELTA_WG}u);
   if (r >= p.n) { return; }
   var s = 0.0;
   for (var d = 0u; d < p.hd; d++) { s = fma(dO[r * p.hd + d], O[r * p.hd + d], s); }
@@ -130,8 +153,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 `,
 };
 
-function dqSpec(hd: number): KernelSpec {
-  return cached(`dq${hd}`, () => ({
+function dqSpec(hd: number, wg: number): KernelSpec {
+  return cached(`dq${hd}/${wg}`, () => ({
     name: `attention_backward_dq_hd${hd}`,
     bindings: ["rw", "read", "read", "read", "read", "read", "read"],
     params: "uuuuf",
@@ -145,48 +168,41 @@ struct Params { B: u32, S: u32, nH: u32, nKV: u32, scale: f32 }
 @group(0) @binding(5) var<storage, read> dO: array<f32>;
 @group(0) @binding(6) var<storage, read> LSE: array<f32>;
 @group(0) @binding(7) var<storage, read> DELTA: array<f32>;
-const HD = ${hd}u;
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / p.nH;
   let h = wid.y % p.nH;
   let kvh = h / (p.nH / p.nKV);
-  let i = wid.x * ${WG}u + lid.x;
+  let i = wid.x * ${wg}u + lid.x;
   let ic = min(i, p.S - 1u);
   let row = b * p.S + ic;
-  let jEnd = min(wid.x * ${WG}u + ${WG}u, p.S);
-  let qb = (row * p.nH + h) * HD;
-  var qv: array<f32, HD>;
-  var gv: array<f32, HD>;
-  for (var d = 0u; d < HD; d++) { qv[d] = Q[qb + d]; gv[d] = dO[qb + d]; }
+  let jEnd = min(wid.x * ${wg}u + ${wg}u, p.S);
+  let qb = (row * p.nH + h) * ${hd}u;
+  ${each(hd, (d) => `let q${d} = Q[qb + ${d}u]; let g${d} = dO[qb + ${d}u]; var a${d} = 0.0;`)}
   let lse = LSE[row * p.nH + h];
   let dl = DELTA[row * p.nH + h];
-  let kvStride = p.nKV * HD;
-  let kb = b * p.S * kvStride + kvh * HD;
-  var acc: array<f32, HD>;
+  let kvStride = p.nKV * ${hd}u;
+  let kb = b * p.S * kvStride + kvh * ${hd}u;
   for (var j = 0u; j < jEnd; j++) {
     let kr = kb + j * kvStride;
     var s = 0.0;
     var dp = 0.0;
-    for (var d = 0u; d < HD; d++) {
-      s = fma(qv[d], K[kr + d], s);
-      dp = fma(gv[d], V[kr + d], dp);
-    }
+    ${each(hd, (d) => `s = fma(q${d}, K[kr + ${d}u], s); dp = fma(g${d}, V[kr + ${d}u], dp);`)}
     s = s * p.scale;
     let pj = select(0.0, exp(s - lse), j <= ic);
     let ds = pj * (dp - dl);
-    for (var d = 0u; d < HD; d++) { acc[d] = fma(ds, K[kr + d], acc[d]); }
+    ${each(hd, (d) => `a${d} = fma(ds, K[kr + ${d}u], a${d});`)}
   }
   if (i < p.S) {
-    for (var d = 0u; d < HD; d++) { dQ[qb + d] = acc[d] * p.scale; }
+    ${each(hd, (d) => `dQ[qb + ${d}u] = a${d} * p.scale;`)}
   }
 }
 `,
   }));
 }
 
-function dkvSpec(hd: number): KernelSpec {
-  return cached(`dkv${hd}`, () => ({
+function dkvSpec(hd: number, wg: number): KernelSpec {
+  return cached(`dkv${hd}/${wg}`, () => ({
     name: `attention_backward_dkv_hd${hd}`,
     bindings: ["rw", "rw", "read", "read", "read", "read", "read", "read"],
     params: "uuuuf",
@@ -201,46 +217,38 @@ struct Params { B: u32, S: u32, nH: u32, nKV: u32, scale: f32 }
 @group(0) @binding(6) var<storage, read> dO: array<f32>;
 @group(0) @binding(7) var<storage, read> LSE: array<f32>;
 @group(0) @binding(8) var<storage, read> DELTA: array<f32>;
-const HD = ${hd}u;
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / p.nKV;
   let kvh = wid.y % p.nKV;
   let group = p.nH / p.nKV;
-  let j = wid.x * ${WG}u + lid.x;
+  let j = wid.x * ${wg}u + lid.x;
   let jc = min(j, p.S - 1u);
-  let kb = ((b * p.S + jc) * p.nKV + kvh) * HD;
-  var kv: array<f32, HD>;
-  var vv: array<f32, HD>;
-  for (var d = 0u; d < HD; d++) { kv[d] = K[kb + d]; vv[d] = V[kb + d]; }
-  var dk: array<f32, HD>;
-  var dv: array<f32, HD>;
+  let kb = ((b * p.S + jc) * p.nKV + kvh) * ${hd}u;
+  ${
+      each(hd, (d) =>
+        `let k${d} = K[kb + ${d}u]; let v${d} = V[kb + ${d}u]; var dk${d} = 0.0; var dv${d} = 0.0;`)
+    }
   // Queries before the workgroup's first key see none of its keys.
-  let iStart = wid.x * ${WG}u;
+  let iStart = wid.x * ${wg}u;
   for (var hq = kvh * group; hq < kvh * group + group; hq++) {
     for (var i = iStart; i < p.S; i++) {
       let qrow = b * p.S + i;
-      let qb = (qrow * p.nH + hq) * HD;
+      let qb = (qrow * p.nH + hq) * ${hd}u;
       var s = 0.0;
       var dp = 0.0;
-      for (var d = 0u; d < HD; d++) {
-        s = fma(Q[qb + d], kv[d], s);
-        dp = fma(dO[qb + d], vv[d], dp);
-      }
+      ${each(hd, (d) => `s = fma(Q[qb + ${d}u], k${d}, s); dp = fma(dO[qb + ${d}u], v${d}, dp);`)}
       s = s * p.scale;
       let pj = select(0.0, exp(s - LSE[qrow * p.nH + hq]), i >= jc);
       let ds = pj * (dp - DELTA[qrow * p.nH + hq]);
-      for (var d = 0u; d < HD; d++) {
-        dv[d] = fma(pj, dO[qb + d], dv[d]);
-        dk[d] = fma(ds, Q[qb + d], dk[d]);
-      }
+      ${
+      each(hd, (d) =>
+        `dv${d} = fma(pj, dO[qb + ${d}u], dv${d}); dk${d} = fma(ds, Q[qb + ${d}u], dk${d});`)
+    }
     }
   }
   if (j < p.S) {
-    for (var d = 0u; d < HD; d++) {
-      dK[kb + d] = dk[d] * p.scale;
-      dV[kb + d] = dv[d];
-    }
+    ${each(hd, (d) => `dK[kb + ${d}u] = dk${d} * p.scale; dV[kb + ${d}u] = dv${d};`)}
   }
 }
 `,
@@ -280,6 +288,7 @@ export function attentionForward(
   rec: Recorder,
   t: AttentionForwardTensors,
   s: AttentionShape,
+  options: AttentionOptions = {},
 ): void {
   checkShape("attentionForward", s);
   const rows = s.batch * s.seqLen;
@@ -288,8 +297,9 @@ export function attentionForward(
   expectShape("attention k", t.k, [rows, s.nKvHeads * s.headDim]);
   expectShape("attention v", t.v, [rows, s.nKvHeads * s.headDim]);
   if (t.lse) expectShape("attention lse", t.lse, [rows, s.nHeads]);
+  const wg = rowsPerGroup(rec, options);
   rec.dispatch(
-    forwardSpec(s.headDim),
+    forwardSpec(s.headDim, wg),
     [t.q, t.k, t.v, t.q, t.out, t.lse ?? t.out],
     [
       s.batch,
@@ -302,7 +312,7 @@ export function attentionForward(
       t.lse ? 1 : 0,
       0,
     ],
-    [Math.ceil(s.seqLen / WG), s.batch * s.nHeads],
+    [Math.ceil(s.seqLen / wg), s.batch * s.nHeads],
   );
 }
 
@@ -334,6 +344,7 @@ export function attentionBackward(
   rec: Recorder,
   t: AttentionBackwardTensors,
   s: AttentionShape,
+  options: AttentionOptions = {},
 ): void {
   checkShape("attentionBackward", s);
   const rows = s.batch * s.seqLen;
@@ -356,23 +367,24 @@ export function attentionBackward(
   expectShape("attention lse", t.lse, [rows, s.nHeads]);
   expectShape("attention delta", t.delta, [rows, s.nHeads]);
   const scale = 1 / Math.sqrt(s.headDim);
+  const wg = rowsPerGroup(rec, options);
   rec.dispatch(
     DELTA,
     [t.delta, t.dout, t.out],
     [rows * s.nHeads, s.headDim],
-    grid1d(rows * s.nHeads, WG),
+    grid1d(rows * s.nHeads, DELTA_WG),
   );
   rec.dispatch(
-    dqSpec(s.headDim),
+    dqSpec(s.headDim, wg),
     [t.dq, t.q, t.k, t.v, t.dout, t.lse, t.delta],
     [s.batch, s.seqLen, s.nHeads, s.nKvHeads, scale],
-    [Math.ceil(s.seqLen / WG), s.batch * s.nHeads],
+    [Math.ceil(s.seqLen / wg), s.batch * s.nHeads],
   );
   rec.dispatch(
-    dkvSpec(s.headDim),
+    dkvSpec(s.headDim, wg),
     [t.dk, t.dv, t.q, t.k, t.v, t.dout, t.lse, t.delta],
     [s.batch, s.seqLen, s.nHeads, s.nKvHeads, scale],
-    [Math.ceil(s.seqLen / WG), s.batch * s.nKvHeads],
+    [Math.ceil(s.seqLen / wg), s.batch * s.nKvHeads],
   );
 }
 
@@ -426,6 +438,7 @@ export function attentionDecode(
   t: AttentionDecodeTensors,
   s: DecodeShape,
   maxPosition: number,
+  options: AttentionOptions = {},
 ): void {
   checkDecode("attentionDecode", s, maxPosition);
   const rows = s.batch * s.newTokens;
@@ -434,8 +447,9 @@ export function attentionDecode(
   expectShape("attentionDecode kCache", t.kCache, [s.batch * s.maxLen, s.nKvHeads * s.headDim]);
   expectShape("attentionDecode vCache", t.vCache, [s.batch * s.maxLen, s.nKvHeads * s.headDim]);
   expectShape("attentionDecode positions", t.positions, [rows], "i32");
+  const wg = rowsPerGroup(rec, options);
   rec.dispatch(
-    forwardSpec(s.headDim),
+    forwardSpec(s.headDim, wg),
     [t.q, t.kCache, t.vCache, t.positions, t.out, t.out],
     [
       s.batch,
@@ -448,7 +462,7 @@ export function attentionDecode(
       0,
       maxPosition,
     ],
-    [Math.ceil(s.newTokens / WG), s.batch * s.nHeads],
+    [Math.ceil(s.newTokens / wg), s.batch * s.nHeads],
   );
 }
 

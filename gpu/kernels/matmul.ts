@@ -73,28 +73,103 @@ function problem(layout: MatmulLayout, c: GpuTensor, a: GpuTensor, b: GpuTensor)
 
 // ---- register-blocked implementation ---------------------------------------------------------
 
+/**
+ * How an operand is loaded. On lavapipe every load instruction costs about as much as twenty
+ * FMAs whether its address is uniform or not, and a vec4 load costs about the same as a scalar
+ * one, so loads are made vec4 along whichever index is contiguous:
+ * - "s": scalar loads, any strides;
+ * - "k": vec4 along k (the operand's k stride is 1);
+ * - "r": vec4 along the operand's own rows/columns (its row stride is 1): four adjacent rows of
+ *   the uniform operand, or four adjacent columns owned by one invocation of the lane operand.
+ */
+type LoadMode = "s" | "k" | "r";
+
 const registerSpecs = new Map<string, KernelSpec>();
 
-function registerSpec(TU: number, TL: number, WG: number): KernelSpec {
-  const key = `${TU}x${TL}x${WG}`;
+function registerSpec(
+  TU: number,
+  TL: number,
+  WG: number,
+  pm: LoadMode,
+  qm: LoadMode,
+  step: 1 | 4,
+): KernelSpec {
+  const key = `${TU}x${TL}x${WG}${pm}${qm}${step}`;
   const hit = registerSpecs.get(key);
   if (hit) return hit;
   const L: string[] = [];
   const us = [...Array(TU).keys()];
   const ls = [...Array(TL).keys()];
-  for (const i of us) L.push(`  let pu${i} = min(u0 + ${i}u, p.U - 1u) * p.sPu;`);
-  for (const j of ls) L.push(`  let ql${j} = min(l0 + ${j * WG}u, p.L - 1u) * p.sQl;`);
-  for (const i of us) for (const j of ls) L.push(`  var c${i}_${j} = 0.0;`);
-  L.push(`  for (var k = 0u; k < p.K; k++) {`);
-  L.push(`    let kp = k * p.sPk;`);
-  L.push(`    let kq = k * p.sQk;`);
-  for (const i of us) L.push(`    let a${i} = P[pu${i} + kp];`);
-  for (const j of ls) L.push(`    let b${j} = Q[ql${j} + kq];`);
-  for (const i of us) for (const j of ls) L.push(`    c${i}_${j} = fma(a${i}, b${j}, c${i}_${j});`);
-  L.push(`  }`);
-  for (const i of us) {
-    for (const j of ls) L.push(`  store(u0 + ${i}u, l0 + ${j * WG}u, c${i}_${j});`);
+  const kks = [...Array(step).keys()];
+  const comp = (x: number) => "xyzw"[x];
+  // Lane column of accumulator j: interleaved by WG for scalar/k loads, in runs of four for r.
+  const col = (j: number) =>
+    qm === "r" ? `lb + ${(Math.floor(j / 4) * WG) * 4 + (j % 4)}u` : `lb + ${j * WG}u`;
+  L.push(`  let lb = wid.x * ${WG * TL}u + lid.x * ${qm === "r" ? 4 : 1}u;`);
+  if (pm === "r") {
+    for (let g = 0; g < TU / 4; g++) L.push(`  let pg${g} = min(u0 + ${4 * g}u, p.U - 4u);`);
+  } else {
+    for (const i of us) L.push(`  let pu${i} = min(u0 + ${i}u, p.U - 1u) * p.sPu;`);
   }
+  if (qm === "r") {
+    for (let g = 0; g < TL / 4; g++) L.push(`  let qg${g} = min(lb + ${g * WG * 4}u, p.L - 4u);`);
+  } else {
+    for (const j of ls) L.push(`  let ql${j} = min(${col(j)}, p.L - 1u) * p.sQl;`);
+  }
+  for (const i of us) for (const j of ls) L.push(`  var c${i}_${j} = 0.0;`);
+  L.push(`  for (var k = 0u; k < p.K; k += ${step}u) {`);
+  // a(i, kk) and b(j, kk): the operand values at row i / column j and k + kk.
+  const a: string[][] = us.map(() => []);
+  const b: string[][] = ls.map(() => []);
+  if (pm === "k") {
+    for (const i of us) {
+      L.push(`    let a${i} = P[(pu${i} + k) / 4u];`);
+      for (const kk of kks) a[i][kk] = `a${i}.${comp(kk)}`;
+    }
+  } else if (pm === "r") {
+    for (let g = 0; g < TU / 4; g++) {
+      for (const kk of kks) {
+        L.push(`    let a${g}_${kk} = P[(pg${g} + (k + ${kk}u) * p.sPk) / 4u];`);
+        for (let c = 0; c < 4; c++) a[4 * g + c][kk] = `a${g}_${kk}.${comp(c)}`;
+      }
+    }
+  } else {
+    for (const i of us) {
+      for (const kk of kks) {
+        L.push(`    let a${i}_${kk} = P[pu${i} + (k + ${kk}u) * p.sPk];`);
+        a[i][kk] = `a${i}_${kk}`;
+      }
+    }
+  }
+  if (qm === "k") {
+    for (const j of ls) {
+      L.push(`    let b${j} = Q[(ql${j} + k) / 4u];`);
+      for (const kk of kks) b[j][kk] = `b${j}.${comp(kk)}`;
+    }
+  } else if (qm === "r") {
+    for (let g = 0; g < TL / 4; g++) {
+      for (const kk of kks) {
+        L.push(`    let b${g}_${kk} = Q[(qg${g} + (k + ${kk}u) * p.sQk) / 4u];`);
+        for (let c = 0; c < 4; c++) b[4 * g + c][kk] = `b${g}_${kk}.${comp(c)}`;
+      }
+    }
+  } else {
+    for (const j of ls) {
+      for (const kk of kks) {
+        L.push(`    let b${j}_${kk} = Q[ql${j} + (k + ${kk}u) * p.sQk];`);
+        b[j][kk] = `b${j}_${kk}`;
+      }
+    }
+  }
+  // k ascending for every accumulator: the same FMA chain as the scalar kernel.
+  for (const kk of kks) {
+    for (const i of us) {
+      for (const j of ls) L.push(`    c${i}_${j} = fma(${a[i][kk]}, ${b[j][kk]}, c${i}_${j});`);
+    }
+  }
+  L.push(`  }`);
+  for (const i of us) for (const j of ls) L.push(`  store(u0 + ${i}u, ${col(j)}, c${i}_${j});`);
+  const elem = (m: LoadMode) => m === "s" ? "f32" : "vec4<f32>";
   const spec: KernelSpec = {
     name: `matmul_register_${key}`,
     bindings: ["read", "read", "rw"],
@@ -105,8 +180,8 @@ struct Params {
   alpha: f32, beta: f32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> P: array<f32>;
-@group(0) @binding(2) var<storage, read> Q: array<f32>;
+@group(0) @binding(1) var<storage, read> P: array<${elem(pm)}>;
+@group(0) @binding(2) var<storage, read> Q: array<${elem(qm)}>;
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;
 
 fn store(u: u32, l: u32, acc: f32) {
@@ -119,13 +194,27 @@ fn store(u: u32, l: u32, acc: f32) {
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let u0 = wid.y * ${TU}u;
-  let l0 = wid.x * ${WG * TL}u + lid.x;
 ${L.join("\n")}
 }
 `,
   };
   registerSpecs.set(key, spec);
   return spec;
+}
+
+/** The cheapest load mode an operand's strides and alignment allow (see LoadMode). */
+function loadMode(
+  t: GpuTensor,
+  rows: number,
+  sRow: number,
+  sK: number,
+  K: number,
+  tile: number,
+): LoadMode {
+  if (K % 4 !== 0 || t.offset % 16 !== 0) return "s";
+  if (sK === 1 && sRow % 4 === 0) return "k";
+  if (sRow === 1 && sK % 4 === 0 && rows % 4 === 0 && tile % 4 === 0) return "r";
+  return "s";
 }
 
 function dispatchRegister(
@@ -142,12 +231,17 @@ function dispatchRegister(
   const Lw = swap ? p.M : p.N;
   const TU = U <= 4 ? 4 : U <= 8 ? 8 : 16;
   const [WG, TL] = Lw >= 128 ? [16, 8] : [8, 4];
-  const params = swap
-    ? [U, Lw, p.K, p.sBn, p.sBk, p.sAm, p.sAk, 1, p.N, alpha, beta]
-    : [U, Lw, p.K, p.sAm, p.sAk, p.sBn, p.sBk, p.N, 1, alpha, beta];
+  const [P, Q] = swap ? [b, a] : [a, b];
+  const [sPu, sPk, sQl, sQk] = swap ? [p.sBn, p.sBk, p.sAm, p.sAk] : [p.sAm, p.sAk, p.sBn, p.sBk];
+  let pm = loadMode(P, U, sPu, sPk, p.K, TU);
+  let qm = loadMode(Q, Lw, sQl, sQk, p.K, TL);
+  // A vec4 step needs K % 4 == 0; with it, any operand left scalar still steps by four.
+  const step = pm === "s" && qm === "s" ? 1 : 4;
+  if (step === 1) pm = qm = "s";
+  const params = [U, Lw, p.K, sPu, sPk, sQl, sQk, swap ? 1 : p.N, swap ? p.N : 1, alpha, beta];
   rec.dispatch(
-    registerSpec(TU, TL, WG),
-    swap ? [b, a, c] : [a, b, c],
+    registerSpec(TU, TL, WG, pm, qm, step),
+    [P, Q, c],
     params,
     [Math.ceil(Lw / (WG * TL)), Math.ceil(U / TU)],
   );

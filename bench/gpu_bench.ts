@@ -1,0 +1,141 @@
+// WebGPU kernel throughput on the adapter at hand: matmul GFLOP/s for square and skinny
+// adapter shapes in every layout, and the time of the other kernels at the small training
+// config (hidden 128, 4 heads, 2 KV heads, head 32, vocab 259, 16 sequences of 64).
+//
+// GPU time comes from timestamp queries around a block of repeated dispatches when the device
+// has them, wall-clock time of a submit otherwise (which then includes the driver's latency).
+import { percentile, type Report } from "./figure.ts";
+import { Gpu } from "../gpu/engine.ts";
+import type { Recorder } from "../gpu/recorder.ts";
+import type { GpuTensor } from "../gpu/tensor.ts";
+import { matmul, type MatmulLayout } from "../gpu/kernels/matmul.ts";
+import { attentionBackward, attentionForward } from "../gpu/kernels/attention.ts";
+import { crossEntropy } from "../gpu/kernels/cross_entropy.ts";
+import { rmsnormBackward, rmsnormForward } from "../gpu/kernels/rmsnorm.ts";
+import { swigluBackward, swigluForward } from "../gpu/kernels/swiglu.ts";
+import { type AdapterSteps, hdPissaUpdate } from "../gpu/kernels/hd_pissa.ts";
+import { Rng } from "../train/rng.ts";
+
+/** Median milliseconds of one `body` over `trials` trials of `reps` repetitions. */
+async function timeIt(
+  gpu: Gpu,
+  body: (rec: Recorder) => void,
+  reps: number,
+  trials = 5,
+): Promise<number> {
+  await gpu.run(body); // compile and warm up
+  const ms: number[] = [];
+  for (let t = 0; t < trials; t++) {
+    const rec = gpu.record();
+    rec.timed("bench", () => {
+      for (let r = 0; r < reps; r++) body(rec);
+    });
+    const res = await rec.submit();
+    ms.push((res.gpuMs ?? res.wallMs) / reps);
+  }
+  return percentile(ms, 50);
+}
+
+export async function run(report: Report): Promise<void> {
+  const gpu = await Gpu.open();
+  const rng = new Rng(7);
+  const held: GpuTensor[] = [];
+  const rand = (shape: number[], scale = 1) => {
+    const t = gpu.upload(rng.normals(shape.reduce((a, b) => a * b), scale), shape);
+    held.push(t);
+    return t;
+  };
+  const empty = (shape: number[], dtype: "f32" | "i32" = "f32") => {
+    const t = gpu.tensor(shape, dtype);
+    held.push(t);
+    return t;
+  };
+  try {
+    const tag = `${gpu.info.isCpu ? "cpu" : "gpu"}/${gpu.matmulVariant}`;
+    const timing = gpu.info.timestamps ? "timestamp" : "wall";
+    console.error(`gpu bench on ${gpu.info.description} (${tag}, ${timing} timing)`);
+
+    const mm = async (name: string, layout: MatmulLayout, M: number, N: number, K: number) => {
+      const a = rand(layout === "TN" ? [K, M] : [M, K]);
+      const b = rand(layout === "NT" ? [N, K] : [K, N]);
+      const c = empty([M, N]);
+      const flop = 2 * M * N * K;
+      const reps = Math.max(1, Math.min(200, Math.round(2e9 / flop)));
+      const ms = await timeIt(gpu, (rec) => matmul(rec, layout, c, a, b), reps);
+      report({
+        name: `matmul ${name} ${layout} ${M}x${N}x${K} (${tag})`,
+        value: flop / ms / 1e6,
+        unit: "GFLOP/s",
+      });
+    };
+    for (const s of [256, 512, 1024]) await mm("square", "NT", s, s, s);
+    await mm("square", "NN", 512, 512, 512);
+    await mm("square", "TN", 512, 512, 512);
+    // Linear layers of the small config (T = 1024 tokens) and their adapter products, r = 4.
+    await mm("q_proj fwd", "NT", 1024, 128, 128);
+    await mm("gate_proj fwd", "NT", 1024, 344, 128);
+    await mm("down_proj dX", "NN", 1024, 344, 128);
+    await mm("x·Aᵀ", "NT", 1024, 4, 128);
+    await mm("dY·B", "NN", 1024, 4, 128);
+    await mm("g_B=dYᵀ(xAᵀ)", "TN", 128, 4, 1024);
+    await mm("g_A=(dY B)ᵀx", "TN", 4, 128, 1024);
+    await mm("full dW=dYᵀx", "TN", 128, 128, 1024);
+
+    // Other kernels at the small config.
+    const B = 16, S = 64, T = B * S, H = 128, nH = 4, nKV = 2, hd = 32, V = 259, I = 344;
+    const shape = { batch: B, seqLen: S, nHeads: nH, nKvHeads: nKV, headDim: hd };
+    const q = rand([T, nH * hd]),
+      k = rand([T, nKV * hd]),
+      v = rand([T, nKV * hd]),
+      o = empty([T, nH * hd]);
+    const lse = empty([T, nH]), delta = empty([T, nH]), dout = rand([T, nH * hd]);
+    const dq = empty([T, nH * hd]), dk = empty([T, nKV * hd]), dv = empty([T, nKV * hd]);
+    await gpu.run((rec) => attentionForward(rec, { out: o, lse, q, k, v }, shape));
+    const kernel = async (name: string, body: (rec: Recorder) => void, reps = 10) => {
+      report({ name: `${name} (${tag})`, value: await timeIt(gpu, body, reps), unit: "ms" });
+    };
+    await kernel(
+      `attention forward B${B} S${S} nH${nH} nKV${nKV} hd${hd}`,
+      (rec) => attentionForward(rec, { out: o, lse, q, k, v }, shape),
+    );
+    await kernel(
+      `attention backward B${B} S${S} nH${nH} nKV${nKV} hd${hd}`,
+      (rec) => attentionBackward(rec, { dq, dk, dv, dout, q, k, v, out: o, lse, delta }, shape),
+    );
+    const x = rand([T, H]), w = rand([H]), y = empty([T, H]), rstd = empty([T]), dx = empty([T, H]);
+    await kernel(`rmsnorm forward+backward ${T}x${H}`, (rec) => {
+      rmsnormForward(rec, y, rstd, x, w, 1e-5);
+      rmsnormBackward(rec, dx, y, x, w, rstd);
+    });
+    const g = rand([T, I]),
+      u = rand([T, I]),
+      h = empty([T, I]),
+      dg = empty([T, I]),
+      du = empty([T, I]);
+    await kernel(`swiglu forward+backward ${T}x${I}`, (rec) => {
+      swigluForward(rec, h, g, u);
+      swigluBackward(rec, dg, du, h, g, u);
+    });
+    const logits = rand([T, V], 2), dl = empty([T, V]), losses = empty([T]), loss = empty([1]);
+    const targets = gpu.upload(Int32Array.from({ length: T }, () => rng.int(V)));
+    const weights = gpu.upload(new Float32Array(T).fill(1 / T));
+    held.push(targets, weights);
+    await kernel(
+      `cross-entropy loss+grad ${T}x${V}`,
+      (rec) => crossEntropy(rec, { logits, targets, weights, losses, loss, dlogits: dl }),
+    );
+    const K = 4, r = 4;
+    const pairs: AdapterSteps[] = Array.from(
+      { length: K },
+      () => ({ A: rand([r, H]), B: rand([I, r]), dA: rand([r, H]), dB: rand([I, r]) }),
+    );
+    const W = rand([I, H]), L = empty([I, 2 * K * r]), R = empty([2 * K * r, H]);
+    await kernel(
+      `hd-pissa update W[${I},${H}] K${K} r${r}`,
+      (rec) => hdPissaUpdate(rec, W, pairs, L, R, { c: 1 / K, s: 1 }),
+    );
+  } finally {
+    for (const t of held) gpu.release(t);
+    gpu.close();
+  }
+}
