@@ -82,6 +82,16 @@ Deno.test("gpu engine", async (t) => {
       gpu.release(one);
     });
 
+    await t.step("1-D kernels fold grids beyond 65535 workgroups", async () => {
+      const n = 65535 * 256 + 300;
+      const big = gpu.tensor([n]);
+      const [v] = await gpu.run((rec) => fill(rec, big, 3), [big]);
+      assert.equal(v.length, n);
+      assert.ok(v[0] === 3 && v[65535 * 256] === 3 && v[n - 1] === 3);
+      assert.ok(v.every((x) => x === 3));
+      gpu.release(big);
+    });
+
     await t.step("timing: timestamp sections when available, wall clock always", async () => {
       const a = gpu.upload(rng.normals(64 * 64), [64, 64]), c = gpu.tensor([64, 64]);
       const rec = gpu.record({ profile: true });

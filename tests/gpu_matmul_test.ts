@@ -96,6 +96,23 @@ Deno.test("gpu matmul", async (t) => {
       }
     });
 
+    await t.step("register kernel with GPU-sized workgroups (64 invocations)", async () => {
+      for (const layout of LAYOUTS) {
+        for (const [M, N, K] of [[70, 300, 20], [300, 9, 17], [40, 260, 12]]) {
+          const d = dims(layout, M, N, K);
+          const a = rng.normals(M * K), b = rng.normals(N * K);
+          const A = gpu.upload(a, d.a), B = gpu.upload(b, d.b), C = gpu.tensor([M, N]);
+          const [c] = await gpu.run(
+            (rec) => matmul(rec, layout, C, A, B, { variant: "register", registerWorkgroup: 64 }),
+            [C],
+          );
+          const err = relError(c, matmulRef(layout, M, N, K, a, b, null));
+          assert.ok(err < 1e-5, `${layout} ${M}x${N}x${K}: ${err}`);
+          for (const x of [A, B, C]) gpu.release(x);
+        }
+      }
+    });
+
     await t.step("beta = 0 never reads C (NaN in C does not leak)", async () => {
       for (const variant of ["register", "tiled"] as const) {
         const a = rng.normals(33 * 9), b = rng.normals(40 * 9);

@@ -36,6 +36,12 @@ export interface MatmulOptions {
   beta?: number;
   /** Force an implementation (default: the device's preference, see the module doc). */
   variant?: MatmulVariant;
+  /**
+   * Invocations per workgroup of the register kernel (tests use it to run the GPU shape on any
+   * adapter). Default: 8 or 16 on CPU adapters (one or two SIMD batches), 64 on GPUs (whole
+   * warps).
+   */
+  registerWorkgroup?: 8 | 16 | 32 | 64;
 }
 
 /** The logical problem: C(m,n) = α Σ_k A(m,k)·B(n,k) + β C(m,n), with element strides. */
@@ -225,12 +231,14 @@ function dispatchRegister(
   p: Problem,
   alpha: number,
   beta: number,
+  options: MatmulOptions,
 ): void {
   const swap = p.M > p.N;
   const U = swap ? p.N : p.M;
   const Lw = swap ? p.M : p.N;
   const TU = U <= 4 ? 4 : U <= 8 ? 8 : 16;
-  const [WG, TL] = Lw >= 128 ? [16, 8] : [8, 4];
+  const forced = options.registerWorkgroup;
+  const [WG, TL] = forced ? [forced, 4] : !rec.onCpu ? [64, 4] : Lw >= 128 ? [16, 8] : [8, 4];
   const [P, Q] = swap ? [b, a] : [a, b];
   const [sPu, sPk, sQl, sQk] = swap ? [p.sBn, p.sBk, p.sAm, p.sAk] : [p.sAm, p.sAk, p.sBn, p.sBk];
   let pm = loadMode(P, U, sPu, sPk, p.K, TU);
@@ -377,7 +385,7 @@ export function matmul(
   // GPU kernel there too.
   const tiled = variant === "tiled" && (options.variant === "tiled" || Math.min(p.M, p.N) >= 32);
   if (tiled) dispatchTiled(rec, c, a, b, p, alpha, beta);
-  else dispatchRegister(rec, c, a, b, p, alpha, beta);
+  else dispatchRegister(rec, c, a, b, p, alpha, beta, options);
 }
 
 /** `C[M,N] = α·A[M,K]·B[N,K]ᵀ + β·C` (linear forward `y = x·Wᵀ`). */
