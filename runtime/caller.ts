@@ -25,6 +25,7 @@ import {
 import type { Subjects } from "./protocol.ts";
 import { FrameInbox, type Incoming, isNoResponders, publishFrame } from "./wire.ts";
 import { encodeFrame } from "./codec.ts";
+import { Deadlines } from "./deadlines.ts";
 
 /** Default call timeout (DESIGN §5). */
 export const DEFAULT_TIMEOUT_MS = 30_000;
@@ -62,6 +63,8 @@ export class Caller {
   readonly #pending = new Map<number, Pending>();
   readonly #byActor = new Map<string, Set<Pending>>();
   readonly stats: TrafficStats = { bytesSent: 0, bytesReceived: 0, calls: 0 };
+  /** Call deadlines of this process (shared with the actors it hosts). */
+  readonly deadlines = new Deadlines();
   #sub?: Subscription;
   #next = 1;
   #closed = false;
@@ -145,11 +148,11 @@ export class Caller {
     if (this.#closed) return Promise.reject(new SystemClosedError("the system is shut down"));
     const frame = encodeFrame(meta, value);
     return new Promise<Outcome>((resolve, reject) => {
-      const live: { timer?: ReturnType<typeof setTimeout> } = {};
+      const live: { cancel?: () => void } = {};
       let id = 0;
       const tracked = what.inc !== undefined;
       const cleanup = () => {
-        clearTimeout(live.timer);
+        live.cancel?.();
         signal?.removeEventListener("abort", onAbort);
         this.#unregister(id, p);
       };
@@ -180,10 +183,10 @@ export class Caller {
       };
       if (signal?.aborted) return reject(new CallCancelledError(what.actor, what.method));
       id = this.#register(p);
-      live.timer = setTimeout(() => {
+      live.cancel = this.deadlines.add(deadline, () => {
         p.reject(new CallTimeoutError(what.actor, what.method, what.timeoutMs));
         cancelRemote();
-      }, Math.max(0, deadline - Date.now()));
+      });
       signal?.addEventListener("abort", onAbort, { once: true });
       this.stats.bytesSent += frame.byteLength;
       publishFrame(this.#nc, subject, frame, `${this.#prefix}.${id}`).catch((e) => p.reject(e));
@@ -309,5 +312,6 @@ export class Caller {
       p.reject(new SystemClosedError("the system is shut down"));
     }
     this.#inbox.clear();
+    this.deadlines.clear();
   }
 }

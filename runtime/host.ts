@@ -18,6 +18,7 @@ import {
   InvalidArgumentError,
   toWireError,
 } from "./errors.ts";
+import type { Deadlines } from "./deadlines.ts";
 import { ActorInstance } from "./instance.ts";
 import type { ModuleLoader } from "./modules.ts";
 import {
@@ -40,6 +41,7 @@ export interface HostEnv {
   resources: Resources;
   loader: ModuleLoader;
   maxFrameBytes: number;
+  deadlines: Deadlines;
   context(info: ActorInfo, stopped: AbortSignal): ActorContext;
   /** Called whenever the hosted set changes (to refresh the heartbeat). */
   changed(): void;
@@ -165,6 +167,7 @@ export class Host {
           subject: this.#env.subjects.actor(req.id),
           context: this.#env.context,
           maxFrameBytes: this.#env.maxFrameBytes,
+          deadlines: this.#env.deadlines,
         },
         def,
         info,

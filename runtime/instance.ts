@@ -23,6 +23,7 @@ import {
   type WireError,
 } from "./errors.ts";
 import { type ActorInfo, issuesOf } from "./protocol.ts";
+import type { Deadlines } from "./deadlines.ts";
 import { FrameInbox, type Incoming, send } from "./wire.ts";
 
 /** What an instance needs from the process hosting it. */
@@ -33,6 +34,8 @@ export interface InstanceEnv {
   context(info: ActorInfo, stopped: AbortSignal): ActorContext;
   /** Largest frame accepted in one call (memory bound against rogue senders). */
   maxFrameBytes: number;
+  /** The process's shared call deadlines. */
+  deadlines: Deadlines;
 }
 
 interface Call {
@@ -183,9 +186,9 @@ export class ActorInstance {
     call.ac = ac;
     const onStop = () => ac.abort(this.#life.signal.reason);
     this.#life.signal.addEventListener("abort", onStop, { once: true });
-    const timer = setTimeout(
+    const cancelDeadline = this.#env.deadlines.add(
+      call.deadline,
       () => ac.abort(new CallTimeoutError(this.info.id, call.method, call.timeoutMs)),
-      Math.max(0, call.deadline - Date.now()),
     );
     const ctx: CallContext = { ...this.#ctx, signal: ac.signal, method: call.method };
     try {
@@ -216,7 +219,7 @@ export class ActorInstance {
         },
       });
     } finally {
-      clearTimeout(timer);
+      cancelDeadline();
       this.#life.signal.removeEventListener("abort", onStop);
     }
   }

@@ -337,6 +337,7 @@ export class System {
       resources: opts.resources,
       loader: this.#loader,
       maxFrameBytes: opts.maxFrameBytes,
+      deadlines: this.#caller.deadlines,
       context: (info, stopped) => this.#context(info, stopped),
       changed: () => this.#heartbeat?.update(this.#payload()),
     });
