@@ -343,9 +343,11 @@ export class Recorder {
 
   #releaseAll(extra: GPUBuffer[]): void {
     const host = this.#host;
-    for (const c of this.#chunks) host.releaseArena(c.chunk);
+    // Reverse order, so that the host's free lists hand them out in the same order next step
+    // and the bind groups cached for this step match again.
+    for (const c of this.#chunks.reverse()) host.releaseArena(c.chunk);
     this.#chunks.length = 0;
-    for (const q of this.#querySets) host.releaseQuerySet(q);
+    for (const q of this.#querySets.reverse()) host.releaseQuerySet(q);
     this.#querySets.length = 0;
     for (const r of this.#reads) host.releaseBuffer(r.staging);
     this.#reads.length = 0;

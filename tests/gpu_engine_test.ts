@@ -57,12 +57,22 @@ Deno.test("gpu engine", async (t) => {
       assert.equal(after.pipelines, before.pipelines);
       assert.equal(after.bindGroups, before.bindGroups);
       assert.equal(after.created, before.created, "staging buffers come from the pool");
+      // A step spanning several uniform-arena chunks hits the cache on the next step too.
+      const y2 = gpu.tensor([1000]);
+      const many = () =>
+        gpu.run((rec) => {
+          for (let i = 0; i < 5000; i++) add(rec, i < 2500 ? y : y2, x, x);
+        });
+      await many();
+      const groups = gpu.stats().bindGroups;
+      await many();
+      assert.equal(gpu.stats().bindGroups, groups);
       const z = gpu.tensor([999]);
       const buf = z.buffer;
       gpu.release(z);
       const z2 = gpu.tensor([1000]);
       assert.equal(z2.buffer, buf, "same size class, same buffer");
-      for (const q of [x, y, z2]) gpu.release(q);
+      for (const q of [x, y, y2, z2]) gpu.release(q);
     });
 
     await t.step("one submit: reads see the stream order; hundreds of dispatches", async () => {
