@@ -2,7 +2,7 @@
  * Opening a WebGPU device: adapter choice, limits, features.
  * @module
  */
-import { NoAdapterError } from "./errors.ts";
+import { GpuError, NoAdapterError } from "./errors.ts";
 
 /** Which adapter to use. */
 export type AdapterChoice =
@@ -102,13 +102,21 @@ export async function openDevice(options: DeviceOptions = {}): Promise<OpenedDev
     throw new NoAdapterError(`WebGPU is not available in this runtime. ${MISSING_DRIVER_HINT}`);
   }
 
+  // Some drivers throw instead of returning null when they cannot start; both mean "none".
+  const request = async (o: GPURequestAdapterOptions) => {
+    try {
+      return await gpu.requestAdapter(o);
+    } catch {
+      return null;
+    }
+  };
   let adapter: GPUAdapter | null = null;
   if (choice !== "fallback") {
-    adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+    adapter = await request({ powerPreference: "high-performance" });
     if (adapter && choice === "gpu" && adapterIsFallback(adapter)) adapter = null;
   }
   if (!adapter && choice !== "gpu") {
-    adapter = await gpu.requestAdapter({ forceFallbackAdapter: true });
+    adapter = await request({ forceFallbackAdapter: true });
   }
   if (!adapter) {
     if (choice === "gpu") {
@@ -128,11 +136,21 @@ export async function openDevice(options: DeviceOptions = {}): Promise<OpenedDev
   }
   const timestamps = adapter.features.has("timestamp-query");
   const requiredFeatures: GPUFeatureName[] = timestamps ? ["timestamp-query"] : [];
-  const device = await adapter.requestDevice({
-    label: options.label ?? "hd-pissa",
-    requiredLimits,
-    requiredFeatures,
-  });
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({
+      label: options.label ?? "hd-pissa",
+      requiredLimits,
+      requiredFeatures,
+    });
+  } catch (e) {
+    throw new GpuError(
+      `could not open a device on ${adapter.info.description || "the adapter"}: ${
+        (e as Error).message
+      }`,
+      { cause: e },
+    );
+  }
 
   const ai = adapter.info;
   const description = ai.description || ai.device || "";
