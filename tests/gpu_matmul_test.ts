@@ -135,6 +135,38 @@ Deno.test("gpu matmul", async (t) => {
       for (const x of [A, B, C1, C2]) gpu.release(x);
     });
 
+    await t.step("all implementations run the same FMA chain: identical bits", async () => {
+      for (const layout of LAYOUTS) {
+        for (const [M, N, K] of [[70, 33, 17], [64, 128, 32], [130, 4, 64]]) {
+          const d = dims(layout, M, N, K);
+          const A = gpu.upload(rng.normals(M * K), d.a), B = gpu.upload(rng.normals(N * K), d.b);
+          const c0 = rng.normals(M * N);
+          const outs = [];
+          for (
+            const o of [
+              { variant: "register" as const },
+              { variant: "tiled" as const },
+              { variant: "register" as const, registerWorkgroup: 64 as const },
+            ]
+          ) {
+            const C = gpu.upload(c0, [M, N]);
+            const [c] = await gpu.run(
+              (rec) => matmul(rec, layout, C, A, B, { ...o, alpha: 0.7, beta: 1 }),
+              [C],
+            );
+            outs.push(c);
+            gpu.release(C);
+          }
+          assert.ok(
+            sameBits(outs[0], outs[1]) && sameBits(outs[0], outs[2]),
+            `${layout} ${M}x${N}x${K}`,
+          );
+          gpu.release(A);
+          gpu.release(B);
+        }
+      }
+    });
+
     await t.step("bad shapes and aliasing give GpuShapeError", () => {
       const A = gpu.tensor([4, 5]), B = gpu.tensor([6, 5]), C = gpu.tensor([4, 6]);
       const rec = gpu.record();
