@@ -23,7 +23,7 @@ import {
   type WireError,
 } from "./errors.ts";
 import type { Subjects } from "./protocol.ts";
-import { FrameInbox, type Incoming, isNoResponders, publishFrame } from "./wire.ts";
+import { encode, FrameInbox, type Incoming, isNoResponders, publish } from "./wire.ts";
 import { encodeFrame } from "./codec.ts";
 import { Deadlines } from "./deadlines.ts";
 
@@ -146,7 +146,7 @@ export class Caller {
     signal?: AbortSignal,
   ): Promise<Outcome> {
     if (this.#closed) return Promise.reject(new SystemClosedError("the system is shut down"));
-    const frame = encodeFrame(meta, value);
+    const encoded = encode(this.#nc, meta, value);
     return new Promise<Outcome>((resolve, reject) => {
       const live: { cancel?: () => void } = {};
       let id = 0;
@@ -188,8 +188,10 @@ export class Caller {
         cancelRemote();
       });
       signal?.addEventListener("abort", onAbort, { once: true });
-      this.stats.bytesSent += frame.byteLength;
-      publishFrame(this.#nc, subject, frame, `${this.#prefix}.${id}`).catch((e) => p.reject(e));
+      this.stats.bytesSent += encoded.bytes;
+      const reply = `${this.#prefix}.${id}`;
+      if (encoded.frame) this.#nc.publish(subject, encoded.frame, { reply });
+      else publish(this.#nc, subject, encoded, reply).catch((e) => p.reject(e));
     });
   }
 

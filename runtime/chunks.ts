@@ -1,70 +1,117 @@
 /**
- * Chunking of frames larger than the server's `max_payload`, and their reassembly.
+ * Frames larger than the server's `max_payload` travel as parts, and are reassembled.
  *
- * Chunk layout (little-endian):
- *
- * ```
- *  0  u32  magic "ARC1"
- *  4  u32  chunk index
- *  8  u32  chunk count
- * 12  u32  total frame length (bytes)
- * 16  u32  chunk size (every chunk but the last is this long)
- * 20  u32  reserved (0)
- * 24  16 bytes transfer id (random, shared by the chunks of one frame)
- * 40  chunk bytes
- * ```
- *
- * NATS delivers one publisher's messages to one subscriber in order, but the reassembler does not
- * rely on it: each chunk lands at `index * chunkSize`, duplicates and inconsistent chunks are
- * rejected, and the rebuilt frame is checked again by {@link decodeFrame}'s checksums.
+ * Each part is one NATS message whose payload is a slice of the frame and whose NATS header
+ * `Actors-Part` says where it goes: `<transfer id> <index> <count> <offset> <length> <total>`.
+ * Slices are taken straight from the frame's pieces (its header, then each tensor's own bytes),
+ * so a big tensor is never copied into an intermediate buffer on the sending side; padding
+ * between tensors is not sent (the receiver's buffer starts zeroed). The receiver places each
+ * part at its offset, refuses duplicates, overlaps past the end and inconsistent parts, and
+ * completes only when every part is there; the rebuilt frame is then checked again by
+ * {@link decodeFrame}'s checksums.
  * @module
  */
+import type { FramePlan } from "./codec.ts";
 import { FrameError } from "./errors.ts";
 
-/** Marks a chunk ("ARC1"). */
-export const CHUNK_MAGIC = 0x31435241;
-/** Bytes of a chunk's header. */
-export const CHUNK_HEADER = 40;
+/** NATS header carrying a part's placement. */
+export const PART_HEADER = "Actors-Part";
 
-/** True when `bytes` starts like a chunk. */
-export function isChunk(bytes: Uint8Array): boolean {
-  return bytes.byteLength >= 4 &&
-    (bytes[0] | (bytes[1] << 8) | (bytes[2] << 16) | (bytes[3] << 24)) === CHUNK_MAGIC;
+/** Where one part of a frame goes. */
+export interface PartInfo {
+  /** Random id shared by the parts of one frame. */
+  id: string;
+  index: number;
+  count: number;
+  /** Byte offset of this part in the frame. */
+  offset: number;
+  /** Byte length of this part. */
+  length: number;
+  /** Byte length of the whole frame. */
+  total: number;
+}
+
+/** One message of a split frame. */
+export interface Part {
+  info: PartInfo;
+  bytes: Uint8Array;
+}
+
+/** Formats a part's header value. */
+export function formatPart(p: PartInfo): string {
+  return `${p.id} ${p.index} ${p.count} ${p.offset} ${p.length} ${p.total}`;
+}
+
+/** Parses a part's header value; throws FrameError when malformed. */
+export function parsePart(s: string): PartInfo {
+  const f = s.split(" ");
+  const n = f.slice(1).map(Number);
+  if (
+    f.length !== 6 || !/^[0-9a-f]{8,64}$/.test(f[0]) ||
+    !n.every((x) => Number.isSafeInteger(x) && x >= 0)
+  ) {
+    throw new FrameError(`malformed part header: ${s.slice(0, 100)}`);
+  }
+  const [index, count, offset, length, total] = n;
+  return { id: f[0], index, count, offset, length, total };
+}
+
+function newId(): string {
+  return Array.from(
+    crypto.getRandomValues(new Uint8Array(12)),
+    (b) => b.toString(16).padStart(2, "0"),
+  )
+    .join("");
 }
 
 /**
- * Splits a frame into chunks whose size (header included) is at most `maxPayload` bytes.
- * A frame that fits is returned as is, in a one-element list.
+ * Splits a planned frame into parts of at most `maxPart` bytes, as views of the frame's own
+ * pieces (no copy). Returns undefined when the frame fits in one message.
  */
-export function splitFrame(frame: Uint8Array, maxPayload: number): Uint8Array[] {
-  if (frame.byteLength <= maxPayload) return [frame];
-  const size = maxPayload - CHUNK_HEADER;
-  if (size < 1024) throw new RangeError(`max payload ${maxPayload} is too small to chunk`);
-  if (frame.byteLength > 0xffffffff) throw new RangeError("frames above 4 GiB are not supported");
-  const count = Math.ceil(frame.byteLength / size);
-  const id = crypto.getRandomValues(new Uint8Array(16));
-  const out: Uint8Array[] = [];
-  for (let i = 0; i < count; i++) {
-    const part = frame.subarray(i * size, Math.min(frame.byteLength, (i + 1) * size));
-    const c = new Uint8Array(CHUNK_HEADER + part.byteLength);
-    const dv = new DataView(c.buffer);
-    dv.setUint32(0, CHUNK_MAGIC, true);
-    dv.setUint32(4, i, true);
-    dv.setUint32(8, count, true);
-    dv.setUint32(12, frame.byteLength, true);
-    dv.setUint32(16, size, true);
-    dv.setUint32(20, 0, true);
-    c.set(id, 24);
-    c.set(part, CHUNK_HEADER);
-    out.push(c);
-  }
-  return out;
+export function splitPlan(plan: FramePlan, maxPart: number): Part[] | undefined {
+  if (plan.length <= maxPart) return undefined;
+  if (maxPart < 1024) throw new RangeError(`part size ${maxPart} is too small`);
+  const slices: { bytes: Uint8Array; at: number }[] = [];
+  plan.write((bytes, at) => {
+    for (let o = 0; o < bytes.byteLength; o += maxPart) {
+      slices.push({
+        bytes: bytes.subarray(o, Math.min(bytes.byteLength, o + maxPart)),
+        at: at + o,
+      });
+    }
+  });
+  const id = newId();
+  return slices.map((s, index) => ({
+    info: {
+      id,
+      index,
+      count: slices.length,
+      offset: s.at,
+      length: s.bytes.byteLength,
+      total: plan.length,
+    },
+    bytes: s.bytes,
+  }));
+}
+
+/** Splits an already encoded frame into parts (views, no copy). */
+export function splitFrame(frame: Uint8Array, maxPart: number): Part[] {
+  return splitPlan({ length: frame.byteLength, write: (put) => put(frame, 0) }, maxPart) ?? [{
+    info: {
+      id: newId(),
+      index: 0,
+      count: 1,
+      offset: 0,
+      length: frame.byteLength,
+      total: frame.byteLength,
+    },
+    bytes: frame,
+  }];
 }
 
 interface Transfer {
   buf: Uint8Array;
   count: number;
-  size: number;
   seen: Uint8Array;
   received: number;
   touched: number;
@@ -74,19 +121,23 @@ interface Transfer {
 export interface ReassemblerOptions {
   /** Largest frame accepted, in bytes (a bound on memory a sender can make us allocate). */
   maxFrameBytes?: number;
-  /** A transfer without a new chunk for this long is dropped. */
+  /** A transfer without a new part for this long is dropped. */
   staleMs?: number;
+  /** Most transfers in progress at once (older ones are dropped first). */
+  maxTransfers?: number;
 }
 
-/** Rebuilds frames from chunks, per transfer id. */
+/** Rebuilds frames from parts, per transfer id. */
 export class Reassembler {
   readonly #transfers = new Map<string, Transfer>();
   readonly #maxFrame: number;
   readonly #staleMs: number;
+  readonly #maxTransfers: number;
 
   constructor(options: ReassemblerOptions = {}) {
     this.#maxFrame = options.maxFrameBytes ?? 2 ** 32 - 1;
     this.#staleMs = options.staleMs ?? 60_000;
+    this.#maxTransfers = options.maxTransfers ?? 64;
   }
 
   /** Transfers in progress. */
@@ -95,65 +146,54 @@ export class Reassembler {
   }
 
   /**
-   * Accepts one chunk. Returns the whole frame when this chunk completes it, else undefined.
-   * Throws {@link FrameError} on a malformed or inconsistent chunk (that transfer is dropped).
+   * Accepts one part. Returns the whole frame when this part completes it, else undefined.
+   * Throws {@link FrameError} on a malformed or inconsistent part (that transfer is dropped).
    */
-  accept(chunk: Uint8Array): Uint8Array | undefined {
-    if (chunk.byteLength < CHUNK_HEADER) {
-      throw new FrameError(
-        `chunk truncated: ${chunk.byteLength} bytes, header alone is ${CHUNK_HEADER}`,
-      );
-    }
-    const dv = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    if (dv.getUint32(0, true) !== CHUNK_MAGIC) throw new FrameError("not a chunk (bad magic)");
-    const index = dv.getUint32(4, true);
-    const count = dv.getUint32(8, true);
-    const total = dv.getUint32(12, true);
-    const size = dv.getUint32(16, true);
-    const key = hex(chunk.subarray(24, 40));
-    const data = chunk.subarray(CHUNK_HEADER);
+  accept(info: PartInfo, data: Uint8Array): Uint8Array | undefined {
     const now = Date.now();
     this.#sweep(now);
-    let t = this.#transfers.get(key);
+    const { id, index, count, offset, length, total } = info;
+    let t = this.#transfers.get(id);
     if (!t) {
-      if (count < 2 || index >= count) {
-        throw new FrameError(`chunk ${index} of ${count} is invalid`);
-      }
+      if (count < 1 || index >= count) throw new FrameError(`part ${index} of ${count} is invalid`);
       if (total > this.#maxFrame) {
         throw new FrameError(`frame of ${total} bytes exceeds the limit of ${this.#maxFrame}`);
       }
-      if (size === 0 || Math.ceil(total / size) !== count) {
-        throw new FrameError(`chunk sizes do not add up to ${total} bytes in ${count} chunks`);
+      if (this.#transfers.size >= this.#maxTransfers) {
+        this.#transfers.delete(this.#transfers.keys().next().value!);
       }
       t = {
         buf: new Uint8Array(total),
         count,
-        size,
         seen: new Uint8Array(count),
         received: 0,
         touched: now,
       };
-      this.#transfers.set(key, t);
+      this.#transfers.set(id, t);
     }
     try {
-      if (count !== t.count || total !== t.buf.byteLength || size !== t.size || index >= count) {
-        throw new FrameError(`chunk ${index}/${count} disagrees with its transfer`);
+      if (count !== t.count || total !== t.buf.byteLength || index >= count) {
+        throw new FrameError(`part ${index}/${count} disagrees with its transfer`);
       }
-      const expected = index < count - 1 ? t.size : total - t.size * (count - 1);
-      if (data.byteLength !== expected || expected <= 0) {
-        throw new FrameError(`chunk ${index} has ${data.byteLength} bytes, expected ${expected}`);
+      if (data.byteLength !== length) {
+        throw new FrameError(
+          `part ${index} has ${data.byteLength} bytes, its header says ${length} (truncated)`,
+        );
       }
-      if (t.seen[index]) throw new FrameError(`chunk ${index} received twice`);
+      if (offset + length > total) {
+        throw new FrameError(`part ${index} ends past the frame's ${total} bytes`);
+      }
+      if (t.seen[index]) throw new FrameError(`part ${index} received twice`);
     } catch (e) {
-      this.#transfers.delete(key);
+      this.#transfers.delete(id);
       throw e;
     }
-    t.buf.set(data, index * t.size);
+    t.buf.set(data, offset);
     t.seen[index] = 1;
     t.received++;
     t.touched = now;
     if (t.received < t.count) return undefined;
-    this.#transfers.delete(key);
+    this.#transfers.delete(id);
     return t.buf;
   }
 
@@ -168,10 +208,4 @@ export class Reassembler {
       if (now - t.touched > this.#staleMs) this.#transfers.delete(k);
     }
   }
-}
-
-function hex(b: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < b.length; i++) s += b[i].toString(16).padStart(2, "0");
-  return s;
 }

@@ -137,8 +137,17 @@ function bytesOf(a: TensorArray): Uint8Array {
   return a instanceof Uint8Array ? a : new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
-/** Encodes `meta` and `value` into one frame. */
-export function encodeFrame(meta: Meta, value: unknown): Uint8Array {
+/**
+ * A frame laid out but not yet written: its length, and a writer that emits its pieces at their
+ * frame offsets (so a caller can write it contiguously, or straight into chunk buffers).
+ */
+export interface FramePlan {
+  length: number;
+  write(put: (bytes: Uint8Array, at: number) => void): void;
+}
+
+/** Lays out the frame of `meta` and `value` (checksums computed, nothing copied yet). */
+export function planFrame(meta: Meta, value: unknown): FramePlan {
   if (hasTensor(value)) {
     const pending: Pending[] = [];
     const stripped = extract(value, [], pending);
@@ -148,28 +157,49 @@ export function encodeFrame(meta: Meta, value: unknown): Uint8Array {
       p.header.o = off;
       off = align8(off + p.array.byteLength);
     }
-    const header = encoder.encode(json([meta, stripped, pending.map((p) => p.header)]));
-    const base = align8(PREFIX + header.byteLength);
+    const head = prefixed(encoder.encode(json([meta, stripped, pending.map((p) => p.header)])));
+    const base = align8(head.byteLength);
     const last = pending[pending.length - 1];
-    const out = new Uint8Array(base + last.header.o + last.array.byteLength);
-    writePrefix(out, header);
-    for (const p of pending) out.set(bytesOf(p.array), base + p.header.o);
-    return out;
+    return {
+      length: base + last.header.o + last.array.byteLength,
+      write(put) {
+        put(head, 0);
+        for (const p of pending) put(bytesOf(p.array), base + p.header.o);
+      },
+    };
   }
   // A top-level undefined (a method without input) is left out: JSON would turn it into null.
-  const header = encoder.encode(json(value === undefined ? [meta] : [meta, value]));
-  const out = new Uint8Array(PREFIX + header.byteLength);
-  writePrefix(out, header);
-  return out;
+  const head = prefixed(encoder.encode(json(value === undefined ? [meta] : [meta, value])));
+  return { length: head.byteLength, write: (put) => put(head, 0) };
 }
 
-function writePrefix(out: Uint8Array, header: Uint8Array) {
-  const dv = new DataView(out.buffer, out.byteOffset, PREFIX);
+/** Encodes `meta` and `value` into one frame. */
+export function encodeFrame(meta: Meta, value: unknown): Uint8Array {
+  return writeFrame(planFrame(meta, value));
+}
+
+/** Writes a planned frame into one contiguous buffer. */
+export function writeFrame(plan: FramePlan): Uint8Array {
+  let out: Uint8Array | undefined;
+  plan.write((bytes, at) => {
+    if (at === 0 && bytes.byteLength === plan.length) out = bytes;
+    else {
+      out ??= new Uint8Array(plan.length);
+      out.set(bytes, at);
+    }
+  });
+  return out!;
+}
+
+function prefixed(header: Uint8Array): Uint8Array {
+  const out = new Uint8Array(PREFIX + header.byteLength);
+  const dv = new DataView(out.buffer, 0, PREFIX);
   dv.setUint32(0, FRAME_MAGIC, true);
   dv.setUint32(4, header.byteLength, true);
   dv.setUint32(8, checksum32(header), true);
   dv.setUint32(12, 0, true);
   out.set(header, PREFIX);
+  return out;
 }
 
 function align8(n: number): number {

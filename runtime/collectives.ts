@@ -18,7 +18,7 @@ import {
   FrameError,
   InvalidArgumentError,
 } from "./errors.ts";
-import { FrameInbox, type Incoming, isNoResponders, publishFrame } from "./wire.ts";
+import { FrameInbox, type Incoming, isNoResponders, publishFrame, send } from "./wire.ts";
 
 /** Options of a receiving collective. */
 export interface ReceiveOptions<S extends z.ZodType | undefined> {
@@ -64,7 +64,7 @@ export class Collectives {
 
   /** Publishes `value` once on `subject`; every subscriber gets it. Returns the frame's bytes. */
   async broadcast(subject: string, value: unknown): Promise<number> {
-    const n = await publishFrame(this.#nc, subject, encodeFrame({ k: "bc" }, value));
+    const n = await send(this.#nc, subject, { k: "bc" }, value);
     if (this.#stats) this.#stats.bytesSent += n;
     return n;
   }

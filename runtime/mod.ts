@@ -66,8 +66,8 @@ export {
   type TensorOptions,
   withShape,
 } from "./tensor.ts";
-export { decodeFrame, encodeFrame } from "./codec.ts";
-export { Reassembler, splitFrame } from "./chunks.ts";
+export { decodeFrame, encodeFrame, type FramePlan, planFrame, writeFrame } from "./codec.ts";
+export { type Part, type PartInfo, Reassembler, splitFrame, splitPlan } from "./chunks.ts";
 export { checksum32 } from "./checksum.ts";
 export {
   ActorDiedError,

@@ -1,53 +1,101 @@
 /**
- * Sending and receiving frames over NATS subjects, with chunking for big ones.
+ * Sending and receiving frames over NATS subjects; big frames travel as parts.
  *
- * `publishFrame` splits a frame above the connection's `max_payload` into chunks; `FrameInbox`
- * turns a stream of messages (frames and chunks) back into decoded frames. Both ends are used by
- * calls, replies, control messages and collectives alike.
+ * `send` encodes a value and publishes it as one frame, or as parts when it exceeds the
+ * connection's `max_payload`; `FrameInbox` turns what arrives on a subscription (frames and
+ * parts) back into decoded frames. Calls, replies, control messages and collectives all use it.
+ *
+ * A big tensor is published from its own memory (NATS copies it into its output buffer on the
+ * next microtask): do not modify a tensor passed to a call or broadcast until it has resolved.
  * @module
  */
-import type { Msg, NatsConnection } from "@nats-io/nats-core";
-import { isChunk, Reassembler, splitFrame } from "./chunks.ts";
-import { type Decoded, decodeFrame, encodeFrame, isFrame, type Meta } from "./codec.ts";
+import { headers, type Msg, type NatsConnection } from "@nats-io/nats-core";
+import {
+  formatPart,
+  parsePart,
+  type Part,
+  PART_HEADER,
+  Reassembler,
+  splitFrame,
+  splitPlan,
+} from "./chunks.ts";
+import { type Decoded, decodeFrame, isFrame, type Meta, planFrame, writeFrame } from "./codec.ts";
 import { FrameError } from "./errors.ts";
 
-/** Bytes per chunk: the server's max_payload, less room for NATS' own framing. */
+/** Bytes per message: the server's max_payload, less room for NATS' own framing and headers. */
 export function chunkLimit(nc: NatsConnection): number {
   const max = nc.info?.max_payload ?? 1024 * 1024;
   return Math.max(64 * 1024, max - 1024);
 }
 
-/** Frames above this many bytes are published with a flush between slices, to bound memory. */
+/** After this many bytes of parts, wait for the server, so the client's buffer stays bounded. */
 const FLUSH_EVERY = 64 * 1024 * 1024;
 
-/**
- * Publishes one frame (chunked when needed). Returns the frame's size in bytes. Big frames yield
- * to the socket between slices so the client's outbound buffer stays bounded.
- */
-export async function publishFrame(
+/** What {@link encode} made: one frame, or parts. */
+export interface Encoded {
+  frame?: Uint8Array;
+  parts?: Part[];
+  /** Size of the whole frame in bytes. */
+  bytes: number;
+}
+
+/** Encodes a value for this connection: one frame when it fits, parts otherwise. */
+export function encode(nc: NatsConnection, meta: Meta, value: unknown): Encoded {
+  const plan = planFrame(meta, value);
+  const parts = splitPlan(plan, chunkLimit(nc));
+  if (parts) return { parts, bytes: plan.length };
+  return { frame: writeFrame(plan), bytes: plan.length };
+}
+
+/** Publishes what {@link encode} made. Resolves once every part is handed to the client. */
+export function publish(
   nc: NatsConnection,
   subject: string,
-  frame: Uint8Array,
+  e: Encoded,
   reply?: string,
 ): Promise<number> {
-  const limit = chunkLimit(nc);
-  if (frame.byteLength <= limit) {
-    nc.publish(subject, frame, reply ? { reply } : undefined);
-    return frame.byteLength;
+  if (e.frame) {
+    nc.publish(subject, e.frame, reply ? { reply } : undefined);
+    return Promise.resolve(e.bytes);
   }
+  return publishParts(nc, subject, e.parts!, e.bytes, reply);
+}
+
+async function publishParts(
+  nc: NatsConnection,
+  subject: string,
+  parts: Part[],
+  bytes: number,
+  reply?: string,
+): Promise<number> {
   let sinceFlush = 0;
-  for (const c of splitFrame(frame, limit)) {
-    nc.publish(subject, c, reply ? { reply } : undefined);
-    sinceFlush += c.byteLength;
+  for (const p of parts) {
+    const h = headers();
+    h.set(PART_HEADER, formatPart(p.info));
+    nc.publish(subject, p.bytes, reply ? { reply, headers: h } : { headers: h });
+    sinceFlush += p.bytes.byteLength;
     if (sinceFlush >= FLUSH_EVERY) {
       sinceFlush = 0;
       await nc.flush();
     }
   }
-  return frame.byteLength;
+  return bytes;
 }
 
-/** Encodes and publishes. */
+/** Publishes an already encoded frame (as parts when it is too big). */
+export function publishFrame(
+  nc: NatsConnection,
+  subject: string,
+  frame: Uint8Array,
+  reply?: string,
+): Promise<number> {
+  if (frame.byteLength <= chunkLimit(nc)) {
+    return publish(nc, subject, { frame, bytes: frame.byteLength }, reply);
+  }
+  return publishParts(nc, subject, splitFrame(frame, chunkLimit(nc)), frame.byteLength, reply);
+}
+
+/** Encodes and publishes. Returns the frame's size in bytes. */
 export function send(
   nc: NatsConnection,
   subject: string,
@@ -55,7 +103,7 @@ export function send(
   value: unknown,
   reply?: string,
 ): Promise<number> {
-  return publishFrame(nc, subject, encodeFrame(meta, value), reply);
+  return publish(nc, subject, encode(nc, meta, value), reply);
 }
 
 /** A message that arrived as a whole frame. */
@@ -75,15 +123,15 @@ export class FrameInbox {
   }
 
   /**
-   * Takes one NATS message. Returns the decoded frame when complete, undefined while chunks are
+   * Takes one NATS message. Returns the decoded frame when complete, undefined while parts are
    * still missing; throws FrameError for anything malformed.
    */
   accept(msg: Msg): Incoming | undefined {
-    const data = msg.data;
+    const part = msg.headers?.get(PART_HEADER);
     let frame: Uint8Array | undefined;
-    if (isFrame(data)) frame = data;
-    else if (isChunk(data)) frame = this.#reassembler.accept(data);
-    else throw new FrameError(`message on ${msg.subject} is neither a frame nor a chunk`);
+    if (part) frame = this.#reassembler.accept(parsePart(part), msg.data);
+    else if (isFrame(msg.data)) frame = msg.data;
+    else throw new FrameError(`message on ${msg.subject} is not a frame`);
     if (!frame) return undefined;
     const d = decodeFrame(frame);
     return { ...d, subject: msg.subject, reply: msg.reply || undefined, bytes: frame.byteLength };

@@ -1,15 +1,18 @@
-// Binary frames and chunking, without NATS: round trips are bit-exact, and every kind of damage
+// Binary frames and their parts, without NATS: round trips are bit-exact, and every kind of damage
 // is refused with FrameError.
 import assert from "node:assert/strict";
+import { formatPart, parsePart } from "../runtime/chunks.ts";
 import {
   checksum32,
   decodeFrame,
   EncodeError,
   encodeFrame,
   FrameError,
+  planFrame,
   Reassembler,
   shapeOf,
   splitFrame,
+  splitPlan,
   tensor,
   withShape,
   z,
@@ -140,45 +143,64 @@ Deno.test("checksum32 agrees on aligned and unaligned input and sees single-bit 
   assert.notEqual(checksum32(new Uint8Array(4)), checksum32(new Uint8Array(8)));
 });
 
-Deno.test("chunks reassemble in any order into the exact frame; damage is refused", () => {
-  const frame = encodeFrame({ k: "big" }, { x: randomF32(40_000) });
-  const chunks = splitFrame(frame, 16 * 1024);
-  assert.ok(chunks.length > 5);
-  assert.ok(chunks.every((c) => c.byteLength <= 16 * 1024));
-  const order = chunks.map((_, i) => i).sort(() => Math.random() - 0.5);
+Deno.test("parts reassemble in any order into the exact frame; damage is refused", () => {
+  const value = { x: randomF32(40_000), y: randomI32(3000), note: "parts" };
+  const frame = encodeFrame({ k: "big" }, value);
+  // Parts come straight from the value's own pieces, and rebuild the same bytes as the frame.
+  const parts = splitPlan(planFrame({ k: "big" }, value), 16 * 1024)!;
+  assert.ok(parts.length > 5);
+  assert.ok(parts.every((p) => p.bytes.byteLength <= 16 * 1024));
+  assert.ok(parts.some((p) => p.bytes.buffer === value.x.buffer), "tensor bytes are not copied");
+  const order = parts.map((_, i) => i).sort(() => Math.random() - 0.5);
   const r = new Reassembler();
   let out: Uint8Array | undefined;
   for (const [j, i] of order.entries()) {
-    const got = r.accept(chunks[i]);
+    const got = r.accept(parts[i].info, parts[i].bytes);
     if (j < order.length - 1) assert.equal(got, undefined);
     else out = got;
   }
   assert.ok(out);
   sameBits(out, frame);
   assert.equal(r.pending, 0);
+  assert.equal(splitPlan(planFrame({}, { a: 1 }), 1024), undefined, "small frames are not split");
 
   const dup = new Reassembler();
-  dup.accept(chunks[0]);
-  assert.throws(() => dup.accept(chunks[0]), FrameError);
+  dup.accept(parts[0].info, parts[0].bytes);
+  assert.throws(() => dup.accept(parts[0].info, parts[0].bytes), FrameError);
 
   const short = new Reassembler();
-  const cut = chunks[1].subarray(0, chunks[1].byteLength - 1);
-  short.accept(chunks[0]);
-  assert.throws(() => short.accept(cut), FrameError);
+  short.accept(parts[0].info, parts[0].bytes);
+  assert.throws(() => short.accept(parts[1].info, parts[1].bytes.subarray(1)), FrameError);
 
-  assert.throws(() => new Reassembler({ maxFrameBytes: 1000 }).accept(chunks[0]), FrameError);
-  assert.throws(() => new Reassembler().accept(new Uint8Array(10)), FrameError);
+  const past = new Reassembler();
+  assert.throws(
+    () => past.accept({ ...parts[1].info, offset: parts[1].info.total - 10 }, parts[1].bytes),
+    FrameError,
+  );
 
-  // A corrupt byte inside a chunk's data is caught by the frame checksums after reassembly.
+  assert.throws(
+    () => new Reassembler({ maxFrameBytes: 1000 }).accept(parts[0].info, parts[0].bytes),
+    FrameError,
+  );
+  assert.throws(() => parsePart("zz 1 2 3"), FrameError);
+  assert.deepEqual(parsePart(formatPart(parts[3].info)), parts[3].info);
+
+  // A corrupt byte inside a part is caught by the frame checksums after reassembly.
   const bad = new Reassembler();
   let rebuilt: Uint8Array | undefined;
-  chunks.forEach((c, i) => {
-    const copy = c.slice();
+  parts.forEach((p, i) => {
+    const copy = p.bytes.slice();
     if (i === 2) copy[100] ^= 0xff;
-    rebuilt = bad.accept(copy) ?? rebuilt;
+    rebuilt = bad.accept(p.info, copy) ?? rebuilt;
   });
   assert.ok(rebuilt);
   assert.throws(() => decodeFrame(rebuilt!), FrameError);
+
+  // An encoded frame splits the same way.
+  const again = new Reassembler();
+  let whole: Uint8Array | undefined;
+  for (const p of splitFrame(frame, 10_000)) whole = again.accept(p.info, p.bytes) ?? whole;
+  sameBits(whole!, frame);
 });
 
 Deno.test("tensor() schemas check dtype, length and shape", () => {
