@@ -183,7 +183,7 @@ export class Directory {
     const stalled = this.#lastTick !== 0 && now - this.#lastTick > 2 * period + 100;
     this.#lastTick = now;
     if (stalled) {
-      for (const n of this.nodes.values()) n.lastSeen = Math.max(n.lastSeen, now - period);
+      for (const n of this.nodes.values()) n.lastSeen = Math.max(n.lastSeen, now);
       return;
     }
     for (const [id, n] of this.nodes) {

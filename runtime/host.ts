@@ -18,6 +18,7 @@ import {
   InvalidArgumentError,
   toWireError,
 } from "./errors.ts";
+import type { TrafficStats } from "./caller.ts";
 import type { Deadlines } from "./deadlines.ts";
 import { ActorInstance } from "./instance.ts";
 import type { ModuleLoader } from "./modules.ts";
@@ -42,6 +43,7 @@ export interface HostEnv {
   loader: ModuleLoader;
   maxFrameBytes: number;
   deadlines: Deadlines;
+  stats: TrafficStats;
   context(info: ActorInfo, stopped: AbortSignal): ActorContext;
   /** Called whenever the hosted set changes (to refresh the heartbeat). */
   changed(): void;
@@ -168,6 +170,7 @@ export class Host {
           context: this.#env.context,
           maxFrameBytes: this.#env.maxFrameBytes,
           deadlines: this.#env.deadlines,
+          stats: this.#env.stats,
         },
         def,
         info,

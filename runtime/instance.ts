@@ -23,6 +23,7 @@ import {
   type WireError,
 } from "./errors.ts";
 import { type ActorInfo, issuesOf } from "./protocol.ts";
+import type { TrafficStats } from "./caller.ts";
 import type { Deadlines } from "./deadlines.ts";
 import { FrameInbox, type Incoming, send } from "./wire.ts";
 
@@ -36,6 +37,8 @@ export interface InstanceEnv {
   maxFrameBytes: number;
   /** The process's shared call deadlines. */
   deadlines: Deadlines;
+  /** The process's traffic counters (calls received and replies sent count too). */
+  stats: TrafficStats;
 }
 
 interface Call {
@@ -121,6 +124,7 @@ export class ActorInstance {
       return;
     }
     if (!m) return;
+    this.#env.stats.bytesReceived += m.bytes;
     const reply = m.reply;
     if (!reply) return;
     const meta = m.meta;
@@ -229,8 +233,9 @@ export class ActorInstance {
     call.done = true;
     if (call.ac?.signal.aborted && Date.now() >= call.deadline) return; // caller timed out
     try {
-      if (error) await send(this.#env.nc, call.reply, { k: "err", e: error }, null);
-      else await send(this.#env.nc, call.reply, { k: "ok" }, value);
+      this.#env.stats.bytesSent += error
+        ? await send(this.#env.nc, call.reply, { k: "err", e: error }, null)
+        : await send(this.#env.nc, call.reply, { k: "ok" }, value);
     } catch (e) {
       // The value could not be encoded (e.g. a Float64Array): tell the caller why.
       if (!error) {

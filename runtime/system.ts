@@ -338,6 +338,7 @@ export class System {
       loader: this.#loader,
       maxFrameBytes: opts.maxFrameBytes,
       deadlines: this.#caller.deadlines,
+      stats: this.#caller.stats,
       context: (info, stopped) => this.#context(info, stopped),
       changed: () => this.#heartbeat?.update(this.#payload()),
     });
@@ -474,7 +475,10 @@ export class System {
     };
   }
 
-  /** Payload bytes and calls this process has sent and received. */
+  /**
+   * Payload bytes this process has sent and received (calls and their replies, in both roles,
+   * and collectives; frames as encoded, without NATS protocol overhead), and calls it made.
+   */
   get stats(): Readonly<TrafficStats> {
     return this.#caller.stats;
   }

@@ -90,6 +90,37 @@ Deno.test("a SIGKILLed node: pending calls fail fast, the actor restarts elsewhe
   assert.deepEqual(left, [], "no process of this system is left");
 });
 
+Deno.test("a frozen node (SIGSTOP) is replaced, and fences itself when it wakes", async () => {
+  const system = await init({ nodes: 2 });
+  try {
+    const [a, b] = system.localNodes;
+    const c = await system.spawn(Counter, { start: 0 }, { node: a.id, name: "sleeper" });
+    await c.add(1);
+    const pending = c.slow({ ms: 20_000 });
+    const t0 = Date.now();
+    Deno.kill(a.pid, "SIGSTOP");
+    try {
+      await assert.rejects(pending, ActorDiedError);
+      console.log("  frozen node detected after", Date.now() - t0, "ms");
+      const now = await c.whoami();
+      assert.equal(now.inc, 1);
+      assert.equal(now.node, b.id);
+    } finally {
+      Deno.kill(a.pid, "SIGCONT");
+    }
+    // Awake again, the old node heartbeats once more, but hosts nothing: its instance stopped
+    // itself, and calls (which name incarnation 1) never reach it.
+    await waitUntil("the woken node reports no actors", () => {
+      const n = system.nodes().find((n) => n.id === a.id);
+      return n !== undefined && n.actors === 0;
+    });
+    for (let i = 0; i < 20; i++) assert.equal((await c.whoami()).node, b.id);
+    assert.equal(await c.get(), 0);
+  } finally {
+    await system.shutdown();
+  }
+});
+
 Deno.test("supervision: one_for_one, one_for_all, budgets escalating to the parent", async (t) => {
   const system = await init({ nodes: 2 });
   const incs = async (...hs: { whoami(): Promise<{ inc: number }> }[]) =>
