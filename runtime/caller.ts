@@ -30,6 +30,9 @@ import { Deadlines } from "./deadlines.ts";
 /** Default call timeout (DESIGN §5). */
 export const DEFAULT_TIMEOUT_MS = 30_000;
 
+/** How long a call to an actor this process has not heard of waits for news of it. */
+const LOOKUP_GRACE_MS = 1000;
+
 type Outcome = { kind: "reply"; m: Incoming } | { kind: "noresp" };
 
 interface Pending {
@@ -206,9 +209,17 @@ export class Caller {
     const deadline = Date.now() + timeoutMs;
     const what = { actor: id, method, timeoutMs, inc: 0 };
     this.stats.calls++;
+    const started = Date.now();
     for (;;) {
       const e = this.#dir.actor(id);
-      if (!e) throw new ActorNotFoundError(id);
+      if (!e) {
+        // A ref can arrive (in a message) before the news of the actor's start: give the
+        // directory a couple of heartbeats to catch up before calling it unknown.
+        const until = Math.min(deadline, started + LOOKUP_GRACE_MS);
+        if (options.failFast || Date.now() >= until) throw new ActorNotFoundError(id);
+        await this.#waitChange(id, until, what, options.signal, deadline);
+        continue;
+      }
       if (e.state === "gone") throw new ActorDiedError(id, e.reason ?? "stopped", e.detail);
       if (e.state !== "up") {
         if (options.failFast) throw new ActorDiedError(id, e.reason ?? "node", "it is restarting");

@@ -22,6 +22,8 @@ export type ActorState =
 export interface ActorEntry {
   info: ActorInfo;
   state: ActorState;
+  /** When the entry last changed state (ms since the epoch). */
+  since?: number;
   reason?: DeathReason;
   detail?: string;
 }
@@ -40,6 +42,9 @@ export type DirectoryEvent =
   | { type: "actor_down"; actor: ActorInfo; reason: DeathReason; final: boolean; detail?: string }
   | { type: "actor_restarting"; actor: ActorInfo }
   | { type: "actor_gone"; actor: ActorInfo; reason: DeathReason; detail?: string };
+
+/** How long an actor that is gone stays known (calls to it fail as died, not as unknown). */
+const TOMBSTONE_MS = 10 * 60_000;
 
 /** Node and actor directory of one process. */
 export class Directory {
@@ -143,6 +148,7 @@ export class Directory {
         if (e && e.info.inc <= ev.inc && e.state !== "gone") {
           if (e.state === "up") this.#down(e, ev.reason, true, ev.detail);
           e.state = "gone";
+          e.since = Date.now();
           e.reason = ev.reason;
           e.detail = ev.detail;
           this.#emit({ type: "actor_gone", actor: e.info, reason: ev.reason, detail: ev.detail });
@@ -169,6 +175,7 @@ export class Directory {
 
   #down(e: ActorEntry, reason: DeathReason, final: boolean, detail?: string) {
     e.state = final ? "gone" : "down";
+    e.since = Date.now();
     e.reason = reason;
     e.detail = detail;
     this.#emit({ type: "actor_down", actor: e.info, reason, final, detail });
@@ -188,6 +195,12 @@ export class Directory {
     }
     for (const [id, n] of this.nodes) {
       if (now - n.lastSeen > n.hb.interval * n.hb.missed) this.nodeDown(id);
+    }
+    // Forget actors gone long ago (their ids may be reused by new spawns anyway).
+    for (const [id, e] of this.actors) {
+      if (e.state === "gone" && e.since !== undefined && now - e.since > TOMBSTONE_MS) {
+        this.actors.delete(id);
+      }
     }
   }
 
@@ -235,6 +248,7 @@ export class Directory {
     if (e.state === "up") this.#down(e, reason, true, detail);
     else {
       e.state = "gone";
+      e.since = Date.now();
       e.reason = reason;
       e.detail = detail;
       this.#emit({ type: "actor_gone", actor: e.info, reason, detail });

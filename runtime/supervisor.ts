@@ -30,6 +30,8 @@ export interface SupervisionEnv {
   start(child: ActorChild): Promise<ActorInfo>;
   /** Ends the child's current instance so it can be restarted (not final). */
   kill(child: ActorChild): Promise<void>;
+  /** Whether the child's current incarnation is still up (it may die while it starts). */
+  alive(child: ActorChild): boolean;
   /** Tells every process the child is being restarted. */
   restarting(child: ActorChild): void;
   /** Tells every process the child will not come back. */
@@ -94,6 +96,7 @@ export class SupervisorNode {
       if (c instanceof ActorChild) {
         c.info = await this.env.start(c);
         c.state = "running";
+        if (!this.env.alive(c)) this.childFailed(c, "node", "it died while starting");
       } else {
         await c.startAll();
       }
@@ -155,6 +158,9 @@ export class SupervisorNode {
           return { ok: true };
         }
         child.state = "running";
+        if (!this.env.alive(child)) {
+          return { ok: false, child, detail: "it died while starting" };
+        }
         return { ok: true };
       } catch (e) {
         return { ok: false, child, detail: (e as Error).message };

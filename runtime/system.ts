@@ -810,6 +810,10 @@ export class System {
     return {
       start: (c) => this.#place(c),
       kill: (c) => this.#requestStop(c.id, "kill", 0, c.info?.node),
+      alive: (c) => {
+        const e = this.#dir.actor(c.id);
+        return e !== undefined && e.state === "up" && e.info.inc === c.inc;
+      },
       restarting: (c) => {
         this.#dir.markRestarting(c.id);
         this.#publish({ e: "restarting", id: c.id, inc: c.inc, owner: this.nodeId });
