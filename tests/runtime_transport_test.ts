@@ -63,3 +63,126 @@ Deno.test("two systems share one server, one over TCP and one over WebSocket, is
     await server.stop();
   }
 });
+
+Deno.test("a node started by hand (deno task node) joins by URL with credentials from the environment", async () => {
+  const server = await EmbeddedServer.start();
+  const { user, pass } = server.credentials;
+  const system = await init({ nats: server.url, system: "manual", user, pass });
+  const node = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--quiet",
+      `--config=${new URL("../deno.json", import.meta.url).pathname}`,
+      new URL("../runtime/node_main.ts", import.meta.url).pathname,
+      "--nats",
+      server.url,
+      "--system",
+      "manual",
+      "--gpus",
+      "2",
+      "--id",
+      "gpuhost",
+    ],
+    env: { NATS_USER: user, NATS_PASSWORD: pass },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  try {
+    const c = await system.spawn(Counter, { start: 0 }, {
+      resources: { gpu: 2 },
+      placementTimeoutMs: 20_000,
+    });
+    assert.equal((await c.whoami()).node, "gpuhost");
+    assert.deepEqual(system.nodes().find((n) => n.id === "gpuhost")?.resources, { gpu: 2 });
+    await system.stop(c);
+  } finally {
+    node.kill("SIGTERM");
+    const status = await node.status;
+    const err = new TextDecoder().decode(await new Response(node.stderr).arrayBuffer());
+    assert.equal(status.code, 0, err);
+    assert.match(err, /node gpuhost joined system manual/);
+    await system.shutdown();
+    await server.stop();
+  }
+});
+
+const hasOpenssl = (() => {
+  try {
+    return new Deno.Command("openssl", { args: ["version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: "TLS and token options pass through to this process and its nodes",
+  ignore: !hasOpenssl,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "actors-tls-" });
+    const run = async (cmd: string, args: string[]) => {
+      const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+      assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    };
+    await run("openssl", [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=localhost",
+      "-addext",
+      "subjectAltName=IP:127.0.0.1,DNS:localhost",
+      "-keyout",
+      `${dir}/key.pem`,
+      "-out",
+      `${dir}/cert.pem`,
+    ]);
+    const token = crypto.randomUUID();
+    await Deno.writeTextFile(
+      `${dir}/server.conf`,
+      [
+        `listen: "127.0.0.1:-1"`,
+        `ports_file_dir: "${dir}"`,
+        `tls { cert_file: "${dir}/cert.pem", key_file: "${dir}/key.pem" }`,
+        `authorization { token: "${token}" }`,
+      ].join("\n"),
+    );
+    const server = new Deno.Command("nats-server", {
+      args: ["-c", `${dir}/server.conf`],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      let url = "";
+      for (let i = 0; i < 200 && !url; i++) {
+        await new Promise((r) => setTimeout(r, 25));
+        for (const e of Deno.readDirSync(dir)) {
+          if (e.name.endsWith(".ports")) {
+            url = JSON.parse(Deno.readTextFileSync(`${dir}/${e.name}`)).nats[0];
+          }
+        }
+      }
+      assert.ok(url, "nats-server with TLS is up");
+      const system = await init({ nats: url, token, tls: { caFile: `${dir}/cert.pem` }, nodes: 1 });
+      try {
+        const c = await system.spawn(Counter, { start: 7 });
+        assert.equal(await c.add(1), 8);
+        assert.notEqual((await c.whoami()).pid, Deno.pid, "the node connected over TLS too");
+      } finally {
+        await system.shutdown();
+      }
+    } finally {
+      server.kill("SIGTERM");
+      await server.status;
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
