@@ -145,6 +145,16 @@ export class Reassembler {
     return this.#transfers.size;
   }
 
+  /** Whether a transfer is in progress. */
+  has(id: string): boolean {
+    return this.#transfers.has(id);
+  }
+
+  /** The buffer a transfer is being rebuilt in (parts already placed are in it). */
+  buffer(id: string): Uint8Array | undefined {
+    return this.#transfers.get(id)?.buf;
+  }
+
   /**
    * Accepts one part. Returns the whole frame when this part completes it, else undefined.
    * Throws {@link FrameError} on a malformed or inconsistent part (that transfer is dropped).

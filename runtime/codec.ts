@@ -212,11 +212,16 @@ export function isFrame(bytes: Uint8Array): boolean {
     (bytes[0] | (bytes[1] << 8) | (bytes[2] << 16) | (bytes[3] << 24)) === FRAME_MAGIC;
 }
 
-/**
- * Decodes a frame. Tensors become typed-array views of the frame's bytes (no copy when the frame
- * is 8-aligned in memory, e.g. after chunk reassembly; one copy otherwise).
- */
-export function decodeFrame(bytes: Uint8Array): Decoded {
+/** A frame's head: its prefix checked and its JSON parsed (tensor entries not yet checked). */
+interface Head {
+  meta: Meta;
+  value: unknown;
+  tensorList: unknown;
+  /** Header length. */
+  h: number;
+}
+
+function readHead(bytes: Uint8Array): Head {
   if (bytes.byteLength < PREFIX) {
     throw new FrameError(`frame truncated: ${bytes.byteLength} bytes, the prefix alone is 16`);
   }
@@ -245,11 +250,42 @@ export function decodeFrame(bytes: Uint8Array): Decoded {
   if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
     throw new FrameError("frame meta is not an object");
   }
+  return { meta: meta as Meta, value, tensorList, h };
+}
+
+/**
+ * Where each tensor of a frame lies, read from the frame's first bytes alone (the head part of a
+ * frame that arrives in parts), so the receiver can check tensors while the rest arrives.
+ * Returns undefined when those bytes do not hold the whole header.
+ */
+export function tensorLayout(
+  head: Uint8Array,
+): { offset: number; length: number; checksum: number }[] | undefined {
+  if (head.byteLength < PREFIX) return undefined;
+  const h = new DataView(head.buffer, head.byteOffset, PREFIX).getUint32(4, true);
+  if (PREFIX + h > head.byteLength) return undefined;
+  const { tensorList } = readHead(head.subarray(0, PREFIX + h));
+  if (!Array.isArray(tensorList)) return [];
+  const base = align8(PREFIX + h);
+  return tensorList.map((t, i) => {
+    const c = checkTensorHeader(t, i);
+    const length = c.s.reduce((a, b) => a * b, 1) * DTYPE_BYTES[c.d];
+    return { offset: base + c.o, length, checksum: c.c };
+  });
+}
+
+/**
+ * Decodes a frame. Tensors become typed-array views of the frame's bytes (no copy when the frame
+ * is 8-aligned in memory, e.g. after reassembly; one copy otherwise). `verified` lists tensors
+ * (by index) whose checksum the caller already checked while the frame arrived in parts.
+ */
+export function decodeFrame(bytes: Uint8Array, verified?: ReadonlySet<number>): Decoded {
+  const { meta, value, tensorList, h } = readHead(bytes);
   if (tensorList === undefined) {
     if (bytes.byteLength !== PREFIX + h) {
       throw new FrameError(`frame has ${bytes.byteLength - PREFIX - h} unexpected trailing bytes`);
     }
-    return { meta: meta as Meta, value, tensors: [] };
+    return { meta, value, tensors: [] };
   }
   if (!Array.isArray(tensorList) || tensorList.length === 0) {
     throw new FrameError("frame tensor list is malformed");
@@ -264,7 +300,8 @@ export function decodeFrame(bytes: Uint8Array): Decoded {
   const base = align8(PREFIX + h);
   let end = 0;
   let root = value;
-  for (const t of headers) {
+  for (let ti = 0; ti < headers.length; ti++) {
+    const t = headers[ti];
     const size = DTYPE_BYTES[t.d];
     const count = t.s.reduce((a, b) => a * b, 1);
     const length = count * size;
@@ -278,7 +315,7 @@ export function decodeFrame(bytes: Uint8Array): Decoded {
       );
     }
     const raw = new Uint8Array(frame.buffer, frame.byteOffset + at, length);
-    if (checksum32(raw) !== t.c) {
+    if (!verified?.has(ti) && checksum32(raw) !== t.c) {
       throw new FrameError(`tensor ${t.n}: checksum mismatch (corrupt data)`);
     }
     const view = viewAs(t.d, frame.buffer as ArrayBuffer, frame.byteOffset + at, count);
@@ -291,7 +328,7 @@ export function decodeFrame(bytes: Uint8Array): Decoded {
   if (frame.byteLength !== exact) {
     throw new FrameError(`frame has ${frame.byteLength - exact} unexpected trailing bytes`);
   }
-  return { meta: meta as Meta, value: root, tensors: headers };
+  return { meta, value: root, tensors: headers };
 }
 
 function checkTensorHeader(t: unknown, i: number): TensorHeader {

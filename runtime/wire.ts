@@ -19,7 +19,16 @@ import {
   splitFrame,
   splitPlan,
 } from "./chunks.ts";
-import { type Decoded, decodeFrame, isFrame, type Meta, planFrame, writeFrame } from "./codec.ts";
+import { Checksum32 } from "./checksum.ts";
+import {
+  type Decoded,
+  decodeFrame,
+  isFrame,
+  type Meta,
+  planFrame,
+  tensorLayout,
+  writeFrame,
+} from "./codec.ts";
 import { FrameError } from "./errors.ts";
 
 /** Bytes per message: the server's max_payload, less room for NATS' own framing and headers. */
@@ -114,9 +123,80 @@ export interface Incoming extends Decoded {
   bytes: number;
 }
 
+interface TensorCheck {
+  offset: number;
+  length: number;
+  checksum: number;
+  sum: Checksum32;
+  /** Bytes of this tensor hashed so far (in order). */
+  done: number;
+  /** A part came out of order: leave this tensor to the check after reassembly. */
+  skip: boolean;
+}
+
+/**
+ * Checks the tensors of one frame while its parts arrive in order, so that little is left to do
+ * once the last part is in; anything out of order is simply checked after reassembly.
+ */
+class PartVerifier {
+  #tensors?: TensorCheck[];
+  #headEnd = 0;
+  #lost = false;
+
+  /** Takes note of a part just placed at `offset` in `buf`. */
+  part(buf: Uint8Array, offset: number, length: number) {
+    if (this.#lost) return;
+    if (!this.#tensors) {
+      if (offset !== 0) {
+        this.#lost = true; // the head came late: its layout is unknown until reassembly
+        return;
+      }
+      try {
+        const layout = tensorLayout(buf.subarray(0, length));
+        if (!layout) {
+          this.#lost = true;
+          return;
+        }
+        this.#tensors = layout.map((t) => ({ ...t, sum: new Checksum32(), done: 0, skip: false }));
+        this.#headEnd = length;
+      } catch {
+        this.#lost = true; // decodeFrame will report what is wrong
+      }
+      return;
+    }
+    const end = offset + length;
+    if (offset < this.#headEnd) {
+      this.#lost = true; // the head was written again: trust nothing checked against it
+      return;
+    }
+    // Bytes already hashed must never change afterwards: any part touching a tensor other than
+    // as its next in-order slice sends that tensor to the full check.
+    for (const t of this.#tensors) {
+      if (end <= t.offset || offset >= t.offset + t.length || t.skip) continue;
+      if (offset === t.offset + t.done && end <= t.offset + t.length) {
+        t.sum.update(buf.subarray(offset, end));
+        t.done += length;
+      } else {
+        t.skip = true;
+      }
+    }
+  }
+
+  /** Indexes of the tensors verified in full. */
+  verified(): Set<number> {
+    const ok = new Set<number>();
+    if (this.#lost) return ok;
+    this.#tensors?.forEach((t, i) => {
+      if (!t.skip && t.done === t.length && t.sum.digest() === t.checksum) ok.add(i);
+    });
+    return ok;
+  }
+}
+
 /** Reassembles and decodes what arrives on one subscription. */
 export class FrameInbox {
   readonly #reassembler: Reassembler;
+  readonly #verifiers = new Map<string, PartVerifier>();
 
   constructor(maxFrameBytes?: number) {
     this.#reassembler = new Reassembler({ maxFrameBytes });
@@ -127,13 +207,39 @@ export class FrameInbox {
    * still missing; throws FrameError for anything malformed.
    */
   accept(msg: Msg): Incoming | undefined {
-    const part = msg.headers?.get(PART_HEADER);
+    const partHeader = msg.headers?.get(PART_HEADER);
     let frame: Uint8Array | undefined;
-    if (part) frame = this.#reassembler.accept(parsePart(part), msg.data);
-    else if (isFrame(msg.data)) frame = msg.data;
-    else throw new FrameError(`message on ${msg.subject} is not a frame`);
+    let verified: Set<number> | undefined;
+    if (partHeader) {
+      const info = parsePart(partHeader);
+      try {
+        frame = this.#reassembler.accept(info, msg.data);
+      } catch (e) {
+        this.#verifiers.delete(info.id);
+        throw e;
+      }
+      let v = this.#verifiers.get(info.id);
+      if (!v) {
+        // Transfers the reassembler dropped (stale, evicted) leave no verifier behind.
+        for (const id of this.#verifiers.keys()) {
+          if (!this.#reassembler.has(id)) this.#verifiers.delete(id);
+        }
+        v = new PartVerifier();
+        this.#verifiers.set(info.id, v);
+      }
+      const buf = frame ?? this.#reassembler.buffer(info.id);
+      if (buf) v.part(buf, info.offset, info.length);
+      if (frame) {
+        verified = v.verified();
+        this.#verifiers.delete(info.id);
+      }
+    } else if (isFrame(msg.data)) {
+      frame = msg.data;
+    } else {
+      throw new FrameError(`message on ${msg.subject} is not a frame`);
+    }
     if (!frame) return undefined;
-    const d = decodeFrame(frame);
+    const d = decodeFrame(frame, verified);
     return { ...d, subject: msg.subject, reply: msg.reply || undefined, bytes: frame.byteLength };
   }
 
@@ -144,6 +250,7 @@ export class FrameInbox {
 
   clear() {
     this.#reassembler.clear();
+    this.#verifiers.clear();
   }
 }
 

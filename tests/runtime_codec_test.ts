@@ -1,7 +1,10 @@
 // Binary frames and their parts, without NATS: round trips are bit-exact, and every kind of damage
 // is refused with FrameError.
 import assert from "node:assert/strict";
-import { formatPart, parsePart } from "../runtime/chunks.ts";
+import type { Msg } from "@nats-io/nats-core";
+import { Checksum32 } from "../runtime/checksum.ts";
+import { formatPart, parsePart, type Part, PART_HEADER } from "../runtime/chunks.ts";
+import { FrameInbox } from "../runtime/wire.ts";
 import {
   checksum32,
   decodeFrame,
@@ -26,7 +29,7 @@ function randomF32(n: number): Float32Array {
 
 function randomI32(n: number): Int32Array {
   const a = new Int32Array(n);
-  crypto.getRandomValues(a);
+  for (let i = 0; i < n; i += 16384) crypto.getRandomValues(a.subarray(i, Math.min(n, i + 16384)));
   return a;
 }
 
@@ -201,6 +204,57 @@ Deno.test("parts reassemble in any order into the exact frame; damage is refused
   let whole: Uint8Array | undefined;
   for (const p of splitFrame(frame, 10_000)) whole = again.accept(p.info, p.bytes) ?? whole;
   sameBits(whole!, frame);
+});
+
+function asMsg(p: Part): Msg {
+  const header = formatPart(p.info);
+  return {
+    subject: "s",
+    reply: "",
+    data: p.bytes,
+    headers: { get: (k: string) => (k === PART_HEADER ? header : "") },
+  } as unknown as Msg;
+}
+
+Deno.test("checksums computed over pieces equal the one-shot checksum", () => {
+  for (const n of [0, 1, 15, 16, 17, 1000, 4099]) {
+    const data = randomU8(n + 3).subarray(n % 3); // also unaligned
+    const c = new Checksum32();
+    for (let o = 0; o < data.length;) {
+      const k = Math.min(data.length - o, 1 + Math.floor(Math.random() * 37));
+      c.update(data.subarray(o, o + k));
+      o += k;
+    }
+    assert.equal(c.digest(), checksum32(data));
+  }
+});
+
+Deno.test("parts are verified as they arrive; corrupt or overlapping parts still fail", () => {
+  const value = { a: randomF32(30_000), b: randomI32(20_000) };
+  const parts = splitPlan(planFrame({ k: "p" }, value), 8192)!;
+  const deliver = (list: Part[]) => {
+    const inbox = new FrameInbox();
+    let out;
+    for (const p of list) out = inbox.accept(asMsg(p)) ?? out;
+    return out;
+  };
+  const inOrder = deliver(parts)!.value as typeof value;
+  sameBits(inOrder.a, value.a);
+  sameBits(inOrder.b, value.b);
+  const shuffled = deliver([...parts].sort(() => Math.random() - 0.5))!.value as typeof value;
+  sameBits(shuffled.b, value.b);
+  // One flipped byte in a middle part.
+  const corrupt = parts.map((p, i) => i === 5 ? { info: p.info, bytes: p.bytes.slice() } : p);
+  corrupt[5].bytes[17] ^= 4;
+  assert.throws(() => deliver(corrupt), FrameError);
+  // A part that rewrites bytes already checked (same length, earlier offset) is caught too.
+  const overlap = parts.map((p) => ({ info: { ...p.info }, bytes: p.bytes }));
+  overlap[4] = {
+    info: { ...overlap[4].info, offset: overlap[3].info.offset },
+    bytes: randomU8(overlap[4].info.length),
+  };
+  overlap[4].info.length = overlap[4].bytes.byteLength;
+  assert.throws(() => deliver(overlap), FrameError);
 });
 
 Deno.test("tensor() schemas check dtype, length and shape", () => {
