@@ -105,7 +105,7 @@ export class Collectives {
         const timer = setTimeout(() => {
           const i = waiters.indexOf(done);
           if (i >= 0) waiters.splice(i, 1);
-          reject(new CollectiveTimeoutError(subject, [0]));
+          reject(new CollectiveTimeoutError(subject, []));
         }, timeoutMs);
         const done = (v: { subject: string; value: Out<S> } | Error) => {
           clearTimeout(timer);

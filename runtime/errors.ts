@@ -277,7 +277,11 @@ export class NodeStartError extends ActorSystemError {
 export class CollectiveTimeoutError extends ActorSystemError {
   override readonly code = "COLLECTIVE_TIMEOUT";
   constructor(readonly subject: string, readonly missing: number[]) {
-    super(`collective on ${subject} timed out; missing parts: ${missing.join(", ")}`);
+    super(
+      missing.length
+        ? `collective on ${subject} timed out; missing parts: ${missing.join(", ")}`
+        : `nothing arrived on ${subject} in time`,
+    );
   }
 }
 

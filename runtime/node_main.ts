@@ -23,6 +23,8 @@ const USAGE = `usage: deno task node --nats URL[,URL...] [--gpus N|auto] [--reso
   [--tls-ca FILE --tls-cert FILE --tls-key FILE] [--heartbeat-ms 500] [--missed-heartbeats 3]`;
 
 async function countGpus(): Promise<number> {
+  // Vulkan loaders warn without a runtime folder; any writable one will do.
+  if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync());
   const gpu = (navigator as Navigator & { gpu?: { requestAdapter(): Promise<unknown> } }).gpu;
   if (!gpu) return 0;
   try {

@@ -344,7 +344,10 @@ export class System {
     });
   }
 
-  /** Joins a system over an already running server (used by `init` and node processes). */
+  /**
+   * Joins a system over an already running server. `init()` and node processes use it; programs
+   * should call `init()`.
+   */
   static async join(opts: JoinOptions, server?: EmbeddedServer): Promise<System> {
     checkToken("node", opts.nodeId);
     const nc = await connectNats(opts.servers, {
