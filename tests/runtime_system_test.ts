@@ -101,8 +101,8 @@ Deno.test("an embedded system with two node processes", async (t) => {
 
     await t.step("a full mailbox rejects at once with MailboxFullError", async () => {
       const c = await system.spawn(Counter, { start: 0 }, { mailbox: 3 });
-      const busy = c.slow({ ms: 800 });
-      await new Promise((r) => setTimeout(r, 100)); // let it start running
+      const busy = c.slow({ ms: 1500 });
+      await new Promise((r) => setTimeout(r, 300)); // let it start running
       const settled = await Promise.allSettled(
         Array.from({ length: 8 }, (_, i) => c.record({ i })),
       );
@@ -127,7 +127,7 @@ Deno.test("an embedded system with two node processes", async (t) => {
       assert.deepEqual(await c.record({ i: 1 }), [1], "the timed-out queued call never ran");
       const ac = new AbortController();
       const cancelled = c.slow({ ms: 20_000 }, { signal: ac.signal });
-      setTimeout(() => ac.abort(), 100);
+      setTimeout(() => ac.abort(), 300); // once it runs
       await assert.rejects(cancelled, CallCancelledError);
       assert.equal(await c.aborted(), 2, "cancellation reached the running handler");
       await system.stop(c);
