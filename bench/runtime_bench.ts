@@ -245,7 +245,7 @@ export async function run(report: Report) {
     const mb = data.byteLength / 1e6;
     const median = (xs: number[]) => percentile(xs, 50);
     // The machine is shared and noisy: actor and raw runs alternate, and each figure is a median.
-    const reps = 5;
+    const reps = 7;
     const sink = startHelper("sink", server.url, creds, [
       "--bytes",
       String(bytes.byteLength),
