@@ -1,0 +1,672 @@
+/**
+ * A Hugging Face LLaMA model on the WebGPU engine: forward, masked cross-entropy loss, backward
+ * (adapter gradients, full-weight gradients, or none) and greedy generation with a KV cache.
+ *
+ * Like llm.c, every activation and gradient buffer is allocated once, sized by `maxRows` and
+ * `seqLen`; a training step is recorded into one Recorder (one submit): zero the gradients,
+ * then forward and backward of each micro-batch in turn, accumulating gradients and the loss.
+ *
+ * ```ts
+ * const model = await LlamaGpu.create(gpu, config, weights, {
+ *   maxRows: 4, seqLen: 64, adapters: { targets: LINEAR_KINDS, rank: 4 }, gradients: "adapters",
+ * });
+ * model.setStepBatches([microBatch]);
+ * const rec = gpu.record();
+ * model.recordForwardBackward(rec);
+ * const loss = rec.read(model.loss);
+ * await rec.submit();
+ * ```
+ * @module
+ */
+import {
+  accumulate,
+  attentionForward,
+  createRopeTable,
+  crossEntropy,
+  embeddingBackward,
+  embeddingForward,
+  EmbeddingGradPlan,
+  fill,
+  type Gpu,
+  type GpuTensor,
+  type Recorder,
+  type RopeTable,
+} from "../gpu/mod.ts";
+import { expectedTensors, type LinearKind, type LlamaConfig } from "./config.ts";
+import type { HostTensor } from "./safetensors.ts";
+import type { MicroBatch } from "../train/encode.ts";
+import {
+  type Attention,
+  type BlockContext,
+  type Dims,
+  dimsOf,
+  type HeadActs,
+  headBackward,
+  headForward,
+  type LayerActs,
+  layerActsRows,
+  layerBackward,
+  layerForward,
+  type LayerGrads,
+  lmHeadName,
+} from "./llama_blocks.ts";
+import type { AdapterBuffers, AdapterScales, LinearScratch } from "./llama_linear.ts";
+import { LlamaParams } from "./llama_params.ts";
+import { LlamaInputError, LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
+import { generateGreedy, type GenerateOptions } from "./generate.ts";
+
+export {
+  LlamaError,
+  LlamaInputError,
+  LlamaOptionsError,
+  LlamaWeightError,
+} from "./llama_errors.ts";
+export type { AdapterBuffers, AdapterScales } from "./llama_linear.ts";
+export type { GenerateOptions } from "./generate.ts";
+
+export interface LlamaGpuOptions {
+  /** Examples per micro-batch (M) and tokens per example (S) the activations are sized for. */
+  maxRows: number;
+  seqLen: number;
+  /** Micro-batches one step may hold (each has its own input buffers). Default 1. */
+  maxMicroBatches?: number;
+  /** Adapter slots (A [r, in], B [out, r], g_A, g_B) on every linear of these kinds. */
+  adapters?: { targets: readonly LinearKind[]; rank: number };
+  /**
+   * "adapters": adapter gradients only; "weights": full-weight gradients of the weights that
+   * `trainable` selects (all by default; tied embeddings get the sum of both uses), plus adapter
+   * gradients when there are adapters; "none": inference only.
+   */
+  gradients: "adapters" | "weights" | "none";
+  trainable?: (name: string) => boolean;
+}
+
+/** Inputs of one micro-batch slot on the device. */
+interface Slot {
+  ids: GpuTensor;
+  targets: GpuTensor;
+  weights: GpuTensor;
+  plan: EmbeddingGradPlan | null;
+  rows: number;
+  count: number;
+}
+
+const ALL_KINDS: readonly LinearKind[] = [
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "o_proj",
+  "gate_proj",
+  "up_proj",
+  "down_proj",
+];
+
+export class LlamaGpu {
+  readonly gpu: Gpu;
+  readonly config: LlamaConfig;
+  readonly options: Readonly<Required<Omit<LlamaGpuOptions, "adapters" | "trainable">>> & {
+    adapters?: { targets: readonly LinearKind[]; rank: number };
+  };
+  /** The step's loss (f32 [1]): DESIGN §4's worker loss after `recordForwardBackward`. */
+  readonly loss: GpuTensor;
+
+  #dims: Dims;
+  #params: LlamaParams;
+  #scales: AdapterScales = { sigma: 0, scale: 1, gamma: null };
+  #tensors: GpuTensor[] = [];
+  #layers: LayerActs[];
+  #head: HeadActs;
+  #grads: LayerGrads | null;
+  #scratch: LinearScratch | null;
+  #losses: GpuTensor;
+  #mbLoss: GpuTensor;
+  #positions: GpuTensor;
+  #rope: RopeTable;
+  #slots: Slot[] = [];
+  #inference: Slot;
+  #active: number[] = [];
+  /** Layers from `#stop` up run a backward; below it nothing needs a gradient. */
+  #stop: number;
+  #embedGrad: boolean;
+  #closed = false;
+
+  private constructor(
+    gpu: Gpu,
+    config: LlamaConfig,
+    params: LlamaParams,
+    options: LlamaGpu["options"],
+  ) {
+    this.gpu = gpu;
+    this.config = config;
+    this.options = options;
+    this.#params = params;
+    const d = this.#dims = dimsOf(config);
+    const M = options.maxRows;
+    const S = options.seqLen;
+    const Tm = M * S;
+    const train = options.gradients !== "none";
+    const t = (shape: number[], label: string, dtype: "f32" | "i32" = "f32") => {
+      const x = gpu.tensor(shape, dtype, label);
+      this.#tensors.push(x);
+      return x;
+    };
+    const adapted = new Set<LinearKind>();
+    for (const name of params.adapters.keys()) {
+      adapted.add(ALL_KINDS.find((k) => name.endsWith(`.${k}.weight`))!);
+    }
+    const r = params.rank;
+
+    // The residual stream: every layer's input is kept when training, one buffer otherwise.
+    const resid: GpuTensor[] = [];
+    for (let l = 0; l <= d.L; l++) {
+      resid.push(train || l === 0 ? t([Tm, d.C], `resid ${l}`) : resid[0]);
+    }
+    let shared: LayerActs | null = null;
+    this.#layers = [];
+    for (let l = 0; l < d.L; l++) {
+      if (!train && shared) {
+        this.#layers.push(shared);
+        continue;
+      }
+      const xa = new Map<LinearKind, GpuTensor>();
+      for (const k of adapted) xa.set(k, t([Tm, r], `xa ${k} ${l}`));
+      const a: LayerActs = {
+        x: resid[l],
+        ln1: t([Tm, d.C], `ln1 ${l}`),
+        rstd1: t([Tm], `rstd1 ${l}`),
+        q: t([Tm, d.H * d.D], `q ${l}`),
+        k: t([Tm, d.KV * d.D], `k ${l}`),
+        v: t([Tm, d.KV * d.D], `v ${l}`),
+        att: t([Tm, d.H * d.D], `att ${l}`),
+        lse: train ? t([Tm, d.H], `lse ${l}`) : null,
+        xMid: t([Tm, d.C], `xMid ${l}`),
+        ln2: t([Tm, d.C], `ln2 ${l}`),
+        rstd2: t([Tm], `rstd2 ${l}`),
+        gate: t([Tm, d.I], `gate ${l}`),
+        up: t([Tm, d.I], `up ${l}`),
+        h: t([Tm, d.I], `h ${l}`),
+        xa,
+        out: resid[l + 1],
+        tmp: l === 0 ? t([Tm, d.C], "tmp") : this.#layers[0].tmp,
+      };
+      this.#layers.push(a);
+      if (!train) shared = a;
+    }
+    this.#head = {
+      x: resid[d.L],
+      lnf: t([Tm, d.C], "lnf"),
+      rstdf: t([Tm], "rstdf"),
+      logits: t([Tm, d.V], "logits"),
+    };
+    this.#losses = t([Tm], "losses");
+    this.#mbLoss = t([1], "micro-batch loss");
+    this.loss = t([1], "loss");
+    this.#grads = train
+      ? {
+        dx: t([Tm, d.C], "dx"),
+        dln: t([Tm, d.C], "dln"),
+        dh: t([Tm, d.I], "dh"),
+        dgate: t([Tm, d.I], "dgate"),
+        dup: t([Tm, d.I], "dup"),
+        dao: t([Tm, d.H * d.D], "dao"),
+        dq: t([Tm, d.H * d.D], "dq"),
+        dk: t([Tm, d.KV * d.D], "dk"),
+        dv: t([Tm, d.KV * d.D], "dv"),
+        delta: t([Tm, d.H], "delta"),
+      }
+      : null;
+    const maxOut = Math.max(d.C, d.I, d.H * d.D, d.KV * d.D);
+    this.#scratch = train && r > 0 ? { dyB: t([Tm * r], "dyB"), dH: t([Tm * maxOut], "dH") } : null;
+
+    const pos = new Int32Array(Tm);
+    for (let i = 0; i < Tm; i++) pos[i] = i % S;
+    this.#positions = gpu.upload(pos, [Tm], "positions");
+    this.#tensors.push(this.#positions);
+    this.#rope = createRopeTable(gpu, {
+      headDim: d.D,
+      theta: config.rope_theta,
+      maxPositions: S,
+    });
+    this.#tensors.push(this.#rope.cos, this.#rope.sin);
+
+    this.#embedGrad = params.grads.has("model.embed_tokens.weight");
+    const slot = (i: number, withPlan: boolean): Slot => ({
+      ids: t([Tm], `ids ${i}`, "i32"),
+      targets: t([Tm], `targets ${i}`, "i32"),
+      weights: t([Tm], `loss weights ${i}`),
+      plan: withPlan ? new EmbeddingGradPlan(gpu, Tm, d.V) : null,
+      rows: 0,
+      count: 0,
+    });
+    for (let i = 0; i < options.maxMicroBatches; i++) {
+      this.#slots.push(slot(i, this.#embedGrad));
+    }
+    this.#inference = slot(-1, false);
+
+    // The lowest layer that owns a gradient; the backward stops there unless the embeddings
+    // need the gradient of the residual stream below it.
+    let lowest = d.L;
+    for (let l = d.L - 1; l >= 0; l--) {
+      const names = expectedTensors(config).map((s) => s.name).filter((n) =>
+        n.startsWith(`model.layers.${l}.`)
+      );
+      if (names.some((n) => params.grads.has(n) || (train && params.adapters.has(n)))) {
+        lowest = l;
+      }
+    }
+    this.#stop = this.#embedGrad ? 0 : lowest;
+  }
+
+  /** Validates the weights and options, uploads the weights and allocates every buffer. */
+  static create(
+    gpu: Gpu,
+    config: LlamaConfig,
+    weights: ReadonlyMap<string, HostTensor>,
+    options: LlamaGpuOptions,
+  ): Promise<LlamaGpu> {
+    const maxMicroBatches = options.maxMicroBatches ?? 1;
+    for (
+      const [k, v] of [["maxRows", options.maxRows], ["seqLen", options.seqLen], [
+        "maxMicroBatches",
+        maxMicroBatches,
+      ]] as const
+    ) {
+      if (!Number.isInteger(v) || v < 1) {
+        throw new LlamaOptionsError(`${k} must be an integer >= 1, got ${v}`);
+      }
+    }
+    if (!["adapters", "weights", "none"].includes(options.gradients)) {
+      throw new LlamaOptionsError(`gradients must be "adapters", "weights" or "none"`);
+    }
+    if (options.gradients === "adapters" && !options.adapters) {
+      throw new LlamaOptionsError(`gradients "adapters" needs the adapters option`);
+    }
+    if (options.trainable && options.gradients !== "weights") {
+      throw new LlamaOptionsError(`trainable applies only to gradients "weights"`);
+    }
+    const gradNames = options.gradients === "weights"
+      ? expectedTensors(config).map((s) => s.name).filter((n) => options.trainable?.(n) ?? true)
+      : [];
+    const params = LlamaParams.create(gpu, config, weights, {
+      adapters: options.adapters,
+      gradNames,
+    });
+    try {
+      return Promise.resolve(
+        new LlamaGpu(gpu, config, params, {
+          maxRows: options.maxRows,
+          seqLen: options.seqLen,
+          maxMicroBatches,
+          gradients: options.gradients,
+          adapters: options.adapters,
+        }),
+      );
+    } catch (e) {
+      params.release();
+      throw e;
+    }
+  }
+
+  /** The live weight buffer of a tensor (HF name); optimizers may change it in place. */
+  weight(name: string): GpuTensor {
+    this.#check();
+    const w = this.#params.weights.get(name);
+    if (!w) throw new LlamaWeightError(name, `the model has no weight "${name}"`);
+    return w;
+  }
+
+  /** Every weight name, in checkpoint order. */
+  weightNames(): string[] {
+    return [...this.#params.weights.keys()];
+  }
+
+  /** ∂L/∂W of a trainable weight (gradients "weights"). */
+  weightGrad(name: string): GpuTensor {
+    this.#check();
+    const g = this.#params.grads.get(name);
+    if (!g) throw new LlamaWeightError(name, `"${name}" has no gradient (not trainable)`);
+    return g;
+  }
+
+  /** Names of the weights that have a gradient buffer. */
+  trainableNames(): string[] {
+    return [...this.#params.grads.keys()];
+  }
+
+  /** The adapter of an adapted weight (by its HF weight name). */
+  adapter(name: string): AdapterBuffers {
+    this.#check();
+    const a = this.#params.adapters.get(name);
+    if (!a) throw new LlamaWeightError(name, `"${name}" has no adapter`);
+    return a;
+  }
+
+  /** Adapted weight names, in model order. */
+  adapterNames(): string[] {
+    return [...this.#params.adapters.keys()];
+  }
+
+  /** Uploads an adapter's factors A [r, in] and B [out, r] (queue-ordered before later work). */
+  writeAdapter(name: string, A: Float32Array, B: Float32Array): void {
+    const a = this.adapter(name);
+    for (const [what, t, data] of [["A", a.A, A], ["B", a.B, B]] as const) {
+      if (data.length !== t.size) {
+        throw new LlamaWeightError(
+          name,
+          `adapter ${what} of "${name}" needs ${t.size} values [${t.shape}], got ${data.length}`,
+        );
+      }
+    }
+    this.gpu.write(a.A, A);
+    this.gpu.write(a.B, B);
+  }
+
+  /**
+   * Sets σ (forward adapter scale) and s (gradient scale alpha/r) for the next recordings.
+   * σ = 0 is the exact mute; σ = s is LoRA/PiSSA. With `gamma`, the numeric mute: σ must be
+   * f32(γ·s) and the backward follows DESIGN §2's γ path (dH = σ·dY, gradients times f32(1/γ)).
+   */
+  setAdapterScales(sigma: number, scale: number, options: { gamma?: number } = {}): void {
+    if (!Number.isFinite(sigma) || !Number.isFinite(scale)) {
+      throw new LlamaOptionsError(`adapter scales must be finite, got σ ${sigma}, s ${scale}`);
+    }
+    const gamma = options.gamma ?? null;
+    if (gamma !== null) {
+      if (!(gamma >= 1e-38 && gamma <= 1)) {
+        throw new LlamaOptionsError(`numeric mute γ must lie in [1e-38, 1], got ${gamma}`);
+      }
+      if (Math.fround(sigma) !== Math.fround(gamma * scale)) {
+        throw new LlamaOptionsError(`numeric mute: σ ${sigma} is not f32(γ·s) = ${gamma * scale}`);
+      }
+    }
+    this.#scales = { sigma: Math.fround(sigma), scale, gamma };
+  }
+
+  /** The scales the next recording uses. */
+  get adapterScales(): Readonly<AdapterScales> {
+    return { ...this.#scales };
+  }
+
+  /**
+   * Uploads a step's micro-batches (host writes; call before recording the step). Position t
+   * of micro-batch b gets the loss weight 1/(targets in b · micro-batches with ≥ 1 target) when
+   * token t+1 is a target, so the summed loss is DESIGN §4's worker loss. Returns the weight
+   * of each micro-batch (0 for one without targets).
+   */
+  setStepBatches(batches: readonly MicroBatch[]): number[] {
+    this.#check();
+    if (batches.length < 1 || batches.length > this.options.maxMicroBatches) {
+      throw new LlamaInputError(
+        `a step holds 1..${this.options.maxMicroBatches} micro-batches, got ${batches.length}`,
+      );
+    }
+    const counts = batches.map((b, i) => this.#checkBatch(b, `micro-batch ${i}`));
+    const nonEmpty = counts.filter((c) => c > 0).length;
+    const weights = counts.map((c) => c > 0 ? Math.fround(1 / (c * nonEmpty)) : 0);
+    this.#active = [];
+    batches.forEach((b, i) => {
+      const slot = this.#slots[i];
+      this.#writeInputs(slot, b, weights[i]);
+      if (counts[i] > 0) {
+        slot.plan?.set(b.ids);
+        this.#active.push(i);
+      }
+    });
+    return weights;
+  }
+
+  /**
+   * Records a training step: zero the gradients and the loss, then forward and backward of
+   * every micro-batch of `setStepBatches` that has a target, accumulating into the gradients
+   * and `loss`.
+   */
+  recordForwardBackward(rec: Recorder): void {
+    this.#check();
+    if (!this.#grads) {
+      throw new LlamaOptionsError(`recordForwardBackward needs gradients, the model has "none"`);
+    }
+    for (const g of this.#params.allGrads()) fill(rec, g, 0);
+    fill(rec, this.loss, 0);
+    for (const i of this.#active) {
+      const slot = this.#slots[i];
+      this.#recordForward(rec, slot, true);
+      this.#recordBackward(rec, slot);
+    }
+  }
+
+  /** Records the loss of the step's micro-batches only (no gradients), e.g. for evaluation. */
+  recordForward(rec: Recorder): void {
+    this.#check();
+    fill(rec, this.loss, 0);
+    for (const i of this.#active) this.#recordForward(rec, this.#slots[i], false);
+  }
+
+  /** Logits [rows·S, V] of a batch (one submit; does not disturb the step's inputs). */
+  async logits(batch: MicroBatch): Promise<Float32Array> {
+    this.#check();
+    this.#checkBatch(batch, "batch");
+    this.#writeInputs(this.#inference, batch, 0);
+    const rec = this.gpu.record({ label: "logits" });
+    let out: Promise<Float32Array | Int32Array>;
+    try {
+      const T = this.#inference.count;
+      this.#forwardLayers(rec, this.#inference);
+      const head = this.#headView(T);
+      headForward(rec, this.#ctx(), lmHeadName(this.config), head);
+      out = rec.read(head.logits);
+    } catch (e) {
+      rec.discard();
+      throw e;
+    }
+    await rec.submit();
+    return (await out) as Float32Array;
+  }
+
+  /**
+   * Greedy decoding with a KV cache, `batchSize` prompts at a time (prompts may differ in
+   * length). Each sequence stops at a stop id or after `maxNewTokens`; returns only the new
+   * tokens (a stop id included).
+   */
+  generate(prompts: readonly (readonly number[])[], options: GenerateOptions): Promise<number[][]> {
+    this.#check();
+    return generateGreedy(this.gpu, this.config, this.#ctx(false), prompts, options);
+  }
+
+  /** Every weight read back (HF names), e.g. to save a model folder or a checkpoint. */
+  async readWeights(): Promise<Map<string, HostTensor>> {
+    this.#check();
+    const names = this.weightNames();
+    const ts = names.map((n) => this.#params.weights.get(n)!);
+    const data = await this.gpu.readMany(ts);
+    return new Map(
+      names.map((n, i) => [n, { shape: [...ts[i].shape], data: data[i] as Float32Array }]),
+    );
+  }
+
+  /** Overwrites one weight (queue-ordered before later submits). */
+  writeWeight(name: string, data: Float32Array): void {
+    const w = this.weight(name);
+    if (!(data instanceof Float32Array) || data.length !== w.size) {
+      throw new LlamaWeightError(
+        name,
+        `"${name}" needs ${w.size} f32 values [${w.shape}], got ${data?.length}`,
+      );
+    }
+    this.gpu.write(w, data);
+  }
+
+  /** Releases every buffer of the model (the Gpu stays open). Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const s of [...this.#slots, this.#inference]) s.plan?.release();
+    for (const t of this.#tensors) if (t.allocation.alive) this.gpu.release(t);
+    this.#tensors = [];
+    this.#params.release();
+  }
+
+  // ---- internals --------------------------------------------------------------------------
+
+  #check(): void {
+    if (this.#closed) throw new LlamaOptionsError("the model was closed");
+    this.gpu.check();
+  }
+
+  #ctx(training = true): BlockContext {
+    return {
+      dims: this.#dims,
+      params: this.#params,
+      scales: this.#scales,
+      adapterGrads: training && this.#grads !== null && this.#params.adapters.size > 0,
+      scratch: this.#scratch,
+    };
+  }
+
+  /** Checks a micro-batch against the model and returns its number of targets. */
+  #checkBatch(b: MicroBatch, what: string): number {
+    const { maxRows, seqLen } = this.options;
+    if (!Number.isInteger(b.rows) || b.rows < 1 || b.rows > maxRows) {
+      throw new LlamaInputError(`${what}: ${b.rows} rows, the model holds 1..${maxRows}`);
+    }
+    if (b.seqLen !== seqLen) {
+      throw new LlamaInputError(`${what}: sequence length ${b.seqLen}, the model's is ${seqLen}`);
+    }
+    const n = b.rows * seqLen;
+    if (!(b.ids instanceof Int32Array) || b.ids.length !== n) {
+      throw new LlamaInputError(`${what}: ids must be an Int32Array of ${n} (rows·seqLen)`);
+    }
+    if (!(b.targetMask instanceof Uint8Array) || b.targetMask.length !== n) {
+      throw new LlamaInputError(`${what}: targetMask must be a Uint8Array of ${n}`);
+    }
+    const V = this.config.vocab_size;
+    let count = 0;
+    for (let i = 0; i < n; i++) {
+      const id = b.ids[i];
+      if (id < 0 || id >= V) {
+        throw new LlamaInputError(
+          `${what}: token id ${id} at row ${Math.floor(i / seqLen)}, position ${i % seqLen} ` +
+            `is outside the vocabulary [0, ${V})`,
+        );
+      }
+      if (i % seqLen !== 0 && b.targetMask[i]) count++;
+    }
+    return count;
+  }
+
+  #writeInputs(slot: Slot, b: MicroBatch, weight: number): void {
+    const Tm = this.options.maxRows * this.options.seqLen;
+    const S = this.options.seqLen;
+    const n = b.rows * S;
+    const ids = new Int32Array(Tm);
+    ids.set(b.ids);
+    const targets = new Int32Array(Tm);
+    const weights = new Float32Array(Tm);
+    for (let t = 0; t < n; t++) {
+      if ((t + 1) % S !== 0 && b.targetMask[t + 1]) {
+        targets[t] = b.ids[t + 1];
+        weights[t] = weight;
+      }
+    }
+    this.gpu.write(slot.ids, ids);
+    this.gpu.write(slot.targets, targets);
+    this.gpu.write(slot.weights, weights);
+    slot.rows = b.rows;
+    slot.count = n;
+  }
+
+  #attention(rows: number): Attention {
+    const d = this.#dims;
+    const S = this.options.seqLen;
+    const shape = { batch: rows, seqLen: S, nHeads: d.H, nKvHeads: d.KV, headDim: d.D };
+    return {
+      positions: this.#positions.rows(0, rows * S),
+      rope: this.#rope,
+      shape: { batch: rows, seqLen: S },
+      forward: (rec, _l, out, lse, q, k, v) => attentionForward(rec, { out, lse, q, k, v }, shape),
+    };
+  }
+
+  #layerView(l: number, T: number, keepXa: boolean): LayerActs {
+    return layerActsRows(this.#layers[l], T, keepXa);
+  }
+
+  #headView(T: number): HeadActs {
+    const h = this.#head;
+    return {
+      x: h.x.rows(0, T),
+      lnf: h.lnf.rows(0, T),
+      rstdf: h.rstdf.rows(0, T),
+      logits: h.logits.rows(0, T),
+    };
+  }
+
+  /** Embedding and every decoder layer of a slot's tokens. */
+  #forwardLayers(rec: Recorder, slot: Slot, training = false): void {
+    const T = slot.count;
+    const ctx = this.#ctx(training);
+    const keepXa = ctx.adapterGrads || this.#scales.sigma !== 0;
+    const attn = this.#attention(slot.rows);
+    embeddingForward(
+      rec,
+      this.#layers[0].x.rows(0, T),
+      this.#params.weights.get("model.embed_tokens.weight")!,
+      slot.ids.rows(0, T),
+    );
+    for (let l = 0; l < this.#dims.L; l++) {
+      layerForward(rec, ctx, l, this.#layerView(l, T, keepXa), attn);
+    }
+  }
+
+  #recordForward(rec: Recorder, slot: Slot, withGrad: boolean): void {
+    const T = slot.count;
+    this.#forwardLayers(rec, slot, withGrad);
+    const head = this.#headView(T);
+    headForward(rec, this.#ctx(withGrad), lmHeadName(this.config), head);
+    crossEntropy(rec, {
+      logits: head.logits,
+      targets: slot.targets.rows(0, T),
+      weights: slot.weights.rows(0, T),
+      losses: this.#losses.rows(0, T),
+      loss: this.#mbLoss,
+      dlogits: withGrad ? head.logits : undefined,
+    });
+    accumulate(rec, this.loss, this.#mbLoss);
+  }
+
+  #recordBackward(rec: Recorder, slot: Slot): void {
+    const T = slot.count;
+    const ctx = this.#ctx(true);
+    const G = this.#grads!;
+    const v = (t: GpuTensor) => t.rows(0, T);
+    const g: LayerGrads = {
+      dx: v(G.dx),
+      dln: v(G.dln),
+      dh: v(G.dh),
+      dgate: v(G.dgate),
+      dup: v(G.dup),
+      dao: v(G.dao),
+      dq: v(G.dq),
+      dk: v(G.dk),
+      dv: v(G.dv),
+      delta: v(G.delta),
+    };
+    const L = this.#dims.L;
+    const head = this.#headView(T);
+    const lm = lmHeadName(this.config);
+    headBackward(rec, ctx, lm, head, head.logits, g, this.#stop < L);
+    const attn = this.#attention(slot.rows);
+    for (let l = L - 1; l >= this.#stop; l--) {
+      const inputGrad = l > this.#stop || this.#embedGrad;
+      layerBackward(rec, ctx, l, this.#layerView(l, T, ctx.adapterGrads), g, attn, inputGrad);
+    }
+    if (this.#embedGrad) {
+      embeddingBackward(
+        rec,
+        this.#params.grads.get("model.embed_tokens.weight")!,
+        g.dx,
+        slot.plan!,
+        true,
+      );
+    }
+  }
+}

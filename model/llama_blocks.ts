@@ -1,0 +1,325 @@
+/**
+ * The LLaMA decoder as named forward/backward pairs in model order (llm.c style): a decoder
+ * layer (RMSNorm, q/k/v, RoPE, causal attention, o + residual, RMSNorm, SwiGLU MLP + residual)
+ * and the head (final RMSNorm, lm_head). They record into a Recorder and work on activation
+ * buffers the caller preallocates; attention is a strategy, so the same layer code serves the
+ * training forward (whole sequences) and cached greedy decoding.
+ * @module
+ */
+import {
+  add,
+  attentionBackward,
+  type GpuTensor,
+  type Recorder,
+  rmsnormBackward,
+  rmsnormForward,
+  rmsnormWeightGrad,
+  ropeBackward,
+  ropeForward,
+  type RopeTable,
+  swigluBackward,
+  swigluForward,
+} from "../gpu/mod.ts";
+import { headDim, type LinearKind, linearName, type LlamaConfig } from "./config.ts";
+import {
+  type AdapterScales,
+  linearBackward,
+  linearForward,
+  type LinearScratch,
+} from "./llama_linear.ts";
+import type { LlamaParams } from "./llama_params.ts";
+
+/** Sizes used everywhere. */
+export interface Dims {
+  C: number;
+  I: number;
+  H: number;
+  KV: number;
+  D: number;
+  V: number;
+  L: number;
+  eps: number;
+}
+
+export function dimsOf(config: LlamaConfig): Dims {
+  return {
+    C: config.hidden_size,
+    I: config.intermediate_size,
+    H: config.num_attention_heads,
+    KV: config.num_key_value_heads,
+    D: headDim(config),
+    V: config.vocab_size,
+    L: config.num_hidden_layers,
+    eps: config.rms_norm_eps,
+  };
+}
+
+/** What the blocks read: the parameters, the adapter scales, the gradient switches. */
+export interface BlockContext {
+  dims: Dims;
+  params: LlamaParams;
+  scales: AdapterScales;
+  /** Keep x·Aᵀ in the forward and accumulate adapter gradients in the backward. */
+  adapterGrads: boolean;
+  scratch: LinearScratch | null;
+}
+
+/** One decoder layer's activations for T tokens (kept for the backward when training). */
+export interface LayerActs {
+  /** Layer input, the residual stream [T, C]. */
+  x: GpuTensor;
+  ln1: GpuTensor;
+  rstd1: GpuTensor;
+  /** [T, H·D] after RoPE. */
+  q: GpuTensor;
+  /** [T, KV·D] after RoPE. */
+  k: GpuTensor;
+  v: GpuTensor;
+  /** Attention output [T, H·D]. */
+  att: GpuTensor;
+  /** [T, H], or null without a backward. */
+  lse: GpuTensor | null;
+  /** x + o_proj(att). */
+  xMid: GpuTensor;
+  ln2: GpuTensor;
+  rstd2: GpuTensor;
+  gate: GpuTensor;
+  up: GpuTensor;
+  /** silu(gate)·up [T, I]. */
+  h: GpuTensor;
+  /** x·Aᵀ [T, r] of each adapted linear that needs it. */
+  xa: Map<LinearKind, GpuTensor>;
+  /** Layer output [T, C]; may be `x` itself when the input need not be kept. */
+  out: GpuTensor;
+  /** [T, C] scratch for the o_proj and down_proj outputs. */
+  tmp: GpuTensor;
+}
+
+/** The first T rows of every activation (a micro-batch or decode step smaller than the buffers). */
+export function layerActsRows(a: LayerActs, T: number, keepXa = true): LayerActs {
+  const v = (t: GpuTensor) => t.rows(0, T);
+  const xa = new Map<LinearKind, GpuTensor>();
+  if (keepXa) { for (const [k, t] of a.xa) xa.set(k, v(t)); }
+  return {
+    x: v(a.x),
+    ln1: v(a.ln1),
+    rstd1: v(a.rstd1),
+    q: v(a.q),
+    k: v(a.k),
+    v: v(a.v),
+    att: v(a.att),
+    lse: a.lse ? v(a.lse) : null,
+    xMid: v(a.xMid),
+    ln2: v(a.ln2),
+    rstd2: v(a.rstd2),
+    gate: v(a.gate),
+    up: v(a.up),
+    h: v(a.h),
+    xa,
+    out: v(a.out),
+    tmp: v(a.tmp),
+  };
+}
+
+/** Gradient scratch shared by the layers' backward passes, for T tokens. */
+export interface LayerGrads {
+  /** ∂L/∂(residual stream) [T, C]: the layer output's on entry, its input's on exit. */
+  dx: GpuTensor;
+  /** [T, C] gradient of a norm output. */
+  dln: GpuTensor;
+  dh: GpuTensor;
+  dgate: GpuTensor;
+  dup: GpuTensor;
+  /** [T, H·D] */
+  dao: GpuTensor;
+  dq: GpuTensor;
+  /** [T, KV·D] */
+  dk: GpuTensor;
+  dv: GpuTensor;
+  /** [T, H] */
+  delta: GpuTensor;
+}
+
+/** How a layer attends: causal over whole sequences, or against a KV cache. */
+export interface Attention {
+  /** i32 [T] position of every token (for RoPE). */
+  positions: GpuTensor;
+  rope: RopeTable;
+  forward(
+    rec: Recorder,
+    layer: number,
+    out: GpuTensor,
+    lse: GpuTensor | null,
+    q: GpuTensor,
+    k: GpuTensor,
+    v: GpuTensor,
+  ): void;
+  /** Sequences and their length, for the training backward. */
+  shape?: { batch: number; seqLen: number };
+}
+
+function normName(l: number, which: "input" | "post"): string {
+  return which === "input"
+    ? `model.layers.${l}.input_layernorm.weight`
+    : `model.layers.${l}.post_attention_layernorm.weight`;
+}
+
+export function layerForward(
+  rec: Recorder,
+  ctx: BlockContext,
+  l: number,
+  a: LayerActs,
+  attn: Attention,
+): void {
+  const { dims, params } = ctx;
+  const w = (name: string) => params.weights.get(name)!;
+  const linear = (kind: LinearKind, y: GpuTensor, x: GpuTensor) => {
+    const name = linearName(l, kind);
+    linearForward(
+      rec,
+      { y, x, W: w(name), adapter: params.adapters.get(name), xa: a.xa.get(kind) ?? null },
+      ctx.scales,
+    );
+  };
+  rmsnormForward(rec, a.ln1, a.rstd1, a.x, w(normName(l, "input")), dims.eps);
+  linear("q_proj", a.q, a.ln1);
+  linear("k_proj", a.k, a.ln1);
+  linear("v_proj", a.v, a.ln1);
+  ropeForward(rec, a.q, attn.positions, attn.rope, dims.H);
+  ropeForward(rec, a.k, attn.positions, attn.rope, dims.KV);
+  attn.forward(rec, l, a.att, a.lse, a.q, a.k, a.v);
+  linear("o_proj", a.tmp, a.att);
+  add(rec, a.xMid, a.x, a.tmp);
+  rmsnormForward(rec, a.ln2, a.rstd2, a.xMid, w(normName(l, "post")), dims.eps);
+  linear("gate_proj", a.gate, a.ln2);
+  linear("up_proj", a.up, a.ln2);
+  swigluForward(rec, a.h, a.gate, a.up);
+  linear("down_proj", a.tmp, a.h);
+  add(rec, a.out, a.xMid, a.tmp);
+}
+
+/**
+ * Backward of `layerForward`: on entry `g.dx` holds ∂L/∂out, on exit ∂L/∂x (unless
+ * `inputGrad` is false: then only the weight and adapter gradients are accumulated, which is
+ * all the first layer needs when the embeddings are frozen).
+ */
+export function layerBackward(
+  rec: Recorder,
+  ctx: BlockContext,
+  l: number,
+  a: LayerActs,
+  g: LayerGrads,
+  attn: Attention,
+  inputGrad: boolean,
+): void {
+  const { dims, params } = ctx;
+  const w = (name: string) => params.weights.get(name)!;
+  const linear = (
+    kind: LinearKind,
+    dx: GpuTensor | null,
+    accumulateDx: boolean,
+    dy: GpuTensor,
+    x: GpuTensor,
+  ) => {
+    const name = linearName(l, kind);
+    const adapter = ctx.adapterGrads ? params.adapters.get(name) : undefined;
+    linearBackward(rec, {
+      dx,
+      accumulateDx,
+      dy,
+      x,
+      W: w(name),
+      dW: params.grads.get(name) ?? null,
+      adapter,
+      xa: adapter ? a.xa.get(kind)! : null,
+      scratch: ctx.scratch,
+    }, ctx.scales);
+  };
+  if (!attn.shape || !a.lse) throw new Error("layerBackward needs a training forward");
+  const shape = { ...attn.shape, nHeads: dims.H, nKvHeads: dims.KV, headDim: dims.D };
+
+  // out = xMid + down(h): the residual passes dx on to xMid unchanged.
+  linear("down_proj", g.dh, false, g.dx, a.h);
+  swigluBackward(rec, g.dgate, g.dup, g.dh, a.gate, a.up);
+  linear("gate_proj", g.dln, false, g.dgate, a.ln2);
+  linear("up_proj", g.dln, true, g.dup, a.ln2);
+  const post = normName(l, "post");
+  const dPost = params.grads.get(post);
+  if (dPost) rmsnormWeightGrad(rec, dPost, g.dln, a.xMid, a.rstd2, true);
+  rmsnormBackward(rec, g.dx, g.dln, a.xMid, w(post), a.rstd2, true);
+
+  // xMid = x + o_proj(att)
+  linear("o_proj", g.dao, false, g.dx, a.att);
+  attentionBackward(rec, {
+    dq: g.dq,
+    dk: g.dk,
+    dv: g.dv,
+    dout: g.dao,
+    q: a.q,
+    k: a.k,
+    v: a.v,
+    out: a.att,
+    lse: a.lse,
+    delta: g.delta,
+  }, shape);
+  ropeBackward(rec, g.dq, attn.positions, attn.rope, dims.H);
+  ropeBackward(rec, g.dk, attn.positions, attn.rope, dims.KV);
+  const inName = normName(l, "input");
+  const dIn = params.grads.get(inName);
+  const needDln = inputGrad || dIn !== undefined;
+  linear("q_proj", needDln ? g.dln : null, false, g.dq, a.ln1);
+  linear("k_proj", needDln ? g.dln : null, true, g.dk, a.ln1);
+  linear("v_proj", needDln ? g.dln : null, true, g.dv, a.ln1);
+  if (dIn) rmsnormWeightGrad(rec, dIn, g.dln, a.x, a.rstd1, true);
+  if (inputGrad) rmsnormBackward(rec, g.dx, g.dln, a.x, w(inName), a.rstd1, true);
+}
+
+/** The name of the output projection's weight (the embeddings when tied). */
+export function lmHeadName(config: LlamaConfig): string {
+  return config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+}
+
+export interface HeadActs {
+  /** Last layer's output [T, C]. */
+  x: GpuTensor;
+  lnf: GpuTensor;
+  rstdf: GpuTensor;
+  /** [T, V] */
+  logits: GpuTensor;
+}
+
+export function headForward(rec: Recorder, ctx: BlockContext, lmHead: string, a: HeadActs): void {
+  const w = ctx.params.weights;
+  rmsnormForward(rec, a.lnf, a.rstdf, a.x, w.get("model.norm.weight")!, ctx.dims.eps);
+  linearForward(rec, { y: a.logits, x: a.lnf, W: w.get(lmHead)! }, ctx.scales);
+}
+
+/**
+ * Backward of `headForward` from ∂L/∂logits; writes ∂L/∂x into `dx` (or only accumulates the
+ * weight gradients when `inputGrad` is false).
+ */
+export function headBackward(
+  rec: Recorder,
+  ctx: BlockContext,
+  lmHead: string,
+  a: HeadActs,
+  dlogits: GpuTensor,
+  g: { dx: GpuTensor; dln: GpuTensor },
+  inputGrad: boolean,
+): void {
+  const p = ctx.params;
+  const dNorm = p.grads.get("model.norm.weight");
+  linearBackward(rec, {
+    dx: g.dln,
+    accumulateDx: false,
+    dy: dlogits,
+    x: a.lnf,
+    W: p.weights.get(lmHead)!,
+    dW: p.grads.get(lmHead) ?? null,
+    scratch: null,
+  }, ctx.scales);
+  if (dNorm) rmsnormWeightGrad(rec, dNorm, g.dln, a.x, a.rstdf, true);
+  if (inputGrad) {
+    rmsnormBackward(rec, g.dx, g.dln, a.x, p.weights.get("model.norm.weight")!, a.rstdf, false);
+  }
+}

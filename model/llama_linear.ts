@@ -1,0 +1,114 @@
+/**
+ * The linear layer `y = x·Wᵀ` with an optional adapter, forward and backward (DESIGN §2):
+ *
+ *   forward   y = x·Wᵀ + σ·(x·Aᵀ)·Bᵀ            (the adapter term skipped when σ = 0)
+ *   backward  dX = dY·W + σ·(dY·B)·A            (the adapter term skipped when σ = 0)
+ *             ∂W = dYᵀ·x
+ *             g_B = s·dYᵀ·(x·Aᵀ),  g_A = s·(dY·B)ᵀ·x
+ *
+ * With a numeric mute γ (σ = f32(γ·s)) the adapter backward is the paper's: dH = σ·dY is
+ * materialised, g_B = dHᵀ·(x·Aᵀ), g_A = (dH·B)ᵀ·x, each scaled by f32(1/γ), and dX gets dH·B·A;
+ * γ thus enters once each way. Gradients accumulate (β = 1): the step zeroes them first.
+ * @module
+ */
+import { type GpuTensor, matmulNN, matmulNT, matmulTN, type Recorder, scale } from "../gpu/mod.ts";
+
+/** The scalars of the adapter path. */
+export interface AdapterScales {
+  /** Forward scale: 0 (exact mute), f32(γ·s) (numeric mute), s (LoRA, PiSSA). */
+  sigma: number;
+  /** Gradient scale s = alpha / r. */
+  scale: number;
+  /** The numeric mute γ, or null for the plain formulas. */
+  gamma: number | null;
+}
+
+/** An adapter's factors and gradients on one linear layer W [out, in]. */
+export interface AdapterBuffers {
+  /** [r, in] */
+  A: GpuTensor;
+  /** [out, r] */
+  B: GpuTensor;
+  /** [r, in], ∂L/∂A (accumulated). */
+  gA: GpuTensor;
+  /** [out, r], ∂L/∂B (accumulated). */
+  gB: GpuTensor;
+}
+
+/** Flat scratch the adapter backward needs, at least [T·r] and [T·out] elements. */
+export interface LinearScratch {
+  /** dY·B (or dH·B). */
+  dyB: GpuTensor;
+  /** dH = σ·dY of the numeric mute; null when it is never used. */
+  dH: GpuTensor | null;
+}
+
+/** The first `shape` elements of a flat (1-D) scratch tensor, viewed as `shape`. */
+export function prefix(t: GpuTensor, shape: readonly number[]): GpuTensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return t.rows(0, n).view(shape);
+}
+
+export interface LinearForward {
+  /** [T, out] (written). */
+  y: GpuTensor;
+  /** [T, in] */
+  x: GpuTensor;
+  /** [out, in] */
+  W: GpuTensor;
+  adapter?: AdapterBuffers;
+  /** [T, r], x·Aᵀ (written): needed when σ ≠ 0 and for g_B; null to skip the adapter. */
+  xa?: GpuTensor | null;
+}
+
+export function linearForward(rec: Recorder, t: LinearForward, scales: AdapterScales): void {
+  matmulNT(rec, t.y, t.x, t.W);
+  if (!t.adapter || !t.xa) return;
+  matmulNT(rec, t.xa, t.x, t.adapter.A);
+  if (scales.sigma !== 0) matmulNT(rec, t.y, t.xa, t.adapter.B, { alpha: scales.sigma, beta: 1 });
+}
+
+export interface LinearBackward {
+  /** [T, in]: written (or added to, with `accumulateDx`); null when the input needs no gradient. */
+  dx: GpuTensor | null;
+  accumulateDx: boolean;
+  /** [T, out] */
+  dy: GpuTensor;
+  /** [T, in], the forward input. */
+  x: GpuTensor;
+  W: GpuTensor;
+  /** [out, in] ∂W accumulator; null when W is frozen. */
+  dW: GpuTensor | null;
+  /** The adapter whose gradients to accumulate (with its forward's x·Aᵀ and the scratch). */
+  adapter?: AdapterBuffers;
+  xa?: GpuTensor | null;
+  scratch: LinearScratch | null;
+}
+
+export function linearBackward(rec: Recorder, t: LinearBackward, scales: AdapterScales): void {
+  if (t.dx) matmulNN(rec, t.dx, t.dy, t.W, { beta: t.accumulateDx ? 1 : 0 });
+  if (t.dW) matmulTN(rec, t.dW, t.dy, t.x, { beta: 1 });
+  const ad = t.adapter;
+  if (!ad) return;
+  if (!t.xa || !t.scratch) throw new Error("linearBackward: an adapter needs x·Aᵀ and scratch");
+  const [T, out] = t.dy.shape;
+  const r = ad.A.shape[0];
+  const dyB = prefix(t.scratch.dyB, [T, r]);
+  if (scales.gamma === null) {
+    matmulTN(rec, ad.gB, t.dy, t.xa, { alpha: scales.scale, beta: 1 });
+    matmulNN(rec, dyB, t.dy, ad.B);
+    matmulTN(rec, ad.gA, dyB, t.x, { alpha: scales.scale, beta: 1 });
+    if (t.dx && scales.sigma !== 0) {
+      matmulNN(rec, t.dx, dyB, ad.A, { alpha: scales.sigma, beta: 1 });
+    }
+    return;
+  }
+  if (!t.scratch.dH) throw new Error("linearBackward: numeric mute without dH scratch");
+  const dH = prefix(t.scratch.dH, [T, out]);
+  const inv = Math.fround(1 / scales.gamma);
+  scale(rec, dH, t.dy, scales.sigma);
+  matmulTN(rec, ad.gB, dH, t.xa, { alpha: inv, beta: 1 });
+  matmulNN(rec, dyB, dH, ad.B);
+  matmulTN(rec, ad.gA, dyB, t.x, { alpha: inv, beta: 1 });
+  if (t.dx) matmulNN(rec, t.dx, dyB, ad.A, { beta: 1 });
+}

@@ -1,0 +1,119 @@
+/**
+ * The model's parameters on the device: every weight (Hugging Face names), the full-weight
+ * gradient buffers of the trainable ones, and the adapter slots (A, B, g_A, g_B) of the adapted
+ * linears. Weights are checked against the config before anything is uploaded.
+ * @module
+ */
+import type { Gpu, GpuTensor } from "../gpu/mod.ts";
+import { adaptableLinears, expectedTensors, type LinearKind, type LlamaConfig } from "./config.ts";
+import type { HostTensor } from "./safetensors.ts";
+import type { AdapterBuffers } from "./llama_linear.ts";
+import { LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
+
+export interface ParamOptions {
+  adapters?: { targets: readonly LinearKind[]; rank: number };
+  /** Names of the weights that get a gradient buffer. */
+  gradNames: readonly string[];
+}
+
+/** Throws LlamaWeightError unless every tensor the config implies is present and well-shaped. */
+export function checkWeights(config: LlamaConfig, weights: ReadonlyMap<string, HostTensor>): void {
+  for (const spec of expectedTensors(config)) {
+    const t = weights.get(spec.name);
+    const want = `[${spec.shape.join(", ")}]`;
+    if (!t) throw new LlamaWeightError(spec.name, `missing weight "${spec.name}" (shape ${want})`);
+    const n = spec.shape.reduce((a, b) => a * b, 1);
+    const sameShape = t.shape.length === spec.shape.length &&
+      t.shape.every((d, i) => d === spec.shape[i]);
+    if (!sameShape) {
+      throw new LlamaWeightError(
+        spec.name,
+        `weight "${spec.name}" has shape [${t.shape.join(", ")}], the config implies ${want}`,
+      );
+    }
+    if (!(t.data instanceof Float32Array) || t.data.length !== n) {
+      throw new LlamaWeightError(
+        spec.name,
+        `weight "${spec.name}" must hold ${n} f32 values, got ${t.data?.length ?? "none"}`,
+      );
+    }
+  }
+}
+
+export class LlamaParams {
+  readonly weights = new Map<string, GpuTensor>();
+  readonly grads = new Map<string, GpuTensor>();
+  readonly adapters = new Map<string, AdapterBuffers>();
+  /** The adapter rank (0 without adapters). */
+  readonly rank: number;
+  #gpu: Gpu;
+
+  private constructor(gpu: Gpu, rank: number) {
+    this.#gpu = gpu;
+    this.rank = rank;
+  }
+
+  /** Validates, then uploads the weights and allocates gradients and zeroed adapter slots. */
+  static create(
+    gpu: Gpu,
+    config: LlamaConfig,
+    weights: ReadonlyMap<string, HostTensor>,
+    options: ParamOptions,
+  ): LlamaParams {
+    checkWeights(config, weights);
+    const ad = options.adapters;
+    if (ad && (!Number.isInteger(ad.rank) || ad.rank < 1)) {
+      throw new LlamaOptionsError(`adapter rank must be an integer >= 1, got ${ad.rank}`);
+    }
+    let linears: ReturnType<typeof adaptableLinears> = [];
+    if (ad) {
+      if (ad.targets.length === 0) throw new LlamaOptionsError("adapters: no target layers");
+      try {
+        linears = adaptableLinears(config, ad.targets);
+      } catch (e) {
+        throw new LlamaOptionsError(`adapters: ${(e as Error).message}`);
+      }
+    }
+    const p = new LlamaParams(gpu, ad?.rank ?? 0);
+    try {
+      const shapes = new Map(expectedTensors(config).map((s) => [s.name, s.shape]));
+      for (const [name, shape] of shapes) {
+        p.weights.set(name, gpu.upload(weights.get(name)!.data, shape, name));
+      }
+      for (const name of options.gradNames) {
+        const shape = shapes.get(name);
+        if (!shape) throw new LlamaWeightError(name, `no weight "${name}" to train`);
+        p.grads.set(name, gpu.zeros(shape, "f32", `grad ${name}`));
+      }
+      for (const lin of linears) {
+        const r = p.rank;
+        p.adapters.set(lin.name, {
+          A: gpu.zeros([r, lin.in], "f32", `A ${lin.name}`),
+          B: gpu.zeros([lin.out, r], "f32", `B ${lin.name}`),
+          gA: gpu.zeros([r, lin.in], "f32", `gA ${lin.name}`),
+          gB: gpu.zeros([lin.out, r], "f32", `gB ${lin.name}`),
+        });
+      }
+    } catch (e) {
+      p.release();
+      throw e;
+    }
+    return p;
+  }
+
+  /** Every gradient buffer (weights, then adapters' g_A, g_B), e.g. to zero them. */
+  allGrads(): GpuTensor[] {
+    const out = [...this.grads.values()];
+    for (const a of this.adapters.values()) out.push(a.gA, a.gB);
+    return out;
+  }
+
+  release(): void {
+    const all = [...this.weights.values(), ...this.grads.values()];
+    for (const a of this.adapters.values()) all.push(a.A, a.B, a.gA, a.gB);
+    for (const t of all) if (t.allocation.alive) this.#gpu.release(t);
+    this.weights.clear();
+    this.grads.clear();
+    this.adapters.clear();
+  }
+}
