@@ -9,7 +9,7 @@
  */
 import { type ConnectionOptions, type NatsConnection, wsconnect } from "@nats-io/nats-core";
 import { connect as tcpConnect } from "@nats-io/transport-node";
-// @ts-types="@types/ws"
+// @ts-types="./ws_types.d.ts"
 import WebSocket from "ws";
 import { InvalidArgumentError } from "./errors.ts";
 
