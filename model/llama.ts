@@ -113,7 +113,7 @@ export class LlamaGpu {
   #dims: Dims;
   #params: LlamaParams;
   #scales: AdapterScales = { sigma: 0, scale: 1, gamma: null };
-  #tensors: GpuTensor[] = [];
+  #tensors: GpuTensor[];
   #layers: LayerActs[];
   #head: HeadActs;
   #grads: LayerGrads | null;
@@ -130,12 +130,15 @@ export class LlamaGpu {
   #embedGrad: boolean;
   #closed = false;
 
+  /** `held` collects every buffer as it is allocated, so that a failed construction frees them. */
   private constructor(
     gpu: Gpu,
     config: LlamaConfig,
     params: LlamaParams,
     options: LlamaGpu["options"],
+    held: GpuTensor[],
   ) {
+    this.#tensors = held;
     this.gpu = gpu;
     this.config = config;
     this.options = options;
@@ -239,7 +242,9 @@ export class LlamaGpu {
       count: 0,
     });
     for (let i = 0; i < options.maxMicroBatches; i++) {
-      this.#slots.push(slot(i, this.#embedGrad));
+      const s = slot(i, this.#embedGrad);
+      if (s.plan) held.push(s.plan.order, s.plan.starts, s.plan.ids);
+      this.#slots.push(s);
     }
     this.#inference = slot(-1, false);
 
@@ -258,7 +263,7 @@ export class LlamaGpu {
   }
 
   /** Validates the weights and options, uploads the weights and allocates every buffer. */
-  static create(
+  static async create(
     gpu: Gpu,
     config: LlamaConfig,
     weights: ReadonlyMap<string, HostTensor>,
@@ -291,17 +296,20 @@ export class LlamaGpu {
       adapters: options.adapters,
       gradNames,
     });
+    const held: GpuTensor[] = [];
     try {
-      return Promise.resolve(
-        new LlamaGpu(gpu, config, params, {
-          maxRows: options.maxRows,
-          seqLen: options.seqLen,
-          maxMicroBatches,
-          gradients: options.gradients,
-          adapters: options.adapters,
-        }),
-      );
+      const model = new LlamaGpu(gpu, config, params, {
+        maxRows: options.maxRows,
+        seqLen: options.seqLen,
+        maxMicroBatches,
+        gradients: options.gradients,
+        adapters: options.adapters,
+      }, held);
+      // Surface an allocation failure here rather than at the first step.
+      await gpu.sync();
+      return model;
     } catch (e) {
+      for (const t of held) if (t.allocation.alive) gpu.release(t);
       params.release();
       throw e;
     }
@@ -499,7 +507,6 @@ export class LlamaGpu {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const s of [...this.#slots, this.#inference]) s.plan?.release();
     for (const t of this.#tensors) if (t.allocation.alive) this.gpu.release(t);
     this.#tensors = [];
     this.#params.release();
