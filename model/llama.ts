@@ -32,7 +32,7 @@ import {
   type Recorder,
   type RopeTable,
 } from "../gpu/mod.ts";
-import { expectedTensors, type LinearKind, type LlamaConfig } from "./config.ts";
+import { expectedTensors, LINEAR_KINDS, type LinearKind, type LlamaConfig } from "./config.ts";
 import type { HostTensor } from "./safetensors.ts";
 import type { MicroBatch } from "../train/encode.ts";
 import {
@@ -81,6 +81,15 @@ export interface LlamaGpuOptions {
   trainable?: (name: string) => boolean;
 }
 
+/** The options a model was built with, defaults filled in. */
+export interface LlamaGpuSizes {
+  readonly maxRows: number;
+  readonly seqLen: number;
+  readonly maxMicroBatches: number;
+  readonly gradients: LlamaGpuOptions["gradients"];
+  readonly adapters?: { readonly targets: readonly LinearKind[]; readonly rank: number };
+}
+
 /** Inputs of one micro-batch slot on the device. */
 interface Slot {
   ids: GpuTensor;
@@ -91,22 +100,10 @@ interface Slot {
   count: number;
 }
 
-const ALL_KINDS: readonly LinearKind[] = [
-  "q_proj",
-  "k_proj",
-  "v_proj",
-  "o_proj",
-  "gate_proj",
-  "up_proj",
-  "down_proj",
-];
-
 export class LlamaGpu {
   readonly gpu: Gpu;
   readonly config: LlamaConfig;
-  readonly options: Readonly<Required<Omit<LlamaGpuOptions, "adapters" | "trainable">>> & {
-    adapters?: { targets: readonly LinearKind[]; rank: number };
-  };
+  readonly options: LlamaGpuSizes;
   /** The step's loss (f32 [1]): DESIGN §4's worker loss after `recordForwardBackward`. */
   readonly loss: GpuTensor;
 
@@ -135,7 +132,7 @@ export class LlamaGpu {
     gpu: Gpu,
     config: LlamaConfig,
     params: LlamaParams,
-    options: LlamaGpu["options"],
+    options: LlamaGpuSizes,
     held: GpuTensor[],
   ) {
     this.#tensors = held;
@@ -155,7 +152,7 @@ export class LlamaGpu {
     };
     const adapted = new Set<LinearKind>();
     for (const name of params.adapters.keys()) {
-      adapted.add(ALL_KINDS.find((k) => name.endsWith(`.${k}.weight`))!);
+      adapted.add(LINEAR_KINDS.find((k) => name.endsWith(`.${k}.weight`))!);
     }
     const r = params.rank;
 
@@ -251,12 +248,10 @@ export class LlamaGpu {
     // The lowest layer that owns a gradient; the backward stops there unless the embeddings
     // need the gradient of the residual stream below it.
     let lowest = d.L;
-    for (let l = d.L - 1; l >= 0; l--) {
-      const names = expectedTensors(config).map((s) => s.name).filter((n) =>
-        n.startsWith(`model.layers.${l}.`)
-      );
-      if (names.some((n) => params.grads.has(n) || (train && params.adapters.has(n)))) {
-        lowest = l;
+    for (const { name } of expectedTensors(config)) {
+      const layer = /^model\.layers\.(\d+)\./.exec(name);
+      if (layer && (params.grads.has(name) || (train && params.adapters.has(name)))) {
+        lowest = Math.min(lowest, Number(layer[1]));
       }
     }
     this.#stop = this.#embedGrad ? 0 : lowest;
@@ -460,7 +455,7 @@ export class LlamaGpu {
       const T = this.#inference.count;
       this.#forwardLayers(rec, this.#inference);
       const head = this.#headView(T);
-      headForward(rec, this.#ctx(), lmHeadName(this.config), head);
+      headForward(rec, this.#ctx(false), lmHeadName(this.config), head);
       out = rec.read(head.logits);
     } catch (e) {
       rec.discard();
