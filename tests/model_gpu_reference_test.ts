@@ -247,6 +247,34 @@ Deno.test("gpu model matches the float64 reference", async (t) => {
       }
     });
 
+    await t.step("a step without any target: loss 0 and zero gradients", async () => {
+      const config = GQA_UNTIED;
+      const c = makeCase(config, 15, 2);
+      const model = await LlamaGpu.create(gpu, config, c.weights, {
+        maxRows: 3,
+        seqLen: S,
+        maxMicroBatches: 3,
+        adapters: { targets: LINEAR_KINDS, rank: 2 },
+        gradients: "weights",
+      });
+      try {
+        for (const n of model.adapterNames()) {
+          const a = model.adapter(n);
+          model.writeAdapter(n, new Rng(1).normals(a.A.size), new Rng(2).normals(a.B.size));
+        }
+        const before = await gpuStep(model, c.batches);
+        assert.ok(before.loss > 0);
+        // The buffers now hold the previous step's gradients; an empty step must clear them.
+        const empty = await gpuStep(model, [c.batches[1]]);
+        assert.equal(empty.loss, 0);
+        for (const m of [empty.gradA, empty.gradB, empty.gradW]) {
+          for (const [n, g] of m) assert.ok(g.every((x) => x === 0), `${n} is not zero`);
+        }
+      } finally {
+        model.close();
+      }
+    });
+
     await t.step("two runs of a step give identical bits", async () => {
       const config = GQA_TIED;
       const c = makeCase(config, 14, 2);
