@@ -5,6 +5,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { z } from "zod";
 import {
   adaptableLinears,
   LINEAR_KINDS,
@@ -455,3 +456,47 @@ export function resolvedConfig(o: FinetuneOptions): Record<string, unknown> {
     on_nonfinite: o.onNonfinite,
   };
 }
+
+/** The resolved options as a zod schema, for messages that carry them (the Driver's input). */
+export const FinetuneOptionsSchema = z.object({
+  model: z.string(),
+  data: z.string(),
+  eval: z.string().nullable(),
+  promptField: z.string(),
+  responseField: z.string(),
+  taskField: z.string(),
+  skipMalformed: z.boolean(),
+  method: z.enum(METHODS),
+  compare: z.boolean(),
+  workers: z.number().int().min(1),
+  rank: z.number().int().min(1),
+  alpha: z.number().positive(),
+  targets: z.array(z.enum(LINEAR_KINDS)).min(1),
+  mute: z.union([z.literal("exact"), z.number().min(1e-38).max(1)]),
+  aggregate: z.enum(["mean", "sum"]),
+  optimizer: z.enum(["adamw", "sgd"]),
+  lr: z.number().min(0),
+  weightDecay: z.number().min(0),
+  schedule: z.enum(SCHEDULES),
+  warmupRatio: z.number().min(0).max(1),
+  clip: z.number().min(0),
+  batchSize: z.number().int().min(1),
+  microBatch: z.number().int().min(1),
+  seqLen: z.number().int().min(2),
+  epochs: z.number().int().min(1),
+  maxSteps: z.number().int().min(1).nullable(),
+  seed: z.number().int().min(0),
+  shuffle: z.boolean(),
+  svd: z.enum(["auto", "exact", "randomized"]),
+  svdNiter: z.number().int().min(0),
+  nats: z.string().nullable(),
+  out: z.string().min(1),
+  overwrite: z.boolean(),
+  checkpointEvery: z.number().int().min(0),
+  checksumEvery: z.number().int().min(1),
+  resume: z.string().nullable(),
+  evalPerTask: z.number().int().min(1),
+  evalAll: z.boolean(),
+  maxNewTokens: z.number().int().min(1).nullable(),
+  onNonfinite: z.enum(["skip", "stop"]),
+}) satisfies z.ZodType<FinetuneOptions>;

@@ -1,0 +1,62 @@
+/**
+ * The driver's side of a step: check each worker's contribution, then combine them into the one
+ * update every worker applies (HD-PiSSA: all K contributions side by side; the data-parallel
+ * baselines: their mean).
+ * @module
+ */
+import type { Layout, Method } from "./layout.ts";
+
+/** A contribution that must not be applied: wrong size, or a NaN/Inf inside. */
+export class ContributionError extends Error {
+  readonly worker: number;
+  readonly kind: "shape" | "nonfinite";
+  constructor(worker: number, kind: "shape" | "nonfinite", message: string) {
+    super(message);
+    this.name = "ContributionError";
+    this.worker = worker;
+    this.kind = kind;
+  }
+}
+
+/** Throws ContributionError unless `c` has the layout's length and only finite values. */
+export function validateContribution(c: Float32Array, layout: Layout, worker: number): void {
+  if (!(c instanceof Float32Array) || c.length !== layout.length) {
+    throw new ContributionError(
+      worker,
+      "shape",
+      `worker ${worker} sent ${c?.length ?? "no"} floats, expected ${layout.length}`,
+    );
+  }
+  for (let i = 0; i < c.length; i++) {
+    if (!Number.isFinite(c[i])) {
+      const seg = layout.segments.find((s) => i >= s.offset && i < s.offset + s.length)!;
+      throw new ContributionError(
+        worker,
+        "nonfinite",
+        `worker ${worker} sent ${c[i]} in ${seg.part} of ${seg.name} (element ${i - seg.offset})`,
+      );
+    }
+  }
+}
+
+/**
+ * The update of a step. HD-PiSSA: the K contributions concatenated in worker order. Baselines:
+ * the element-wise mean, summed in worker order in float64 and rounded once, so that the result
+ * does not depend on arrival order.
+ */
+export function combineContributions(method: Method, contributions: Float32Array[]): Float32Array {
+  const K = contributions.length;
+  const n = contributions[0].length;
+  if (method === "hd-pissa") {
+    const out = new Float32Array(n * K);
+    contributions.forEach((c, k) => out.set(c, k * n));
+    return out;
+  }
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let k = 0; k < K; k++) s += contributions[k][i];
+    out[i] = s / K;
+  }
+  return out;
+}
