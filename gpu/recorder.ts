@@ -296,8 +296,10 @@ export class Recorder {
       const wallMs = performance.now() - t0;
       host.check();
 
+      // Map every staging buffer at once: each map waits for the device's next poll, so mapping
+      // them one after another costs a poll interval per read.
+      await Promise.all(this.#reads.map((r) => host.mapRead(r.staging)));
       for (const r of this.#reads) {
-        await host.mapRead(r.staging);
         const bytes = r.staging.getMappedRange(0, r.tensor.bytes).slice(0);
         r.staging.unmap();
         r.resolve(r.tensor.dtype === "i32" ? new Int32Array(bytes) : new Float32Array(bytes));
