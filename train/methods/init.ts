@@ -6,12 +6,7 @@
  */
 import { adaptableLinears, type LinearKind, type LlamaConfig } from "../../model/config.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
-import {
-  type AdapterFactors,
-  hdPissaSlices,
-  loraInit,
-  pissaInit,
-} from "../adapter_init.ts";
+import { type AdapterFactors, hdPissaSlices, loraInit, pissaInit } from "../adapter_init.ts";
 import { Rng } from "../rng.ts";
 import type { TopSvdOptions } from "../svd.ts";
 import type { Method } from "./layout.ts";
@@ -39,7 +34,9 @@ export const EXACT_SVD_MAX = 1024;
 
 function svdOptions(o: InitOptions, shape: readonly number[], salt: number): TopSvdOptions {
   const exact = o.svd === "exact" || (o.svd === "auto" && Math.max(...shape) <= EXACT_SVD_MAX);
-  return exact ? { method: "exact" } : { method: "randomized", niter: o.svdNiter, seed: o.seed + salt };
+  return exact
+    ? { method: "exact" }
+    : { method: "randomized", niter: o.svdNiter, seed: o.seed + salt };
 }
 
 /** Computes every method's initial adapters from the base weights (nothing for `full`). */

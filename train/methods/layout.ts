@@ -4,7 +4,12 @@
  * settings, so only the numbers travel.
  * @module
  */
-import { adaptableLinears, expectedTensors, type LinearKind, type LlamaConfig } from "../../model/config.ts";
+import {
+  adaptableLinears,
+  expectedTensors,
+  type LinearKind,
+  type LlamaConfig,
+} from "../../model/config.ts";
 
 export type Method = "hd-pissa" | "pissa" | "lora" | "full";
 

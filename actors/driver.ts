@@ -1,0 +1,740 @@
+/**
+ * `Driver`: owns the data order, the schedule, the step counter and the checkpoints of one
+ * fine-tuning job, and sequences the K `GpuWorker`s (DESIGN §6). Per step: shards out → gather
+ * the K contributions → validate (size, finite) → combine → broadcast once → apply → loss, and
+ * every N steps W checksums and a checkpoint. A worker failure bumps the generation and rolls
+ * every worker back to the last checkpoint.
+ *
+ * The Driver runs as an actor in the process that starts the job (the finetune CLI).
+ * @module
+ */
+import { z } from "zod";
+import {
+  ActorDiedError,
+  type ActorHandle,
+  CallTimeoutError,
+  CollectiveTimeoutError,
+  defineActor,
+  RemoteError,
+  type System,
+  withShape,
+} from "../runtime/mod.ts";
+import { adaptableLinears, expectedTensors, type LlamaConfig } from "../model/config.ts";
+import {
+  type HostTensor,
+  loadModelFolder,
+  parseSafetensors,
+  saveModelFolder,
+  serializeSafetensors,
+} from "../model/safetensors.ts";
+import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
+import { BatchPlan, type WorkerShare } from "../train/batching.ts";
+import { type EncodedExample, encodeExamples, packMicroBatch } from "../train/encode.ts";
+import { loadJsonl } from "../train/jsonl.ts";
+import { learningRate } from "../train/schedule.ts";
+import {
+  type FinetuneOptions,
+  FinetuneOptionsSchema,
+  resolvedConfig,
+  validateOptionsForModel,
+} from "../train/options.ts";
+import { methodInit } from "../train/methods/init.ts";
+import { contributionLayout, type Layout, updateLength } from "../train/methods/layout.ts";
+import {
+  combineContributions,
+  ContributionError,
+  validateContribution,
+} from "../train/methods/combine.ts";
+import { effectiveRank } from "../train/effective_rank.ts";
+import { type EvalScore } from "../train/eval_score.ts";
+import { type PreparedEval, prepareEval, scoreGenerations, stopIdsOf } from "../train/evaluate.ts";
+import {
+  type CheckpointState,
+  latestCheckpoint,
+  type LoadedCheckpoint,
+  writeCheckpoint,
+} from "../train/checkpoint.ts";
+import { reportSchema, type RunReport, type StepRecord } from "../train/report.ts";
+import { Contribution } from "./messages.ts";
+import { GpuWorker } from "./gpu_worker.ts";
+
+/** The run cannot go on: unequal W across workers, a bad contribution under `stop`, ... */
+export class TrainingError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TrainingError";
+  }
+}
+
+/** A step as the driver reports it: the report's record plus the phase split. */
+export interface DriverStep extends StepRecord {
+  compute_ms: number;
+  comm_ms: number;
+  update_ms: number;
+  /** Messages dropped by the gather (malformed, wrong schema, duplicates). */
+  rejected: number;
+  /** Set when the step's update was not applied (a non-finite contribution under `skip`). */
+  skipped?: string;
+}
+
+type Worker = ActorHandle<typeof GpuWorker>;
+
+/** Failures that a rollback to the last checkpoint can cure. */
+function recoverable(e: unknown): boolean {
+  return e instanceof ActorDiedError || e instanceof CallTimeoutError ||
+    e instanceof CollectiveTimeoutError ||
+    (e instanceof RemoteError && e.remoteName === "StepProtocolError");
+}
+
+const CALL_MS = 10 * 60_000;
+
+export class DriverCore {
+  readonly o: FinetuneOptions;
+  readonly job: string;
+  readonly system: System;
+  config!: LlamaConfig;
+  tokenizer!: Tokenizer;
+  /** The base model's weights (what ΔW is measured from). */
+  baseWeights!: Map<string, HostTensor>;
+  train!: EncodedExample[];
+  evalPrepared: PreparedEval | null = null;
+  plan!: BatchPlan;
+  layout!: Layout;
+  workers: Worker[] = [];
+  devices: string[] = [];
+  generation = 0;
+  /** The next step to run. */
+  nextStep = 0;
+  steps: DriverStep[] = [];
+  evalBefore: EvalScore | null = null;
+  evalAfter: EvalScore | null = null;
+  optimizerFloats = 0;
+  recoveries = 0;
+  rejected = 0;
+  startedAt = new Date().toISOString();
+  checkpointDir: string;
+  /** Names in the object store of the current initial factors (kept for rollbacks). */
+  #factorsName = "";
+  /** Log lines not yet handed to the caller (the CLI prints them above its progress bar). */
+  #events: string[] = [];
+
+  constructor(system: System, job: string, o: FinetuneOptions) {
+    this.system = system;
+    this.job = job;
+    this.o = o;
+    this.checkpointDir = `${o.out}/checkpoints`;
+  }
+
+  #log(line: string): void {
+    this.#events.push(line);
+  }
+
+  /** The log lines since the last call. */
+  drainLog(): string[] {
+    return this.#events.splice(0);
+  }
+
+  get prefix(): string {
+    return `${this.system.namespace}.hd.${this.job}`;
+  }
+
+  get totalSteps(): number {
+    return this.plan.totalSteps;
+  }
+
+  /** Loads model and data, starts the workers, evaluates the base model, initialises the method. */
+  async setup(): Promise<void> {
+    const o = this.o;
+    const model = await loadModelFolder(o.model);
+    this.config = model.config;
+    this.baseWeights = new Map(model.tensors);
+    validateOptionsForModel(o, this.config);
+    this.tokenizer = await loadTokenizer(o.model, this.config);
+    const jsonl = {
+      promptField: o.promptField,
+      responseField: o.responseField,
+      taskField: o.taskField,
+      skipMalformed: o.skipMalformed,
+    };
+    const data = await loadJsonl(o.data, jsonl);
+    if (data.skipped > 0) this.#log(`skipped ${data.skipped} malformed lines of ${o.data}`);
+    this.train = encodeExamples(this.tokenizer, data.examples, o.seqLen);
+    this.plan = new BatchPlan({
+      numExamples: this.train.length,
+      batchSize: o.batchSize,
+      workers: o.workers,
+      microBatch: o.microBatch,
+      epochs: o.epochs,
+      maxSteps: o.maxSteps ?? undefined,
+      shuffle: o.shuffle,
+      seed: o.seed,
+    });
+    if (o.eval) {
+      const ev = await loadJsonl(o.eval, jsonl);
+      // The subset is fixed (seed 0), so runs with different seeds are scored on the same items.
+      this.evalPrepared = prepareEval(this.tokenizer, ev.examples, {
+        perTask: o.evalPerTask,
+        all: o.evalAll,
+        maxNewTokens: o.maxNewTokens ?? undefined,
+        stopIds: stopIdsOf(this.config, this.tokenizer),
+      });
+    }
+    this.layout = contributionLayout(this.config, {
+      method: o.method,
+      targets: o.targets,
+      rank: o.rank,
+    });
+
+    const resume = o.resume ? await latestCheckpoint(this.checkpointDir) : null;
+    if (o.resume && !resume) {
+      throw new TrainingError(
+        `--resume ${o.resume}: no complete checkpoint in ${this.checkpointDir}`,
+      );
+    }
+    if (resume) this.#checkResumable(resume.state);
+
+    this.#log(`starting ${o.workers} GPU workers`);
+    this.workers = await Promise.all(
+      Array.from({ length: o.workers }, (_, k) =>
+        this.system.spawn(GpuWorker, { worker: k }, {
+          name: `${this.job}-w${k}`,
+          resources: { gpu: 1 },
+          maxRestarts: 3,
+          withinMs: 60_000,
+          placementTimeoutMs: 60_000,
+        })),
+    );
+
+    if (resume) {
+      this.evalBefore = (resume.state as CheckpointState & { eval_before?: EvalScore })
+        .eval_before ?? null;
+      this.steps = resume.state.steps as DriverStep[];
+      await this.#restore(resume);
+      this.#log(`resumed from ${resume.dir} at step ${this.nextStep}`);
+      return;
+    }
+
+    await this.#loadWorkers(this.baseWeights);
+    if (this.evalPrepared) {
+      this.#log("evaluating the base model");
+      this.evalBefore = await this.evaluate();
+    }
+    this.#log(
+      `initialising ${o.method} adapters (SVD of ${this.layout.segments.length / 2} matrices)`,
+    );
+    const init = methodInit(this.config, this.baseWeights, {
+      method: o.method,
+      workers: o.workers,
+      rank: o.rank,
+      alpha: o.alpha,
+      targets: o.targets,
+      svd: o.svd,
+      svdNiter: o.svdNiter,
+      seed: o.seed,
+    });
+    const tensors = new Map<string, HostTensor>();
+    for (const l of adaptableLinears(this.config, o.targets)) {
+      const f = init.factors.get(l.name);
+      f?.forEach((p, j) => {
+        tensors.set(`${l.name}.A${j}`, { shape: [o.rank, l.in], data: p.A });
+        tensors.set(`${l.name}.B${j}`, { shape: [l.out, o.rank], data: p.B });
+      });
+      const res = init.residuals.get(l.name);
+      if (res) tensors.set(`${l.name}.residual`, { shape: [l.out, l.in], data: res });
+    }
+    this.#factorsName = `${this.job}.factors`;
+    await (await this.system.objects()).put(this.#factorsName, serializeSafetensors(tensors));
+    await this.#initWorkers(undefined, -1);
+    this.nextStep = 0;
+  }
+
+  #checkResumable(state: CheckpointState): void {
+    const now = resolvedConfig(this.o);
+    const keys = [
+      "method",
+      "workers",
+      "rank",
+      "alpha",
+      "targets",
+      "mute",
+      "aggregate",
+      "optimizer",
+      "lr",
+      "weight_decay",
+      "schedule",
+      "warmup_ratio",
+      "clip",
+      "batch_size",
+      "micro_batch",
+      "seq_len",
+      "epochs",
+      "max_steps",
+      "seed",
+      "shuffle",
+      "data",
+      "model",
+    ];
+    for (const k of keys) {
+      if (JSON.stringify(state.config[k]) !== JSON.stringify(now[k])) {
+        throw new TrainingError(
+          `--resume: the checkpoint was made with ${k} = ${JSON.stringify(state.config[k])}, ` +
+            `this run has ${JSON.stringify(now[k])}; resume with the same flags`,
+        );
+      }
+    }
+  }
+
+  /** Puts W into the object store and has every worker load it. */
+  async #loadWorkers(weights: ReadonlyMap<string, HostTensor>): Promise<void> {
+    const o = this.o;
+    const name = `${this.job}.weights.g${this.generation}`;
+    const W = new Map<string, HostTensor>();
+    for (const t of expectedTensors(this.config)) W.set(t.name, weights.get(t.name)!);
+    const store = await this.system.objects();
+    await store.put(
+      name,
+      serializeSafetensors(W, { format: "pt", config: JSON.stringify(this.config) }),
+    );
+    const maxMicroBatches = o.batchSize / (o.workers * o.microBatch);
+    this.devices = (await Promise.all(this.workers.map((w) =>
+      w.load({
+        weights: name,
+        seqLen: o.seqLen,
+        microBatch: o.microBatch,
+        maxMicroBatches,
+        settings: {
+          method: o.method,
+          workers: o.workers,
+          rank: o.rank,
+          alpha: o.alpha,
+          targets: o.targets,
+          mute: o.mute,
+          aggregate: o.aggregate,
+          optimizer: o.optimizer,
+          weightDecay: o.weightDecay,
+          clip: o.clip,
+        },
+        updateSubject: `${this.prefix}.update`,
+      }, { timeoutMs: CALL_MS })
+    ))).map((r) => r.device);
+    await store.delete(name);
+  }
+
+  async #initWorkers(states: string[] | undefined, appliedStep: number): Promise<void> {
+    const out = await Promise.all(this.workers.map((w, k) =>
+      w.init({
+        generation: this.generation,
+        factors: this.#factorsName,
+        state: states?.[k],
+        appliedStep,
+      }, { timeoutMs: CALL_MS })
+    ));
+    this.optimizerFloats = out[0].optimizerFloats;
+  }
+
+  /** Rolls every worker back to a checkpoint (resume, or recovery after a failure). */
+  async #restore(ckpt: LoadedCheckpoint): Promise<void> {
+    const shared = parseSafetensors(
+      ckpt.files.get("shared.safetensors")!,
+      {},
+      "shared.safetensors",
+    );
+    const W = new Map<string, HostTensor>();
+    const factors = new Map<string, HostTensor>();
+    for (const [k, t] of shared.tensors) {
+      if (/\.(A|B)\d+$/.test(k)) factors.set(k, t);
+      else W.set(k, t);
+    }
+    // PiSSA's live W is the residual; the worker keeps it as loaded.
+    const store = await this.system.objects();
+    this.#factorsName = `${this.job}.factors.g${this.generation}`;
+    await store.put(this.#factorsName, serializeSafetensors(factors));
+    await this.#loadWorkers(W);
+    const states: string[] = [];
+    for (let k = 0; k < this.o.workers; k++) {
+      const name = `${this.job}.state.g${this.generation}.w${k}`;
+      await store.put(name, ckpt.files.get(`worker-${k}.safetensors`)!);
+      states.push(name);
+    }
+    await this.#initWorkers(states, ckpt.state.applied_step);
+    for (const n of states) await store.delete(n);
+    this.nextStep = ckpt.state.applied_step + 1;
+    this.steps = this.steps.filter((s) => s.step < this.nextStep);
+  }
+
+  /** The micro-batch messages of one worker's share. */
+  #batches(share: WorkerShare) {
+    return share.microBatches.map((idx) => {
+      const mb = packMicroBatch(this.train, idx, this.o.seqLen);
+      return { rows: mb.rows, ids: mb.ids, targetMask: mb.targetMask };
+    });
+  }
+
+  /**
+   * Runs the next step. A recoverable failure (a worker died or timed out) rolls back to the
+   * last checkpoint and returns null; the caller then continues from `nextStep`.
+   */
+  async step(): Promise<DriverStep | null> {
+    try {
+      return await this.#step();
+    } catch (e) {
+      if (!recoverable(e) || this.recoveries >= 5) throw e;
+      this.recoveries++;
+      this.#log(`step ${this.nextStep} failed (${(e as Error).message}); rolling back`);
+      await this.recover();
+      return null;
+    }
+  }
+
+  /** Bumps the generation and rolls every worker back to the newest checkpoint (or the start). */
+  async recover(): Promise<void> {
+    this.generation++;
+    const ckpt = await latestCheckpoint(this.checkpointDir);
+    if (ckpt) {
+      await this.#restore(ckpt);
+    } else {
+      await this.#loadWorkers(this.baseWeights);
+      await this.#initWorkers(undefined, -1);
+      this.nextStep = 0;
+      this.steps = [];
+    }
+    this.#log(`generation ${this.generation}: continuing at step ${this.nextStep}`);
+  }
+
+  async #step(): Promise<DriverStep> {
+    const o = this.o;
+    const t = this.nextStep;
+    const g = this.generation;
+    const plan = this.plan.step(t);
+    const lr = learningRate(t, {
+      schedule: o.schedule,
+      lr: o.lr,
+      warmupRatio: o.warmupRatio,
+      totalSteps: this.totalSteps,
+    });
+    const subject = `${this.prefix}.g${g}.s${t}.delta`;
+    const gathering = await this.system.collectives.gather(subject, o.workers, {
+      schema: Contribution,
+      timeoutMs: CALL_MS,
+    });
+    const t0 = performance.now();
+    let replies;
+    try {
+      replies = await Promise.all(
+        this.workers.map((w, k) =>
+          w.step({ generation: g, step: t, lr, batches: this.#batches(plan.workers[k]), subject }, {
+            timeoutMs: CALL_MS,
+          })
+        ),
+      );
+    } catch (e) {
+      gathering.cancel();
+      throw e;
+    }
+    const parts = await gathering.result;
+    const tGathered = performance.now();
+    this.rejected += gathering.rejected;
+    const computeMs = Math.max(...replies.map((r) => r.computeMs));
+    let skipped: string | undefined;
+    let update: Float32Array | null = null;
+    try {
+      parts.forEach((p, k) => {
+        if (p.generation !== g || p.step !== t || p.worker !== k) {
+          throw new ContributionError(
+            k,
+            "shape",
+            `worker ${k} answered for (${p.generation}, ${p.step})`,
+          );
+        }
+        validateContribution(p.data, this.layout, k);
+      });
+      update = combineContributions(o.method, parts.map((p) => p.data));
+    } catch (e) {
+      if (!(e instanceof ContributionError) || e.kind !== "nonfinite" || o.onNonfinite === "stop") {
+        throw e instanceof ContributionError
+          ? new TrainingError(`step ${t}: ${e.message} (--on-nonfinite ${o.onNonfinite})`)
+          : e;
+      }
+      skipped = e.message;
+      this.#log(`step ${t} skipped: ${e.message}`);
+    }
+    const bcast = update ??
+      new Float32Array(updateLength(this.layout, o.method, o.workers)).fill(0);
+    const tB0 = performance.now();
+    if (update) {
+      await this.system.collectives.broadcast(`${this.prefix}.update`, {
+        generation: g,
+        step: t,
+        data: withShape(bcast, [bcast.length]),
+      });
+    }
+    const tB1 = performance.now();
+    const applied = await Promise.all(
+      this.workers.map((w) =>
+        w.apply({ generation: g, step: t, lr, skip: update === null, waitMs: 60_000 }, {
+          timeoutMs: CALL_MS,
+        })
+      ),
+    );
+    const t1 = performance.now();
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const rec: DriverStep = {
+      step: t,
+      loss: mean(replies.map((r) => r.loss)),
+      lr,
+      ms: t1 - t0,
+      bytes_sent: mean(applied.map((a) => a.bytesSent)),
+      bytes_received: mean(applied.map((a) => a.bytesReceived)),
+      tokens: replies.reduce((n, r) => n + r.tokens, 0),
+      compute_ms: computeMs,
+      comm_ms: Math.max(0, tGathered - t0 - computeMs) + (tB1 - tB0),
+      update_ms: Math.max(...applied.map((a) => a.updateMs)),
+      rejected: gathering.rejected,
+    };
+    if (skipped) rec.skipped = skipped;
+    this.steps.push(rec);
+    this.nextStep = t + 1;
+    const last = this.nextStep === this.totalSteps;
+    if (last || (o.checksumEvery > 0 && this.nextStep % o.checksumEvery === 0)) {
+      await this.verifyChecksums();
+    }
+    if (!last && o.checkpointEvery > 0 && this.nextStep % o.checkpointEvery === 0) {
+      await this.checkpoint();
+    }
+    return rec;
+  }
+
+  /** Stops the run unless every worker's W has the same SHA-256. */
+  async verifyChecksums(): Promise<string> {
+    const sums = await Promise.all(this.workers.map((w) => w.checksum({}, { timeoutMs: CALL_MS })));
+    const first = sums[0].sha256;
+    const bad = sums.findIndex((s) => s.sha256 !== first);
+    if (bad >= 0) {
+      throw new TrainingError(
+        `W differs between workers after step ${this.nextStep - 1}: worker 0 has ` +
+          `${first.slice(0, 12)}…, worker ${bad} has ${sums[bad].sha256.slice(0, 12)}…`,
+      );
+    }
+    return first;
+  }
+
+  /** Writes a checkpoint of the state after the last applied step. */
+  async checkpoint(): Promise<string> {
+    const store = await this.system.objects();
+    const t = this.nextStep - 1;
+    const saved = await Promise.all(
+      this.workers.map((w, k) =>
+        w.save({ name: `${this.job}.ckpt.w${k}`, shared: k === 0 }, { timeoutMs: CALL_MS })
+      ),
+    );
+    const files = new Map<string, Uint8Array>();
+    files.set("shared.safetensors", await store.get(saved[0].shared!.name));
+    for (let k = 0; k < saved.length; k++) {
+      files.set(`worker-${k}.safetensors`, await store.get(saved[k].state.name));
+    }
+    for (const s of saved) {
+      await store.delete(s.state.name);
+      if (s.shared) await store.delete(s.shared.name);
+    }
+    const state = {
+      applied_step: t,
+      generation: this.generation,
+      method: this.o.method,
+      workers: this.o.workers,
+      cursor: this.plan.cursor(this.nextStep),
+      seed: this.o.seed,
+      config: resolvedConfig(this.o),
+      steps: this.steps,
+      eval_before: this.evalBefore,
+    };
+    const dir = await writeCheckpoint(this.checkpointDir, state, files);
+    this.#log(`checkpoint ${dir}`);
+    return dir;
+  }
+
+  /** Greedy evaluation of the eval set, its prompts spread over the workers. */
+  async evaluate(): Promise<EvalScore | null> {
+    const p = this.evalPrepared;
+    if (!p) return null;
+    const K = this.workers.length;
+    const per = Math.ceil(p.items.length / K);
+    const shards = this.workers.map((_, k) => p.items.slice(k * per, (k + 1) * per));
+    const outs = await Promise.all(this.workers.map((w, k) =>
+      w.generate({
+        prompts: shards[k].map((it) => it.prompt),
+        maxNewTokens: p.maxNewTokens,
+        stopIds: p.stopIds,
+      }, { timeoutMs: CALL_MS })
+    ));
+    return scoreGenerations(this.tokenizer, p, outs.flatMap((o) => o.tokens)).score;
+  }
+
+  /** Merges, evaluates, exports the model folder and returns the report. */
+  async finish(): Promise<RunReport> {
+    await Promise.all(this.workers.map((w) => w.merge({}, { timeoutMs: CALL_MS })));
+    if (this.evalPrepared) {
+      this.#log("evaluating the fine-tuned model");
+      this.evalAfter = await this.evaluate();
+    }
+    const store = await this.system.objects();
+    const name = `${this.job}.final`;
+    await this.workers[0].exportWeights({ name }, { timeoutMs: CALL_MS });
+    const final = parseSafetensors(await store.get(name), {}, name).tensors;
+    await store.delete(name);
+    await saveModelFolder(this.o.out, this.config, final);
+    await this.#copyTokenizerFiles();
+
+    const effective: Record<string, { "rank_1e-2": number; energy90: number }> = {};
+    const spectra: Record<string, number[]> = {};
+    for (const l of adaptableLinears(this.config, this.o.targets)) {
+      const r = effectiveRank(final.get(l.name)!, this.baseWeights.get(l.name)!, l.name);
+      effective[l.name] = { "rank_1e-2": r["rank_1e-2"], energy90: r.energy90 };
+      spectra[l.name] = r.spectrum.map((v) => v);
+    }
+    const sum = (f: (s: DriverStep) => number) => this.steps.reduce((a, s) => a + f(s), 0);
+    const o = this.o;
+    const floats = this.layout.length;
+    const expression = o.method === "hd-pissa"
+      ? "sent 4·Σ(in+out)·r bytes; received K times that (all K contributions)"
+      : o.method === "full"
+      ? "sent 4·Σ(trainable weights) bytes (gradients); received their mean, the same size"
+      : "sent 4·Σ(in+out)·r bytes (adapter gradients); received their mean, the same size";
+    return {
+      method: o.method,
+      config: resolvedConfig(o) as RunReport["config"],
+      steps: this.steps.map((s) => ({
+        step: s.step,
+        loss: s.loss,
+        lr: s.lr,
+        ms: s.ms,
+        bytes_sent: s.bytes_sent,
+        bytes_received: s.bytes_received,
+        tokens: s.tokens,
+        compute_ms: s.compute_ms,
+        comm_ms: s.comm_ms,
+        update_ms: s.update_ms,
+        ...(s.skipped ? { skipped: s.skipped } : {}),
+      })),
+      eval: { before: this.evalBefore, after: this.evalAfter },
+      effective_rank: effective,
+      spectra,
+      timing: {
+        total_ms: Date.now() - Date.parse(this.startedAt),
+        compute_ms: sum((s) => s.compute_ms),
+        comm_ms: sum((s) => s.comm_ms),
+        update_ms: sum((s) => s.update_ms),
+      },
+      memory: {
+        optimizer_floats_per_worker: this.optimizerFloats,
+        trainable_floats_per_worker: this.optimizerFloats / 2,
+      },
+      bytes_per_step_formula: {
+        sent: 4 * floats,
+        received: 4 * updateLength(this.layout, o.method, o.workers),
+        expression,
+      },
+      started_at: this.startedAt,
+      finished_at: new Date().toISOString(),
+      model: {
+        path: o.model,
+        parameters: [...this.baseWeights.values()].reduce((n, t) => n + t.data.length, 0),
+      },
+      data: { path: o.data, examples: this.train.length },
+      devices: this.devices,
+      recoveries: this.recoveries,
+      rejected_messages: this.rejected,
+    } as RunReport;
+  }
+
+  async #copyTokenizerFiles(): Promise<void> {
+    if (this.tokenizer.kind !== "hf") return;
+    for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
+      try {
+        await Deno.copyFile(`${this.o.model}/${f}`, `${this.o.out}/${f}`);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
+  }
+
+  /** Stops the workers. */
+  async close(): Promise<void> {
+    await Promise.allSettled(this.workers.map((w) => this.system.stop(w)));
+    this.workers = [];
+  }
+}
+
+const DriverStepSchema = z.object({
+  step: z.number().int(),
+  loss: z.number().nullable(),
+  lr: z.number(),
+  ms: z.number(),
+  bytes_sent: z.number(),
+  bytes_received: z.number(),
+  compute_ms: z.number(),
+  comm_ms: z.number(),
+  update_ms: z.number(),
+  rejected: z.number(),
+  tokens: z.number().optional(),
+  skipped: z.string().optional(),
+});
+
+/** The Driver actor: a thin typed front of {@link DriverCore}, hosted by the job's process. */
+export const Driver = defineActor({
+  name: "Driver",
+  module: import.meta.url,
+  init: z.object({ job: z.string().regex(/^[A-Za-z0-9_-]+$/), options: FinetuneOptionsSchema }),
+  create: (input, ctx) => new DriverCore(ctx.system, input.job, input.options),
+  close: (core) => core.close(),
+  methods: {
+    setup: {
+      input: z.object({}),
+      output: z.object({
+        totalSteps: z.number().int(),
+        nextStep: z.number().int(),
+        devices: z.array(z.string()),
+        log: z.array(z.string()),
+      }),
+      handler: async (core) => {
+        await core.setup();
+        return {
+          totalSteps: core.totalSteps,
+          nextStep: core.nextStep,
+          devices: core.devices,
+          log: core.drainLog(),
+        };
+      },
+    },
+    step: {
+      input: z.object({}),
+      output: z.object({
+        record: DriverStepSchema.nullable(),
+        nextStep: z.number().int(),
+        generation: z.number().int(),
+        log: z.array(z.string()),
+      }),
+      handler: async (core) => {
+        const record = await core.step();
+        return {
+          record,
+          nextStep: core.nextStep,
+          generation: core.generation,
+          log: core.drainLog(),
+        };
+      },
+    },
+    checkpoint: {
+      input: z.object({}),
+      output: z.object({ dir: z.string() }),
+      handler: async (core) => ({ dir: await core.checkpoint() }),
+    },
+    finish: {
+      input: z.object({}),
+      output: z.object({ report: reportSchema, log: z.array(z.string()) }),
+      handler: async (core) => {
+        const report = await core.finish();
+        return { report: report as z.input<typeof reportSchema>, log: core.drainLog() };
+      },
+    },
+  },
+});

@@ -1,0 +1,403 @@
+/**
+ * `GpuWorker`: one per GPU. It owns a WebGPU device, the model's weights W, its method state
+ * (HD-PiSSA: all K adapter pairs and the optimizer moments of its own slice) and follows the
+ * driver's step protocol (DESIGN §6):
+ *
+ * - `step(g, t)` runs forward/backward on the worker's shard and publishes its contribution on
+ *   the gather subject; it keeps the contribution, so a repeated `step(g, t)` publishes the same
+ *   bytes again without recomputing;
+ * - `apply(g, t)` takes the update the driver broadcast once for everybody and applies it, only
+ *   when the worker is at step t − 1; a repeated `apply(g, t)` is a no-op;
+ * - messages of another generation than the current one are refused or dropped.
+ * @module
+ */
+import { z } from "zod";
+import { type ActorContext, defineActor, type Receiver } from "../runtime/mod.ts";
+import { Gpu } from "../gpu/mod.ts";
+import { parseLlamaConfig } from "../model/config.ts";
+import { LlamaGpu } from "../model/llama.ts";
+import { parseSafetensors, serializeSafetensors } from "../model/safetensors.ts";
+import type { MicroBatch } from "../train/encode.ts";
+import type { AdapterFactors } from "../train/adapter_init.ts";
+import type { MethodInit } from "../train/methods/init.ts";
+import {
+  createWorkerMethod,
+  type DataParallelWorker,
+  type HdPissaWorker,
+  modelOptionsFor,
+} from "../train/methods/worker.ts";
+import { weightsChecksum } from "../train/checksum.ts";
+import {
+  ApplyInput,
+  ApplyOutput,
+  Contribution,
+  GenerateInput,
+  GenerateOutput,
+  InitInput,
+  InitOutput,
+  LoadInput,
+  LoadOutput,
+  SaveInput,
+  SaveOutput,
+  StepInput,
+  StepOutput,
+  Update,
+} from "./messages.ts";
+
+/** The driver asked for something the worker's protocol state does not allow. */
+export class StepProtocolError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StepProtocolError";
+  }
+}
+
+class WorkerState {
+  gpu: Gpu | null = null;
+  model: LlamaGpu | null = null;
+  method: HdPissaWorker | DataParallelWorker | null = null;
+  load: z.infer<typeof LoadInput> | null = null;
+  updates: Receiver<Update> | null = null;
+  /** Updates that arrived before their apply call, by `g:t`. */
+  pending = new Map<string, Float32Array>();
+  generation = 0;
+  appliedStep = -1;
+  last: {
+    generation: number;
+    step: number;
+    contribution: Float32Array;
+    out: z.input<typeof StepOutput>;
+  } | null = null;
+  lastApply: z.input<typeof ApplyOutput> | null = null;
+  traffic = { sent: 0, received: 0 };
+
+  constructor(readonly worker: number, readonly ctx: ActorContext) {}
+
+  need(): { model: LlamaGpu; method: HdPissaWorker | DataParallelWorker } {
+    if (!this.model || !this.method) {
+      throw new StepProtocolError(`worker ${this.worker} is not initialised (call load and init)`);
+    }
+    return { model: this.model, method: this.method };
+  }
+
+  close(): void {
+    this.updates?.close();
+    this.model?.close();
+    this.gpu?.close();
+    this.updates = null;
+    this.model = null;
+    this.method = null;
+    this.gpu = null;
+  }
+}
+
+function toMicroBatch(b: z.infer<typeof StepInput>["batches"][number], seqLen: number): MicroBatch {
+  let targets = 0;
+  for (let j = 0; j < b.targetMask.length; j++) if (j % seqLen !== 0 && b.targetMask[j]) targets++;
+  return { ids: b.ids, targetMask: b.targetMask, rows: b.rows, seqLen, targets };
+}
+
+/** Reads the factors file the driver put in the object store into a MethodInit. */
+function parseFactors(bytes: Uint8Array, K: number): MethodInit {
+  const { tensors } = parseSafetensors(bytes, {}, "factors");
+  const factors = new Map<string, AdapterFactors[]>();
+  const residuals = new Map<string, Float32Array>();
+  for (const [key, t] of tensors) {
+    const m = /^(.*)\.(A|B)(\d+)$/.exec(key);
+    if (m) {
+      const list = factors.get(m[1]) ?? [];
+      const j = Number(m[3]);
+      if (j >= K) continue;
+      list[j] = {
+        ...(list[j] ?? { A: new Float32Array(), B: new Float32Array() }),
+        [m[2]]: t.data,
+      };
+      factors.set(m[1], list);
+    } else if (key.endsWith(".residual")) {
+      residuals.set(key.slice(0, -".residual".length), t.data);
+    }
+  }
+  return { factors, residuals };
+}
+
+function trafficSince(s: WorkerState): { sent: number; received: number } {
+  const now = s.ctx.system.stats;
+  const d = {
+    sent: now.bytesSent - s.traffic.sent,
+    received: now.bytesReceived - s.traffic.received,
+  };
+  s.traffic = { sent: now.bytesSent, received: now.bytesReceived };
+  return d;
+}
+
+export const GpuWorker = defineActor({
+  name: "GpuWorker",
+  module: import.meta.url,
+  init: z.object({ worker: z.number().int().min(0) }),
+  create: (input, ctx) => new WorkerState(input.worker, ctx),
+  close: (s) => s.close(),
+  methods: {
+    /** Opens the device and loads W from the object store. */
+    load: {
+      input: LoadInput,
+      output: LoadOutput,
+      handler: async (s, input, ctx) => {
+        s.close();
+        const store = await ctx.objects();
+        const bytes = await store.get(input.weights);
+        const { tensors, metadata } = parseSafetensors(bytes, {}, input.weights);
+        if (!metadata.config) throw new StepProtocolError(`${input.weights} carries no config`);
+        const config = parseLlamaConfig(JSON.parse(metadata.config));
+        s.gpu = await Gpu.open();
+        const settings = { ...input.settings };
+        s.model = await LlamaGpu.create(s.gpu, config, tensors, {
+          maxRows: input.microBatch,
+          seqLen: input.seqLen,
+          maxMicroBatches: input.maxMicroBatches,
+          ...modelOptionsFor(settings),
+        });
+        s.load = input;
+        s.updates = await ctx.collectives.subscribe(input.updateSubject, { schema: Update });
+        let parameters = 0;
+        for (const t of tensors.values()) parameters += t.data.length;
+        return { device: s.gpu.info.description, parameters };
+      },
+    },
+    /** Sets up the method from the driver's factors (and a checkpoint's state on a restore). */
+    init: {
+      input: InitInput,
+      output: InitOutput,
+      handler: async (s, input, ctx) => {
+        if (!s.model || !s.load) throw new StepProtocolError("init before load");
+        const store = await ctx.objects();
+        const init = parseFactors(await store.get(input.factors), s.load.settings.workers);
+        s.method = createWorkerMethod(s.model, s.load.settings, s.worker, init);
+        if (input.state) {
+          const { tensors, metadata } = parseSafetensors(
+            await store.get(input.state),
+            {},
+            input.state,
+          );
+          s.method.restoreState({
+            optimizerStep: Number(metadata.optimizer_step),
+            moments: tensors,
+          });
+        }
+        s.generation = input.generation;
+        s.appliedStep = input.appliedStep;
+        s.last = null;
+        s.lastApply = null;
+        s.pending.clear();
+        trafficSince(s);
+        return { optimizerFloats: s.method.optimizerFloats };
+      },
+    },
+    /** Forward/backward of this worker's shard of step t; publishes the contribution. */
+    step: {
+      input: StepInput,
+      output: StepOutput,
+      handler: async (s, input, ctx) => {
+        const { method } = s.need();
+        const { generation: g, step: t } = input;
+        if (g !== s.generation) {
+          throw new StepProtocolError(`step of generation ${g}, the worker is at ${s.generation}`);
+        }
+        const subject = input.subject;
+        if (s.last && s.last.generation === g && s.last.step === t) {
+          // A repeated request: publish the kept contribution again.
+          await ctx.collectives.contribute(
+            subject,
+            s.worker,
+            {
+              generation: g,
+              step: t,
+              worker: s.worker,
+              data: s.last.contribution,
+            } satisfies Contribution,
+          );
+          return s.last.out;
+        }
+        if (t !== s.appliedStep + 1) {
+          throw new StepProtocolError(
+            `step ${t} asked, but the worker applied step ${s.appliedStep} last`,
+          );
+        }
+        const seqLen = s.load!.seqLen;
+        const batches = input.batches.map((b) => toMicroBatch(b, seqLen));
+        const res = await method.step(batches, input.lr);
+        const out = {
+          generation: g,
+          step: t,
+          loss: res.loss,
+          computeMs: res.ms,
+          tokens: batches.reduce((n, b) => n + b.rows * seqLen, 0),
+        };
+        s.last = { generation: g, step: t, contribution: res.contribution, out };
+        await ctx.collectives.contribute(
+          subject,
+          s.worker,
+          {
+            generation: g,
+            step: t,
+            worker: s.worker,
+            data: res.contribution,
+          } satisfies Contribution,
+        );
+        return out;
+      },
+    },
+    /** Applies the broadcast update of step t (waits for it to arrive). */
+    apply: {
+      input: ApplyInput,
+      output: ApplyOutput,
+      handler: async (s, input, ctx) => {
+        const { method } = s.need();
+        const { generation: g, step: t } = input;
+        if (g !== s.generation) {
+          throw new StepProtocolError(`apply of generation ${g}, the worker is at ${s.generation}`);
+        }
+        if (t === s.appliedStep && s.lastApply) return { ...s.lastApply, duplicate: true };
+        if (t !== s.appliedStep + 1 || !s.last || s.last.step !== t) {
+          throw new StepProtocolError(
+            `apply of step ${t}, but the worker applied ${s.appliedStep} and computed ` +
+              `${s.last?.step ?? "nothing"}`,
+          );
+        }
+        const key = `${g}:${t}`;
+        if (input.skip) {
+          s.appliedStep = t;
+          const traffic = trafficSince(s);
+          s.lastApply = {
+            generation: g,
+            step: t,
+            updateMs: 0,
+            bytesSent: traffic.sent,
+            bytesReceived: traffic.received,
+            duplicate: false,
+          };
+          return s.lastApply;
+        }
+        const deadline = Date.now() + input.waitMs;
+        while (!s.pending.has(key)) {
+          const left = deadline - Date.now();
+          if (left <= 0 || ctx.signal.aborted) {
+            throw new StepProtocolError(
+              `the update of step ${t} did not arrive in ${input.waitMs} ms`,
+            );
+          }
+          const { value } = await s.updates!.next(left);
+          // Keep only updates of this generation that are still ahead.
+          if (value.generation === s.generation && value.step > s.appliedStep) {
+            s.pending.set(`${value.generation}:${value.step}`, value.data);
+          }
+        }
+        const data = s.pending.get(key)!;
+        s.pending.delete(key);
+        const updateMs = await method.apply(data, input.lr);
+        s.appliedStep = t;
+        const traffic = trafficSince(s);
+        s.lastApply = {
+          generation: g,
+          step: t,
+          updateMs,
+          bytesSent: traffic.sent,
+          bytesReceived: traffic.received,
+          duplicate: false,
+        };
+        return s.lastApply;
+      },
+    },
+    /** SHA-256 of every weight, in name order: equal on every worker when W is the same. */
+    checksum: {
+      input: z.object({}),
+      output: z.object({ appliedStep: z.number().int(), sha256: z.string() }),
+      handler: async (s) => {
+        const { model } = s.need();
+        return {
+          appliedStep: s.appliedStep,
+          sha256: await weightsChecksum(await model.readWeights()),
+        };
+      },
+    },
+    /** Greedy decoding of token prompts with the current (merged, if merged) weights. */
+    generate: {
+      input: GenerateInput,
+      output: GenerateOutput,
+      handler: async (s, input) => {
+        if (!s.model) throw new StepProtocolError("generate before load");
+        const tokens = input.prompts.length === 0 ? [] : await s.model.generate(input.prompts, {
+          maxNewTokens: input.maxNewTokens,
+          stopIds: input.stopIds,
+          batchSize: 64,
+        });
+        return { tokens };
+      },
+    },
+    /** Folds the adapter into W (LoRA/PiSSA); HD-PiSSA's W is already the model. */
+    merge: {
+      input: z.object({}),
+      output: z.object({}),
+      handler: async (s) => {
+        await s.need().method.merge();
+        return {};
+      },
+    },
+    /** Saves this worker's state (and, when `shared`, W and all adapters) to the object store. */
+    save: {
+      input: SaveInput,
+      output: SaveOutput,
+      handler: async (s, input, ctx) => {
+        const { model, method } = s.need();
+        const store = await ctx.objects();
+        const st = await method.state();
+        const stateBytes = serializeSafetensors(st.moments, {
+          format: "pt",
+          optimizer_step: String(st.optimizerStep),
+          applied_step: String(s.appliedStep),
+          worker: String(s.worker),
+        });
+        const state = await store.put(input.name, stateBytes);
+        let shared;
+        if (input.shared) {
+          const tensors = new Map(await model.readWeights());
+          for (const [k, t] of await method.adapters()) tensors.set(k, t);
+          const bytes = serializeSafetensors(tensors, {
+            format: "pt",
+            config: JSON.stringify(model.config),
+          });
+          const e = await store.put(`${input.name}.shared`, bytes);
+          shared = { name: e.name, digest: e.digest, size: e.size };
+        }
+        return {
+          state: { name: state.name, digest: state.digest, size: state.size },
+          shared,
+          appliedStep: s.appliedStep,
+          optimizerStep: st.optimizerStep,
+        };
+      },
+    },
+    /** Puts the current weights (merged after `merge`) into the object store. */
+    exportWeights: {
+      input: z.object({ name: z.string() }),
+      output: z.object({ name: z.string(), digest: z.string(), size: z.number() }),
+      handler: async (s, input, ctx) => {
+        if (!s.model) throw new StepProtocolError("export before load");
+        const bytes = serializeSafetensors(await s.model.readWeights(), {
+          format: "pt",
+          config: JSON.stringify(s.model.config),
+        });
+        const e = await (await ctx.objects()).put(input.name, bytes);
+        return { name: e.name, digest: e.digest, size: e.size };
+      },
+    },
+    /** Frees the device (the actor stays). */
+    release: {
+      input: z.object({}),
+      output: z.object({}),
+      handler: (s) => {
+        s.close();
+        return {};
+      },
+    },
+  },
+});

@@ -1,0 +1,169 @@
+/**
+ * The fine-tuning job: starts (or joins) the actor system, hosts the Driver in this process,
+ * runs it step by step with a progress display, and writes the outputs of DESIGN §9. With
+ * `--compare` it runs the four methods one after another on the same workers and data.
+ * @module
+ */
+import { init, type System } from "../runtime/mod.ts";
+import type { EvalScore } from "../train/eval_score.ts";
+import { formatScoreTable } from "../train/eval_score.ts";
+import { type FinetuneOptions, METHODS } from "../train/options.ts";
+import { Progress } from "../train/progress.ts";
+import { type RunReport, writeJsonAtomic, writeReportJson } from "../train/report.ts";
+import { renderCompareHtml, renderReportHtml } from "../train/report_html.ts";
+import { compareJson, compareTable } from "../train/compare_table.ts";
+import { Driver } from "./driver.ts";
+
+/** The output folder is not usable (non-empty without --overwrite/--resume, not a folder...). */
+export class OutputFolderError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "OutputFolderError";
+  }
+}
+
+/** What the job writes into `--out`; `--overwrite` removes only these. */
+const OUTPUTS = [
+  "config.json",
+  "model.safetensors",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "report.json",
+  "report.html",
+  "compare.json",
+  "compare.html",
+  "checkpoints",
+  ...METHODS,
+];
+
+async function prepareOut(o: FinetuneOptions): Promise<void> {
+  let entries: string[] = [];
+  try {
+    const st = await Deno.stat(o.out);
+    if (!st.isDirectory) throw new OutputFolderError(`--out ${o.out} exists and is not a folder`);
+    for await (const e of Deno.readDir(o.out)) entries.push(e.name);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  if (o.resume) {
+    if (entries.length === 0) {
+      throw new OutputFolderError(`--resume ${o.resume}: the folder is empty or missing`);
+    }
+    return;
+  }
+  if (entries.length > 0) {
+    if (!o.overwrite) {
+      throw new OutputFolderError(
+        `--out ${o.out} is not empty; pass --overwrite to replace its outputs, or --resume ${o.out} ` +
+          `to continue its run`,
+      );
+    }
+    entries = entries.filter((e) => OUTPUTS.includes(e));
+    for (const e of entries) await Deno.remove(`${o.out}/${e}`, { recursive: true });
+  }
+  await Deno.mkdir(o.out, { recursive: true });
+}
+
+export interface JobIo {
+  /** A line for the user (printed above the progress bar). */
+  log(line: string): void;
+  /** Whether stderr is a terminal (progress redraws one line). */
+  isTty?: boolean;
+}
+
+/** Starts the local cluster (K node processes with one GPU slot each) or joins `--nats`. */
+export async function startSystem(o: FinetuneOptions): Promise<System> {
+  if (o.nats) return await init({ nats: o.nats });
+  // Without a real GPU, K lavapipe instances share the CPU: one thread each avoids oversubscribing.
+  const threads = Deno.env.get("LP_NUM_THREADS") ??
+    String(Math.max(1, Math.floor(navigator.hardwareConcurrency / o.workers)));
+  return await init({
+    nodes: Array.from({ length: o.workers }, () => ({
+      resources: { gpu: 1 },
+      env: { LP_NUM_THREADS: threads },
+    })),
+  });
+}
+
+/** Runs one method's job on `system` and writes its folder. */
+export async function runOne(system: System, o: FinetuneOptions, io: JobIo): Promise<RunReport> {
+  const job = `${o.method.replace(/[^a-z]/g, "")}${crypto.randomUUID().slice(0, 8)}`;
+  const driver = await system.spawn(Driver, { job, options: o }, {
+    node: "local",
+    maxRestarts: 0,
+    initTimeoutMs: 60_000,
+  });
+  const long = { timeoutMs: 24 * 3600_000 };
+  try {
+    const setup = await driver.setup({}, long);
+    setup.log.forEach(io.log);
+    io.log(
+      `${o.method}: ${setup.totalSteps} steps on ${setup.devices.length} workers (${
+        setup.devices[0]
+      })`,
+    );
+    const progress = new Progress({
+      total: setup.totalSteps,
+      label: o.method,
+      isTty: io.isTty,
+      start: setup.nextStep,
+    });
+    let next = setup.nextStep;
+    while (next < setup.totalSteps) {
+      const r = await driver.step({}, long);
+      r.log.forEach((l) => progress.log(l));
+      next = r.nextStep;
+      if (r.record) {
+        progress.update(next, {
+          loss: r.record.loss ?? NaN,
+          tokensPerSec: (r.record.tokens ?? 0) / (r.record.ms / 1000),
+        });
+      }
+    }
+    progress.done();
+    const fin = await driver.finish({}, long);
+    fin.log.forEach(io.log);
+    const report = fin.report as RunReport;
+    await writeReportJson(`${o.out}/report.json`, report);
+    await Deno.writeTextFile(`${o.out}/report.html`, renderReportHtml(report));
+    return report;
+  } finally {
+    await system.stop(driver).catch(() => {});
+  }
+}
+
+function evalTable(report: RunReport): string {
+  const cols: Record<string, EvalScore> = {};
+  if (report.eval.before) cols.before = report.eval.before as EvalScore;
+  if (report.eval.after) cols.after = report.eval.after as EvalScore;
+  return Object.keys(cols).length ? formatScoreTable(cols) : "";
+}
+
+/** The whole job: one method, or `--compare` for all four. Returns the reports written. */
+export async function runFinetune(o: FinetuneOptions, io: JobIo): Promise<RunReport[]> {
+  await prepareOut(o);
+  const system = await startSystem(o);
+  try {
+    if (!o.compare) {
+      const report = await runOne(system, o, io);
+      const table = evalTable(report);
+      if (table) io.log(table);
+      io.log(`wrote ${o.out}/ (model, report.json, report.html)`);
+      return [report];
+    }
+    const reports: RunReport[] = [];
+    for (const method of METHODS) {
+      const sub = { ...o, method, compare: false, out: `${o.out}/${method}` };
+      await Deno.mkdir(sub.out, { recursive: true });
+      reports.push(await runOne(system, sub, io));
+    }
+    io.log(compareTable(reports));
+    await writeJsonAtomic(`${o.out}/compare.json`, compareJson(reports));
+    await Deno.writeTextFile(`${o.out}/compare.html`, renderCompareHtml(reports));
+    io.log(`wrote ${o.out}/ (one folder per method, compare.json, compare.html)`);
+    return reports;
+  } finally {
+    await system.shutdown();
+  }
+}

@@ -1,0 +1,139 @@
+/**
+ * The messages of the training actors, as zod schemas. Every step message carries the run's
+ * generation and the step, so that messages of an older generation (before a restart and
+ * rollback) can be told apart and dropped (DESIGN §6).
+ * @module
+ */
+import { z } from "zod";
+import { tensor } from "../runtime/mod.ts";
+import { LINEAR_KINDS } from "../model/config.ts";
+
+export const MethodName = z.enum(["hd-pissa", "pissa", "lora", "full"]);
+
+/** The method settings a worker needs (a subset of the run's flags). */
+export const WorkerMethodSettings = z.object({
+  method: MethodName,
+  workers: z.number().int().min(1),
+  rank: z.number().int().min(1),
+  alpha: z.number().positive(),
+  targets: z.array(z.enum(LINEAR_KINDS)).min(1),
+  mute: z.union([z.literal("exact"), z.number().min(1e-38).max(1)]),
+  aggregate: z.enum(["mean", "sum"]),
+  optimizer: z.enum(["adamw", "sgd"]),
+  weightDecay: z.number().min(0),
+  clip: z.number().min(0),
+});
+export type WorkerMethodSettings = z.infer<typeof WorkerMethodSettings>;
+
+/** Where a worker finds its weights and how it sizes its buffers. */
+export const LoadInput = z.object({
+  /** Object-store name of a safetensors file with config.json's contents in its metadata. */
+  weights: z.string(),
+  seqLen: z.number().int().min(2),
+  microBatch: z.number().int().min(1),
+  maxMicroBatches: z.number().int().min(1),
+  settings: WorkerMethodSettings,
+  /** Subject the driver broadcasts each step's combined update on. */
+  updateSubject: z.string(),
+});
+
+export const LoadOutput = z.object({
+  device: z.string(),
+  parameters: z.number().int(),
+});
+
+/** Object-store names of the method's initial factors and of a state to restore, if any. */
+export const InitInput = z.object({
+  generation: z.number().int().min(0),
+  /** Safetensors of `<weight>.A<j>`, `<weight>.B<j>`, and `<weight>.residual` (PiSSA). */
+  factors: z.string(),
+  /** A checkpoint's state of this worker to restore after the init (optimizer moments). */
+  state: z.string().optional(),
+  /** The step the worker is at after the init: the last applied step (−1: none). */
+  appliedStep: z.number().int().min(-1),
+});
+
+export const InitOutput = z.object({ optimizerFloats: z.number().int() });
+
+/** One micro-batch: ids and target masks of its examples, flattened [rows·seqLen]. */
+export const MicroBatchMsg = z.object({
+  rows: z.number().int().min(1),
+  ids: tensor("i32"),
+  targetMask: tensor("u8"),
+});
+
+export const StepInput = z.object({
+  generation: z.number().int().min(0),
+  step: z.number().int().min(0),
+  lr: z.number(),
+  batches: z.array(MicroBatchMsg).min(1),
+  /** Subject prefix to publish the contribution on (`<prefix>.<worker>`). */
+  subject: z.string(),
+});
+
+export const StepOutput = z.object({
+  generation: z.number().int(),
+  step: z.number().int(),
+  loss: z.number(),
+  /** Forward, backward and the local optimizer, in ms. */
+  computeMs: z.number(),
+  tokens: z.number().int(),
+});
+
+/** What a worker publishes on the gather subject. */
+export const Contribution = z.object({
+  generation: z.number().int(),
+  step: z.number().int(),
+  worker: z.number().int(),
+  data: tensor("f32"),
+});
+export type Contribution = z.infer<typeof Contribution>;
+
+/** The combined update, published once for all workers. */
+export const Update = z.object({
+  generation: z.number().int(),
+  step: z.number().int(),
+  data: tensor("f32"),
+});
+export type Update = z.infer<typeof Update>;
+
+export const ApplyInput = z.object({
+  generation: z.number().int().min(0),
+  step: z.number().int().min(0),
+  lr: z.number(),
+  /** Mark the step done without an update (its contribution was refused under `skip`). */
+  skip: z.boolean().default(false),
+  /** How long to wait for the broadcast update to arrive. */
+  waitMs: z.number().int().min(1).default(30_000),
+});
+
+export const ApplyOutput = z.object({
+  generation: z.number().int(),
+  step: z.number().int(),
+  updateMs: z.number(),
+  /** Payload bytes this worker sent and received since its previous step. */
+  bytesSent: z.number(),
+  bytesReceived: z.number(),
+  /** True when this update had been applied already (a repeated call). */
+  duplicate: z.boolean(),
+});
+
+export const GenerateInput = z.object({
+  prompts: z.array(z.array(z.number().int().min(0))),
+  maxNewTokens: z.number().int().min(1),
+  stopIds: z.array(z.number().int()),
+});
+export const GenerateOutput = z.object({ tokens: z.array(z.array(z.number().int())) });
+
+export const SaveInput = z.object({
+  /** Object-store name to write this worker's state under. */
+  name: z.string(),
+  /** Also save the shared part (W and all adapters): one worker does it per checkpoint. */
+  shared: z.boolean(),
+});
+export const SaveOutput = z.object({
+  state: z.object({ name: z.string(), digest: z.string(), size: z.number() }),
+  shared: z.object({ name: z.string(), digest: z.string(), size: z.number() }).optional(),
+  appliedStep: z.number().int(),
+  optimizerStep: z.number().int(),
+});
