@@ -1,18 +1,21 @@
 // Benchmark evaluation: which examples and limits prepareEval picks (prompt ids by hand, the
 // default max_new_tokens, the per-task subset), scoring of hand-made generations (eos cut,
 // trimming, per-task and overall means), and evaluateModel on a random model folder written
-// here, whose answers are checked against the float64 reference's greedy decoding.
+// here, whose answers are checked against the float64 reference's greedy decoding, and the
+// same answers when the prompts are shared out over two models and scored together.
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/mod.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import { referenceGreedy } from "../model/reference/llama.ts";
-import { saveModelFolder } from "../model/safetensors.ts";
+import { LlamaGpu } from "../model/llama.ts";
+import { loadModelFolder, saveModelFolder } from "../model/safetensors.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
 import { DataFileError } from "../train/data_errors.ts";
 import { evalSubset } from "../train/eval_score.ts";
 import {
   evaluateModel,
   EvaluationError,
+  generateAnswers,
   prepareEval,
   scoreGenerations,
   stopIdsOf,
@@ -167,6 +170,31 @@ Deno.test("evaluateModel on a random model folder agrees with the reference's gr
     assert.equal(byDefault.score.n, 6);
     const longest = Math.max(...examples.map((e) => tok.encode(e.response).length));
     assert.equal(byDefault.maxNewTokens, longest + 8);
+
+    // A distributed driver's way: prepare once, decode strided shares on separate models,
+    // put the answers back in item order and score them once.
+    const folder = await loadModelFolder(dir);
+    const prepared = prepareEval(tok, examples, { all: true, maxNewTokens: maxNew });
+    const merged: number[][] = new Array(prepared.items.length);
+    for (let k = 0; k < 2; k++) {
+      const model = await LlamaGpu.create(gpu, folder.config, folder.tensors, {
+        maxRows: 1,
+        seqLen: 1,
+        gradients: "none",
+      });
+      try {
+        const mine = prepared.items.map((_, i) => i).filter((i) => i % 2 === k);
+        const got = await generateAnswers(model, prepared, mine.map((i) => prepared.items[i]), {
+          batchSize: 2,
+        });
+        mine.forEach((i, j) => merged[i] = got[j]);
+      } finally {
+        model.close();
+      }
+    }
+    const shared = scoreGenerations(tok, prepared, merged);
+    assert.deepEqual(shared.predictions, result.predictions);
+    assert.deepEqual(shared.score, result.score);
 
     await assert.rejects(() => evaluateModel(`${dir}/missing`, data, { gpu }), EvaluationError);
     await assert.rejects(() => evaluateModel(data, data, { gpu }), EvaluationError);
