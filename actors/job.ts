@@ -8,7 +8,7 @@ import { init, type System } from "../runtime/mod.ts";
 import type { EvalScore } from "../train/eval_score.ts";
 import { formatScoreTable } from "../train/eval_score.ts";
 import { type FinetuneOptions, METHODS } from "../train/options.ts";
-import { Progress } from "../train/progress.ts";
+import { Progress, type ProgressWriter } from "../train/progress.ts";
 import { type RunReport, writeJsonAtomic, writeReportJson } from "../train/report.ts";
 import { renderCompareHtml, renderReportHtml } from "../train/report_html.ts";
 import { compareJson, compareTable } from "../train/compare_table.ts";
@@ -70,6 +70,8 @@ export interface JobIo {
   log(line: string): void;
   /** Whether stderr is a terminal (progress redraws one line). */
   isTty?: boolean;
+  /** Where the progress display goes (default stderr). */
+  progress?: ProgressWriter;
 }
 
 /** Starts the local cluster (K node processes with one GPU slot each) or joins `--nats`. */
@@ -108,6 +110,7 @@ export async function runOne(system: System, o: FinetuneOptions, io: JobIo): Pro
       label: o.method,
       isTty: io.isTty,
       start: setup.nextStep,
+      out: io.progress,
     });
     let next = setup.nextStep;
     while (next < setup.totalSteps) {

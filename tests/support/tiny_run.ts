@@ -1,0 +1,72 @@
+/**
+ * A tiny model folder and data set for end-to-end runs of the fine-tuning job: a random
+ * byte-level LLaMA (2 layers, hidden 32, GQA) and slices of the shipped benchmark.
+ */
+import { expectedTensors, type LlamaConfig } from "../../model/config.ts";
+import { type HostTensor, saveModelFolder } from "../../model/safetensors.ts";
+import { Rng } from "../../train/rng.ts";
+import { defaultOptions, type FinetuneOptions } from "../../train/options.ts";
+
+export const TINY_CONFIG: LlamaConfig = {
+  hidden_size: 32,
+  intermediate_size: 48,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  vocab_size: 259,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  max_position_embeddings: 64,
+  tie_word_embeddings: false,
+  bos_token_id: 1,
+  eos_token_id: 2,
+  pad_token_id: 0,
+};
+
+const BENCH = new URL("../../data/bench/", import.meta.url);
+
+/** Writes `<dir>/model`, `<dir>/train.jsonl` (64 lines) and `<dir>/test.jsonl` (15 lines). */
+export async function writeTinySetup(dir: string, seed = 1): Promise<void> {
+  const rng = new Rng(seed);
+  const tensors = new Map<string, HostTensor>();
+  for (const s of expectedTensors(TINY_CONFIG)) {
+    const n = s.shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    for (let i = 0; i < n; i++) data[i] = s.shape.length === 1 ? 1 : rng.normal() * 0.08;
+    tensors.set(s.name, { shape: [...s.shape], data });
+  }
+  await saveModelFolder(`${dir}/model`, TINY_CONFIG, tensors);
+  const lines = (await Deno.readTextFile(new URL("train.jsonl", BENCH))).split("\n");
+  // Every 50th line mixes the four task families.
+  await Deno.writeTextFile(
+    `${dir}/train.jsonl`,
+    lines.filter((_, i) => i % 50 === 0).slice(0, 64).join("\n") + "\n",
+  );
+  const test = (await Deno.readTextFile(new URL("test.jsonl", BENCH))).split("\n");
+  await Deno.writeTextFile(
+    `${dir}/test.jsonl`,
+    test.filter((_, i) => i % 40 === 0).slice(0, 16).join("\n") + "\n",
+  );
+}
+
+/** Options of a short run on the tiny setup (K = 2, r = 2, 4 steps of batch 8). */
+export function tinyOptions(dir: string, over: Partial<FinetuneOptions> = {}): FinetuneOptions {
+  return {
+    ...defaultOptions(),
+    model: `${dir}/model`,
+    data: `${dir}/train.jsonl`,
+    eval: `${dir}/test.jsonl`,
+    workers: 2,
+    rank: 2,
+    alpha: 2,
+    batchSize: 8,
+    microBatch: 2,
+    maxSteps: 4,
+    lr: 5e-3,
+    warmupRatio: 0,
+    checkpointEvery: 0,
+    checksumEvery: 2,
+    out: `${dir}/run`,
+    ...over,
+  };
+}

@@ -1,0 +1,128 @@
+/**
+ * The fine-tuning job end to end on real processes: a private nats-server, K = 2 worker node
+ * processes on lavapipe, the Driver in this process, a tiny random model.
+ */
+import assert from "node:assert/strict";
+import { runFinetune } from "../actors/job.ts";
+import { loadModelFolder } from "../model/safetensors.ts";
+import { readReportJson } from "../train/report.ts";
+import { adaptableLinears } from "../model/config.ts";
+import { TINY_CONFIG, tinyOptions, writeTinySetup } from "./support/tiny_run.ts";
+
+const quiet = { log: () => {}, isTty: false, progress: () => {} };
+
+async function sameBytes(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
+  return x.length === y.length && x.every((v, i) => v === y[i]);
+}
+
+Deno.test("hd-pissa job: model folder, report, bytes per step, identical W on every worker", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hd-job-" });
+  try {
+    await writeTinySetup(dir);
+    const o = tinyOptions(dir);
+    const [report] = await runFinetune(o, quiet);
+
+    const model = await loadModelFolder(o.out);
+    assert.deepEqual(model.config.hidden_size, TINY_CONFIG.hidden_size);
+    const fromDisk = await readReportJson(`${o.out}/report.json`);
+    assert.equal(fromDisk.method, "hd-pissa");
+    assert.equal(fromDisk.config.workers, 2);
+    assert.equal(fromDisk.config.seed, 42);
+    assert.deepEqual(fromDisk.steps.map((s) => s.step), [0, 1, 2, 3]);
+    assert.ok(fromDisk.steps.every((s) => Number.isFinite(s.loss)));
+    const html = await Deno.readTextFile(`${o.out}/report.html`);
+    assert.match(html, /<svg/);
+
+    // Bytes: each worker sends its (ΔA, ΔB) and receives all K of them, plus small framing and
+    // the step's token ids (4 examples · 64 positions · 5 bytes).
+    const f = report.bytes_per_step_formula!;
+    const linears = adaptableLinears(TINY_CONFIG);
+    const floats = linears.reduce((n, l) => n + (l.in + l.out) * 2, 0);
+    assert.equal(f.sent, 4 * floats);
+    assert.equal(f.received, 2 * 4 * floats);
+    for (const s of report.steps) {
+      assert.ok(s.bytes_sent >= f.sent && s.bytes_sent < f.sent + 2048, `sent ${s.bytes_sent}`);
+      assert.ok(
+        s.bytes_received >= f.received && s.bytes_received < f.received + 4096,
+        `received ${s.bytes_received}`,
+      );
+    }
+    // HD-PiSSA's ΔW after 4 steps has rank above PiSSA's bound 2r = 4 in every matrix.
+    for (const l of linears) {
+      const r = report.effective_rank[l.name]["rank_1e-2"];
+      assert.ok(r > 4 && r <= Math.min(l.in, l.out), `${l.name}: rank ${r}`);
+    }
+    assert.ok(report.eval.before && report.eval.after);
+    const testLines = (await Deno.readTextFile(o.eval!)).trim().split("\n").length;
+    assert.equal(report.eval.after!.n, testLines);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("seeded runs are bit-identical, and --resume from a checkpoint ends on the same bits", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hd-det-" });
+  try {
+    await writeTinySetup(dir);
+    const a = tinyOptions(dir, { out: `${dir}/a`, checkpointEvery: 2, eval: null });
+    const b = tinyOptions(dir, { out: `${dir}/b`, checkpointEvery: 2, eval: null });
+    await runFinetune(a, quiet);
+    await runFinetune(b, quiet);
+    assert.ok(await sameBytes(`${a.out}/model.safetensors`, `${b.out}/model.safetensors`));
+
+    // A run that stopped after its checkpoint: keep only the checkpoint, then resume.
+    const c = `${dir}/c`;
+    await Deno.mkdir(`${c}/checkpoints`, { recursive: true });
+    for await (const e of Deno.readDir(`${a.out}/checkpoints`)) {
+      await Deno.mkdir(`${c}/checkpoints/${e.name}`);
+      for await (const f of Deno.readDir(`${a.out}/checkpoints/${e.name}`)) {
+        await Deno.copyFile(
+          `${a.out}/checkpoints/${e.name}/${f.name}`,
+          `${c}/checkpoints/${e.name}/${f.name}`,
+        );
+      }
+    }
+    const resumed = tinyOptions(dir, { out: c, resume: c, checkpointEvery: 2, eval: null });
+    const [r] = await runFinetune(resumed, quiet);
+    assert.deepEqual(r.steps.map((s) => s.step), [0, 1, 2, 3]);
+    assert.ok(await sameBytes(`${a.out}/model.safetensors`, `${c}/model.safetensors`));
+
+    // A different seed gives different weights (the comparison above can fail).
+    const d = tinyOptions(dir, { out: `${dir}/d`, seed: 7, eval: null });
+    await runFinetune(d, quiet);
+    assert.ok(!(await sameBytes(`${a.out}/model.safetensors`, `${d.out}/model.safetensors`)));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--compare: one folder per method, compare.json, and ranks HD-PiSSA > PiSSA (≤ 2r) ≥ LoRA (≤ r)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hd-cmp-" });
+  try {
+    await writeTinySetup(dir);
+    const o = tinyOptions(dir, { compare: true, eval: null, maxSteps: 3 });
+    const reports = await runFinetune(o, quiet);
+    assert.deepEqual(reports.map((r) => r.method), ["hd-pissa", "pissa", "lora", "full"]);
+    const cmp = JSON.parse(await Deno.readTextFile(`${o.out}/compare.json`));
+    assert.deepEqual(Object.keys(cmp.methods).sort(), ["full", "hd-pissa", "lora", "pissa"]);
+    for (const m of ["hd-pissa", "pissa", "lora", "full"]) {
+      await loadModelFolder(`${o.out}/${m}`);
+    }
+    const ranks = (m: string) => {
+      const r = reports.find((x) => x.method === m)!;
+      return Object.values(r.effective_rank).map((e) => e["rank_1e-2"]);
+    };
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const [hd, pissa, lora] = [ranks("hd-pissa"), ranks("pissa"), ranks("lora")];
+    assert.ok(pissa.every((r) => r <= 4), `PiSSA ranks ${pissa}`);
+    assert.ok(lora.every((r) => r <= 2), `LoRA ranks ${lora}`);
+    assert.ok(
+      mean(hd) > mean(pissa) && mean(pissa) >= mean(lora),
+      `${mean(hd)} ${mean(pissa)} ${mean(lora)}`,
+    );
+    assert.ok(await Deno.stat(`${o.out}/compare.html`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
