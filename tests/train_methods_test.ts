@@ -5,15 +5,24 @@
  */
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/mod.ts";
-import { adaptableLinears, type LinearKind, LINEAR_KINDS, type LlamaConfig } from "../model/config.ts";
+import {
+  adaptableLinears,
+  LINEAR_KINDS,
+  type LinearKind,
+  type LlamaConfig,
+} from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import type { HostTensor } from "../model/safetensors.ts";
 import type { MicroBatch } from "../train/encode.ts";
 import { Rng } from "../train/rng.ts";
 import { methodInit } from "../train/methods/init.ts";
 import { combineContributions, validateContribution } from "../train/methods/combine.ts";
-import { createWorkerMethod, modelOptionsFor, type WorkerMethodConfig } from "../train/methods/worker.ts";
-import { type RefMicroBatch, referenceStep } from "./support/step_reference.ts";
+import {
+  createWorkerMethod,
+  modelOptionsFor,
+  type WorkerMethodConfig,
+} from "../train/methods/worker.ts";
+import { referenceStep, type RefMicroBatch } from "./support/step_reference.ts";
 import { randomMicroBatch, randomWeights } from "./support/model_gpu.ts";
 
 const CONFIG: LlamaConfig = {
@@ -158,7 +167,10 @@ function checkAgainstReference(
       const rounding = 2 ** -24 * rms(w0) / rms(dRef);
       const e = relErr(dGot, dRef);
       const bound = tol + 2 * rounding;
-      assert.ok(e < bound, `${name}: relative error of ΔW ${e.toExponential(2)} ≥ ${bound.toExponential(2)}`);
+      assert.ok(
+        e < bound,
+        `${name}: relative error of ΔW ${e.toExponential(2)} ≥ ${bound.toExponential(2)}`,
+      );
     } else {
       assert.deepEqual([...got], [...w0], `${name} must not change`);
     }
@@ -176,7 +188,11 @@ Deno.test("one training step of every method matches the float64 reference", asy
     const cases: [string, Case][] = [
       ["hd-pissa, SGD, mean", { method: "hd-pissa" }],
       ["hd-pissa, SGD, sum, alpha = 2r", { method: "hd-pissa", aggregate: "sum", alpha: 2 * RANK }],
-      ["hd-pissa, AdamW + weight decay + clip", { method: "hd-pissa", optimizer: "adamw", clip: 0.5 }],
+      ["hd-pissa, AdamW + weight decay + clip", {
+        method: "hd-pissa",
+        optimizer: "adamw",
+        clip: 0.5,
+      }],
       // AdamW's first step is invariant to the gradient's scale: clipping shows with SGD only.
       ["hd-pissa, SGD + clip", { method: "hd-pissa", clip: 0.05 }],
       ["lora, SGD", { method: "lora" }],
@@ -240,7 +256,10 @@ Deno.test("HD-PiSSA: fixed orthogonal slices, the update is (B+ΔB)(A+ΔA) − B
         }
         for (let c = 0; c < l.in; c++) scale = Math.max(scale, a0[i * l.in + c] ** 2);
       }
-      assert.ok(maxCross < 1e-5 * Math.max(1, scale * l.in), `${name}: slices not orthogonal (${maxCross})`);
+      assert.ok(
+        maxCross < 1e-5 * Math.max(1, scale * l.in),
+        `${name}: slices not orthogonal (${maxCross})`,
+      );
     }
   } finally {
     gpu.close();

@@ -37,11 +37,8 @@ export interface StepRecord {
   tokens?: number;
 }
 
-/** Examples and correct answers of one task label. */
-export interface TaskCount {
-  n: number;
-  correct: number;
-}
+import type { TaskCount } from "./eval_score.ts";
+export type { TaskCount };
 
 /** Accuracy of one evaluation pass (before or after fine-tuning). */
 export interface EvalSplit {

@@ -4,7 +4,8 @@
  * baselines: their mean).
  * @module
  */
-import type { Layout, Method } from "./layout.ts";
+import type { Layout } from "./layout.ts";
+import type { Method } from "../options.ts";
 
 /** A contribution that must not be applied: wrong size, or a NaN/Inf inside. */
 export class ContributionError extends Error {

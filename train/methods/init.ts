@@ -9,7 +9,7 @@ import type { HostTensor } from "../../model/safetensors.ts";
 import { type AdapterFactors, hdPissaSlices, loraInit, pissaInit } from "../adapter_init.ts";
 import { Rng } from "../rng.ts";
 import type { TopSvdOptions } from "../svd.ts";
-import type { Method } from "./layout.ts";
+import type { Method } from "../options.ts";
 
 export interface InitOptions {
   method: Method;

@@ -11,7 +11,7 @@ import {
   type LlamaConfig,
 } from "../../model/config.ts";
 
-export type Method = "hd-pissa" | "pissa" | "lora" | "full";
+import type { Method } from "../options.ts";
 
 /** One tensor inside a flat contribution. */
 export interface Segment {

@@ -29,7 +29,8 @@ import type { HostTensor } from "../../model/safetensors.ts";
 import type { MicroBatch } from "../encode.ts";
 import type { AdapterFactors } from "../adapter_init.ts";
 import type { MethodInit } from "./init.ts";
-import { contributionLayout, fullTrainableDefault, type Layout, type Method } from "./layout.ts";
+import { contributionLayout, fullTrainableDefault, type Layout } from "./layout.ts";
+import type { Method } from "../options.ts";
 
 export interface WorkerMethodConfig {
   method: Method;
