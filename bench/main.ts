@@ -36,7 +36,9 @@ for (const suite of suites) {
     if (values.json) {
       console.log(JSON.stringify({ name: f.name, value: f.value, unit: f.unit }));
     } else {
-      const v = Number.isInteger(f.value) ? String(f.value) : f.value.toPrecision(4);
+      const v = Number.isInteger(f.value) || Math.abs(f.value) >= 1e4
+        ? String(Math.round(f.value))
+        : f.value.toPrecision(4);
       console.log(`  ${f.name.padEnd(56)} ${v.padStart(12)} ${f.unit}`);
     }
   });
