@@ -76,7 +76,16 @@ export interface JobIo {
 
 /** Starts the local cluster (K node processes with one GPU slot each) or joins `--nats`. */
 export async function startSystem(o: FinetuneOptions): Promise<System> {
-  if (o.nats) return await init({ nats: o.nats });
+  if (o.nats) {
+    // Secrets come from the environment, as for `deno task node`, never from flags in `ps`.
+    const env = (k: string) => Deno.env.get(k) || undefined;
+    return await init({
+      nats: o.nats.split(","),
+      user: env("NATS_USER"),
+      pass: env("NATS_PASSWORD"),
+      token: env("NATS_TOKEN"),
+    });
+  }
   // Without a real GPU, K lavapipe instances share the CPU: one thread each avoids oversubscribing.
   const threads = Deno.env.get("LP_NUM_THREADS") ??
     String(Math.max(1, Math.floor(navigator.hardwareConcurrency / o.workers)));
