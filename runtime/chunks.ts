@@ -125,6 +125,8 @@ export interface ReassemblerOptions {
   staleMs?: number;
   /** Most transfers in progress at once (older ones are dropped first). */
   maxTransfers?: number;
+  /** Most bytes of transfers in progress at once (older ones are dropped first). */
+  maxPendingBytes?: number;
 }
 
 /** Rebuilds frames from parts, per transfer id. */
@@ -133,11 +135,26 @@ export class Reassembler {
   readonly #maxFrame: number;
   readonly #staleMs: number;
   readonly #maxTransfers: number;
+  readonly #maxPending: number;
+  #pendingBytes = 0;
 
   constructor(options: ReassemblerOptions = {}) {
     this.#maxFrame = options.maxFrameBytes ?? 2 ** 32 - 1;
     this.#staleMs = options.staleMs ?? 60_000;
     this.#maxTransfers = options.maxTransfers ?? 64;
+    this.#maxPending = options.maxPendingBytes ?? Infinity;
+  }
+
+  /** Bytes held by transfers in progress. */
+  get pendingBytes(): number {
+    return this.#pendingBytes;
+  }
+
+  #drop(id: string) {
+    const t = this.#transfers.get(id);
+    if (!t) return;
+    this.#transfers.delete(id);
+    this.#pendingBytes -= t.buf.byteLength;
   }
 
   /** Transfers in progress. */
@@ -169,9 +186,14 @@ export class Reassembler {
       if (total > this.#maxFrame) {
         throw new FrameError(`frame of ${total} bytes exceeds the limit of ${this.#maxFrame}`);
       }
-      if (this.#transfers.size >= this.#maxTransfers) {
-        this.#transfers.delete(this.#transfers.keys().next().value!);
+      while (
+        this.#transfers.size > 0 &&
+        (this.#transfers.size >= this.#maxTransfers ||
+          this.#pendingBytes + total > this.#maxPending)
+      ) {
+        this.#drop(this.#transfers.keys().next().value!);
       }
+      this.#pendingBytes += total;
       t = {
         buf: new Uint8Array(total),
         count,
@@ -195,7 +217,7 @@ export class Reassembler {
       }
       if (t.seen[index]) throw new FrameError(`part ${index} received twice`);
     } catch (e) {
-      this.#transfers.delete(id);
+      this.#drop(id);
       throw e;
     }
     t.buf.set(data, offset);
@@ -203,19 +225,20 @@ export class Reassembler {
     t.received++;
     t.touched = now;
     if (t.received < t.count) return undefined;
-    this.#transfers.delete(id);
+    this.#drop(id);
     return t.buf;
   }
 
   /** Drops every transfer in progress. */
   clear() {
     this.#transfers.clear();
+    this.#pendingBytes = 0;
   }
 
   #sweep(now: number) {
     if (this.#transfers.size === 0) return;
     for (const [k, t] of this.#transfers) {
-      if (now - t.touched > this.#staleMs) this.#transfers.delete(k);
+      if (now - t.touched > this.#staleMs) this.#drop(k);
     }
   }
 }

@@ -27,6 +27,31 @@ export interface ReceiveOptions<S extends z.ZodType | undefined> {
   /** Default 30 000 ms. */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /**
+   * Largest frame accepted, in bytes; a message (or a part announcing a frame) beyond it is
+   * refused before anything is allocated. Default: the system's limit.
+   */
+  maxFrameBytes?: number;
+}
+
+/** Options of {@link Collectives.gather}. */
+export interface GatherOptions<S extends z.ZodType | undefined> extends ReceiveOptions<S> {
+  /**
+   * Hold each rank's parts until {@link Gathering.verify} says which one is genuine (e.g. by a
+   * digest its sender returned over a private reply), so that a part published by someone else
+   * on the same subject cannot take the rank. Without it the first well-formed part wins.
+   */
+  verified?: boolean;
+  /** Parts held per rank while it is not verified yet; older ones are dropped. Default 4. */
+  maxCandidates?: number;
+}
+
+/** Options of {@link Collectives.subscribe}. */
+export interface SubscribeOptions<S extends z.ZodType | undefined> {
+  schema?: S;
+  maxFrameBytes?: number;
+  /** Values kept while nobody reads; the oldest are dropped (and counted) beyond it. Default 256. */
+  maxQueue?: number;
 }
 
 type Out<S> = S extends z.ZodType ? z.output<S> : unknown;
@@ -35,8 +60,20 @@ type Out<S> = S extends z.ZodType ? z.output<S> : unknown;
 export interface Gathering<T> {
   /** The parts, indexed by the last token of their subject. */
   readonly result: Promise<T[]>;
-  /** Messages dropped: malformed frames, schema failures, ranks out of range, duplicates. */
+  /**
+   * Messages refused: malformed frames, schema failures, ranks out of range, parts that failed
+   * their rank's check, and (unverified gathers) second parts of a rank.
+   */
   readonly rejected: number;
+  /** Verified gathers: parts that passed their rank's check after the rank was filled (resends). */
+  readonly duplicates: number;
+  /** Ranks still without a part. */
+  missing(): number[];
+  /**
+   * Verified gathers: rank `k` takes the first part, held or still to come, that passes `check`;
+   * held parts that fail it are counted as rejected.
+   */
+  verify(k: number, check: (value: T) => boolean): void;
   /** Stops waiting (the result rejects with CallCancelledError). */
   cancel(): void;
 }
@@ -45,7 +82,7 @@ export interface Gathering<T> {
 export interface Receiver<T> extends AsyncIterable<{ subject: string; value: T }> {
   /** The next value (waits up to `timeoutMs`). */
   next(timeoutMs?: number): Promise<{ subject: string; value: T }>;
-  /** Messages dropped: malformed frames and schema failures. */
+  /** Messages dropped: malformed frames, schema failures, values pushed out of a full queue. */
   readonly rejected: number;
   close(): void;
 }
@@ -72,9 +109,10 @@ export class Collectives {
   /** Receives values published on `subject` (wildcards allowed); registered once this resolves. */
   async subscribe<S extends z.ZodType | undefined = undefined>(
     subject: string,
-    options: Omit<ReceiveOptions<S>, "timeoutMs" | "signal"> = {},
+    options: SubscribeOptions<S> = {},
   ): Promise<Receiver<Out<S>>> {
-    const inbox = new FrameInbox(this.#maxFrameBytes);
+    const inbox = new FrameInbox(options.maxFrameBytes ?? this.#maxFrameBytes);
+    const maxQueue = options.maxQueue ?? 256;
     const queue: { subject: string; value: Out<S> }[] = [];
     const waiters: ((v: { subject: string; value: Out<S> } | Error) => void)[] = [];
     let rejected = 0;
@@ -92,8 +130,12 @@ export class Collectives {
         if (stats) stats.bytesReceived += v.bytes;
         const item = { subject: msg.subject, value: v.value };
         const w = waiters.shift();
-        if (w) w(item);
-        else queue.push(item);
+        if (w) return w(item);
+        queue.push(item);
+        if (queue.length > maxQueue) {
+          queue.shift();
+          rejected++;
+        }
       },
     });
     await this.#nc.flush();
@@ -146,30 +188,67 @@ export class Collectives {
   async gather<S extends z.ZodType | undefined = undefined>(
     subject: string,
     count: number,
-    options: ReceiveOptions<S> = {},
+    options: GatherOptions<S> = {},
   ): Promise<Gathering<Out<S>>> {
     if (!Number.isInteger(count) || count < 1) {
       throw new InvalidArgumentError(`gather needs a positive part count, got ${count}`);
     }
-    const inbox = new FrameInbox(this.#maxFrameBytes);
+    const maxFrame = options.maxFrameBytes ?? this.#maxFrameBytes;
+    // Room for every rank's transfer at once; a flood of bogus transfers evicts older ones
+    // rather than growing without bound.
+    const inbox = new FrameInbox(maxFrame, count * maxFrame);
+    const verified = options.verified ?? false;
+    const maxCandidates = Math.max(1, options.maxCandidates ?? 4);
     const parts = new Array<Out<S>>(count);
     const have = new Uint8Array(count);
+    const held: Out<S>[][] = Array.from({ length: count }, () => []);
+    const checks: ((v: Out<S>) => boolean)[] = new Array(count);
     let got = 0;
-    let rejected = 0;
+    const counts = { rejected: 0, duplicates: 0 };
     // Assigned below; `settle` may run before either exists.
     const live: { sub?: Subscription; timer?: ReturnType<typeof setTimeout> } = {};
     let settle!: (e?: Error) => void;
+    let settled = false;
     const stats = this.#stats;
     const result = new Promise<Out<S>[]>((resolve, reject) => {
       settle = (e?: Error) => {
+        if (settled) return;
+        settled = true;
         clearTimeout(live.timer);
         options.signal?.removeEventListener("abort", onAbort);
         live.sub?.unsubscribe();
         inbox.clear();
+        held.forEach((h) => h.length = 0);
         if (e) reject(e);
         else resolve(parts);
       };
     });
+    // A gather given up on (cancelled, or its caller failed first) need not be awaited.
+    result.catch(() => {});
+    const take = (k: number, v: Out<S>) => {
+      parts[k] = v;
+      have[k] = 1;
+      held[k].length = 0;
+      if (++got === count) settle();
+    };
+    const offer = (k: number, v: Out<S>) => {
+      const check = checks[k];
+      if (have[k]) {
+        if (verified && check?.(v)) counts.duplicates++;
+        else counts.rejected++;
+      } else if (!verified) {
+        take(k, v);
+      } else if (check) {
+        if (check(v)) take(k, v);
+        else counts.rejected++;
+      } else {
+        held[k].push(v);
+        if (held[k].length > maxCandidates) {
+          held[k].shift();
+          counts.rejected++;
+        }
+      }
+    };
     const onAbort = () => settle(new CallCancelledError(subject, "gather"));
     const prefix = `${subject}.`;
     live.sub = this.#nc.subscribe(`${subject}.*`, {
@@ -178,14 +257,12 @@ export class Collectives {
         const k = Number(msg.subject.slice(prefix.length));
         const v = accept<S>(inbox, msg, options.schema);
         if (v === undefined) return;
-        if (v instanceof Error || !Number.isInteger(k) || k < 0 || k >= count || have[k]) {
-          rejected++;
+        if (v instanceof Error || !Number.isInteger(k) || k < 0 || k >= count) {
+          counts.rejected++;
           return;
         }
         if (stats) stats.bytesReceived += v.bytes;
-        parts[k] = v.value;
-        have[k] = 1;
-        if (++got === count) settle();
+        offer(k, v.value);
       },
     });
     live.timer = setTimeout(() => {
@@ -198,7 +275,29 @@ export class Collectives {
     return {
       result,
       get rejected() {
-        return rejected;
+        return counts.rejected;
+      },
+      get duplicates() {
+        return counts.duplicates;
+      },
+      missing: () => [...have.keys()].filter((i) => !have[i]),
+      verify: (k, check) => {
+        if (!Number.isInteger(k) || k < 0 || k >= count) {
+          throw new InvalidArgumentError(`gather: rank ${k} of ${count} is invalid`);
+        }
+        checks[k] = check;
+        if (have[k] || settled) return;
+        let first: Out<S> | undefined;
+        let found = false;
+        for (const v of held[k].splice(0)) {
+          if (!check(v)) counts.rejected++;
+          else if (found) counts.duplicates++;
+          else {
+            first = v;
+            found = true;
+          }
+        }
+        if (found) take(k, first as Out<S>);
       },
       cancel: onAbort,
     };

@@ -197,9 +197,15 @@ class PartVerifier {
 export class FrameInbox {
   readonly #reassembler: Reassembler;
   readonly #verifiers = new Map<string, PartVerifier>();
+  readonly #maxFrameBytes: number;
 
-  constructor(maxFrameBytes?: number) {
-    this.#reassembler = new Reassembler({ maxFrameBytes });
+  /**
+   * `maxFrameBytes` bounds one frame; `maxPendingBytes` bounds the frames being reassembled at
+   * once (oldest dropped first), so that a sender cannot make this inbox hold more.
+   */
+  constructor(maxFrameBytes?: number, maxPendingBytes?: number) {
+    this.#maxFrameBytes = maxFrameBytes ?? Infinity;
+    this.#reassembler = new Reassembler({ maxFrameBytes, maxPendingBytes });
   }
 
   /**
@@ -233,6 +239,11 @@ export class FrameInbox {
         verified = v.verified();
         this.#verifiers.delete(info.id);
       }
+    } else if (msg.data.byteLength > this.#maxFrameBytes) {
+      throw new FrameError(
+        `message on ${msg.subject} has ${msg.data.byteLength} bytes, over the limit of ` +
+          `${this.#maxFrameBytes}`,
+      );
     } else if (isFrame(msg.data)) {
       frame = msg.data;
     } else {
