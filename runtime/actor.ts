@@ -122,6 +122,12 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** While the actor restarts, fail at once with ActorDiedError instead of waiting for it. */
   failFast?: boolean;
+  /**
+   * The method gives the same result when run twice (or its repeats are harmless): the call is
+   * then sent again when a connection on its way reconnected, since the request or its reply
+   * may have been lost with the server that went away. Default false (a call is sent once).
+   */
+  idempotent?: boolean;
 }
 
 type MethodFn<In, Out> = undefined extends In ? (input?: In, options?: CallOptions) => Promise<Out>

@@ -38,6 +38,10 @@ type Outcome = { kind: "reply"; m: Incoming } | { kind: "noresp" };
 interface Pending {
   actor?: string;
   inc?: number;
+  /** The node the request went to. */
+  node?: string;
+  /** Publishes the request again (idempotent calls only). */
+  resend?: () => void;
   resolve(o: Outcome): void;
   reject(e: Error): void;
 }
@@ -54,6 +58,7 @@ export interface RequestOptions {
   timeoutMs?: number;
   signal?: AbortSignal;
   failFast?: boolean;
+  idempotent?: boolean;
 }
 
 /** Sends calls and requests and routes their replies. */
@@ -89,6 +94,7 @@ export class Caller {
       },
     });
     this.#off = this.#dir.on((e) => {
+      if (e.type === "node_reconnected") return this.#resend((p) => p.node === e.node);
       if (e.type !== "actor_down") return;
       const set = this.#byActor.get(e.actor.id);
       if (!set) return;
@@ -96,6 +102,20 @@ export class Caller {
         if (p.inc === e.actor.inc) p.reject(new ActorDiedError(e.actor.id, e.reason, e.detail));
       }
     });
+  }
+
+  /**
+   * This process's connection was re-established: requests and replies in flight may have been
+   * lost with the server, so idempotent calls go out again.
+   */
+  reconnected() {
+    this.#resend(() => true);
+  }
+
+  #resend(which: (p: Pending) => boolean) {
+    for (const p of this.#pending.values()) {
+      if (p.resend && which(p)) p.resend();
+    }
   }
 
   #onReply(msg: Msg) {
@@ -145,7 +165,14 @@ export class Caller {
     meta: Meta,
     value: unknown,
     deadline: number,
-    what: { actor: string; method: string; inc?: number; timeoutMs: number },
+    what: {
+      actor: string;
+      method: string;
+      inc?: number;
+      node?: string;
+      idempotent?: boolean;
+      timeoutMs: number;
+    },
     signal?: AbortSignal,
   ): Promise<Outcome> {
     if (this.#closed) return Promise.reject(new SystemClosedError("the system is shut down"));
@@ -171,6 +198,7 @@ export class Caller {
       const p: Pending = {
         actor: tracked ? what.actor : undefined,
         inc: what.inc,
+        node: what.node,
         resolve: (o) => {
           cleanup();
           resolve(o);
@@ -193,8 +221,18 @@ export class Caller {
       signal?.addEventListener("abort", onAbort, { once: true });
       this.stats.bytesSent += encoded.bytes;
       const reply = `${this.#prefix}.${id}`;
-      if (encoded.frame) this.#nc.publish(subject, encoded.frame, { reply });
-      else publish(this.#nc, subject, encoded, reply).catch((e) => p.reject(e));
+      const send = () => {
+        if (encoded.frame) this.#nc.publish(subject, encoded.frame, { reply });
+        else publish(this.#nc, subject, encoded, reply).catch((e) => p.reject(e));
+      };
+      if (what.idempotent) {
+        p.resend = () => {
+          try {
+            send();
+          } catch { /* closed: the call fails by other means */ }
+        };
+      }
+      send();
     });
   }
 
@@ -207,7 +245,14 @@ export class Caller {
   ): Promise<unknown> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
-    const what = { actor: id, method, timeoutMs, inc: 0 };
+    const what = {
+      actor: id,
+      method,
+      timeoutMs,
+      inc: 0,
+      node: undefined as string | undefined,
+      idempotent: options.idempotent ?? false,
+    };
     this.stats.calls++;
     const started = Date.now();
     for (;;) {
@@ -227,6 +272,7 @@ export class Caller {
         continue;
       }
       what.inc = e.info.inc;
+      what.node = e.info.node;
       const remaining = Math.max(1, deadline - Date.now());
       const o = await this.#exchange(
         this.#subjects.actor(id),

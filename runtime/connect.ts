@@ -32,6 +32,8 @@ export interface Credentials {
   token?: string;
   /** A `.creds` file (JWT and nkey seed), as `nsc` writes it. */
   credsFile?: string;
+  /** The seed (`SU...`) of a user nkey the server lists; the client signs the server's nonce. */
+  nkeySeed?: string;
   tls?: TlsSettings;
 }
 
@@ -118,11 +120,81 @@ export async function connectNats(
 async function authOptions(c: Credentials): Promise<Partial<ConnectionOptions>> {
   const out: Partial<ConnectionOptions> = {};
   if (c.tls) out.tls = { ...c.tls };
+  if (c.credsFile && c.nkeySeed) {
+    throw new InvalidArgumentError("give either a creds file or an nkey seed, not both");
+  }
   if (c.credsFile) {
     const { credsAuthenticator } = await import("@nats-io/nats-core");
     out.authenticator = credsAuthenticator(await Deno.readFile(c.credsFile));
   }
+  if (c.nkeySeed) {
+    const { nkeyAuthenticator } = await import("@nats-io/nats-core");
+    out.authenticator = nkeyAuthenticator(new TextEncoder().encode(c.nkeySeed.trim()));
+  }
   return out;
+}
+
+/**
+ * Takes credentials out of server URLs (`nats://user:pass@host`, `nats://token@host`), so that
+ * they are neither logged nor passed on command lines. Credentials given explicitly win.
+ */
+export function splitUrlCredentials(
+  urls: readonly string[],
+  explicit: Credentials = {},
+): { servers: string[]; credentials: Credentials } {
+  const found: Credentials = {};
+  const servers = urls.map((raw) => {
+    const url = raw.trim();
+    const m = /^([a-z]+:\/\/)([^@/]*)@(.*)$/i.exec(url);
+    if (!m) return url;
+    const [user, pass] = m[2].split(":", 2).map(decodeURIComponent);
+    if (pass !== undefined) {
+      found.user ??= user;
+      found.pass ??= pass;
+    } else if (user) {
+      found.token ??= user;
+    }
+    return m[1] + m[3];
+  });
+  const credentials: Credentials = { ...explicit };
+  if (!explicit.user && !explicit.token && !explicit.credsFile && !explicit.nkeySeed) {
+    if (found.user !== undefined) {
+      credentials.user = found.user;
+      credentials.pass = found.pass;
+    } else if (found.token !== undefined) {
+      credentials.token = found.token;
+    }
+  }
+  return { servers, credentials };
+}
+
+/**
+ * Credentials from the usual NATS environment variables: NATS_USER and NATS_PASSWORD,
+ * NATS_TOKEN, NATS_NKEY_SEED (or NATS_NKEY_FILE), NATS_CREDS, and NATS_TLS_CA, NATS_TLS_CERT,
+ * NATS_TLS_KEY. Secrets in the environment stay off command lines, which other users can read.
+ */
+export function natsEnvCredentials(): Credentials {
+  const get = (k: string) => Deno.env.get(k) || undefined;
+  const c: Credentials = {};
+  if (get("NATS_USER")) {
+    c.user = get("NATS_USER");
+    c.pass = get("NATS_PASSWORD");
+  }
+  c.token = get("NATS_TOKEN");
+  c.credsFile = get("NATS_CREDS");
+  c.nkeySeed = get("NATS_NKEY_SEED");
+  const nkeyFile = get("NATS_NKEY_FILE");
+  if (!c.nkeySeed && nkeyFile) {
+    try {
+      c.nkeySeed = Deno.readTextFileSync(nkeyFile).trim();
+    } catch (e) {
+      throw new InvalidArgumentError(`NATS_NKEY_FILE ${nkeyFile}: ${(e as Error).message}`);
+    }
+  }
+  const [caFile, certFile, keyFile] = ["NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY"].map(get);
+  if (caFile || certFile || keyFile) c.tls = { caFile, certFile, keyFile };
+  for (const k of Object.keys(c) as (keyof Credentials)[]) if (c[k] === undefined) delete c[k];
+  return c;
 }
 
 /** Reads credentials handed over through {@link CREDENTIALS_ENV}, if any. */

@@ -38,6 +38,8 @@ export interface NodeEntry {
 export type DirectoryEvent =
   | { type: "node_up"; node: string; hb: Heartbeat }
   | { type: "node_down"; node: string; hb: Heartbeat }
+  /** The node's connection was re-established: messages sent to it meanwhile may be lost. */
+  | { type: "node_reconnected"; node: string }
   | { type: "actor_up"; actor: ActorInfo }
   | { type: "actor_down"; actor: ActorInfo; reason: DeathReason; final: boolean; detail?: string }
   | { type: "actor_restarting"; actor: ActorInfo }
@@ -103,6 +105,9 @@ export class Directory {
     if (prev && prev.hb.seq > hb.seq && prev.hb.pid === hb.pid) return;
     this.nodes.set(hb.node, { hb, lastSeen: now });
     if (!prev) this.#emit({ type: "node_up", node: hb.node, hb });
+    else if (prev.hb.pid === hb.pid && (hb.conn ?? 0) > (prev.hb.conn ?? 0)) {
+      this.#emit({ type: "node_reconnected", node: hb.node });
+    }
     const listed = new Set<string>();
     for (const a of hb.actors) {
       listed.add(a.id);

@@ -97,6 +97,11 @@ export class LocalNode {
     return new LocalNode(o.id, child);
   }
 
+  /** True once {@link stop} was called (an exit after that is not a crash). */
+  get stopping(): boolean {
+    return this.#stopping !== undefined;
+  }
+
   /** Asks the node to shut down (closes its pipe); kills it if it has not exited in time. */
   stop(timeoutMs = 10_000): Promise<void> {
     this.#stopping ??= (async () => {

@@ -42,6 +42,7 @@ export {
   init,
   type InitOptions,
   type NodeInfo,
+  type ReplaceBudget,
   type SpawnOptions,
   type Supervisor,
   supervisor,
@@ -53,8 +54,14 @@ export type { ChildOptions, Strategy } from "./supervisor.ts";
 export type { NodeSpec } from "./local_nodes.ts";
 export type { Resources } from "./protocol.ts";
 export type { Credentials, TlsSettings } from "./connect.ts";
-export { connectNats } from "./connect.ts";
-export { Collectives, type Gathering, type Receiver } from "./collectives.ts";
+export { connectNats, natsEnvCredentials, splitUrlCredentials } from "./connect.ts";
+export {
+  Collectives,
+  type Gathering,
+  type GatherOptions,
+  type Receiver,
+  type SubscribeOptions,
+} from "./collectives.ts";
 export { type ObjectEntry, ObjectStore } from "./objects.ts";
 export { EmbeddedServer, type EmbeddedServerOptions } from "./nats_server.ts";
 export {

@@ -8,13 +8,19 @@
  * ```
  *
  * Credentials: `--user/--pass`, `--token`, `--creds FILE`, TLS with `--tls-ca/--tls-cert/
- * --tls-key`; secrets may instead come from NATS_USER, NATS_PASSWORD, NATS_TOKEN (or, for nodes
- * an `init()` starts, from the environment variable it sets). Stops on SIGINT/SIGTERM, and with
+ * --tls-key`; secrets may instead come from NATS_USER, NATS_PASSWORD, NATS_TOKEN,
+ * NATS_NKEY_SEED or NATS_NKEY_FILE, NATS_CREDS, NATS_TLS_* (or, for nodes an `init()` starts,
+ * from the environment variable it sets), or the URL (`nats://user:pass@host`). Stops on SIGINT/SIGTERM, and with
  * `--owner-pipe` when its stdin closes (its owner exited).
  * @module
  */
 import { parseArgs } from "node:util";
-import { type Credentials, credentialsFromEnv } from "./connect.ts";
+import {
+  type Credentials,
+  credentialsFromEnv,
+  natsEnvCredentials,
+  splitUrlCredentials,
+} from "./connect.ts";
 import type { Resources } from "./protocol.ts";
 import { System } from "./system.ts";
 
@@ -83,23 +89,27 @@ async function main() {
     if (!Number.isInteger(n) || n < 0) fail(`--gpus must be a count or "auto", got ${values.gpus}`);
     resources = { ...resources, gpu: n };
   }
-  const env = credentialsFromEnv();
+  // Flags first, then what an owner handed over, then the usual NATS_* variables.
+  const owner = credentialsFromEnv();
+  const std = natsEnvCredentials();
   const tls = values["tls-ca"] || values["tls-cert"] || values["tls-key"]
     ? { caFile: values["tls-ca"], certFile: values["tls-cert"], keyFile: values["tls-key"] }
-    : env.tls;
-  const credentials: Credentials = {
-    user: values.user ?? env.user ?? Deno.env.get("NATS_USER"),
-    pass: values.pass ?? env.pass ?? Deno.env.get("NATS_PASSWORD"),
-    token: values.token ?? env.token ?? Deno.env.get("NATS_TOKEN"),
-    credsFile: values.creds ?? env.credsFile,
+    : owner.tls ?? std.tls;
+  const split = splitUrlCredentials(values.nats.split(","), {
+    user: values.user ?? owner.user ?? std.user,
+    pass: values.pass ?? owner.pass ?? std.pass,
+    token: values.token ?? owner.token ?? std.token,
+    credsFile: values.creds ?? owner.credsFile ?? std.credsFile,
+    nkeySeed: owner.nkeySeed ?? std.nkeySeed,
     tls,
-  };
+  });
+  const credentials: Credentials = split.credentials;
   const heartbeatMs = Number(values["heartbeat-ms"]);
   const missed = Number(values["missed-heartbeats"]);
   if (!(heartbeatMs > 0) || !Number.isInteger(missed) || missed < 1) fail("bad heartbeat settings");
   const nodeId = values.id ?? `n${crypto.randomUUID().slice(0, 8)}`;
   const system = await System.join({
-    servers: values.nats.split(","),
+    servers: split.servers,
     credentials,
     system: values.system,
     nodeId,

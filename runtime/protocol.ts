@@ -91,6 +91,8 @@ export const heartbeatSchema = z.object({
   placeable: z.boolean(),
   /** Revision of the hosted-actor set; events carry it too. */
   rev: z.number().int().nonnegative(),
+  /** Reconnections of the sender's main connection: messages to it may have been lost. */
+  conn: z.number().int().nonnegative().optional(),
   seq: z.number().int().nonnegative(),
   actors: z.array(actorInfoSchema),
 });

@@ -21,7 +21,7 @@ import {
 } from "./actor.ts";
 import { Caller, type TrafficStats } from "./caller.ts";
 import { Collectives } from "./collectives.ts";
-import { connectNats, type Credentials } from "./connect.ts";
+import { connectNats, type Credentials, splitUrlCredentials } from "./connect.ts";
 import { Directory, type DirectoryEvent } from "./directory.ts";
 import {
   ActorExistsError,
@@ -102,6 +102,18 @@ export interface InitOptions extends Credentials {
   maxFrameBytes?: number;
   /** This process's node id (node processes get theirs from their owner). Default random. */
   nodeId?: string;
+  /**
+   * Replace a local node process that dies (it exits, or misses its heartbeats) with a fresh one
+   * of the same spec, so that its actors can restart on this host. `true` allows as many
+   * replacements per minute as there are local nodes (at least 2). Default off.
+   */
+  replaceNodes?: boolean | ReplaceBudget;
+}
+
+/** How many local node processes may be replaced within a window. */
+export interface ReplaceBudget {
+  max: number;
+  withinMs: number;
 }
 
 /** Options of {@link System.spawn}. */
@@ -194,6 +206,11 @@ export type SystemEvent = DirectoryEvent | {
   type: "supervisor_failed";
   supervisor: string;
   error: SupervisorFailedError;
+} | {
+  /** A local node process died and a fresh one took its place. */
+  type: "node_replaced";
+  node: string;
+  replacement: string;
 };
 
 const DEFAULT_MAILBOX = 1024;
@@ -217,6 +234,7 @@ interface JoinOptions {
   heartbeatMs: number;
   missedHeartbeats: number;
   maxFrameBytes: number;
+  replaceNodes?: boolean | ReplaceBudget;
 }
 
 /**
@@ -246,14 +264,19 @@ export async function init(options: InitOptions = {}): Promise<System> {
     }
     credentials = { ...server.credentials };
   } else {
-    servers = Array.isArray(options.nats) ? options.nats : options.nats.split(",");
-    credentials = {
-      user: options.user,
-      pass: options.pass,
-      token: options.token,
-      credsFile: options.credsFile,
-      tls: options.tls,
-    };
+    const split = splitUrlCredentials(
+      Array.isArray(options.nats) ? options.nats : options.nats.split(","),
+      {
+        user: options.user,
+        pass: options.pass,
+        token: options.token,
+        credsFile: options.credsFile,
+        nkeySeed: options.nkeySeed,
+        tls: options.tls,
+      },
+    );
+    servers = split.servers;
+    credentials = split.credentials;
   }
   let system: System | undefined;
   try {
@@ -269,6 +292,7 @@ export async function init(options: InitOptions = {}): Promise<System> {
       heartbeatMs: options.heartbeatMs ?? 500,
       missedHeartbeats: options.missedHeartbeats ?? 3,
       maxFrameBytes: options.maxFrameBytes ?? 1024 * 1024 * 1024,
+      replaceNodes: options.replaceNodes,
     }, server);
     const nodes = options.nodes ?? 0;
     const specs: NodeSpec[] = typeof nodes === "number"
@@ -312,11 +336,16 @@ export class System {
   readonly #inflight = new Map<string, Resources>();
   readonly #listeners = new Set<(e: SystemEvent) => void>();
   readonly #nodes: LocalNode[] = [];
+  /** Specs of the live local nodes, by id (a replacement gets the same spec). */
+  readonly #specs = new Map<string, NodeSpec>();
+  readonly #replaced: number[] = [];
   readonly #subs: Subscription[] = [];
   #heartbeat?: HeartbeatPublisher;
   #tick?: ReturnType<typeof setInterval>;
   #objects?: Promise<ObjectStore>;
   #closing?: Promise<void>;
+  /** Reconnections of this process's connection (advertised in its heartbeat). */
+  #conn = 0;
 
   private constructor(nc: NatsConnection, opts: JoinOptions, server?: EmbeddedServer) {
     this.nc = nc;
@@ -394,6 +423,7 @@ export class System {
       },
     }));
     this.#dir.on((e) => this.#onDirectory(e));
+    this.#watchConnection();
     this.#caller.start();
     this.#host.start();
     await this.nc.flush();
@@ -412,8 +442,26 @@ export class System {
     this.#tick = setInterval(() => this.#dir.tick(Date.now(), period), period);
   }
 
+  /** On a reconnect: tell the others (heartbeat) and resend what may have been lost. */
+  #watchConnection() {
+    (async () => {
+      for await (const s of this.nc.status()) {
+        if (s.type !== "reconnect") continue;
+        this.#conn++;
+        this.#heartbeat?.update(this.#payload());
+        this.#caller.reconnected();
+        for (const l of [...this.#listeners]) {
+          try {
+            l({ type: "node_reconnected", node: this.nodeId });
+          } catch { /* listener's problem */ }
+        }
+      }
+    })().catch(() => {});
+  }
+
   #payload(): Omit<Heartbeat, "seq"> {
     return {
+      conn: this.#conn,
       node: this.nodeId,
       pid: Deno.pid,
       host: Deno.hostname(),
@@ -449,6 +497,7 @@ export class System {
       }
     } else if (e.type === "node_down") {
       this.#host.stopOwnedBy(e.node).catch(() => {});
+      this.#replace(e.node);
     }
     for (const l of [...this.#listeners]) {
       try {
@@ -457,6 +506,37 @@ export class System {
         console.error("system event listener failed:", err);
       }
     }
+  }
+
+  /** Starts a fresh node in place of local node `id`, which died, if allowed and in budget. */
+  #replace(id: string) {
+    const spec = this.#specs.get(id);
+    const want = this.#opts.replaceNodes;
+    if (!spec || !want || this.#closing) return;
+    this.#specs.delete(id);
+    const budget = want === true
+      ? { max: Math.max(2, this.#nodes.length), withinMs: 60_000 }
+      : want;
+    const now = Date.now();
+    while (this.#replaced.length && now - this.#replaced[0] > budget.withinMs) {
+      this.#replaced.shift();
+    }
+    if (this.#replaced.length >= budget.max) {
+      console.error(
+        `node ${id} died and is not replaced: ${budget.max} replacements in ${budget.withinMs} ms`,
+      );
+      return;
+    }
+    this.#replaced.push(now);
+    this.addNodes([spec]).then(([n]) => {
+      for (const l of [...this.#listeners]) {
+        try {
+          l({ type: "node_replaced", node: id, replacement: n.id });
+        } catch { /* listener's problem */ }
+      }
+    }, (err) => {
+      if (!this.#closing) console.error(`replacing node ${id} failed: ${err.message}`);
+    });
   }
 
   #context(info: ActorInfo, stopped: AbortSignal): ActorContext {
@@ -539,6 +619,14 @@ export class System {
       })
     );
     this.#nodes.push(...started);
+    started.forEach((n, i) => {
+      this.#specs.set(n.id, specs[i]);
+      // The owner is the parent of its nodes: an exit is known at once, without waiting for
+      // heartbeats to be missed.
+      n.status.then(() => {
+        if (!n.stopping && !this.#closing) this.#dir.nodeDown(n.id);
+      });
+    });
     const deadline = Date.now() + timeoutMs;
     while (!started.every((n) => this.#dir.nodes.has(n.id))) {
       const dead = started.find((n) => n.exited);
