@@ -15,6 +15,7 @@ import {
   CallTimeoutError,
   CollectiveTimeoutError,
   defineActor,
+  type Gathering,
   RemoteError,
   type System,
   withShape,
@@ -56,6 +57,7 @@ import {
 } from "../train/checkpoint.ts";
 import { reportSchema, type RunReport, type StepRecord } from "../train/report.ts";
 import { Contribution } from "./messages.ts";
+import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
 import { GpuWorker } from "./gpu_worker.ts";
 
 /** The run cannot go on: unequal W across workers, a bad contribution under `stop`, ... */
@@ -83,10 +85,22 @@ type Worker = ActorHandle<typeof GpuWorker>;
 function recoverable(e: unknown): boolean {
   return e instanceof ActorDiedError || e instanceof CallTimeoutError ||
     e instanceof CollectiveTimeoutError ||
-    (e instanceof RemoteError && e.remoteName === "StepProtocolError");
+    (e instanceof RemoteError &&
+      (e.remoteName === "StepProtocolError" || e.remoteName === "UpdateMissingError"));
 }
 
 const CALL_MS = 10 * 60_000;
+/** Rollbacks a run may make before it gives up. */
+const MAX_RECOVERIES = 5;
+/**
+ * Waits for contributions still missing once every step reply is in. A worker publishes its
+ * contribution before it replies, on the same connection, so a part missing after the reply was
+ * lost (a server went away) or refused: the worker is asked to publish it again.
+ */
+const NUDGE_WAITS_MS = [200, 500, 1000, 2000, 4000];
+/** How long an apply call waits for the broadcast update before the driver sends it again. */
+const APPLY_WAIT_MS = 5000;
+const APPLY_ATTEMPTS = 12;
 
 export class DriverCore {
   readonly o: FinetuneOptions;
@@ -117,6 +131,8 @@ export class DriverCore {
   #factorsName = "";
   /** Log lines not yet handed to the caller (the CLI prints them above its progress bar). */
   #events: string[] = [];
+  /** When the last update was broadcast again (one resend serves every waiting worker). */
+  #rebroadcastAt = -Infinity;
 
   constructor(system: System, job: string, o: FinetuneOptions) {
     this.system = system;
@@ -315,7 +331,8 @@ export class DriverCore {
           clip: o.clip,
         },
         updateSubject: `${this.prefix}.update`,
-      }, { timeoutMs: CALL_MS })
+        updateFloats: updateLength(this.layout, o.method, o.workers),
+      }, { timeoutMs: CALL_MS, idempotent: true })
     ))).map((r) => r.device);
     await store.delete(name);
   }
@@ -327,7 +344,7 @@ export class DriverCore {
         factors: this.#factorsName,
         state: states?.[k],
         appliedStep,
-      }, { timeoutMs: CALL_MS })
+      }, { timeoutMs: CALL_MS, idempotent: true })
     ));
     this.optimizerFloats = out[0].optimizerFloats;
   }
@@ -378,11 +395,30 @@ export class DriverCore {
     try {
       return await this.#step();
     } catch (e) {
-      if (!recoverable(e) || this.recoveries >= 5) throw e;
-      this.recoveries++;
+      if (!recoverable(e)) throw e;
       this.#log(`step ${this.nextStep} failed (${(e as Error).message}); rolling back`);
-      await this.recover();
+      await this.#recoverFrom(e as Error);
       return null;
+    }
+  }
+
+  /** Rolls back, again if the rollback itself meets a recoverable failure, within the budget. */
+  async #recoverFrom(cause: Error): Promise<void> {
+    for (;;) {
+      if (this.recoveries >= MAX_RECOVERIES) {
+        throw new TrainingError(
+          `giving up after ${MAX_RECOVERIES} rollbacks; the last failure: ${cause.message}`,
+        );
+      }
+      this.recoveries++;
+      try {
+        await this.recover();
+        return;
+      } catch (e) {
+        if (!recoverable(e)) throw e;
+        cause = e as Error;
+        this.#log(`rollback failed (${cause.message}); trying again`);
+      }
     }
   }
 
@@ -413,41 +449,48 @@ export class DriverCore {
       totalSteps: this.totalSteps,
     });
     const subject = `${this.prefix}.g${g}.s${t}.delta`;
+    // Parts are held until the worker's own reply names their digest: whatever else is
+    // published on the subject (forged, stale, damaged) cannot take a rank.
     const gathering = await this.system.collectives.gather(subject, o.workers, {
       schema: Contribution,
       timeoutMs: CALL_MS,
+      verified: true,
+      maxFrameBytes: 4 * this.layout.length + FRAME_SLACK,
     });
     const t0 = performance.now();
+    const stepOf = (k: number) =>
+      this.workers[k].step({
+        generation: g,
+        step: t,
+        lr,
+        batches: this.#batches(plan.workers[k]),
+        subject,
+      }, { timeoutMs: CALL_MS, idempotent: true });
     let replies;
+    let parts;
     try {
-      replies = await Promise.all(
-        this.workers.map((w, k) =>
-          w.step({ generation: g, step: t, lr, batches: this.#batches(plan.workers[k]), subject }, {
-            timeoutMs: CALL_MS,
-          })
-        ),
-      );
+      replies = await Promise.all(this.workers.map(async (_, k) => {
+        const r = await stepOf(k);
+        gathering.verify(
+          k,
+          (c) =>
+            c.generation === g && c.step === t && c.worker === k &&
+            tensorDigest(c.data) === r.digest,
+        );
+        return r;
+      }));
+      parts = await this.#awaitParts(gathering, stepOf);
     } catch (e) {
       gathering.cancel();
       throw e;
     }
-    const parts = await gathering.result;
     const tGathered = performance.now();
-    this.rejected += gathering.rejected;
+    let rejected = gathering.rejected;
     const computeMs = Math.max(...replies.map((r) => r.computeMs));
     let skipped: string | undefined;
     let update: Float32Array | null = null;
     try {
-      parts.forEach((p, k) => {
-        if (p.generation !== g || p.step !== t || p.worker !== k) {
-          throw new ContributionError(
-            k,
-            "shape",
-            `worker ${k} answered for (${p.generation}, ${p.step})`,
-          );
-        }
-        validateContribution(p.data, this.layout, k);
-      });
+      parts.forEach((p, k) => validateContribution(p.data, this.layout, k));
       update = combineContributions(o.method, parts.map((p) => p.data));
     } catch (e) {
       if (!(e instanceof ContributionError) || e.kind !== "nonfinite" || o.onNonfinite === "stop") {
@@ -456,26 +499,25 @@ export class DriverCore {
           : e;
       }
       skipped = e.message;
-      this.#log(`step ${t} skipped: ${e.message}`);
+      this.#log(`step ${t} skipped: ${e.message} (--on-nonfinite skip)`);
     }
-    const bcast = update ??
-      new Float32Array(updateLength(this.layout, o.method, o.workers)).fill(0);
     const tB0 = performance.now();
-    if (update) {
-      await this.system.collectives.broadcast(`${this.prefix}.update`, {
-        generation: g,
-        step: t,
-        data: withShape(bcast, [bcast.length]),
-      });
-    }
+    const digest = update ? tensorDigest(update) : undefined;
+    const broadcast = update
+      ? () =>
+        this.system.collectives.broadcast(`${this.prefix}.update`, {
+          generation: g,
+          step: t,
+          data: withShape(update, [update.length]),
+        })
+      : null;
+    await broadcast?.();
     const tB1 = performance.now();
     const applied = await Promise.all(
-      this.workers.map((w) =>
-        w.apply({ generation: g, step: t, lr, skip: update === null, waitMs: 60_000 }, {
-          timeoutMs: CALL_MS,
-        })
-      ),
+      this.workers.map((w) => this.#apply(w, { generation: g, step: t, lr, digest }, broadcast)),
     );
+    rejected += applied.reduce((n, a) => n + a.rejected, 0);
+    this.rejected += rejected;
     const t1 = performance.now();
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
     const rec: DriverStep = {
@@ -489,7 +531,7 @@ export class DriverCore {
       compute_ms: computeMs,
       comm_ms: Math.max(0, tGathered - t0 - computeMs) + (tB1 - tB0),
       update_ms: Math.max(...applied.map((a) => a.updateMs)),
-      rejected: gathering.rejected,
+      rejected,
     };
     if (skipped) rec.skipped = skipped;
     this.steps.push(rec);
@@ -504,9 +546,65 @@ export class DriverCore {
     return rec;
   }
 
+  /**
+   * The verified parts of a gather. Once every reply is in, a missing part was lost or refused:
+   * its worker publishes it again (a repeated step call), a few times with growing waits.
+   */
+  async #awaitParts<T>(
+    gathering: Gathering<T>,
+    again: (k: number) => Promise<unknown>,
+  ): Promise<T[]> {
+    for (const ms of NUDGE_WAITS_MS) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const waited = await Promise.race([
+        gathering.result,
+        new Promise<null>((r) => timer = setTimeout(() => r(null), ms)),
+      ]);
+      clearTimeout(timer);
+      if (waited) return waited;
+      const missing = gathering.missing();
+      this.#log(`contributions of workers ${missing.join(", ")} did not arrive; asking again`);
+      await Promise.all(missing.map(again));
+    }
+    const missing = gathering.missing();
+    if (missing.length === 0) return await gathering.result;
+    throw new CollectiveTimeoutError(`step ${this.nextStep} contributions`, missing);
+  }
+
+  /**
+   * Has a worker apply the broadcast update named by `digest` (or skip the step without one).
+   * An update that does not arrive (lost with a server) is broadcast again, at most once per
+   * wait period for all the workers waiting together.
+   */
+  async #apply(
+    w: Worker,
+    call: { generation: number; step: number; lr: number; digest?: string },
+    broadcast: (() => Promise<number>) | null,
+  ) {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await w.apply({
+          ...call,
+          skip: broadcast === null,
+          waitMs: APPLY_WAIT_MS,
+        }, { timeoutMs: CALL_MS, idempotent: true });
+      } catch (e) {
+        const missing = e instanceof RemoteError && e.remoteName === "UpdateMissingError";
+        if (!missing || attempt >= APPLY_ATTEMPTS || !broadcast) throw e;
+        if (performance.now() - this.#rebroadcastAt > APPLY_WAIT_MS / 2) {
+          this.#rebroadcastAt = performance.now();
+          this.#log(`the update of step ${call.step} did not reach every worker; sending it again`);
+          await broadcast();
+        }
+      }
+    }
+  }
+
   /** Stops the run unless every worker's W has the same SHA-256. */
   async verifyChecksums(): Promise<string> {
-    const sums = await Promise.all(this.workers.map((w) => w.checksum({}, { timeoutMs: CALL_MS })));
+    const sums = await Promise.all(
+      this.workers.map((w) => w.checksum({}, { timeoutMs: CALL_MS, idempotent: true })),
+    );
     const first = sums[0].sha256;
     const bad = sums.findIndex((s) => s.sha256 !== first);
     if (bad >= 0) {
@@ -522,15 +620,27 @@ export class DriverCore {
   async checkpoint(): Promise<string> {
     const store = await this.system.objects();
     const t = this.nextStep - 1;
+    // Names carry the generation, and every object read must have the digest its worker
+    // reported: a stale worker of an older generation cannot slip its state into this one.
     const saved = await Promise.all(
       this.workers.map((w, k) =>
-        w.save({ name: `${this.job}.ckpt.w${k}`, shared: k === 0 }, { timeoutMs: CALL_MS })
+        w.save({ name: `${this.job}.ckpt.g${this.generation}.w${k}`, shared: k === 0 }, {
+          timeoutMs: CALL_MS,
+          idempotent: true,
+        })
       ),
     );
+    const fetch = async (e: { name: string; digest: string }) => {
+      const bytes = await store.get(e.name);
+      if (objectDigest(bytes) !== e.digest) {
+        throw new TrainingError(`checkpoint object ${e.name} changed after its worker saved it`);
+      }
+      return bytes;
+    };
     const files = new Map<string, Uint8Array>();
-    files.set("shared.safetensors", await store.get(saved[0].shared!.name));
+    files.set("shared.safetensors", await fetch(saved[0].shared!));
     for (let k = 0; k < saved.length; k++) {
-      files.set(`worker-${k}.safetensors`, await store.get(saved[k].state.name));
+      files.set(`worker-${k}.safetensors`, await fetch(saved[k].state));
     }
     for (const s of saved) {
       await store.delete(s.state.name);
@@ -564,7 +674,7 @@ export class DriverCore {
         prompts: shards[k].map((it) => it.prompt),
         maxNewTokens: p.maxNewTokens,
         stopIds: p.stopIds,
-      }, { timeoutMs: CALL_MS })
+      }, { timeoutMs: CALL_MS, idempotent: true })
     ));
     return scoreGenerations(this.tokenizer, p, outs.flatMap((o) => o.tokens)).score;
   }

@@ -12,7 +12,12 @@
  * @module
  */
 import { z } from "zod";
-import { type ActorContext, defineActor, type Receiver } from "../runtime/mod.ts";
+import {
+  type ActorContext,
+  CollectiveTimeoutError,
+  defineActor,
+  type Receiver,
+} from "../runtime/mod.ts";
 import { Gpu } from "../gpu/mod.ts";
 import { parseLlamaConfig } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
@@ -43,6 +48,7 @@ import {
   StepOutput,
   Update,
 } from "./messages.ts";
+import { FRAME_SLACK, tensorDigest } from "./digest.ts";
 
 /** The driver asked for something the worker's protocol state does not allow. */
 export class StepProtocolError extends Error {
@@ -52,14 +58,28 @@ export class StepProtocolError extends Error {
   }
 }
 
+/**
+ * The update announced by an apply call did not arrive in time (lost with a server, or still on
+ * its way): the driver broadcasts it again and repeats the call.
+ */
+export class UpdateMissingError extends StepProtocolError {
+  constructor(message: string) {
+    super(message);
+    this.name = "UpdateMissingError";
+  }
+}
+
 class WorkerState {
   gpu: Gpu | null = null;
   model: LlamaGpu | null = null;
   method: HdPissaWorker | DataParallelWorker | null = null;
   load: z.infer<typeof LoadInput> | null = null;
   updates: Receiver<Update> | null = null;
-  /** Updates that arrived before their apply call, by `g:t`. */
-  pending = new Map<string, Float32Array>();
+  /** Update messages refused since the last apply, and the receiver's count already taken in. */
+  rejected = 0;
+  receiverRejected = 0;
+  /** Digest of the last update applied (its re-broadcasts are not counted as refused). */
+  appliedDigest = "";
   generation = 0;
   appliedStep = -1;
   last: {
@@ -120,6 +140,61 @@ function parseFactors(bytes: Uint8Array, K: number): MethodInit {
   return { factors, residuals };
 }
 
+/**
+ * Reads the update subject until the update announced by the apply call arrives: generation g,
+ * step t, and exactly the bytes of `digest`. Anything else read meanwhile is refused and counted,
+ * except re-broadcasts of the update applied last.
+ */
+async function awaitUpdate(
+  s: WorkerState,
+  g: number,
+  t: number,
+  digest: string,
+  waitMs: number,
+  signal: AbortSignal,
+): Promise<Float32Array> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const left = deadline - Date.now();
+    if (left <= 0 || signal.aborted) {
+      throw new UpdateMissingError(`the update of step ${t} did not arrive in ${waitMs} ms`);
+    }
+    let value: Update;
+    try {
+      ({ value } = await s.updates!.next(left));
+    } catch (e) {
+      if (e instanceof CollectiveTimeoutError) continue;
+      throw e;
+    }
+    const d = tensorDigest(value.data);
+    if (value.generation === g && value.step === t && d === digest) return value.data;
+    if (d !== s.appliedDigest) s.rejected++;
+  }
+}
+
+/** The apply output, with the traffic and refused messages since the previous one. */
+function done(
+  s: WorkerState,
+  g: number,
+  t: number,
+  updateMs: number,
+): z.input<typeof ApplyOutput> {
+  const traffic = trafficSince(s);
+  const receiverRejected = s.updates?.rejected ?? 0;
+  const rejected = s.rejected + receiverRejected - s.receiverRejected;
+  s.rejected = 0;
+  s.receiverRejected = receiverRejected;
+  return {
+    generation: g,
+    step: t,
+    updateMs,
+    bytesSent: traffic.sent,
+    bytesReceived: traffic.received,
+    duplicate: false,
+    rejected,
+  };
+}
+
 function trafficSince(s: WorkerState): { sent: number; received: number } {
   const now = s.ctx.system.stats;
   const d = {
@@ -157,7 +232,13 @@ export const GpuWorker = defineActor({
           ...modelOptionsFor(settings),
         });
         s.load = input;
-        s.updates = await ctx.collectives.subscribe(input.updateSubject, { schema: Update });
+        s.updates = await ctx.collectives.subscribe(input.updateSubject, {
+          schema: Update,
+          maxFrameBytes: 4 * input.updateFloats + FRAME_SLACK,
+          maxQueue: 64,
+        });
+        s.rejected = 0;
+        s.receiverRejected = 0;
         let parameters = 0;
         for (const t of tensors.values()) parameters += t.data.length;
         return { device: s.gpu.info.description, parameters };
@@ -187,7 +268,7 @@ export const GpuWorker = defineActor({
         s.appliedStep = input.appliedStep;
         s.last = null;
         s.lastApply = null;
-        s.pending.clear();
+        s.appliedDigest = "";
         trafficSince(s);
         return { optimizerFloats: s.method.optimizerFloats };
       },
@@ -231,6 +312,7 @@ export const GpuWorker = defineActor({
           loss: res.loss,
           computeMs: res.ms,
           tokens: batches.reduce((n, b) => n + b.rows * seqLen, 0),
+          digest: tensorDigest(res.contribution),
         };
         s.last = { generation: g, step: t, contribution: res.contribution, out };
         await ctx.collectives.contribute(
@@ -263,47 +345,17 @@ export const GpuWorker = defineActor({
               `${s.last?.step ?? "nothing"}`,
           );
         }
-        const key = `${g}:${t}`;
         if (input.skip) {
           s.appliedStep = t;
-          const traffic = trafficSince(s);
-          s.lastApply = {
-            generation: g,
-            step: t,
-            updateMs: 0,
-            bytesSent: traffic.sent,
-            bytesReceived: traffic.received,
-            duplicate: false,
-          };
+          s.lastApply = done(s, g, t, 0);
           return s.lastApply;
         }
-        const deadline = Date.now() + input.waitMs;
-        while (!s.pending.has(key)) {
-          const left = deadline - Date.now();
-          if (left <= 0 || ctx.signal.aborted) {
-            throw new StepProtocolError(
-              `the update of step ${t} did not arrive in ${input.waitMs} ms`,
-            );
-          }
-          const { value } = await s.updates!.next(left);
-          // Keep only updates of this generation that are still ahead.
-          if (value.generation === s.generation && value.step > s.appliedStep) {
-            s.pending.set(`${value.generation}:${value.step}`, value.data);
-          }
-        }
-        const data = s.pending.get(key)!;
-        s.pending.delete(key);
+        if (!input.digest) throw new StepProtocolError(`apply of step ${t} names no update`);
+        const data = await awaitUpdate(s, g, t, input.digest, input.waitMs, ctx.signal);
         const updateMs = await method.apply(data, input.lr);
         s.appliedStep = t;
-        const traffic = trafficSince(s);
-        s.lastApply = {
-          generation: g,
-          step: t,
-          updateMs,
-          bytesSent: traffic.sent,
-          bytesReceived: traffic.received,
-          duplicate: false,
-        };
+        s.appliedDigest = input.digest;
+        s.lastApply = done(s, g, t, updateMs);
         return s.lastApply;
       },
     },

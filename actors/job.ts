@@ -4,7 +4,7 @@
  * `--compare` it runs the four methods one after another on the same workers and data.
  * @module
  */
-import { init, type System } from "../runtime/mod.ts";
+import { init, natsEnvCredentials, type System } from "../runtime/mod.ts";
 import type { EvalScore } from "../train/eval_score.ts";
 import { formatScoreTable } from "../train/eval_score.ts";
 import { type FinetuneOptions, METHODS } from "../train/options.ts";
@@ -72,19 +72,20 @@ export interface JobIo {
   isTty?: boolean;
   /** Where the progress display goes (default stderr). */
   progress?: ProgressWriter;
+  /** Called once the actor system is up, e.g. to watch its node and actor events. */
+  onSystem?(system: System): void;
 }
 
-/** Starts the local cluster (K node processes with one GPU slot each) or joins `--nats`. */
+/**
+ * Starts the local cluster (K node processes with one GPU slot each; one that dies is replaced,
+ * so that its worker can restart on this host) or joins `--nats`.
+ */
 export async function startSystem(o: FinetuneOptions): Promise<System> {
   if (o.nats) {
-    // Secrets come from the environment, as for `deno task node`, never from flags in `ps`.
-    const env = (k: string) => Deno.env.get(k) || undefined;
-    return await init({
-      nats: o.nats.split(","),
-      user: env("NATS_USER"),
-      pass: env("NATS_PASSWORD"),
-      token: env("NATS_TOKEN"),
-    });
+    // Secrets come from the environment (NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED,
+    // NATS_CREDS, NATS_TLS_*), as for `deno task node`, never from flags in `ps`; or from the
+    // URL itself (`nats://user:pass@host`).
+    return await init({ nats: o.nats.split(","), ...natsEnvCredentials() });
   }
   // Without a real GPU, K lavapipe instances share the CPU: one thread each avoids oversubscribing.
   const threads = Deno.env.get("LP_NUM_THREADS") ??
@@ -94,6 +95,7 @@ export async function startSystem(o: FinetuneOptions): Promise<System> {
       resources: { gpu: 1 },
       env: { LP_NUM_THREADS: threads },
     })),
+    replaceNodes: true,
   });
 }
 
@@ -157,6 +159,7 @@ export async function runFinetune(o: FinetuneOptions, io: JobIo): Promise<RunRep
   await prepareOut(o);
   const system = await startSystem(o);
   try {
+    io.onSystem?.(system);
     if (!o.compare) {
       const report = await runOne(system, o, io);
       const table = evalTable(report);

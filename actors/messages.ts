@@ -35,6 +35,8 @@ export const LoadInput = z.object({
   settings: WorkerMethodSettings,
   /** Subject the driver broadcasts each step's combined update on. */
   updateSubject: z.string(),
+  /** Floats of one update (bigger messages on the update subject are refused unread). */
+  updateFloats: z.number().int().min(1),
 });
 
 export const LoadOutput = z.object({
@@ -78,6 +80,8 @@ export const StepOutput = z.object({
   /** Forward, backward and the local optimizer, in ms. */
   computeMs: z.number(),
   tokens: z.number().int(),
+  /** SHA-256 (hex) of the contribution published: the driver takes no other bytes for it. */
+  digest: z.string().regex(/^[0-9a-f]{64}$/),
 });
 
 /** What a worker publishes on the gather subject. */
@@ -103,6 +107,8 @@ export const ApplyInput = z.object({
   lr: z.number(),
   /** Mark the step done without an update (its contribution was refused under `skip`). */
   skip: z.boolean().default(false),
+  /** SHA-256 (hex) of the update broadcast: the worker applies no other bytes. */
+  digest: z.string().regex(/^[0-9a-f]{64}$/).optional(),
   /** How long to wait for the broadcast update to arrive. */
   waitMs: z.number().int().min(1).default(30_000),
 });
@@ -116,6 +122,8 @@ export const ApplyOutput = z.object({
   bytesReceived: z.number(),
   /** True when this update had been applied already (a repeated call). */
   duplicate: z.boolean(),
+  /** Messages on the update subject refused since the previous apply (malformed, forged...). */
+  rejected: z.number().int().min(0),
 });
 
 export const GenerateInput = z.object({
