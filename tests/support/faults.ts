@@ -1,0 +1,300 @@
+/**
+ * Fault injection for the reliability tests: real processes found by a tag in their
+ * environment, a tap on the actor call subjects (to strike at a precise moment of the step
+ * protocol), hand-started nats-servers (single, clustered, with any auth block) and node
+ * processes, and byte comparisons of the outputs.
+ */
+import type { Msg, Subscription } from "@nats-io/nats-core";
+import type { System } from "../../runtime/mod.ts";
+import { FrameInbox } from "../../runtime/wire.ts";
+
+/** Environment variable that marks every process a test starts (children inherit it). */
+export const TAG_ENV = "HD_FAULT_TAG";
+
+export const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
+export const FINETUNE = new URL("../../examples/finetune.ts", import.meta.url).pathname;
+export const NODE_MAIN = new URL("../../runtime/node_main.ts", import.meta.url).pathname;
+
+/** A fresh tag for {@link TAG_ENV}. */
+export function newTag(): string {
+  return `t${crypto.randomUUID().replaceAll("-", "").slice(0, 16)}`;
+}
+
+/** Pids of the live processes whose environment carries `tag` (zombies excluded). */
+export function processesWithTag(tag: string): number[] {
+  const needle = `${TAG_ENV}=${tag}`;
+  const out: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      if (/^\d+ \(.*\) [ZX] /.test(stat)) continue;
+      const env = new TextDecoder().decode(Deno.readFileSync(`/proc/${e.name}/environ`));
+      if (env.split("\0").includes(needle)) out.push(Number(e.name));
+    } catch { /* gone, or not ours */ }
+  }
+  return out;
+}
+
+/** Polls `ok` until it holds; throws after `timeoutMs`. */
+export async function waitUntil(
+  what: string,
+  ok: () => boolean | Promise<boolean>,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await ok())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Waits until no process carries `tag`; returns the stragglers' command lines otherwise. */
+export async function leftovers(tag: string, timeoutMs = 20_000): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const pids = processesWithTag(tag);
+    if (pids.length === 0) return [];
+    if (Date.now() > deadline) {
+      return pids.map((p) => {
+        try {
+          return `${p}: ${Deno.readTextFileSync(`/proc/${p}/cmdline`).replaceAll("\0", " ")}`;
+        } catch {
+          return `${p}`;
+        }
+      });
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** True when both files hold the same bytes. */
+export async function sameFile(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
+  if (x.length !== y.length) return false;
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
+/** A call as seen on the wire by {@link tapCalls}. */
+export interface TappedCall {
+  /** The actor id (last token of its subject). */
+  actor: string;
+  method: string;
+  value: unknown;
+}
+
+/**
+ * Watches every call sent to the actors of `system`, decoded from the wire (a passive
+ * subscriber: it answers nothing). Returns the function that stops watching.
+ */
+export function tapCalls(system: System, onCall: (c: TappedCall) => void): () => void {
+  const prefix = `actors.${system.name}.rt.a.`;
+  const inbox = new FrameInbox(64 * 1024 * 1024);
+  const sub: Subscription = system.nc.subscribe(`${prefix}*`, {
+    callback: (err, msg: Msg) => {
+      if (err) return;
+      try {
+        const m = inbox.accept(msg);
+        if (!m || m.meta.k !== "call") return;
+        onCall({
+          actor: msg.subject.slice(prefix.length),
+          method: String(m.meta.m),
+          value: m.value,
+        });
+      } catch { /* not a call frame */ }
+    },
+  });
+  return () => {
+    sub.unsubscribe();
+    inbox.clear();
+  };
+}
+
+/** The local node process hosting actor `id` (by the system's directory). */
+export function nodeOf(system: System, id: string) {
+  const a = system.actors().find((x) => x.id === id && x.state === "up");
+  return a ? system.localNodes.find((n) => n.id === a.node) : undefined;
+}
+
+/** Free loopback TCP ports (bound and released at once; good enough for a test). */
+export function freePorts(n: number): number[] {
+  const ls = Array.from({ length: n }, () => Deno.listen({ hostname: "127.0.0.1", port: 0 }));
+  const ports = ls.map((l) => (l.addr as Deno.NetAddr).port);
+  ls.forEach((l) => l.close());
+  return ports;
+}
+
+/** A nats-server started by a test, with its own config. */
+export interface TestServer {
+  url: string;
+  /** The monitoring endpoint, when the config asked for one. */
+  http?: string;
+  pid: number;
+  dir: string;
+  kill(signal?: Deno.Signal): Promise<void>;
+}
+
+/**
+ * Starts `nats-server` with `lines` of config (listen and ports_file_dir are added when absent)
+ * and waits until it accepts connections.
+ */
+export async function startServer(
+  lines: string[],
+  tag: string,
+  name = "s",
+): Promise<TestServer> {
+  const dir = await Deno.makeTempDir({ prefix: `hd-nats-${name}-` });
+  const conf = [...lines];
+  if (!conf.some((l) => l.startsWith("listen"))) conf.unshift(`listen: "127.0.0.1:-1"`);
+  conf.push(`ports_file_dir: ${JSON.stringify(dir)}`);
+  await Deno.writeTextFile(`${dir}/server.conf`, conf.join("\n") + "\n");
+  const child = new Deno.Command("nats-server", {
+    args: ["-c", `${dir}/server.conf`, "-l", `${dir}/server.log`],
+    env: { [TAG_ENV]: tag },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let ports: { nats?: string[]; monitoring?: string[] } = {};
+  await waitUntil(`nats-server ${name} listens`, () => {
+    for (const e of Deno.readDirSync(dir)) {
+      if (!e.name.endsWith(".ports")) continue;
+      try {
+        ports = JSON.parse(Deno.readTextFileSync(`${dir}/${e.name}`));
+      } catch { /* being written */ }
+    }
+    return (ports.nats?.length ?? 0) > 0;
+  }, 15_000);
+  let done = false;
+  const status = child.status.then(() => done = true);
+  return {
+    url: ports.nats![0],
+    http: ports.monitoring?.[0],
+    pid: child.pid,
+    dir,
+    async kill(signal: Deno.Signal = "SIGTERM") {
+      if (!done) {
+        try {
+          child.kill(signal);
+        } catch { /* exited */ }
+      }
+      await status;
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+/** A node process started by hand (`deno task node`), as on another host. */
+export interface HandNode {
+  id: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/** Starts `runtime/node_main.ts` with one GPU slot, joining `urls`. */
+export function startHandNode(
+  o: { urls: string; id: string; tag: string; system?: string; env?: Record<string, string> },
+): HandNode {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--quiet",
+      `--config=${CONFIG}`,
+      NODE_MAIN,
+      "--nats",
+      o.urls,
+      "--system",
+      o.system ?? "default",
+      "--id",
+      o.id,
+      "--gpus",
+      "1",
+    ],
+    env: { LP_NUM_THREADS: "1", ...o.env, [TAG_ENV]: o.tag },
+    stdin: "null",
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  let done = false;
+  const status = child.status.then(() => done = true);
+  return {
+    id: o.id,
+    pid: child.pid,
+    async stop() {
+      if (!done) {
+        try {
+          child.kill("SIGTERM");
+        } catch { /* exited */ }
+      }
+      const t = setTimeout(() => {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* exited */ }
+      }, 15_000);
+      await status;
+      clearTimeout(t);
+    },
+  };
+}
+
+/** Output of a CLI run. */
+export interface CliResult {
+  code: number;
+  signal: Deno.Signal | null;
+  stderr: string;
+}
+
+/** Runs the finetune CLI to completion with `args`. */
+export async function runCli(
+  args: string[],
+  tag: string,
+  env: Record<string, string> = {},
+): Promise<CliResult> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", `--config=${CONFIG}`, FINETUNE, ...args],
+    env: { ...env, [TAG_ENV]: tag },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: out.code,
+    signal: out.signal,
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+/** CLI flags of `tinyOptions` (tests/support/tiny_run.ts) for a run of `steps` steps. */
+export function tinyArgs(dir: string, out: string, steps: number, extra: string[] = []): string[] {
+  return [
+    "--model",
+    `${dir}/model`,
+    "--data",
+    `${dir}/train.jsonl`,
+    "--eval",
+    "none",
+    "--workers",
+    "2",
+    "--rank",
+    "2",
+    "--alpha",
+    "2",
+    "--batch-size",
+    "8",
+    "--micro-batch",
+    "2",
+    "--max-steps",
+    String(steps),
+    "--lr",
+    "5e-3",
+    "--warmup-ratio",
+    "0",
+    "--checksum-every",
+    "2",
+    "--out",
+    out,
+    ...extra,
+  ];
+}
