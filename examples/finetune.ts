@@ -8,6 +8,7 @@
  */
 import { FlagError, parseFinetuneArgs, USAGE } from "../train/options.ts";
 import { runFinetune } from "../actors/job.ts";
+import { RemoteError } from "../runtime/mod.ts";
 
 if (import.meta.main) {
   let parsed;
@@ -30,9 +31,14 @@ if (import.meta.main) {
       isTty: Deno.stderr.isTerminal(),
     });
   } catch (e) {
+    // The Driver is an actor: what it throws arrives wrapped as a RemoteError; the user wants
+    // the error itself (CheckpointError, TrainingError, SafetensorsError...), not the wrapping.
     const err = e as Error;
-    console.error(`finetune: ${err.name}: ${err.message}`);
-    if (Deno.env.get("HD_DEBUG")) console.error(err.stack);
+    const [name, message, stack] = err instanceof RemoteError
+      ? [err.remoteName, err.remoteMessage, err.remoteStack]
+      : [err.name, err.message, err.stack];
+    console.error(`finetune: ${name}: ${message}`);
+    if (Deno.env.get("HD_DEBUG")) console.error(stack);
     Deno.exit(1);
   }
 }

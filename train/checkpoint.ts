@@ -56,7 +56,8 @@ function stepDirName(step: number): string {
 
 /**
  * Writes a checkpoint atomically: every file into `<root>/.tmp-<step>-<random>/`, flushed, then
- * the folder renamed to `<root>/step-<step>`. Keeps the `keep` newest checkpoints.
+ * the folder renamed to `<root>/step-<step>`. Keeps the `keep` newest checkpoints, and clears
+ * what interrupted writes left behind.
  */
 export async function writeCheckpoint(
   root: string,
@@ -84,8 +85,14 @@ export async function writeCheckpoint(
     };
     await writeSynced(`${tmp}/state.json`, new TextEncoder().encode(JSON.stringify(full, null, 1)));
     const dest = `${root}/${stepDirName(state.applied_step)}`;
-    await Deno.remove(dest, { recursive: true }).catch(() => {});
+    // A checkpoint of the same step (written before a rollback) is moved aside in one rename
+    // before it is deleted: removing it in place could leave a half-deleted folder under a
+    // checkpoint's name if this process died meanwhile.
+    const old = `${root}/.old-${state.applied_step}-${crypto.randomUUID().slice(0, 8)}`;
+    const replaced = await Deno.rename(dest, old).then(() => true, () => false);
     await Deno.rename(tmp, dest);
+    await syncDir(root);
+    if (replaced) await Deno.remove(old, { recursive: true });
     await prune(root, keep);
     return dest;
   } catch (e) {
@@ -119,9 +126,35 @@ export async function listCheckpoints(root: string): Promise<string[]> {
   return dirs.sort().reverse().map((d) => `${root}/${d}`);
 }
 
+/** Makes a rename in `dir` durable (its entry is on disk, not only the files it names). */
+async function syncDir(dir: string): Promise<void> {
+  try {
+    const f = await Deno.open(dir, { read: true });
+    try {
+      await f.sync();
+    } finally {
+      f.close();
+    }
+  } catch { /* not supported here: the rename is still atomic, only maybe not yet durable */ }
+}
+
+/**
+ * Keeps the `keep` newest checkpoints, and removes the temporary folders of writes that never
+ * finished (the process died half-way; such folders are never taken as checkpoints).
+ */
 async function prune(root: string, keep: number): Promise<void> {
   const all = await listCheckpoints(root);
-  for (const d of all.slice(Math.max(1, keep))) await Deno.remove(d, { recursive: true });
+  for (const d of all.slice(Math.max(1, keep))) {
+    // Out of the listing in one rename first, for the same reason as in writeCheckpoint.
+    const old = `${root}/.old-prune-${crypto.randomUUID().slice(0, 8)}`;
+    await Deno.rename(d, old);
+    await Deno.remove(old, { recursive: true });
+  }
+  for await (const e of Deno.readDir(root)) {
+    if (e.isDirectory && (e.name.startsWith(".tmp-") || e.name.startsWith(".old-"))) {
+      await Deno.remove(`${root}/${e.name}`, { recursive: true }).catch(() => {});
+    }
+  }
 }
 
 /** Reads and verifies one checkpoint folder. */
