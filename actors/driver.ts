@@ -56,7 +56,7 @@ import {
   writeCheckpoint,
 } from "../train/checkpoint.ts";
 import { reportSchema, type RunReport, type StepRecord } from "../train/report.ts";
-import { Contribution } from "./messages.ts";
+import { ApplyOutput, Contribution } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
 import { GpuWorker } from "./gpu_worker.ts";
 
@@ -81,6 +81,18 @@ export interface DriverStep extends StepRecord {
 
 type Worker = ActorHandle<typeof GpuWorker>;
 
+/**
+ * A contribution was not finite under `--on-nonfinite skip`: the step is to be dropped. The
+ * workers' optimizer state already took the step (HD-PiSSA's local optimizer runs in `step`), so
+ * dropping it means rolling back and replaying up to it, then passing over it.
+ */
+class DropStep extends Error {
+  constructor(readonly step: number, readonly reason: string) {
+    super(reason);
+    this.name = "DropStep";
+  }
+}
+
 /** Failures that a rollback to the last checkpoint can cure. */
 function recoverable(e: unknown): boolean {
   return e instanceof ActorDiedError || e instanceof CallTimeoutError ||
@@ -90,6 +102,8 @@ function recoverable(e: unknown): boolean {
 }
 
 const CALL_MS = 10 * 60_000;
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 /** Rollbacks a run may make before it gives up. */
 const MAX_RECOVERIES = 5;
 /**
@@ -133,6 +147,8 @@ export class DriverCore {
   #events: string[] = [];
   /** When the last update was broadcast again (one resend serves every waiting worker). */
   #rebroadcastAt = -Infinity;
+  /** Steps dropped under `--on-nonfinite skip`, with why. */
+  #dropped = new Map<number, string>();
 
   constructor(system: System, job: string, o: FinetuneOptions) {
     this.system = system;
@@ -393,8 +409,18 @@ export class DriverCore {
    */
   async step(): Promise<DriverStep | null> {
     try {
+      if (this.#dropped.has(this.nextStep)) return await this.#dropStep();
       return await this.#step();
     } catch (e) {
+      if (e instanceof DropStep) {
+        this.#dropped.set(e.step, e.reason);
+        this.#log(
+          `step ${e.step}: ${e.reason}; dropping the step (--on-nonfinite skip): rolling back ` +
+            `and replaying up to it`,
+        );
+        await this.#recoverFrom(e, false);
+        return null;
+      }
       if (!recoverable(e)) throw e;
       this.#log(`step ${this.nextStep} failed (${(e as Error).message}); rolling back`);
       await this.#recoverFrom(e as Error);
@@ -402,15 +428,19 @@ export class DriverCore {
     }
   }
 
-  /** Rolls back, again if the rollback itself meets a recoverable failure, within the budget. */
-  async #recoverFrom(cause: Error): Promise<void> {
+  /**
+   * Rolls back, again if the rollback itself meets a recoverable failure; failures count against
+   * the budget of rollbacks (a dropped step's first rollback does not).
+   */
+  async #recoverFrom(cause: Error, counted = true): Promise<void> {
     for (;;) {
-      if (this.recoveries >= MAX_RECOVERIES) {
+      if (counted && this.recoveries >= MAX_RECOVERIES) {
         throw new TrainingError(
           `giving up after ${MAX_RECOVERIES} rollbacks; the last failure: ${cause.message}`,
         );
       }
-      this.recoveries++;
+      if (counted) this.recoveries++;
+      counted = true;
       try {
         await this.recover();
         return;
@@ -486,43 +516,41 @@ export class DriverCore {
     }
     const tGathered = performance.now();
     let rejected = gathering.rejected;
+    this.rejected += rejected;
     const computeMs = Math.max(...replies.map((r) => r.computeMs));
-    let skipped: string | undefined;
-    let update: Float32Array | null = null;
+    let update: Float32Array;
     try {
       parts.forEach((p, k) => validateContribution(p.data, this.layout, k));
       update = combineContributions(o.method, parts.map((p) => p.data));
     } catch (e) {
-      if (!(e instanceof ContributionError) || e.kind !== "nonfinite" || o.onNonfinite === "stop") {
-        throw e instanceof ContributionError
-          ? new TrainingError(`step ${t}: ${e.message} (--on-nonfinite ${o.onNonfinite})`)
-          : e;
-      }
-      skipped = e.message;
-      this.#log(`step ${t} skipped: ${e.message} (--on-nonfinite skip)`);
+      if (!(e instanceof ContributionError)) throw e;
+      if (e.kind === "nonfinite" && o.onNonfinite === "skip") throw new DropStep(t, e.message);
+      throw new TrainingError(
+        `step ${t}: ${e.message}` + (e.kind === "nonfinite" ? " (--on-nonfinite stop)" : ""),
+      );
     }
     const tB0 = performance.now();
-    const digest = update ? tensorDigest(update) : undefined;
-    const broadcast = update
-      ? () =>
-        this.system.collectives.broadcast(`${this.prefix}.update`, {
-          generation: g,
-          step: t,
-          data: withShape(update, [update.length]),
-        })
-      : null;
-    await broadcast?.();
+    const digest = tensorDigest(update);
+    const broadcast = () =>
+      this.system.collectives.broadcast(`${this.prefix}.update`, {
+        generation: g,
+        step: t,
+        data: withShape(update, [update.length]),
+      });
+    await broadcast();
     const tB1 = performance.now();
     const applied = await Promise.all(
       this.workers.map((w) => this.#apply(w, { generation: g, step: t, lr, digest }, broadcast)),
     );
-    rejected += applied.reduce((n, a) => n + a.rejected, 0);
-    this.rejected += rejected;
+    const late = applied.reduce((n, a) => n + a.rejected, 0);
+    rejected += late;
+    this.rejected += late;
     const t1 = performance.now();
-    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
     const rec: DriverStep = {
       step: t,
-      loss: mean(replies.map((r) => r.loss)),
+      loss: replies.every((r) => r.loss !== null)
+        ? mean(replies.map((r) => r.loss as number))
+        : null,
       lr,
       ms: t1 - t0,
       bytes_sent: mean(applied.map((a) => a.bytesSent)),
@@ -533,9 +561,47 @@ export class DriverCore {
       update_ms: Math.max(...applied.map((a) => a.updateMs)),
       rejected,
     };
-    if (skipped) rec.skipped = skipped;
+    return await this.#done(rec);
+  }
+
+  /** Passes over a dropped step: every worker marks it done without computing or updating. */
+  async #dropStep(): Promise<DriverStep> {
+    const t = this.nextStep;
+    const g = this.generation;
+    const lr = learningRate(t, {
+      schedule: this.o.schedule,
+      lr: this.o.lr,
+      warmupRatio: this.o.warmupRatio,
+      totalSteps: this.totalSteps,
+    });
+    const t0 = performance.now();
+    const applied = await Promise.all(
+      this.workers.map((w) => this.#apply(w, { generation: g, step: t, lr }, null)),
+    );
+    const rejected = applied.reduce((n, a) => n + a.rejected, 0);
+    this.rejected += rejected;
+    this.#log(`step ${t} dropped (--on-nonfinite skip)`);
+    return await this.#done({
+      step: t,
+      loss: null,
+      lr,
+      ms: performance.now() - t0,
+      bytes_sent: mean(applied.map((a) => a.bytesSent)),
+      bytes_received: mean(applied.map((a) => a.bytesReceived)),
+      tokens: 0,
+      compute_ms: 0,
+      comm_ms: 0,
+      update_ms: 0,
+      rejected,
+      skipped: this.#dropped.get(t),
+    });
+  }
+
+  /** Records a finished step; checksums and checkpoints when they are due. */
+  async #done(rec: DriverStep): Promise<DriverStep> {
+    const o = this.o;
     this.steps.push(rec);
-    this.nextStep = t + 1;
+    this.nextStep = rec.step + 1;
     const last = this.nextStep === this.totalSteps;
     if (last || (o.checksumEvery > 0 && this.nextStep % o.checksumEvery === 0)) {
       await this.verifyChecksums();
@@ -580,7 +646,7 @@ export class DriverCore {
     w: Worker,
     call: { generation: number; step: number; lr: number; digest?: string },
     broadcast: (() => Promise<number>) | null,
-  ) {
+  ): Promise<z.output<typeof ApplyOutput>> {
     for (let attempt = 1;; attempt++) {
       try {
         return await w.apply({

@@ -309,7 +309,7 @@ export const GpuWorker = defineActor({
         const out = {
           generation: g,
           step: t,
-          loss: res.loss,
+          loss: Number.isFinite(res.loss) ? res.loss : null,
           computeMs: res.ms,
           tokens: batches.reduce((n, b) => n + b.rows * seqLen, 0),
           digest: tensorDigest(res.contribution),
@@ -339,16 +339,17 @@ export const GpuWorker = defineActor({
           throw new StepProtocolError(`apply of generation ${g}, the worker is at ${s.generation}`);
         }
         if (t === s.appliedStep && s.lastApply) return { ...s.lastApply, duplicate: true };
+        // A dropped step is passed over without having been computed.
+        if (input.skip && t === s.appliedStep + 1) {
+          s.appliedStep = t;
+          s.lastApply = done(s, g, t, 0);
+          return s.lastApply;
+        }
         if (t !== s.appliedStep + 1 || !s.last || s.last.step !== t) {
           throw new StepProtocolError(
             `apply of step ${t}, but the worker applied ${s.appliedStep} and computed ` +
               `${s.last?.step ?? "nothing"}`,
           );
-        }
-        if (input.skip) {
-          s.appliedStep = t;
-          s.lastApply = done(s, g, t, 0);
-          return s.lastApply;
         }
         if (!input.digest) throw new StepProtocolError(`apply of step ${t} names no update`);
         const data = await awaitUpdate(s, g, t, input.digest, input.waitMs, ctx.signal);

@@ -76,7 +76,8 @@ export const StepInput = z.object({
 export const StepOutput = z.object({
   generation: z.number().int(),
   step: z.number().int(),
-  loss: z.number(),
+  /** Null when not finite (the step diverged; messages are JSON, which has no NaN). */
+  loss: z.number().nullable(),
   /** Forward, backward and the local optimizer, in ms. */
   computeMs: z.number(),
   tokens: z.number().int(),
@@ -105,7 +106,7 @@ export const ApplyInput = z.object({
   generation: z.number().int().min(0),
   step: z.number().int().min(0),
   lr: z.number(),
-  /** Mark the step done without an update (its contribution was refused under `skip`). */
+  /** Pass over the step: no update, no optimizer step (dropped under `--on-nonfinite skip`). */
   skip: z.boolean().default(false),
   /** SHA-256 (hex) of the update broadcast: the worker applies no other bytes. */
   digest: z.string().regex(/^[0-9a-f]{64}$/).optional(),
