@@ -4,7 +4,7 @@
  * protocol), hand-started nats-servers (single, clustered, with any auth block) and node
  * processes, and byte comparisons of the outputs.
  */
-import type { Msg, Subscription } from "@nats-io/nats-core";
+import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core";
 import type { System } from "../../runtime/mod.ts";
 import { FrameInbox } from "../../runtime/wire.ts";
 
@@ -86,12 +86,17 @@ export interface TappedCall {
 
 /**
  * Watches every call sent to the actors of `system`, decoded from the wire (a passive
- * subscriber: it answers nothing). Returns the function that stops watching.
+ * subscriber: it answers nothing), on `nc` (default: the system's own connection). Returns the
+ * function that stops watching.
  */
-export function tapCalls(system: System, onCall: (c: TappedCall) => void): () => void {
+export function tapCalls(
+  system: System,
+  onCall: (c: TappedCall) => void,
+  nc: NatsConnection = system.nc,
+): () => void {
   const prefix = `actors.${system.name}.rt.a.`;
   const inbox = new FrameInbox(64 * 1024 * 1024);
-  const sub: Subscription = system.nc.subscribe(`${prefix}*`, {
+  const sub: Subscription = nc.subscribe(`${prefix}*`, {
     callback: (err, msg: Msg) => {
       if (err) return;
       try {
