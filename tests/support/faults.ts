@@ -141,8 +141,8 @@ export interface TestServer {
 }
 
 /**
- * Starts `nats-server` with `lines` of config (listen and ports_file_dir are added when absent)
- * and waits until it accepts connections.
+ * Starts `nats-server` with `lines` of config (`$DIR` stands for its own folder; listen and
+ * ports_file_dir are added when absent) and waits until it accepts connections.
  */
 export async function startServer(
   lines: string[],
@@ -150,7 +150,7 @@ export async function startServer(
   name = "s",
 ): Promise<TestServer> {
   const dir = await Deno.makeTempDir({ prefix: `hd-nats-${name}-` });
-  const conf = [...lines];
+  const conf = lines.map((l) => l.replaceAll("$DIR", dir));
   if (!conf.some((l) => l.startsWith("listen"))) conf.unshift(`listen: "127.0.0.1:-1"`);
   conf.push(`ports_file_dir: ${JSON.stringify(dir)}`);
   await Deno.writeTextFile(`${dir}/server.conf`, conf.join("\n") + "\n");
@@ -302,4 +302,19 @@ export function tinyArgs(dir: string, out: string, steps: number, extra: string[
     out,
     ...extra,
   ];
+}
+
+/** Rejects with a clear error if `p` takes longer than `ms` (a test must fail, not hang). */
+export async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} took over ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
