@@ -78,11 +78,17 @@ export class Caller {
   #closed = false;
   #off?: () => void;
 
-  constructor(nc: NatsConnection, subjects: Subjects, dir: Directory, maxFrameBytes: number) {
+  constructor(
+    nc: NatsConnection,
+    subjects: Subjects,
+    dir: Directory,
+    maxFrameBytes: number,
+    inboxPrefix?: string,
+  ) {
     this.#nc = nc;
     this.#dir = dir;
     this.#subjects = subjects;
-    this.#prefix = createInbox();
+    this.#prefix = createInbox(inboxPrefix);
     this.#inbox = new FrameInbox(maxFrameBytes);
   }
 

@@ -92,11 +92,19 @@ export class Collectives {
   readonly #nc: NatsConnection;
   readonly #maxFrameBytes: number;
   readonly #stats?: TrafficStats;
+  readonly #inboxPrefix?: string;
 
-  constructor(nc: NatsConnection, maxFrameBytes: number, stats?: TrafficStats) {
+  /** `inboxPrefix`: where this connection may receive replies, when not `_INBOX`. */
+  constructor(
+    nc: NatsConnection,
+    maxFrameBytes: number,
+    stats?: TrafficStats,
+    inboxPrefix?: string,
+  ) {
     this.#nc = nc;
     this.#maxFrameBytes = maxFrameBytes;
     this.#stats = stats;
+    this.#inboxPrefix = inboxPrefix;
   }
 
   /** Publishes `value` once on `subject`; every subscriber gets it. Returns the frame's bytes. */
@@ -373,7 +381,7 @@ export class Collectives {
         },
       }),
     ];
-    const fetchPrefix = createInbox();
+    const fetchPrefix = createInbox(this.#inboxPrefix);
     subs.push(nc.subscribe(`${fetchPrefix}.*`, {
       callback: (e, m) => {
         if (!e && !isNoResponders(m)) take(m, fetchInbox);

@@ -35,6 +35,11 @@ export interface Credentials {
   /** The seed (`SU...`) of a user nkey the server lists; the client signs the server's nonce. */
   nkeySeed?: string;
   tls?: TlsSettings;
+  /**
+   * Prefix of this identity's reply inboxes, when its user may read only those (node users of
+   * an embedded server). Default `_INBOX`.
+   */
+  inboxPrefix?: string;
 }
 
 /** Options of {@link connectNats}. */
@@ -90,6 +95,7 @@ export async function connectNats(
     user: options.user,
     pass: options.pass,
     token: options.token,
+    inboxPrefix: options.inboxPrefix,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     ...await authOptions(options),

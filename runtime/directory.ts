@@ -110,6 +110,7 @@ export class Directory {
     }
     const listed = new Set<string>();
     for (const a of hb.actors) {
+      if (a.node !== hb.node) continue; // a node speaks only for what it hosts
       listed.add(a.id);
       this.#up(a);
     }

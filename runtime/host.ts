@@ -245,7 +245,7 @@ export class Host {
 
   #publish(ev: ActorEvent) {
     try {
-      this.#env.nc.publish(this.#env.subjects.events, JSON.stringify(ev));
+      this.#env.nc.publish(this.#env.subjects.event(this.#env.node), JSON.stringify(ev));
     } catch { /* closed */ }
   }
 }

@@ -63,7 +63,8 @@ export {
   type SubscribeOptions,
 } from "./collectives.ts";
 export { type ObjectEntry, ObjectStore } from "./objects.ts";
-export { EmbeddedServer, type EmbeddedServerOptions } from "./nats_server.ts";
+export { EmbeddedServer, type EmbeddedServerOptions, type NodeIdentity } from "./nats_server.ts";
+export { inboxPrefixOf, nodePermissions } from "./permissions.ts";
 export {
   type DType,
   dtypeOf,

@@ -9,6 +9,7 @@
  * @module
  */
 import { ServerStartError } from "./errors.ts";
+import { inboxPrefixOf, nodePermissions } from "./permissions.ts";
 
 /** Options of {@link EmbeddedServer.start}. */
 export interface EmbeddedServerOptions {
@@ -22,6 +23,18 @@ export interface EmbeddedServerOptions {
   websocket?: boolean;
   /** How long to wait for the server to come up. Default 15 s. */
   startTimeoutMs?: number;
+  /**
+   * Users for node processes, one per node id, each with the permissions of a node of this
+   * system (see permissions.ts). The owner's user keeps full rights. Default: none (nodes use
+   * the owner's credentials).
+   */
+  nodeUsers?: { system: string; ids: string[] };
+}
+
+/** A node's identity on the embedded server: its id, and the credentials of its own user. */
+export interface NodeIdentity {
+  id: string;
+  credentials: { user: string; pass: string; inboxPrefix: string };
 }
 
 // Arguments: server binary, config, log, private folder. Prints "<watchdog pid> <server pid>".
@@ -75,6 +88,9 @@ export class EmbeddedServer {
   #pipe: WritableStream<Uint8Array>;
   #exited: Promise<unknown>;
   #stopped?: Promise<void>;
+  readonly #identities: NodeIdentity[];
+  /** Whether node processes get users of their own (see {@link takeNodeIdentity}). */
+  readonly hasNodeUsers: boolean;
 
   private constructor(
     pipe: WritableStream<Uint8Array>,
@@ -93,9 +109,17 @@ export class EmbeddedServer {
     readonly pid: number,
     /** The `max_payload` configured. */
     readonly maxPayload: number,
+    identities: NodeIdentity[],
   ) {
     this.#pipe = pipe;
     this.#exited = exited;
+    this.#identities = identities;
+    this.hasNodeUsers = identities.length > 0;
+  }
+
+  /** The next unused node identity, or undefined when all are taken (or none were made). */
+  takeNodeIdentity(): NodeIdentity | undefined {
+    return this.#identities.shift();
   }
 
   /** Starts a server and waits until it accepts connections. */
@@ -110,6 +134,20 @@ export class EmbeddedServer {
     const maxPayload = options.maxPayload ?? 8 * 1024 * 1024;
     const dir = await Deno.makeTempDir({ prefix: "actors-nats-" });
     const credentials = { user: `u${randomSecret(6)}`, pass: randomSecret() };
+    const identities: NodeIdentity[] = (options.nodeUsers?.ids ?? []).map((id) => ({
+      id,
+      credentials: { user: id, pass: randomSecret(), inboxPrefix: inboxPrefixOf(id) },
+    }));
+    const users = [
+      `{ user: ${JSON.stringify(credentials.user)}, password: ${
+        JSON.stringify(credentials.pass)
+      } }`,
+      ...identities.map((n) =>
+        `{ user: ${JSON.stringify(n.credentials.user)}, password: ${
+          JSON.stringify(n.credentials.pass)
+        }, ${nodePermissions(options.nodeUsers!.system, n.id)} }`
+      ),
+    ];
     const conf = [
       `listen: "127.0.0.1:-1"`,
       `ports_file_dir: ${JSON.stringify(dir)}`,
@@ -118,9 +156,7 @@ export class EmbeddedServer {
       `write_deadline: "30s"`,
       options.jetstream === false ? "" : `jetstream { store_dir: ${JSON.stringify(`${dir}/js`)} }`,
       options.websocket === false ? "" : `websocket { listen: "127.0.0.1:-1", no_tls: true }`,
-      `authorization { user: ${JSON.stringify(credentials.user)}, password: ${
-        JSON.stringify(credentials.pass)
-      } }`,
+      `authorization { users: [\n  ${users.join(",\n  ")}\n] }`,
     ].join("\n");
     const confPath = `${dir}/server.conf`;
     const logPath = `${dir}/server.log`;
@@ -200,6 +236,7 @@ export class EmbeddedServer {
       dir,
       pid,
       maxPayload,
+      identities,
     );
   }
 

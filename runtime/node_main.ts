@@ -102,6 +102,7 @@ async function main() {
     credsFile: values.creds ?? owner.credsFile ?? std.credsFile,
     nkeySeed: owner.nkeySeed ?? std.nkeySeed,
     tls,
+    inboxPrefix: owner.inboxPrefix,
   });
   const credentials: Credentials = split.credentials;
   const heartbeatMs = Number(values["heartbeat-ms"]);

@@ -30,7 +30,7 @@ export class Subjects {
   readonly app: string;
   /** Heartbeats of every node: `<root>.rt.hb.*`. */
   readonly heartbeats: string;
-  /** Actor lifecycle events. */
+  /** Actor lifecycle events of every node: `<root>.rt.ev.*`. */
   readonly events: string;
 
   constructor(readonly system: string) {
@@ -38,7 +38,20 @@ export class Subjects {
     this.root = `actors.${system}`;
     this.app = `${this.root}.app`;
     this.heartbeats = `${this.root}.rt.hb.*`;
-    this.events = `${this.root}.rt.ev`;
+    this.events = `${this.root}.rt.ev.*`;
+  }
+
+  /**
+   * Where a node publishes the lifecycle events it is the source of (the actors it hosts, the
+   * restarts it supervises): receivers check an event's claims against the node it came from.
+   */
+  event(node: string): string {
+    return `${this.root}.rt.ev.${node}`;
+  }
+
+  /** The node a heartbeat or event subject belongs to. */
+  nodeOf(subject: string): string {
+    return subject.slice(subject.lastIndexOf(".") + 1);
   }
 
   /** Where a node publishes its heartbeat. */

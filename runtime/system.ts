@@ -92,8 +92,16 @@ export interface InitOptions extends Credentials {
   heartbeatMs?: number;
   /** Heartbeats missed before a node counts as dead. Default 3. */
   missedHeartbeats?: number;
-  /** Settings of the embedded server; `transport: "ws"` makes this system use its WebSocket port. */
-  server?: EmbeddedServerOptions & { transport?: "tcp" | "ws" };
+  /**
+   * Settings of the embedded server; `transport: "ws"` makes this system use its WebSocket port.
+   * `nodeIdentities`: how many node users it is made with (each local node process, replacements
+   * included, connects as one of them, with the permissions of a node); default
+   * max(32, 8 × nodes); `false` lets nodes use this process's credentials.
+   */
+  server?: Omit<EmbeddedServerOptions, "nodeUsers"> & {
+    transport?: "tcp" | "ws";
+    nodeIdentities?: number | false;
+  };
   /** Further nats.js options for this process's connection (not passed to node processes). */
   connection?: Partial<ConnectionOptions>;
   /** How long to wait for the local node processes to join. Default 60 s. */
@@ -252,8 +260,17 @@ export async function init(options: InitOptions = {}): Promise<System> {
   let server: EmbeddedServer | undefined;
   let servers: string[];
   let credentials: Credentials;
+  const nodeId = options.nodeId ?? randomId("p");
   if (options.nats === undefined) {
-    server = await EmbeddedServer.start(options.server);
+    const asked = typeof options.nodes === "number" ? options.nodes : options.nodes?.length ?? 0;
+    const pool = options.server?.nodeIdentities ?? Math.max(32, 8 * asked);
+    server = await EmbeddedServer.start({
+      ...options.server,
+      nodeUsers: pool === false ? undefined : {
+        system: systemName,
+        ids: Array.from({ length: pool }, (_, i) => `${nodeId}-${i}`),
+      },
+    });
     if (options.server?.transport === "ws") {
       if (!server.wsUrl) {
         throw new InvalidArgumentError("server.transport is ws but websocket is off");
@@ -285,7 +302,7 @@ export async function init(options: InitOptions = {}): Promise<System> {
       credentials,
       connection: options.connection,
       system: systemName,
-      nodeId: options.nodeId ?? randomId("p"),
+      nodeId,
       resources: options.resources ?? {},
       placeable: options.placeable ?? false,
       allowModules: options.allowModules ?? [],
@@ -357,8 +374,9 @@ export class System {
     this.#subjects = new Subjects(opts.system);
     this.namespace = this.#subjects.app;
     this.#loader = new ModuleLoader([PROJECT_ROOT, ...opts.allowModules]);
-    this.#caller = new Caller(nc, this.#subjects, this.#dir, opts.maxFrameBytes);
-    this.collectives = new Collectives(nc, opts.maxFrameBytes, this.#caller.stats);
+    const inbox = opts.credentials.inboxPrefix;
+    this.#caller = new Caller(nc, this.#subjects, this.#dir, opts.maxFrameBytes, inbox);
+    this.collectives = new Collectives(nc, opts.maxFrameBytes, this.#caller.stats, inbox);
     this.#host = new Host({
       nc,
       subjects: this.#subjects,
@@ -406,7 +424,9 @@ export class System {
           return;
         }
         const hb = heartbeatSchema.safeParse(raw);
-        if (hb.success) this.#dir.heartbeat(hb.data);
+        // A heartbeat counts only on its node's own subject (which only that node may publish
+        // to, where the server gives each node its own user).
+        if (hb.success && hb.data.node === s.nodeOf(msg.subject)) this.#dir.heartbeat(hb.data);
       },
     }));
     this.#subs.push(this.nc.subscribe(s.events, {
@@ -419,7 +439,7 @@ export class System {
           return;
         }
         const ev = eventSchema.safeParse(raw);
-        if (ev.success) this.#dir.event(ev.data);
+        if (ev.success && this.#speaksFor(s.nodeOf(msg.subject), ev.data)) this.#dir.event(ev.data);
       },
     }));
     this.#dir.on((e) => this.#onDirectory(e));
@@ -440,6 +460,23 @@ export class System {
     );
     const period = Math.max(20, Math.floor(this.#opts.heartbeatMs / 2));
     this.#tick = setInterval(() => this.#dir.tick(Date.now(), period), period);
+  }
+
+  /**
+   * Whether `sender` is the source of such an event: the node hosting the actor for "up" and
+   * "down", its supervisor (owner) for "restarting" and "gone".
+   */
+  #speaksFor(sender: string, ev: ActorEvent): boolean {
+    switch (ev.e) {
+      case "up":
+        return ev.actor.node === sender;
+      case "down":
+        return ev.node === sender;
+      case "restarting":
+        return ev.owner === sender;
+      case "gone":
+        return this.#dir.actor(ev.id)?.info.owner === sender;
+    }
   }
 
   /** On a reconnect: tell the others (heartbeat) and resend what may have been lost. */
@@ -603,14 +640,26 @@ export class System {
   /** Starts more local node processes and waits until they have joined. */
   async addNodes(specs: NodeSpec[], timeoutMs = 60_000): Promise<LocalNode[]> {
     this.#checkOpen();
-    const started = specs.map((spec) =>
+    const identities = specs.map((_, i) => {
+      if (!this.server?.hasNodeUsers) {
+        const id = `${this.nodeId}-${this.#nodes.length + i}-${randomId("").slice(0, 4)}`;
+        return { id, credentials: this.#opts.credentials };
+      }
+      const ident = this.server.takeNodeIdentity();
+      if (!ident) {
+        throw new NodeStartError(
+          "every node identity of the embedded server is in use; start the system with a " +
+            "larger server.nodeUsers pool",
+        );
+      }
+      return ident;
+    });
+    const started = specs.map((spec, i) =>
       LocalNode.start({
-        id: `${this.nodeId}-${this.#nodes.length + specs.indexOf(spec)}-${
-          randomId("").slice(0, 4)
-        }`,
+        id: identities[i].id,
         servers: [...this.servers],
         system: this.name,
-        credentials: this.#opts.credentials,
+        credentials: identities[i].credentials,
         resources: spec.resources ?? {},
         allowModules: this.#loader.allowed,
         heartbeatMs: this.#opts.heartbeatMs,
@@ -930,7 +979,7 @@ export class System {
 
   #publish(ev: ActorEvent) {
     try {
-      this.nc.publish(this.#subjects.events, JSON.stringify(ev));
+      this.nc.publish(this.#subjects.event(this.nodeId), JSON.stringify(ev));
     } catch { /* closed */ }
   }
 
