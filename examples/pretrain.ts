@@ -39,98 +39,112 @@ const HELP = `deno task pretrain [flags]
   --init-std X          std of the initial matrices (default ${PRETRAIN_DEFAULTS.initStd})
 `;
 
-const { values } = parseArgs({
-  args: Deno.args,
-  strict: true,
-  options: {
-    help: { type: "boolean" },
-    out: { type: "string" },
-    overwrite: { type: "boolean" },
-    corpus: { type: "string" },
-    valid: { type: "string" },
-    seed: { type: "string" },
-    steps: { type: "string" },
-    batch: { type: "string" },
-    "seq-len": { type: "string" },
-    lr: { type: "string" },
-    "warmup-ratio": { type: "string" },
-    "weight-decay": { type: "string" },
-    beta1: { type: "string" },
-    beta2: { type: "string" },
-    clip: { type: "string" },
-    "eval-every": { type: "string" },
-    "eval-windows": { type: "string" },
-    "no-full-valid": { type: "boolean" },
-    hidden: { type: "string" },
-    layers: { type: "string" },
-    heads: { type: "string" },
-    "kv-heads": { type: "string" },
-    intermediate: { type: "string" },
-    "tie-embeddings": { type: "boolean" },
-    "rope-theta": { type: "string" },
-    "max-positions": { type: "string" },
-    "init-std": { type: "string" },
-  },
-});
-
-if (values.help) {
-  console.log(HELP);
-  Deno.exit(0);
-}
-
-function num(flag: string, fallback: number): number {
-  const v = (values as Record<string, string | boolean | undefined>)[flag];
-  if (v === undefined) return fallback;
-  const x = Number(v);
-  if (typeof v !== "string" || v.trim() === "" || !Number.isFinite(x)) {
-    throw new PretrainError(`--${flag} needs a number, got ${JSON.stringify(v)}`);
-  }
-  return x;
-}
-
-const d = PRETRAIN_DEFAULTS;
-const seqLen = num("seq-len", d.seqLen);
-const options: PretrainOptions = {
-  out: values.out ?? d.out,
-  overwrite: values.overwrite ?? false,
-  corpus: values.corpus ?? d.corpus,
-  valid: values.valid ?? d.valid,
-  seed: num("seed", d.seed),
-  steps: num("steps", d.steps),
-  batch: num("batch", d.batch),
-  seqLen,
-  lr: num("lr", d.lr),
-  warmupRatio: num("warmup-ratio", d.warmupRatio),
-  weightDecay: num("weight-decay", d.weightDecay),
-  beta1: num("beta1", d.beta1),
-  beta2: num("beta2", d.beta2),
-  clip: num("clip", d.clip),
-  evalEvery: num("eval-every", d.evalEvery),
-  evalWindows: num("eval-windows", d.evalWindows),
-  fullValid: !(values["no-full-valid"] ?? false),
-  hidden: num("hidden", d.hidden),
-  layers: num("layers", d.layers),
-  heads: num("heads", d.heads),
-  kvHeads: num("kv-heads", d.kvHeads),
-  intermediate: num("intermediate", d.intermediate),
-  tieEmbeddings: values["tie-embeddings"] ?? d.tieEmbeddings,
-  ropeTheta: num("rope-theta", d.ropeTheta),
-  maxPositions: num("max-positions", Math.max(d.maxPositions, seqLen)),
-  initStd: num("init-std", d.initStd),
-};
-
-const gpu = await Gpu.open();
-try {
-  await pretrain(gpu, options, {
-    command: ["deno", "run", "-A", "examples/pretrain.ts", ...Deno.args].join(" "),
+/** The options the flags give, or null after printing --help. */
+function parseOptions(): PretrainOptions | null {
+  const { values } = parseArgs({
+    args: Deno.args,
+    strict: true,
+    options: {
+      help: { type: "boolean" },
+      out: { type: "string" },
+      overwrite: { type: "boolean" },
+      corpus: { type: "string" },
+      valid: { type: "string" },
+      seed: { type: "string" },
+      steps: { type: "string" },
+      batch: { type: "string" },
+      "seq-len": { type: "string" },
+      lr: { type: "string" },
+      "warmup-ratio": { type: "string" },
+      "weight-decay": { type: "string" },
+      beta1: { type: "string" },
+      beta2: { type: "string" },
+      clip: { type: "string" },
+      "eval-every": { type: "string" },
+      "eval-windows": { type: "string" },
+      "no-full-valid": { type: "boolean" },
+      hidden: { type: "string" },
+      layers: { type: "string" },
+      heads: { type: "string" },
+      "kv-heads": { type: "string" },
+      intermediate: { type: "string" },
+      "tie-embeddings": { type: "boolean" },
+      "rope-theta": { type: "string" },
+      "max-positions": { type: "string" },
+      "init-std": { type: "string" },
+    },
   });
-} catch (e) {
-  if (e instanceof PretrainError) {
-    console.error(`error: ${e.message}`);
-    Deno.exitCode = 1;
-  } else {
-    throw e;
+
+  if (values.help) {
+    console.log(HELP);
+    return null;
   }
-} finally {
-  gpu.close();
+
+  function num(flag: string, fallback: number): number {
+    const v = (values as Record<string, string | boolean | undefined>)[flag];
+    if (v === undefined) return fallback;
+    const x = Number(v);
+    if (typeof v !== "string" || v.trim() === "" || !Number.isFinite(x)) {
+      throw new PretrainError(`--${flag} needs a number, got ${JSON.stringify(v)}`);
+    }
+    return x;
+  }
+
+  const d = PRETRAIN_DEFAULTS;
+  const seqLen = num("seq-len", d.seqLen);
+  return {
+    out: values.out ?? d.out,
+    overwrite: values.overwrite ?? false,
+    corpus: values.corpus ?? d.corpus,
+    valid: values.valid ?? d.valid,
+    seed: num("seed", d.seed),
+    steps: num("steps", d.steps),
+    batch: num("batch", d.batch),
+    seqLen,
+    lr: num("lr", d.lr),
+    warmupRatio: num("warmup-ratio", d.warmupRatio),
+    weightDecay: num("weight-decay", d.weightDecay),
+    beta1: num("beta1", d.beta1),
+    beta2: num("beta2", d.beta2),
+    clip: num("clip", d.clip),
+    evalEvery: num("eval-every", d.evalEvery),
+    evalWindows: num("eval-windows", d.evalWindows),
+    fullValid: !(values["no-full-valid"] ?? false),
+    hidden: num("hidden", d.hidden),
+    layers: num("layers", d.layers),
+    heads: num("heads", d.heads),
+    kvHeads: num("kv-heads", d.kvHeads),
+    intermediate: num("intermediate", d.intermediate),
+    tieEmbeddings: values["tie-embeddings"] ?? d.tieEmbeddings,
+    ropeTheta: num("rope-theta", d.ropeTheta),
+    maxPositions: num("max-positions", Math.max(d.maxPositions, seqLen)),
+    initStd: num("init-std", d.initStd),
+  };
+}
+
+/** parseArgs reports unknown flags and missing values with an ERR_PARSE_ARGS code. */
+function isArgError(e: unknown): boolean {
+  const code = (e as { code?: unknown })?.code;
+  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS");
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions();
+  if (!options) return;
+  const gpu = await Gpu.open();
+  try {
+    await pretrain(gpu, options, {
+      command: ["deno", "run", "-A", "examples/pretrain.ts", ...Deno.args].join(" "),
+    });
+  } finally {
+    gpu.close();
+  }
+}
+
+try {
+  await main();
+} catch (e) {
+  if (!(e instanceof PretrainError) && !isArgError(e)) throw e;
+  console.error(`error: ${(e as Error).message}`);
+  Deno.exit(1);
 }
