@@ -9,35 +9,24 @@
  * (a single-replica bucket lives on one server; losing it is another fault than this one).
  */
 import assert from "node:assert/strict";
-import { jetstreamManager } from "@nats-io/jetstream";
 import { runFinetune } from "../actors/job.ts";
-import { connectNats, ObjectStore, type System } from "../runtime/mod.ts";
+import type { System } from "../runtime/mod.ts";
 import { tinyOptions, writeTinySetup } from "./support/tiny_run.ts";
 import {
-  freePorts,
+  expendableServer,
   type HandNode,
   leftovers,
   newTag,
   sameFile,
+  startCluster,
   startHandNode,
-  startServer,
   tapCalls,
   type TestServer,
-  waitUntil,
   within,
 } from "./support/faults.ts";
 
 const STEPS = 6;
 const quiet = { log: () => {}, isTty: false, progress: () => {} };
-
-async function metaLeader(s: TestServer): Promise<string | undefined> {
-  try {
-    const r = await fetch(`${s.http}/jsz`);
-    return (await r.json()).meta_cluster?.leader;
-  } catch {
-    return undefined;
-  }
-}
 
 Deno.test("3-server cluster: the server a worker is connected to is SIGKILLed mid-run; it fails over, same bits", async () => {
   const dir = await Deno.makeTempDir({ prefix: "hd-cluster-" });
@@ -51,37 +40,10 @@ Deno.test("3-server cluster: the server a worker is connected to is SIGKILLed mi
 
     const user = "trainer";
     const pass = crypto.randomUUID();
-    const routes = freePorts(3);
-    for (let i = 0; i < 3; i++) {
-      servers.push(
-        await startServer(
-          [
-            `server_name: s${i}`,
-            `http: "127.0.0.1:-1"`,
-            `jetstream { store_dir: "$DIR/js" }`,
-            `cluster { name: hd, listen: "127.0.0.1:${routes[i]}", routes: [${
-              routes.map((p) => `"nats-route://127.0.0.1:${p}"`).join(", ")
-            }] }`,
-            `authorization { user: "${user}", password: "${pass}" }`,
-          ],
-          tag,
-          `s${i}`,
-        ),
-      );
-    }
-    let leader: string | undefined;
-    await waitUntil("the JetStream meta group has a leader", async () => {
-      const seen = await Promise.all(servers.map(metaLeader));
-      leader = seen[0];
-      return leader !== undefined && seen.every((l) => l === leader);
-    }, 30_000);
-    // The system's bucket, created up front to learn where it lives.
-    const nc = await connectNats(servers.map((s) => s.url), { user, pass });
-    await ObjectStore.open(nc, "actors_default");
-    const info = await (await jetstreamManager(nc)).streams.info("OBJ_actors_default");
-    await nc.close();
-    const keep = new Set([leader, info.cluster?.leader]);
-    const victim = servers.find((_, i) => !keep.has(`s${i}`))!;
+    servers.push(
+      ...await startCluster(tag, [`authorization { user: "${user}", password: "${pass}" }`]),
+    );
+    const victim = await expendableServer(servers, { user, pass });
     const others = servers.filter((s) => s !== victim);
     const env = { NATS_USER: user, NATS_PASSWORD: pass };
     nodes.push(startHandNode({ urls: victim.url, id: "hostA", tag, env }));

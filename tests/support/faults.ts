@@ -5,7 +5,8 @@
  * processes, and byte comparisons of the outputs.
  */
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core";
-import type { System } from "../../runtime/mod.ts";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { connectNats, ObjectStore, type System } from "../../runtime/mod.ts";
 import { FrameInbox } from "../../runtime/wire.ts";
 
 /** Environment variable that marks every process a test starts (children inherit it). */
@@ -199,7 +200,15 @@ export interface HandNode {
 
 /** Starts `runtime/node_main.ts` with one GPU slot, joining `urls`. */
 export function startHandNode(
-  o: { urls: string; id: string; tag: string; system?: string; env?: Record<string, string> },
+  o: {
+    urls: string;
+    id: string;
+    tag: string;
+    system?: string;
+    env?: Record<string, string>;
+    /** Drop its output (its join line); errors are shown by default. */
+    quiet?: boolean;
+  },
 ): HandNode {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
@@ -220,7 +229,7 @@ export function startHandNode(
     env: { LP_NUM_THREADS: "1", ...o.env, [TAG_ENV]: o.tag },
     stdin: "null",
     stdout: "null",
-    stderr: "inherit",
+    stderr: o.quiet ? "null" : "inherit",
   }).spawn();
   let done = false;
   const status = child.status.then(() => done = true);
@@ -316,5 +325,70 @@ export async function within<T>(p: Promise<T>, ms: number, what: string): Promis
     ]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Three nats-servers on loopback ports, routed to each other, with clustered JetStream and
+ * `auth` (config lines). Resolves once the JetStream meta group has elected a leader.
+ */
+export async function startCluster(tag: string, auth: string[] = []): Promise<TestServer[]> {
+  const routes = freePorts(3);
+  const servers: TestServer[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      servers.push(
+        await startServer(
+          [
+            `server_name: s${i}`,
+            `http: "127.0.0.1:-1"`,
+            `jetstream { store_dir: "$DIR/js" }`,
+            `cluster { name: hd, listen: "127.0.0.1:${routes[i]}", routes: [${
+              routes.map((p) => `"nats-route://127.0.0.1:${p}"`).join(", ")
+            }] }`,
+            ...auth,
+          ],
+          tag,
+          `s${i}`,
+        ),
+      );
+    }
+    await waitUntil("the JetStream meta group has a leader", async () => {
+      const seen = await Promise.all(servers.map(metaLeader));
+      return seen[0] !== undefined && seen.every((l) => l === seen[0]);
+    }, 30_000);
+    return servers;
+  } catch (e) {
+    await Promise.all(servers.map((s) => s.kill()));
+    throw e;
+  }
+}
+
+async function metaLeader(s: TestServer): Promise<string | undefined> {
+  try {
+    return (await (await fetch(`${s.http}/jsz`)).json()).meta_cluster?.leader;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A server of the cluster that may be killed without taking JetStream with it: neither the
+ * meta leader nor the server of system `system`'s object store bucket (created here, with one
+ * replica, as the system would).
+ */
+export async function expendableServer(
+  servers: TestServer[],
+  credentials: { user?: string; pass?: string } = {},
+  system = "default",
+): Promise<TestServer> {
+  const nc = await connectNats(servers.map((s) => s.url), credentials);
+  try {
+    await ObjectStore.open(nc, `actors_${system}`);
+    const info = await (await jetstreamManager(nc)).streams.info(`OBJ_actors_${system}`);
+    const keep = new Set([await metaLeader(servers[0]), info.cluster?.leader]);
+    return servers.find((_, i) => !keep.has(`s${i}`))!;
+  } finally {
+    await nc.close();
   }
 }
