@@ -2,8 +2,9 @@
  * A rogue client holding the system's credentials attacks a running job on its own subjects.
  * Each time a worker's step call goes by, it publishes on that step's gather subject, before
  * the worker can (it is still computing): garbage, a truncated frame, an oversized frame, a part
- * announcing a 512 MiB frame, two wrong-schema values, and four schema-valid contributions for
- * the right (generation, step, worker): NaN, Inf, too short, and plausible random numbers. On
+ * announcing a 512 MiB frame, two wrong-schema values, four schema-valid contributions for the
+ * right (generation, step, worker): NaN, Inf, too short, and plausible random numbers, and a
+ * replay of the worker's genuine contribution to the step before, captured off the wire. On
  * the update subject it publishes the same kinds of garbage plus NaN and plausible updates for
  * the step under way, which reach the workers before the real update.
  *
@@ -17,7 +18,7 @@ import { runFinetune } from "../actors/job.ts";
 import { Contribution } from "../actors/messages.ts";
 import { contributionLayout } from "../train/methods/layout.ts";
 import { Collectives, connectNats, type System } from "../runtime/mod.ts";
-import { encodeFrame } from "../runtime/codec.ts";
+import { decodeFrame, encodeFrame } from "../runtime/codec.ts";
 import { PART_HEADER } from "../runtime/chunks.ts";
 import { readReportJson } from "../train/report.ts";
 import { TINY_CONFIG, tinyOptions, writeTinySetup } from "./support/tiny_run.ts";
@@ -66,11 +67,28 @@ class Rogue {
   naiveForged = 0;
   #stop = () => {};
   #pending: Promise<void>[] = [];
+  /** The latest genuine contribution of each worker seen on the wire, as sent. */
+  #captured = new Map<number, Uint8Array>();
 
   constructor(readonly nc: NatsConnection) {}
 
   attach(system: System) {
-    const naive = new Collectives(this.nc, 1 << 26);
+    // Watches on the driver's own connection what a first-come gather would take.
+    const naive = new Collectives(system.nc, 1 << 26);
+    // This connection does not hear itself (noEcho): every finite contribution of the right
+    // size seen here is a worker's.
+    const tap = this.nc.subscribe(`actors.${system.name}.app.>`, {
+      callback: (err, msg) => {
+        const k = /\.delta\.(\d+)$/.exec(msg.subject)?.[1];
+        if (err || k === undefined) return;
+        try {
+          const c = Contribution.parse(decodeFrame(msg.data).value);
+          if (c.data.length === L && c.data.every(Number.isFinite)) {
+            this.#captured.set(Number(k), msg.data.slice());
+          }
+        } catch { /* not one */ }
+      },
+    });
     const seen = new Set<string>();
     this.#stop = tapCalls(system, (c) => {
       if (c.method !== "step") return;
@@ -80,6 +98,11 @@ class Rogue {
       seen.add(v.subject);
       this.#pending.push(this.#strike(naive, v, k, first));
     }, this.nc);
+    const stopTap = this.#stop;
+    this.#stop = () => {
+      stopTap();
+      tap.unsubscribe();
+    };
   }
 
   async #strike(
@@ -100,6 +123,11 @@ class Rogue {
     this.sentGather += garbage(this.nc, target, { ...me, data: random(L) });
     for (const data of [random(L).fill(NaN), random(L).fill(Infinity), random(L >> 1), random(L)]) {
       this.nc.publish(target, encodeFrame({ k: "bc" }, { ...me, data }));
+      this.sentGather++;
+    }
+    const replay = this.#captured.get(k);
+    if (replay && step > 0) {
+      this.nc.publish(target, replay);
       this.sentGather++;
     }
     if (k === 0) {
@@ -144,6 +172,7 @@ Deno.test("rogue messages on the gather and update subjects are refused and coun
           const nc = await connectNats([...system.servers], {
             ...system.credentials,
             name: "rogue",
+            extra: { noEcho: true },
           });
           rogue = new Rogue(nc);
           rogue.attach(system);
@@ -161,7 +190,7 @@ Deno.test("rogue messages on the gather and update subjects are refused and coun
         `first-come gather took forged parts in ${r.naiveForged} of ${r.naiveGathers} steps`,
     );
     assert.equal(r.naiveGathers, STEPS);
-    assert.equal(r.sentGather, STEPS * K * 10);
+    assert.equal(r.sentGather, STEPS * K * 10 + (STEPS - 1) * K);
     assert.ok(r.naiveForged >= 1, "the forged parts arrive first: the race is real");
     assert.equal(disk.rejected_messages, expected, "every rogue message is refused and counted");
     assert.equal((report as { recoveries?: number }).recoveries, 0);
