@@ -1,9 +1,12 @@
 /**
  * `Driver`: owns the data order, the schedule, the step counter and the checkpoints of one
  * fine-tuning job, and sequences the K `GpuWorker`s (DESIGN §6). Per step: shards out → gather
- * the K contributions → validate (size, finite) → combine → broadcast once → apply → loss, and
- * every N steps W checksums and a checkpoint. A worker failure bumps the generation and rolls
- * every worker back to the last checkpoint.
+ * the K contributions (each taken only if its SHA-256 is the one its worker's reply names) →
+ * validate (size, finite) → combine → broadcast once → apply (naming the update's SHA-256) →
+ * loss, and every N steps W checksums and a checkpoint. Lost messages are sent again (calls are
+ * idempotent; missing contributions are asked for again, missing updates broadcast again). A
+ * worker failure bumps the generation and rolls every worker back to the last checkpoint; a
+ * non-finite contribution stops the run or, under `--on-nonfinite skip`, drops its step.
  *
  * The Driver runs as an actor in the process that starts the job (the finetune CLI).
  * @module

@@ -4,10 +4,12 @@
  * driver's step protocol (DESIGN §6):
  *
  * - `step(g, t)` runs forward/backward on the worker's shard and publishes its contribution on
- *   the gather subject; it keeps the contribution, so a repeated `step(g, t)` publishes the same
- *   bytes again without recomputing;
- * - `apply(g, t)` takes the update the driver broadcast once for everybody and applies it, only
- *   when the worker is at step t − 1; a repeated `apply(g, t)` is a no-op;
+ *   the gather subject, and replies with the contribution's SHA-256; it keeps the contribution,
+ *   so a repeated `step(g, t)` publishes the same bytes again without recomputing;
+ * - `apply(g, t, digest)` takes the update the driver broadcast once for everybody, the one with
+ *   that SHA-256 (anything else on the subject is refused and counted), and applies it, only
+ *   when the worker is at step t − 1; a repeated `apply(g, t)` is a no-op; `apply` with `skip`
+ *   passes over a dropped step without an update;
  * - messages of another generation than the current one are refused or dropped.
  * @module
  */

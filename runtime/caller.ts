@@ -23,7 +23,14 @@ import {
   type WireError,
 } from "./errors.ts";
 import type { Subjects } from "./protocol.ts";
-import { encode, FrameInbox, type Incoming, isNoResponders, publish } from "./wire.ts";
+import {
+  encode,
+  type Encoded,
+  FrameInbox,
+  type Incoming,
+  isNoResponders,
+  publish,
+} from "./wire.ts";
 import { encodeFrame } from "./codec.ts";
 import { Deadlines } from "./deadlines.ts";
 
@@ -227,18 +234,19 @@ export class Caller {
       signal?.addEventListener("abort", onAbort, { once: true });
       this.stats.bytesSent += encoded.bytes;
       const reply = `${this.#prefix}.${id}`;
-      const send = () => {
-        if (encoded.frame) this.#nc.publish(subject, encoded.frame, { reply });
-        else publish(this.#nc, subject, encoded, reply).catch((e) => p.reject(e));
+      const send = (e: Encoded) => {
+        if (e.frame) this.#nc.publish(subject, e.frame, { reply });
+        else publish(this.#nc, subject, e, reply).catch((err) => p.reject(err));
       };
       if (what.idempotent) {
         p.resend = () => {
           try {
-            send();
+            // Parts go out under a new transfer id: the receiver may hold some of the first.
+            send(encoded.frame ? encoded : encode(this.#nc, meta, value));
           } catch { /* closed: the call fails by other means */ }
         };
       }
-      send();
+      send(encoded);
     });
   }
 

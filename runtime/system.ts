@@ -550,10 +550,8 @@ export class System {
     const spec = this.#specs.get(id);
     const want = this.#opts.replaceNodes;
     if (!spec || !want || this.#closing) return;
+    const budget = want === true ? { max: Math.max(2, this.#specs.size), withinMs: 60_000 } : want;
     this.#specs.delete(id);
-    const budget = want === true
-      ? { max: Math.max(2, this.#nodes.length), withinMs: 60_000 }
-      : want;
     const now = Date.now();
     while (this.#replaced.length && now - this.#replaced[0] > budget.withinMs) {
       this.#replaced.shift();
@@ -649,7 +647,7 @@ export class System {
       if (!ident) {
         throw new NodeStartError(
           "every node identity of the embedded server is in use; start the system with a " +
-            "larger server.nodeUsers pool",
+            "larger server.nodeIdentities",
         );
       }
       return ident;
