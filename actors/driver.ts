@@ -254,9 +254,12 @@ export class DriverCore {
       this.#log("evaluating the base model");
       this.evalBefore = await this.evaluate();
     }
-    this.#log(
-      `initialising ${o.method} adapters (SVD of ${this.layout.segments.length / 2} matrices)`,
-    );
+    const matrices = this.layout.segments.length / 2;
+    if (o.method === "hd-pissa" || o.method === "pissa") {
+      this.#log(`initialising ${o.method} adapters (SVD of ${matrices} matrices)`);
+    } else if (o.method === "lora") {
+      this.#log(`initialising lora adapters on ${matrices} matrices`);
+    }
     const init = methodInit(this.config, this.baseWeights, {
       method: o.method,
       workers: o.workers,
