@@ -13,8 +13,9 @@
  */
 import type { Report } from "./figure.ts";
 import { runOne, startSystem } from "../actors/job.ts";
-import { expectedTensors, type LlamaConfig } from "../model/config.ts";
-import { type HostTensor, saveModelFolder } from "../model/safetensors.ts";
+import type { LlamaConfig } from "../model/config.ts";
+import { saveModelFolder } from "../model/safetensors.ts";
+import { initWeights } from "../train/pretrain.ts";
 import { defaultOptions, type FinetuneOptions, type Method } from "../train/options.ts";
 import type { RunReport } from "../train/report.ts";
 import { Rng } from "../train/rng.ts";
@@ -38,18 +39,9 @@ const STEPS = 14;
 const WARMUP = 4;
 
 async function writeModel(dir: string): Promise<void> {
-  const rng = new Rng(3);
-  const t = new Map<string, HostTensor>();
-  for (const s of expectedTensors(CONFIG)) {
-    const n = s.shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    const fanIn = s.shape[s.shape.length - 1];
-    for (let i = 0; i < n; i++) {
-      data[i] = s.shape.length === 1 ? 1 : rng.normal() / Math.sqrt(fanIn);
-    }
-    t.set(s.name, { shape: [...s.shape], data });
-  }
-  await saveModelFolder(`${dir}/model`, CONFIG, t);
+  // Std 1/sqrt(hidden): the activations keep their scale through the layers.
+  const weights = initWeights(CONFIG, new Rng(3), 1 / Math.sqrt(CONFIG.hidden_size));
+  await saveModelFolder(`${dir}/model`, CONFIG, weights);
 }
 
 interface Figures {

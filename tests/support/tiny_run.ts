@@ -2,8 +2,9 @@
  * A tiny model folder and data set for end-to-end runs of the fine-tuning job: a random
  * byte-level LLaMA (2 layers, hidden 32, GQA) and slices of the shipped benchmark.
  */
-import { expectedTensors, type LlamaConfig } from "../../model/config.ts";
-import { type HostTensor, saveModelFolder } from "../../model/safetensors.ts";
+import type { LlamaConfig } from "../../model/config.ts";
+import { saveModelFolder } from "../../model/safetensors.ts";
+import { initWeights } from "../../train/pretrain.ts";
 import { Rng } from "../../train/rng.ts";
 import { defaultOptions, type FinetuneOptions } from "../../train/options.ts";
 
@@ -27,15 +28,7 @@ const BENCH = new URL("../../data/bench/", import.meta.url);
 
 /** Writes `<dir>/model`, `<dir>/train.jsonl` (64 lines) and `<dir>/test.jsonl` (15 lines). */
 export async function writeTinySetup(dir: string, seed = 1): Promise<void> {
-  const rng = new Rng(seed);
-  const tensors = new Map<string, HostTensor>();
-  for (const s of expectedTensors(TINY_CONFIG)) {
-    const n = s.shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    for (let i = 0; i < n; i++) data[i] = s.shape.length === 1 ? 1 : rng.normal() * 0.08;
-    tensors.set(s.name, { shape: [...s.shape], data });
-  }
-  await saveModelFolder(`${dir}/model`, TINY_CONFIG, tensors);
+  await saveModelFolder(`${dir}/model`, TINY_CONFIG, initWeights(TINY_CONFIG, new Rng(seed), 0.08));
   const lines = (await Deno.readTextFile(new URL("train.jsonl", BENCH))).split("\n");
   // Every 50th line mixes the four task families.
   await Deno.writeTextFile(
