@@ -50,6 +50,7 @@ import {
   validateContribution,
 } from "../train/methods/combine.ts";
 import { effectiveRank } from "../train/effective_rank.ts";
+import { maxRelativeDifference } from "../train/checksum.ts";
 import { type EvalScore } from "../train/eval_score.ts";
 import { type PreparedEval, prepareEval, scoreGenerations, stopIdsOf } from "../train/evaluate.ts";
 import {
@@ -105,6 +106,8 @@ function recoverable(e: unknown): boolean {
 }
 
 const CALL_MS = 10 * 60_000;
+/** How far apart W may drift on mixed devices before the run stops (DESIGN §2). */
+const SYNC_TOLERANCE = 1e-6;
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 /** Rollbacks a run may make before it gives up. */
@@ -141,6 +144,8 @@ export class DriverCore {
   evalAfter: EvalScore | null = null;
   optimizerFloats = 0;
   recoveries = 0;
+  /** Re-synchronisations of W from worker 0 (tolerant sync). */
+  resyncs = 0;
   rejected = 0;
   startedAt = new Date().toISOString();
   checkpointDir: string;
@@ -672,18 +677,72 @@ export class DriverCore {
     }
   }
 
-  /** Stops the run unless every worker's W has the same SHA-256. */
+  /** Whether W may differ across workers within 1e-6 (mixed devices) or must be bit-identical. */
+  get tolerant(): boolean {
+    return this.o.sync === "tolerant" || (this.o.sync === "auto" && new Set(this.devices).size > 1);
+  }
+
+  /**
+   * Compares every worker's W. Exact sync: any difference stops the run. Tolerant sync (mixed
+   * devices, DESIGN §2): a worker more than 1e-6 relative away from worker 0 stops the run;
+   * otherwise every worker takes worker 0's W (and trained adapter), so that rounding
+   * differences never accumulate.
+   */
   async verifyChecksums(): Promise<string> {
-    const sums = await Promise.all(
-      this.workers.map((w) => w.checksum({}, { timeoutMs: CALL_MS, idempotent: true })),
-    );
+    const opts = { timeoutMs: CALL_MS, idempotent: true };
+    const sums = await Promise.all(this.workers.map((w) => w.checksum({}, opts)));
     const first = sums[0].sha256;
     const bad = sums.findIndex((s) => s.sha256 !== first);
-    if (bad >= 0) {
-      throw new TrainingError(
-        `W differs between workers after step ${this.nextStep - 1}: worker 0 has ` +
-          `${first.slice(0, 12)}…, worker ${bad} has ${sums[bad].sha256.slice(0, 12)}…`,
+    const after = this.nextStep - 1;
+    if (!this.tolerant) {
+      if (bad >= 0) {
+        throw new TrainingError(
+          `W differs between workers after step ${after}: worker 0 has ` +
+            `${first.slice(0, 12)}…, worker ${bad} has ${sums[bad].sha256.slice(0, 12)}… ` +
+            `(on devices that round differently, use --sync tolerant)`,
+        );
+      }
+      return first;
+    }
+    if (this.workers.length === 1) return first;
+    const store = await this.system.objects();
+    const read = async (k: number) => {
+      const name = `${this.job}.sync.g${this.generation}.w${k}`;
+      const e = await this.workers[k].exportShared({ name }, opts);
+      const bytes = await store.get(e.name);
+      if (objectDigest(bytes) !== e.digest) {
+        throw new TrainingError(`${e.name} changed after worker ${k} exported it`);
+      }
+      return { e, bytes };
+    };
+    const ref = await read(0);
+    try {
+      const refTensors = parseSafetensors(ref.bytes, {}, ref.e.name).tensors;
+      for (let k = 1; k < sums.length; k++) {
+        if (sums[k].sha256 === first) continue;
+        const other = await read(k);
+        await store.delete(other.e.name);
+        const d = maxRelativeDifference(
+          parseSafetensors(other.bytes, {}, other.e.name).tensors,
+          refTensors,
+        );
+        if (!(d.value <= SYNC_TOLERANCE)) {
+          throw new TrainingError(
+            `W of worker ${k} is ${d.value.toExponential(2)} (relative) away from worker 0's in ` +
+              `${d.name} after step ${after}, more than ${SYNC_TOLERANCE}`,
+          );
+        }
+      }
+      const synced = await Promise.all(
+        this.workers.slice(1).map((w) =>
+          w.importShared({ name: ref.e.name, digest: ref.e.digest }, opts)
+        ),
       );
+      const off = synced.findIndex((s) => s.sha256 !== first);
+      if (off >= 0) throw new TrainingError(`worker ${off + 1} did not take worker 0's W`);
+      this.resyncs++;
+    } finally {
+      await store.delete(ref.e.name);
     }
     return first;
   }
@@ -824,6 +883,8 @@ export class DriverCore {
       data: { path: o.data, examples: this.train.length },
       devices: this.devices,
       recoveries: this.recoveries,
+      resyncs: this.resyncs,
+      sync: this.tolerant ? "tolerant" : "exact",
       rejected_messages: this.rejected,
     } as RunReport;
   }

@@ -50,7 +50,7 @@ import {
   StepOutput,
   Update,
 } from "./messages.ts";
-import { FRAME_SLACK, tensorDigest } from "./digest.ts";
+import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
 
 /** The driver asked for something the worker's protocol state does not allow. */
 export class StepProtocolError extends Error {
@@ -205,6 +205,16 @@ function trafficSince(s: WorkerState): { sent: number; received: number } {
   };
   s.traffic = { sent: now.bytesSent, received: now.bytesReceived };
   return d;
+}
+
+/** W and every adapter as one safetensors file: a checkpoint's shared part, or a re-sync source. */
+async function sharedBytes(
+  model: LlamaGpu,
+  method: HdPissaWorker | DataParallelWorker,
+): Promise<Uint8Array> {
+  const tensors = new Map(await model.readWeights());
+  for (const [k, t] of await method.adapters()) tensors.set(k, t);
+  return serializeSafetensors(tensors, { format: "pt", config: JSON.stringify(model.config) });
 }
 
 export const GpuWorker = defineActor({
@@ -414,13 +424,7 @@ export const GpuWorker = defineActor({
         const state = await store.put(input.name, stateBytes);
         let shared;
         if (input.shared) {
-          const tensors = new Map(await model.readWeights());
-          for (const [k, t] of await method.adapters()) tensors.set(k, t);
-          const bytes = serializeSafetensors(tensors, {
-            format: "pt",
-            config: JSON.stringify(model.config),
-          });
-          const e = await store.put(`${input.name}.shared`, bytes);
+          const e = await store.put(`${input.name}.shared`, await sharedBytes(model, method));
           shared = { name: e.name, digest: e.digest, size: e.size };
         }
         return {
@@ -429,6 +433,40 @@ export const GpuWorker = defineActor({
           appliedStep: s.appliedStep,
           optimizerStep: st.optimizerStep,
         };
+      },
+    },
+    /** Puts W and every adapter into the object store: the reference of a re-synchronisation. */
+    exportShared: {
+      input: z.object({ name: z.string() }),
+      output: z.object({ name: z.string(), digest: z.string(), size: z.number() }),
+      handler: async (s, input, ctx) => {
+        const { model, method } = s.need();
+        const e = await (await ctx.objects()).put(input.name, await sharedBytes(model, method));
+        return { name: e.name, digest: e.digest, size: e.size };
+      },
+    },
+    /**
+     * Replaces W (and a data-parallel method's trained adapter) with another worker's export,
+     * checked against the digest the driver read: mixed devices round differently, and W is
+     * re-synchronised from worker 0 so that the drift never accumulates.
+     */
+    importShared: {
+      input: z.object({ name: z.string(), digest: z.string() }),
+      output: z.object({ sha256: z.string() }),
+      handler: async (s, input, ctx) => {
+        const { model, method } = s.need();
+        const bytes = await (await ctx.objects()).get(input.name);
+        if (objectDigest(bytes) !== input.digest) {
+          throw new StepProtocolError(`${input.name} does not have the digest ${input.digest}`);
+        }
+        const { tensors } = parseSafetensors(bytes, {}, input.name);
+        for (const name of model.weightNames()) {
+          const t = tensors.get(name);
+          if (!t) throw new StepProtocolError(`${input.name} lacks ${name}`);
+          model.writeWeight(name, t.data);
+        }
+        method.setTrainedAdapters(tensors);
+        return { sha256: await weightsChecksum(await model.readWeights()) };
       },
     },
     /** Puts the current weights (merged after `merge`) into the object store. */

@@ -81,6 +81,7 @@ Deno.test("bad flags are refused with the flag named", () => {
   flagError(["--mute", "0"], "mute", /\[1e-38, 1\]/);
   flagError(["--shuffle", "yes"], "shuffle", /true, false/);
   flagError(["--nats", "localhost:4222"], "nats", /URL/);
+  flagError(["--sync", "loose"], "sync", /auto, exact, tolerant/);
   flagError(
     ["--batch-size", "12", "--workers", "4", "--micro-batch", "2"],
     "batch-size",

@@ -26,3 +26,33 @@ export async function weightsChecksum(tensors: ReadonlyMap<string, HostTensor>):
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
   return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
+
+/**
+ * The largest relative difference ‖a − b‖ / ‖b‖ over the tensors of two weight sets (the same
+ * names and sizes), with the tensor it was found in: how far two workers' W have drifted apart on
+ * devices that round differently. A tensor missing from either side, or of another size, is an
+ * infinite difference.
+ */
+export function maxRelativeDifference(
+  a: ReadonlyMap<string, HostTensor>,
+  b: ReadonlyMap<string, HostTensor>,
+): { name: string; value: number } {
+  let worst = { name: "", value: -1 };
+  const names = new Set([...a.keys(), ...b.keys()]);
+  for (const n of names) {
+    const x = a.get(n)?.data, y = b.get(n)?.data;
+    let value: number;
+    if (!x || !y || x.length !== y.length) {
+      value = Infinity;
+    } else {
+      let num = 0, den = 0;
+      for (let i = 0; i < x.length; i++) {
+        num += (x[i] - y[i]) ** 2;
+        den += y[i] * y[i];
+      }
+      value = den > 0 ? Math.sqrt(num / den) : (num > 0 ? Infinity : 0);
+    }
+    if (value > worst.value || Number.isNaN(value)) worst = { name: n, value };
+  }
+  return worst.value < 0 ? { name: "", value: 0 } : worst;
+}

@@ -66,6 +66,12 @@ export interface FinetuneOptions {
   overwrite: boolean;
   checkpointEvery: number;
   checksumEvery: number;
+  /**
+   * How W is kept the same on every worker: `exact` (bit-identical, a mismatch stops the run),
+   * `tolerant` (within 1e-6 relative, re-synchronised from worker 0 at every checksum), `auto`
+   * (tolerant when the workers' devices differ).
+   */
+  sync: "auto" | "exact" | "tolerant";
   resume: string | null;
   evalPerTask: number;
   evalAll: boolean;
@@ -114,6 +120,7 @@ export function defaultOptions(): FinetuneOptions {
     overwrite: false,
     checkpointEvery: 50,
     checksumEvery: 10,
+    sync: "auto",
     resume: null,
     evalPerTask: 50,
     evalAll: false,
@@ -171,6 +178,9 @@ cluster, output and recovery
   --overwrite            replace a non-empty --out
   --checkpoint-every N   steps between checkpoints (default 50; 0 = only at the end)
   --checksum-every N     steps between W checksum comparisons (default 10)
+  --sync auto|exact|tolerant   exact: W bit-identical on every worker, else stop; tolerant: within
+                         1e-6 relative, re-synchronised from worker 0 at each checksum (mixed
+                         devices); auto (default): tolerant when the workers' devices differ
   --resume DIR           continue the run in DIR from its latest complete checkpoint
   --on-nonfinite skip|stop   a NaN/Inf contribution skips the step or stops the run (default stop)
   --help                 this text
@@ -209,6 +219,7 @@ const STRING_FLAGS = [
   "out",
   "checkpoint-every",
   "checksum-every",
+  "sync",
   "resume",
   "eval-per-task",
   "max-new-tokens",
@@ -340,6 +351,7 @@ export function parseFinetuneArgs(args: string[]): { help: boolean; options: Fin
   if (s("checkpoint-every") !== undefined) {
     o.checkpointEvery = int("checkpoint-every", s("checkpoint-every")!, 0);
   }
+  if (s("sync") !== undefined) o.sync = oneOf("sync", s("sync")!, ["auto", "exact", "tolerant"]);
   if (s("checksum-every") !== undefined) {
     o.checksumEvery = int("checksum-every", s("checksum-every")!, 1);
   }
@@ -449,6 +461,7 @@ export function resolvedConfig(o: FinetuneOptions): Record<string, unknown> {
     overwrite: o.overwrite,
     checkpoint_every: o.checkpointEvery,
     checksum_every: o.checksumEvery,
+    sync: o.sync,
     resume: o.resume,
     eval_per_task: o.evalPerTask,
     eval_all: o.evalAll,
@@ -494,6 +507,7 @@ export const FinetuneOptionsSchema = z.object({
   overwrite: z.boolean(),
   checkpointEvery: z.number().int().min(0),
   checksumEvery: z.number().int().min(1),
+  sync: z.enum(["auto", "exact", "tolerant"]),
   resume: z.string().nullable(),
   evalPerTask: z.number().int().min(1),
   evalAll: z.boolean(),

@@ -127,6 +127,12 @@ export abstract class WorkerMethod {
   /** Makes the model's weights the merged, exportable ones (LoRA/PiSSA fold s·B·A into W). */
   abstract merge(): Promise<void>;
 
+  /**
+   * Takes the trained adapter of another worker. HD-PiSSA's adapters never change, so only
+   * the data-parallel methods have one.
+   */
+  setTrainedAdapters(_tensors: ReadonlyMap<string, HostTensor>): void {}
+
   protected addMoments(param: GpuTensor, grad: GpuTensor, key: string): void {
     this.moments.push({
       param,
@@ -411,6 +417,16 @@ export class DataParallelWorker extends WorkerMethod {
       out.set(`${name}.B0`, { shape: [...a.B.shape], data: B as Float32Array });
     }
     return out;
+  }
+
+  /** Overwrites the trained adapter with another worker's (re-synchronising mixed devices). */
+  override setTrainedAdapters(tensors: ReadonlyMap<string, HostTensor>): void {
+    if (this.config.method === "full") return;
+    for (const name of this.model.adapterNames()) {
+      const A = tensors.get(`${name}.A0`), B = tensors.get(`${name}.B0`);
+      if (!A || !B) throw new WorkerStateError(`${name}: the adapter to copy is missing`);
+      this.model.writeAdapter(name, A.data, B.data);
+    }
   }
 }
 
