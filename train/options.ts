@@ -101,7 +101,7 @@ export function defaultOptions(): FinetuneOptions {
     mute: "exact",
     aggregate: "mean",
     optimizer: "adamw",
-    lr: 2e-3,
+    lr: 5e-3,
     weightDecay: 0,
     schedule: "cosine",
     warmupRatio: 0.03,
@@ -109,7 +109,7 @@ export function defaultOptions(): FinetuneOptions {
     batchSize: 16,
     microBatch: 4,
     seqLen: 64,
-    epochs: 1,
+    epochs: 3,
     maxSteps: null,
     seed: 42,
     shuffle: true,
@@ -156,7 +156,7 @@ method
   --svd-niter N          power iterations of the randomized SVD (default 4)
 optimisation
   --optimizer adamw|sgd  (default adamw)
-  --lr X                 peak learning rate (default 2e-3)
+  --lr X                 peak learning rate (default 5e-3)
   --weight-decay X       decoupled weight decay (default 0)
   --schedule S           cosine | linear | constant (default cosine)
   --warmup-ratio X       warmup steps = ceil(X * T) (default 0.03)
@@ -164,7 +164,7 @@ optimisation
   --batch-size N         global batch per step (default 16)
   --micro-batch M        examples per micro-batch on one worker (default 4)
   --seq-len N            tokens per example (default 64)
-  --epochs N             passes over the data (default 1)
+  --epochs N             passes over the data (default 3)
   --max-steps N          T; overrides --epochs
   --seed N               (default 42)
   --shuffle true|false   seeded shuffle per epoch (default true)
