@@ -289,6 +289,9 @@ export class DriverCore {
     await (await this.system.objects()).put(this.#factorsName, serializeSafetensors(tensors));
     await this.#initWorkers(undefined, -1);
     this.nextStep = 0;
+    if (o.checkpointEvery > 0) {
+      this.#log(`checkpoints every ${o.checkpointEvery} steps in ${this.checkpointDir}`);
+    }
   }
 
   #checkResumable(state: CheckpointState): void {
@@ -789,7 +792,6 @@ export class DriverCore {
       eval_before: this.evalBefore,
     };
     const dir = await writeCheckpoint(this.checkpointDir, state, files);
-    this.#log(`checkpoint ${dir}`);
     return dir;
   }
 
