@@ -40,6 +40,7 @@ import {
   type FinetuneOptions,
   FinetuneOptionsSchema,
   resolvedConfig,
+  RESUME_KEYS,
   validateOptionsForModel,
 } from "../train/options.ts";
 import { methodInit } from "../train/methods/init.ts";
@@ -296,30 +297,7 @@ export class DriverCore {
 
   #checkResumable(state: CheckpointState): void {
     const now = resolvedConfig(this.o);
-    const keys = [
-      "method",
-      "workers",
-      "rank",
-      "alpha",
-      "targets",
-      "mute",
-      "aggregate",
-      "optimizer",
-      "lr",
-      "weight_decay",
-      "schedule",
-      "warmup_ratio",
-      "clip",
-      "batch_size",
-      "micro_batch",
-      "seq_len",
-      "epochs",
-      "max_steps",
-      "seed",
-      "shuffle",
-      "data",
-      "model",
-    ];
+    const keys = RESUME_KEYS;
     for (const k of keys) {
       if (JSON.stringify(state.config[k]) !== JSON.stringify(now[k])) {
         throw new TrainingError(

@@ -423,6 +423,35 @@ export function validateOptionsForModel(o: FinetuneOptions, config: LlamaConfig)
   }
 }
 
+/**
+ * The resolved flags a resumed run must share with its checkpoint: everything that decides what
+ * the run computes (output, evaluation and recovery settings may change).
+ */
+export const RESUME_KEYS: readonly string[] = [
+  "method",
+  "workers",
+  "rank",
+  "alpha",
+  "targets",
+  "mute",
+  "aggregate",
+  "optimizer",
+  "lr",
+  "weight_decay",
+  "schedule",
+  "warmup_ratio",
+  "clip",
+  "batch_size",
+  "micro_batch",
+  "seq_len",
+  "epochs",
+  "max_steps",
+  "seed",
+  "shuffle",
+  "data",
+  "model",
+];
+
 /** The options as `report.json`'s `config`: flag names with `-` → `_`, every value resolved. */
 export function resolvedConfig(o: FinetuneOptions): Record<string, unknown> {
   return {
