@@ -7,7 +7,13 @@
 import { init, natsEnvCredentials, type System } from "../runtime/mod.ts";
 import type { EvalScore } from "../train/eval_score.ts";
 import { formatScoreTable } from "../train/eval_score.ts";
-import { type FinetuneOptions, METHODS } from "../train/options.ts";
+import {
+  type FinetuneOptions,
+  FlagError,
+  METHODS,
+  validateOptionsForModel,
+} from "../train/options.ts";
+import { readLlamaConfig } from "../model/config.ts";
 import { Progress, type ProgressWriter } from "../train/progress.ts";
 import { type RunReport, writeJsonAtomic, writeReportJson } from "../train/report.ts";
 import { renderCompareHtml, renderReportHtml } from "../train/report_html.ts";
@@ -63,6 +69,28 @@ async function prepareOut(o: FinetuneOptions): Promise<void> {
     for (const e of entries) await Deno.remove(`${o.out}/${e}`, { recursive: true });
   }
   await Deno.mkdir(o.out, { recursive: true });
+}
+
+/**
+ * The checks that need only the files: the model's config against the flags, and that the data
+ * files exist. They run before anything is created or started.
+ */
+async function checkInputs(o: FinetuneOptions): Promise<void> {
+  const config = await readLlamaConfig(`${o.model}/config.json`);
+  validateOptionsForModel(o, config);
+  for (const [flag, path] of [["--data", o.data], ["--eval", o.eval]] as const) {
+    if (path === null) continue;
+    try {
+      if (!(await Deno.stat(path)).isFile) {
+        throw new FlagError(`${flag} ${path} is not a file`, flag.slice(2));
+      }
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new FlagError(`${flag} ${path}: no such file`, flag.slice(2));
+      }
+      throw e;
+    }
+  }
 }
 
 export interface JobIo {
@@ -156,6 +184,7 @@ function evalTable(report: RunReport): string {
 
 /** The whole job: one method, or `--compare` for all four. Returns the reports written. */
 export async function runFinetune(o: FinetuneOptions, io: JobIo): Promise<RunReport[]> {
+  await checkInputs(o);
   await prepareOut(o);
   const system = await startSystem(o);
   try {
