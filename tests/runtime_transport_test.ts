@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { EmbeddedServer, init } from "../mod.ts";
 import { Counter, TensorEcho } from "./runtime_actors_test.ts";
+import { hasOpenssl, selfSignedCert } from "./support/tls.ts";
 
 Deno.test("two systems share one server, one over TCP and one over WebSocket, isolated", async () => {
   // A real nats-server that requires a user and password, started outside either system.
@@ -108,43 +109,12 @@ Deno.test("a node started by hand (deno task node) joins by URL with credentials
   }
 });
 
-const hasOpenssl = (() => {
-  try {
-    return new Deno.Command("openssl", { args: ["version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-
 Deno.test({
   name: "TLS and token options pass through to this process and its nodes",
   ignore: !hasOpenssl,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "actors-tls-" });
-    const run = async (cmd: string, args: string[]) => {
-      const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-      assert.ok(out.success, new TextDecoder().decode(out.stderr));
-    };
-    await run("openssl", [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=localhost",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1,DNS:localhost",
-      "-keyout",
-      `${dir}/key.pem`,
-      "-out",
-      `${dir}/cert.pem`,
-    ]);
+    await selfSignedCert(dir);
     const token = crypto.randomUUID();
     await Deno.writeTextFile(
       `${dir}/server.conf`,

@@ -21,45 +21,10 @@ import {
   tinyArgs,
   waitUntil,
 } from "./support/faults.ts";
+import { hasOpenssl, selfSignedCert } from "./support/tls.ts";
 
 const STEPS = 3;
 const quiet = { log: () => {}, isTty: false, progress: () => {} };
-
-const hasOpenssl = (() => {
-  try {
-    return new Deno.Command("openssl", { args: ["version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-
-async function selfSignedCert(dir: string): Promise<void> {
-  const out = await new Deno.Command("openssl", {
-    args: [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=localhost",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1,DNS:localhost",
-      "-keyout",
-      `${dir}/key.pem`,
-      "-out",
-      `${dir}/cert.pem`,
-    ],
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  assert.ok(out.success, new TextDecoder().decode(out.stderr));
-}
 
 interface Scenario {
   name: string;
