@@ -32,17 +32,17 @@ import {
   serializeSafetensors,
 } from "../model/safetensors.ts";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
-import { BatchPlan, type WorkerShare } from "../train/batching.ts";
-import { type EncodedExample, encodeExamples, packMicroBatch } from "../train/encode.ts";
-import { loadJsonl } from "../train/jsonl.ts";
-import { learningRate } from "../train/schedule.ts";
+import { BatchPlan, type WorkerShare } from "../train/data/batching.ts";
+import { type EncodedExample, encodeExamples, packMicroBatch } from "../train/data/encode.ts";
+import { loadJsonl } from "../train/data/jsonl.ts";
+import { learningRate } from "../train/optim/schedule.ts";
 import {
   type FinetuneOptions,
   FinetuneOptionsSchema,
   resolvedConfig,
   RESUME_KEYS,
-  validateOptionsForModel,
-} from "../train/options.ts";
+} from "../train/cli/options.ts";
+import { validateOptionsForModel } from "../train/cli/model_checks.ts";
 import { methodInit } from "../train/methods/init.ts";
 import { contributionLayout, type Layout, updateLength } from "../train/methods/layout.ts";
 import {
@@ -50,17 +50,22 @@ import {
   ContributionError,
   validateContribution,
 } from "../train/methods/combine.ts";
-import { effectiveRank } from "../train/effective_rank.ts";
-import { maxRelativeDifference } from "../train/checksum.ts";
-import { type EvalScore } from "../train/eval_score.ts";
-import { type PreparedEval, prepareEval, scoreGenerations, stopIdsOf } from "../train/evaluate.ts";
+import { effectiveRank } from "../train/report/effective_rank.ts";
+import { maxRelativeDifference } from "../train/checkpoint/checksum.ts";
+import { type EvalScore } from "../train/eval/score.ts";
+import {
+  type PreparedEval,
+  prepareEval,
+  scoreGenerations,
+  stopIdsOf,
+} from "../train/eval/evaluate.ts";
 import {
   type CheckpointState,
   latestCheckpoint,
   type LoadedCheckpoint,
   writeCheckpoint,
-} from "../train/checkpoint.ts";
-import { reportSchema, type RunReport, type StepRecord } from "../train/report.ts";
+} from "../train/checkpoint/checkpoint.ts";
+import { reportSchema, type RunReport, type StepRecord } from "../train/report/report.ts";
 import { ApplyOutput, Contribution } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
 import { GpuWorker } from "./gpu_worker.ts";

@@ -24,8 +24,8 @@ import { Gpu } from "../gpu/mod.ts";
 import { parseLlamaConfig } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import { parseSafetensors, serializeSafetensors } from "../model/safetensors.ts";
-import type { MicroBatch } from "../train/encode.ts";
-import type { AdapterFactors } from "../train/adapter_init.ts";
+import type { MicroBatch } from "../model/batch.ts";
+import type { AdapterFactors } from "../train/methods/adapter_init.ts";
 import type { MethodInit } from "../train/methods/init.ts";
 import {
   createWorkerMethod,
@@ -33,7 +33,7 @@ import {
   type HdPissaWorker,
   modelOptionsFor,
 } from "../train/methods/worker.ts";
-import { weightsChecksum } from "../train/checksum.ts";
+import { weightsChecksum } from "../train/checkpoint/checksum.ts";
 import {
   ApplyInput,
   ApplyOutput,

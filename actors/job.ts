@@ -5,19 +5,15 @@
  * @module
  */
 import { init, natsEnvCredentials, type System } from "../runtime/mod.ts";
-import type { EvalScore } from "../train/eval_score.ts";
-import { formatScoreTable } from "../train/eval_score.ts";
-import {
-  type FinetuneOptions,
-  FlagError,
-  METHODS,
-  validateOptionsForModel,
-} from "../train/options.ts";
+import type { EvalScore } from "../train/eval/score.ts";
+import { formatScoreTable } from "../train/eval/score.ts";
+import { type FinetuneOptions, FlagError, METHODS } from "../train/cli/options.ts";
+import { validateOptionsForModel } from "../train/cli/model_checks.ts";
 import { readLlamaConfig } from "../model/config.ts";
-import { Progress, type ProgressWriter } from "../train/progress.ts";
-import { type RunReport, writeJsonAtomic, writeReportJson } from "../train/report.ts";
-import { renderCompareHtml, renderReportHtml } from "../train/report_html.ts";
-import { compareJson, compareTable } from "../train/compare_table.ts";
+import { Progress, type ProgressWriter } from "../train/cli/progress.ts";
+import { type RunReport, writeJsonAtomic, writeReportJson } from "../train/report/report.ts";
+import { renderCompareHtml, renderReportHtml } from "../train/report/html.ts";
+import { compareJson, compareTable } from "../train/report/compare_table.ts";
 import { Driver } from "./driver.ts";
 
 /** The output folder is not usable (non-empty without --overwrite/--resume, not a folder...). */

@@ -7,8 +7,9 @@
 import { z } from "zod";
 import { tensor } from "../runtime/mod.ts";
 import { LINEAR_KINDS } from "../model/config.ts";
+import { METHODS } from "../train/methods/names.ts";
 
-export const MethodName = z.enum(["hd-pissa", "pissa", "lora", "full"]);
+export const MethodName = z.enum(METHODS);
 
 /** The method settings a worker needs (a subset of the run's flags). */
 export const WorkerMethodSettings = z.object({

@@ -34,7 +34,7 @@ import {
 } from "../model/config.ts";
 import { LlamaGpu, type LlamaGpuOptions } from "../model/llama.ts";
 import type { HostTensor } from "../model/safetensors.ts";
-import type { MicroBatch } from "../train/encode.ts";
+import type { MicroBatch } from "../model/batch.ts";
 import { Rng } from "../train/rng.ts";
 
 const CONFIG: LlamaConfig = {

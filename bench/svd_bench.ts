@@ -3,7 +3,7 @@
  * and the randomized SVD (Halko et al., with power iterations) used above that.
  */
 import type { Report } from "./figure.ts";
-import { randomizedSvd, svd } from "../train/svd.ts";
+import { randomizedSvd, svd } from "../train/linalg/svd.ts";
 import { Rng } from "../train/rng.ts";
 
 function randomMatrix(m: number, n: number, seed: number): Float64Array {

@@ -15,9 +15,9 @@ import type { Report } from "./figure.ts";
 import { runOne, startSystem } from "../actors/job.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import { saveModelFolder } from "../model/safetensors.ts";
-import { initWeights } from "../train/pretrain.ts";
-import { defaultOptions, type FinetuneOptions, type Method } from "../train/options.ts";
-import type { RunReport } from "../train/report.ts";
+import { initWeights } from "../train/pretrain/pretrain.ts";
+import { defaultOptions, type FinetuneOptions, type Method } from "../train/cli/options.ts";
+import type { RunReport } from "../train/report/report.ts";
 import { Rng } from "../train/rng.ts";
 
 const CONFIG: LlamaConfig = {

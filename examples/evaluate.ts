@@ -3,10 +3,10 @@
 //
 //   deno task evaluate --model models/base --data data/bench/test.jsonl [--all] [--json OUT]
 import { parseArgs } from "node:util";
-import { writeJsonAtomic } from "../train/report.ts";
-import { DEFAULT_EVAL_PER_TASK, EvalScoreError, formatScoreTable } from "../train/eval_score.ts";
-import { evaluateModel, EvaluationError } from "../train/evaluate.ts";
-import { DataError } from "../train/data_errors.ts";
+import { writeJsonAtomic } from "../train/report/report.ts";
+import { DEFAULT_EVAL_PER_TASK, EvalScoreError, formatScoreTable } from "../train/eval/score.ts";
+import { evaluateModel, EvaluationError } from "../train/eval/evaluate.ts";
+import { DataError } from "../train/data/errors.ts";
 import { ConfigError } from "../model/config.ts";
 import { SafetensorsError } from "../model/safetensors.ts";
 import { TokenizerError } from "../model/tokenizer.ts";

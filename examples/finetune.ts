@@ -6,7 +6,7 @@
  *
  * With no --nats it starts a private nats-server and K local worker processes.
  */
-import { FlagError, parseFinetuneArgs, USAGE } from "../train/options.ts";
+import { FlagError, parseFinetuneArgs, USAGE } from "../train/cli/options.ts";
 import { runFinetune } from "../actors/job.ts";
 import { RemoteError } from "../runtime/mod.ts";
 

@@ -11,7 +11,7 @@ import {
   PRETRAIN_DEFAULTS,
   PretrainError,
   type PretrainOptions,
-} from "../train/pretrain.ts";
+} from "../train/pretrain/pretrain.ts";
 
 const HELP = `deno task pretrain [flags]
 

@@ -34,7 +34,7 @@ import {
 } from "../gpu/mod.ts";
 import { expectedTensors, LINEAR_KINDS, type LinearKind, type LlamaConfig } from "./config.ts";
 import type { HostTensor } from "./safetensors.ts";
-import type { MicroBatch } from "../train/encode.ts";
+import type { MicroBatch } from "../model/batch.ts";
 import {
   type Attention,
   type BlockContext,

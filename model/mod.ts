@@ -15,3 +15,4 @@ export {
   referenceGreedy,
   ReferenceInputError,
 } from "./reference/llama.ts";
+export type { MicroBatch } from "./batch.ts";

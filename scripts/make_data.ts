@@ -11,15 +11,15 @@ import {
   CORPUS_VALID_BYTES,
   corpusText,
   generateCorpus,
-} from "../train/corpus.ts";
+} from "../train/datagen/corpus.ts";
 import {
   BENCHMARK_SEED,
   DEFAULT_SIZES,
   makeBenchmark,
   TASK_NAMES,
   toJsonl,
-} from "../train/tasks/benchmark.ts";
-import { KB_PEOPLE, KB_SEED } from "../train/tasks/kb.ts";
+} from "../train/datagen/benchmark.ts";
+import { KB_PEOPLE, KB_SEED } from "../train/datagen/kb.ts";
 
 /** Every file under data/, by path relative to the repository root. */
 export function dataFiles(): Record<string, string> {

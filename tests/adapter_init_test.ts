@@ -1,8 +1,13 @@
 import assert from "node:assert/strict";
 import type { HostTensor } from "../model/safetensors.ts";
-import { AdapterInitError, hdPissaSlices, loraInit, pissaInit } from "../train/adapter_init.ts";
+import {
+  AdapterInitError,
+  hdPissaSlices,
+  loraInit,
+  pissaInit,
+} from "../train/methods/adapter_init.ts";
 import { Rng } from "../train/rng.ts";
-import { svd } from "../train/svd.ts";
+import { svd } from "../train/linalg/svd.ts";
 
 function randomWeight(rng: Rng, out: number, inDim: number): HostTensor {
   return { shape: [out, inDim], data: rng.normals(out * inDim, 0.2) };

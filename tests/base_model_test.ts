@@ -13,7 +13,7 @@ import {
   heldOutBatches,
   heldOutLoss,
   type PretrainRecord,
-} from "../train/pretrain.ts";
+} from "../train/pretrain/pretrain.ts";
 
 const DIR = "models/base";
 

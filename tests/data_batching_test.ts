@@ -7,7 +7,7 @@ import {
   epochSeed,
   shardBatch,
   stepPlan,
-} from "../train/data.ts";
+} from "../train/data/mod.ts";
 import { Rng } from "../train/rng.ts";
 
 const base = { batchSize: 8, workers: 2, microBatch: 2, epochs: 2, seed: 5 };

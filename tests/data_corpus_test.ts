@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { corpusText, generateCorpus } from "../train/corpus.ts";
-import { makeBenchmark } from "../train/tasks/benchmark.ts";
-import { article, makeKnowledgeBase } from "../train/tasks/kb.ts";
+import { corpusText, generateCorpus } from "../train/datagen/corpus.ts";
+import { makeBenchmark } from "../train/datagen/benchmark.ts";
+import { article, makeKnowledgeBase } from "../train/datagen/kb.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const train = await Deno.readTextFile(`${root}data/corpus/train.txt`);

@@ -6,7 +6,7 @@ import {
   encodeExamples,
   packMicroBatch,
   promptIds,
-} from "../train/data.ts";
+} from "../train/data/mod.ts";
 import { Rng } from "../train/rng.ts";
 
 const tok = new ByteTokenizer();

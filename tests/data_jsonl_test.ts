@@ -5,7 +5,7 @@ import {
   JsonlLineError,
   loadJsonl,
   parseJsonl,
-} from "../train/data.ts";
+} from "../train/data/mod.ts";
 
 async function withFile(text: string, fn: (path: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir();

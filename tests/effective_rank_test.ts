@@ -5,9 +5,9 @@ import {
   EffectiveRankError,
   energyRank,
   rankAbove,
-} from "../train/effective_rank.ts";
+} from "../train/report/effective_rank.ts";
 import { Rng } from "../train/rng.ts";
-import { orthonormalColumns } from "../train/svd.ts";
+import { orthonormalColumns } from "../train/linalg/svd.ts";
 
 /** W_initial random, W_final = W_initial + U diag(s) Vᵀ (rounded to f32). */
 function pair(rng: Rng, m: number, n: number, s: number[]): [HostTensor, HostTensor] {

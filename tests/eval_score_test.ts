@@ -5,7 +5,7 @@ import {
   exactMatch,
   formatScoreTable,
   scoreExactMatch,
-} from "../train/eval_score.ts";
+} from "../train/eval/score.ts";
 
 Deno.test("exact match trims whitespace at both ends only", () => {
   assert.equal(exactMatch(" 42\n", "42"), true);

@@ -10,8 +10,8 @@ import { referenceGreedy } from "../model/reference/llama.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import { loadModelFolder, saveModelFolder } from "../model/safetensors.ts";
 import { ByteTokenizer } from "../model/tokenizer.ts";
-import { DataFileError } from "../train/data_errors.ts";
-import { evalSubset } from "../train/eval_score.ts";
+import { DataFileError } from "../train/data/errors.ts";
+import { evalSubset } from "../train/eval/score.ts";
 import {
   evaluateModel,
   EvaluationError,
@@ -19,8 +19,8 @@ import {
   prepareEval,
   scoreGenerations,
   stopIdsOf,
-} from "../train/evaluate.ts";
-import type { Example } from "../train/jsonl.ts";
+} from "../train/eval/evaluate.ts";
+import type { Example } from "../train/data/jsonl.ts";
 import { randomWeights, Rng } from "./support/model_gpu.ts";
 
 const tok = new ByteTokenizer();

@@ -6,7 +6,7 @@ import { Gpu } from "../gpu/mod.ts";
 import { LINEAR_KINDS } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import { loadModelFolder, readSafetensors } from "../model/safetensors.ts";
-import type { MicroBatch } from "../train/encode.ts";
+import type { MicroBatch } from "../model/batch.ts";
 import { gpuStep, relErr, WorstError } from "./support/model_gpu.ts";
 
 const FIXTURE = new URL("../../shared/fixtures/llama-tiny/", import.meta.url);

@@ -9,7 +9,7 @@ import { LINEAR_KINDS, type LinearKind, type LlamaConfig } from "../model/config
 import { LlamaGpu } from "../model/llama.ts";
 import type { ReferenceAdapter } from "../model/reference/llama.ts";
 import type { HostTensor } from "../model/safetensors.ts";
-import type { MicroBatch } from "../train/encode.ts";
+import type { MicroBatch } from "../model/batch.ts";
 import { sameBits } from "../gpu/check.ts";
 import {
   gpuStep,

@@ -4,8 +4,8 @@ import {
   FlagError,
   parseFinetuneArgs,
   resolvedConfig,
-  validateOptionsForModel,
-} from "../train/options.ts";
+} from "../train/cli/options.ts";
+import { validateOptionsForModel } from "../train/cli/model_checks.ts";
 import { parseLlamaConfig } from "../model/config.ts";
 
 const parse = (a: string[]) => parseFinetuneArgs(a).options;

@@ -23,7 +23,7 @@ import {
   type PretrainOptions,
   type PretrainRecord,
   sampleWindows,
-} from "../train/pretrain.ts";
+} from "../train/pretrain/pretrain.ts";
 import { Rng } from "../train/rng.ts";
 
 const tok = new ByteTokenizer();

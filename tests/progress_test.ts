@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatDuration, Progress, ProgressError } from "../train/progress.ts";
+import { formatDuration, Progress, ProgressError } from "../train/cli/progress.ts";
 import { Rng } from "../train/rng.ts";
 
 /** A settable clock and a sink that records every write. */

@@ -12,11 +12,11 @@ import {
   listCheckpoints,
   readCheckpoint,
   writeCheckpoint,
-} from "../train/checkpoint.ts";
-import { BatchPlan } from "../train/batching.ts";
+} from "../train/checkpoint/checkpoint.ts";
+import { BatchPlan } from "../train/data/batching.ts";
 import { CONFIG } from "./support/faults.ts";
 
-const CHECKPOINT = new URL("../train/checkpoint.ts", import.meta.url).href;
+const CHECKPOINT = new URL("../train/checkpoint/checkpoint.ts", import.meta.url).href;
 
 // Writes checkpoints from step args[1] on, of three 3 MiB random files each, printing each step
 // done.

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { runFinetune } from "../actors/job.ts";
-import { readReportJson } from "../train/report.ts";
+import { readReportJson } from "../train/report/report.ts";
 import { tinyOptions, writeTinySetup } from "./support/tiny_run.ts";
 import {
   CONFIG,

@@ -8,20 +8,20 @@ import {
   type RunReport,
   validateReport,
   writeReportJson,
-} from "../train/report.ts";
+} from "../train/report/report.ts";
 import {
   escapeHtml,
   renderCompareHtml,
   renderReportHtml,
   smoothLoss,
-} from "../train/report_html.ts";
+} from "../train/report/html.ts";
 import {
   compareJson,
   compareTable,
   formatBytes,
   methodFigures,
   writeCompareJson,
-} from "../train/compare_table.ts";
+} from "../train/report/compare_table.ts";
 
 const KINDS = [
   "self_attn.q_proj",

@@ -5,7 +5,7 @@ import {
   parseSchedule,
   ScheduleError,
   warmupSteps,
-} from "../train/schedule.ts";
+} from "../train/optim/schedule.ts";
 
 const close = (a: number, b: number) =>
   assert.ok(Math.abs(a - b) <= 1e-12 * Math.max(1, Math.abs(b)), `${a} != ${b}`);

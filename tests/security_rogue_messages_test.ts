@@ -20,7 +20,7 @@ import { contributionLayout } from "../train/methods/layout.ts";
 import { Collectives, connectNats, type System } from "../runtime/mod.ts";
 import { decodeFrame, encodeFrame } from "../runtime/codec.ts";
 import { PART_HEADER } from "../runtime/chunks.ts";
-import { readReportJson } from "../train/report.ts";
+import { readReportJson } from "../train/report/report.ts";
 import { TINY_CONFIG, tinyOptions, writeTinySetup } from "./support/tiny_run.ts";
 import { sameFile, tapCalls } from "./support/faults.ts";
 

@@ -8,7 +8,7 @@ import {
   SvdError,
   type SvdResult,
   topSvd,
-} from "../train/svd.ts";
+} from "../train/linalg/svd.ts";
 
 function randomMatrix(rng: Rng, m: number, n: number): Float64Array {
   return Float64Array.from({ length: m * n }, () => rng.normal());

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
-import { makeBenchmark } from "../train/tasks/benchmark.ts";
-import { choiceQuestion, directQuestion, rephrasedQuestion } from "../train/tasks/facts.ts";
-import { ask, PROMPT_PREFIX, PROMPT_SUFFIX, type TaskExample } from "../train/tasks/format.ts";
-import { ATTRIBUTES, makeKnowledgeBase, VALUES } from "../train/tasks/kb.ts";
-import { drawSplit, TaskGenerationError } from "../train/tasks/split.ts";
+import { makeBenchmark } from "../train/datagen/benchmark.ts";
+import { choiceQuestion, directQuestion, rephrasedQuestion } from "../train/datagen/facts.ts";
+import { ask, PROMPT_PREFIX, PROMPT_SUFFIX, type TaskExample } from "../train/datagen/format.ts";
+import { ATTRIBUTES, makeKnowledgeBase, VALUES } from "../train/datagen/kb.ts";
+import { drawSplit, TaskGenerationError } from "../train/datagen/split.ts";
 import { Rng } from "../train/rng.ts";
 
 const bench = makeBenchmark();

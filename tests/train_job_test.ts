@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { runFinetune } from "../actors/job.ts";
 import { loadModelFolder } from "../model/safetensors.ts";
-import { readReportJson } from "../train/report.ts";
+import { readReportJson } from "../train/report/report.ts";
 import { adaptableLinears } from "../model/config.ts";
 import { TINY_CONFIG, tinyOptions, writeTinySetup } from "./support/tiny_run.ts";
 

@@ -13,7 +13,7 @@ import {
 } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import type { HostTensor } from "../model/safetensors.ts";
-import type { MicroBatch } from "../train/encode.ts";
+import type { MicroBatch } from "../model/batch.ts";
 import { Rng } from "../train/rng.ts";
 import { methodInit } from "../train/methods/init.ts";
 import { combineContributions, validateContribution } from "../train/methods/combine.ts";

@@ -11,7 +11,7 @@ import {
   type ReferenceBatch,
   referenceForwardBackward,
 } from "../../model/reference/llama.ts";
-import type { MicroBatch } from "../../train/encode.ts";
+import type { MicroBatch } from "../../model/batch.ts";
 import type { LlamaGpu } from "../../model/llama.ts";
 import { Rng } from "../../train/rng.ts";
 

@@ -4,9 +4,9 @@
  */
 import type { LlamaConfig } from "../../model/config.ts";
 import { saveModelFolder } from "../../model/safetensors.ts";
-import { initWeights } from "../../train/pretrain.ts";
+import { initWeights } from "../../train/pretrain/pretrain.ts";
 import { Rng } from "../../train/rng.ts";
-import { defaultOptions, type FinetuneOptions } from "../../train/options.ts";
+import { defaultOptions, type FinetuneOptions } from "../../train/cli/options.ts";
 
 export const TINY_CONFIG: LlamaConfig = {
   hidden_size: 32,

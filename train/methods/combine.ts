@@ -5,7 +5,7 @@
  * @module
  */
 import type { Layout } from "./layout.ts";
-import type { Method } from "../options.ts";
+import type { Method } from "../cli/options.ts";
 
 /** A contribution that must not be applied: wrong size, or a NaN/Inf inside. */
 export class ContributionError extends Error {

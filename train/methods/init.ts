@@ -6,10 +6,10 @@
  */
 import { adaptableLinears, type LinearKind, type LlamaConfig } from "../../model/config.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
-import { type AdapterFactors, hdPissaSlices, loraInit, pissaInit } from "../adapter_init.ts";
+import { type AdapterFactors, hdPissaSlices, loraInit, pissaInit } from "./adapter_init.ts";
 import { Rng } from "../rng.ts";
-import type { TopSvdOptions } from "../svd.ts";
-import type { Method } from "../options.ts";
+import type { TopSvdOptions } from "../linalg/svd.ts";
+import type { Method } from "../cli/options.ts";
 
 export interface InitOptions {
   method: Method;

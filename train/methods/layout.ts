@@ -11,7 +11,7 @@ import {
   type LlamaConfig,
 } from "../../model/config.ts";
 
-import type { Method } from "../options.ts";
+import type { Method } from "../cli/options.ts";
 
 /** One tensor inside a flat contribution. */
 export interface Segment {

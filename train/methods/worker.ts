@@ -26,11 +26,11 @@ import {
 import type { LinearKind } from "../../model/config.ts";
 import type { LlamaGpu } from "../../model/llama.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
-import type { MicroBatch } from "../encode.ts";
-import type { AdapterFactors } from "../adapter_init.ts";
+import type { MicroBatch } from "../../model/batch.ts";
+import type { AdapterFactors } from "./adapter_init.ts";
 import type { MethodInit } from "./init.ts";
 import { contributionLayout, fullTrainableDefault, type Layout } from "./layout.ts";
-import type { Method } from "../options.ts";
+import type { Method } from "../cli/options.ts";
 
 export interface WorkerMethodConfig {
   method: Method;

@@ -9,20 +9,20 @@
  * `scoreGenerations` (decode and score). `evaluateModel` runs all three in one process.
  * @module
  */
-import { Gpu } from "../gpu/mod.ts";
-import type { LlamaConfig } from "../model/config.ts";
-import { LlamaGpu } from "../model/llama.ts";
-import { loadModelFolder } from "../model/safetensors.ts";
-import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
-import { promptIds } from "./encode.ts";
+import { Gpu } from "../../gpu/mod.ts";
+import type { LlamaConfig } from "../../model/config.ts";
+import { LlamaGpu } from "../../model/llama.ts";
+import { loadModelFolder } from "../../model/safetensors.ts";
+import { loadTokenizer, type Tokenizer } from "../../model/tokenizer.ts";
+import { promptIds } from "../data/encode.ts";
 import {
   DEFAULT_EVAL_PER_TASK,
   type EvalScore,
   evalSubset,
   exactMatch,
   scoreExactMatch,
-} from "./eval_score.ts";
-import { type Example, type JsonlOptions, loadJsonl } from "./jsonl.ts";
+} from "./score.ts";
+import { type Example, type JsonlOptions, loadJsonl } from "../data/jsonl.ts";
 
 /** Evaluation that cannot run: a missing model folder, bad limits, mismatched generations. */
 export class EvaluationError extends Error {

@@ -6,16 +6,11 @@
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import {
-  adaptableLinears,
-  LINEAR_KINDS,
-  type LinearKind,
-  type LlamaConfig,
-} from "../model/config.ts";
-import { type ScheduleName, SCHEDULES } from "./schedule.ts";
+import { LINEAR_KINDS, type LinearKind } from "../../model/config.ts";
+import { type ScheduleName, SCHEDULES } from "../optim/schedule.ts";
 
-export const METHODS = ["hd-pissa", "pissa", "lora", "full"] as const;
-export type Method = typeof METHODS[number];
+import { type Method, METHODS } from "../methods/names.ts";
+export { type Method, METHODS };
 
 /** A flag that is unknown, malformed, or impossible together with the others or the model. */
 export class FlagError extends Error {
@@ -80,7 +75,7 @@ export interface FinetuneOptions {
 }
 
 /** The shipped model and benchmark, relative to the project root. */
-export const PROJECT_ROOT = new URL("../", import.meta.url);
+export const PROJECT_ROOT = new URL("../../", import.meta.url);
 const fromRoot = (p: string) => decodeURIComponent(new URL(p, PROJECT_ROOT).pathname);
 
 export function defaultOptions(): FinetuneOptions {
@@ -393,34 +388,6 @@ export function defaultOutDir(method: string, now = new Date()): string {
   const stamp = `${now.getFullYear()}${p(now.getMonth() + 1)}${p(now.getDate())}-` +
     `${p(now.getHours())}${p(now.getMinutes())}${p(now.getSeconds())}`;
   return `runs/${stamp}-${method}`;
-}
-
-/**
- * The checks that need the model's config: the targets exist and, for the SVD-initialised
- * methods, K·r (HD-PiSSA) or r (PiSSA) fits every adapted matrix; LoRA needs r ≤ min too.
- */
-export function validateOptionsForModel(o: FinetuneOptions, config: LlamaConfig): void {
-  if (o.seqLen > config.max_position_embeddings) {
-    throw new FlagError(
-      `--seq-len ${o.seqLen} exceeds the model's max_position_embeddings ` +
-        `(${config.max_position_embeddings})`,
-      "seq-len",
-    );
-  }
-  if (o.method === "full" && !o.compare) return;
-  const needed = o.method === "hd-pissa" || o.compare ? o.workers * o.rank : o.rank;
-  for (const l of adaptableLinears(config, o.targets)) {
-    const cap = Math.min(l.out, l.in);
-    if (needed > cap) {
-      const what = o.method === "hd-pissa" || o.compare
-        ? `--workers × --rank = ${o.workers} × ${o.rank} = ${needed}`
-        : `--rank ${o.rank}`;
-      throw new FlagError(
-        `${what} exceeds the rank of ${l.name} [${l.out}, ${l.in}] (at most ${cap})`,
-        "rank",
-      );
-    }
-  }
 }
 
 /**

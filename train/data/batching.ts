@@ -10,8 +10,8 @@
  * gives exactly the batches an uninterrupted run would have used.
  * @module
  */
-import { Rng } from "./rng.ts";
-import { BatchConfigError, DataError } from "./data_errors.ts";
+import { Rng } from "../rng.ts";
+import { BatchConfigError, DataError } from "./errors.ts";
 
 export interface BatchConfig {
   /** N, the number of examples in the data set. */

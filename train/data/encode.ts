@@ -6,8 +6,9 @@
  * The loss is the mean over j >= 1 with targetMask[j] = 1 of CE(logits[j − 1], ids[j]).
  * @module
  */
-import type { Tokenizer } from "../model/tokenizer.ts";
-import { DataError } from "./data_errors.ts";
+import type { Tokenizer } from "../../model/tokenizer.ts";
+import { DataError } from "./errors.ts";
+import type { MicroBatch } from "../../model/batch.ts";
 
 /** One example as the model sees it. */
 export interface EncodedExample {
@@ -17,17 +18,6 @@ export interface EncodedExample {
   length: number;
   /** True when the example was longer than seqLen and lost tokens on the right. */
   truncated: boolean;
-}
-
-/** M examples side by side, row-major [M, seqLen]. */
-export interface MicroBatch {
-  ids: Int32Array;
-  targetMask: Uint8Array;
-  /** Number of (row, j) with j >= 1 and targetMask = 1: the loss's denominator. */
-  targets: number;
-  /** M, the number of rows. */
-  rows: number;
-  seqLen: number;
 }
 
 export function encodeExample(

@@ -6,9 +6,9 @@
  * or question templates, so a model pretrained on it has not seen the fine-tuning format.
  * @module
  */
-import { Rng } from "./rng.ts";
-import { article, CITIES, COLORS, makeKnowledgeBase, type Person, PETS } from "./tasks/kb.ts";
-import { randomWord } from "./tasks/strings.ts";
+import { Rng } from "../rng.ts";
+import { article, CITIES, COLORS, makeKnowledgeBase, type Person, PETS } from "./kb.ts";
+import { randomWord } from "./strings.ts";
 
 export const CORPUS_SEED = 7;
 /** Size of data/corpus/train.txt. */

@@ -4,8 +4,8 @@
  * leading components holding 90% of Σσ²). The spectrum is returned for plots.
  */
 
-import type { HostTensor } from "../model/safetensors.ts";
-import { singularValues } from "./svd.ts";
+import type { HostTensor } from "../../model/safetensors.ts";
+import { singularValues } from "../linalg/svd.ts";
 
 /** Two weights that cannot be compared (different shapes, not a matrix). */
 export class EffectiveRankError extends Error {

@@ -12,23 +12,29 @@
  * the mean next-token loss over consecutive windows of the validation stream from its start.
  * @module
  */
-import { adamwUpdate, clipByGlobalNorm, type Gpu, type GpuTensor, sumSquares } from "../gpu/mod.ts";
-import { expectedTensors, type LlamaConfig, parameterCount } from "../model/config.ts";
-import { LlamaGpu } from "../model/llama.ts";
-import { type HostTensor, saveModelFolder } from "../model/safetensors.ts";
-import { ByteTokenizer, type Tokenizer } from "../model/tokenizer.ts";
+import {
+  adamwUpdate,
+  clipByGlobalNorm,
+  type Gpu,
+  type GpuTensor,
+  sumSquares,
+} from "../../gpu/mod.ts";
+import { expectedTensors, type LlamaConfig, parameterCount } from "../../model/config.ts";
+import { LlamaGpu } from "../../model/llama.ts";
+import { type HostTensor, saveModelFolder } from "../../model/safetensors.ts";
+import { ByteTokenizer, type Tokenizer } from "../../model/tokenizer.ts";
 import {
   CORPUS_SEED,
   CORPUS_TRAIN_BYTES,
   CORPUS_VALID_BYTES,
   corpusText,
   generateCorpus,
-} from "./corpus.ts";
-import type { MicroBatch } from "./encode.ts";
-import { Progress, type ProgressWriter } from "./progress.ts";
-import { writeJsonAtomic } from "./report.ts";
-import { Rng } from "./rng.ts";
-import { learningRates } from "./schedule.ts";
+} from "../datagen/corpus.ts";
+import type { MicroBatch } from "../../model/batch.ts";
+import { Progress, type ProgressWriter } from "../cli/progress.ts";
+import { writeJsonAtomic } from "../report/report.ts";
+import { Rng } from "../rng.ts";
+import { learningRates } from "../optim/schedule.ts";
 
 /** Bad pretraining options, an unusable corpus, an existing output or a diverged run. */
 export class PretrainError extends Error {

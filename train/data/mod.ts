@@ -3,7 +3,7 @@
  * data cursor (DESIGN §4).
  * @module
  */
-export * from "./data_errors.ts";
+export * from "./errors.ts";
 export * from "./jsonl.ts";
 export * from "./encode.ts";
 export * from "./batching.ts";

@@ -3,7 +3,7 @@
  * label (DESIGN §4). Field names are configurable, e.g. MetaMathQA's `query`/`response`.
  * @module
  */
-import { DataFileError, EmptyDatasetError, JsonlLineError } from "./data_errors.ts";
+import { DataFileError, EmptyDatasetError, JsonlLineError } from "./errors.ts";
 
 /** One training or evaluation example. */
 export interface Example {

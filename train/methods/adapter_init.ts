@@ -4,9 +4,9 @@
  * Kaiming-uniform A with B = 0. The SVD runs once in float64; the factors are rounded to f32.
  */
 
-import type { HostTensor } from "../model/safetensors.ts";
-import { Rng } from "./rng.ts";
-import { type SvdResult, topSvd, type TopSvdOptions } from "./svd.ts";
+import type { HostTensor } from "../../model/safetensors.ts";
+import { Rng } from "../rng.ts";
+import { type SvdResult, topSvd, type TopSvdOptions } from "../linalg/svd.ts";
 
 /** Adapter factors that cannot be built for a matrix (rank too large, bad arguments). */
 export class AdapterInitError extends Error {

@@ -37,7 +37,7 @@ export interface StepRecord {
   tokens?: number;
 }
 
-import type { TaskCount } from "./eval_score.ts";
+import type { TaskCount } from "../eval/score.ts";
 export type { TaskCount };
 
 /** Accuracy of one evaluation pass (before or after fine-tuning). */

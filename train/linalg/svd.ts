@@ -12,7 +12,7 @@
  * transformations only), and the same input always gives the same bits.
  */
 
-import { Rng } from "./rng.ts";
+import { Rng } from "../rng.ts";
 
 /** An SVD that cannot be computed: bad shape, non-finite entries, no convergence. */
 export class SvdError extends Error {

@@ -7,7 +7,7 @@
  * (worker k's optimizer moments), `state.json` (step, generation, data cursor, seed, config).
  * @module
  */
-import type { DataCursor } from "./batching.ts";
+import type { DataCursor } from "../data/batching.ts";
 
 /** A checkpoint that is missing, malformed, or whose bytes do not match its digests. */
 export class CheckpointError extends Error {

@@ -4,7 +4,7 @@
  * the mean per task label. Also the fixed subset that a default evaluation runs on.
  * @module
  */
-import { Rng } from "./rng.ts";
+import { Rng } from "../rng.ts";
 
 /** One generated answer and what it should have been. */
 export interface ScoredItem {

@@ -3,7 +3,7 @@
  * little-endian f32 bytes). Workers holding bit-identical W give the same hex string.
  * @module
  */
-import type { HostTensor } from "../model/safetensors.ts";
+import type { HostTensor } from "../../model/safetensors.ts";
 
 export async function weightsChecksum(tensors: ReadonlyMap<string, HostTensor>): Promise<string> {
   const names = [...tensors.keys()].sort();
