@@ -13,7 +13,8 @@ import {
   GpuShapeError,
   GpuValidationError,
 } from "./errors.ts";
-import { type CompiledKernel, type KernelSpec, PipelineCache } from "./pipeline_cache.ts";
+import type { BindingDecls, KernelRef, ParamDecls } from "./kernel.ts";
+import { type CompiledKernel, PipelineCache } from "./pipeline_cache.ts";
 import {
   type ArenaChunk,
   type MatmulVariant,
@@ -304,7 +305,8 @@ export class Gpu {
       arenaBytes: ARENA_BYTES,
       matmulVariant: this.matmulVariant,
       onCpu: this.info.isCpu,
-      kernel: (spec: KernelSpec): CompiledKernel => this.#pipelines.get(spec),
+      kernel: (ref: KernelRef<ParamDecls, BindingDecls>): CompiledKernel =>
+        this.#pipelines.get(ref),
       bindGroup: (key, make) => {
         let g = this.#bindGroups.get(key);
         if (!g) {

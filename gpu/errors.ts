@@ -33,3 +33,19 @@ export class GpuShapeError extends GpuError {}
 
 /** The engine (or a recorder) was used after `close()` / `submit()`. */
 export class GpuClosedError extends GpuError {}
+
+/**
+ * A kernel was dispatched with a binding or parameter it does not declare (`unknown`), without
+ * one it declares (`missing`), or with a value of the wrong type (`dtype`): a tensor whose dtype
+ * does not match the binding's element type, or a parameter that is not a number of its type.
+ */
+export class KernelArgumentError extends GpuShapeError {
+  constructor(
+    readonly kernel: string,
+    readonly argument: string,
+    readonly reason: "missing" | "unknown" | "dtype",
+    message: string,
+  ) {
+    super(`${kernel}: ${message}`);
+  }
+}

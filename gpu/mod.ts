@@ -19,10 +19,29 @@ export { type Allocation, type DType, GpuTensor, numel } from "./tensor.ts";
 export { BufferPool, type PoolStats, sizeClass } from "./buffer_pool.ts";
 export {
   type Access,
-  type CompiledKernel,
-  type KernelSpec,
-  PipelineCache,
-} from "./pipeline_cache.ts";
+  type BindingArgs,
+  type BindingDecls,
+  type BindingInfo,
+  type BindingType,
+  defineKernel,
+  defineKernelVariants,
+  type DispatchArgs,
+  type ElementType,
+  type Grid,
+  Kernel,
+  type KernelDecl,
+  kernelHeader,
+  type KernelInterface,
+  kernelInterface,
+  type KernelRef,
+  kernelSource,
+  KernelVariants,
+  type ParamArgs,
+  type ParamDecls,
+  type ParamInfo,
+  type ParamType,
+} from "./kernel.ts";
+export { type CompiledKernel, PipelineCache } from "./pipeline_cache.ts";
 export {
   type MatmulVariant,
   Recorder,

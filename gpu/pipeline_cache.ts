@@ -1,60 +1,49 @@
 /**
- * Kernel descriptions and the compute-pipeline cache keyed by WGSL source and entry point.
+ * The compute-pipeline cache: the one place kernels are generated and compiled. A kernel is
+ * looked up by its declaring object and variant key (so a step recorded again does not generate
+ * its WGSL again); pipelines are shared by every declaration that generates the same source and
+ * entry point.
  * @module
  */
-
-/** How a kernel uses a storage binding. */
-export type Access = "read" | "rw";
-
-/**
- * A WGSL compute kernel. Binding 0 of group 0 is always `var<uniform> p: Params` (bound with a
- * dynamic offset into the recorder's uniform arena); bindings 1..n are the storage buffers in
- * `bindings` order.
- */
-export interface KernelSpec {
-  /** Short name, used in timings and errors. */
-  readonly name: string;
-  /** Complete WGSL source. */
-  readonly code: string;
-  /** Entry point; default "main". */
-  readonly entry?: string;
-  readonly bindings: readonly Access[];
-  /**
-   * Scalar fields of the `Params` struct in declaration order, one letter each: `u` (u32),
-   * `i` (i32), `f` (f32). All are 4 bytes, so field k sits at byte 4k.
-   */
-  readonly params: string;
-}
+import {
+  type BindingDecls,
+  type KernelInterface,
+  kernelInterface,
+  type KernelRef,
+  type ParamDecls,
+} from "./kernel.ts";
 
 /** A kernel ready to dispatch. */
 export interface CompiledKernel {
+  /** Number of the pipeline (shared by declarations with the same source). */
   readonly id: number;
-  readonly spec: KernelSpec;
+  readonly iface: KernelInterface;
   readonly pipeline: GPUComputePipeline;
   readonly layout: GPUBindGroupLayout;
-  /** Size of the Params struct as WGSL lays it out (16-byte multiple). */
-  readonly paramBytes: number;
 }
 
-/** Compiles each distinct (source, entry point) once per device. */
+type Pipeline = Pick<CompiledKernel, "id" | "pipeline" | "layout">;
+
+/** Generates each kernel variant once and compiles each distinct (source, entry point) once. */
 export class PipelineCache {
-  #bySource = new Map<string, CompiledKernel>();
-  #bySpec = new WeakMap<KernelSpec, CompiledKernel>();
+  #byRef = new WeakMap<object, Map<string, CompiledKernel>>();
+  #bySource = new Map<string, Pipeline>();
   #next = 1;
 
   constructor(readonly device: GPUDevice) {}
 
-  get(spec: KernelSpec): CompiledKernel {
-    const hit = this.#bySpec.get(spec);
-    if (hit) return hit;
-    const entry = spec.entry ?? "main";
-    const key = `${entry}\n${spec.code}`;
-    let k = this.#bySource.get(key);
+  get(ref: KernelRef<ParamDecls, BindingDecls>): CompiledKernel {
+    let variants = this.#byRef.get(ref.family);
+    if (!variants) this.#byRef.set(ref.family, variants = new Map());
+    let k = variants.get(ref.key);
     if (!k) {
-      k = this.#compile(spec, entry);
-      this.#bySource.set(key, k);
+      const iface = kernelInterface(ref.declare());
+      const source = `${iface.entry}\n${iface.code}`;
+      let p = this.#bySource.get(source);
+      if (!p) this.#bySource.set(source, p = this.#compile(iface));
+      k = { ...p, iface };
+      variants.set(ref.key, k);
     }
-    this.#bySpec.set(spec, k);
     return k;
   }
 
@@ -63,30 +52,27 @@ export class PipelineCache {
     return this.#bySource.size;
   }
 
-  #compile(spec: KernelSpec, entry: string): CompiledKernel {
-    if (!/^[uif]+$/.test(spec.params)) {
-      throw new Error(`kernel ${spec.name}: params must be a non-empty string of u/i/f`);
-    }
-    const paramBytes = Math.ceil((spec.params.length * 4) / 16) * 16;
+  #compile(iface: KernelInterface): Pipeline {
     const entries: GPUBindGroupLayoutEntry[] = [{
       binding: 0,
       visibility: GPUShaderStage.COMPUTE,
-      buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: paramBytes },
+      buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: iface.paramBytes },
     }];
-    spec.bindings.forEach((a, i) =>
+    for (const b of iface.bindings) {
       entries.push({
-        binding: i + 1,
+        binding: b.binding,
         visibility: GPUShaderStage.COMPUTE,
-        buffer: { type: a === "read" ? "read-only-storage" : "storage" },
-      })
-    );
-    const layout = this.device.createBindGroupLayout({ label: spec.name, entries });
-    const module = this.device.createShaderModule({ label: spec.name, code: spec.code });
+        buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
+      });
+    }
+    const label = iface.name;
+    const layout = this.device.createBindGroupLayout({ label, entries });
+    const module = this.device.createShaderModule({ label, code: iface.code });
     const pipeline = this.device.createComputePipeline({
-      label: spec.name,
+      label,
       layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
-      compute: { module, entryPoint: entry },
+      compute: { module, entryPoint: iface.entry },
     });
-    return { id: this.#next++, spec, pipeline, layout, paramBytes };
+    return { id: this.#next++, pipeline, layout };
   }
 }

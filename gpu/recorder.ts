@@ -13,9 +13,17 @@ import {
   GpuOutOfMemoryError,
   GpuShapeError,
   GpuValidationError,
+  KernelArgumentError,
 } from "./errors.ts";
-import type { CompiledKernel, KernelSpec } from "./pipeline_cache.ts";
-import type { GpuTensor } from "./tensor.ts";
+import type {
+  BindingDecls,
+  DispatchArgs,
+  KernelInterface,
+  KernelRef,
+  ParamDecls,
+} from "./kernel.ts";
+import type { CompiledKernel } from "./pipeline_cache.ts";
+import { GpuTensor } from "./tensor.ts";
 
 /** Timing of one timed section (a kernel in profile mode, or a `timed` block). */
 export interface Section {
@@ -61,7 +69,7 @@ export interface RecorderHost {
   readonly arenaBytes: number;
   readonly matmulVariant: MatmulVariant;
   readonly onCpu: boolean;
-  kernel(spec: KernelSpec): CompiledKernel;
+  kernel(ref: KernelRef<ParamDecls, BindingDecls>): CompiledKernel;
   bindGroup(key: string, make: () => GPUBindGroup): GPUBindGroup;
   acquireArena(): ArenaChunk;
   releaseArena(c: ArenaChunk): void;
@@ -132,50 +140,44 @@ export class Recorder {
   }
 
   /**
-   * Appends one dispatch of `spec` over `grid` workgroups, binding `tensors` to bindings 1..n
-   * and `params` to the uniform Params struct. Validates every binding first. A grid with a zero
-   * dimension records nothing.
+   * Appends one dispatch of `kernel` over `grid` workgroups, binding `bindings` and `params` by
+   * the names the kernel declares. Validates every argument first. A grid with a zero dimension
+   * records nothing.
+   * @throws KernelArgumentError for a missing or unknown binding or parameter, a tensor whose
+   *   dtype does not match its binding, or a parameter that is not a number of its type.
+   * @throws GpuShapeError for an unaligned, oversized or aliased tensor, or a grid too large.
    */
-  dispatch(
-    spec: KernelSpec,
-    tensors: readonly GpuTensor[],
-    params: readonly number[],
-    grid: readonly [number, number?, number?],
+  dispatch<P extends ParamDecls, B extends BindingDecls>(
+    kernel: KernelRef<P, B>,
+    args: DispatchArgs<P, B>,
   ): void {
     this.#assertRecording();
     const host = this.#host;
-    if (tensors.length !== spec.bindings.length) {
-      throw new GpuShapeError(
-        `${spec.name}: expected ${spec.bindings.length} tensors, got ${tensors.length}`,
-      );
-    }
-    if (params.length !== spec.params.length) {
-      throw new GpuShapeError(
-        `${spec.name}: expected ${spec.params.length} params, got ${params.length}`,
-      );
-    }
-    for (let i = 0; i < tensors.length; i++) this.#checkBinding(spec, tensors, i);
-    const [gx, gy = 1, gz = 1] = grid;
+    const k = host.kernel(kernel);
+    const iface = k.iface;
+    const tensors = this.#bindingTensors(iface, args.bindings);
+    const params = encodeParams(iface, args.params);
+    for (let i = 0; i < tensors.length; i++) this.#checkBinding(iface, tensors, i);
+    const [gx, gy = 1, gz = 1] = args.grid;
     for (const g of [gx, gy, gz]) {
       if (!Number.isInteger(g) || g < 0 || g > host.maxGroups) {
         throw new GpuShapeError(
-          `${spec.name}: grid [${gx}, ${gy}, ${gz}] exceeds the device's ${host.maxGroups} ` +
+          `${iface.name}: grid [${gx}, ${gy}, ${gz}] exceeds the device's ${host.maxGroups} ` +
             `workgroups per dimension`,
         );
       }
     }
     if (gx === 0 || gy === 0 || gz === 0) return;
 
-    const kernel = host.kernel(spec);
-    const { chunk, offset } = this.#writeParams(spec, params, kernel.paramBytes);
-    let key = `${kernel.id}|${chunk.id}`;
+    const { chunk, offset } = this.#writeParams(params);
+    let key = `${k.id}|${chunk.id}`;
     for (const t of tensors) key += `|${t.allocation.bufferId}@${t.offset}+${t.bytes}`;
     const group = host.bindGroup(key, () =>
       host.device.createBindGroup({
-        label: spec.name,
-        layout: kernel.layout,
+        label: iface.name,
+        layout: k.layout,
         entries: [
-          { binding: 0, resource: { buffer: chunk.buffer, offset: 0, size: kernel.paramBytes } },
+          { binding: 0, resource: { buffer: chunk.buffer, offset: 0, size: iface.paramBytes } },
           ...tensors.map((t, i) => ({
             binding: i + 1,
             resource: { buffer: t.buffer, offset: t.offset, size: t.bytes },
@@ -184,9 +186,9 @@ export class Recorder {
       }));
 
     const timeIt = this.profile && !this.#inTimed;
-    if (timeIt) this.#beginTimedPass(spec.name);
+    if (timeIt) this.#beginTimedPass(iface.name);
     const pass = this.#pass ?? (this.#pass = this.#encoder.beginComputePass({ label: this.label }));
-    pass.setPipeline(kernel.pipeline);
+    pass.setPipeline(k.pipeline);
     pass.setBindGroup(0, group, [offset]);
     pass.dispatchWorkgroups(gx, gy, gz);
     this.#dispatches++;
@@ -398,42 +400,17 @@ export class Recorder {
     }
   }
 
-  #writeParams(
-    spec: KernelSpec,
-    params: readonly number[],
-    bytes: number,
-  ): { chunk: ArenaChunk; offset: number } {
+  /** Copies one dispatch's Params words into the arena; returns where they went. */
+  #writeParams(params: Uint32Array): { chunk: ArenaChunk; offset: number } {
     const host = this.#host;
-    const stride = Math.ceil(bytes / host.uniformAlign) * host.uniformAlign;
+    const stride = Math.ceil(params.byteLength / host.uniformAlign) * host.uniformAlign;
     let use = this.#chunks[this.#chunks.length - 1];
     if (!use || use.used + stride > host.arenaBytes) {
       use = { chunk: host.acquireArena(), data: new ArrayBuffer(host.arenaBytes), used: 0 };
       this.#chunks.push(use);
     }
     const offset = use.used;
-    const u32 = new Uint32Array(use.data, offset, bytes / 4);
-    const i32 = new Int32Array(use.data, offset, bytes / 4);
-    const f32 = new Float32Array(use.data, offset, bytes / 4);
-    for (let k = 0; k < params.length; k++) {
-      const v = params[k];
-      const type = spec.params[k];
-      if (!Number.isFinite(v) && type !== "f") {
-        throw new GpuShapeError(`${spec.name}: parameter ${k} is ${v}`);
-      }
-      if (type === "u") {
-        if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) {
-          throw new GpuShapeError(`${spec.name}: parameter ${k} = ${v} is not a u32`);
-        }
-        u32[k] = v;
-      } else if (type === "i") {
-        if (!Number.isInteger(v) || v < -0x80000000 || v > 0x7fffffff) {
-          throw new GpuShapeError(`${spec.name}: parameter ${k} = ${v} is not an i32`);
-        }
-        i32[k] = v;
-      } else {
-        f32[k] = v;
-      }
-    }
+    new Uint32Array(use.data, offset, params.length).set(params);
     use.used += stride;
     return { chunk: use.chunk, offset };
   }
@@ -447,28 +424,77 @@ export class Recorder {
     }
   }
 
-  #checkBinding(spec: KernelSpec, tensors: readonly GpuTensor[], i: number): void {
+  /** The tensors of `given` in binding order, stand-ins for absent optional bindings. */
+  #bindingTensors(
+    iface: KernelInterface,
+    given: Readonly<Record<string, GpuTensor | null | undefined>>,
+  ): GpuTensor[] {
+    const kernel = iface.name;
+    for (const name of Object.keys(given)) {
+      if (!iface.bindingIndex.has(name)) {
+        const known = iface.bindings.map((b) => b.name).join(", ");
+        throw new KernelArgumentError(
+          kernel,
+          name,
+          "unknown",
+          `no binding named '${name}' (bindings: ${known})`,
+        );
+      }
+    }
+    const tensors: GpuTensor[] = new Array(iface.bindings.length);
+    for (const [i, b] of iface.bindings.entries()) {
+      const t = given[b.name];
+      if (t === undefined || t === null) {
+        if (!b.optional) {
+          throw new KernelArgumentError(kernel, b.name, "missing", `binding '${b.name}' missing`);
+        }
+        continue;
+      }
+      if (!(t instanceof GpuTensor) || t.dtype !== b.dtype) {
+        const got = t instanceof GpuTensor ? t.describe() : String(t);
+        throw new KernelArgumentError(
+          kernel,
+          b.name,
+          "dtype",
+          `binding '${b.name}' is array<${b.element}> and needs a ${b.dtype} tensor, got ${got}`,
+        );
+      }
+      if (b.element === "vec4<f32>" && (t.offset % 16 !== 0 || t.size % 4 !== 0)) {
+        throw new GpuShapeError(
+          `${kernel}: binding '${b.name}' is array<vec4<f32>>; ${t.describe()} at byte ` +
+            `${t.offset} is not whole 16-byte vectors`,
+        );
+      }
+      tensors[i] = t;
+    }
+    for (const [i, b] of iface.bindings.entries()) tensors[i] ??= tensors[b.standIn];
+    return tensors;
+  }
+
+  #checkBinding(iface: KernelInterface, tensors: readonly GpuTensor[], i: number): void {
     const t = tensors[i];
     const host = this.#host;
-    this.#checkOwned(spec.name, t);
+    const name = iface.name;
+    this.#checkOwned(name, t);
     if (t.offset % host.storageAlign !== 0) {
       throw new GpuShapeError(
-        `${spec.name}: ${t.describe()} starts at byte ${t.offset}, not a multiple of the ` +
+        `${name}: ${t.describe()} starts at byte ${t.offset}, not a multiple of the ` +
           `device's minStorageBufferOffsetAlignment ${host.storageAlign}`,
       );
     }
     if (t.bytes > host.maxBinding) {
       throw new GpuShapeError(
-        `${spec.name}: ${t.describe()} has ${t.bytes} bytes, over the device's ` +
+        `${name}: ${t.describe()} has ${t.bytes} bytes, over the device's ` +
           `maxStorageBufferBindingSize ${host.maxBinding}`,
       );
     }
     // WebGPU forbids a buffer bound both read-only and writable in one dispatch.
-    if (spec.bindings[i] === "rw") {
+    const bindings = iface.bindings;
+    if (bindings[i].access === "read_write") {
       for (let j = 0; j < tensors.length; j++) {
-        if (j !== i && spec.bindings[j] === "read" && tensors[j].allocation === t.allocation) {
+        if (j !== i && bindings[j].access === "read" && tensors[j].allocation === t.allocation) {
           throw new GpuShapeError(
-            `${spec.name}: output ${t.describe()} shares its buffer with input ` +
+            `${name}: output ${t.describe()} shares its buffer with input ` +
               `${tensors[j].describe()}`,
           );
         }
@@ -485,4 +511,49 @@ export class Recorder {
   #assertOutsideTimed(what: string): void {
     if (this.#inTimed) throw new GpuError(`${what} is not allowed inside a timed section`);
   }
+}
+
+/**
+ * The values of `given` as the 32-bit words of the Params struct, in declaration order.
+ * @throws KernelArgumentError for a missing or unknown parameter, a value that is not a number,
+ *   or a u32 / i32 value that is not an integer in range (f32 takes any number, NaN included).
+ */
+function encodeParams(
+  iface: KernelInterface,
+  given: Readonly<Record<string, number | undefined>>,
+): Uint32Array {
+  const kernel = iface.name;
+  for (const name of Object.keys(given)) {
+    if (!iface.paramIndex.has(name)) {
+      const known = iface.params.map((q) => q.name).join(", ");
+      throw new KernelArgumentError(
+        kernel,
+        name,
+        "unknown",
+        `no parameter named '${name}' (parameters: ${known})`,
+      );
+    }
+  }
+  const words = new Uint32Array(iface.paramBytes / 4);
+  const i32 = new Int32Array(words.buffer);
+  const f32 = new Float32Array(words.buffer);
+  for (const [k, { name, type }] of iface.params.entries()) {
+    const v = given[name];
+    if (v === undefined) {
+      throw new KernelArgumentError(kernel, name, "missing", `parameter '${name}' missing`);
+    }
+    const bad = (what: string) =>
+      new KernelArgumentError(kernel, name, "dtype", `parameter ${name} = ${v} is not ${what}`);
+    if (typeof v !== "number") throw bad(`a number (${type})`);
+    if (type === "u32") {
+      if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw bad("a u32");
+      words[k] = v;
+    } else if (type === "i32") {
+      if (!Number.isInteger(v) || v < -0x80000000 || v > 0x7fffffff) throw bad("an i32");
+      i32[k] = v;
+    } else {
+      f32[k] = v;
+    }
+  }
+  return words;
 }

@@ -11,7 +11,7 @@ import {
   GpuValidationError,
   NoAdapterError,
 } from "../gpu/errors.ts";
-import type { KernelSpec } from "../gpu/pipeline_cache.ts";
+import { defineKernel } from "../gpu/kernel.ts";
 import { accumulate, add, fill, scale } from "../gpu/kernels/elementwise.ts";
 import { matmul } from "../gpu/kernels/matmul.ts";
 import { Rng } from "../train/rng.ts";
@@ -177,17 +177,15 @@ Deno.test("gpu engine", async (t) => {
 Deno.test("gpu engine: a WGSL error surfaces as GpuValidationError", async () => {
   const gpu = await Gpu.open();
   try {
-    const broken: KernelSpec = {
+    const broken = defineKernel({
       name: "broken",
-      bindings: ["rw"],
-      params: "u",
-      code: "struct Params { n: u32 } @group(0) @binding(0) var<uniform> p: Params; " +
-        "@group(0) @binding(1) var<storage, read_write> x: array<f32>; " +
-        "@compute @workgroup_size(1) fn main() { x[0] = undefined_name; }",
-    };
+      params: { n: "u32" },
+      bindings: { x: "read_write f32" },
+      body: "@compute @workgroup_size(1) fn main() { x[0] = undefined_name; }",
+    });
     const x = gpu.tensor([4]);
     const rec = gpu.record();
-    rec.dispatch(broken, [x], [4], [1]);
+    rec.dispatch(broken, { bindings: { x }, params: { n: 4 }, grid: [1] });
     await assert.rejects(rec.submit(), GpuValidationError);
   } finally {
     gpu.close();

@@ -2,22 +2,18 @@
  * Row-wise argmax for greedy decoding: only the chosen token ids travel back to the host.
  * @module
  */
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
 
 const WG = 64;
 
-const ARGMAX: KernelSpec = {
+const ARGMAX = defineKernel({
   name: "argmax",
-  bindings: ["rw", "read"],
-  params: "uu",
-  code: /* wgsl */ `
-struct Params { T: u32, V: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> ids: array<i32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+  params: { T: "u32", V: "u32" },
+  bindings: { ids: "read_write i32", x: "read f32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -33,11 +29,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   ids[t] = i32(best);
 }
 `,
-};
+});
 
 /** `ids[t] = argmax_v x[t, v]` (first index of the maximum). Shapes: ids i32 [T], x [T, V]. */
 export function argmax(rec: Recorder, ids: GpuTensor, x: GpuTensor): void {
   const [T, V] = expect2d("argmax x", x);
   expectShape("argmax ids", ids, [T], "i32");
-  rec.dispatch(ARGMAX, [ids, x], [T, V], grid1d(T, WG));
+  rec.dispatch(ARGMAX, { bindings: { ids, x }, params: { T, V }, grid: grid1d(T, WG) });
 }

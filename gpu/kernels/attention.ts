@@ -16,7 +16,7 @@
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel, defineKernelVariants } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expectShape, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d, NAN_WGSL } from "./grid.ts";
@@ -47,13 +47,13 @@ export interface AttentionOptions {
   rowsPerGroup?: number;
 }
 
-const specs = new Map<string, KernelSpec>();
-
-function cached(key: string, make: () => KernelSpec): KernelSpec {
-  let s = specs.get(key);
-  if (!s) specs.set(key, s = make());
-  return s;
+/** The head size (unrolled) and workgroup width of a generated attention kernel. */
+interface AttentionConfig {
+  hd: number;
+  wg: number;
 }
+
+const configKey = (c: AttentionConfig) => `${c.hd}/${c.wg}`;
 
 // Per-dimension statements are written out (d = 0..hd-1) rather than looped over private
 // arrays: compilers then keep the vectors in registers instead of indexed scratch memory,
@@ -62,23 +62,34 @@ function each(hd: number, line: (d: number) => string): string {
   return Array.from({ length: hd }, (_, d) => line(d)).join("\n  ");
 }
 
-function forwardSpec(hd: number, wg: number): KernelSpec {
+/**
+ * Forward (training: LSE saved when given) and decoding (positions given: each row attends to
+ * keys 0..pos[row], visiting keys 0..bound).
+ */
+const FORWARD = defineKernelVariants(({ hd, wg }: AttentionConfig) => {
   const dotK = each(hd, (d) => `s = fma(q${d}, K[kr + ${d}u], s);`);
-  return cached(`fwd${hd}/${wg}`, () => ({
+  return {
     name: `attention_forward_hd${hd}`,
-    bindings: ["read", "read", "read", "read", "rw", "rw"],
-    params: "uuuuufuuu",
-    code: /* wgsl */ `
-struct Params {
-  B: u32, Sq: u32, Skv: u32, nH: u32, nKV: u32, scale: f32, usePos: u32, saveLse: u32, bound: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> Q: array<f32>;
-@group(0) @binding(2) var<storage, read> K: array<f32>;
-@group(0) @binding(3) var<storage, read> V: array<f32>;
-@group(0) @binding(4) var<storage, read> pos: array<i32>;
-@group(0) @binding(5) var<storage, read_write> O: array<f32>;
-@group(0) @binding(6) var<storage, read_write> LSE: array<f32>;
+    params: {
+      B: "u32",
+      Sq: "u32",
+      Skv: "u32",
+      nH: "u32",
+      nKV: "u32",
+      scale: "f32",
+      usePos: "u32",
+      saveLse: "u32",
+      bound: "u32",
+    },
+    bindings: {
+      Q: "read f32",
+      K: "read f32",
+      V: "read f32",
+      pos: "read i32?",
+      O: "read_write f32",
+      LSE: "read_write f32?",
+    },
+    body: /* wgsl */ `
 ${NAN_WGSL}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -126,21 +137,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
 }
 `,
-  }));
-}
+  };
+}, configKey);
 
 const DELTA_WG = 64;
 
-const DELTA: KernelSpec = {
+const DELTA = defineKernel({
   name: "attention_delta",
-  bindings: ["rw", "read", "read"],
-  params: "uu",
-  code: /* wgsl */ `
-struct Params { n: u32, hd: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> delta: array<f32>;
-@group(0) @binding(2) var<storage, read> dO: array<f32>;
-@group(0) @binding(3) var<storage, read> O: array<f32>;
+  params: { n: "u32", hd: "u32" },
+  bindings: { delta: "read_write f32", dO: "read f32", O: "read f32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${DELTA_WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -151,23 +157,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   delta[r] = s;
 }
 `,
-};
+});
 
-function dqSpec(hd: number, wg: number): KernelSpec {
-  return cached(`dq${hd}/${wg}`, () => ({
-    name: `attention_backward_dq_hd${hd}`,
-    bindings: ["rw", "read", "read", "read", "read", "read", "read"],
-    params: "uuuuf",
-    code: /* wgsl */ `
-struct Params { B: u32, S: u32, nH: u32, nKV: u32, scale: f32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> dQ: array<f32>;
-@group(0) @binding(2) var<storage, read> Q: array<f32>;
-@group(0) @binding(3) var<storage, read> K: array<f32>;
-@group(0) @binding(4) var<storage, read> V: array<f32>;
-@group(0) @binding(5) var<storage, read> dO: array<f32>;
-@group(0) @binding(6) var<storage, read> LSE: array<f32>;
-@group(0) @binding(7) var<storage, read> DELTA: array<f32>;
+const BACKWARD_PARAMS = { B: "u32", S: "u32", nH: "u32", nKV: "u32", scale: "f32" } as const;
+
+const BACKWARD_DQ = defineKernelVariants(({ hd, wg }: AttentionConfig) => ({
+  name: `attention_backward_dq_hd${hd}`,
+  params: BACKWARD_PARAMS,
+  bindings: {
+    dQ: "read_write f32",
+    Q: "read f32",
+    K: "read f32",
+    V: "read f32",
+    dO: "read f32",
+    LSE: "read f32",
+    DELTA: "read f32",
+  },
+  body: /* wgsl */ `
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / p.nH;
@@ -198,25 +204,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
 }
 `,
-  }));
-}
+}), configKey);
 
-function dkvSpec(hd: number, wg: number): KernelSpec {
-  return cached(`dkv${hd}/${wg}`, () => ({
-    name: `attention_backward_dkv_hd${hd}`,
-    bindings: ["rw", "rw", "read", "read", "read", "read", "read", "read"],
-    params: "uuuuf",
-    code: /* wgsl */ `
-struct Params { B: u32, S: u32, nH: u32, nKV: u32, scale: f32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> dK: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dV: array<f32>;
-@group(0) @binding(3) var<storage, read> Q: array<f32>;
-@group(0) @binding(4) var<storage, read> K: array<f32>;
-@group(0) @binding(5) var<storage, read> V: array<f32>;
-@group(0) @binding(6) var<storage, read> dO: array<f32>;
-@group(0) @binding(7) var<storage, read> LSE: array<f32>;
-@group(0) @binding(8) var<storage, read> DELTA: array<f32>;
+const BACKWARD_DKV = defineKernelVariants(({ hd, wg }: AttentionConfig) => ({
+  name: `attention_backward_dkv_hd${hd}`,
+  params: BACKWARD_PARAMS,
+  bindings: {
+    dK: "read_write f32",
+    dV: "read_write f32",
+    Q: "read f32",
+    K: "read f32",
+    V: "read f32",
+    dO: "read f32",
+    LSE: "read f32",
+    DELTA: "read f32",
+  },
+  body: /* wgsl */ `
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / p.nKV;
@@ -226,9 +229,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let jc = min(j, p.S - 1u);
   let kb = ((b * p.S + jc) * p.nKV + kvh) * ${hd}u;
   ${
-      each(hd, (d) =>
-        `let k${d} = K[kb + ${d}u]; let v${d} = V[kb + ${d}u]; var dk${d} = 0.0; var dv${d} = 0.0;`)
-    }
+    each(hd, (d) =>
+      `let k${d} = K[kb + ${d}u]; let v${d} = V[kb + ${d}u]; var dk${d} = 0.0; var dv${d} = 0.0;`)
+  }
   // Queries before the workgroup's first key see none of its keys.
   let iStart = wid.x * ${wg}u;
   for (var hq = kvh * group; hq < kvh * group + group; hq++) {
@@ -242,9 +245,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       let pj = select(0.0, exp(s - LSE[qrow * p.nH + hq]), i >= jc);
       let ds = pj * (dp - DELTA[qrow * p.nH + hq]);
       ${
-      each(hd, (d) =>
-        `dv${d} = fma(pj, dO[qb + ${d}u], dv${d}); dk${d} = fma(ds, Q[qb + ${d}u], dk${d});`)
-    }
+    each(hd, (d) =>
+      `dv${d} = fma(pj, dO[qb + ${d}u], dv${d}); dk${d} = fma(ds, Q[qb + ${d}u], dk${d});`)
+  }
     }
   }
   if (j < p.S) {
@@ -252,8 +255,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
 }
 `,
-  }));
-}
+}), configKey);
 
 function checkShape(what: string, s: AttentionShape): void {
   const { batch, seqLen, nHeads, nKvHeads, headDim } = s;
@@ -298,22 +300,21 @@ export function attentionForward(
   expectShape("attention v", t.v, [rows, s.nKvHeads * s.headDim]);
   if (t.lse) expectShape("attention lse", t.lse, [rows, s.nHeads]);
   const wg = rowsPerGroup(rec, options);
-  rec.dispatch(
-    forwardSpec(s.headDim, wg),
-    [t.q, t.k, t.v, t.q, t.out, t.lse ?? t.out],
-    [
-      s.batch,
-      s.seqLen,
-      s.seqLen,
-      s.nHeads,
-      s.nKvHeads,
-      1 / Math.sqrt(s.headDim),
-      0,
-      t.lse ? 1 : 0,
-      0,
-    ],
-    [Math.ceil(s.seqLen / wg), s.batch * s.nHeads],
-  );
+  rec.dispatch(FORWARD.variant({ hd: s.headDim, wg }), {
+    bindings: { Q: t.q, K: t.k, V: t.v, O: t.out, LSE: t.lse },
+    params: {
+      B: s.batch,
+      Sq: s.seqLen,
+      Skv: s.seqLen,
+      nH: s.nHeads,
+      nKV: s.nKvHeads,
+      scale: 1 / Math.sqrt(s.headDim),
+      usePos: 0,
+      saveLse: t.lse ? 1 : 0,
+      bound: 0,
+    },
+    grid: [Math.ceil(s.seqLen / wg), s.batch * s.nHeads],
+  });
 }
 
 export interface AttentionBackwardTensors {
@@ -368,24 +369,24 @@ export function attentionBackward(
   expectShape("attention delta", t.delta, [rows, s.nHeads]);
   const scale = 1 / Math.sqrt(s.headDim);
   const wg = rowsPerGroup(rec, options);
-  rec.dispatch(
-    DELTA,
-    [t.delta, t.dout, t.out],
-    [rows * s.nHeads, s.headDim],
-    grid1d(rows * s.nHeads, DELTA_WG),
-  );
-  rec.dispatch(
-    dqSpec(s.headDim, wg),
-    [t.dq, t.q, t.k, t.v, t.dout, t.lse, t.delta],
-    [s.batch, s.seqLen, s.nHeads, s.nKvHeads, scale],
-    [Math.ceil(s.seqLen / wg), s.batch * s.nHeads],
-  );
-  rec.dispatch(
-    dkvSpec(s.headDim, wg),
-    [t.dk, t.dv, t.q, t.k, t.v, t.dout, t.lse, t.delta],
-    [s.batch, s.seqLen, s.nHeads, s.nKvHeads, scale],
-    [Math.ceil(s.seqLen / wg), s.batch * s.nKvHeads],
-  );
+  rec.dispatch(DELTA, {
+    bindings: { delta: t.delta, dO: t.dout, O: t.out },
+    params: { n: rows * s.nHeads, hd: s.headDim },
+    grid: grid1d(rows * s.nHeads, DELTA_WG),
+  });
+  const params = { B: s.batch, S: s.seqLen, nH: s.nHeads, nKV: s.nKvHeads, scale };
+  const config = { hd: s.headDim, wg };
+  const saved = { Q: t.q, K: t.k, V: t.v, dO: t.dout, LSE: t.lse, DELTA: t.delta };
+  rec.dispatch(BACKWARD_DQ.variant(config), {
+    bindings: { dQ: t.dq, ...saved },
+    params,
+    grid: [Math.ceil(s.seqLen / wg), s.batch * s.nHeads],
+  });
+  rec.dispatch(BACKWARD_DKV.variant(config), {
+    bindings: { dK: t.dk, dV: t.dv, ...saved },
+    params,
+    grid: [Math.ceil(s.seqLen / wg), s.batch * s.nKvHeads],
+  });
 }
 
 /** Shape of a decoding step: `newTokens` query rows per sequence against a cache of `maxLen`. */
@@ -448,34 +449,28 @@ export function attentionDecode(
   expectShape("attentionDecode vCache", t.vCache, [s.batch * s.maxLen, s.nKvHeads * s.headDim]);
   expectShape("attentionDecode positions", t.positions, [rows], "i32");
   const wg = rowsPerGroup(rec, options);
-  rec.dispatch(
-    forwardSpec(s.headDim, wg),
-    [t.q, t.kCache, t.vCache, t.positions, t.out, t.out],
-    [
-      s.batch,
-      s.newTokens,
-      s.maxLen,
-      s.nHeads,
-      s.nKvHeads,
-      1 / Math.sqrt(s.headDim),
-      1,
-      0,
-      maxPosition,
-    ],
-    [Math.ceil(s.newTokens / wg), s.batch * s.nHeads],
-  );
+  rec.dispatch(FORWARD.variant({ hd: s.headDim, wg }), {
+    bindings: { Q: t.q, K: t.kCache, V: t.vCache, pos: t.positions, O: t.out },
+    params: {
+      B: s.batch,
+      Sq: s.newTokens,
+      Skv: s.maxLen,
+      nH: s.nHeads,
+      nKV: s.nKvHeads,
+      scale: 1 / Math.sqrt(s.headDim),
+      usePos: 1,
+      saveLse: 0,
+      bound: maxPosition,
+    },
+    grid: [Math.ceil(s.newTokens / wg), s.batch * s.nHeads],
+  });
 }
 
-const CACHE_WRITE: KernelSpec = {
+const CACHE_WRITE = defineKernel({
   name: "kv_cache_write",
-  bindings: ["rw", "read", "read"],
-  params: "uuuu",
-  code: /* wgsl */ `
-struct Params { n: u32, Tn: u32, maxLen: u32, W: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> cache: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read> pos: array<i32>;
+  params: { n: "u32", Tn: "u32", maxLen: "u32", W: "u32" },
+  bindings: { cache: "read_write f32", x: "read f32", pos: "read i32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -487,7 +482,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   cache[((r / p.Tn) * p.maxLen + u32(ps)) * p.W + i % p.W] = x[i];
 }
 `,
-};
+});
 
 /**
  * Stores the new rows `x` [B·newTokens, nKvHeads·hd] of k or v into `cache` [B·maxLen, same]
@@ -507,10 +502,9 @@ export function kvCacheWrite(
   const W = x.shape[1];
   expectShape("kvCacheWrite cache", cache, [s.batch * s.maxLen, W]);
   expectShape("kvCacheWrite positions", positions, [rows], "i32");
-  rec.dispatch(
-    CACHE_WRITE,
-    [cache, x, positions],
-    [rows * W, s.newTokens, s.maxLen, W],
-    grid1d(rows * W, 256),
-  );
+  rec.dispatch(CACHE_WRITE, {
+    bindings: { cache, x, pos: positions },
+    params: { n: rows * W, Tn: s.newTokens, maxLen: s.maxLen, W },
+    grid: grid1d(rows * W, 256),
+  });
 }

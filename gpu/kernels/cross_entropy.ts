@@ -9,7 +9,7 @@
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d, NAN_WGSL } from "./grid.ts";
@@ -17,18 +17,17 @@ import { sum } from "./reduce.ts";
 
 const WG = 64;
 
-const KERNEL: KernelSpec = {
+const KERNEL = defineKernel({
   name: "cross_entropy",
-  bindings: ["rw", "read", "read", "rw", "rw"],
-  params: "uuu",
-  code: /* wgsl */ `
-struct Params { T: u32, V: u32, writeGrad: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
-@group(0) @binding(2) var<storage, read> targets: array<i32>;
-@group(0) @binding(3) var<storage, read> weights: array<f32>;
-@group(0) @binding(4) var<storage, read_write> losses: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dlogits: array<f32>;
+  params: { T: "u32", V: "u32", writeGrad: "u32" },
+  bindings: {
+    logits: "read_write f32",
+    targets: "read i32",
+    weights: "read f32",
+    losses: "read_write f32",
+    dlogits: "read_write f32?",
+  },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 ${NAN_WGSL}
 @compute @workgroup_size(${WG})
@@ -61,7 +60,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   }
 }
 `,
-};
+});
 
 export interface CrossEntropyTensors {
   /** f32 [T, V]. */
@@ -88,11 +87,11 @@ export function crossEntropy(rec: Recorder, t: CrossEntropyTensors): void {
   if (t.losses.allocation === t.logits.allocation) {
     throw new GpuShapeError("crossEntropy: losses share a buffer with logits");
   }
-  rec.dispatch(
-    KERNEL,
-    [t.logits, t.targets, t.weights, t.losses, t.dlogits ?? t.logits],
-    [T, V, t.dlogits ? 1 : 0],
-    grid1d(T, WG),
-  );
+  const { logits, targets, weights, losses, dlogits } = t;
+  rec.dispatch(KERNEL, {
+    bindings: { logits, targets, weights, losses, dlogits },
+    params: { T, V, writeGrad: dlogits ? 1 : 0 },
+    grid: grid1d(T, WG),
+  });
   if (t.loss) sum(rec, t.loss, t.losses);
 }

@@ -8,21 +8,16 @@
  */
 import type { Recorder } from "../recorder.ts";
 import { expectSize, type GpuTensor } from "../tensor.ts";
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel } from "../kernel.ts";
 import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
 
 const WG = 256;
 
-const AXPBY: KernelSpec = {
+const AXPBY = defineKernel({
   name: "axpby",
-  bindings: ["rw", "rw", "rw"],
-  params: "uffu",
-  code: /* wgsl */ `
-struct Params { n: u32, alpha: f32, beta: f32, hasY: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> outv: array<f32>;
-@group(0) @binding(2) var<storage, read_write> x: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+  params: { n: "u32", alpha: "f32", beta: "f32", hasY: "u32" },
+  bindings: { outv: "read_write f32", x: "read_write f32", y: "read_write f32?" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -33,16 +28,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   outv[i] = v;
 }
 `,
-};
+});
 
-const FILL: KernelSpec = {
+const FILL = defineKernel({
   name: "fill",
-  bindings: ["rw"],
-  params: "uf",
-  code: /* wgsl */ `
-struct Params { n: u32, value: f32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> outv: array<f32>;
+  params: { n: "u32", value: "f32" },
+  bindings: { outv: "read_write f32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -50,7 +42,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (i < p.n) { outv[i] = p.value; }
 }
 `,
-};
+});
 
 /**
  * `out = alpha·x + beta·y` elementwise (`y` omitted: `out = alpha·x`). All three have the same
@@ -67,7 +59,11 @@ export function axpby(
   expectSize("axpby x", x, out.size);
   expectSize("axpby out", out, out.size);
   if (y) expectSize("axpby y", y, out.size);
-  rec.dispatch(AXPBY, [out, x, y ?? x], [out.size, alpha, beta, y ? 1 : 0], grid1d(out.size, WG));
+  rec.dispatch(AXPBY, {
+    bindings: { outv: out, x, y },
+    params: { n: out.size, alpha, beta, hasY: y ? 1 : 0 },
+    grid: grid1d(out.size, WG),
+  });
 }
 
 /** Residual add: `out = a + b` (out may be a or b). */
@@ -93,5 +89,9 @@ export function copy(rec: Recorder, dst: GpuTensor, src: GpuTensor): void {
 /** Sets every element of the f32 tensor `out` to `value`. */
 export function fill(rec: Recorder, out: GpuTensor, value: number): void {
   expectSize("fill out", out, out.size);
-  rec.dispatch(FILL, [out], [out.size, value], grid1d(out.size, WG));
+  rec.dispatch(FILL, {
+    bindings: { outv: out },
+    params: { n: out.size, value },
+    grid: grid1d(out.size, WG),
+  });
 }

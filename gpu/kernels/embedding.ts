@@ -9,7 +9,7 @@
  */
 import type { Gpu } from "../engine.ts";
 import { GpuShapeError } from "../errors.ts";
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
 import { fill } from "./elementwise.ts";
@@ -17,16 +17,11 @@ import { FLAT_INDEX_WGSL, grid1d, NAN_WGSL } from "./grid.ts";
 
 const WG = 256;
 
-const FORWARD: KernelSpec = {
+const FORWARD = defineKernel({
   name: "embedding_forward",
-  bindings: ["rw", "read", "read"],
-  params: "uuu",
-  code: /* wgsl */ `
-struct Params { T: u32, H: u32, V: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
-@group(0) @binding(2) var<storage, read> table: array<f32>;
-@group(0) @binding(3) var<storage, read> tokens: array<i32>;
+  params: { T: "u32", H: "u32", V: "u32" },
+  bindings: { y: "read_write f32", table: "read f32", tokens: "read i32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 ${NAN_WGSL}
 @compute @workgroup_size(${WG})
@@ -38,22 +33,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   y[i] = table[u32(tok) * p.H + i % p.H];
 }
 `,
-};
+});
 
 const BWD_WG = 64;
 
-const BACKWARD: KernelSpec = {
+const BACKWARD = defineKernel({
   name: "embedding_backward",
-  bindings: ["rw", "read", "read", "read", "read"],
-  params: "u",
-  code: /* wgsl */ `
-struct Params { H: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> dtable: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read> order: array<i32>;
-@group(0) @binding(4) var<storage, read> starts: array<i32>;
-@group(0) @binding(5) var<storage, read> ids: array<i32>;
+  params: { H: "u32" },
+  bindings: {
+    dtable: "read_write f32",
+    dy: "read f32",
+    order: "read i32",
+    starts: "read i32",
+    ids: "read i32",
+  },
+  body: /* wgsl */ `
 @compute @workgroup_size(${BWD_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let u = wid.y;
@@ -68,7 +62,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   dtable[o] = dtable[o] + s;
 }
 `,
-};
+});
 
 /**
  * `y[t,:] = table[tokens[t],:]`. Shapes: y [T, H], table [V, H], tokens i32 [T]. An id outside
@@ -84,7 +78,11 @@ export function embeddingForward(
   const [T] = tokens.shape;
   expectShape("embedding tokens", tokens, [T], "i32");
   expectShape("embedding y", y, [T, H]);
-  rec.dispatch(FORWARD, [y, table, tokens], [T, H, V], grid1d(T * H, WG));
+  rec.dispatch(FORWARD, {
+    bindings: { y, table, tokens },
+    params: { T, H, V },
+    grid: grid1d(T * H, WG),
+  });
 }
 
 /**
@@ -195,10 +193,9 @@ export function embeddingBackward(
   if (plan.tokens === 0) throw new GpuShapeError("embeddingBackward: the plan was never set");
   expectShape("embedding dy", dy, [plan.tokens, H]);
   if (!accumulate) fill(rec, dtable, 0);
-  rec.dispatch(
-    BACKWARD,
-    [dtable, dy, plan.order, plan.starts, plan.ids],
-    [H],
-    [Math.ceil(H / BWD_WG), plan.unique],
-  );
+  rec.dispatch(BACKWARD, {
+    bindings: { dtable, dy, order: plan.order, starts: plan.starts, ids: plan.ids },
+    params: { H },
+    grid: [Math.ceil(H / BWD_WG), plan.unique],
+  });
 }

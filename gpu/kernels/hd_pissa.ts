@@ -10,7 +10,7 @@
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
@@ -18,16 +18,11 @@ import { matmul, type MatmulOptions } from "./matmul.ts";
 
 const WG = 256;
 
-const BLOCK_COPY: KernelSpec = {
+const BLOCK_COPY = defineKernel({
   name: "block_copy",
-  bindings: ["rw", "read", "read"],
-  params: "uuuuuu",
-  code: /* wgsl */ `
-struct Params { rows: u32, cols: u32, dstCols: u32, row0: u32, col0: u32, hasSrc2: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<storage, read> src: array<f32>;
-@group(0) @binding(3) var<storage, read> src2: array<f32>;
+  params: { rows: "u32", cols: "u32", dstCols: "u32", row0: "u32", col0: "u32", hasSrc2: "u32" },
+  bindings: { dst: "read_write f32", src: "read f32", src2: "read f32?" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -38,7 +33,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   dst[(p.row0 + i / p.cols) * p.dstCols + p.col0 + i % p.cols] = v;
 }
 `,
-};
+});
 
 /**
  * `dst[row0 + i, col0 + j] = src[i, j] (+ src2[i, j])` for the whole of `src` [rows, cols];
@@ -63,12 +58,11 @@ export function blockCopy(
       `blockCopy: a [${rows}, ${cols}] block at (${row0}, ${col0}) does not fit dst [${R}, ${C}]`,
     );
   }
-  rec.dispatch(
-    BLOCK_COPY,
-    [dst, src, src2 ?? src],
-    [rows, cols, C, row0, col0, src2 ? 1 : 0],
-    grid1d(rows * cols, WG),
-  );
+  rec.dispatch(BLOCK_COPY, {
+    bindings: { dst, src, src2 },
+    params: { rows, cols, dstCols: C, row0, col0, hasSrc2: src2 ? 1 : 0 },
+    grid: grid1d(rows * cols, WG),
+  });
 }
 
 /** One worker's factors and steps for one adapted matrix W [out, in]. */

@@ -28,7 +28,7 @@
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel, defineKernelVariants } from "../kernel.ts";
 import type { MatmulVariant, Recorder } from "../recorder.ts";
 import { expect2d, type GpuTensor } from "../tensor.ts";
 
@@ -96,19 +96,22 @@ function problem(layout: MatmulLayout, c: GpuTensor, a: GpuTensor, b: GpuTensor)
  */
 type LoadMode = "s" | "k" | "r";
 
-const registerSpecs = new Map<string, KernelSpec>();
+/** One register kernel: TU×TL accumulators per invocation, WG invocations, load modes, k step. */
+interface RegisterConfig {
+  TU: number;
+  TL: number;
+  WG: number;
+  pm: LoadMode;
+  qm: LoadMode;
+  step: 1 | 4;
+}
 
-function registerSpec(
-  TU: number,
-  TL: number,
-  WG: number,
-  pm: LoadMode,
-  qm: LoadMode,
-  step: 1 | 4,
-): KernelSpec {
-  const key = `${TU}x${TL}x${WG}${pm}${qm}${step}`;
-  const hit = registerSpecs.get(key);
-  if (hit) return hit;
+const registerKey = (c: RegisterConfig) => `${c.TU}x${c.TL}x${c.WG}${c.pm}${c.qm}${c.step}`;
+
+const REGISTER = defineKernelVariants(registerKernel, registerKey);
+
+function registerKernel(c: RegisterConfig) {
+  const { TU, TL, WG, pm, qm, step } = c;
   const L: string[] = [];
   const us = [...Array(TU).keys()];
   const ls = [...Array(TL).keys()];
@@ -181,21 +184,25 @@ function registerSpec(
   }
   L.push(`  }`);
   for (const i of us) for (const j of ls) L.push(`  store(u0 + ${i}u, ${col(j)}, c${i}_${j});`);
-  const elem = (m: LoadMode) => m === "s" ? "f32" : "vec4<f32>";
-  const spec: KernelSpec = {
-    name: `matmul_register_${key}`,
-    bindings: ["read", "read", "rw"],
-    params: "uuuuuuuuuff",
-    code: /* wgsl */ `
-struct Params {
-  U: u32, L: u32, K: u32, sPu: u32, sPk: u32, sQl: u32, sQk: u32, sCu: u32, sCl: u32,
-  alpha: f32, beta: f32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> P: array<${elem(pm)}>;
-@group(0) @binding(2) var<storage, read> Q: array<${elem(qm)}>;
-@group(0) @binding(3) var<storage, read_write> C: array<f32>;
-
+  const operand = (m: LoadMode): "read f32" | "read vec4<f32>" =>
+    m === "s" ? "read f32" : "read vec4<f32>";
+  return {
+    name: `matmul_register_${registerKey(c)}`,
+    params: {
+      U: "u32",
+      L: "u32",
+      K: "u32",
+      sPu: "u32",
+      sPk: "u32",
+      sQl: "u32",
+      sQk: "u32",
+      sCu: "u32",
+      sCl: "u32",
+      alpha: "f32",
+      beta: "f32",
+    },
+    bindings: { P: operand(pm), Q: operand(qm), C: "read_write f32" },
+    body: /* wgsl */ `
 fn store(u: u32, l: u32, acc: f32) {
   if (u < p.U && l < p.L) {
     let o = u * p.sCu + l * p.sCl;
@@ -209,9 +216,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 ${L.join("\n")}
 }
 `,
-  };
-  registerSpecs.set(key, spec);
-  return spec;
+  } as const;
 }
 
 /** The cheapest load mode an operand's strides and alignment allow (see LoadMode). */
@@ -252,33 +257,48 @@ function dispatchRegister(
   // A vec4 step needs K % 4 == 0; with it, any operand left scalar still steps by four.
   const step = pm === "s" && qm === "s" ? 1 : 4;
   if (step === 1) pm = qm = "s";
-  const params = [U, Lw, p.K, sPu, sPk, sQl, sQk, swap ? 1 : p.N, swap ? p.N : 1, alpha, beta];
-  rec.dispatch(
-    registerSpec(TU, TL, WG, pm, qm, step),
-    [P, Q, c],
-    params,
-    [Math.ceil(Lw / (WG * TL)), Math.ceil(U / TU)],
-  );
+  rec.dispatch(REGISTER.variant({ TU, TL, WG, pm, qm, step }), {
+    bindings: { P, Q, C: c },
+    params: {
+      U,
+      L: Lw,
+      K: p.K,
+      sPu,
+      sPk,
+      sQl,
+      sQk,
+      sCu: swap ? 1 : p.N,
+      sCl: swap ? p.N : 1,
+      alpha,
+      beta,
+    },
+    grid: [Math.ceil(Lw / (WG * TL)), Math.ceil(U / TU)],
+  });
 }
 
 // ---- workgroup-tiled implementation ----------------------------------------------------------
 
 const TILE = 64;
 
-const TILED: KernelSpec = {
+const TILED = defineKernel({
   name: "matmul_tiled_64x64x16",
-  bindings: ["read", "read", "rw"],
-  params: "uuuuuuuuuffuu",
-  code: /* wgsl */ `
-struct Params {
-  M: u32, N: u32, K: u32, sAm: u32, sAk: u32, sBn: u32, sBk: u32, sCm: u32, sCn: u32,
-  alpha: f32, beta: f32, aKFast: u32, bKFast: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> A: array<f32>;
-@group(0) @binding(2) var<storage, read> B: array<f32>;
-@group(0) @binding(3) var<storage, read_write> C: array<f32>;
-
+  params: {
+    M: "u32",
+    N: "u32",
+    K: "u32",
+    sAm: "u32",
+    sAk: "u32",
+    sBn: "u32",
+    sBk: "u32",
+    sCm: "u32",
+    sCn: "u32",
+    alpha: "f32",
+    beta: "f32",
+    aKFast: "u32",
+    bKFast: "u32",
+  },
+  bindings: { A: "read f32", B: "read f32", C: "read_write f32" },
+  body: /* wgsl */ `
 const BM = 64u;
 const BK = 16u;
 // [BK][BM/4] vec4: a k-slice of 64 rows, four rows per vec4.
@@ -335,7 +355,7 @@ fn main(
   }
 }
 `,
-};
+});
 
 function dispatchTiled(
   rec: Recorder,
@@ -346,26 +366,25 @@ function dispatchTiled(
   alpha: number,
   beta: number,
 ): void {
-  rec.dispatch(
-    TILED,
-    [a, b, c],
-    [
-      p.M,
-      p.N,
-      p.K,
-      p.sAm,
-      p.sAk,
-      p.sBn,
-      p.sBk,
-      p.N,
-      1,
+  rec.dispatch(TILED, {
+    bindings: { A: a, B: b, C: c },
+    params: {
+      M: p.M,
+      N: p.N,
+      K: p.K,
+      sAm: p.sAm,
+      sAk: p.sAk,
+      sBn: p.sBn,
+      sBk: p.sBk,
+      sCm: p.N,
+      sCn: 1,
       alpha,
       beta,
-      p.sAk === 1 ? 1 : 0,
-      p.sBk === 1 ? 1 : 0,
-    ],
-    [Math.ceil(p.N / TILE), Math.ceil(p.M / TILE)],
-  );
+      aKFast: p.sAk === 1 ? 1 : 0,
+      bKFast: p.sBk === 1 ? 1 : 0,
+    },
+    grid: [Math.ceil(p.N / TILE), Math.ceil(p.M / TILE)],
+  });
 }
 
 // ---- public API ------------------------------------------------------------------------------

@@ -15,38 +15,28 @@
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel, type ParamArgs } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expectSize, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
 
 const WG = 256;
 
-function adamSpec(delta: boolean): KernelSpec {
-  const bindings = delta
-    ? `@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
-@group(0) @binding(5) var<storage, read> param: array<f32>;`
-    : `@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;`;
-  const apply = delta
-    ? `dst[i] = -p.lrWd * param[i] - p.stepSize * (mi / denom);`
-    : `param[i] = param[i] * (1.0 - p.lrWd) - p.stepSize * (mi / denom);`;
-  return {
-    name: delta ? "adamw_delta" : "adamw_inplace",
-    bindings: delta ? ["rw", "read", "rw", "rw", "read"] : ["rw", "read", "rw", "rw"],
-    params: "uffffffff",
-    code: /* wgsl */ `
-struct Params {
-  n: u32, beta1: f32, oneMinusBeta1: f32, beta2: f32, oneMinusBeta2: f32, eps: f32,
-  lrWd: f32, stepSize: f32, bc2Sqrt: f32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-${bindings}
+const ADAM_PARAMS = {
+  n: "u32",
+  beta1: "f32",
+  oneMinusBeta1: "f32",
+  beta2: "f32",
+  oneMinusBeta2: "f32",
+  eps: "f32",
+  lrWd: "f32",
+  stepSize: "f32",
+  bc2Sqrt: "f32",
+} as const;
+
+/** The AdamW body; `apply` writes the step (in place into param, or into dst). */
+function adamBody(apply: string): string {
+  return /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -60,28 +50,34 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let denom = sqrt(vi) / p.bc2Sqrt + p.eps;
   ${apply}
 }
-`,
-  };
+`;
 }
 
-function sgdSpec(delta: boolean): KernelSpec {
-  const bindings = delta
-    ? `@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-@group(0) @binding(3) var<storage, read> param: array<f32>;`
-    : `@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;`;
-  const apply = delta
-    ? `dst[i] = -p.lr * grad[i] - p.lrWd * param[i];`
-    : `param[i] = param[i] + (-p.lr * grad[i] - p.lrWd * param[i]);`;
-  return {
-    name: delta ? "sgd_delta" : "sgd_inplace",
-    bindings: delta ? ["rw", "read", "read"] : ["rw", "read"],
-    params: "uff",
-    code: /* wgsl */ `
-struct Params { n: u32, lr: f32, lrWd: f32 }
-@group(0) @binding(0) var<uniform> p: Params;
-${bindings}
+const ADAM_DELTA = defineKernel({
+  name: "adamw_delta",
+  params: ADAM_PARAMS,
+  bindings: {
+    dst: "read_write f32",
+    grad: "read f32",
+    m: "read_write f32",
+    v: "read_write f32",
+    param: "read f32",
+  },
+  body: adamBody(`dst[i] = -p.lrWd * param[i] - p.stepSize * (mi / denom);`),
+});
+
+const ADAM_INPLACE = defineKernel({
+  name: "adamw_inplace",
+  params: ADAM_PARAMS,
+  bindings: { param: "read_write f32", grad: "read f32", m: "read_write f32", v: "read_write f32" },
+  body: adamBody(`param[i] = param[i] * (1.0 - p.lrWd) - p.stepSize * (mi / denom);`),
+});
+
+const SGD_PARAMS = { n: "u32", lr: "f32", lrWd: "f32" } as const;
+
+/** The SGD body; `apply` writes the step (in place into param, or into dst). */
+function sgdBody(apply: string): string {
+  return /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -89,14 +85,22 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (i >= p.n) { return; }
   ${apply}
 }
-`,
-  };
+`;
 }
 
-const ADAM_DELTA = adamSpec(true);
-const ADAM_INPLACE = adamSpec(false);
-const SGD_DELTA = sgdSpec(true);
-const SGD_INPLACE = sgdSpec(false);
+const SGD_DELTA = defineKernel({
+  name: "sgd_delta",
+  params: SGD_PARAMS,
+  bindings: { dst: "read_write f32", grad: "read f32", param: "read f32" },
+  body: sgdBody(`dst[i] = -p.lr * grad[i] - p.lrWd * param[i];`),
+});
+
+const SGD_INPLACE = defineKernel({
+  name: "sgd_inplace",
+  params: SGD_PARAMS,
+  bindings: { param: "read_write f32", grad: "read f32" },
+  body: sgdBody(`param[i] = param[i] + (-p.lr * grad[i] - p.lrWd * param[i]);`),
+});
 
 export interface AdamWHyper {
   lr: number;
@@ -123,7 +127,7 @@ export interface AdamWState {
   v: GpuTensor;
 }
 
-function adamParams(n: number, h: AdamWHyper): number[] {
+function adamParams(n: number, h: AdamWHyper): ParamArgs<typeof ADAM_PARAMS> {
   const b1 = h.beta1 ?? 0.9;
   const b2 = h.beta2 ?? 0.999;
   const eps = h.eps ?? 1e-8;
@@ -136,7 +140,17 @@ function adamParams(n: number, h: AdamWHyper): number[] {
   }
   const bc1 = 1 - Math.pow(b1, h.step);
   const bc2 = 1 - Math.pow(b2, h.step);
-  return [n, b1, 1 - b1, b2, 1 - b2, eps, h.lr * wd, h.lr / bc1, Math.sqrt(bc2)];
+  return {
+    n,
+    beta1: b1,
+    oneMinusBeta1: 1 - b1,
+    beta2: b2,
+    oneMinusBeta2: 1 - b2,
+    eps,
+    lrWd: h.lr * wd,
+    stepSize: h.lr / bc1,
+    bc2Sqrt: Math.sqrt(bc2),
+  };
 }
 
 function checkState(
@@ -153,27 +167,39 @@ function checkState(
 /** AdamW, in place: updates m, v and `param`. */
 export function adamwUpdate(rec: Recorder, s: AdamWState, h: AdamWHyper): void {
   const n = checkState("adamwUpdate", s, [s.m, s.v]);
-  rec.dispatch(ADAM_INPLACE, [s.param, s.grad, s.m, s.v], adamParams(n, h), grid1d(n, WG));
+  rec.dispatch(ADAM_INPLACE, {
+    bindings: { param: s.param, grad: s.grad, m: s.m, v: s.v },
+    params: adamParams(n, h),
+    grid: grid1d(n, WG),
+  });
 }
 
 /** AdamW, delta form: updates m, v and writes the step into `delta`; `param` is only read. */
 export function adamwDelta(rec: Recorder, s: AdamWState, delta: GpuTensor, h: AdamWHyper): void {
   const n = checkState("adamwDelta", s, [s.m, s.v, delta]);
-  rec.dispatch(ADAM_DELTA, [delta, s.grad, s.m, s.v, s.param], adamParams(n, h), grid1d(n, WG));
+  rec.dispatch(ADAM_DELTA, {
+    bindings: { dst: delta, grad: s.grad, m: s.m, v: s.v, param: s.param },
+    params: adamParams(n, h),
+    grid: grid1d(n, WG),
+  });
 }
 
-function sgdParams(n: number, h: SgdHyper): number[] {
+function sgdParams(n: number, h: SgdHyper): ParamArgs<typeof SGD_PARAMS> {
   const wd = h.weightDecay ?? 0;
   if (!Number.isFinite(h.lr) || !(wd >= 0)) {
     throw new GpuShapeError(`sgd: invalid hyperparameters ${JSON.stringify(h)}`);
   }
-  return [n, h.lr, h.lr * wd];
+  return { n, lr: h.lr, lrWd: h.lr * wd };
 }
 
 /** SGD, in place: `param += −lr·grad − lr·wd·param`. */
 export function sgdUpdate(rec: Recorder, param: GpuTensor, grad: GpuTensor, h: SgdHyper): void {
   const n = checkState("sgdUpdate", { param, grad }, []);
-  rec.dispatch(SGD_INPLACE, [param, grad], sgdParams(n, h), grid1d(n, WG));
+  rec.dispatch(SGD_INPLACE, {
+    bindings: { param, grad },
+    params: sgdParams(n, h),
+    grid: grid1d(n, WG),
+  });
 }
 
 /** SGD, delta form: `delta = −lr·grad − lr·wd·param`. */
@@ -185,5 +211,9 @@ export function sgdDelta(
   h: SgdHyper,
 ): void {
   const n = checkState("sgdDelta", { param, grad }, [delta]);
-  rec.dispatch(SGD_DELTA, [delta, grad, param], sgdParams(n, h), grid1d(n, WG));
+  rec.dispatch(SGD_DELTA, {
+    bindings: { dst: delta, grad, param },
+    params: sgdParams(n, h),
+    grid: grid1d(n, WG),
+  });
 }

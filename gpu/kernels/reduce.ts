@@ -8,22 +8,18 @@
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expectShape, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
 
 const RWG = 256;
 
-const REDUCE: KernelSpec = {
+const REDUCE = defineKernel({
   name: "reduce_sum",
-  bindings: ["rw", "read"],
-  params: "uuu",
-  code: /* wgsl */ `
-struct Params { n: u32, square: u32, slot: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> outv: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+  params: { n: "u32", square: "u32", slot: "u32" },
+  bindings: { outv: "read_write f32", x: "read f32" },
+  body: /* wgsl */ `
 var<workgroup> part: array<f32, ${RWG}>;
 @compute @workgroup_size(${RWG})
 fn main(@builtin(local_invocation_index) tid: u32) {
@@ -41,13 +37,17 @@ fn main(@builtin(local_invocation_index) tid: u32) {
   if (tid == 0u) { outv[p.slot] = part[0]; }
 }
 `,
-};
+});
 
 /** `out[0] = Σ_i x[i]` (any shape of x; out is f32 [1]). */
 export function sum(rec: Recorder, out: GpuTensor, x: GpuTensor): void {
   expectShape("sum out", out, [1]);
   if (x.dtype !== "f32") throw new GpuShapeError(`sum: ${x.describe()} is not f32`);
-  rec.dispatch(REDUCE, [out, x], [x.size, 0, 0], [1]);
+  rec.dispatch(REDUCE, {
+    bindings: { outv: out, x },
+    params: { n: x.size, square: 0, slot: 0 },
+    grid: [1],
+  });
 }
 
 /**
@@ -64,22 +64,26 @@ export function sumSquares(
   expectShape("sumSquares partials", partials, [tensors.length]);
   tensors.forEach((t, i) => {
     if (t.dtype !== "f32") throw new GpuShapeError(`sumSquares: ${t.describe()} is not f32`);
-    rec.dispatch(REDUCE, [partials, t], [t.size, 1, i], [1]);
+    rec.dispatch(REDUCE, {
+      bindings: { outv: partials, x: t },
+      params: { n: t.size, square: 1, slot: i },
+      grid: [1],
+    });
   });
-  rec.dispatch(REDUCE, [out, partials], [tensors.length, 0, 0], [1]);
+  rec.dispatch(REDUCE, {
+    bindings: { outv: out, x: partials },
+    params: { n: tensors.length, square: 0, slot: 0 },
+    grid: [1],
+  });
 }
 
 const WG = 256;
 
-const CLIP: KernelSpec = {
+const CLIP = defineKernel({
   name: "clip_by_norm",
-  bindings: ["rw", "read"],
-  params: "uf",
-  code: /* wgsl */ `
-struct Params { n: u32, maxNorm: f32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
-@group(0) @binding(2) var<storage, read> sumSq: array<f32>;
+  params: { n: "u32", maxNorm: "f32" },
+  bindings: { x: "read_write f32", sumSq: "read f32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -89,7 +93,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   x[i] = x[i] * coef;
 }
 `,
-};
+});
 
 /**
  * Scales every tensor by `min(1, maxNorm / (sqrt(sumSq[0]) + 1e-6))` (PyTorch's
@@ -107,6 +111,10 @@ export function clipByGlobalNorm(
   }
   for (const t of tensors) {
     if (t.dtype !== "f32") throw new GpuShapeError(`clipByGlobalNorm: ${t.describe()} is not f32`);
-    rec.dispatch(CLIP, [t, sumSq], [t.size, maxNorm], grid1d(t.size, WG));
+    rec.dispatch(CLIP, {
+      bindings: { x: t, sumSq },
+      params: { n: t.size, maxNorm },
+      grid: grid1d(t.size, WG),
+    });
   }
 }

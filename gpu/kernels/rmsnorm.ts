@@ -5,24 +5,18 @@
  * deterministic without workgroup reductions (which are slow on CPU adapters).
  * @module
  */
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
 
 const WG = 64;
 
-const FORWARD: KernelSpec = {
+const FORWARD = defineKernel({
   name: "rmsnorm_forward",
-  bindings: ["read", "read", "rw", "rw"],
-  params: "uuf",
-  code: /* wgsl */ `
-struct Params { T: u32, H: u32, eps: f32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;
+  params: { T: "u32", H: "u32", eps: "f32" },
+  bindings: { x: "read f32", w: "read f32", y: "read_write f32", rstd: "read_write f32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -41,20 +35,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   }
 }
 `,
-};
+});
 
-const BACKWARD: KernelSpec = {
+const BACKWARD = defineKernel({
   name: "rmsnorm_backward",
-  bindings: ["rw", "read", "read", "read", "read"],
-  params: "uuu",
-  code: /* wgsl */ `
-struct Params { T: u32, H: u32, accumulate: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
-@group(0) @binding(4) var<storage, read> w: array<f32>;
-@group(0) @binding(5) var<storage, read> rstd: array<f32>;
+  params: { T: "u32", H: "u32", accumulate: "u32" },
+  bindings: {
+    dx: "read_write f32",
+    dy: "read f32",
+    x: "read f32",
+    w: "read f32",
+    rstd: "read f32",
+  },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -74,19 +67,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   }
 }
 `,
-};
+});
 
-const WEIGHT_GRAD: KernelSpec = {
+const WEIGHT_GRAD = defineKernel({
   name: "rmsnorm_weight_grad",
-  bindings: ["rw", "read", "read", "read"],
-  params: "uuu",
-  code: /* wgsl */ `
-struct Params { T: u32, H: u32, accumulate: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> dw: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
-@group(0) @binding(4) var<storage, read> rstd: array<f32>;
+  params: { T: "u32", H: "u32", accumulate: "u32" },
+  bindings: { dw: "read_write f32", dy: "read f32", x: "read f32", rstd: "read f32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -99,7 +86,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (p.accumulate != 0u) { dw[j] = dw[j] + s; } else { dw[j] = s; }
 }
 `,
-};
+});
 
 /**
  * `y[t,:] = w ⊙ x[t,:] · rstd[t]` with `rstd[t] = 1/sqrt(mean(x[t,:]²) + eps)`.
@@ -117,7 +104,11 @@ export function rmsnormForward(
   expectShape("rmsnorm y", y, [T, H]);
   expectShape("rmsnorm w", w, [H]);
   expectShape("rmsnorm rstd", rstd, [T]);
-  rec.dispatch(FORWARD, [x, w, y, rstd], [T, H, eps], grid1d(T, WG));
+  rec.dispatch(FORWARD, {
+    bindings: { x, w, y, rstd },
+    params: { T, H, eps },
+    grid: grid1d(T, WG),
+  });
 }
 
 /**
@@ -138,7 +129,11 @@ export function rmsnormBackward(
   expectShape("rmsnorm dy", dy, [T, H]);
   expectShape("rmsnorm w", w, [H]);
   expectShape("rmsnorm rstd", rstd, [T]);
-  rec.dispatch(BACKWARD, [dx, dy, x, w, rstd], [T, H, accumulate ? 1 : 0], grid1d(T, WG));
+  rec.dispatch(BACKWARD, {
+    bindings: { dx, dy, x, w, rstd },
+    params: { T, H, accumulate: accumulate ? 1 : 0 },
+    grid: grid1d(T, WG),
+  });
 }
 
 /**
@@ -157,5 +152,9 @@ export function rmsnormWeightGrad(
   expectShape("rmsnorm dw", dw, [H]);
   expectShape("rmsnorm dy", dy, [T, H]);
   expectShape("rmsnorm rstd", rstd, [T]);
-  rec.dispatch(WEIGHT_GRAD, [dw, dy, x, rstd], [T, H, accumulate ? 1 : 0], grid1d(H, WG));
+  rec.dispatch(WEIGHT_GRAD, {
+    bindings: { dw, dy, x, rstd },
+    params: { T, H, accumulate: accumulate ? 1 : 0 },
+    grid: grid1d(H, WG),
+  });
 }

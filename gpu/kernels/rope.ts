@@ -12,7 +12,7 @@
  */
 import { GpuShapeError } from "../errors.ts";
 import type { Gpu } from "../engine.ts";
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d, NAN_WGSL } from "./grid.ts";
@@ -74,17 +74,11 @@ export function createRopeTable(gpu: Gpu, config: RopeConfig): RopeTable {
 
 const WG = 256;
 
-const ROTATE: KernelSpec = {
+const ROTATE = defineKernel({
   name: "rope",
-  bindings: ["rw", "read", "read", "read"],
-  params: "uuuuf",
-  code: /* wgsl */ `
-struct Params { T: u32, nHeads: u32, half: u32, P: u32, sign: f32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
-@group(0) @binding(2) var<storage, read> pos: array<i32>;
-@group(0) @binding(3) var<storage, read> cosT: array<f32>;
-@group(0) @binding(4) var<storage, read> sinT: array<f32>;
+  params: { T: "u32", nHeads: "u32", half: "u32", P: "u32", sign: "f32" },
+  bindings: { x: "read_write f32", pos: "read i32", cosT: "read f32", sinT: "read f32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 ${NAN_WGSL}
 @compute @workgroup_size(${WG})
@@ -109,7 +103,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   x[base + d + p.half] = x2 * c + x1 * s;
 }
 `,
-};
+});
 
 function rotate(
   rec: Recorder,
@@ -128,12 +122,11 @@ function rotate(
   }
   expectShape(`${what} positions`, positions, [T], "i32");
   const half = table.headDim / 2;
-  rec.dispatch(
-    ROTATE,
-    [x, positions, table.cos, table.sin],
-    [T, nHeads, half, table.maxPositions, sign],
-    grid1d(T * nHeads * half, WG),
-  );
+  rec.dispatch(ROTATE, {
+    bindings: { x, pos: positions, cosT: table.cos, sinT: table.sin },
+    params: { T, nHeads, half, P: table.maxPositions, sign },
+    grid: grid1d(T * nHeads * half, WG),
+  });
 }
 
 /**

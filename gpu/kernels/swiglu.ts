@@ -3,7 +3,7 @@
  * `dg = dh·u·σ(g)·(1 + g·(1 − σ(g)))`, `du = dh·silu(g)`.
  * @module
  */
-import type { KernelSpec } from "../pipeline_cache.ts";
+import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expectSize, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
@@ -16,16 +16,11 @@ fn sigmoid(g: f32) -> f32 {
 }
 `;
 
-const FORWARD: KernelSpec = {
+const FORWARD = defineKernel({
   name: "swiglu_forward",
-  bindings: ["rw", "read", "read"],
-  params: "u",
-  code: /* wgsl */ `
-struct Params { n: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> h: array<f32>;
-@group(0) @binding(2) var<storage, read> g: array<f32>;
-@group(0) @binding(3) var<storage, read> u: array<f32>;
+  params: { n: "u32" },
+  bindings: { h: "read_write f32", g: "read f32", u: "read f32" },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 ${SIGMOID_WGSL}
 @compute @workgroup_size(${WG})
@@ -36,20 +31,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   h[i] = (gi * sigmoid(gi)) * u[i];
 }
 `,
-};
+});
 
-const BACKWARD: KernelSpec = {
+const BACKWARD = defineKernel({
   name: "swiglu_backward",
-  bindings: ["rw", "rw", "read", "read", "read"],
-  params: "u",
-  code: /* wgsl */ `
-struct Params { n: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> dg: array<f32>;
-@group(0) @binding(2) var<storage, read_write> du: array<f32>;
-@group(0) @binding(3) var<storage, read> dh: array<f32>;
-@group(0) @binding(4) var<storage, read> g: array<f32>;
-@group(0) @binding(5) var<storage, read> u: array<f32>;
+  params: { n: "u32" },
+  bindings: {
+    dg: "read_write f32",
+    du: "read_write f32",
+    dh: "read f32",
+    g: "read f32",
+    u: "read f32",
+  },
+  body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 ${SIGMOID_WGSL}
 @compute @workgroup_size(${WG})
@@ -63,14 +57,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   du[i] = d * (gi * s);
 }
 `,
-};
+});
 
 /** `h = silu(g) ⊙ u`; h, g, u have the same element count (e.g. [T, intermediate]). */
 export function swigluForward(rec: Recorder, h: GpuTensor, g: GpuTensor, u: GpuTensor): void {
   expectSize("swiglu g", g, h.size);
   expectSize("swiglu u", u, h.size);
   expectSize("swiglu h", h, h.size);
-  rec.dispatch(FORWARD, [h, g, u], [h.size], grid1d(h.size, WG));
+  rec.dispatch(FORWARD, { bindings: { h, g, u }, params: { n: h.size }, grid: grid1d(h.size, WG) });
 }
 
 /** Gradients of `swigluForward` w.r.t. g and u, from dh; all five have the same element count. */
@@ -85,5 +79,9 @@ export function swigluBackward(
   for (const [w, t] of [["dg", dg], ["du", du], ["dh", dh], ["g", g], ["u", u]] as const) {
     expectSize(`swiglu ${w}`, t, dh.size);
   }
-  rec.dispatch(BACKWARD, [dg, du, dh, g, u], [dh.size], grid1d(dh.size, WG));
+  rec.dispatch(BACKWARD, {
+    bindings: { dg, du, dh, g, u },
+    params: { n: dh.size },
+    grid: grid1d(dh.size, WG),
+  });
 }

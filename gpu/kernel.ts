@@ -1,0 +1,273 @@
+/**
+ * Kernel declarations. A kernel states its interface once: named uniform parameters with their
+ * scalar types and named storage bindings with their access and element type. `kernelSource`
+ * generates the WGSL header from that declaration (the `Params` struct, its uniform binding and
+ * one `var<storage>` line per binding), so a kernel's `body` holds only its helpers and entry
+ * point, and `Recorder.dispatch` binds tensors and parameters by name.
+ *
+ * ```ts
+ * const SCALE = defineKernel({
+ *   name: "scale",
+ *   params: { n: "u32", alpha: "f32" },
+ *   bindings: { y: "read_write f32", x: "read f32" },
+ *   body: `@compute @workgroup_size(64) fn main(...) { ... y[i] = p.alpha * x[i]; }`,
+ * });
+ * rec.dispatch(SCALE, { bindings: { y, x }, params: { n: x.size, alpha: 2 }, grid: [groups] });
+ * ```
+ *
+ * The header is a pure function of the declaration (names and types in declaration order), so
+ * the pipeline cache, keyed by source, compiles each distinct kernel once.
+ * @module
+ */
+import { GpuShapeError } from "./errors.ts";
+import type { DType, GpuTensor } from "./tensor.ts";
+
+/** Scalar type of a uniform parameter. Every one is 4 bytes, so parameter k sits at byte 4k. */
+export type ParamType = "u32" | "i32" | "f32";
+
+/** How a kernel uses a storage binding (WGSL's access mode). */
+export type Access = "read" | "read_write";
+
+/** Element type of a storage binding's `array<…>`. */
+export type ElementType = "f32" | "i32" | "vec4<f32>";
+
+/**
+ * A storage binding: `"<access> <element type>"`, e.g. `"read f32"`, `"read_write i32"`. A
+ * trailing `?` makes the binding optional: a dispatch may leave it out (or pass null), and the
+ * first required binding with the same access is bound in its place, so the kernel must not
+ * touch it then (a parameter flag tells it).
+ */
+export type BindingType = `${Access} ${ElementType}` | `${Access} ${ElementType}?`;
+
+/** Uniform parameters by name, in `Params` struct order. */
+export type ParamDecls = { readonly [name: string]: ParamType };
+
+/** Storage bindings by name, in binding order (1, 2, …; binding 0 is the uniform `p`). */
+export type BindingDecls = { readonly [name: string]: BindingType };
+
+/** Everything a kernel declares. */
+export interface KernelDecl<P extends ParamDecls, B extends BindingDecls> {
+  /** Short name, used in timings and errors. */
+  readonly name: string;
+  /** Uniform parameters, read in WGSL as `p.<name>`. */
+  readonly params: P;
+  /** Storage bindings, read in WGSL by their names. */
+  readonly bindings: B;
+  /** WGSL after the generated header: helper functions, constants and the entry point. */
+  readonly body: string;
+  /** Entry point; default "main". */
+  readonly entry?: string;
+}
+
+/**
+ * What the pipeline cache looks a kernel up by: the declaring object (`family`) and which of its
+ * variants (`key`). `declare` builds the declaration and is called only on a cache miss.
+ */
+export interface KernelRef<P extends ParamDecls, B extends BindingDecls> {
+  readonly family: object;
+  readonly key: string;
+  declare(): KernelDecl<P, B>;
+}
+
+/** A kernel with a fixed declaration. */
+export class Kernel<P extends ParamDecls, B extends BindingDecls> implements KernelRef<P, B> {
+  readonly key = "";
+  constructor(readonly decl: KernelDecl<P, B>) {
+    kernelInterface(decl); // a bad declaration fails when its module loads
+  }
+  get family(): object {
+    return this;
+  }
+  get name(): string {
+    return this.decl.name;
+  }
+  declare(): KernelDecl<P, B> {
+    return this.decl;
+  }
+}
+
+/**
+ * A kernel generated per configuration (tile sizes, head size, load modes): `variant(config)`
+ * names one variant, and the pipeline cache calls `make(config)` the first time it sees it.
+ * Every variant has the same parameter and binding names (their element types may differ).
+ */
+export class KernelVariants<C, P extends ParamDecls, B extends BindingDecls> {
+  constructor(
+    readonly make: (config: C) => KernelDecl<P, B>,
+    readonly keyOf: (config: C) => string = (c) => JSON.stringify(c),
+  ) {}
+
+  variant(config: C): KernelRef<P, B> {
+    return { family: this, key: this.keyOf(config), declare: () => this.make(config) };
+  }
+}
+
+/** Declares a kernel (see the module doc). */
+export function defineKernel<const P extends ParamDecls, const B extends BindingDecls>(
+  decl: KernelDecl<P, B>,
+): Kernel<P, B> {
+  return new Kernel(decl);
+}
+
+/** Declares a family of generated kernels, one per configuration (see `KernelVariants`). */
+export function defineKernelVariants<C, const P extends ParamDecls, const B extends BindingDecls>(
+  make: (config: C) => KernelDecl<P, B>,
+  keyOf?: (config: C) => string,
+): KernelVariants<C, P, B> {
+  return new KernelVariants(make, keyOf);
+}
+
+// ---- dispatch arguments ----------------------------------------------------------------------
+
+type OptionalNames<B> = { [K in keyof B]: B[K] extends `${string}?` ? K : never }[keyof B];
+
+/** Tensors by binding name: required bindings must be given, optional ones may be null. */
+export type BindingArgs<B extends BindingDecls> =
+  & { readonly [K in Exclude<keyof B, OptionalNames<B>>]: GpuTensor }
+  & { readonly [K in OptionalNames<B>]?: GpuTensor | null };
+
+/** Values by parameter name, every one required. */
+export type ParamArgs<P extends ParamDecls> = { readonly [K in keyof P]: number };
+
+/** Workgroup counts [x, y?, z?]. */
+export type Grid = readonly [number, number?, number?];
+
+/** The arguments of one dispatch. */
+export interface DispatchArgs<P extends ParamDecls, B extends BindingDecls> {
+  readonly bindings: BindingArgs<B>;
+  readonly params: ParamArgs<P>;
+  readonly grid: Grid;
+}
+
+// ---- the checked interface and the generated source -----------------------------------------
+
+export interface ParamInfo {
+  readonly name: string;
+  readonly type: ParamType;
+}
+
+export interface BindingInfo {
+  readonly name: string;
+  /** WGSL binding number (index + 1). */
+  readonly binding: number;
+  readonly access: Access;
+  readonly element: ElementType;
+  /** The tensor dtype the element type needs. */
+  readonly dtype: DType;
+  readonly optional: boolean;
+  /** Index of the required binding whose tensor stands in when this optional one is absent. */
+  readonly standIn: number;
+}
+
+/** A checked declaration with its generated WGSL. */
+export interface KernelInterface {
+  readonly name: string;
+  readonly entry: string;
+  readonly params: readonly ParamInfo[];
+  readonly bindings: readonly BindingInfo[];
+  readonly paramIndex: ReadonlyMap<string, number>;
+  readonly bindingIndex: ReadonlyMap<string, number>;
+  /** Size of the Params struct rounded up to 16 bytes (the uniform binding's size). */
+  readonly paramBytes: number;
+  /** The complete WGSL: generated header, then the body. */
+  readonly code: string;
+}
+
+const IDENT = /^[A-Za-z][A-Za-z0-9_]*$/;
+const PARAM_TYPES: readonly string[] = ["u32", "i32", "f32"];
+const ELEMENTS: Readonly<Record<ElementType, DType>> = {
+  "f32": "f32",
+  "i32": "i32",
+  "vec4<f32>": "f32",
+};
+/** Names the generated header uses itself. */
+const RESERVED = new Set(["p", "Params"]);
+
+function declError(name: string, message: string): GpuShapeError {
+  return new GpuShapeError(`kernel ${name}: ${message}`);
+}
+
+function parseBinding(kernel: string, name: string, type: string) {
+  const m = /^(read|read_write) (f32|i32|vec4<f32>)(\?)?$/.exec(type);
+  if (!m) {
+    throw declError(
+      kernel,
+      `binding ${name}: '${type}' is not '<read|read_write> <f32|i32|vec4<f32>>[?]'`,
+    );
+  }
+  return { access: m[1] as Access, element: m[2] as ElementType, optional: m[3] === "?" };
+}
+
+/**
+ * Checks a declaration and generates its WGSL.
+ * @throws GpuShapeError on a name that is not a WGSL identifier or is reserved (`p`, `Params`),
+ *   an unknown type, or an optional binding without a required binding of the same access.
+ */
+export function kernelInterface<P extends ParamDecls, B extends BindingDecls>(
+  decl: KernelDecl<P, B>,
+): KernelInterface {
+  const kernel = decl.name;
+  const params: ParamInfo[] = [];
+  for (const [name, type] of Object.entries(decl.params)) {
+    if (!IDENT.test(name)) throw declError(kernel, `parameter name '${name}' is not an identifier`);
+    if (!PARAM_TYPES.includes(type)) {
+      throw declError(kernel, `parameter ${name}: type '${type}' is not u32, i32 or f32`);
+    }
+    params.push({ name, type });
+  }
+  const parsed = Object.entries(decl.bindings).map(([name, type]) => {
+    if (!IDENT.test(name) || RESERVED.has(name)) {
+      throw declError(kernel, `binding name '${name}' is not an identifier or is reserved`);
+    }
+    return { name, ...parseBinding(kernel, name, type) };
+  });
+  const bindings: BindingInfo[] = parsed.map((b, i) => {
+    let standIn = i;
+    if (b.optional) {
+      standIn = parsed.findIndex((o) => !o.optional && o.access === b.access);
+      if (standIn < 0) {
+        throw declError(kernel, `optional binding ${b.name} needs a required ${b.access} binding`);
+      }
+    }
+    return { ...b, binding: i + 1, dtype: ELEMENTS[b.element], standIn };
+  });
+  return {
+    name: kernel,
+    entry: decl.entry ?? "main",
+    params,
+    bindings,
+    paramIndex: new Map(params.map((q, i) => [q.name, i])),
+    bindingIndex: new Map(bindings.map((b, i) => [b.name, i])),
+    paramBytes: Math.max(16, Math.ceil((params.length * 4) / 16) * 16),
+    code: kernelHeader(params, bindings) + decl.body,
+  };
+}
+
+/**
+ * The WGSL header of a kernel: `struct Params` (one field per parameter, in order; a `pad`
+ * field when there are none, as WGSL has no empty structs), `var<uniform> p: Params` at binding
+ * 0, then each storage binding at 1, 2, ….
+ */
+export function kernelHeader(
+  params: readonly ParamInfo[],
+  bindings: readonly Pick<BindingInfo, "name" | "access" | "element">[],
+): string {
+  const fields = params.length > 0 ? params.map((q) => `  ${q.name}: ${q.type},`) : ["  pad: u32,"];
+  const lines = [
+    "struct Params {",
+    ...fields,
+    "}",
+    "@group(0) @binding(0) var<uniform> p: Params;",
+    ...bindings.map((b, i) =>
+      `@group(0) @binding(${i + 1}) var<storage, ${b.access}> ${b.name}: array<${b.element}>;`
+    ),
+  ];
+  return lines.join("\n") + "\n";
+}
+
+/** The complete WGSL source of a declaration (header and body). */
+export function kernelSource<P extends ParamDecls, B extends BindingDecls>(
+  decl: KernelDecl<P, B>,
+): string {
+  return kernelInterface(decl).code;
+}
