@@ -1,6 +1,6 @@
 /**
  * `Driver`: owns the data order, the schedule, the step counter and the checkpoints of one
- * fine-tuning job, and sequences the K `GpuWorker`s (DESIGN §6). Per step: shards out → gather
+ * fine-tuning job, and sequences the K `GpuWorker`s (docs/architecture.md §6). Per step: shards out → gather
  * the K contributions (each taken only if its SHA-256 is the one its worker's reply names) →
  * validate (size, finite) → combine → broadcast once → apply (naming the update's SHA-256) →
  * loss, and every N steps W checksums and a checkpoint. Lost messages are sent again (calls are
@@ -112,7 +112,7 @@ function recoverable(e: unknown): boolean {
 }
 
 const CALL_MS = 10 * 60_000;
-/** How far apart W may drift on mixed devices before the run stops (DESIGN §2). */
+/** How far apart W may drift on mixed devices before the run stops (docs/architecture.md §2). */
 const SYNC_TOLERANCE = 1e-6;
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -670,7 +670,7 @@ export class DriverCore {
 
   /**
    * Compares every worker's W. Exact sync: any difference stops the run. Tolerant sync (mixed
-   * devices, DESIGN §2): a worker more than 1e-6 relative away from worker 0 stops the run;
+   * devices, docs/architecture.md §2): a worker more than 1e-6 relative away from worker 0 stops the run;
    * otherwise every worker takes worker 0's W (and trained adapter), so that rounding
    * differences never accumulate.
    */

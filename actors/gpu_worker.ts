@@ -1,7 +1,7 @@
 /**
  * `GpuWorker`: one per GPU. It owns a WebGPU device, the model's weights W, its method state
  * (HD-PiSSA: all K adapter pairs and the optimizer moments of its own slice) and follows the
- * driver's step protocol (DESIGN §6):
+ * driver's step protocol (docs/architecture.md §6):
  *
  * - `step(g, t)` runs forward/backward on the worker's shard and publishes its contribution on
  *   the gather subject, and replies with the contribution's SHA-256; it keeps the contribution,

@@ -1,6 +1,6 @@
 /**
  * The fine-tuning job: starts (or joins) the actor system, hosts the Driver in this process,
- * runs it step by step with a progress display, and writes the outputs of DESIGN §9. With
+ * runs it step by step with a progress display, and writes the outputs of docs/architecture.md §9. With
  * `--compare` it runs the four methods one after another on the same workers and data.
  * @module
  */

@@ -1,7 +1,7 @@
 /**
  * The messages of the training actors, as zod schemas. Every step message carries the run's
  * generation and the step, so that messages of an older generation (before a restart and
- * rollback) can be told apart and dropped (DESIGN §6).
+ * rollback) can be told apart and dropped (docs/architecture.md §6).
  * @module
  */
 import { z } from "zod";

@@ -5,7 +5,7 @@
  *
  * - HD-PiSSA against data-parallel PiSSA at K = 4, r = 4, side by side, split into compute,
  *   communication and update, with the update's share of the step;
- * - bytes per step per worker, measured, next to the formula of DESIGN §2;
+ * - bytes per step per worker, measured, next to the formula of docs/architecture.md §2;
  * - HD-PiSSA step time for K = 1, 2, 4.
  *
  * Every K workers share this machine's cores, so on a CPU the update of each worker competes

@@ -303,7 +303,7 @@ export const LINEAR_KINDS = [
 ] as const;
 export type LinearKind = typeof LINEAR_KINDS[number];
 
-/** The layers adapted by default (DESIGN §2): every linear layer of every decoder layer. */
+/** The layers adapted by default (docs/architecture.md §2): every linear layer of every decoder layer. */
 export const DEFAULT_TARGETS: readonly LinearKind[] = LINEAR_KINDS;
 
 /** A linear layer `y = x Wᵀ` inside a decoder layer. */

@@ -104,7 +104,7 @@ export class LlamaGpu {
   readonly gpu: Gpu;
   readonly config: LlamaConfig;
   readonly options: LlamaGpuSizes;
-  /** The step's loss (f32 [1]): DESIGN §4's worker loss after `recordForwardBackward`. */
+  /** The step's loss (f32 [1]): docs/architecture.md §4's worker loss after `recordForwardBackward`. */
   readonly loss: GpuTensor;
 
   #dims: Dims;
@@ -367,7 +367,7 @@ export class LlamaGpu {
   /**
    * Sets σ (forward adapter scale) and s (gradient scale alpha/r) for the next recordings.
    * σ = 0 is the exact mute; σ = s is LoRA/PiSSA. With `gamma`, the numeric mute: σ must be
-   * f32(γ·s) and the backward follows DESIGN §2's γ path (dH = σ·dY, gradients times f32(1/γ)).
+   * f32(γ·s) and the backward follows docs/architecture.md §2's γ path (dH = σ·dY, gradients times f32(1/γ)).
    */
   setAdapterScales(sigma: number, scale: number, options: { gamma?: number } = {}): void {
     if (!Number.isFinite(sigma) || !Number.isFinite(scale)) {
@@ -393,7 +393,7 @@ export class LlamaGpu {
   /**
    * Uploads a step's micro-batches (host writes; call before recording the step). Position t
    * of micro-batch b gets the loss weight 1/(targets in b · micro-batches with ≥ 1 target) when
-   * token t+1 is a target, so the summed loss is DESIGN §4's worker loss. Returns the weight
+   * token t+1 is a target, so the summed loss is docs/architecture.md §4's worker loss. Returns the weight
    * of each micro-batch (0 for one without targets).
    */
   setStepBatches(batches: readonly MicroBatch[]): number[] {

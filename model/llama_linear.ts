@@ -1,5 +1,5 @@
 /**
- * The linear layer `y = x·Wᵀ` with an optional adapter, forward and backward (DESIGN §2):
+ * The linear layer `y = x·Wᵀ` with an optional adapter, forward and backward (docs/architecture.md §2):
  *
  *   forward   y = x·Wᵀ + σ·(x·Aᵀ)·Bᵀ            (the adapter term skipped when σ = 0)
  *   backward  dX = dY·W + σ·(dY·B)·A            (the adapter term skipped when σ = 0)

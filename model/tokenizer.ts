@@ -2,7 +2,7 @@
  * Tokenizers: the byte tokenizer (the default for models without a `tokenizer.json`) and
  * Hugging Face `tokenizer.json` files through `@huggingface/tokenizers`.
  *
- * Both encode text without special tokens; the training data adds bos/eos itself (DESIGN §4),
+ * Both encode text without special tokens; the training data adds bos/eos itself (docs/architecture.md §4),
  * so that the same code path serves every tokenizer.
  * @module
  */

@@ -34,7 +34,7 @@ import {
 import { encodeFrame } from "./codec.ts";
 import { Deadlines } from "./deadlines.ts";
 
-/** Default call timeout (DESIGN §5). */
+/** Default call timeout (docs/architecture.md §5). */
 export const DEFAULT_TIMEOUT_MS = 30_000;
 
 /** How long a call to an actor this process has not heard of waits for news of it. */

@@ -64,7 +64,7 @@ export interface Budget {
   withinMs: number;
 }
 
-/** Default budget (DESIGN §5). */
+/** Default budget (docs/architecture.md §5). */
 export const DEFAULT_BUDGET: Budget = { maxRestarts: 3, withinMs: 60_000 };
 
 type Child = ActorChild | SupervisorNode;

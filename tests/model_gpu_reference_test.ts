@@ -2,7 +2,7 @@
 // (GQA untied with head_dim 6; GQA tied): loss, logits, every adapter gradient under the exact
 // mute, the numeric mute (γ = 1e-16 and 0.25) and σ = s, every full-weight gradient, over a step of
 // several micro-batches of different sizes (one without any target, to check the loss
-// weighting of DESIGN §4); and two runs giving the same bits.
+// weighting of docs/architecture.md §4); and two runs giving the same bits.
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/mod.ts";
 import { LINEAR_KINDS, type LinearKind, type LlamaConfig } from "../model/config.ts";

@@ -1,6 +1,6 @@
 /**
  * One training step of every method, on K = 2 GPU workers in one process, against the float64
- * reference of DESIGN §2/§4 (tests/support/step_reference.ts): the weights after the step, for
+ * reference of docs/architecture.md §2/§4 (tests/support/step_reference.ts): the weights after the step, for
  * HD-PiSSA with `mean` and `sum`, LoRA, PiSSA and full fine-tuning.
  */
 import assert from "node:assert/strict";

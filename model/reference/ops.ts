@@ -78,7 +78,7 @@ export function adapterForward(
 }
 
 /**
- * Backward of the adapter path. The adapter gradients use the scaling s (DESIGN §2):
+ * Backward of the adapter path. The adapter gradients use the scaling s (docs/architecture.md §2):
  * `gB += s · dyᵀ (x Aᵀ)`, `gA += s · (dy B)ᵀ x`; with σ = s these are the true gradients, with
  * σ = γ·s the true gradients divided by γ, with σ = 0 the γ → 0 limit. The input gradient gets the
  * adapter's true contribution `dx += σ · (dy B) A`.

@@ -1,6 +1,6 @@
 /**
  * Shared pieces of the GPU model tests: tiny random configs and weights, micro-batches, the
- * float64 reference of a whole step over several micro-batches (DESIGN §4's loss weighting),
+ * float64 reference of a whole step over several micro-batches (docs/architecture.md §4's loss weighting),
  * and error measures.
  */
 import assert from "node:assert/strict";
@@ -124,7 +124,7 @@ export interface ReferenceStep {
 }
 
 /**
- * DESIGN §4 in float64: the mean, over the micro-batches with a target, of each micro-batch's
+ * docs/architecture.md §4 in float64: the mean, over the micro-batches with a target, of each micro-batch's
  * mean loss, and the same mean of the gradients.
  */
 export function referenceStep(

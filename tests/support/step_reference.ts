@@ -1,5 +1,5 @@
 /**
- * An independent float64 reference of one training step of every method (DESIGN §2 and §4),
+ * An independent float64 reference of one training step of every method (docs/architecture.md §2 and §4),
  * built on the float64 model reference. Tests compare the GPU workers' weights after a step with
  * what this returns.
  */
@@ -79,7 +79,7 @@ function clipFactor(grads: ArrayLike<number>[], clip: number): number {
 }
 
 /**
- * Worker gradients per DESIGN §4: the mean, over the micro-batches with at least one target, of
+ * Worker gradients per docs/architecture.md §4: the mean, over the micro-batches with at least one target, of
  * each micro-batch's gradient of its token-mean loss.
  */
 function workerGrads(

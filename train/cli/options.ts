@@ -1,6 +1,6 @@
 /**
  * The fine-tuning job's flags: parsing, defaults, and every check that can be made before any
- * work starts (DESIGN §2, §4, §9). `report.json`'s `config` is `resolvedConfig(options)`: each
+ * work starts (docs/architecture.md §2, §4, §9). `report.json`'s `config` is `resolvedConfig(options)`: each
  * flag under its own name with `-` turned into `_`.
  * @module
  */

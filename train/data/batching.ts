@@ -1,5 +1,5 @@
 /**
- * Which examples each step uses and where they go (DESIGN §4).
+ * Which examples each step uses and where they go (docs/architecture.md §4).
  *
  * Each epoch orders the N examples (file order, or a shuffle seeded by (seed, epoch)) and cuts
  * them into floor(N / batch_size) batches, dropping the partial last one. Step t takes the next

@@ -1,5 +1,5 @@
 /**
- * Token ids and loss masks of examples (DESIGN §4), and their packing into micro-batches.
+ * Token ids and loss masks of examples (docs/architecture.md §4), and their packing into micro-batches.
  *
  * ids = [bos] + enc(prompt) + enc(response) + [eos], cut on the right to seqLen, padded on the
  * right. targetMask[j] = 1 iff token j is a response token or the eos that survived the cut.

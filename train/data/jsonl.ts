@@ -1,6 +1,6 @@
 /**
  * JSONL data sets: one JSON object per line with a prompt, a response and an optional task
- * label (DESIGN §4). Field names are configurable, e.g. MetaMathQA's `query`/`response`.
+ * label (docs/architecture.md §4). Field names are configurable, e.g. MetaMathQA's `query`/`response`.
  * @module
  */
 import { DataFileError, EmptyDatasetError, JsonlLineError } from "./errors.ts";

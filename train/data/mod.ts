@@ -1,6 +1,6 @@
 /**
  * The data pipeline in one import: JSONL loading, encoding and masking, batch plans and the
- * data cursor (DESIGN §4).
+ * data cursor (docs/architecture.md §4).
  * @module
  */
 export * from "./errors.ts";

@@ -1,5 +1,5 @@
 /**
- * Benchmark evaluation (DESIGN §9): greedy decoding of every prompt, batched with a KV cache,
+ * Benchmark evaluation (docs/architecture.md §9): greedy decoding of every prompt, batched with a KV cache,
  * until a stop id or `maxNewTokens`, then exact match of the trimmed answer against the trimmed
  * reference, per task and overall.
  *
@@ -32,7 +32,7 @@ export class EvaluationError extends Error {
   }
 }
 
-/** How many new tokens a reference may be followed by before decoding gives up (DESIGN §9). */
+/** How many new tokens a reference may be followed by before decoding gives up (docs/architecture.md §9). */
 export const EXTRA_NEW_TOKENS = 8;
 
 /** One prompt to decode. */

@@ -1,5 +1,5 @@
 /**
- * Exact-match scoring of generated answers (DESIGN §9): both strings trimmed of whitespace at
+ * Exact-match scoring of generated answers (docs/architecture.md §9): both strings trimmed of whitespace at
  * both ends, then compared for equality; `overall` is the mean over all examples and `tasks`
  * the mean per task label. Also the fixed subset that a default evaluation runs on.
  * @module

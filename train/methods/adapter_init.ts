@@ -1,5 +1,5 @@
 /**
- * Initial adapter factors for each method (DESIGN §2): HD-PiSSA's K orthogonal slices of the
+ * Initial adapter factors for each method (docs/architecture.md §2): HD-PiSSA's K orthogonal slices of the
  * principal singular components, PiSSA's top-r slice with the residual weight, and LoRA's
  * Kaiming-uniform A with B = 0. The SVD runs once in float64; the factors are rounded to f32.
  */

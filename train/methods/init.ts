@@ -1,7 +1,7 @@
 /**
  * The initial adapters of each method, computed once (by the driver) and sent to every worker:
  * separate SVDs on each worker could differ in sign or rotation and make the workers' W drift
- * apart (DESIGN §2).
+ * apart (docs/architecture.md §2).
  * @module
  */
 import { adaptableLinears, type LinearKind, type LlamaConfig } from "../../model/config.ts";

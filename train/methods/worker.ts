@@ -1,5 +1,5 @@
 /**
- * What a method does on one GPU worker (DESIGN §2): turn a step's micro-batches into the
+ * What a method does on one GPU worker (docs/architecture.md §2): turn a step's micro-batches into the
  * contribution the driver gathers, and apply the update the driver broadcasts.
  *
  * - HD-PiSSA: the worker's own slice (A_k, B_k) gives adapter gradients; its optimizer turns them
@@ -57,7 +57,7 @@ export class WorkerStateError extends Error {
 }
 
 export interface StepResult {
-  /** The worker's loss (DESIGN §4). */
+  /** The worker's loss (docs/architecture.md §4). */
   loss: number;
   contribution: Float32Array;
   /** Wall time of the step on this worker: forward, backward, optimizer and read-back. */

@@ -1,5 +1,5 @@
 /**
- * Learning-rate schedules (DESIGN §2 "Schedule"): linear warmup over w = ceil(warmup_ratio · T)
+ * Learning-rate schedules (docs/architecture.md §2 "Schedule"): linear warmup over w = ceil(warmup_ratio · T)
  * steps for every schedule, then cosine, linear or constant.
  * @module
  */

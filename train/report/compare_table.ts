@@ -24,7 +24,7 @@ export interface MethodFigures {
   matrices: number;
   "mean_rank_1e-2": number | null;
   mean_energy90: number | null;
-  /** First-order bound of DESIGN §2 (HD-PiSSA 2Kr, PiSSA 2r, LoRA r), if known. */
+  /** First-order bound of docs/architecture.md §2 (HD-PiSSA 2Kr, PiSSA 2r, LoRA r), if known. */
   rank_bound: number | null;
   step_ms_mean: number | null;
   step_ms_median: number | null;
@@ -34,7 +34,7 @@ export interface MethodFigures {
   formula_bytes_received_per_step: number | null;
   optimizer_floats_per_worker: number | null;
   optimizer_bytes_per_worker: number | null;
-  /** Run totals (DESIGN §9). */
+  /** Run totals (docs/architecture.md §9). */
   timing: Timing;
   /** `timing` divided by the number of steps. */
   timing_per_step_ms: { total: number; compute: number; comm: number; update: number } | null;
@@ -48,7 +48,7 @@ export interface CompareJson {
   methods: Record<string, MethodFigures>;
 }
 
-/** First-order rank bound of ΔW for a method (DESIGN §2), from `config.workers`/`config.rank`. */
+/** First-order rank bound of ΔW for a method (docs/architecture.md §2), from `config.workers`/`config.rank`. */
 export function rankBound(method: string, config: Record<string, JsonValue>): number | null {
   const r = config.rank;
   const k = config.workers;

@@ -1,5 +1,5 @@
 /**
- * The effective rank of what a method changed (DESIGN §2): the singular values of
+ * The effective rank of what a method changed (docs/architecture.md §2): the singular values of
  * ΔW = W_final − W_initial, summarised as `rank_1e-2` (σ_i > 10⁻²·σ_1) and `energy90` (the fewest
  * leading components holding 90% of Σσ²). The spectrum is returned for plots.
  */

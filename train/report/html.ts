@@ -887,7 +887,7 @@ function performanceSection(r: RunReport, f: MethodFigures, color: string): stri
     `<table style="margin-top:10px"><tr><th>phase</th><th>run total</th><th>per step</th></tr>` +
     `${timingRows}</table></div><div><h3>Wall time per step</h3>${stepChart}</div></div>` +
     `<h3>Payload bytes per step per worker</h3><table><tr><th>direction</th><th>measured</th>` +
-    `<th>bytes</th><th>formula (DESIGN §2)</th><th>measured / formula</th></tr>${bytesRows}` +
+    `<th>bytes</th><th>formula (docs/architecture.md §2)</th><th>measured / formula</th></tr>${bytesRows}` +
     `</table>${formula?.expression ? `<p class="note">Formula: ${h(formula.expression)}</p>` : ""}${
       memory
         ? `<h3>Memory per worker</h3><table><tr><th>what</th><th>amount</th></tr>${memory}</table>`
@@ -1085,7 +1085,7 @@ function compareRank(reports: readonly RunReport[], runs: readonly Run[]): strin
     `<tr><td class="name">${h(n)}</td>${runs.map((x) => cell(x.r, n)).join("")}</tr>`
   ).join("");
   return `<section id="effective-rank"><h2>Effective rank of ΔW per method</h2><p class="note">rank@1e-2 · ` +
-    `energy90 per matrix (DESIGN §2 bounds: HD-PiSSA ≈ 2Kr, PiSSA ≤ 2r, LoRA ≤ r).</p>` +
+    `energy90 per matrix (docs/architecture.md §2 bounds: HD-PiSSA ≈ 2Kr, PiSSA ≤ 2r, LoRA ≤ r).</p>` +
     `<div class="scroll" style="margin-top:10px"><table><tr><th>matrix</th>${head}</tr>${mean}` +
     `${rows}</table></div></section>`;
 }

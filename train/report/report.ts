@@ -1,5 +1,5 @@
 /**
- * `report.json` of a fine-tuning run (DESIGN §9): its types, its zod schema, validation with an
+ * `report.json` of a fine-tuning run (docs/architecture.md §9): its types, its zod schema, validation with an
  * error that names the offending key, and an atomic writer.
  *
  * Unknown keys are kept everywhere (the contract says "at least these keys"), so a newer report
@@ -57,7 +57,7 @@ export interface EvalRecord {
   after: EvalSplit | null;
 }
 
-/** Effective rank of ΔW = W_final − W_initial for one matrix (DESIGN §2). */
+/** Effective rank of ΔW = W_final − W_initial for one matrix (docs/architecture.md §2). */
 export interface MatrixRank {
   /** Count of σ_i > 10⁻²·σ_1. */
   "rank_1e-2": number;
@@ -65,7 +65,7 @@ export interface MatrixRank {
   energy90: number;
 }
 
-/** Totals over the run, in milliseconds (DESIGN §9). */
+/** Totals over the run, in milliseconds (docs/architecture.md §9). */
 export interface Timing {
   total_ms: number;
   /** Forward, backward and optimizer (max over workers). */
@@ -86,7 +86,7 @@ export interface MemoryRecord {
   trainable_floats_per_worker?: number;
 }
 
-/** The expected bytes per step per worker from the formula of DESIGN §2. */
+/** The expected bytes per step per worker from the formula of docs/architecture.md §2. */
 export interface BytesFormula {
   sent: number;
   received: number;
