@@ -1,4 +1,4 @@
-// The LLaMA model on the WebGPU engine at the small config of DESIGN (hidden 128, intermediate
+// The LLaMA model on the WebGPU engine at the shipped base model's size (hidden 128, intermediate
 // 344, 4 layers, 4 heads on 2 KV heads, vocab 259; ~0.79M parameters), 16 sequences of 64:
 //
 // - one training step (forward + backward, one submit) with adapters (r = 4 on all seven linear
