@@ -1,20 +1,131 @@
 /**
  * HD-PiSSA on actors: the public API.
  *
- * - The actor runtime (Ray-style actors over NATS) at the top level: `init`, `defineActor`, `z`,
- *   `tensor`, the collectives, the object store and the typed errors.
+ * - The actor runtime (Ray-style actors over NATS): `init`, `defineActor`, `z`, handles and
+ *   supervision, the collectives, the object store, the tensor helpers and the typed errors.
  * - The HD-PiSSA training actors and the fine-tuning job: `GpuWorker`, `Driver`, `runFinetune`.
  * - The model, the WebGPU engine and the training pieces, each under its own namespace:
  *   `model`, `gpu`, `train`.
  *
- * This module only re-exports; each part lives in its own folder (see README.md).
+ * ```ts
+ * import { defineActor, init, z } from "@hd-pissa/hd-pissa";
+ *
+ * export const Greeter = defineActor({
+ *   name: "Greeter",
+ *   module: import.meta.url,
+ *   init: z.object({ greeting: z.string() }),
+ *   create: (input) => ({ greeting: input.greeting }),
+ *   methods: {
+ *     greet: { input: z.string(), output: z.string(), handler: (s, who) => `${s.greeting}, ${who}` },
+ *   },
+ * });
+ *
+ * const system = await init({ nodes: 2, allowModules: [import.meta.resolve("./")] });
+ * const g = await system.spawn(Greeter, { greeting: "Hello" });
+ * console.log(await g.greet("world"));
+ * await system.shutdown();
+ * ```
+ *
+ * This module only re-exports; each part lives in its own folder (see docs/architecture.md). The
+ * runtime's wire-level pieces (frames, parts, checksums, raw connections, the embedded server) are
+ * in `internal_mod.ts` (`@hd-pissa/hd-pissa/internal`), for tests and benchmarks; they may change
+ * without notice.
  * @module
  */
 
-export * from "./runtime/mod.ts";
+// Defining actors and handles.
+export { z } from "zod";
+export {
+  type ActorContext,
+  type ActorDef,
+  type ActorHandle,
+  type ActorMethods,
+  type ActorRef,
+  type ActorSpec,
+  type AnyActorDef,
+  type CallContext,
+  type CallOptions,
+  defineActor,
+  type InitInput,
+  isActorDef,
+  type MethodSpec,
+} from "./runtime/actor.ts";
 
+// Systems, nodes, spawning and supervision.
+export {
+  child,
+  init,
+  type InitOptions,
+  type NodeInfo,
+  type ReplaceBudget,
+  type SpawnOptions,
+  type Supervisor,
+  supervisor,
+  type SupervisorSpec,
+  System,
+  type SystemEvent,
+} from "./runtime/system.ts";
+export type { ChildOptions, Strategy } from "./runtime/supervisor.ts";
+export type { NodeSpec } from "./runtime/local_nodes.ts";
+export type { Resources } from "./runtime/protocol.ts";
+export type { EmbeddedServer, EmbeddedServerOptions } from "./runtime/nats_server.ts";
+export { type Credentials, natsEnvCredentials, type TlsSettings } from "./runtime/connect.ts";
+
+// Collectives and the object store.
+export {
+  Collectives,
+  type Gathering,
+  type GatherOptions,
+  type Receiver,
+  type SubscribeOptions,
+} from "./runtime/collectives.ts";
+export { type ObjectEntry, ObjectStore } from "./runtime/objects.ts";
+
+// Tensors in messages.
+export {
+  type DType,
+  dtypeOf,
+  shapeOf,
+  tensor,
+  type TensorArray,
+  type TensorOptions,
+  withShape,
+} from "./runtime/tensor.ts";
+
+// Errors.
+export {
+  ActorDiedError,
+  ActorExistsError,
+  ActorInitError,
+  ActorNotFoundError,
+  ActorSystemError,
+  ActorTypeMismatchError,
+  CallCancelledError,
+  CallTimeoutError,
+  CollectiveTimeoutError,
+  type DeathReason,
+  EncodeError,
+  FrameError,
+  InsufficientResourcesError,
+  InvalidArgumentError,
+  MailboxFullError,
+  ModuleNotAllowedError,
+  NodeStartError,
+  NoNodeAvailableError,
+  ObjectStoreError,
+  RemoteError,
+  SchemaError,
+  ServerStartError,
+  StaleIncarnationError,
+  SupervisorFailedError,
+  SystemClosedError,
+  UnknownActorTypeError,
+  UnknownMethodError,
+} from "./runtime/errors.ts";
+
+// The training actors and the fine-tuning job.
 export { GpuWorker, StepProtocolError } from "./actors/gpu_worker.ts";
-export { Driver, DriverCore, type DriverStep, TrainingError } from "./actors/driver.ts";
+export { Driver, TrainingError } from "./actors/driver.ts";
 export { type JobIo, OutputFolderError, runFinetune, startSystem } from "./actors/job.ts";
 
 export * as gpu from "./gpu/mod.ts";

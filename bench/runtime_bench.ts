@@ -17,7 +17,7 @@ import {
   type System,
   tensor,
   z,
-} from "../mod.ts";
+} from "../internal_mod.ts";
 import { percentile, type Report } from "./figure.ts";
 
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;

@@ -10,7 +10,7 @@ import {
   InvalidArgumentError,
   tensor,
   z,
-} from "../mod.ts";
+} from "../internal_mod.ts";
 
 const refSchema = z.object({
   id: z.string(),

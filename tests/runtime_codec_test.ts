@@ -19,7 +19,7 @@ import {
   tensor,
   withShape,
   z,
-} from "../mod.ts";
+} from "../internal_mod.ts";
 
 function randomF32(n: number): Float32Array {
   const a = new Float32Array(n);

@@ -20,7 +20,7 @@ import {
   SchemaError,
   UnknownActorTypeError,
   z,
-} from "../mod.ts";
+} from "../internal_mod.ts";
 import { Closer, Counter, Relay, TensorEcho } from "./runtime_actors_test.ts";
 
 function randomF32(n: number): Float32Array {

@@ -1,7 +1,7 @@
 // Joining an existing server by URL, over TCP (nats://) and WebSocket (ws://), with credentials;
 // two systems on one server stay isolated.
 import assert from "node:assert/strict";
-import { EmbeddedServer, init } from "../mod.ts";
+import { EmbeddedServer, init } from "../internal_mod.ts";
 import { Counter, TensorEcho } from "./runtime_actors_test.ts";
 import { hasOpenssl, selfSignedCert } from "./support/tls.ts";
 

@@ -4,7 +4,7 @@
  * explicit options, which win.
  */
 import assert from "node:assert/strict";
-import { natsEnvCredentials, splitUrlCredentials } from "../mod.ts";
+import { natsEnvCredentials, splitUrlCredentials } from "../internal_mod.ts";
 
 Deno.test("credentials in URLs are taken out of them; explicit ones win", () => {
   assert.deepEqual(splitUrlCredentials(["nats://ann:s%40cret@10.0.0.1:4222", "nats://10.0.0.2"]), {
