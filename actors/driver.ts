@@ -52,7 +52,7 @@ import {
 } from "../train/methods/combine.ts";
 import { effectiveRank } from "../train/report/effective_rank.ts";
 import { maxRelativeDifference } from "../train/checkpoint/checksum.ts";
-import { type EvalScore } from "../train/eval/score.ts";
+import type { EvalScore } from "../train/eval/score.ts";
 import {
   type PreparedEval,
   prepareEval,
@@ -66,7 +66,7 @@ import {
   writeCheckpoint,
 } from "../train/checkpoint/checkpoint.ts";
 import { reportSchema, type RunReport, type StepRecord } from "../train/report/report.ts";
-import { ApplyOutput, Contribution } from "./messages.ts";
+import { type ApplyOutput, Contribution } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
 import { GpuWorker } from "./gpu_worker.ts";
 

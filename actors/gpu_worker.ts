@@ -37,7 +37,7 @@ import { weightsChecksum } from "../train/checkpoint/checksum.ts";
 import {
   ApplyInput,
   ApplyOutput,
-  Contribution,
+  type Contribution,
   GenerateInput,
   GenerateOutput,
   InitInput,

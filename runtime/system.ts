@@ -7,7 +7,7 @@
  * the process that spawned it, and every process detects dead nodes by itself.
  * @module
  */
-import { type ConnectionOptions, type NatsConnection, type Subscription } from "@nats-io/nats-core";
+import type { ConnectionOptions, NatsConnection, Subscription } from "@nats-io/nats-core";
 import {
   type ActorContext,
   type ActorHandle,
@@ -33,7 +33,7 @@ import {
   NodeStartError,
   NoNodeAvailableError,
   SchemaError,
-  SupervisorFailedError,
+  type SupervisorFailedError,
   SystemClosedError,
 } from "./errors.ts";
 import { HeartbeatPublisher } from "./heartbeat.ts";

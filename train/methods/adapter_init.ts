@@ -5,7 +5,7 @@
  */
 
 import type { HostTensor } from "../../model/safetensors.ts";
-import { Rng } from "../rng.ts";
+import type { Rng } from "../rng.ts";
 import { type SvdResult, topSvd, type TopSvdOptions } from "../linalg/svd.ts";
 
 /** Adapter factors that cannot be built for a matrix (rank too large, bad arguments). */
