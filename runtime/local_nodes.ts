@@ -4,6 +4,10 @@
  * Each is `deno run runtime/node_main.ts --owner-pipe ...` with its stdin a pipe from this
  * process: when this process exits, however it exits, the pipe closes and the node shuts down.
  * Credentials go through the environment, not the command line (which other users can read).
+ *
+ * A node imports the application's actor modules, so it runs under the application's Deno
+ * configuration (import map, workspace, links), not only this project's: by default the
+ * `deno.json` that applies to this program's main module.
  * @module
  */
 import { type Credentials, CREDENTIALS_ENV } from "./connect.ts";
@@ -29,10 +33,49 @@ export interface LocalNodeOptions {
   heartbeatMs: number;
   missedHeartbeats: number;
   env?: Record<string, string>;
+  /** The Deno configuration file the node runs with (default: {@link defaultNodeConfig}). */
+  config?: string;
 }
 
 const NODE_MAIN = new URL("./node_main.ts", import.meta.url);
-const CONFIG = new URL("../deno.json", import.meta.url);
+const PROJECT_CONFIG = new URL("../deno.json", import.meta.url);
+
+function isFile(u: URL): boolean {
+  try {
+    return Deno.statSync(u).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The configuration node processes run with by default: the `deno.json` (or `deno.jsonc`) in the
+ * folder of this program's main module or the nearest folder above it, which is the one Deno
+ * itself applied to this program; this project's own when there is none (or the main module is
+ * not a file).
+ */
+export function defaultNodeConfig(): string | undefined {
+  let dir: URL;
+  try {
+    const main = new URL(Deno.mainModule);
+    if (main.protocol !== "file:") throw new Error("not a file");
+    dir = new URL("./", main);
+  } catch {
+    return PROJECT_CONFIG.protocol === "file:"
+      ? decodeURIComponent(PROJECT_CONFIG.pathname)
+      : undefined;
+  }
+  for (;;) {
+    for (const name of ["deno.json", "deno.jsonc"]) {
+      const u = new URL(name, dir);
+      if (isFile(u)) return decodeURIComponent(u.pathname);
+    }
+    const up = new URL("../", dir);
+    if (up.href === dir.href) break;
+    dir = up;
+  }
+  return isFile(PROJECT_CONFIG) ? decodeURIComponent(PROJECT_CONFIG.pathname) : undefined;
+}
 
 /** A node process owned by this process. */
 export class LocalNode {
@@ -61,11 +104,12 @@ export class LocalNode {
 
   /** Starts the process (does not wait for it to join; watch its heartbeat for that). */
   static start(o: LocalNodeOptions): LocalNode {
+    const config = o.config ?? defaultNodeConfig();
     const args = [
       "run",
       "-A",
       "--quiet",
-      ...(CONFIG.protocol === "file:" ? [`--config=${decodeURIComponent(CONFIG.pathname)}`] : []),
+      ...(config ? [`--config=${config}`] : []),
       NODE_MAIN.href,
       "--nats",
       o.servers.join(","),

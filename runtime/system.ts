@@ -106,6 +106,12 @@ export interface InitOptions extends Credentials {
   connection?: Partial<ConnectionOptions>;
   /** How long to wait for the local node processes to join. Default 60 s. */
   nodeStartTimeoutMs?: number;
+  /**
+   * The Deno configuration file (`deno.json`) local node processes run with; they import the
+   * actor modules, so it must resolve their imports. Default: the one that applies to this
+   * program's main module (the nearest in its folder or above), else this project's.
+   */
+  nodeConfig?: string;
   /** Largest message accepted (bounds what a sender can make a receiver allocate). Default 1 GiB. */
   maxFrameBytes?: number;
   /** This process's node id (node processes get theirs from their owner). Default random. */
@@ -243,6 +249,7 @@ interface JoinOptions {
   missedHeartbeats: number;
   maxFrameBytes: number;
   replaceNodes?: boolean | ReplaceBudget;
+  nodeConfig?: string;
 }
 
 /**
@@ -310,6 +317,7 @@ export async function init(options: InitOptions = {}): Promise<System> {
       missedHeartbeats: options.missedHeartbeats ?? 3,
       maxFrameBytes: options.maxFrameBytes ?? 1024 * 1024 * 1024,
       replaceNodes: options.replaceNodes,
+      nodeConfig: options.nodeConfig,
     }, server);
     const nodes = options.nodes ?? 0;
     const specs: NodeSpec[] = typeof nodes === "number"
@@ -660,6 +668,7 @@ export class System {
         credentials: identities[i].credentials,
         resources: spec.resources ?? {},
         allowModules: this.#loader.allowed,
+        config: this.#opts.nodeConfig,
         heartbeatMs: this.#opts.heartbeatMs,
         missedHeartbeats: this.#opts.missedHeartbeats,
         env: spec.env,
