@@ -4,14 +4,20 @@
  */
 import { GpuError, NoAdapterError } from "./errors.ts";
 
+/** The adapter choices, as the `--device` flag spells them. */
+export const ADAPTER_CHOICES = ["auto", "gpu", "cpu"] as const;
+
 /** Which adapter to use. */
 export type AdapterChoice =
-  /** A real GPU (high-performance) when there is one, the fallback (CPU) adapter otherwise. */
+  /**
+   * A real GPU when there is one; otherwise a CPU adapter, announced: the opened device's
+   * `info.fallback` says why, so that callers can warn and record it.
+   */
   | "auto"
-  /** Only a real GPU; a missing one is an error. */
+  /** Only a real GPU; a CPU adapter (lavapipe, SwiftShader) or none is an error. */
   | "gpu"
-  /** Only the fallback adapter (e.g. Mesa lavapipe), even when a GPU is present. */
-  | "fallback";
+  /** Only a CPU adapter (e.g. Mesa lavapipe), even when a GPU is present. */
+  | "cpu";
 
 export interface DeviceOptions {
   /** Default "auto". */
@@ -29,6 +35,11 @@ export interface DeviceInfo {
   isFallback: boolean;
   /** The adapter runs on the CPU (lavapipe/llvmpipe or SwiftShader), fallback or not. */
   isCpu: boolean;
+  /**
+   * Set when `auto` had to run on a CPU adapter: why no GPU adapter was used (none found, or the
+   * error the driver gave). Null on a GPU, or when the CPU adapter was asked for.
+   */
+  fallback: string | null;
   /** `timestamp-query` was available and is enabled on the device. */
   timestamps: boolean;
   features: string[];
@@ -87,6 +98,16 @@ function adapterIsFallback(adapter: GPUAdapter): boolean {
   return Boolean(info.isFallbackAdapter ?? legacy ?? false);
 }
 
+function adapterDescription(adapter: GPUAdapter): string {
+  return adapter.info.description || adapter.info.device || adapter.info.vendor || "";
+}
+
+/** A software adapter, or a hardware-class one that runs on the CPU (lavapipe, SwiftShader). */
+export function adapterIsCpu(adapter: GPUAdapter): boolean {
+  return adapterIsFallback(adapter) ||
+    /llvmpipe|lavapipe|swiftshader/i.test(adapterDescription(adapter));
+}
+
 /**
  * Opens a device on the best adapter allowed by `options.adapter`, with raised limits and
  * `timestamp-query` when available.
@@ -102,27 +123,45 @@ export async function openDevice(options: DeviceOptions = {}): Promise<OpenedDev
     throw new NoAdapterError(`WebGPU is not available in this runtime. ${MISSING_DRIVER_HINT}`);
   }
 
-  // Some drivers throw instead of returning null when they cannot start; both mean "none".
+  // Some drivers throw instead of returning null when they cannot start: the error is kept, so
+  // that a fallback to the CPU adapter can say why it happened.
+  const errors: string[] = [];
   const request = async (o: GPURequestAdapterOptions) => {
     try {
       return await gpu.requestAdapter(o);
-    } catch {
+    } catch (e) {
+      errors.push((e as Error).message);
       return null;
     }
   };
   let adapter: GPUAdapter | null = null;
-  if (choice !== "fallback") {
-    adapter = await request({ powerPreference: "high-performance" });
-    if (adapter && choice === "gpu" && adapterIsFallback(adapter)) adapter = null;
+  let fallback: string | null = null;
+  if (choice !== "cpu") {
+    const found = await request({ powerPreference: "high-performance" });
+    if (found && !adapterIsCpu(found)) adapter = found;
+    else if (choice === "auto") {
+      fallback = found
+        ? `the only adapter is a CPU one (${adapterDescription(found)})`
+        : errors.length > 0
+        ? `requesting a GPU adapter failed: ${errors.join("; ")}`
+        : "no GPU adapter was found";
+    }
   }
   if (!adapter && choice !== "gpu") {
-    adapter = await request({ forceFallbackAdapter: true });
+    adapter = await request({ forceFallbackAdapter: true }) ??
+      await request({ powerPreference: "low-power" });
+    if (adapter && !adapterIsCpu(adapter)) {
+      // A driver without a software adapter hands out a GPU here: use it, nothing to announce.
+      fallback = null;
+    }
   }
   if (!adapter) {
     if (choice === "gpu") {
       throw new NoAdapterError(
-        "No GPU adapter was found (only a fallback adapter or none). Install the GPU's Vulkan " +
-          "driver, or use adapter: 'auto' to run on the CPU driver (mesa-vulkan-drivers).",
+        "No GPU adapter was found (only a CPU adapter or none" +
+          (errors.length > 0 ? `; ${errors.join("; ")}` : "") +
+          "). Install the GPU's Vulkan driver, or use --device auto/cpu to run on the CPU " +
+          "driver (mesa-vulkan-drivers).",
       );
     }
     throw new NoAdapterError(MISSING_DRIVER_HINT);
@@ -153,9 +192,9 @@ export async function openDevice(options: DeviceOptions = {}): Promise<OpenedDev
   }
 
   const ai = adapter.info;
-  const description = ai.description || ai.device || "";
+  const description = adapterDescription(adapter);
   const isFallback = adapterIsFallback(adapter);
-  const isCpu = isFallback || /llvmpipe|lavapipe|swiftshader/i.test(description);
+  const isCpu = adapterIsCpu(adapter);
   return {
     adapter,
     device,
@@ -165,6 +204,7 @@ export async function openDevice(options: DeviceOptions = {}): Promise<OpenedDev
       architecture: ai.architecture,
       isFallback,
       isCpu,
+      fallback: isCpu ? fallback : null,
       timestamps,
       features: [...device.features].map(String).sort(),
     },

@@ -14,7 +14,14 @@
  * @module
  */
 export * from "./errors.ts";
-export { type AdapterChoice, type DeviceInfo, type DeviceOptions, openDevice } from "./device.ts";
+export {
+  ADAPTER_CHOICES,
+  type AdapterChoice,
+  adapterIsCpu,
+  type DeviceInfo,
+  type DeviceOptions,
+  openDevice,
+} from "./device.ts";
 export { type Allocation, type DType, GpuTensor, numel } from "./tensor.ts";
 export { BufferPool, type PoolStats, sizeClass } from "./buffer_pool.ts";
 export {

@@ -28,16 +28,28 @@ const USAGE = `usage: deno task node --nats URL[,URL...] [--gpus N|auto] [--reso
   [--system NAME] [--id ID] [--allow-module PREFIX]... [--user U --pass P | --token T | --creds FILE]
   [--tls-ca FILE --tls-cert FILE --tls-key FILE] [--heartbeat-ms 500] [--missed-heartbeats 3]`;
 
+/**
+ * GPUs for `--gpus auto`: 1 when WebGPU offers a hardware adapter, 0 when it offers only a CPU
+ * one (lavapipe, SwiftShader), which is no GPU to place a worker on.
+ */
 async function countGpus(): Promise<number> {
   // Vulkan loaders warn without a runtime folder; any writable one will do.
   if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync());
-  const gpu = (navigator as Navigator & { gpu?: { requestAdapter(): Promise<unknown> } }).gpu;
+  const gpu = (navigator as Navigator & { gpu?: GPU }).gpu;
   if (!gpu) return 0;
+  let adapter: GPUAdapter | null;
   try {
-    return (await gpu.requestAdapter()) ? 1 : 0;
-  } catch {
+    adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  } catch (e) {
+    console.error(`node: --gpus auto: requesting a GPU adapter failed (${(e as Error).message})`);
     return 0;
   }
+  if (!adapter) return 0;
+  const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
+  const cpu = info.isFallbackAdapter === true ||
+    /llvmpipe|lavapipe|swiftshader/i.test(`${info.description} ${info.device}`);
+  if (cpu) console.error(`node: --gpus auto: the only adapter runs on the CPU; counting 0 GPUs`);
+  return cpu ? 0 : 1;
 }
 
 function fail(message: string): never {

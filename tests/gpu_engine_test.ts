@@ -35,13 +35,30 @@ Deno.test("gpu engine", async (t) => {
     });
 
     await t.step(
-      "a GPU-only request on a machine with only the fallback adapter names the driver",
+      "--device: auto announces a CPU adapter, gpu refuses one, cpu asks for one",
       async () => {
-        if (!gpu.info.isFallback) return;
-        await assert.rejects(
-          openDevice({ adapter: "gpu" }),
-          (e: unknown) => e instanceof NoAdapterError && /Vulkan driver/.test(e.message),
-        );
+        const auto = await openDevice({ adapter: "auto" });
+        const cpu = await openDevice({ adapter: "cpu" });
+        try {
+          assert.ok(cpu.info.isCpu, `cpu gave ${cpu.info.description}`);
+          assert.equal(cpu.info.fallback, null, "a CPU adapter that was asked for is no fallback");
+          if (auto.info.isCpu) {
+            // No GPU here: auto ran on the CPU adapter and must say so; gpu must refuse.
+            assert.match(auto.info.fallback ?? "", /CPU|no GPU|failed/);
+            await assert.rejects(
+              openDevice({ adapter: "gpu" }),
+              (e: unknown) => e instanceof NoAdapterError && /Vulkan driver/.test(e.message),
+            );
+          } else {
+            assert.equal(auto.info.fallback, null);
+            const g = await openDevice({ adapter: "gpu" });
+            assert.equal(g.info.isCpu, false);
+            g.device.destroy();
+          }
+        } finally {
+          auto.device.destroy();
+          cpu.device.destroy();
+        }
       },
     );
 
