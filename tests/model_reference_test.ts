@@ -11,18 +11,7 @@ import {
   type ReferenceTensor,
 } from "../model/reference/llama.ts";
 import { Rng } from "../train/rng.ts";
-
-const FIXTURE = new URL("../../shared/fixtures/llama-tiny/", import.meta.url);
-
-async function fixturePresent(): Promise<boolean> {
-  try {
-    await Deno.stat(new URL("expected.safetensors", FIXTURE));
-    return true;
-  } catch {
-    console.warn(`SKIPPED: fixture folder ${FIXTURE.pathname} is absent`);
-    return false;
-  }
-}
+import { LLAMA_TINY as FIXTURE, requireLlamaTiny } from "./support/fixture.ts";
 
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   assert.equal(a.length, b.length);
@@ -59,7 +48,7 @@ function worstUlps(ours: ArrayLike<number>, stored: ArrayLike<number>): number {
 }
 
 Deno.test("reference matches the PyTorch fixture: loss, logits, grad_W, adapter gradients", async () => {
-  if (!(await fixturePresent())) return;
+  await requireLlamaTiny();
   const { config, tensors } = await loadModelFolder(FIXTURE);
   const expected = (await readSafetensors(new URL("expected.safetensors", FIXTURE))).tensors;
   const meta = JSON.parse(await Deno.readTextFile(new URL("expected.json", FIXTURE)));
@@ -113,7 +102,7 @@ Deno.test("reference matches the PyTorch fixture: loss, logits, grad_W, adapter 
 });
 
 Deno.test("reference greedy decoding picks the fixture's argmax first", async () => {
-  if (!(await fixturePresent())) return;
+  await requireLlamaTiny();
   const { config, tensors } = await loadModelFolder(FIXTURE);
   const expected = (await readSafetensors(new URL("expected.safetensors", FIXTURE))).tensors;
   const meta = JSON.parse(await Deno.readTextFile(new URL("expected.json", FIXTURE)));
