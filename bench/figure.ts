@@ -1,8 +1,11 @@
 /** One measured figure printed by `deno task bench`. */
 export interface Figure {
   name: string;
+  /** NaN when the figure could not be measured; `note` then says why. */
   value: number;
   unit: string;
+  /** Printed in place of the value: why it was not measured. */
+  note?: string;
 }
 
 /** Receives the figures of a suite as they are measured. */

@@ -1,7 +1,8 @@
 // Runs the benchmark suites in bench/ and prints their figures.
 //
 //   deno task bench                 every suite, as a table
-//   deno task bench --json          one JSON object per line: {"name", "value", "unit"}
+//   deno task bench --json          one JSON object per line: {"name", "value", "unit"}, and
+//                                   "note" with value null for a figure not measured
 //   deno task bench runtime gpu     only the suites whose file name starts with these words
 //
 // A suite is a file `bench/<name>_bench.ts` exporting `run(report)`; it calls `report` once per
@@ -34,7 +35,9 @@ for (const suite of suites) {
   await mod.run((f: Figure) => {
     rows.push({ ...f, suite });
     if (values.json) {
-      console.log(JSON.stringify({ name: f.name, value: f.value, unit: f.unit }));
+      console.log(JSON.stringify({ name: f.name, value: f.value, unit: f.unit, note: f.note }));
+    } else if (f.note !== undefined) {
+      console.log(`  ${f.name.padEnd(56)} ${f.note}`);
     } else {
       const v = Number.isInteger(f.value) || Math.abs(f.value) >= 1e4
         ? String(Math.round(f.value))

@@ -6,8 +6,9 @@
 // - a whole simulated HD-PiSSA step: K = 4 workers one after another on this device (each:
 //   forward + backward of its 4 examples, clip by global norm, AdamW delta of its slice),
 //   then the HD-PiSSA update of every adapted matrix applied four times (as four workers
-//   would, each with all K pairs); its tokens/s next to ~330 tokens/s for a PyTorch CPU
-//   implementation of the same step on these 2 cores;
+//   would, each with all K pairs); and, in the same run, the same step in PyTorch on the CPU
+//   (bench/peers/torch_step.py, float32, the same shapes, adapters and optimizer), with the
+//   ratio of the two throughputs ("not measured", and why, when PyTorch is not installed);
 // - greedy generation with the KV cache: 64 prompts of 20 tokens, 20 new tokens each.
 //
 // Times are end to end (recording on the host, submit, wait); each figure is the median of a
@@ -36,6 +37,7 @@ import { LlamaGpu, type LlamaGpuOptions } from "../model/llama.ts";
 import type { HostTensor } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
 import { Rng } from "../train/rng.ts";
+import { findTorchPython } from "../scripts/torch_python.ts";
 
 const CONFIG: LlamaConfig = {
   hidden_size: 128,
@@ -56,8 +58,9 @@ const SEQ = 64;
 const BATCH = 16;
 const K = 4;
 const RANK = 4;
-/** PyTorch CPU, whole HD-PiSSA step (4 simulated workers) on these 2 cores. */
-const PYTORCH_TOKENS_PER_S = 330;
+const LR = 1e-4;
+const CLIP = 1.0;
+const REPS = 3;
 
 function randomWeights(rng: Rng): Map<string, HostTensor> {
   const w = new Map<string, HostTensor>();
@@ -87,6 +90,61 @@ function batchOf(rng: Rng, rows: number): MicroBatch {
     }
   }
   return { ids, targetMask, targets, rows, seqLen: SEQ };
+}
+
+type TorchPeer =
+  | { ok: true; torch: string; threads: number; tried: number[]; ms: number; tokensPerS: number }
+  | { ok: false; reason: string };
+
+/**
+ * Runs bench/peers/torch_step.py: the simulated HD-PiSSA step of `run` below (same config,
+ * batch, sequence length, workers, rank, clipping and AdamW), in PyTorch on the CPU.
+ */
+async function torchPeer(): Promise<TorchPeer> {
+  const found = await findTorchPython();
+  if (!found.ok) return found;
+  const spec = {
+    config: CONFIG,
+    seq: SEQ,
+    batch: BATCH,
+    workers: K,
+    rank: RANK,
+    lr: LR,
+    clip: CLIP,
+    reps: REPS,
+  };
+  const script = new URL("peers/torch_step.py", import.meta.url).pathname;
+  console.error(`model bench: PyTorch peer (${found.python}, torch ${found.torch})`);
+  let out: Deno.CommandOutput;
+  try {
+    out = await new Deno.Command(found.python, {
+      args: [script, JSON.stringify(spec)],
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(600_000),
+    }).output();
+  } catch (e) {
+    return { ok: false, reason: `${found.python} ${script} did not run: ${e}` };
+  }
+  const text = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success) {
+    const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" | ");
+    return { ok: false, reason: `${script} failed (exit ${out.code}): ${err || text}` };
+  }
+  try {
+    const r = JSON.parse(text.split("\n").pop()!);
+    if (!(r.tokens_per_s > 0) || !(r.ms > 0)) throw new Error("no tokens_per_s or ms");
+    return {
+      ok: true,
+      torch: r.torch,
+      threads: r.threads,
+      tried: r.runs.map((x: { threads: number }) => x.threads),
+      ms: r.ms,
+      tokensPerS: r.tokens_per_s,
+    };
+  } catch (e) {
+    return { ok: false, reason: `${script} printed no figures (${e}): ${text.slice(0, 200)}` };
+  }
 }
 
 /** Median milliseconds of `body` over `reps` runs after one warm-up run. */
@@ -223,8 +281,8 @@ export async function run(report: Report): Promise<void> {
       }
       worker.recordForwardBackward(rec);
       sumSquares(rec, sumSq, partials, grads);
-      clipByGlobalNorm(rec, grads, sumSq, 1.0);
-      const hyper = { lr: 1e-4, step: adamStep };
+      clipByGlobalNorm(rec, grads, sumSq, CLIP);
+      const hyper = { lr: LR, step: adamStep };
       for (const [name, s] of slices[k]) {
         const slot = worker.adapter(name);
         adamwDelta(rec, { param: s.pair.A, grad: slot.gA, m: s.mA, v: s.vA }, s.pair.dA, hyper);
@@ -250,7 +308,7 @@ export async function run(report: Report): Promise<void> {
       for (let k = 0; k < K; k++) await workerStep(k);
       await update();
     };
-    const msHd = await timeMs(hdStep, 3);
+    const msHd = await timeMs(hdStep, REPS);
     const hdTokens = tokens / msHd * 1e3;
     report({
       name: `HD-PiSSA step, K${K} simulated workers, r${RANK}, time`,
@@ -262,11 +320,31 @@ export async function run(report: Report): Promise<void> {
       value: hdTokens,
       unit: "tokens/s",
     });
-    report({
-      name: `HD-PiSSA step vs PyTorch CPU (${PYTORCH_TOKENS_PER_S} tokens/s)`,
-      value: hdTokens / PYTORCH_TOKENS_PER_S,
-      unit: "x",
-    });
+    // The PyTorch peer runs now, on its own, on the same cores.
+    const peer = await torchPeer();
+    if (peer.ok) {
+      // The fastest of the thread counts it tried (see bench/peers/torch_step.py).
+      const threads = `${peer.threads} thread${peer.threads === 1 ? "" : "s"}`;
+      const label = `torch ${peer.torch}, ${threads}, fastest of ${peer.tried.join(", ")}`;
+      report({ name: `PyTorch CPU, same step (${label}), time`, value: peer.ms, unit: "ms" });
+      report({
+        name: `PyTorch CPU, same step (${label}), throughput`,
+        value: peer.tokensPerS,
+        unit: "tokens/s",
+      });
+      report({
+        name: "HD-PiSSA step vs PyTorch CPU, same run",
+        value: hdTokens / peer.tokensPerS,
+        unit: "x",
+      });
+    } else {
+      report({
+        name: "HD-PiSSA step vs PyTorch CPU",
+        value: NaN,
+        unit: "x",
+        note: `not measured: ${peer.reason}`,
+      });
+    }
     const msUpdate = await timeMs(update, 3);
     report({
       name: `HD-PiSSA update of all ${linears.length} matrices, x${K}`,

@@ -10,18 +10,7 @@ import {
   readLlamaConfig,
   writeLlamaConfig,
 } from "../model/config.ts";
-
-const FIXTURE = new URL("../../shared/fixtures/llama-tiny/", import.meta.url);
-
-async function fixturePresent(): Promise<boolean> {
-  try {
-    await Deno.stat(FIXTURE);
-    return true;
-  } catch {
-    console.warn(`SKIPPED: fixture folder ${FIXTURE.pathname} is absent`);
-    return false;
-  }
-}
+import { LLAMA_TINY as FIXTURE, requireLlamaTiny } from "./support/fixture.ts";
 
 const MINIMAL = {
   hidden_size: 64,
@@ -45,7 +34,7 @@ function throwsField(json: unknown, field: string, pattern?: RegExp): void {
 }
 
 Deno.test("config: the fixture's config.json parses with its values", async () => {
-  if (!(await fixturePresent())) return;
+  await requireLlamaTiny();
   const c = await readLlamaConfig(new URL("config.json", FIXTURE));
   assert.equal(c.hidden_size, 48);
   assert.equal(c.num_attention_heads, 6);
@@ -58,7 +47,7 @@ Deno.test("config: the fixture's config.json parses with its values", async () =
 });
 
 Deno.test("config: expected tensors match the fixture checkpoint's header exactly", async () => {
-  if (!(await fixturePresent())) return;
+  await requireLlamaTiny();
   const c = await readLlamaConfig(new URL("config.json", FIXTURE));
   const bytes = await Deno.readFile(new URL("model.safetensors", FIXTURE));
   const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));

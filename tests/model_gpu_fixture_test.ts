@@ -1,4 +1,4 @@
-// The GPU model against the PyTorch float64 fixture (shared/fixtures/llama-tiny: GQA 6 on 2
+// The GPU model against the PyTorch float64 fixture (tests/fixtures/llama-tiny: GQA 6 on 2
 // heads, RoPE θ = 500): loss, logits, adapter gradients for alpha = r and alpha = 2r with the
 // fixture's own A, B (exact mute), and the full-weight gradients of the adapted linears.
 import assert from "node:assert/strict";
@@ -8,22 +8,12 @@ import { LlamaGpu } from "../model/llama.ts";
 import { loadModelFolder, readSafetensors } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
 import { gpuStep, relErr, WorstError } from "./support/model_gpu.ts";
+import { LLAMA_TINY as FIXTURE, requireLlamaTiny } from "./support/fixture.ts";
 
-const FIXTURE = new URL("../../shared/fixtures/llama-tiny/", import.meta.url);
 const TOL = 1e-5;
 
-async function fixturePresent(): Promise<boolean> {
-  try {
-    await Deno.stat(new URL("expected.safetensors", FIXTURE));
-    return true;
-  } catch {
-    console.warn(`SKIPPED: fixture folder ${FIXTURE.pathname} is absent`);
-    return false;
-  }
-}
-
 Deno.test("gpu model matches the PyTorch fixture", async (t) => {
-  if (!(await fixturePresent())) return;
+  await requireLlamaTiny();
   const { config, tensors } = await loadModelFolder(FIXTURE);
   const expected = (await readSafetensors(new URL("expected.safetensors", FIXTURE))).tensors;
   const meta = JSON.parse(await Deno.readTextFile(new URL("expected.json", FIXTURE)));

@@ -9,8 +9,7 @@ import { LlamaGpu } from "../model/llama.ts";
 import { type ReferenceAdapter, referenceGreedy } from "../model/reference/llama.ts";
 import { loadModelFolder } from "../model/safetensors.ts";
 import { GQA_UNTIED, randomAdapterFactors, randomWeights, Rng } from "./support/model_gpu.ts";
-
-const FIXTURE = new URL("../../shared/fixtures/llama-tiny/", import.meta.url);
+import { LLAMA_TINY as FIXTURE, requireLlamaTiny } from "./support/fixture.ts";
 
 Deno.test("gpu greedy generation equals the reference", async (t) => {
   const gpu = await Gpu.open();
@@ -84,12 +83,7 @@ Deno.test("gpu greedy generation equals the reference", async (t) => {
     });
 
     await t.step("the PyTorch fixture model", async () => {
-      try {
-        await Deno.stat(new URL("model.safetensors", FIXTURE));
-      } catch {
-        console.warn("SKIPPED: fixture absent");
-        return;
-      }
+      await requireLlamaTiny();
       const { config, tensors } = await loadModelFolder(FIXTURE);
       const meta = JSON.parse(await Deno.readTextFile(new URL("expected.json", FIXTURE)));
       const ids: number[][] = meta.input_ids;

@@ -16,18 +16,7 @@ import {
   writeSafetensors,
 } from "../model/safetensors.ts";
 import { Rng } from "../train/rng.ts";
-
-const FIXTURE = new URL("../../shared/fixtures/llama-tiny/", import.meta.url);
-
-async function fixturePresent(): Promise<boolean> {
-  try {
-    await Deno.stat(FIXTURE);
-    return true;
-  } catch {
-    console.warn(`SKIPPED: fixture folder ${FIXTURE.pathname} is absent`);
-    return false;
-  }
-}
+import { LLAMA_TINY as FIXTURE, requireLlamaTiny } from "./support/fixture.ts";
 
 /** Builds a file from a header object and a data section, independently of the product. */
 function rawFile(header: unknown, data: Uint8Array, pad = true): Uint8Array {
@@ -293,7 +282,7 @@ function randomModel(config: LlamaConfig, rng: Rng): Map<string, HostTensor> {
 }
 
 Deno.test("model folder: the fixture loads with every tensor checked", async () => {
-  if (!(await fixturePresent())) return;
+  await requireLlamaTiny();
   const { config, tensors } = await loadModelFolder(FIXTURE);
   assert.equal(tensors.size, expectedTensors(config).length);
   // Compare one tensor with the bytes read by hand.

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { EmbeddedServer, init } from "../internal_mod.ts";
 import { Counter, TensorEcho } from "./runtime_actors_test.ts";
-import { hasOpenssl, selfSignedCert } from "./support/tls.ts";
+import { selfSignedCert } from "./support/tls.ts";
 
 Deno.test("two systems share one server, one over TCP and one over WebSocket, isolated", async () => {
   // A real nats-server that requires a user and password, started outside either system.
@@ -111,7 +111,6 @@ Deno.test("a node started by hand (deno task node) joins by URL with credentials
 
 Deno.test({
   name: "TLS and token options pass through to this process and its nodes",
-  ignore: !hasOpenssl,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "actors-tls-" });
     await selfSignedCert(dir);

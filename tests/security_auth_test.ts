@@ -21,7 +21,7 @@ import {
   tinyArgs,
   waitUntil,
 } from "./support/faults.ts";
-import { hasOpenssl, selfSignedCert } from "./support/tls.ts";
+import { selfSignedCert } from "./support/tls.ts";
 
 const STEPS = 3;
 const quiet = { log: () => {}, isTty: false, progress: () => {} };
@@ -65,7 +65,6 @@ const SCENARIOS: Scenario[] = [
 
 Deno.test({
   name: "the job joins servers requiring a token, user/password over TLS, or an nkey; same bits",
-  ignore: !hasOpenssl,
   async fn(t) {
     const dir = await Deno.makeTempDir({ prefix: "hd-auth-" });
     const tag = newTag();

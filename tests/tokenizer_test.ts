@@ -7,6 +7,7 @@ import {
   loadTokenizer,
   TokenizerError,
 } from "../model/tokenizer.ts";
+import { requireLlamaTiny } from "./support/fixture.ts";
 
 Deno.test("byte tokenizer: ids are UTF-8 bytes + 3, specials fixed", () => {
   const t = new ByteTokenizer();
@@ -175,8 +176,8 @@ Deno.test("loadTokenizer: byte tokenizer without tokenizer.json; mismatched conf
   }
 });
 
-Deno.test("loadTokenizer: the shared byte-level fixture, through its parsed config.json", async () => {
-  const dir = new URL("../../shared/fixtures/llama-tiny", import.meta.url).pathname;
+Deno.test("loadTokenizer: the byte-level fixture model, through its parsed config.json", async () => {
+  const dir = (await requireLlamaTiny()).pathname.replace(/\/$/, "");
   const config = await readLlamaConfig(`${dir}/config.json`);
   const t = await loadTokenizer(dir, config);
   assert.equal(t.kind, "byte");
