@@ -10,6 +10,7 @@ const PACKAGES: { pkg: string; present: () => boolean; why: string }[] = [
     present: hasVulkanDriver,
     why: "a Vulkan driver for WebGPU (lavapipe runs it on the CPU when there is no GPU)",
   },
+  { pkg: "openssl", present: () => onPath("openssl"), why: "certificates for the TLS tests" },
 ];
 
 function exists(path: string): boolean {
