@@ -462,6 +462,13 @@ export class Flags<F extends FlagTable> {
     return this.#names;
   }
 
+  /** The declaration of flag `name`. */
+  spec(name: string): FlagSpec {
+    const s = (this.flags as FlagTable)[name];
+    if (s === undefined) throw new Error(`flag table ${this.name}: no flag --${name}`);
+    return s;
+  }
+
   /** Parses `args`; throws a `FlagError` naming the flag for anything wrong. */
   parse(args: readonly string[]): Parsed<OptionsOf<F>> {
     const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {
@@ -506,12 +513,15 @@ export class Flags<F extends FlagTable> {
     return { help: false, options: options_, positionals, given };
   }
 
-  #fillDefaults(o: Record<string, unknown>, given: ReadonlySet<string>): void {
+  #fillDefaults(o: Record<string, unknown>, given: ReadonlySet<string> | null): void {
     const computed: string[] = [];
     for (const n of this.#names) {
-      if (given.has(n)) continue;
+      if (given?.has(n)) continue;
       const s = this.flags[n];
-      if (s.required) throw new FlagError(`--${n} is required (see --help)`, n);
+      if (s.required) {
+        if (given === null) continue;
+        throw new FlagError(`--${n} is required (see --help)`, n);
+      }
       if (typeof s.default === "function") computed.push(n);
       else if (s.default === undefined || s.default === null) {
         o[camelName(n)] = s.type === "boolean" ? false : s.type === "list" ? [] : null;
@@ -522,10 +532,13 @@ export class Flags<F extends FlagTable> {
     }
   }
 
-  /** The options with no flag given (computed defaults computed; no cross-flag check). */
+  /**
+   * The options with no flag given: computed defaults computed, required flags left out, no
+   * cross-flag check.
+   */
   defaults(): OptionsOf<F> {
     const o: Record<string, unknown> = {};
-    this.#fillDefaults(o, new Set());
+    this.#fillDefaults(o, null);
     return o as OptionsOf<F>;
   }
 
