@@ -492,7 +492,9 @@ export class Flags<F extends FlagTable> {
         } as Parameters<typeof parseArgs>[0] & { allowNegative: boolean },
       );
     } catch (e) {
-      throw new FlagError(`${(e as Error).message} (see --help)`);
+      // Node's hint on positionals that look like flags is more than one line needs.
+      const message = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
+      throw new FlagError(`${message} (see --help)`);
     }
     const values = parsed.values as Record<string, string | string[] | boolean | undefined>;
     const positionals = parsed.positionals;
