@@ -492,8 +492,10 @@ export class Flags<F extends FlagTable> {
         } as Parameters<typeof parseArgs>[0] & { allowNegative: boolean },
       );
     } catch (e) {
-      // Node's hint on positionals that look like flags is more than one line needs.
-      const message = (e as Error).message.replace(/\. To specify a positional argument.*$/s, "");
+      // One line: Node's hint on positionals that look like flags goes, line breaks too.
+      const message = (e as Error).message
+        .replace(/\. To specify a positional argument.*$/s, "")
+        .replace(/\s*\n\s*/g, " ");
       throw new FlagError(`${message} (see --help)`);
     }
     const values = parsed.values as Record<string, string | string[] | boolean | undefined>;

@@ -195,6 +195,7 @@ Deno.test("bad values are refused with the flag named", () => {
 Deno.test("unknown flags, missing values and positionals are FlagErrors without a flag", () => {
   refused(["--stesp", "3"], undefined, /Unknown option '--stesp' \(see --help\)$/);
   refused(["--steps"], undefined, /--steps/);
+  refused(["--steps", "-1"], undefined, /^[^\n]*'--steps' argument is ambiguous[^\n]*$/);
   refused(["extra"], undefined, /extra/);
   refused(["--fast=yes"], undefined, /--fast/);
   const P = defineFlags({
