@@ -512,7 +512,9 @@ export class Flags<F extends FlagTable> {
       o[camelName(n)] = typeof v === "boolean" ? v : parseValue(n, this.flags[n], v);
     }
     this.#fillDefaults(o, given);
-    const options_ = o as OptionsOf<F>;
+    // Fields in table order, whichever flags were given.
+    const ordered = Object.fromEntries(this.#names.map((n) => [camelName(n), o[camelName(n)]]));
+    const options_ = ordered as OptionsOf<F>;
     this.#spec.check?.(options_, given);
     return { help: false, options: options_, positionals, given };
   }
@@ -543,7 +545,9 @@ export class Flags<F extends FlagTable> {
   defaults(): OptionsOf<F> {
     const o: Record<string, unknown> = {};
     this.#fillDefaults(o, null);
-    return o as OptionsOf<F>;
+    return Object.fromEntries(
+      this.#names.flatMap((n) => camelName(n) in o ? [[camelName(n), o[camelName(n)]]] : []),
+    ) as OptionsOf<F>;
   }
 
   /** The usage text, grouped and aligned. */

@@ -172,6 +172,7 @@ Deno.test("each type is parsed", () => {
   assert.deepEqual(o.include, ["a,b", "c"], "repeated, not split");
   assert.equal(o.level, 3);
   assert.deepEqual([...T.parse([...K, "--steps", "3"]).given].sort(), ["key", "steps"]);
+  assert.deepEqual(Object.keys(o), Object.keys(parse()), "fields in table order");
 });
 
 Deno.test("bad values are refused with the flag named", () => {
