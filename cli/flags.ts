@@ -84,8 +84,9 @@ export interface NumberFlag extends Common {
   lt?: number;
 }
 /**
- * A switch: present means true. With default true it is turned off by `--no-<name>`. With
- * `explicit`, it takes a value instead: `--shuffle false`.
+ * A switch: present means true. With default true it is turned off by `--no-<name>`, which is
+ * what the usage text lists (so `help` says what `--no-<name>` does). With `explicit`, it takes
+ * a value instead: `--shuffle false`.
  */
 export interface BooleanFlag extends Common {
   type: "boolean";
