@@ -41,6 +41,7 @@ import {
   FinetuneOptionsSchema,
   resolvedConfig,
   RESUME_KEYS,
+  workerSettings,
 } from "../train/cli/options.ts";
 import { validateOptionsForModel } from "../train/cli/model_checks.ts";
 import { methodInit } from "../train/methods/init.ts";
@@ -331,18 +332,7 @@ export class DriverCore {
         seqLen: o.seqLen,
         microBatch: o.microBatch,
         maxMicroBatches,
-        settings: {
-          method: o.method,
-          workers: o.workers,
-          rank: o.rank,
-          alpha: o.alpha,
-          targets: o.targets,
-          mute: o.mute,
-          aggregate: o.aggregate,
-          optimizer: o.optimizer,
-          weightDecay: o.weightDecay,
-          clip: o.clip,
-        },
+        settings: workerSettings(o),
         updateSubject: `${this.prefix}.update`,
         updateFloats: updateLength(this.layout, o.method, o.workers),
       }, { timeoutMs: CALL_MS, idempotent: true })

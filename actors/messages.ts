@@ -6,24 +6,13 @@
  */
 import { z } from "zod";
 import { tensor } from "../runtime/mod.ts";
-import { LINEAR_KINDS } from "../model/config.ts";
 import { METHODS } from "../train/methods/names.ts";
+import { WorkerSettingsSchema } from "../train/cli/options.ts";
 
 export const MethodName = z.enum(METHODS);
 
-/** The method settings a worker needs (a subset of the run's flags). */
-export const WorkerMethodSettings = z.object({
-  method: MethodName,
-  workers: z.number().int().min(1),
-  rank: z.number().int().min(1),
-  alpha: z.number().positive(),
-  targets: z.array(z.enum(LINEAR_KINDS)).min(1),
-  mute: z.union([z.literal("exact"), z.number().min(1e-38).max(1)]),
-  aggregate: z.enum(["mean", "sum"]),
-  optimizer: z.enum(["adamw", "sgd"]),
-  weightDecay: z.number().min(0),
-  clip: z.number().min(0),
-});
+/** The method settings a worker needs: the run's flags marked `toWorkers`. */
+export const WorkerMethodSettings = WorkerSettingsSchema;
 export type WorkerMethodSettings = z.infer<typeof WorkerMethodSettings>;
 
 /** Where a worker finds its weights and how it sizes its buffers. */

@@ -7,14 +7,19 @@
 //
 // A suite is a file `bench/<name>_bench.ts` exporting `run(report)`; it calls `report` once per
 // figure. Figures are measured, never asserted.
-import { parseArgs } from "node:util";
+import { defineFlags } from "../cli/flags.ts";
 import type { Figure } from "./figure.ts";
 
-const { values, positionals } = parseArgs({
-  args: Deno.args,
-  options: { json: { type: "boolean", default: false } },
-  allowPositionals: true,
+const FLAGS = defineFlags({
+  name: "bench",
+  about: "Runs the benchmark suites in bench/ and prints their figures.",
+  usage: "deno task bench [flags] [SUITE...]",
+  positionals: { metavar: "SUITE...", help: "only the suites whose file name starts with these" },
+  flags: {
+    json: { type: "boolean", help: 'one JSON object per line: {"name", "value", "unit"}' },
+  },
 });
+const { options, positionals } = FLAGS.main();
 
 const dir = new URL(".", import.meta.url);
 const suites = [...Deno.readDirSync(dir)]
@@ -31,10 +36,10 @@ if (suites.length === 0) {
 const rows: (Figure & { suite: string })[] = [];
 for (const suite of suites) {
   const mod = await import(new URL(`${suite}_bench.ts`, dir).href);
-  if (!values.json) console.log(`\n== ${suite}`);
+  if (!options.json) console.log(`\n== ${suite}`);
   await mod.run((f: Figure) => {
     rows.push({ ...f, suite });
-    if (values.json) {
+    if (options.json) {
       console.log(JSON.stringify({ name: f.name, value: f.value, unit: f.unit, note: f.note }));
     } else if (f.note !== undefined) {
       console.log(`  ${f.name.padEnd(56)} ${f.note}`);

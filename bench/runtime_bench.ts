@@ -6,7 +6,6 @@
 //
 // Raw NATS counterparts run in their own processes, like the actors: this file doubles as the
 // echo responder and the byte sink (`deno run bench/runtime_bench.ts --serve echo|sink ...`).
-import { parseArgs } from "node:util";
 import { type NatsConnection, wsconnect } from "@nats-io/nats-core";
 import {
   type ActorHandle,
@@ -19,6 +18,7 @@ import {
   z,
 } from "../internal_mod.ts";
 import { percentile, type Report } from "./figure.ts";
+import { defineFlags, FlagError } from "../cli/flags.ts";
 
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
 const MiB = 1024 * 1024;
@@ -319,36 +319,51 @@ export async function run(report: Report) {
   }
 }
 
+/** The flags of the raw NATS counterparts, which the benchmark starts as helper processes. */
+const SERVE_FLAGS = defineFlags({
+  name: "runtime_bench",
+  about: "A raw NATS counterpart of the runtime benchmark (the benchmark starts these itself).",
+  usage: "deno run -A bench/runtime_bench.ts --serve echo|sink --url URL [flags]",
+  flags: {
+    serve: {
+      type: "enum",
+      choices: ["echo", "sink"],
+      required: true,
+      help: "answer requests on bench.echo, or take bytes on <subject>.data",
+    },
+    url: { type: "string", required: true, metavar: "URL", help: "the NATS server" },
+    bytes: { type: "int", min: 1, default: null, help: "sink: bytes of one transfer" },
+    subject: { type: "string", default: null, metavar: "SUBJECT", help: "sink: subject prefix" },
+  },
+  check(o) {
+    if (o.serve === "sink" && (o.bytes === null || o.subject === null)) {
+      throw new FlagError("--serve sink needs --bytes and --subject", "serve");
+    }
+  },
+});
+
 /** Raw NATS counterparts: an echo responder, or a sink that reports when it has all the bytes. */
 async function serve() {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      serve: { type: "string" },
-      url: { type: "string" },
-      bytes: { type: "string" },
-      subject: { type: "string" },
-    },
-  });
-  const nc = await connectNats(values.url!, JSON.parse(Deno.env.get("BENCH_CREDS") ?? "{}"));
-  if (values.serve === "echo") {
+  const { options: o } = SERVE_FLAGS.main();
+  const nc = await connectNats(o.url, JSON.parse(Deno.env.get("BENCH_CREDS") ?? "{}"));
+  if (o.serve === "echo") {
     nc.subscribe("bench.echo", {
       callback: (_e, m) => {
         m.respond(m.data);
       },
     });
   } else {
-    const want = Number(values.bytes);
+    const want = o.bytes!;
     let got = 0;
     let sum = 0;
-    nc.subscribe(`${values.subject}.data`, {
+    nc.subscribe(`${o.subject}.data`, {
       callback: (_e, m) => {
         // Touch the bytes as a receiver would (the actor side checks every byte too).
         sum ^= checksum32(m.data);
         got += m.data.byteLength;
         if (got >= want) {
           got = 0;
-          nc.publish(`${values.subject}.done`, String(sum));
+          nc.publish(`${o.subject}.done`, String(sum));
         }
       },
     });

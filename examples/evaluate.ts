@@ -2,7 +2,7 @@
 // task and overall. Prints a table; --json writes the scores, --predictions every answer.
 //
 //   deno task evaluate --model models/base --data data/bench/test.jsonl [--all] [--json OUT]
-import { parseArgs } from "node:util";
+import { defineFlags, FlagError } from "../cli/flags.ts";
 import { writeJsonAtomic } from "../train/report/report.ts";
 import { DEFAULT_EVAL_PER_TASK, EvalScoreError, formatScoreTable } from "../train/eval/score.ts";
 import { evaluateModel, EvaluationError } from "../train/eval/evaluate.ts";
@@ -11,75 +11,68 @@ import { ConfigError } from "../model/config.ts";
 import { SafetensorsError } from "../model/safetensors.ts";
 import { TokenizerError } from "../model/tokenizer.ts";
 
-const HELP = `deno task evaluate [flags]
-
-  --model DIR             model folder (default models/base)
-  --data FILE             JSONL test set (default data/bench/test.jsonl)
-  --prompt-field NAME     (default prompt)
-  --response-field NAME   (default response)
-  --task-field NAME       (default task; lines without one count as "all")
-  --per-task N            examples per task, a fixed seeded subset (default ${DEFAULT_EVAL_PER_TASK})
-  --all                   every example
-  --seed N                seed of the subset (default 0)
-  --max-new-tokens N      (default: the longest reference in tokens + 8)
-  --batch-size N          prompts decoded together (default 64)
-  --json OUT              write the scores as JSON
-  --predictions OUT       write every answer as JSONL
-`;
-
-/** A flag value that cannot be used. */
-class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
-}
-
-function int(flag: string, v: string | undefined, min: number): number | undefined {
-  if (v === undefined) return undefined;
-  const x = Number(v);
-  if (v.trim() === "" || !Number.isInteger(x) || x < min) {
-    throw new UsageError(`--${flag} needs an integer >= ${min}, got ${JSON.stringify(v)}`);
-  }
-  return x;
-}
+const FLAGS = defineFlags({
+  name: "evaluate",
+  about: "Evaluates a model folder on a JSONL test set: greedy answers, exact match per task.",
+  usage: "deno task evaluate [flags]",
+  flags: {
+    model: { type: "string", default: "models/base", metavar: "DIR", help: "model folder" },
+    data: {
+      type: "string",
+      default: "data/bench/test.jsonl",
+      metavar: "FILE",
+      help: "JSONL test set",
+    },
+    "prompt-field": { type: "string", default: "prompt", metavar: "NAME", help: "" },
+    "response-field": { type: "string", default: "response", metavar: "NAME", help: "" },
+    "task-field": {
+      type: "string",
+      default: "task",
+      metavar: "NAME",
+      help: 'lines without one count as "all"',
+    },
+    "per-task": {
+      type: "int",
+      min: 1,
+      default: DEFAULT_EVAL_PER_TASK,
+      help: "examples per task, a fixed seeded subset",
+    },
+    all: { type: "boolean", help: "every example" },
+    seed: { type: "int", min: 0, default: 0, help: "seed of the subset" },
+    "max-new-tokens": {
+      type: "int",
+      min: 1,
+      default: null,
+      defaultText: "the longest reference in tokens + 8",
+      help: "",
+    },
+    "batch-size": { type: "int", min: 1, default: 64, help: "prompts decoded together" },
+    json: { type: "string", default: null, metavar: "OUT", help: "write the scores as JSON" },
+    predictions: {
+      type: "string",
+      default: null,
+      metavar: "OUT",
+      help: "write every answer as JSONL",
+    },
+  },
+  check(o, given) {
+    if (o.all && given.has("per-task")) {
+      throw new FlagError("--all and --per-task exclude each other", "all");
+    }
+  },
+});
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    strict: true,
-    options: {
-      help: { type: "boolean" },
-      model: { type: "string", default: "models/base" },
-      data: { type: "string", default: "data/bench/test.jsonl" },
-      "prompt-field": { type: "string" },
-      "response-field": { type: "string" },
-      "task-field": { type: "string" },
-      "per-task": { type: "string" },
-      all: { type: "boolean" },
-      seed: { type: "string" },
-      "max-new-tokens": { type: "string" },
-      "batch-size": { type: "string" },
-      json: { type: "string" },
-      predictions: { type: "string" },
-    },
-  });
-  if (values.help) {
-    console.log(HELP);
-    return;
-  }
-  if (values.all && values["per-task"] !== undefined) {
-    throw new UsageError("--all and --per-task exclude each other");
-  }
-  const result = await evaluateModel(values.model, values.data, {
-    promptField: values["prompt-field"],
-    responseField: values["response-field"],
-    taskField: values["task-field"],
-    perTask: int("per-task", values["per-task"], 1),
-    all: values.all ?? false,
-    seed: int("seed", values.seed, 0),
-    maxNewTokens: int("max-new-tokens", values["max-new-tokens"], 1),
-    batchSize: int("batch-size", values["batch-size"], 1),
+  const { options: o } = FLAGS.main();
+  const result = await evaluateModel(o.model, o.data, {
+    promptField: o.promptField,
+    responseField: o.responseField,
+    taskField: o.taskField,
+    perTask: o.perTask,
+    all: o.all,
+    seed: o.seed,
+    maxNewTokens: o.maxNewTokens ?? undefined,
+    batchSize: o.batchSize,
   });
   const { score } = result;
   console.log(
@@ -87,8 +80,8 @@ async function main(): Promise<void> {
       `max_new_tokens ${result.maxNewTokens}, ${(result.ms / 1000).toFixed(1)} s`,
   );
   console.log(formatScoreTable({ accuracy: score }));
-  if (values.json) {
-    await writeJsonAtomic(values.json, {
+  if (o.json !== null) {
+    await writeJsonAtomic(o.json, {
       model: result.model,
       data: result.data,
       max_new_tokens: result.maxNewTokens,
@@ -96,9 +89,9 @@ async function main(): Promise<void> {
       ...score,
     });
   }
-  if (values.predictions) {
+  if (o.predictions !== null) {
     await Deno.writeTextFile(
-      values.predictions,
+      o.predictions,
       result.predictions.map((p) => JSON.stringify(p)).join("\n") + "\n",
     );
   }
@@ -108,7 +101,6 @@ try {
   await main();
 } catch (e) {
   const known = [
-    UsageError,
     EvaluationError,
     EvalScoreError,
     DataError,
@@ -116,15 +108,9 @@ try {
     SafetensorsError,
     TokenizerError,
   ];
-  if (known.some((k) => e instanceof k) || isArgError(e)) {
+  if (known.some((k) => e instanceof k)) {
     console.error(`error: ${(e as Error).message}`);
     Deno.exit(1);
   }
   throw e;
-}
-
-/** parseArgs reports unknown flags and missing values as TypeErrors with an ERR_PARSE code. */
-function isArgError(e: unknown): boolean {
-  return typeof (e as { code?: unknown })?.code === "string" &&
-    String((e as { code: string }).code).startsWith("ERR_PARSE_ARGS");
 }

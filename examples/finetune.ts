@@ -6,27 +6,15 @@
  *
  * With no --nats it starts a private nats-server and K local worker processes.
  */
-import { FlagError, parseFinetuneArgs, USAGE } from "../train/cli/options.ts";
+import { FINETUNE_FLAGS } from "../train/cli/options.ts";
 import { runFinetune } from "../actors/job.ts";
 import { RemoteError } from "../runtime/mod.ts";
 
 if (import.meta.main) {
-  let parsed;
+  // --help prints the usage; a bad flag prints one line and exits 2.
+  const { options } = FINETUNE_FLAGS.main();
   try {
-    parsed = parseFinetuneArgs(Deno.args);
-  } catch (e) {
-    if (e instanceof FlagError) {
-      console.error(`finetune: ${e.message}`);
-      Deno.exit(2);
-    }
-    throw e;
-  }
-  if (parsed.help) {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
-  try {
-    await runFinetune(parsed.options, {
+    await runFinetune(options, {
       log: (line) => console.error(line),
       isTty: Deno.stderr.isTerminal(),
     });

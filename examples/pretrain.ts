@@ -4,7 +4,7 @@
 //   deno task pretrain --out models/base --steps 6000 --seed 1
 //
 // Every size and optimizer setting is a flag (see --help); the defaults make the shipped model.
-import { parseArgs } from "node:util";
+import { defineFlags } from "../cli/flags.ts";
 import { Gpu } from "../gpu/mod.ts";
 import {
   pretrain,
@@ -13,124 +13,139 @@ import {
   type PretrainOptions,
 } from "../train/pretrain/pretrain.ts";
 
-const HELP = `deno task pretrain [flags]
+const d = PRETRAIN_DEFAULTS;
+const DATA = "data and output";
+const OPTIM = "optimisation";
+const EVAL = "held-out loss";
+const SIZE = "model";
 
-  --out DIR             model folder to write (default ${PRETRAIN_DEFAULTS.out})
-  --overwrite           replace a model already in --out
-  --corpus FILE         training text (default ${PRETRAIN_DEFAULTS.corpus})
-  --valid FILE          held-out text (default ${PRETRAIN_DEFAULTS.valid})
-  --seed N              initialisation and data order (default ${PRETRAIN_DEFAULTS.seed})
-  --steps N             optimizer steps (default ${PRETRAIN_DEFAULTS.steps})
-  --batch N             windows per step (default ${PRETRAIN_DEFAULTS.batch})
-  --seq-len N           tokens per window (default ${PRETRAIN_DEFAULTS.seqLen})
-  --lr X                peak learning rate (default ${PRETRAIN_DEFAULTS.lr})
-  --warmup-ratio X      linear warmup share of the steps, then cosine to 0 (default ${PRETRAIN_DEFAULTS.warmupRatio})
-  --weight-decay X      AdamW decay of the matrices (default ${PRETRAIN_DEFAULTS.weightDecay})
-  --beta1 X, --beta2 X  AdamW moments (default ${PRETRAIN_DEFAULTS.beta1}, ${PRETRAIN_DEFAULTS.beta2})
-  --clip X              global gradient-norm clip (default ${PRETRAIN_DEFAULTS.clip})
-  --eval-every N        held-out loss every N steps (default ${PRETRAIN_DEFAULTS.evalEvery})
-  --eval-windows N      held-out windows (default ${PRETRAIN_DEFAULTS.evalWindows})
-  --no-full-valid       skip the final loss on the whole validation text
-  --hidden N --layers N --heads N --kv-heads N --intermediate N
-                        model size (default ${PRETRAIN_DEFAULTS.hidden}, ${PRETRAIN_DEFAULTS.layers}, ${PRETRAIN_DEFAULTS.heads}, ${PRETRAIN_DEFAULTS.kvHeads}, ${PRETRAIN_DEFAULTS.intermediate})
-  --tie-embeddings      share the embedding matrix with lm_head
-  --rope-theta X        (default ${PRETRAIN_DEFAULTS.ropeTheta})
-  --max-positions N     max_position_embeddings (default: max(${PRETRAIN_DEFAULTS.maxPositions}, --seq-len))
-  --init-std X          std of the initial matrices (default ${PRETRAIN_DEFAULTS.initStd})
-`;
-
-/** The options the flags give, or null after printing --help. */
-function parseOptions(): PretrainOptions | null {
-  const { values } = parseArgs({
-    args: Deno.args,
-    strict: true,
-    options: {
-      help: { type: "boolean" },
-      out: { type: "string" },
-      overwrite: { type: "boolean" },
-      corpus: { type: "string" },
-      valid: { type: "string" },
-      seed: { type: "string" },
-      steps: { type: "string" },
-      batch: { type: "string" },
-      "seq-len": { type: "string" },
-      lr: { type: "string" },
-      "warmup-ratio": { type: "string" },
-      "weight-decay": { type: "string" },
-      beta1: { type: "string" },
-      beta2: { type: "string" },
-      clip: { type: "string" },
-      "eval-every": { type: "string" },
-      "eval-windows": { type: "string" },
-      "no-full-valid": { type: "boolean" },
-      hidden: { type: "string" },
-      layers: { type: "string" },
-      heads: { type: "string" },
-      "kv-heads": { type: "string" },
-      intermediate: { type: "string" },
-      "tie-embeddings": { type: "boolean" },
-      "rope-theta": { type: "string" },
-      "max-positions": { type: "string" },
-      "init-std": { type: "string" },
+const FLAGS = defineFlags({
+  name: "pretrain",
+  about: "Pretrains the base model from scratch on one worker and writes a model folder.",
+  usage: "deno task pretrain [flags]",
+  groups: [DATA, OPTIM, EVAL, SIZE],
+  flags: {
+    out: {
+      type: "string",
+      default: d.out,
+      metavar: "DIR",
+      help: "model folder to write",
+      group: DATA,
     },
-  });
-
-  if (values.help) {
-    console.log(HELP);
-    return null;
-  }
-
-  function num(flag: string, fallback: number): number {
-    const v = (values as Record<string, string | boolean | undefined>)[flag];
-    if (v === undefined) return fallback;
-    const x = Number(v);
-    if (typeof v !== "string" || v.trim() === "" || !Number.isFinite(x)) {
-      throw new PretrainError(`--${flag} needs a number, got ${JSON.stringify(v)}`);
-    }
-    return x;
-  }
-
-  const d = PRETRAIN_DEFAULTS;
-  const seqLen = num("seq-len", d.seqLen);
-  return {
-    out: values.out ?? d.out,
-    overwrite: values.overwrite ?? false,
-    corpus: values.corpus ?? d.corpus,
-    valid: values.valid ?? d.valid,
-    seed: num("seed", d.seed),
-    steps: num("steps", d.steps),
-    batch: num("batch", d.batch),
-    seqLen,
-    lr: num("lr", d.lr),
-    warmupRatio: num("warmup-ratio", d.warmupRatio),
-    weightDecay: num("weight-decay", d.weightDecay),
-    beta1: num("beta1", d.beta1),
-    beta2: num("beta2", d.beta2),
-    clip: num("clip", d.clip),
-    evalEvery: num("eval-every", d.evalEvery),
-    evalWindows: num("eval-windows", d.evalWindows),
-    fullValid: !(values["no-full-valid"] ?? false),
-    hidden: num("hidden", d.hidden),
-    layers: num("layers", d.layers),
-    heads: num("heads", d.heads),
-    kvHeads: num("kv-heads", d.kvHeads),
-    intermediate: num("intermediate", d.intermediate),
-    tieEmbeddings: values["tie-embeddings"] ?? d.tieEmbeddings,
-    ropeTheta: num("rope-theta", d.ropeTheta),
-    maxPositions: num("max-positions", Math.max(d.maxPositions, seqLen)),
-    initStd: num("init-std", d.initStd),
-  };
-}
-
-/** parseArgs reports unknown flags and missing values with an ERR_PARSE_ARGS code. */
-function isArgError(e: unknown): boolean {
-  const code = (e as { code?: unknown })?.code;
-  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS");
-}
+    overwrite: { type: "boolean", help: "replace a model already in --out", group: DATA },
+    corpus: {
+      type: "string",
+      default: d.corpus,
+      metavar: "FILE",
+      help: "training text",
+      group: DATA,
+    },
+    valid: {
+      type: "string",
+      default: d.valid,
+      metavar: "FILE",
+      help: "held-out text",
+      group: DATA,
+    },
+    seed: {
+      type: "int",
+      min: 0,
+      default: d.seed,
+      help: "initialisation and data order",
+      group: DATA,
+    },
+    steps: { type: "int", min: 1, default: d.steps, help: "optimizer steps", group: OPTIM },
+    batch: { type: "int", min: 1, default: d.batch, help: "windows per step", group: OPTIM },
+    "seq-len": { type: "int", min: 2, default: d.seqLen, help: "tokens per window", group: OPTIM },
+    lr: { type: "number", gt: 0, default: d.lr, help: "peak learning rate", group: OPTIM },
+    "warmup-ratio": {
+      type: "number",
+      min: 0,
+      max: 1,
+      default: d.warmupRatio,
+      help: "linear warmup share of the steps, then cosine to 0",
+      group: OPTIM,
+    },
+    "weight-decay": {
+      type: "number",
+      min: 0,
+      default: d.weightDecay,
+      help: "AdamW decay of the matrices",
+      group: OPTIM,
+    },
+    beta1: { type: "number", min: 0, lt: 1, default: d.beta1, help: "AdamW β1", group: OPTIM },
+    beta2: { type: "number", min: 0, lt: 1, default: d.beta2, help: "AdamW β2", group: OPTIM },
+    clip: {
+      type: "number",
+      gt: 0,
+      default: d.clip,
+      help: "global gradient-norm clip",
+      group: OPTIM,
+    },
+    "eval-every": {
+      type: "int",
+      min: 1,
+      default: d.evalEvery,
+      help: "held-out loss every N steps",
+      group: EVAL,
+    },
+    "eval-windows": {
+      type: "int",
+      min: 1,
+      default: d.evalWindows,
+      help: "held-out windows",
+      group: EVAL,
+    },
+    "full-valid": {
+      type: "boolean",
+      default: d.fullValid,
+      help: "skip the final loss on the whole validation text",
+      group: EVAL,
+    },
+    hidden: { type: "int", min: 1, default: d.hidden, help: "hidden size", group: SIZE },
+    layers: { type: "int", min: 1, default: d.layers, help: "decoder layers", group: SIZE },
+    heads: { type: "int", min: 1, default: d.heads, help: "attention heads", group: SIZE },
+    "kv-heads": {
+      type: "int",
+      min: 1,
+      default: d.kvHeads,
+      help: "key/value heads",
+      group: SIZE,
+    },
+    intermediate: {
+      type: "int",
+      min: 1,
+      default: d.intermediate,
+      help: "MLP size",
+      group: SIZE,
+    },
+    "tie-embeddings": {
+      type: "boolean",
+      default: d.tieEmbeddings,
+      help: "share the embedding matrix with lm_head",
+      group: SIZE,
+    },
+    "rope-theta": { type: "number", gt: 0, default: d.ropeTheta, help: "RoPE base", group: SIZE },
+    "max-positions": {
+      type: "int",
+      min: 1,
+      default: (o) => Math.max(d.maxPositions, o.seqLen as number),
+      defaultText: `max(${d.maxPositions}, --seq-len)`,
+      help: "max_position_embeddings",
+      group: SIZE,
+    },
+    "init-std": {
+      type: "number",
+      gt: 0,
+      default: d.initStd,
+      help: "std of the initial matrices",
+      group: SIZE,
+    },
+  },
+});
 
 async function main(): Promise<void> {
-  const options = parseOptions();
-  if (!options) return;
+  const options: PretrainOptions = FLAGS.main().options;
   const gpu = await Gpu.open();
   try {
     await pretrain(gpu, options, {
@@ -144,7 +159,7 @@ async function main(): Promise<void> {
 try {
   await main();
 } catch (e) {
-  if (!(e instanceof PretrainError) && !isArgError(e)) throw e;
+  if (!(e instanceof PretrainError)) throw e;
   console.error(`error: ${(e as Error).message}`);
   Deno.exit(1);
 }

@@ -14,19 +14,146 @@
  * `--owner-pipe` when its stdin closes (its owner exited).
  * @module
  */
-import { parseArgs } from "node:util";
+import { z } from "zod";
+import { defineFlags, FlagError, parseInteger } from "../cli/flags.ts";
 import {
   type Credentials,
   credentialsFromEnv,
   natsEnvCredentials,
   splitUrlCredentials,
 } from "./connect.ts";
-import type { Resources } from "./protocol.ts";
+import { type Resources, resourcesSchema } from "./protocol.ts";
 import { System } from "./system.ts";
 
-const USAGE = `usage: deno task node --nats URL[,URL...] [--gpus N|auto] [--resources JSON]
-  [--system NAME] [--id ID] [--allow-module PREFIX]... [--user U --pass P | --token T | --creds FILE]
-  [--tls-ca FILE --tls-cert FILE --tls-key FILE] [--heartbeat-ms 500] [--missed-heartbeats 3]`;
+const NET = "cluster";
+const SECRETS = "credentials (else NATS_* variables, or the URL's user:pass@)";
+const LIVENESS = "liveness";
+
+const FLAGS = defineFlags({
+  name: "node",
+  about: "A node process: joins a system on a NATS server or cluster and hosts actors.",
+  usage: "deno task node --nats URL[,URL...] [flags]",
+  groups: [NET, SECRETS, LIVENESS],
+  flags: {
+    nats: {
+      type: "string",
+      required: true,
+      metavar: "URL[,URL...]",
+      help: "NATS servers: nats://, tls://, ws:// or wss://",
+      group: NET,
+    },
+    system: {
+      type: "string",
+      default: "default",
+      metavar: "NAME",
+      help: "the system to join",
+      group: NET,
+    },
+    id: {
+      type: "string",
+      default: () => `n${crypto.randomUUID().slice(0, 8)}`,
+      defaultText: "n<random>",
+      metavar: "ID",
+      help: "this node's id",
+      group: NET,
+    },
+    gpus: {
+      type: "custom",
+      parse: (raw: string, flag: string): number | "auto" => {
+        if (raw === "auto") return "auto";
+        try {
+          return parseInteger(flag, raw, { min: 0 });
+        } catch {
+          throw new FlagError(`--${flag} must be a count or "auto", got ${raw}`, flag);
+        }
+      },
+      schema: z.union([z.literal("auto"), z.number().int().min(0)]),
+      default: null,
+      metavar: "N|auto",
+      help: "GPU slots offered (auto: 1 if a WebGPU adapter is found, else 0)",
+      group: NET,
+    },
+    resources: {
+      type: "custom",
+      parse: (raw: string, flag: string): Resources => {
+        let r: unknown;
+        try {
+          r = JSON.parse(raw);
+        } catch {
+          throw new FlagError(`--${flag} is not JSON: ${raw}`, flag);
+        }
+        const ok = resourcesSchema.safeParse(r);
+        if (!ok.success) {
+          throw new FlagError(`--${flag} must be a JSON object of numbers >= 0, got ${raw}`, flag);
+        }
+        return ok.data;
+      },
+      schema: resourcesSchema,
+      default: null,
+      metavar: "JSON",
+      help: 'other resources offered, e.g. {"ram_gb": 64}',
+      group: NET,
+    },
+    "allow-module": {
+      type: "list",
+      repeat: true,
+      separator: null,
+      metavar: "PREFIX",
+      help: "also load actor modules from URLs under PREFIX",
+      group: NET,
+    },
+    user: {
+      type: "string",
+      default: null,
+      metavar: "U",
+      help: "user (with --pass)",
+      group: SECRETS,
+    },
+    pass: { type: "string", default: null, metavar: "P", help: "password", group: SECRETS },
+    token: { type: "string", default: null, metavar: "T", help: "token", group: SECRETS },
+    creds: {
+      type: "string",
+      default: null,
+      metavar: "FILE",
+      help: "credentials file",
+      group: SECRETS,
+    },
+    "tls-ca": { type: "string", default: null, metavar: "FILE", help: "TLS CA", group: SECRETS },
+    "tls-cert": {
+      type: "string",
+      default: null,
+      metavar: "FILE",
+      help: "TLS client certificate",
+      group: SECRETS,
+    },
+    "tls-key": {
+      type: "string",
+      default: null,
+      metavar: "FILE",
+      help: "TLS client key",
+      group: SECRETS,
+    },
+    "heartbeat-ms": {
+      type: "number",
+      gt: 0,
+      default: 500,
+      help: "ms between heartbeats",
+      group: LIVENESS,
+    },
+    "missed-heartbeats": {
+      type: "int",
+      min: 1,
+      default: 3,
+      help: "heartbeats missed before a node counts as gone",
+      group: LIVENESS,
+    },
+    "owner-pipe": {
+      type: "boolean",
+      help: "stop when stdin closes (the process that started this one exited)",
+      group: LIVENESS,
+    },
+  },
+});
 
 /**
  * GPUs for `--gpus auto`: 1 when WebGPU offers a hardware adapter, 0 when it offers only a CPU
@@ -52,92 +179,47 @@ async function countGpus(): Promise<number> {
   return cpu ? 0 : 1;
 }
 
-function fail(message: string): never {
-  console.error(`node: ${message}\n${USAGE}`);
-  Deno.exit(2);
-}
-
 async function main() {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      nats: { type: "string" },
-      system: { type: "string", default: "default" },
-      id: { type: "string" },
-      gpus: { type: "string" },
-      resources: { type: "string" },
-      "allow-module": { type: "string", multiple: true, default: [] },
-      user: { type: "string" },
-      pass: { type: "string" },
-      token: { type: "string" },
-      creds: { type: "string" },
-      "tls-ca": { type: "string" },
-      "tls-cert": { type: "string" },
-      "tls-key": { type: "string" },
-      "heartbeat-ms": { type: "string", default: "500" },
-      "missed-heartbeats": { type: "string", default: "3" },
-      "owner-pipe": { type: "boolean", default: false },
-      help: { type: "boolean", default: false },
-    },
-  });
-  if (values.help) {
-    console.log(USAGE);
-    return;
-  }
-  if (!values.nats) fail("--nats URL is required");
-  let resources: Resources = {};
-  if (values.resources) {
-    try {
-      resources = JSON.parse(values.resources);
-    } catch {
-      fail(`--resources is not JSON: ${values.resources}`);
-    }
-    if (typeof resources !== "object" || resources === null || Array.isArray(resources)) {
-      fail("--resources must be a JSON object of numbers");
-    }
-  }
-  if (values.gpus !== undefined) {
-    const n = values.gpus === "auto" ? await countGpus() : Number(values.gpus);
-    if (!Number.isInteger(n) || n < 0) fail(`--gpus must be a count or "auto", got ${values.gpus}`);
-    resources = { ...resources, gpu: n };
+  const { options: o } = FLAGS.main();
+  let resources: Resources = o.resources ?? {};
+  if (o.gpus !== null) {
+    resources = { ...resources, gpu: o.gpus === "auto" ? await countGpus() : o.gpus };
   }
   // Flags first, then what an owner handed over, then the usual NATS_* variables.
   const owner = credentialsFromEnv();
   const std = natsEnvCredentials();
-  const tls = values["tls-ca"] || values["tls-cert"] || values["tls-key"]
-    ? { caFile: values["tls-ca"], certFile: values["tls-cert"], keyFile: values["tls-key"] }
+  const tls = o.tlsCa || o.tlsCert || o.tlsKey
+    ? {
+      caFile: o.tlsCa ?? undefined,
+      certFile: o.tlsCert ?? undefined,
+      keyFile: o.tlsKey ?? undefined,
+    }
     : owner.tls ?? std.tls;
-  const split = splitUrlCredentials(values.nats.split(","), {
-    user: values.user ?? owner.user ?? std.user,
-    pass: values.pass ?? owner.pass ?? std.pass,
-    token: values.token ?? owner.token ?? std.token,
-    credsFile: values.creds ?? owner.credsFile ?? std.credsFile,
+  const split = splitUrlCredentials(o.nats.split(","), {
+    user: o.user ?? owner.user ?? std.user,
+    pass: o.pass ?? owner.pass ?? std.pass,
+    token: o.token ?? owner.token ?? std.token,
+    credsFile: o.creds ?? owner.credsFile ?? std.credsFile,
     nkeySeed: owner.nkeySeed ?? std.nkeySeed,
     tls,
     inboxPrefix: owner.inboxPrefix,
   });
   const credentials: Credentials = split.credentials;
-  const heartbeatMs = Number(values["heartbeat-ms"]);
-  const missed = Number(values["missed-heartbeats"]);
-  if (!(heartbeatMs > 0) || !Number.isInteger(missed) || missed < 1) fail("bad heartbeat settings");
-  const nodeId = values.id ?? `n${crypto.randomUUID().slice(0, 8)}`;
   const system = await System.join({
     servers: split.servers,
     credentials,
-    system: values.system,
-    nodeId,
+    system: o.system,
+    nodeId: o.id,
     resources,
     placeable: true,
-    allowModules: values["allow-module"],
-    heartbeatMs,
-    missedHeartbeats: missed,
+    allowModules: o.allowModule,
+    heartbeatMs: o.heartbeatMs,
+    missedHeartbeats: o.missedHeartbeats,
     maxFrameBytes: 1024 * 1024 * 1024,
   });
-  if (!values["owner-pipe"]) {
+  if (!o.ownerPipe) {
     console.error(
-      `node ${nodeId} joined system ${values.system} at ${values.nats} with ${
-        JSON.stringify(resources)
-      }`,
+      `node ${o.id} joined system ${o.system} at ${o.nats} with ${JSON.stringify(resources)}`,
     );
   }
   let stopping = false;
@@ -151,7 +233,7 @@ async function main() {
   };
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
-  if (values["owner-pipe"]) {
+  if (o.ownerPipe) {
     // The owner keeps our stdin open; end of file means it is gone (even if it was SIGKILLed).
     const buf = new Uint8Array(256);
     while ((await Deno.stdin.read(buf)) !== null) { /* nothing is sent on it */ }

@@ -4,7 +4,7 @@
 //   deno run -A scripts/make_data.ts            write data/
 //   deno run -A scripts/make_data.ts --check    exit 1 if data/ differs from the generators
 
-import { parseArgs } from "node:util";
+import { defineFlags } from "../cli/flags.ts";
 import {
   CORPUS_SEED,
   CORPUS_TRAIN_BYTES,
@@ -20,6 +20,15 @@ import {
   toJsonl,
 } from "../train/datagen/benchmark.ts";
 import { KB_PEOPLE, KB_SEED } from "../train/datagen/kb.ts";
+
+const FLAGS = defineFlags({
+  name: "make_data",
+  about: "Regenerates everything under data/ from the seeded generators (deterministic).",
+  usage: "deno run -A scripts/make_data.ts [flags]",
+  flags: {
+    check: { type: "boolean", help: "write nothing; exit 1 if data/ differs from the generators" },
+  },
+});
 
 /** Every file under data/, by path relative to the repository root. */
 export function dataFiles(): Record<string, string> {
@@ -73,13 +82,13 @@ function readme(files: Record<string, string>, nTrain: number, nTest: number): s
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ args: Deno.args, options: { check: { type: "boolean" } } });
+  const { options } = FLAGS.main();
   const root = new URL("..", import.meta.url).pathname;
   const files = dataFiles();
   let stale = 0;
   for (const [path, text] of Object.entries(files)) {
     const full = `${root}${path}`;
-    if (values.check) {
+    if (options.check) {
       let old = "";
       try {
         old = await Deno.readTextFile(full);

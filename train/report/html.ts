@@ -5,6 +5,7 @@
  * @module
  */
 import type { JsonValue, RunReport, StepRecord } from "./report.ts";
+import { SUMMARY_KEYS } from "../cli/finetune_flags.ts";
 import {
   formatBytes,
   type MethodFigures,
@@ -468,28 +469,6 @@ function duration(r: RunReport): string | null {
   return Number.isFinite(b) ? `${start} · ${fmtMs(b - a)}` : start;
 }
 
-const KEY_CONFIG = [
-  "workers",
-  "rank",
-  "alpha",
-  "targets",
-  "mute",
-  "aggregate",
-  "optimizer",
-  "lr",
-  "weight_decay",
-  "schedule",
-  "warmup_ratio",
-  "clip",
-  "batch_size",
-  "micro_batch",
-  "seq_len",
-  "epochs",
-  "max_steps",
-  "svd",
-  "seed",
-];
-
 // ---------------------------------------------------------------------------------------------
 // Page frame
 
@@ -616,7 +595,7 @@ export function renderReportHtml(report: RunReport): string {
   const f = methodFigures(report);
   const sub = [describe(report.model), describe(report.data), duration(report)]
     .filter((x): x is string => x !== null);
-  const key = KEY_CONFIG.filter((k) => k in report.config)
+  const key = SUMMARY_KEYS.filter((k) => k in report.config)
     .map((k): [string, string] => [k, fmtJson(report.config[k])]);
   const before = report.eval.before?.overall;
   const after = report.eval.after?.overall;
@@ -947,7 +926,7 @@ function sharedConfig(reports: readonly RunReport[], labels: readonly string[]):
     if (k === "method") continue;
     const vals = reports.map((r) => JSON.stringify(r.config[k] ?? null));
     if (vals.every((v) => v === vals[0])) {
-      if (KEY_CONFIG.includes(k)) same.push([k, fmtJson(reports[0].config[k])]);
+      if (SUMMARY_KEYS.includes(k)) same.push([k, fmtJson(reports[0].config[k])]);
     } else differ.push(k);
   }
   const rows = differ.map((k) =>

@@ -1,0 +1,460 @@
+/**
+ * The fine-tuning job's flags, each declared once (docs/architecture.md §2, §4, §9). Everything else comes
+ * from this table: `FinetuneOptions`, the defaults, `USAGE`, the parser, the zod schema,
+ * `RESUME_KEYS` (flags marked `definesRun`), the worker settings (`toWorkers`), the report's
+ * key flags (`summary`) and `report.json`'s `config` (`resolvedConfig`: each flag under its own
+ * name with `-` turned into `_`). Checks that need the model are in model_checks.ts.
+ * @module
+ */
+import { z } from "zod";
+import { checkRange, defineFlags, FlagError, parseNumber } from "../../cli/flags.ts";
+import { LINEAR_KINDS } from "../../model/config.ts";
+import { SCHEDULES } from "../optim/schedule.ts";
+import { type Method, METHODS } from "../methods/names.ts";
+
+export { FlagError, type Method, METHODS };
+
+/** The shipped model and benchmark, relative to the project root. */
+export const PROJECT_ROOT = new URL("../../", import.meta.url);
+const fromRoot = (p: string) => decodeURIComponent(new URL(p, PROJECT_ROOT).pathname);
+
+/** `runs/<date>-<method>` under the current folder, the date as YYYYMMDD-HHMMSS (local time). */
+export function defaultOutDir(method: string, now = new Date()): string {
+  const p = (n: number) => String(n).padStart(2, "0");
+  const stamp = `${now.getFullYear()}${p(now.getMonth() + 1)}${p(now.getDate())}-` +
+    `${p(now.getHours())}${p(now.getMinutes())}${p(now.getSeconds())}`;
+  return `runs/${stamp}-${method}`;
+}
+
+const DATA = "data and model";
+const METHOD = "method";
+const OPTIM = "optimisation";
+const EVAL = "evaluation";
+const CLUSTER = "cluster, output and recovery";
+
+export const FINETUNE_FLAGS = defineFlags({
+  name: "finetune",
+  about: "Fine-tune a LLaMA-family model with HD-PiSSA (or a baseline) on K GPU actors.",
+  usage: "deno task finetune [flags]",
+  groups: [DATA, METHOD, OPTIM, EVAL, CLUSTER],
+  flags: {
+    model: {
+      type: "string",
+      default: fromRoot("models/base"),
+      defaultText: "the shipped base model, models/base",
+      metavar: "DIR",
+      help: "model folder: config.json, model.safetensors [, tokenizer.json]",
+      group: DATA,
+      definesRun: true,
+    },
+    data: {
+      type: "string",
+      default: fromRoot("data/bench/train.jsonl"),
+      defaultText: "the shipped benchmark, data/bench/train.jsonl",
+      metavar: "FILE",
+      help: "training JSONL",
+      group: DATA,
+      definesRun: true,
+    },
+    eval: {
+      type: "string",
+      none: "none",
+      default: fromRoot("data/bench/test.jsonl"),
+      defaultText: "data/bench/test.jsonl",
+      metavar: "FILE",
+      help: 'test JSONL evaluated before and after ("none" skips evaluation)',
+      group: DATA,
+    },
+    "prompt-field": { type: "string", default: "prompt", metavar: "NAME", help: "", group: DATA },
+    "response-field": {
+      type: "string",
+      default: "response",
+      metavar: "NAME",
+      help: "",
+      group: DATA,
+    },
+    "task-field": {
+      type: "string",
+      default: "task",
+      metavar: "NAME",
+      help: '(absent field: task "all")',
+      group: DATA,
+    },
+    "skip-malformed": {
+      type: "boolean",
+      help: "skip malformed JSONL lines (counted) instead of stopping",
+      group: DATA,
+    },
+    method: {
+      type: "enum",
+      choices: METHODS,
+      default: "hd-pissa",
+      metavar: "M",
+      help: METHODS.join(" | "),
+      group: METHOD,
+      definesRun: true,
+      toWorkers: true,
+    },
+    compare: {
+      type: "boolean",
+      help: "run all four methods on the same data; writes one folder per method",
+      group: METHOD,
+    },
+    workers: {
+      type: "int",
+      default: 4,
+      min: 1,
+      metavar: "K",
+      help: "GPU worker actors",
+      group: METHOD,
+      definesRun: true,
+      toWorkers: true,
+      summary: true,
+    },
+    rank: {
+      type: "int",
+      default: 4,
+      min: 1,
+      metavar: "R",
+      help: "adapter rank per worker",
+      group: METHOD,
+      definesRun: true,
+      toWorkers: true,
+      summary: true,
+    },
+    alpha: {
+      type: "number",
+      gt: 0,
+      default: (o) => o.rank as number,
+      defaultText: "alpha = rank",
+      metavar: "A",
+      help: "scaling s = alpha / rank",
+      group: METHOD,
+      definesRun: true,
+      toWorkers: true,
+      summary: true,
+    },
+    targets: {
+      type: "list",
+      choices: LINEAR_KINDS,
+      minItems: 1,
+      itemName: "layer",
+      default: LINEAR_KINDS,
+      defaultText: "all",
+      help: `comma-separated: ${LINEAR_KINDS.join(",")}`,
+      group: METHOD,
+      definesRun: true,
+      toWorkers: true,
+      summary: true,
+    },
+    mute: {
+      type: "custom",
+      parse: (raw: string, flag: string): "exact" | number =>
+        raw === "exact"
+          ? "exact"
+          : checkRange(flag, parseNumber(flag, raw), { min: 1e-38, max: 1 }),
+      schema: z.union([z.literal("exact"), z.number().min(1e-38).max(1)]),
+      default: "exact",
+      metavar: "exact|GAMMA",
+      help: "exact (the γ → 0 limit) or a mute scalar γ in [1e-38, 1], e.g. 1e-16",
+      group: METHOD,
+      definesRun: true,
+      toWorkers: true,
+      summary: true,
+    },
+    aggregate: {
+      type: "enum",
+      choices: ["mean", "sum"],
+      default: "mean",
+      help: "combine the K updates with c = 1/K (mean) or c = 1 (sum)",
+      group: METHOD,
+      definesRun: true,
+      toWorkers: true,
+      summary: true,
+    },
+    optimizer: {
+      type: "enum",
+      choices: ["adamw", "sgd"],
+      default: "adamw",
+      help: "",
+      group: OPTIM,
+      definesRun: true,
+      toWorkers: true,
+      summary: true,
+    },
+    lr: {
+      type: "number",
+      min: 0,
+      max: 10,
+      default: 5e-3,
+      defaultText: "5e-3",
+      help: "peak learning rate",
+      group: OPTIM,
+      definesRun: true,
+      summary: true,
+    },
+    "weight-decay": {
+      type: "number",
+      min: 0,
+      max: 10,
+      default: 0,
+      help: "decoupled weight decay",
+      group: OPTIM,
+      definesRun: true,
+      toWorkers: true,
+      summary: true,
+    },
+    schedule: {
+      type: "enum",
+      choices: SCHEDULES,
+      default: "cosine",
+      metavar: "S",
+      help: SCHEDULES.join(" | "),
+      group: OPTIM,
+      definesRun: true,
+      summary: true,
+    },
+    "warmup-ratio": {
+      type: "number",
+      min: 0,
+      max: 1,
+      default: 0.03,
+      help: "warmup steps = ceil(X * T)",
+      group: OPTIM,
+      definesRun: true,
+      summary: true,
+    },
+    clip: {
+      type: "number",
+      min: 0,
+      default: 1,
+      help: "clip by global norm (0 = off)",
+      group: OPTIM,
+      definesRun: true,
+      toWorkers: true,
+      summary: true,
+    },
+    "batch-size": {
+      type: "int",
+      min: 1,
+      default: 16,
+      help: "global batch per step",
+      group: OPTIM,
+      definesRun: true,
+      summary: true,
+    },
+    "micro-batch": {
+      type: "int",
+      min: 1,
+      default: 4,
+      metavar: "M",
+      help: "examples per micro-batch on one worker",
+      group: OPTIM,
+      definesRun: true,
+      summary: true,
+    },
+    "seq-len": {
+      type: "int",
+      min: 2,
+      default: 64,
+      help: "tokens per example",
+      group: OPTIM,
+      definesRun: true,
+      summary: true,
+    },
+    epochs: {
+      type: "int",
+      min: 1,
+      default: 3,
+      help: "passes over the data",
+      group: OPTIM,
+      definesRun: true,
+      summary: true,
+    },
+    "max-steps": {
+      type: "int",
+      min: 1,
+      default: null,
+      help: "T; overrides --epochs",
+      group: OPTIM,
+      definesRun: true,
+      summary: true,
+    },
+    seed: {
+      type: "int",
+      min: 0,
+      default: 42,
+      help: "data order and adapter init",
+      group: OPTIM,
+      definesRun: true,
+      summary: true,
+    },
+    shuffle: {
+      type: "boolean",
+      explicit: true,
+      default: true,
+      help: "seeded shuffle per epoch",
+      group: OPTIM,
+      definesRun: true,
+    },
+    svd: {
+      type: "enum",
+      choices: ["auto", "exact", "randomized"],
+      default: "auto",
+      help: "adapter SVD (auto: exact up to 1024 on the short side)",
+      group: METHOD,
+      summary: true,
+    },
+    "svd-niter": {
+      type: "int",
+      min: 0,
+      default: 4,
+      help: "power iterations of the randomized SVD",
+      group: METHOD,
+    },
+    nats: {
+      type: "custom",
+      parse: (url: string, flag: string): string => {
+        if (!/^(nats|tls|ws|wss):\/\/./.test(url)) {
+          throw new FlagError(
+            `--${flag} must be a nats://, tls://, ws:// or wss:// URL, got ${url}`,
+            flag,
+          );
+        }
+        return url;
+      },
+      schema: z.string(),
+      default: null,
+      metavar: "URL",
+      help: "join an existing cluster (nats://, tls://, ws:// or wss://) instead of a private one",
+      group: CLUSTER,
+    },
+    out: {
+      type: "string",
+      nonEmpty: true,
+      default: (o) =>
+        (o.resume as string | null) ?? defaultOutDir(o.compare ? "compare" : o.method as string),
+      defaultText: "runs/<date>-<method>; with --resume its folder",
+      metavar: "DIR",
+      help: "output folder",
+      group: CLUSTER,
+    },
+    overwrite: { type: "boolean", help: "replace a non-empty --out", group: CLUSTER },
+    "checkpoint-every": {
+      type: "int",
+      min: 0,
+      default: 50,
+      help: "steps between checkpoints (0 = only at the end)",
+      group: CLUSTER,
+    },
+    "checksum-every": {
+      type: "int",
+      min: 1,
+      default: 10,
+      help: "steps between W checksum comparisons",
+      group: CLUSTER,
+    },
+    sync: {
+      type: "enum",
+      choices: ["auto", "exact", "tolerant"],
+      default: "auto",
+      help: "exact: W bit-identical on every worker, else stop; tolerant: within 1e-6 relative, " +
+        "re-synchronised from worker 0 at each checksum (mixed devices); auto: tolerant when " +
+        "the workers' devices differ",
+      group: CLUSTER,
+    },
+    resume: {
+      type: "string",
+      default: null,
+      metavar: "DIR",
+      help: "continue the run in DIR from its latest complete checkpoint",
+      group: CLUSTER,
+    },
+    "eval-per-task": {
+      type: "int",
+      min: 1,
+      default: 50,
+      help: "examples per task evaluated",
+      group: EVAL,
+    },
+    "eval-all": { type: "boolean", help: "evaluate every example", group: EVAL },
+    "max-new-tokens": {
+      type: "int",
+      min: 1,
+      default: null,
+      defaultText: "longest reference response in tokens + 8",
+      help: "",
+      group: EVAL,
+    },
+    "on-nonfinite": {
+      type: "enum",
+      choices: ["skip", "stop"],
+      default: "stop",
+      help: "a NaN/Inf contribution skips the step or stops the run",
+      group: CLUSTER,
+    },
+  },
+  check(o) {
+    if (o.batchSize % (o.workers * o.microBatch) !== 0) {
+      throw new FlagError(
+        `--batch-size ${o.batchSize} must be a multiple of --workers × --micro-batch ` +
+          `(${o.workers} × ${o.microBatch} = ${o.workers * o.microBatch})`,
+        "batch-size",
+      );
+    }
+    // --out defaults to --resume's folder: a different --out is a second folder.
+    if (o.resume !== null && o.out !== o.resume) {
+      throw new FlagError("--resume continues the run in its own folder; drop --out", "resume");
+    }
+    if (o.compare && o.resume !== null) {
+      throw new FlagError(
+        "--resume continues one run; it cannot be combined with --compare",
+        "compare",
+      );
+    }
+  },
+});
+
+/** Every setting of a fine-tuning run, resolved. */
+export type FinetuneOptions = typeof FINETUNE_FLAGS.Options;
+
+/** The settings a worker needs (the flags marked `toWorkers`). */
+export const WorkerSettingsSchema = FINETUNE_FLAGS.markedSchema("toWorkers");
+export type WorkerSettings = z.infer<typeof WorkerSettingsSchema>;
+
+/** The settings a worker needs, picked from the run's options. */
+export function workerSettings(o: FinetuneOptions): WorkerSettings {
+  return FINETUNE_FLAGS.pick(o, "toWorkers");
+}
+
+/** Every flag at its default (`out` computed for `hd-pissa` now). */
+export function defaultOptions(): FinetuneOptions {
+  return FINETUNE_FLAGS.defaults();
+}
+
+export const USAGE: string = FINETUNE_FLAGS.usage;
+
+/** Parses the fine-tuning flags. `{ help: true }` means print `USAGE` and stop. */
+export function parseFinetuneArgs(args: string[]): { help: boolean; options: FinetuneOptions } {
+  const { help, options } = FINETUNE_FLAGS.parse(args);
+  return { help, options };
+}
+
+/**
+ * The resolved flags a resumed run must share with its checkpoint: everything that decides what
+ * the run computes (output, evaluation and recovery settings may change).
+ */
+export const RESUME_KEYS: readonly string[] = FINETUNE_FLAGS.marked("definesRun")
+  .map((n) => n.replace(/-/g, "_"));
+
+/** The flags a report shows first, under their `config` names. */
+export const SUMMARY_KEYS: readonly string[] = FINETUNE_FLAGS.marked("summary")
+  .map((n) => n.replace(/-/g, "_"));
+
+/** The options as `report.json`'s `config`: flag names with `-` → `_`, every value resolved. */
+export function resolvedConfig(o: FinetuneOptions): Record<string, unknown> {
+  return FINETUNE_FLAGS.config(o);
+}
+
+/** The resolved options as a zod schema, for messages that carry them (the Driver's input). */
+export const FinetuneOptionsSchema: z.ZodType<FinetuneOptions> = FINETUNE_FLAGS.schema;
