@@ -143,6 +143,8 @@ export class DriverCore {
   layout!: Layout;
   workers: Worker[] = [];
   devices: string[] = [];
+  /** Workers that `--device auto` put on a CPU adapter, and why. */
+  deviceFallbacks: { worker: number; device: string; reason: string }[] = [];
   generation = 0;
   /** The next step to run. */
   nextStep = 0;
@@ -326,7 +328,7 @@ export class DriverCore {
       serializeSafetensors(W, { format: "pt", config: JSON.stringify(this.config) }),
     );
     const maxMicroBatches = o.batchSize / (o.workers * o.microBatch);
-    this.devices = (await Promise.all(this.workers.map((w) =>
+    const loaded = await Promise.all(this.workers.map((w) =>
       w.load({
         weights: name,
         seqLen: o.seqLen,
@@ -336,7 +338,18 @@ export class DriverCore {
         updateSubject: `${this.prefix}.update`,
         updateFloats: updateLength(this.layout, o.method, o.workers),
       }, { timeoutMs: CALL_MS, idempotent: true })
-    ))).map((r) => r.device);
+    ));
+    this.devices = loaded.map((r) => r.device);
+    loaded.forEach((r, k) => {
+      if (r.fallback === null || this.deviceFallbacks.some((f) => f.worker === k)) return;
+      // Announced once per worker and kept for report.json: a run on the CPU adapter is slow,
+      // and a user who expected a GPU must see why it did not get one.
+      this.deviceFallbacks.push({ worker: k, device: r.device, reason: r.fallback });
+      this.#log(
+        `warning: worker ${k} runs on a CPU adapter (${r.device}): ${r.fallback}; ` +
+          `--device gpu refuses to, --device cpu asks for it`,
+      );
+    });
     await store.delete(name);
   }
 
@@ -857,6 +870,7 @@ export class DriverCore {
       },
       data: { path: o.data, examples: this.train.length },
       devices: this.devices,
+      device_fallback: this.deviceFallbacks,
       recoveries: this.recoveries,
       resyncs: this.resyncs,
       sync: this.tolerant ? "tolerant" : "exact",

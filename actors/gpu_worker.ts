@@ -235,7 +235,7 @@ export const GpuWorker = defineActor({
         const { tensors, metadata } = parseSafetensors(bytes, {}, input.weights);
         if (!metadata.config) throw new StepProtocolError(`${input.weights} carries no config`);
         const config = parseLlamaConfig(JSON.parse(metadata.config));
-        s.gpu = await Gpu.open();
+        s.gpu = await Gpu.open({ adapter: input.settings.device });
         const settings = { ...input.settings };
         s.model = await LlamaGpu.create(s.gpu, config, tensors, {
           maxRows: input.microBatch,
@@ -253,7 +253,7 @@ export const GpuWorker = defineActor({
         s.receiverRejected = 0;
         let parameters = 0;
         for (const t of tensors.values()) parameters += t.data.length;
-        return { device: s.gpu.info.description, parameters };
+        return { device: s.gpu.info.description, fallback: s.gpu.info.fallback, parameters };
       },
     },
     /** Sets up the method from the driver's factors (and a checkpoint's state on a restore). */

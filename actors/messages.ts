@@ -31,6 +31,8 @@ export const LoadInput = z.object({
 
 export const LoadOutput = z.object({
   device: z.string(),
+  /** Why `--device auto` runs this worker on a CPU adapter; null on a GPU or under `cpu`. */
+  fallback: z.string().nullable(),
   parameters: z.number().int(),
 });
 

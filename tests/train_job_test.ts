@@ -33,6 +33,11 @@ Deno.test("hd-pissa job: model folder, report, bytes per step, identical W on ev
     assert.ok(fromDisk.steps.every((s) => Number.isFinite(s.loss)));
     const html = await Deno.readTextFile(`${o.out}/report.html`);
     assert.match(html, /<svg/);
+    // --device auto (the default): every worker on a CPU adapter is recorded with why.
+    const devices = fromDisk.devices!;
+    const onCpu = devices.flatMap((d, k) => /llvmpipe|lavapipe|swiftshader/i.test(d) ? [k] : []);
+    assert.deepEqual(fromDisk.device_fallback!.map((f) => f.worker), onCpu);
+    for (const f of fromDisk.device_fallback!) assert.ok(f.reason.length > 0);
 
     // Bytes: each worker sends its (ΔA, ΔB) and receives all K of them, plus small framing and
     // the step's token ids (4 examples · 64 positions · 5 bytes).

@@ -9,6 +9,7 @@
 import { z } from "zod";
 import { checkRange, defineFlags, FlagError, parseNumber } from "../../cli/flags.ts";
 import { LINEAR_KINDS } from "../../model/config.ts";
+import { ADAPTER_CHOICES } from "../../gpu/device.ts";
 import { SCHEDULES } from "../optim/schedule.ts";
 import { type Method, METHODS } from "../methods/names.ts";
 
@@ -353,6 +354,16 @@ export const FINETUNE_FLAGS = defineFlags({
       default: 10,
       help: "steps between W checksum comparisons",
       group: CLUSTER,
+    },
+    device: {
+      type: "enum",
+      choices: ADAPTER_CHOICES,
+      default: "auto",
+      help: "gpu: only a GPU adapter, a CPU one is refused; cpu: the CPU adapter (lavapipe); " +
+        "auto: a GPU when there is one, else the CPU adapter with a warning, recorded in " +
+        "report.json",
+      group: CLUSTER,
+      toWorkers: true,
     },
     sync: {
       type: "enum",

@@ -119,6 +119,10 @@ export interface RunReport {
   finished_at?: string;
   model?: Described;
   data?: Described;
+  /** Each worker's adapter, in worker order. */
+  devices?: string[];
+  /** Workers that `--device auto` ran on a CPU adapter, and why (empty: none). */
+  device_fallback?: { worker: number; device: string; reason: string }[];
 }
 
 /** A report that does not meet the contract; `key` is the path of the first bad value. */
@@ -223,6 +227,9 @@ export const reportSchema = z.looseObject({
   finished_at: z.iso.datetime({ offset: true }).optional(),
   model: describedSchema.optional(),
   data: describedSchema.optional(),
+  devices: z.array(z.string()).optional(),
+  device_fallback: z.array(z.object({ worker: count, device: z.string(), reason: z.string() }))
+    .optional(),
 });
 
 // Compile-time guard: what the schema accepts is a RunReport.
