@@ -163,7 +163,11 @@ function rebuild(
   if (schema) {
     const q = schema.safeParse(declared.fields);
     if (!q.success) return bad(`${cls.name}: ${issuesOf(q.error)}`);
-    fields = q.data;
+    // A field JSON left out (undefined) is still the instance's own, as its constructor made it.
+    fields = {
+      ...Object.fromEntries(Object.keys(schema.shape).map((k) => [k, undefined])),
+      ...q.data,
+    };
   }
   // An Error made with the class as new.target: a real error object with the class's prototype,
   // without running a constructor whose parameters the wire does not know.
