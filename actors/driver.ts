@@ -69,13 +69,11 @@ import { reportSchema, type RunReport, type StepRecord } from "../train/report/r
 import { ApplyOutput, Contribution } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
 import { GpuWorker } from "./gpu_worker.ts";
+import { DomainError } from "../core/errors.ts";
 
 /** The run cannot go on: unequal W across workers, a bad contribution under `stop`, ... */
-export class TrainingError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "TrainingError";
-  }
+export class TrainingError extends DomainError {
+  static override readonly code: string = "TRAINING";
 }
 
 /** A step as the driver reports it: the report's record plus the phase split. */
@@ -96,10 +94,10 @@ type Worker = ActorHandle<typeof GpuWorker>;
  * workers' optimizer state already took the step (HD-PiSSA's local optimizer runs in `step`), so
  * dropping it means rolling back and replaying up to it, then passing over it.
  */
-class DropStep extends Error {
+class DropStep extends DomainError {
+  static override readonly code: string = "DROP_STEP";
   constructor(readonly step: number, readonly reason: string) {
     super(reason);
-    this.name = "DropStep";
   }
 }
 

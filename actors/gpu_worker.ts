@@ -51,13 +51,11 @@ import {
   Update,
 } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
+import { DomainError } from "../core/errors.ts";
 
 /** The driver asked for something the worker's protocol state does not allow. */
-export class StepProtocolError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "StepProtocolError";
-  }
+export class StepProtocolError extends DomainError {
+  static override readonly code: string = "STEP_PROTOCOL";
 }
 
 /**
@@ -65,9 +63,10 @@ export class StepProtocolError extends Error {
  * its way): the driver broadcasts it again and repeats the call.
  */
 export class UpdateMissingError extends StepProtocolError {
-  constructor(message: string) {
-    super(message);
-    this.name = "UpdateMissingError";
+  static override readonly code: string = "UPDATE_MISSING";
+  static readonly fields = z.object({ step: z.number().int(), waitMs: z.number() });
+  constructor(readonly step: number, readonly waitMs: number) {
+    super(`the update of step ${step} did not arrive in ${waitMs} ms`);
   }
 }
 
@@ -159,7 +158,7 @@ async function awaitUpdate(
   for (;;) {
     const left = deadline - Date.now();
     if (left <= 0 || signal.aborted) {
-      throw new UpdateMissingError(`the update of step ${t} did not arrive in ${waitMs} ms`);
+      throw new UpdateMissingError(t, waitMs);
     }
     let value: Update;
     try {

@@ -2,6 +2,7 @@
 // task and overall. Prints a table; --json writes the scores, --predictions every answer.
 //
 //   deno task evaluate --model models/base --data data/bench/test.jsonl [--all] [--json OUT]
+import { DomainError } from "../core/errors.ts";
 import { parseArgs } from "node:util";
 import { writeJsonAtomic } from "../train/report/report.ts";
 import { DEFAULT_EVAL_PER_TASK, EvalScoreError, formatScoreTable } from "../train/eval/score.ts";
@@ -28,11 +29,8 @@ const HELP = `deno task evaluate [flags]
 `;
 
 /** A flag value that cannot be used. */
-class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
+class UsageError extends DomainError {
+  static override readonly code: string = "USAGE";
 }
 
 function int(flag: string, v: string | undefined, min: number): number | undefined {

@@ -4,6 +4,7 @@
  * flag under its own name with `-` turned into `_`.
  * @module
  */
+import { DomainError } from "../../core/errors.ts";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { LINEAR_KINDS, type LinearKind } from "../../model/config.ts";
@@ -13,11 +14,12 @@ import { type Method, METHODS } from "../methods/names.ts";
 export { type Method, METHODS };
 
 /** A flag that is unknown, malformed, or impossible together with the others or the model. */
-export class FlagError extends Error {
+export class FlagError extends DomainError {
+  static override readonly code: string = "FLAG";
+  static readonly fields = z.object({ flag: z.string().optional() });
   readonly flag?: string;
   constructor(message: string, flag?: string) {
     super(message);
-    this.name = "FlagError";
     this.flag = flag;
   }
 }
