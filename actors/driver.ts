@@ -19,7 +19,6 @@ import {
   CollectiveTimeoutError,
   defineActor,
   type Gathering,
-  RemoteError,
   type System,
   withShape,
 } from "../runtime/mod.ts";
@@ -68,7 +67,7 @@ import {
 import { reportSchema, type RunReport, type StepRecord } from "../train/report/report.ts";
 import { ApplyOutput, Contribution } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
-import { GpuWorker } from "./gpu_worker.ts";
+import { GpuWorker, StepProtocolError, UpdateMissingError, WORKER_ERRORS } from "./gpu_worker.ts";
 import { DomainError } from "../core/errors.ts";
 
 /** The run cannot go on: unequal W across workers, a bad contribution under `stop`, ... */
@@ -104,9 +103,7 @@ class DropStep extends DomainError {
 /** Failures that a rollback to the last checkpoint can cure. */
 function recoverable(e: unknown): boolean {
   return e instanceof ActorDiedError || e instanceof CallTimeoutError ||
-    e instanceof CollectiveTimeoutError ||
-    (e instanceof RemoteError &&
-      (e.remoteName === "StepProtocolError" || e.remoteName === "UpdateMissingError"));
+    e instanceof CollectiveTimeoutError || e instanceof StepProtocolError;
 }
 
 const CALL_MS = 10 * 60_000;
@@ -650,7 +647,7 @@ export class DriverCore {
           waitMs: APPLY_WAIT_MS,
         }, { timeoutMs: CALL_MS, idempotent: true });
       } catch (e) {
-        const missing = e instanceof RemoteError && e.remoteName === "UpdateMissingError";
+        const missing = e instanceof UpdateMissingError;
         if (!missing || attempt >= APPLY_ATTEMPTS || !broadcast) throw e;
         if (performance.now() - this.#rebroadcastAt > APPLY_WAIT_MS / 2) {
           this.#rebroadcastAt = performance.now();
@@ -912,6 +909,8 @@ export const Driver = defineActor({
   init: z.object({ job: z.string().regex(/^[A-Za-z0-9_-]+$/), options: FinetuneOptionsSchema }),
   create: (input, ctx) => new DriverCore(ctx.system, input.job, input.options),
   close: (core) => core.close(),
+  // What the job (and so the finetune CLI) gets as itself: its own errors, and the workers'.
+  errors: [TrainingError, ...WORKER_ERRORS],
   methods: {
     setup: {
       input: z.object({}),

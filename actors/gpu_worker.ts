@@ -51,6 +51,7 @@ import {
   Update,
 } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
+import { DOMAIN_ERRORS } from "./errors.ts";
 import { DomainError } from "../core/errors.ts";
 
 /** The driver asked for something the worker's protocol state does not allow. */
@@ -69,6 +70,9 @@ export class UpdateMissingError extends StepProtocolError {
     super(`the update of step ${step} did not arrive in ${waitMs} ms`);
   }
 }
+
+/** What reaches a GpuWorker's caller as itself: its protocol errors and the layers' below. */
+export const WORKER_ERRORS = [StepProtocolError, UpdateMissingError, ...DOMAIN_ERRORS];
 
 class WorkerState {
   gpu: Gpu | null = null;
@@ -222,6 +226,7 @@ export const GpuWorker = defineActor({
   init: z.object({ worker: z.number().int().min(0) }),
   create: (input, ctx) => new WorkerState(input.worker, ctx),
   close: (s) => s.close(),
+  errors: WORKER_ERRORS,
   methods: {
     /** Opens the device and loads W from the object store. */
     load: {
