@@ -12,8 +12,9 @@
  */
 
 export * from "./runtime/mod.ts";
+export { DomainError } from "./core/errors.ts";
 
-export { GpuWorker, StepProtocolError } from "./actors/gpu_worker.ts";
+export { GpuWorker, StepProtocolError, UpdateMissingError } from "./actors/gpu_worker.ts";
 export { Driver, DriverCore, type DriverStep, TrainingError } from "./actors/driver.ts";
 export { type JobIo, OutputFolderError, runFinetune, startSystem } from "./actors/job.ts";
 
