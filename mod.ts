@@ -122,9 +122,11 @@ export {
   UnknownActorTypeError,
   UnknownMethodError,
 } from "./runtime/errors.ts";
+export type { ErrorClass } from "./runtime/declared_errors.ts";
+export { DomainError } from "./core/errors.ts";
 
 // The training actors and the fine-tuning job.
-export { GpuWorker, StepProtocolError } from "./actors/gpu_worker.ts";
+export { GpuWorker, StepProtocolError, UpdateMissingError } from "./actors/gpu_worker.ts";
 export { Driver, TrainingError } from "./actors/driver.ts";
 export { type JobIo, OutputFolderError, runFinetune, startSystem } from "./actors/job.ts";
 

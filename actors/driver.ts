@@ -19,7 +19,6 @@ import {
   CollectiveTimeoutError,
   defineActor,
   type Gathering,
-  RemoteError,
   type System,
   withShape,
 } from "../runtime/mod.ts";
@@ -69,14 +68,12 @@ import {
 import { reportSchema, type RunReport, type StepRecord } from "../train/report/report.ts";
 import { type ApplyOutput, Contribution } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
-import { GpuWorker } from "./gpu_worker.ts";
+import { GpuWorker, StepProtocolError, UpdateMissingError, WORKER_ERRORS } from "./gpu_worker.ts";
+import { DomainError } from "../core/errors.ts";
 
 /** The run cannot go on: unequal W across workers, a bad contribution under `stop`, ... */
-export class TrainingError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "TrainingError";
-  }
+export class TrainingError extends DomainError {
+  static override readonly code: string = "TRAINING";
 }
 
 /** A step as the driver reports it: the report's record plus the phase split. */
@@ -97,19 +94,17 @@ type Worker = ActorHandle<typeof GpuWorker>;
  * workers' optimizer state already took the step (HD-PiSSA's local optimizer runs in `step`), so
  * dropping it means rolling back and replaying up to it, then passing over it.
  */
-class DropStep extends Error {
+class DropStep extends DomainError {
+  static override readonly code: string = "DROP_STEP";
   constructor(readonly step: number, readonly reason: string) {
     super(reason);
-    this.name = "DropStep";
   }
 }
 
 /** Failures that a rollback to the last checkpoint can cure. */
 function recoverable(e: unknown): boolean {
   return e instanceof ActorDiedError || e instanceof CallTimeoutError ||
-    e instanceof CollectiveTimeoutError ||
-    (e instanceof RemoteError &&
-      (e.remoteName === "StepProtocolError" || e.remoteName === "UpdateMissingError"));
+    e instanceof CollectiveTimeoutError || e instanceof StepProtocolError;
 }
 
 const CALL_MS = 10 * 60_000;
@@ -655,7 +650,7 @@ export class DriverCore {
           waitMs: APPLY_WAIT_MS,
         }, { timeoutMs: CALL_MS, idempotent: true });
       } catch (e) {
-        const missing = e instanceof RemoteError && e.remoteName === "UpdateMissingError";
+        const missing = e instanceof UpdateMissingError;
         if (!missing || attempt >= APPLY_ATTEMPTS || !broadcast) throw e;
         if (performance.now() - this.#rebroadcastAt > APPLY_WAIT_MS / 2) {
           this.#rebroadcastAt = performance.now();
@@ -918,6 +913,8 @@ export const Driver = defineActor({
   init: z.object({ job: z.string().regex(/^[A-Za-z0-9_-]+$/), options: FinetuneOptionsSchema }),
   create: (input, ctx) => new DriverCore(ctx.system, input.job, input.options),
   close: (core) => core.close(),
+  // What the job (and so the finetune CLI) gets as itself: its own errors, and the workers'.
+  errors: [TrainingError, ...WORKER_ERRORS],
   methods: {
     setup: {
       input: z.object({}),

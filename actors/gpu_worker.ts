@@ -51,13 +51,12 @@ import {
   Update,
 } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
+import { DOMAIN_ERRORS } from "./errors.ts";
+import { DomainError } from "../core/errors.ts";
 
 /** The driver asked for something the worker's protocol state does not allow. */
-export class StepProtocolError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "StepProtocolError";
-  }
+export class StepProtocolError extends DomainError {
+  static override readonly code: string = "STEP_PROTOCOL";
 }
 
 /**
@@ -65,11 +64,15 @@ export class StepProtocolError extends Error {
  * its way): the driver broadcasts it again and repeats the call.
  */
 export class UpdateMissingError extends StepProtocolError {
-  constructor(message: string) {
-    super(message);
-    this.name = "UpdateMissingError";
+  static override readonly code: string = "UPDATE_MISSING";
+  static readonly fields = z.object({ step: z.number().int(), waitMs: z.number() });
+  constructor(readonly step: number, readonly waitMs: number) {
+    super(`the update of step ${step} did not arrive in ${waitMs} ms`);
   }
 }
+
+/** What reaches a GpuWorker's caller as itself: its protocol errors and the layers' below. */
+export const WORKER_ERRORS = [StepProtocolError, UpdateMissingError, ...DOMAIN_ERRORS];
 
 class WorkerState {
   gpu: Gpu | null = null;
@@ -159,7 +162,7 @@ async function awaitUpdate(
   for (;;) {
     const left = deadline - Date.now();
     if (left <= 0 || signal.aborted) {
-      throw new UpdateMissingError(`the update of step ${t} did not arrive in ${waitMs} ms`);
+      throw new UpdateMissingError(t, waitMs);
     }
     let value: Update;
     try {
@@ -223,6 +226,7 @@ export const GpuWorker = defineActor({
   init: z.object({ worker: z.number().int().min(0) }),
   create: (input, ctx) => new WorkerState(input.worker, ctx),
   close: (s) => s.close(),
+  errors: WORKER_ERRORS,
   methods: {
     /** Opens the device and loads W from the object store. */
     load: {

@@ -4,6 +4,7 @@
  * `--compare` it runs the four methods one after another on the same workers and data.
  * @module
  */
+import { DomainError } from "../core/errors.ts";
 import { init, natsEnvCredentials, type System } from "../runtime/mod.ts";
 import type { EvalScore } from "../train/eval/score.ts";
 import { formatScoreTable } from "../train/eval/score.ts";
@@ -17,11 +18,8 @@ import { compareJson, compareTable } from "../train/report/compare_table.ts";
 import { Driver } from "./driver.ts";
 
 /** The output folder is not usable (non-empty without --overwrite/--resume, not a folder...). */
-export class OutputFolderError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "OutputFolderError";
-  }
+export class OutputFolderError extends DomainError {
+  static override readonly code: string = "OUTPUT_FOLDER";
 }
 
 /** What the job writes into `--out`; `--overwrite` removes only these. */

@@ -23,14 +23,16 @@
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { DomainError } from "../core/errors.ts";
 
 /** A flag that is unknown, malformed, missing, or impossible together with the others. */
-export class FlagError extends Error {
+export class FlagError extends DomainError {
+  static override readonly code: string = "FLAG";
+  static readonly fields = z.object({ flag: z.string().optional() });
   /** The flag concerned, without `--` (none for an unknown flag). */
   readonly flag?: string;
   constructor(message: string, flag?: string) {
     super(message);
-    this.name = "FlagError";
     this.flag = flag;
   }
 }

@@ -8,7 +8,6 @@
  */
 import { FINETUNE_FLAGS } from "../train/cli/options.ts";
 import { runFinetune } from "../actors/job.ts";
-import { RemoteError } from "../runtime/mod.ts";
 
 if (import.meta.main) {
   // --help prints the usage; a bad flag prints one line and exits 2.
@@ -19,14 +18,11 @@ if (import.meta.main) {
       isTty: Deno.stderr.isTerminal(),
     });
   } catch (e) {
-    // The Driver is an actor: what it throws arrives wrapped as a RemoteError; the user wants
-    // the error itself (CheckpointError, TrainingError, SafetensorsError...), not the wrapping.
-    const err = e as Error;
-    const [name, message, stack] = err instanceof RemoteError
-      ? [err.remoteName, err.remoteMessage, err.remoteStack]
-      : [err.name, err.message, err.stack];
-    console.error(`finetune: ${name}: ${message}`);
-    if (Deno.env.get("HD_DEBUG")) console.error(stack);
+    // The Driver is an actor that declares its errors: what it throws (CheckpointError,
+    // TrainingError, SafetensorsError...) arrives here as itself, with the Driver's stack.
+    const err = e instanceof Error ? e : new Error(String(e));
+    console.error(`finetune: ${err.name}: ${err.message}`);
+    if (Deno.env.get("HD_DEBUG")) console.error(err);
     Deno.exit(1);
   }
 }

@@ -4,35 +4,47 @@
  * @module
  */
 
+import { DomainError } from "../core/errors.ts";
+import { z } from "zod";
+
 /** Base class of every error thrown by `gpu/`. */
-export class GpuError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = new.target.name;
-  }
+export class GpuError extends DomainError {
+  static override readonly code: string = "GPU";
 }
 
 /** No WebGPU adapter could be found (no GPU and no Vulkan software driver). */
-export class NoAdapterError extends GpuError {}
+export class NoAdapterError extends GpuError {
+  static override readonly code: string = "NO_ADAPTER";
+}
 
 /** The device was lost (driver reset, out of memory at the driver level, or destroyed). */
 export class DeviceLostError extends GpuError {
+  static override readonly code: string = "DEVICE_LOST";
+  static readonly fields = z.object({ reason: z.string() });
   constructor(readonly reason: string, message: string) {
     super(message);
   }
 }
 
 /** WebGPU reported a validation error (a bug in the engine or in its caller). */
-export class GpuValidationError extends GpuError {}
+export class GpuValidationError extends GpuError {
+  static override readonly code: string = "GPU_VALIDATION";
+}
 
 /** WebGPU could not allocate memory. */
-export class GpuOutOfMemoryError extends GpuError {}
+export class GpuOutOfMemoryError extends GpuError {
+  static override readonly code: string = "GPU_OUT_OF_MEMORY";
+}
 
 /** A tensor has the wrong shape, size, dtype or device for the kernel it was given to. */
-export class GpuShapeError extends GpuError {}
+export class GpuShapeError extends GpuError {
+  static override readonly code: string = "GPU_SHAPE";
+}
 
 /** The engine (or a recorder) was used after `close()` / `submit()`. */
-export class GpuClosedError extends GpuError {}
+export class GpuClosedError extends GpuError {
+  static override readonly code: string = "GPU_CLOSED";
+}
 
 /**
  * A kernel was dispatched with a binding or parameter it does not declare (`unknown`), without
@@ -40,6 +52,7 @@ export class GpuClosedError extends GpuError {}
  * does not match the binding's element type, or a parameter that is not a number of its type.
  */
 export class KernelArgumentError extends GpuShapeError {
+  static override readonly code: string = "KERNEL_ARGUMENT";
   constructor(
     readonly kernel: string,
     readonly argument: string,

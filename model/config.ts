@@ -4,6 +4,9 @@
  * linear layers an adapter can attach to.
  */
 
+import { DomainError } from "../core/errors.ts";
+import { z } from "zod";
+
 /** The architecture fields of a Hugging Face LLaMA `config.json`, with its snake_case names. */
 export interface LlamaConfig {
   hidden_size: number;
@@ -28,12 +31,13 @@ export interface LlamaConfig {
 }
 
 /** A `config.json` that is not a LLaMA config this project can run. */
-export class ConfigError extends Error {
+export class ConfigError extends DomainError {
+  static override readonly code: string = "CONFIG";
+  static readonly fields = z.object({ field: z.string().optional() });
   /** The offending field, when one is to blame. */
   readonly field?: string;
   constructor(message: string, field?: string) {
     super(message);
-    this.name = "ConfigError";
     this.field = field;
   }
 }

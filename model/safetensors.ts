@@ -6,6 +6,8 @@
  * checked tensor by tensor against what the config expects.
  */
 
+import { DomainError } from "../core/errors.ts";
+import { z } from "zod";
 import { expectedTensors, type LlamaConfig, readLlamaConfig, writeLlamaConfig } from "./config.ts";
 
 /** A tensor in host memory: row-major f32 values. */
@@ -15,14 +17,18 @@ export interface HostTensor {
 }
 
 /** Any problem with a safetensors file or a model folder. */
-export class SafetensorsError extends Error {
+export class SafetensorsError extends DomainError {
+  static override readonly code: string = "SAFETENSORS";
+  static readonly fields: z.ZodObject = z.object({
+    source: z.string(),
+    tensor: z.string().optional(),
+  });
   /** The file (or `<bytes>`) the problem is in. */
   readonly source: string;
   /** The tensor to blame, when there is one. */
   readonly tensor?: string;
   constructor(message: string, source: string, tensor?: string) {
     super(message);
-    this.name = "SafetensorsError";
     this.source = source;
     this.tensor = tensor;
   }
@@ -30,32 +36,40 @@ export class SafetensorsError extends Error {
 
 /** The bytes are not a valid safetensors file: bad header, bad offsets, or truncated. */
 export class SafetensorsFormatError extends SafetensorsError {
+  static override readonly code: string = "SAFETENSORS_FORMAT";
   constructor(message: string, source: string, tensor?: string) {
     super(message, source, tensor);
-    this.name = "SafetensorsFormatError";
   }
 }
 
 /** A tensor we need is stored in a dtype we cannot read as f32. */
 export class UnsupportedDtypeError extends SafetensorsError {
+  static override readonly code: string = "UNSUPPORTED_DTYPE";
+  static override readonly fields: z.ZodObject = SafetensorsError.fields.extend({
+    dtype: z.string(),
+  });
   readonly dtype: string;
   constructor(message: string, source: string, tensor: string, dtype: string) {
     super(message, source, tensor);
-    this.name = "UnsupportedDtypeError";
     this.dtype = dtype;
   }
 }
 
 /** A tensor the model needs is not in the files. */
 export class MissingTensorError extends SafetensorsError {
+  static override readonly code: string = "MISSING_TENSOR";
   constructor(message: string, source: string, tensor: string) {
     super(message, source, tensor);
-    this.name = "MissingTensorError";
   }
 }
 
 /** A tensor has another shape than the config implies. */
 export class TensorShapeError extends SafetensorsError {
+  static override readonly code: string = "TENSOR_SHAPE";
+  static override readonly fields: z.ZodObject = SafetensorsError.fields.extend({
+    expected: z.array(z.number()),
+    actual: z.array(z.number()),
+  });
   readonly expected: number[];
   readonly actual: number[];
   constructor(
@@ -66,7 +80,6 @@ export class TensorShapeError extends SafetensorsError {
     actual: number[],
   ) {
     super(message, source, tensor);
-    this.name = "TensorShapeError";
     this.expected = expected;
     this.actual = actual;
   }

@@ -6,6 +6,7 @@
  * so that the same code path serves every tokenizer.
  * @module
  */
+import { DomainError } from "../core/errors.ts";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 
 /** Encodes text to token ids and back. */
@@ -31,11 +32,8 @@ export interface TokenizerModelConfig {
 }
 
 /** A tokenizer file or its configuration is missing, malformed or inconsistent. */
-export class TokenizerError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "TokenizerError";
-  }
+export class TokenizerError extends DomainError {
+  static override readonly code: string = "TOKENIZER";
 }
 
 export const BYTE_PAD = 0;

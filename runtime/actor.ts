@@ -19,6 +19,7 @@
 import type { NatsConnection } from "@nats-io/nats-core";
 import type { z } from "zod";
 import type { Collectives } from "./collectives.ts";
+import { checkErrorClasses, type ErrorClass } from "./declared_errors.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import type { ObjectStore } from "./objects.ts";
 import type { System } from "./system.ts";
@@ -98,6 +99,14 @@ export interface ActorSpec<
   /** Frees the state's resources when the actor stops (not called when its process dies). */
   close?(state: S, ctx: ActorContext): void | Promise<void>;
   methods: MethodSpecs<S, I, O>;
+  /**
+   * The error classes the methods may throw that callers branch on. An exception of exactly one
+   * of these classes reaches the caller as an instance of it, with its message, stack and data
+   * fields (described by the class's `static fields` zod object), so `instanceof` works there for
+   * the class and its bases; any other exception arrives as a RemoteError. One list for the actor:
+   * its methods share its state, and with it the ways they fail.
+   */
+  errors?: readonly ErrorClass[];
 }
 
 const BRAND = Symbol.for("actors.def");
@@ -176,7 +185,10 @@ export function defineActor<
       throw new InvalidArgumentError(`${spec.name}.${m} needs input, output and handler`);
     }
   }
-  return Object.freeze({ ...spec, [BRAND]: true as const });
+  const errors = spec.errors === undefined ? {} : {
+    errors: checkErrorClasses(spec.name, spec.errors),
+  };
+  return Object.freeze({ ...spec, ...errors, [BRAND]: true as const });
 }
 
 /** True for values made by {@link defineActor}. */

@@ -18,10 +18,10 @@ import {
   CallCancelledError,
   CallTimeoutError,
   FrameError,
-  fromWireError,
   SystemClosedError,
   type WireError,
 } from "./errors.ts";
+import { type ErrorClass, errorOfReply } from "./declared_errors.ts";
 import type { Subjects } from "./protocol.ts";
 import {
   encode,
@@ -66,6 +66,10 @@ export interface RequestOptions {
   signal?: AbortSignal;
   failFast?: boolean;
   idempotent?: boolean;
+  /** The error classes the actor declares: its exceptions of these arrive as themselves. */
+  errors?: readonly ErrorClass[];
+  /** `<type>.<method>`, to name the call in a SchemaError. */
+  where?: string;
 }
 
 /** Sends calls and requests and routes their replies. */
@@ -310,7 +314,7 @@ export class Caller {
       }
       const meta = o.m.meta;
       if (meta.k === "ok") return o.m.value;
-      const w = meta.e as WireError;
+      const w = meta.e as WireError | undefined;
       if (w?.code === "STALE_INCARNATION") {
         await this.#waitChange(
           id,
@@ -321,11 +325,7 @@ export class Caller {
         );
         continue;
       }
-      throw fromWireError(
-        w ?? { code: "REMOTE", name: "Error", message: "malformed reply" },
-        id,
-        method,
-      );
+      throw errorOfReply(w, id, method, options.errors, options.where);
     }
   }
 
@@ -348,7 +348,7 @@ export class Caller {
     );
     if (o.kind === "noresp") throw new ActorNotFoundError(what.actor);
     if (o.m.meta.k === "ok") return o.m.value;
-    throw fromWireError(o.m.meta.e as WireError, what.actor, what.method);
+    throw errorOfReply(o.m.meta.e, what.actor, what.method);
   }
 
   async #waitChange(

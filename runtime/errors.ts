@@ -123,7 +123,7 @@ export class RemoteError extends ActorSystemError {
 }
 
 /** Which value failed validation. */
-export type SchemaSide = "init" | "input" | "output" | "message";
+export type SchemaSide = "init" | "input" | "output" | "message" | "error";
 
 /** A value did not match its zod schema (on the caller's side or on the actor's side). */
 export class SchemaError extends ActorSystemError {
@@ -133,11 +133,13 @@ export class SchemaError extends ActorSystemError {
     readonly side: SchemaSide,
     readonly issues: string,
     readonly remote = false,
+    options?: ErrorOptions,
   ) {
     super(
       `${side} of ${where} does not match its schema${
         remote ? " (checked remotely)" : ""
       }: ${issues}`,
+      options,
     );
   }
   protected override wireData() {

@@ -23,6 +23,7 @@ import {
   type WireError,
 } from "./errors.ts";
 import { type ActorInfo, issuesOf } from "./protocol.ts";
+import { declaredWire } from "./declared_errors.ts";
 import type { TrafficStats } from "./caller.ts";
 import type { Deadlines } from "./deadlines.ts";
 import { FrameInbox, type Incoming, send } from "./wire.ts";
@@ -209,8 +210,10 @@ export class ActorInstance {
       }
     } catch (e) {
       // Exceptions of the actor's own code always arrive as RemoteError, even when they are
-      // runtime errors of a nested call: the caller must not mistake them for its own.
+      // runtime errors of a nested call: the caller must not mistake them for its own. Those of
+      // a class the actor declares also name it, with their fields: the caller re-creates them.
       const w = toWireError(e);
+      const declared = declaredWire(e, this.#def.errors);
       await this.#finish(call, undefined, {
         code: "REMOTE",
         name: "RemoteError",
@@ -220,6 +223,7 @@ export class ActorInstance {
           remoteMessage: w.message,
           remoteStack: w.stack,
           remoteCode: w.code,
+          ...(declared ? { declared } : {}),
         },
       });
     } finally {

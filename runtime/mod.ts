@@ -50,6 +50,7 @@ export {
   System,
   type SystemEvent,
 } from "./system.ts";
+export type { ErrorClass } from "./declared_errors.ts";
 export type { ChildOptions, Strategy } from "./supervisor.ts";
 export type { NodeSpec } from "./local_nodes.ts";
 export type { Resources } from "./protocol.ts";

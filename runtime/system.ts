@@ -944,7 +944,11 @@ export class System {
       h[m] = async (input: unknown, options?: CallOptions) => {
         const p = spec.input.safeParse(input);
         if (!p.success) throw new SchemaError(where, "input", issuesOf(p.error));
-        const out = await this.#caller.call(ref.id, m, p.data, options);
+        const out = await this.#caller.call(ref.id, m, p.data, {
+          ...options,
+          errors: def.errors,
+          where,
+        });
         const q = spec.output.safeParse(out);
         if (!q.success) throw new SchemaError(where, "output", issuesOf(q.error));
         return q.data;

@@ -340,6 +340,7 @@ const CONFIG_KEYS = [
   "overwrite",
   "checkpoint_every",
   "checksum_every",
+  "device",
   "sync",
   "resume",
   "eval_per_task",
@@ -397,6 +398,7 @@ Deno.test("finetune: the worker settings are the flags marked toWorkers, and pas
     "optimizer",
     "weightDecay",
     "clip",
+    "device",
   ]);
   assert.equal(w.weightDecay, 0.1);
   assert.deepEqual(WorkerMethodSettings.parse(w), w);

@@ -4,6 +4,7 @@
  * Built from the op pairs of `ops.ts`, in model order; the backward walks them in reverse.
  */
 
+import { DomainError } from "../../core/errors.ts";
 import {
   adaptableLinears,
   expectedTensors,
@@ -35,11 +36,8 @@ import {
 } from "./ops.ts";
 
 /** Bad input to the reference model (a missing weight, a bad token id, a misshaped adapter). */
-export class ReferenceInputError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "ReferenceInputError";
-  }
+export class ReferenceInputError extends DomainError {
+  static override readonly code: string = "REFERENCE_INPUT";
 }
 
 /** A weight given to the reference: any array of numbers (f32 or f64) with its shape. */

@@ -7,14 +7,12 @@
  * (worker k's optimizer moments), `state.json` (step, generation, data cursor, seed, config).
  * @module
  */
+import { DomainError } from "../../core/errors.ts";
 import type { DataCursor } from "../data/batching.ts";
 
 /** A checkpoint that is missing, malformed, or whose bytes do not match its digests. */
-export class CheckpointError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "CheckpointError";
-  }
+export class CheckpointError extends DomainError {
+  static override readonly code: string = "CHECKPOINT";
 }
 
 export interface CheckpointState {

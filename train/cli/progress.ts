@@ -8,6 +8,8 @@
  * @module
  */
 
+import { DomainError } from "../../core/errors.ts";
+
 /** Where progress goes: a function taking text, or anything like `Deno.stderr`. */
 export type ProgressWriter = ((text: string) => void) | { writeSync(p: Uint8Array): number };
 
@@ -39,11 +41,8 @@ export interface ProgressStats {
 }
 
 /** Bad arguments to a progress display. */
-export class ProgressError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "ProgressError";
-  }
+export class ProgressError extends DomainError {
+  static override readonly code: string = "PROGRESS";
 }
 
 const CLEAR_LINE = "\r\x1b[2K";

@@ -4,14 +4,12 @@
  * on.
  * @module
  */
+import { DomainError } from "../../core/errors.ts";
 import type { SplitSizes, TaskExample, TaskSplit } from "./format.ts";
 
 /** A generator that cannot find enough distinct prompts. */
-export class TaskGenerationError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "TaskGenerationError";
-  }
+export class TaskGenerationError extends DomainError {
+  static override readonly code: string = "TASK_GENERATION";
 }
 
 /**

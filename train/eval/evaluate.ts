@@ -9,6 +9,7 @@
  * `scoreGenerations` (decode and score). `evaluateModel` runs all three in one process.
  * @module
  */
+import { DomainError } from "../../core/errors.ts";
 import { Gpu } from "../../gpu/mod.ts";
 import type { LlamaConfig } from "../../model/config.ts";
 import { LlamaGpu } from "../../model/llama.ts";
@@ -25,11 +26,8 @@ import {
 import { type Example, type JsonlOptions, loadJsonl } from "../data/jsonl.ts";
 
 /** Evaluation that cannot run: a missing model folder, bad limits, mismatched generations. */
-export class EvaluationError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "EvaluationError";
-  }
+export class EvaluationError extends DomainError {
+  static override readonly code: string = "EVALUATION";
 }
 
 /** How many new tokens a reference may be followed by before decoding gives up (docs/architecture.md §9). */

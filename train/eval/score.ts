@@ -4,6 +4,7 @@
  * the mean per task label. Also the fixed subset that a default evaluation runs on.
  * @module
  */
+import { DomainError } from "../../core/errors.ts";
 import { Rng } from "../rng.ts";
 
 /** One generated answer and what it should have been. */
@@ -30,11 +31,8 @@ export interface EvalScore {
 }
 
 /** Scoring input that cannot give an accuracy. */
-export class EvalScoreError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "EvalScoreError";
-  }
+export class EvalScoreError extends DomainError {
+  static override readonly code: string = "EVAL_SCORE";
 }
 
 /** Default cap of examples per task in a default evaluation run. */

@@ -12,14 +12,12 @@
  * transformations only), and the same input always gives the same bits.
  */
 
+import { DomainError } from "../../core/errors.ts";
 import { Rng } from "../rng.ts";
 
 /** An SVD that cannot be computed: bad shape, non-finite entries, no convergence. */
-export class SvdError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "SvdError";
-  }
+export class SvdError extends DomainError {
+  static override readonly code: string = "SVD";
 }
 
 /** `A ≈ U diag(S) Vt` with `U [m, k]`, `S [k]` descending, `Vt [k, n]`. */

@@ -4,17 +4,20 @@
  * Kaiming-uniform A with B = 0. The SVD runs once in float64; the factors are rounded to f32.
  */
 
+import { DomainError } from "../../core/errors.ts";
+import { z } from "zod";
 import type { HostTensor } from "../../model/safetensors.ts";
 import type { Rng } from "../rng.ts";
 import { type SvdResult, topSvd, type TopSvdOptions } from "../linalg/svd.ts";
 
 /** Adapter factors that cannot be built for a matrix (rank too large, bad arguments). */
-export class AdapterInitError extends Error {
+export class AdapterInitError extends DomainError {
+  static override readonly code: string = "ADAPTER_INIT";
+  static readonly fields = z.object({ matrix: z.string().optional() });
   /** The weight's name, when the caller gave one. */
   readonly matrix?: string;
   constructor(message: string, matrix?: string) {
     super(message);
-    this.name = "AdapterInitError";
     this.matrix = matrix;
   }
 }

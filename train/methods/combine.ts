@@ -4,16 +4,22 @@
  * baselines: their mean).
  * @module
  */
+import { DomainError } from "../../core/errors.ts";
+import { z } from "zod";
 import type { Layout } from "./layout.ts";
 import type { Method } from "../cli/options.ts";
 
 /** A contribution that must not be applied: wrong size, or a NaN/Inf inside. */
-export class ContributionError extends Error {
+export class ContributionError extends DomainError {
+  static override readonly code: string = "CONTRIBUTION";
+  static readonly fields = z.object({
+    worker: z.number().int(),
+    kind: z.enum(["shape", "nonfinite"]),
+  });
   readonly worker: number;
   readonly kind: "shape" | "nonfinite";
   constructor(worker: number, kind: "shape" | "nonfinite", message: string) {
     super(message);
-    this.name = "ContributionError";
     this.worker = worker;
     this.kind = kind;
   }

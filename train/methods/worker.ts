@@ -10,6 +10,7 @@
  * - Full: the same with the weights' own gradients.
  * @module
  */
+import { DomainError } from "../../core/errors.ts";
 import {
   adamwDelta,
   adamwUpdate,
@@ -49,11 +50,8 @@ export interface WorkerMethodConfig {
 }
 
 /** A bad update or state handed to a worker. */
-export class WorkerStateError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "WorkerStateError";
-  }
+export class WorkerStateError extends DomainError {
+  static override readonly code: string = "WORKER_STATE";
 }
 
 export interface StepResult {

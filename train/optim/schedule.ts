@@ -4,15 +4,14 @@
  * @module
  */
 
+import { DomainError } from "../../core/errors.ts";
+
 export const SCHEDULES = ["cosine", "linear", "constant"] as const;
 export type ScheduleName = typeof SCHEDULES[number];
 
 /** An unknown schedule name or an impossible schedule setting. */
-export class ScheduleError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "ScheduleError";
-  }
+export class ScheduleError extends DomainError {
+  static override readonly code: string = "SCHEDULE";
 }
 
 export interface ScheduleConfig {

@@ -12,6 +12,7 @@
  * the mean next-token loss over consecutive windows of the validation stream from its start.
  * @module
  */
+import { DomainError } from "../../core/errors.ts";
 import {
   adamwUpdate,
   clipByGlobalNorm,
@@ -37,11 +38,8 @@ import { Rng } from "../rng.ts";
 import { learningRates } from "../optim/schedule.ts";
 
 /** Bad pretraining options, an unusable corpus, an existing output or a diverged run. */
-export class PretrainError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "PretrainError";
-  }
+export class PretrainError extends DomainError {
+  static override readonly code: string = "PRETRAIN";
 }
 
 export interface PretrainOptions {

@@ -4,15 +4,13 @@
  * leading components holding 90% of Σσ²). The spectrum is returned for plots.
  */
 
+import { DomainError } from "../../core/errors.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
 import { singularValues } from "../linalg/svd.ts";
 
 /** Two weights that cannot be compared (different shapes, not a matrix). */
-export class EffectiveRankError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "EffectiveRankError";
-  }
+export class EffectiveRankError extends DomainError {
+  static override readonly code: string = "EFFECTIVE_RANK";
 }
 
 /** The summary written into `report.json` per matrix, plus the spectrum. */

@@ -6,6 +6,7 @@
  * still validates and round-trips through an older reader.
  * @module
  */
+import { DomainError } from "../../core/errors.ts";
 import { z } from "zod";
 
 /** A value that survives `JSON.stringify` / `JSON.parse` unchanged. */
@@ -126,10 +127,11 @@ export interface RunReport {
 }
 
 /** A report that does not meet the contract; `key` is the path of the first bad value. */
-export class ReportError extends Error {
+export class ReportError extends DomainError {
+  static override readonly code: string = "REPORT";
+  static readonly fields = z.object({ key: z.string() });
   constructor(message: string, readonly key: string) {
     super(message);
-    this.name = "ReportError";
   }
 }
 

@@ -1,0 +1,165 @@
+// The project's errors share one base (DomainError: the name from the class, a code per class),
+// and every error the training actors declare crosses the wire as itself, fields included: one
+// example of each is sent through the same encoding a reply uses and rebuilt as the caller would.
+import assert from "node:assert/strict";
+import { DomainError } from "../core/errors.ts";
+import { Driver, TrainingError } from "../actors/driver.ts";
+import { GpuWorker, StepProtocolError, UpdateMissingError } from "../actors/gpu_worker.ts";
+import { OutputFolderError } from "../actors/job.ts";
+import { declaredWire, errorOfReply } from "../runtime/declared_errors.ts";
+import { init } from "../runtime/mod.ts";
+import {
+  DeviceLostError,
+  GpuClosedError,
+  GpuError,
+  GpuOutOfMemoryError,
+  GpuShapeError,
+  GpuValidationError,
+  NoAdapterError,
+} from "../gpu/errors.ts";
+import {
+  LlamaError,
+  LlamaInputError,
+  LlamaOptionsError,
+  LlamaWeightError,
+} from "../model/llama_errors.ts";
+import { ConfigError } from "../model/config.ts";
+import { TokenizerError } from "../model/tokenizer.ts";
+import { ReferenceInputError } from "../model/reference/llama.ts";
+import {
+  MissingTensorError,
+  SafetensorsError,
+  SafetensorsFormatError,
+  TensorShapeError,
+  UnsupportedDtypeError,
+} from "../model/safetensors.ts";
+import {
+  BatchConfigError,
+  DataError,
+  DataFileError,
+  EmptyDatasetError,
+  JsonlLineError,
+} from "../train/data/errors.ts";
+import { FlagError } from "../train/cli/options.ts";
+import { ProgressError } from "../train/cli/progress.ts";
+import { ScheduleError } from "../train/optim/schedule.ts";
+import { CheckpointError } from "../train/checkpoint/checkpoint.ts";
+import { ContributionError } from "../train/methods/combine.ts";
+import { WorkerStateError } from "../train/methods/worker.ts";
+import { AdapterInitError } from "../train/methods/adapter_init.ts";
+import { SvdError } from "../train/linalg/svd.ts";
+import { EffectiveRankError } from "../train/report/effective_rank.ts";
+import { ReportError } from "../train/report/report.ts";
+import { EvaluationError } from "../train/eval/evaluate.ts";
+import { EvalScoreError } from "../train/eval/score.ts";
+import { TaskGenerationError } from "../train/datagen/split.ts";
+import { PretrainError } from "../train/pretrain/pretrain.ts";
+
+/** One instance of every exported error class of the project, with its fields set. */
+const SAMPLES: DomainError[] = [
+  new GpuError("engine"),
+  new NoAdapterError("no adapter"),
+  new DeviceLostError("destroyed", "device lost"),
+  new GpuValidationError("validation"),
+  new GpuOutOfMemoryError("oom"),
+  new GpuShapeError("shape"),
+  new GpuClosedError("closed"),
+  new LlamaError("llama"),
+  new LlamaWeightError("model.norm.weight", "bad weight"),
+  new LlamaOptionsError("options"),
+  new LlamaInputError("input"),
+  new ConfigError("bad config", "hidden_size"),
+  new ConfigError("bad config"),
+  new TokenizerError("tokenizer"),
+  new ReferenceInputError("reference"),
+  new SafetensorsError("bad file", "m.safetensors"),
+  new SafetensorsFormatError("truncated", "m.safetensors", "lm_head.weight"),
+  new UnsupportedDtypeError("dtype", "m.safetensors", "lm_head.weight", "F64"),
+  new MissingTensorError("missing", "m.safetensors", "lm_head.weight"),
+  new TensorShapeError("shape", "m.safetensors", "lm_head.weight", [2, 3], [3, 2]),
+  new DataError("data"),
+  new JsonlLineError("d.jsonl", 3, "not an object"),
+  new DataFileError("d.jsonl", "no such file"),
+  new EmptyDatasetError("d.jsonl", 2),
+  new BatchConfigError("batch"),
+  new FlagError("bad flag", "rank"),
+  new FlagError("bad flags"),
+  new ProgressError("progress"),
+  new ScheduleError("schedule"),
+  new CheckpointError("checkpoint"),
+  new ContributionError(1, "nonfinite", "NaN"),
+  new WorkerStateError("state"),
+  new AdapterInitError("rank too large", "q_proj"),
+  new SvdError("svd"),
+  new EffectiveRankError("rank"),
+  new ReportError("bad report", "steps.0.loss"),
+  new EvaluationError("eval"),
+  new EvalScoreError("score"),
+  new TaskGenerationError("tasks"),
+  new PretrainError("pretrain"),
+  new StepProtocolError("protocol"),
+  new UpdateMissingError(4, 5000),
+  new TrainingError("training"),
+  new OutputFolderError("out"),
+];
+
+Deno.test("every project error is a DomainError named after its class, with a code of its own", () => {
+  const codes = new Map<string, string>();
+  for (const e of SAMPLES) {
+    const cls = e.constructor as typeof DomainError;
+    assert.ok(e instanceof DomainError);
+    assert.equal(e.name, cls.name);
+    assert.ok(Object.hasOwn(cls, "code"), `${cls.name} declares its code`);
+    assert.match(e.code, /^[A-Z][A-Z0-9_]*$/);
+    const other = codes.get(e.code);
+    assert.ok(other === undefined || other === cls.name, `${cls.name} and ${other}: ${e.code}`);
+    codes.set(e.code, cls.name);
+  }
+  assert.equal(new UpdateMissingError(1, 2).code, "UPDATE_MISSING");
+  assert.ok(new UpdateMissingError(1, 2) instanceof StepProtocolError);
+});
+
+Deno.test("every error the actors declare crosses the wire as itself, fields included", () => {
+  const declared = new Set<unknown>(Driver.errors);
+  for (const c of GpuWorker.errors ?? []) {
+    assert.ok(declared.has(c), `the Driver passes on the worker's ${c.name}`);
+  }
+  assert.ok(declared.has(TrainingError));
+  const sampled = new Set(SAMPLES.map((e) => e.constructor));
+  for (const c of declared) {
+    assert.ok(sampled.has(c as typeof DomainError), `a sample of ${(c as { name: string }).name}`);
+  }
+  for (const e of SAMPLES.filter((e) => declared.has(e.constructor))) {
+    const w = {
+      code: "REMOTE",
+      name: "RemoteError",
+      message: e.message,
+      data: {
+        remoteName: e.name,
+        remoteMessage: e.message,
+        remoteStack: e.stack,
+        remoteCode: "REMOTE",
+        declared: declaredWire(e, Driver.errors),
+      },
+    };
+    const back = errorOfReply(JSON.parse(JSON.stringify(w)), "d", "step", Driver.errors);
+    assert.equal(back.constructor, e.constructor, `${e.name}: ${back}`);
+    assert.equal(back.message, e.message);
+    assert.equal((back as DomainError).code, e.code);
+    assert.deepEqual({ ...back }, { ...e }, `${e.name} keeps its fields`);
+  }
+});
+
+Deno.test("a GpuWorker's protocol error reaches its caller as a StepProtocolError", async () => {
+  const system = await init({ nodes: 1 });
+  try {
+    const w = await system.spawn(GpuWorker, { worker: 3 });
+    const e = await w.merge({}).catch((e) => e);
+    assert.ok(e instanceof StepProtocolError, String(e));
+    assert.equal(e.code, "STEP_PROTOCOL");
+    assert.match(e.message, /worker 3 is not initialised/);
+    assert.match(e.stack ?? "", /gpu_worker\.ts/, "with the worker's stack");
+  } finally {
+    await system.shutdown();
+  }
+});
