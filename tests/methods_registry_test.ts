@@ -226,6 +226,9 @@ Deno.test("every method's worker has the driver's layout and takes a step with i
         }
         const adapters = await workers[0].adapters();
         for (const k of adapters.keys()) assert.ok(isFactorKey(k), `${m.name}: ${k}`);
+        // A checkpoint keeps W and these adapters: they alone must set a worker up again.
+        const restored = m.createWorker(models[0], cfg, 0, m.initFromTensors(adapters, cfg));
+        assert.deepEqual(restored.layout, layout);
       } finally {
         for (const x of models) x.close();
       }

@@ -49,7 +49,11 @@ export abstract class DataParallelWorker extends WorkerMethod {
   }
 }
 
-/** One shared adapter (LoRA, PiSSA), trained data-parallel; `residual`: W is replaced by it. */
+/**
+ * One shared adapter (LoRA, PiSSA), trained data-parallel. `residual`: the init's residual
+ * replaces W. An init without any residual is a restore: the checkpoint's W, as loaded, is
+ * already the live (residual) weight.
+ */
 export class AdapterWorker extends DataParallelWorker {
   constructor(
     model: LlamaGpu,
@@ -61,13 +65,14 @@ export class AdapterWorker extends DataParallelWorker {
     super(model, config, layout);
     const s = config.alpha / config.rank;
     model.setAdapterScales(s, s);
+    const replaceW = residual && init.residuals.size > 0;
     for (const name of model.adapterNames()) {
       const f = init.factors.get(name)?.[0];
       if (!f) throw new WorkerStateError(`${name}: no initial adapter`);
       const a = model.adapter(name);
       this.gpu.write(a.A, f.A);
       this.gpu.write(a.B, f.B);
-      if (residual) {
+      if (replaceW) {
         const res = init.residuals.get(name);
         if (!res) throw new WorkerStateError(`${name}: ${config.method} needs its residual weight`);
         model.writeWeight(name, res);
