@@ -16,9 +16,9 @@ import type { HostTensor } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
 import { Rng } from "../train/rng.ts";
 import { validateContribution } from "../train/methods/combine.ts";
-import { getMethod, type Method } from "../train/methods/registry.ts";
+import { getMethod } from "../train/methods/registry.ts";
 import type { WorkerMethod, WorkerMethodConfig } from "../train/methods/worker.ts";
-import { referenceStep, type RefMicroBatch } from "./support/step_reference.ts";
+import { referenceStep, type RefMicroBatch, type RefStepConfig } from "./support/step_reference.ts";
 import { randomMicroBatch, randomWeights } from "./support/model_gpu.ts";
 
 const CONFIG: LlamaConfig = {
@@ -60,7 +60,8 @@ function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
 }
 
 interface Case {
-  method: Method;
+  /** The methods the float64 reference knows. */
+  method: RefStepConfig["method"];
   aggregate?: "mean" | "sum";
   optimizer?: "sgd" | "adamw";
   mute?: "exact" | number;
