@@ -43,13 +43,11 @@ import {
   workerSettings,
 } from "../train/cli/options.ts";
 import { validateOptionsForModel } from "../train/cli/model_checks.ts";
-import { methodInit } from "../train/methods/init.ts";
-import { contributionLayout, type Layout, updateLength } from "../train/methods/layout.ts";
-import {
-  combineContributions,
-  ContributionError,
-  validateContribution,
-} from "../train/methods/combine.ts";
+import type { Layout } from "../train/methods/layout.ts";
+import { ContributionError, validateContribution } from "../train/methods/combine.ts";
+import { isFactorKey } from "../train/methods/factors.ts";
+import type { TrainingMethod } from "../train/methods/method.ts";
+import { getMethod } from "../train/methods/registry.ts";
 import { effectiveRank } from "../train/report/effective_rank.ts";
 import { maxRelativeDifference } from "../train/checkpoint/checksum.ts";
 import type { EvalScore } from "../train/eval/score.ts";
@@ -126,6 +124,8 @@ const APPLY_ATTEMPTS = 12;
 
 export class DriverCore {
   readonly o: FinetuneOptions;
+  /** The training method of `o.method`. */
+  readonly method: TrainingMethod;
   readonly job: string;
   readonly system: System;
   config!: LlamaConfig;
@@ -166,6 +166,7 @@ export class DriverCore {
     this.system = system;
     this.job = job;
     this.o = o;
+    this.method = getMethod(o.method);
     this.checkpointDir = `${o.out}/checkpoints`;
   }
 
@@ -223,11 +224,7 @@ export class DriverCore {
         stopIds: stopIdsOf(this.config, this.tokenizer),
       });
     }
-    this.layout = contributionLayout(this.config, {
-      method: o.method,
-      targets: o.targets,
-      rank: o.rank,
-    });
+    this.layout = this.method.layout(this.config, { targets: o.targets, rank: o.rank });
 
     const resume = o.resume ? await latestCheckpoint(this.checkpointDir) : null;
     if (o.resume && !resume) {
@@ -263,14 +260,9 @@ export class DriverCore {
       this.#log("evaluating the base model");
       this.evalBefore = await this.evaluate();
     }
-    const matrices = this.layout.segments.length / 2;
-    if (o.method === "hd-pissa" || o.method === "pissa") {
-      this.#log(`initialising ${o.method} adapters (SVD of ${matrices} matrices)`);
-    } else if (o.method === "lora") {
-      this.#log(`initialising lora adapters on ${matrices} matrices`);
-    }
-    const init = methodInit(this.config, this.baseWeights, {
-      method: o.method,
+    const announce = this.method.initLog(this.config, o);
+    if (announce) this.#log(announce);
+    const init = this.method.init(this.config, this.baseWeights, {
       workers: o.workers,
       rank: o.rank,
       alpha: o.alpha,
@@ -279,16 +271,7 @@ export class DriverCore {
       svdNiter: o.svdNiter,
       seed: o.seed,
     });
-    const tensors = new Map<string, HostTensor>();
-    for (const l of adaptableLinears(this.config, o.targets)) {
-      const f = init.factors.get(l.name);
-      f?.forEach((p, j) => {
-        tensors.set(`${l.name}.A${j}`, { shape: [o.rank, l.in], data: p.A });
-        tensors.set(`${l.name}.B${j}`, { shape: [l.out, o.rank], data: p.B });
-      });
-      const res = init.residuals.get(l.name);
-      if (res) tensors.set(`${l.name}.residual`, { shape: [l.out, l.in], data: res });
-    }
+    const tensors = this.method.initToTensors(this.config, o, init);
     this.#factorsName = `${this.job}.factors`;
     await (await this.system.objects()).put(this.#factorsName, serializeSafetensors(tensors));
     await this.#initWorkers(undefined, -1);
@@ -331,7 +314,7 @@ export class DriverCore {
         maxMicroBatches,
         settings: workerSettings(o),
         updateSubject: `${this.prefix}.update`,
-        updateFloats: updateLength(this.layout, o.method, o.workers),
+        updateFloats: this.method.updateLength(this.layout, o.workers),
       }, { timeoutMs: CALL_MS, idempotent: true })
     ));
     this.devices = loaded.map((r) => r.device);
@@ -370,7 +353,7 @@ export class DriverCore {
     const W = new Map<string, HostTensor>();
     const factors = new Map<string, HostTensor>();
     for (const [k, t] of shared.tensors) {
-      if (/\.(A|B)\d+$/.test(k)) factors.set(k, t);
+      if (isFactorKey(k)) factors.set(k, t);
       else W.set(k, t);
     }
     // PiSSA's live W is the residual; the worker keeps it as loaded.
@@ -516,7 +499,7 @@ export class DriverCore {
     let update: Float32Array;
     try {
       parts.forEach((p, k) => validateContribution(p.data, this.layout, k));
-      update = combineContributions(o.method, parts.map((p) => p.data));
+      update = this.method.combine(parts.map((p) => p.data));
     } catch (e) {
       if (!(e instanceof ContributionError)) throw e;
       if (e.kind === "nonfinite" && o.onNonfinite === "skip") throw new DropStep(t, e.message);
@@ -817,12 +800,6 @@ export class DriverCore {
     }
     const sum = (f: (s: DriverStep) => number) => this.steps.reduce((a, s) => a + f(s), 0);
     const o = this.o;
-    const floats = this.layout.length;
-    const expression = o.method === "hd-pissa"
-      ? "sent 4·Σ(in+out)·r bytes; received K times that (all K contributions)"
-      : o.method === "full"
-      ? "sent 4·Σ(trainable weights) bytes (gradients); received their mean, the same size"
-      : "sent 4·Σ(in+out)·r bytes (adapter gradients); received their mean, the same size";
     return {
       method: o.method,
       config: resolvedConfig(o) as RunReport["config"],
@@ -852,11 +829,7 @@ export class DriverCore {
         optimizer_floats_per_worker: this.optimizerFloats,
         trainable_floats_per_worker: this.optimizerFloats / 2,
       },
-      bytes_per_step_formula: {
-        sent: 4 * floats,
-        received: 4 * updateLength(this.layout, o.method, o.workers),
-        expression,
-      },
+      bytes_per_step_formula: this.method.traffic(this.layout, o.workers),
       started_at: this.startedAt,
       finished_at: new Date().toISOString(),
       model: {

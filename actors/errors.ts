@@ -13,6 +13,7 @@ import {
   GpuOutOfMemoryError,
   GpuShapeError,
   GpuValidationError,
+  KernelArgumentError,
   NoAdapterError,
 } from "../gpu/errors.ts";
 import {
@@ -38,6 +39,8 @@ import {
   JsonlLineError,
 } from "../train/data/errors.ts";
 import { FlagError } from "../train/cli/options.ts";
+import { MethodSettingsError } from "../train/methods/method.ts";
+import { UnknownMethodError } from "../train/methods/registry.ts";
 import { ScheduleError } from "../train/optim/schedule.ts";
 import { CheckpointError } from "../train/checkpoint/checkpoint.ts";
 import { ContributionError } from "../train/methods/combine.ts";
@@ -58,6 +61,7 @@ export const GPU_ERRORS: readonly ErrorClass[] = [
   GpuOutOfMemoryError,
   GpuShapeError,
   GpuClosedError,
+  KernelArgumentError,
 ];
 
 /** The model's errors: its config, weights, files, tokenizer and inputs. */
@@ -93,6 +97,8 @@ export const TRAIN_ERRORS: readonly ErrorClass[] = [
   ReportError,
   EvaluationError,
   EvalScoreError,
+  MethodSettingsError,
+  UnknownMethodError,
 ];
 
 /** Every error of the layers below the actors that crosses an actor boundary as itself. */

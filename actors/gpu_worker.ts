@@ -25,14 +25,8 @@ import { parseLlamaConfig } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import { parseSafetensors, serializeSafetensors } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
-import type { AdapterFactors } from "../train/methods/adapter_init.ts";
-import type { MethodInit } from "../train/methods/init.ts";
-import {
-  createWorkerMethod,
-  type DataParallelWorker,
-  type HdPissaWorker,
-  modelOptionsFor,
-} from "../train/methods/worker.ts";
+import type { WorkerMethod } from "../train/methods/worker.ts";
+import { getMethod } from "../train/methods/registry.ts";
 import { weightsChecksum } from "../train/checkpoint/checksum.ts";
 import {
   ApplyInput,
@@ -77,7 +71,7 @@ export const WORKER_ERRORS = [StepProtocolError, UpdateMissingError, ...DOMAIN_E
 class WorkerState {
   gpu: Gpu | null = null;
   model: LlamaGpu | null = null;
-  method: HdPissaWorker | DataParallelWorker | null = null;
+  method: WorkerMethod | null = null;
   load: z.infer<typeof LoadInput> | null = null;
   updates: Receiver<Update> | null = null;
   /** Update messages refused since the last apply, and the receiver's count already taken in. */
@@ -98,7 +92,7 @@ class WorkerState {
 
   constructor(readonly worker: number, readonly ctx: ActorContext) {}
 
-  need(): { model: LlamaGpu; method: HdPissaWorker | DataParallelWorker } {
+  need(): { model: LlamaGpu; method: WorkerMethod } {
     if (!this.model || !this.method) {
       throw new StepProtocolError(`worker ${this.worker} is not initialised (call load and init)`);
     }
@@ -120,29 +114,6 @@ function toMicroBatch(b: z.infer<typeof StepInput>["batches"][number], seqLen: n
   let targets = 0;
   for (let j = 0; j < b.targetMask.length; j++) if (j % seqLen !== 0 && b.targetMask[j]) targets++;
   return { ids: b.ids, targetMask: b.targetMask, rows: b.rows, seqLen, targets };
-}
-
-/** Reads the factors file the driver put in the object store into a MethodInit. */
-function parseFactors(bytes: Uint8Array, K: number): MethodInit {
-  const { tensors } = parseSafetensors(bytes, {}, "factors");
-  const factors = new Map<string, AdapterFactors[]>();
-  const residuals = new Map<string, Float32Array>();
-  for (const [key, t] of tensors) {
-    const m = /^(.*)\.(A|B)(\d+)$/.exec(key);
-    if (m) {
-      const list = factors.get(m[1]) ?? [];
-      const j = Number(m[3]);
-      if (j >= K) continue;
-      list[j] = {
-        ...(list[j] ?? { A: new Float32Array(), B: new Float32Array() }),
-        [m[2]]: t.data,
-      };
-      factors.set(m[1], list);
-    } else if (key.endsWith(".residual")) {
-      residuals.set(key.slice(0, -".residual".length), t.data);
-    }
-  }
-  return { factors, residuals };
 }
 
 /**
@@ -213,7 +184,7 @@ function trafficSince(s: WorkerState): { sent: number; received: number } {
 /** W and every adapter as one safetensors file: a checkpoint's shared part, or a re-sync source. */
 async function sharedBytes(
   model: LlamaGpu,
-  method: HdPissaWorker | DataParallelWorker,
+  method: WorkerMethod,
 ): Promise<Uint8Array> {
   const tensors = new Map(await model.readWeights());
   for (const [k, t] of await method.adapters()) tensors.set(k, t);
@@ -245,7 +216,7 @@ export const GpuWorker = defineActor({
           maxRows: input.microBatch,
           seqLen: input.seqLen,
           maxMicroBatches: input.maxMicroBatches,
-          ...modelOptionsFor(settings),
+          ...getMethod(settings.method).modelOptions(settings),
         });
         s.load = input;
         s.updates = await ctx.collectives.subscribe(input.updateSubject, {
@@ -267,8 +238,11 @@ export const GpuWorker = defineActor({
       handler: async (s, input, ctx) => {
         if (!s.model || !s.load) throw new StepProtocolError("init before load");
         const store = await ctx.objects();
-        const init = parseFactors(await store.get(input.factors), s.load.settings.workers);
-        s.method = createWorkerMethod(s.model, s.load.settings, s.worker, init);
+        const settings = s.load.settings;
+        const method = getMethod(settings.method);
+        const { tensors } = parseSafetensors(await store.get(input.factors), {}, "factors");
+        const init = method.initFromTensors(tensors, settings);
+        s.method = method.createWorker(s.model, settings, s.worker, init);
         if (input.state) {
           const { tensors, metadata } = parseSafetensors(
             await store.get(input.state),

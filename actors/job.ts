@@ -1,7 +1,7 @@
 /**
  * The fine-tuning job: starts (or joins) the actor system, hosts the Driver in this process,
  * runs it step by step with a progress display, and writes the outputs of docs/architecture.md §9. With
- * `--compare` it runs the four methods one after another on the same workers and data.
+ * `--compare` it runs every registered method one after another on the same workers and data.
  * @module
  */
 import { DomainError } from "../core/errors.ts";
@@ -176,7 +176,7 @@ function evalTable(report: RunReport): string {
   return Object.keys(cols).length ? formatScoreTable(cols) : "";
 }
 
-/** The whole job: one method, or `--compare` for all four. Returns the reports written. */
+/** The whole job: one method, or `--compare` for every method. Returns the reports written. */
 export async function runFinetune(o: FinetuneOptions, io: JobIo): Promise<RunReport[]> {
   await checkInputs(o);
   await prepareOut(o);

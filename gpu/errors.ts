@@ -53,6 +53,11 @@ export class GpuClosedError extends GpuError {
  */
 export class KernelArgumentError extends GpuShapeError {
   static override readonly code: string = "KERNEL_ARGUMENT";
+  static readonly fields = z.object({
+    kernel: z.string(),
+    argument: z.string(),
+    reason: z.enum(["missing", "unknown", "dtype"]),
+  });
   constructor(
     readonly kernel: string,
     readonly argument: string,

@@ -15,6 +15,7 @@ import {
   GpuOutOfMemoryError,
   GpuShapeError,
   GpuValidationError,
+  KernelArgumentError,
   NoAdapterError,
 } from "../gpu/errors.ts";
 import {
@@ -54,6 +55,8 @@ import { EvaluationError } from "../train/eval/evaluate.ts";
 import { EvalScoreError } from "../train/eval/score.ts";
 import { TaskGenerationError } from "../train/datagen/split.ts";
 import { PretrainError } from "../train/pretrain/pretrain.ts";
+import { MethodSettingsError } from "../train/methods/method.ts";
+import { UnknownMethodError } from "../train/methods/registry.ts";
 
 /** One instance of every exported error class of the project, with its fields set. */
 const SAMPLES: DomainError[] = [
@@ -64,6 +67,7 @@ const SAMPLES: DomainError[] = [
   new GpuOutOfMemoryError("oom"),
   new GpuShapeError("shape"),
   new GpuClosedError("closed"),
+  new KernelArgumentError("matmul", "x", "dtype", "x is i32, the kernel reads f32"),
   new LlamaError("llama"),
   new LlamaWeightError("model.norm.weight", "bad weight"),
   new LlamaOptionsError("options"),
@@ -97,6 +101,8 @@ const SAMPLES: DomainError[] = [
   new EvalScoreError("score"),
   new TaskGenerationError("tasks"),
   new PretrainError("pretrain"),
+  new MethodSettingsError("hd-pissa", "K·r too large", "rank"),
+  new UnknownMethodError("dora"),
   new StepProtocolError("protocol"),
   new UpdateMissingError(4, 5000),
   new TrainingError("training"),
@@ -117,6 +123,30 @@ Deno.test("every project error is a DomainError named after its class, with a co
   }
   assert.equal(new UpdateMissingError(1, 2).code, "UPDATE_MISSING");
   assert.ok(new UpdateMissingError(1, 2) instanceof StepProtocolError);
+});
+
+Deno.test("every error class in the project's own folders has a sample above", async () => {
+  const sampled = new Set(SAMPLES.map((e) => e.constructor.name));
+  const missing: string[] = [];
+  const root = new URL("../", import.meta.url);
+  const walk = async (dir: URL): Promise<void> => {
+    for await (const e of Deno.readDir(dir)) {
+      const u = new URL(e.name + (e.isDirectory ? "/" : ""), dir);
+      if (e.isDirectory) await walk(u);
+      else if (e.name.endsWith(".ts")) {
+        const src = await Deno.readTextFile(u);
+        for (const m of src.matchAll(/^export class (\w+) extends \w+/gm)) {
+          if (/Error$/.test(m[1]) && m[1] !== "DomainError" && !sampled.has(m[1])) {
+            missing.push(`${e.name}: ${m[1]}`);
+          }
+        }
+      }
+    }
+  };
+  for (const d of ["core", "cli", "gpu", "model", "train", "actors", "examples"]) {
+    await walk(new URL(`${d}/`, root));
+  }
+  assert.deepEqual(missing, []);
 });
 
 Deno.test("every error the actors declare crosses the wire as itself, fields included", () => {

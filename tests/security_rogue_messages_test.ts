@@ -16,7 +16,7 @@ import assert from "node:assert/strict";
 import { headers, type NatsConnection } from "@nats-io/nats-core";
 import { runFinetune } from "../actors/job.ts";
 import { Contribution } from "../actors/messages.ts";
-import { contributionLayout } from "../train/methods/layout.ts";
+import { getMethod } from "../train/methods/registry.ts";
 import { Collectives, connectNats, type System } from "../runtime/mod.ts";
 import { decodeFrame, encodeFrame } from "../runtime/codec.ts";
 import { PART_HEADER } from "../runtime/chunks.ts";
@@ -29,8 +29,7 @@ const K = 2;
 const quiet = { log: () => {}, isTty: false, progress: () => {} };
 
 /** Floats of one worker's contribution in the tiny run (hd-pissa, r = 2, every linear). */
-const L = contributionLayout(TINY_CONFIG, {
-  method: "hd-pissa",
+const L = getMethod("hd-pissa").layout(TINY_CONFIG, {
   targets: tinyOptions("").targets,
   rank: 2,
 }).length;

@@ -102,6 +102,32 @@ Deno.test("seeded runs are bit-identical, and --resume from a checkpoint ends on
   }
 });
 
+Deno.test("--resume of PiSSA (whose live W is the residual) ends on the same bits", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hd-pissa-resume-" });
+  try {
+    await writeTinySetup(dir);
+    const over = { method: "pissa" as const, checkpointEvery: 2, eval: null };
+    const a = tinyOptions(dir, { ...over, out: `${dir}/a` });
+    await runFinetune(a, quiet);
+    const c = `${dir}/c`;
+    await Deno.mkdir(`${c}/checkpoints`, { recursive: true });
+    for await (const e of Deno.readDir(`${a.out}/checkpoints`)) {
+      await Deno.mkdir(`${c}/checkpoints/${e.name}`);
+      for await (const f of Deno.readDir(`${a.out}/checkpoints/${e.name}`)) {
+        await Deno.copyFile(
+          `${a.out}/checkpoints/${e.name}/${f.name}`,
+          `${c}/checkpoints/${e.name}/${f.name}`,
+        );
+      }
+    }
+    const [r] = await runFinetune(tinyOptions(dir, { ...over, out: c, resume: c }), quiet);
+    assert.deepEqual(r.steps.map((s) => s.step), [0, 1, 2, 3]);
+    assert.ok(await sameBytes(`${a.out}/model.safetensors`, `${c}/model.safetensors`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("--compare: one folder per method, compare.json, and ranks HD-PiSSA > PiSSA (≤ 2r) ≥ LoRA (≤ r)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "hd-cmp-" });
   try {

@@ -15,14 +15,10 @@ import { LlamaGpu } from "../model/llama.ts";
 import type { HostTensor } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
 import { Rng } from "../train/rng.ts";
-import { methodInit } from "../train/methods/init.ts";
-import { combineContributions, validateContribution } from "../train/methods/combine.ts";
-import {
-  createWorkerMethod,
-  modelOptionsFor,
-  type WorkerMethodConfig,
-} from "../train/methods/worker.ts";
-import { referenceStep, type RefMicroBatch } from "./support/step_reference.ts";
+import { validateContribution } from "../train/methods/combine.ts";
+import { getMethod } from "../train/methods/registry.ts";
+import type { WorkerMethod, WorkerMethodConfig } from "../train/methods/worker.ts";
+import { referenceStep, type RefMicroBatch, type RefStepConfig } from "./support/step_reference.ts";
 import { randomMicroBatch, randomWeights } from "./support/model_gpu.ts";
 
 const CONFIG: LlamaConfig = {
@@ -64,7 +60,8 @@ function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
 }
 
 interface Case {
-  method: WorkerMethodConfig["method"];
+  /** The methods the float64 reference knows. */
+  method: RefStepConfig["method"];
   aggregate?: "mean" | "sum";
   optimizer?: "sgd" | "adamw";
   mute?: "exact" | number;
@@ -89,7 +86,8 @@ async function runStep(gpu: Gpu, c: Case, seed: number) {
     weightDecay: c.optimizer === "adamw" ? 0.1 : 0,
     clip: c.clip ?? 0,
   };
-  const init = methodInit(CONFIG, weights, {
+  const method = getMethod(c.method);
+  const init = method.init(CONFIG, weights, {
     ...cfg,
     svd: "exact",
     svdNiter: 0,
@@ -103,21 +101,21 @@ async function runStep(gpu: Gpu, c: Case, seed: number) {
   const lr = 0.05;
   const models: LlamaGpu[] = [];
   try {
-    const workers: ReturnType<typeof createWorkerMethod>[] = [];
+    const workers: WorkerMethod[] = [];
     for (let k = 0; k < K; k++) {
       const model = await LlamaGpu.create(gpu, CONFIG, weights, {
         maxRows: 2,
         seqLen: SEQ,
         maxMicroBatches: 2,
-        ...modelOptionsFor(cfg),
+        ...method.modelOptions(cfg),
       });
       models.push(model);
-      workers.push(createWorkerMethod(model, cfg, k, init));
+      workers.push(method.createWorker(model, cfg, k, init));
     }
     const steps = [];
     for (let k = 0; k < K; k++) steps.push(await workers[k].step(shards[k], lr));
     steps.forEach((s, k) => validateContribution(s.contribution, workers[k].layout, k));
-    const update = combineContributions(cfg.method, steps.map((s) => s.contribution));
+    const update = method.combine(steps.map((s) => s.contribution));
     for (const w of workers) await w.apply(update, lr);
     for (const w of workers) await w.merge();
     const after = await Promise.all(models.map((m) => m.readWeights()));
@@ -125,7 +123,7 @@ async function runStep(gpu: Gpu, c: Case, seed: number) {
     const ref = referenceStep({
       config: CONFIG,
       weights,
-      method: cfg.method,
+      method: c.method,
       targets: cfg.targets,
       rank: RANK,
       alpha: cfg.alpha,

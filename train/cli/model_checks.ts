@@ -3,12 +3,15 @@
  * before any worker starts.
  * @module
  */
-import { adaptableLinears, type LlamaConfig } from "../../model/config.ts";
+import type { LlamaConfig } from "../../model/config.ts";
+import { MethodSettingsError } from "../methods/method.ts";
+import { getMethod, TRAINING_METHODS } from "../methods/registry.ts";
 import { type FinetuneOptions, FlagError } from "./options.ts";
 
 /**
- * The checks that need the model's config: the targets exist and, for the SVD-initialised
- * methods, K·r (HD-PiSSA) or r (PiSSA) fits every adapted matrix; LoRA needs r ≤ min too.
+ * The checks that need the model's config: the sequence length fits, and the method's own checks
+ * pass (e.g. K·r ≤ min(in, out) of every adapted matrix for HD-PiSSA, r for PiSSA and LoRA).
+ * `--compare` runs every method, so every method's checks apply.
  */
 export function validateOptionsForModel(o: FinetuneOptions, config: LlamaConfig): void {
   if (o.seqLen > config.max_position_embeddings) {
@@ -18,18 +21,11 @@ export function validateOptionsForModel(o: FinetuneOptions, config: LlamaConfig)
       "seq-len",
     );
   }
-  if (o.method === "full" && !o.compare) return;
-  const needed = o.method === "hd-pissa" || o.compare ? o.workers * o.rank : o.rank;
-  for (const l of adaptableLinears(config, o.targets)) {
-    const cap = Math.min(l.out, l.in);
-    if (needed > cap) {
-      const what = o.method === "hd-pissa" || o.compare
-        ? `--workers × --rank = ${o.workers} × ${o.rank} = ${needed}`
-        : `--rank ${o.rank}`;
-      throw new FlagError(
-        `${what} exceeds the rank of ${l.name} [${l.out}, ${l.in}] (at most ${cap})`,
-        "rank",
-      );
-    }
+  const methods = o.compare ? TRAINING_METHODS : [getMethod(o.method)];
+  try {
+    for (const m of methods) m.validate(config, o);
+  } catch (e) {
+    if (e instanceof MethodSettingsError) throw new FlagError(e.message, e.flag);
+    throw e;
   }
 }

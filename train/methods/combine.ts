@@ -1,13 +1,12 @@
 /**
  * The driver's side of a step: check each worker's contribution, then combine them into the one
- * update every worker applies (HD-PiSSA: all K contributions side by side; the data-parallel
- * baselines: their mean).
+ * update every worker applies. The two ways to combine live here; each method names its own
+ * (HD-PiSSA: all K contributions side by side; the data-parallel methods: their mean).
  * @module
  */
 import { DomainError } from "../../core/errors.ts";
 import { z } from "zod";
 import type { Layout } from "./layout.ts";
-import type { Method } from "../cli/options.ts";
 
 /** A contribution that must not be applied: wrong size, or a NaN/Inf inside. */
 export class ContributionError extends DomainError {
@@ -46,19 +45,21 @@ export function validateContribution(c: Float32Array, layout: Layout, worker: nu
   }
 }
 
+/** HD-PiSSA's update: the K contributions side by side, in worker order. */
+export function concatContributions(contributions: readonly Float32Array[]): Float32Array {
+  const n = contributions[0].length;
+  const out = new Float32Array(n * contributions.length);
+  contributions.forEach((c, k) => out.set(c, k * n));
+  return out;
+}
+
 /**
- * The update of a step. HD-PiSSA: the K contributions concatenated in worker order. Baselines:
- * the element-wise mean, summed in worker order in float64 and rounded once, so that the result
- * does not depend on arrival order.
+ * The data-parallel update: the element-wise mean, summed in worker order in float64 and rounded
+ * once, so that the result does not depend on arrival order.
  */
-export function combineContributions(method: Method, contributions: Float32Array[]): Float32Array {
+export function meanContributions(contributions: readonly Float32Array[]): Float32Array {
   const K = contributions.length;
   const n = contributions[0].length;
-  if (method === "hd-pissa") {
-    const out = new Float32Array(n * K);
-    contributions.forEach((c, k) => out.set(c, k * n));
-    return out;
-  }
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) {
     let s = 0;

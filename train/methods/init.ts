@@ -1,18 +1,22 @@
 /**
- * The initial adapters of each method, computed once (by the driver) and sent to every worker:
+ * The initial adapters of a method, computed once (by the driver) and sent to every worker:
  * separate SVDs on each worker could differ in sign or rotation and make the workers' W drift
- * apart (docs/architecture.md §2).
+ * apart (docs/architecture.md §2). Each method supplies the factors of one matrix; the walk over the adapted
+ * weights, the SVD choice and the shared random stream are here.
  * @module
  */
-import { adaptableLinears, type LinearKind, type LlamaConfig } from "../../model/config.ts";
+import {
+  adaptableLinears,
+  type LinearKind,
+  type LinearSpec,
+  type LlamaConfig,
+} from "../../model/config.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
-import { type AdapterFactors, hdPissaSlices, loraInit, pissaInit } from "./adapter_init.ts";
+import type { AdapterFactors } from "./adapter_init.ts";
 import { Rng } from "../rng.ts";
 import type { TopSvdOptions } from "../linalg/svd.ts";
-import type { Method } from "../cli/options.ts";
 
 export interface InitOptions {
-  method: Method;
   workers: number;
   rank: number;
   alpha: number;
@@ -29,6 +33,11 @@ export interface MethodInit {
   residuals: Map<string, Float32Array>;
 }
 
+/** An init without adapters (full fine-tuning). */
+export function emptyInit(): MethodInit {
+  return { factors: new Map(), residuals: new Map() };
+}
+
 /** The exact SVD up to this size on the long side; the randomized one above it (auto). */
 export const EXACT_SVD_MAX = 1024;
 
@@ -39,32 +48,43 @@ function svdOptions(o: InitOptions, shape: readonly number[], salt: number): Top
     : { method: "randomized", niter: o.svdNiter, seed: o.seed + salt };
 }
 
-/** Computes every method's initial adapters from the base weights (nothing for `full`). */
-export function methodInit(
+/** What a method's init sees of one adapted weight. */
+export interface MatrixInit {
+  linear: LinearSpec;
+  /** The base weight `[out, in]`. */
+  W: HostTensor;
+  /** The SVD to use for this matrix (exact or randomized, seeded per matrix). */
+  svd: TopSvdOptions;
+  /** One generator for the whole walk, in model order (seeded with `seed`). */
+  rng: Rng;
+}
+
+/** The factors of one matrix, and its residual weight when the method replaces W. */
+export interface MatrixFactors {
+  factors: AdapterFactors[];
+  residual?: Float32Array;
+}
+
+/**
+ * Walks the adapted weights in model order and collects what `perMatrix` makes of each. The
+ * random generator is shared by the whole walk, so that every worker could redo it identically.
+ */
+export function initEachAdapted(
   config: LlamaConfig,
   weights: ReadonlyMap<string, HostTensor>,
   o: InitOptions,
+  perMatrix: (m: MatrixInit) => MatrixFactors,
   onProgress?: (done: number, total: number) => void,
 ): MethodInit {
-  const factors = new Map<string, AdapterFactors[]>();
-  const residuals = new Map<string, Float32Array>();
-  if (o.method === "full") return { factors, residuals };
+  const init = emptyInit();
   const linears = adaptableLinears(config, o.targets);
-  // LoRA draws A from one generator in model order, so every worker could redo it identically.
   const rng = new Rng(o.seed);
   linears.forEach((l, i) => {
     const W = weights.get(l.name)!;
-    const svd = svdOptions(o, l.shape, i);
-    if (o.method === "hd-pissa") {
-      factors.set(l.name, hdPissaSlices(W, o.workers, o.rank, o.alpha, { name: l.name, svd }));
-    } else if (o.method === "pissa") {
-      const p = pissaInit(W, o.rank, o.alpha, { name: l.name, svd });
-      factors.set(l.name, [{ A: p.A, B: p.B }]);
-      residuals.set(l.name, p.residual);
-    } else {
-      factors.set(l.name, [loraInit(l.shape, o.rank, rng, l.name)]);
-    }
+    const made = perMatrix({ linear: l, W, svd: svdOptions(o, l.shape, i), rng });
+    init.factors.set(l.name, made.factors);
+    if (made.residual) init.residuals.set(l.name, made.residual);
     onProgress?.(i + 1, linears.length);
   });
-  return { factors, residuals };
+  return init;
 }

@@ -1,6 +1,5 @@
 /**
- * The names of the training methods.
+ * The names of the training methods, as the registry lists them.
  * @module
  */
-export const METHODS = ["hd-pissa", "pissa", "lora", "full"] as const;
-export type Method = typeof METHODS[number];
+export { type Method, METHODS } from "./registry.ts";

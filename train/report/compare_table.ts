@@ -3,6 +3,7 @@
  * prints and the `compare.json` it writes. Both read the same figures, so they always agree.
  * @module
  */
+import { findMethod } from "../methods/registry.ts";
 import { type JsonValue, type RunReport, type Timing, writeJsonAtomic } from "./report.ts";
 
 /** Accuracies of one evaluation pass. */
@@ -48,21 +49,23 @@ export interface CompareJson {
   methods: Record<string, MethodFigures>;
 }
 
-/** First-order rank bound of ΔW for a method (docs/architecture.md §2), from `config.workers`/`config.rank`. */
+/**
+ * First-order rank bound of ΔW for a method (docs/architecture.md §2), from `config.workers`/`config.rank`;
+ * null for a method that is not registered, or whose bound needs a matrix's shape (full).
+ */
 export function rankBound(method: string, config: Record<string, JsonValue>): number | null {
-  const r = config.rank;
-  const k = config.workers;
-  if (typeof r !== "number") return null;
-  switch (method) {
-    case "hd-pissa":
-      return typeof k === "number" ? 2 * k * r : null;
-    case "pissa":
-      return 2 * r;
-    case "lora":
-      return r;
-    default:
-      return null;
-  }
+  const rank = config.rank;
+  const workers = config.workers;
+  if (typeof rank !== "number") return null;
+  return findMethod(method)?.rankBound({
+    rank,
+    workers: typeof workers === "number" ? workers : undefined,
+  }) ?? null;
+}
+
+/** The bound's formula for a method ("2Kr", "2r", "r", ...), or "bound" when unknown. */
+export function rankBoundLabel(method: string): string {
+  return findMethod(method)?.rankBoundLabel ?? "bound";
 }
 
 /** Labels for a list of runs: the method, with " (2)", " (3)" for repeats. */

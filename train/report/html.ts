@@ -11,9 +11,11 @@ import {
   type MethodFigures,
   methodFigures,
   rankBound,
+  rankBoundLabel,
   runLabels,
   taskNames,
 } from "./compare_table.ts";
+import { TRAINING_METHODS } from "../methods/registry.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Escaping and number formatting
@@ -115,12 +117,10 @@ function tickLabels(ticks: readonly number[], step: number): string[] {
 // ---------------------------------------------------------------------------------------------
 // Colours
 
-const METHOD_COLORS: Record<string, string> = {
-  "hd-pissa": "#d1495b",
-  "pissa": "#00798c",
-  "lora": "#e09f3e",
-  "full": "#30638e",
-};
+/** Each registered method's own colour. */
+const METHOD_COLORS: Record<string, string> = Object.fromEntries(
+  TRAINING_METHODS.flatMap((m) => m.color ? [[m.name, m.color]] : []),
+);
 const EXTRA_COLORS = ["#6a4c93", "#5c946e", "#8d6a9f", "#3d5a80", "#b56576", "#7f7f7f"];
 
 function methodColors(methods: readonly string[]): string[] {
@@ -444,10 +444,6 @@ function spread<T>(xs: readonly T[], k: number): T[] {
 
 const SPECTRUM_FLOOR = 1e-8;
 
-function boundName(method: string): string {
-  return method === "hd-pissa" ? "2Kr" : method === "pissa" ? "2r" : "r";
-}
-
 /** σ_i/σ_1 against i (1-based); empty when σ_1 is not positive. */
 function normalisedSpectrum(s: readonly number[]): Array<[number, number]> {
   if (s.length === 0 || !(s[0] > 0)) return [];
@@ -699,7 +695,7 @@ function rankSection(r: RunReport): string {
   const bound = rankBound(r.method, r.config);
   const boundText = bound === null
     ? ""
-    : ` First-order bound for ${r.method}: ${boundName(r.method)} = ${bound}.`;
+    : ` First-order bound for ${r.method}: ${rankBoundLabel(r.method)} = ${bound}.`;
   if (names.length === 0) {
     return `<section id="effective-rank"><h2>Effective rank of ΔW</h2><div class="empty">No effective rank recorded.` +
       `</div></section>`;
@@ -764,7 +760,9 @@ function spectraSection(r: RunReport): string {
       empty: "ΔW is zero.",
       lines,
       yRules: [{ at: 1e-2, label: "10⁻² (rank threshold)" }],
-      xRules: bound === null ? [] : [{ at: bound, label: `${boundName(r.method)} = ${bound}` }],
+      xRules: bound === null
+        ? []
+        : [{ at: bound, label: `${rankBoundLabel(r.method)} = ${bound}` }],
     });
     return `<div><h3>${h(kind)}</h3>${chart}${legend(items)}</div>`;
   });
@@ -1099,7 +1097,7 @@ function compareSpectra(reports: readonly RunReport[], runs: readonly Run[]): st
   }
   const xRules = runs.filter((x) => x.f.rank_bound !== null).map((x) => ({
     at: x.f.rank_bound!,
-    label: `${x.label}: ${boundName(x.r.method)} = ${x.f.rank_bound}`,
+    label: `${x.label}: ${rankBoundLabel(x.r.method)} = ${x.f.rank_bound}`,
     color: x.color,
   }));
   const charts = names.map((n) => {

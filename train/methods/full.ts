@@ -1,0 +1,51 @@
+/**
+ * Full fine-tuning (docs/architecture.md §2, baseline): the weights themselves (all but the embeddings and the
+ * output head by default) trained data-parallel, AdamW or SGD on W; no adapters, no init.
+ * @module
+ */
+import type { LlamaGpu } from "../../model/llama.ts";
+import type { HostTensor } from "../../model/safetensors.ts";
+import { DataParallelWorker, meanTraffic } from "./data_parallel.ts";
+import { meanContributions } from "./combine.ts";
+import { emptyInit } from "./init.ts";
+import { fullTrainableDefault, weightLayout } from "./layout.ts";
+import type { TrainingMethod } from "./method.ts";
+import type { WorkerMethodConfig } from "./worker.ts";
+
+/** Full fine-tuning on one worker: the trainable weights and their moments. */
+export class FullWorker extends DataParallelWorker {
+  constructor(model: LlamaGpu, config: WorkerMethodConfig) {
+    super(model, config, weightLayout(model.config, config));
+    for (const seg of this.layout.segments) {
+      this.addMoments(model.weight(seg.name), model.weightGrad(seg.name), seg.name);
+    }
+    this.collectGradients();
+  }
+
+  merge(): Promise<void> {
+    return Promise.resolve(); // W is the model.
+  }
+
+  adapters(): Promise<Map<string, HostTensor>> {
+    return Promise.resolve(new Map());
+  }
+}
+
+export const full: TrainingMethod<"full"> = {
+  name: "full",
+  summary: "the weights themselves (embeddings and head frozen), data-parallel",
+  rankBoundLabel: "min(in, out)",
+  rankBound: (_s, shape) => shape ? Math.min(shape[0], shape[1]) : null,
+  color: "#30638e",
+  validate: () => {},
+  layout: weightLayout,
+  updateLength: (layout) => layout.length,
+  combine: meanContributions,
+  traffic: (layout) => meanTraffic(layout, "4·Σ(trainable weights) bytes (gradients)"),
+  init: () => emptyInit(),
+  initLog: () => null,
+  initToTensors: () => new Map(),
+  initFromTensors: () => emptyInit(),
+  modelOptions: (c) => ({ gradients: "weights", trainable: c.trainable ?? fullTrainableDefault }),
+  createWorker: (model, c) => new FullWorker(model, c),
+};
