@@ -63,7 +63,12 @@ import {
   type LoadedCheckpoint,
   writeCheckpoint,
 } from "../train/checkpoint/checkpoint.ts";
-import { reportSchema, type RunReport, type StepRecord } from "../train/report/report.ts";
+import {
+  evalSplitSchema,
+  reportSchema,
+  type RunReport,
+  type StepRecord,
+} from "../train/report/report.ts";
 import { type ApplyOutput, Contribution } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
 import { GpuWorker, StepProtocolError, UpdateMissingError, WORKER_ERRORS } from "./gpu_worker.ts";
@@ -159,10 +164,13 @@ export class DriverCore {
   #events: string[] = [];
   /** When the last update was broadcast again (one resend serves every waiting worker). */
   #rebroadcastAt = -Infinity;
+  /** The base model's evaluation, made by another run (--compare), or null. */
+  #baseEval: EvalScore | null;
   /** Steps dropped under `--on-nonfinite skip`, with why. */
   #dropped = new Map<number, string>();
 
-  constructor(system: System, job: string, o: FinetuneOptions) {
+  constructor(system: System, job: string, o: FinetuneOptions, baseEval: EvalScore | null = null) {
+    this.#baseEval = baseEval;
     this.system = system;
     this.job = job;
     this.o = o;
@@ -257,8 +265,14 @@ export class DriverCore {
 
     await this.#loadWorkers(this.baseWeights);
     if (this.evalPrepared) {
-      this.#log("evaluating the base model");
-      this.evalBefore = await this.evaluate();
+      if (this.#baseEval) {
+        // --compare evaluates the base model once, in its first run: it is the same for all.
+        this.evalBefore = this.#baseEval;
+        this.#log("the base model's evaluation is the first run's");
+      } else {
+        this.#log("evaluating the base model");
+        this.evalBefore = await this.evaluate();
+      }
     }
     const announce = this.method.initLog(this.config, o);
     if (announce) this.#log(announce);
@@ -883,8 +897,14 @@ const DriverStepSchema = z.object({
 export const Driver = defineActor({
   name: "Driver",
   module: import.meta.url,
-  init: z.object({ job: z.string().regex(/^[A-Za-z0-9_-]+$/), options: FinetuneOptionsSchema }),
-  create: (input, ctx) => new DriverCore(ctx.system, input.job, input.options),
+  init: z.object({
+    job: z.string().regex(/^[A-Za-z0-9_-]+$/),
+    options: FinetuneOptionsSchema,
+    /** The base model's evaluation when another run already made it (the runs of --compare). */
+    baseEval: evalSplitSchema.nullable().default(null),
+  }),
+  create: (input, ctx) =>
+    new DriverCore(ctx.system, input.job, input.options, input.baseEval as EvalScore | null),
   close: (core) => core.close(),
   // What the job (and so the finetune CLI) gets as itself: its own errors, and the workers'.
   errors: [TrainingError, ...WORKER_ERRORS],

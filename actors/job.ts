@@ -5,14 +5,19 @@
  * @module
  */
 import { DomainError } from "../core/errors.ts";
-import { init, natsEnvCredentials, type System } from "../runtime/mod.ts";
+import { init, natsEnvCredentials, type System, type z } from "../runtime/mod.ts";
 import type { EvalScore } from "../train/eval/score.ts";
 import { formatScoreTable } from "../train/eval/score.ts";
 import { type FinetuneOptions, FlagError, METHODS } from "../train/cli/options.ts";
 import { validateOptionsForModel } from "../train/cli/model_checks.ts";
 import { readLlamaConfig } from "../model/config.ts";
 import { Progress, type ProgressWriter } from "../train/cli/progress.ts";
-import { type RunReport, writeJsonAtomic, writeReportJson } from "../train/report/report.ts";
+import {
+  type evalSplitSchema,
+  type RunReport,
+  writeJsonAtomic,
+  writeReportJson,
+} from "../train/report/report.ts";
 import { renderCompareHtml, renderReportHtml } from "../train/report/html.ts";
 import { compareJson, compareTable } from "../train/report/compare_table.ts";
 import { Driver } from "./driver.ts";
@@ -122,9 +127,16 @@ export async function startSystem(o: FinetuneOptions): Promise<System> {
 }
 
 /** Runs one method's job on `system` and writes its folder. */
-export async function runOne(system: System, o: FinetuneOptions, io: JobIo): Promise<RunReport> {
+export async function runOne(
+  system: System,
+  o: FinetuneOptions,
+  io: JobIo,
+  baseEval: RunReport["eval"]["before"] = null,
+): Promise<RunReport> {
   const job = `${o.method.replace(/[^a-z]/g, "")}${crypto.randomUUID().slice(0, 8)}`;
-  const driver = await system.spawn(Driver, { job, options: o }, {
+  // The report's types are narrower than its (loose) schema's; the schema checks it on arrival.
+  const base = baseEval as z.input<typeof evalSplitSchema> | null;
+  const driver = await system.spawn(Driver, { job, options: o, baseEval: base }, {
     node: "local",
     maxRestarts: 0,
     initTimeoutMs: 60_000,
@@ -194,7 +206,7 @@ export async function runFinetune(o: FinetuneOptions, io: JobIo): Promise<RunRep
     for (const method of METHODS) {
       const sub = { ...o, method, compare: false, out: `${o.out}/${method}` };
       await Deno.mkdir(sub.out, { recursive: true });
-      reports.push(await runOne(system, sub, io));
+      reports.push(await runOne(system, sub, io, reports[0]?.eval.before ?? null));
     }
     io.log(compareTable(reports));
     await writeJsonAtomic(`${o.out}/compare.json`, compareJson(reports));

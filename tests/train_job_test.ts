@@ -132,9 +132,14 @@ Deno.test("--compare: one folder per method, compare.json, and ranks HD-PiSSA > 
   const dir = await Deno.makeTempDir({ prefix: "hd-cmp-" });
   try {
     await writeTinySetup(dir);
-    const o = tinyOptions(dir, { compare: true, eval: null, maxSteps: 3 });
-    const reports = await runFinetune(o, quiet);
+    const o = tinyOptions(dir, { compare: true, maxSteps: 3 });
+    const lines: string[] = [];
+    const reports = await runFinetune(o, { ...quiet, log: (l) => lines.push(l) });
     assert.deepEqual(reports.map((r) => r.method), ["hd-pissa", "pissa", "lora", "full"]);
+    // The base model is evaluated once, by the first run; every report carries that evaluation.
+    assert.equal(lines.filter((l) => /evaluating the base model/.test(l)).length, 1);
+    assert.ok(reports[0].eval.before);
+    for (const r of reports) assert.deepEqual(r.eval.before, reports[0].eval.before);
     const cmp = JSON.parse(await Deno.readTextFile(`${o.out}/compare.json`));
     assert.deepEqual(Object.keys(cmp.methods).sort(), ["full", "hd-pissa", "lora", "pissa"]);
     for (const m of ["hd-pissa", "pissa", "lora", "full"]) {

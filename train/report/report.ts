@@ -157,7 +157,8 @@ const stepSchema = z.looseObject({
   tokens: nonNeg.optional(),
 });
 
-const evalSplitSchema = z.looseObject({
+/** One evaluation (`eval.before` or `eval.after`). */
+export const evalSplitSchema = z.looseObject({
   overall: fraction,
   tasks: z.record(z.string(), fraction),
   n: count.optional(),
