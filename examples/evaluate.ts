@@ -1,5 +1,5 @@
-// Evaluates a model folder on a JSONL test set (docs/architecture.md §9): greedy answers, exact match per
-// task and overall. Prints a table; --json writes the scores, --predictions every answer.
+// Evaluates a model folder on a JSONL test set (docs/architecture.md §9): greedy answers, exact
+// match per task and overall. Prints a table; --json writes the scores, --predictions every answer.
 //
 //   deno task evaluate --model models/base --data data/bench/test.jsonl [--all] [--json OUT]
 import { defineFlags, FlagError } from "../cli/flags.ts";

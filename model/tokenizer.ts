@@ -44,7 +44,8 @@ export const BYTE_OFFSET = 3;
 export const BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET;
 
 const utf8Encoder = new TextEncoder();
-// fatal: false turns invalid sequences (a model can emit any bytes) into U+FFFD instead of throwing.
+// fatal: false turns invalid sequences (a model can emit any bytes) into U+FFFD instead of
+// throwing.
 const utf8Decoder = new TextDecoder("utf-8", { fatal: false });
 
 /** pad 0, bos 1, eos 2, UTF-8 byte b -> b + 3; 259 ids. */

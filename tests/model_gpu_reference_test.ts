@@ -1,7 +1,7 @@
 // The whole GPU model against the independent float64 reference on fresh random tiny configs
 // (GQA untied with head_dim 6; GQA tied): loss, logits, every adapter gradient under the exact
-// mute, the numeric mute (γ = 1e-16 and 0.25) and σ = s, every full-weight gradient, over a step of
-// several micro-batches of different sizes (one without any target, to check the loss
+// mute, the numeric mute (γ = 1e-16 and 0.25) and σ = s, every full-weight gradient, over a step
+// of several micro-batches of different sizes (one without any target, to check the loss
 // weighting of docs/architecture.md §4); and two runs giving the same bits.
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/mod.ts";
