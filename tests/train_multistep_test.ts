@@ -276,13 +276,15 @@ function checkFixedFactors(r: Run): void {
   r.own.forEach((own, k) => {
     for (const name of adapted) {
       const slices = r.init.factors.get(name)!;
-      assert.deepEqual(own.get(name)!.A, slices[k].A, `${name}: worker ${k}'s A_${k} changed`);
-      assert.deepEqual(own.get(name)!.B, slices[k].B, `${name}: worker ${k}'s B_${k} changed`);
+      const mine = `${name}: the model's adapter on worker ${k}`;
+      assert.deepEqual(own.get(name)!.A, slices[k].A, `${mine}: A_${k} changed`);
+      assert.deepEqual(own.get(name)!.B, slices[k].B, `${mine}: B_${k} changed`);
       const pairs = r.pairs[k].get(name)!;
       assert.equal(pairs.length, K);
       for (let j = 0; j < K; j++) {
-        assert.deepEqual(pairs[j].A, slices[j].A, `${name}: worker ${k}'s A_${j} changed`);
-        assert.deepEqual(pairs[j].B, slices[j].B, `${name}: worker ${k}'s B_${j} changed`);
+        const where = `${name}: the update's pair ${j} on worker ${k}`;
+        assert.deepEqual(pairs[j].A, slices[j].A, `${where}: A_${j} changed`);
+        assert.deepEqual(pairs[j].B, slices[j].B, `${where}: B_${j} changed`);
       }
     }
   });
