@@ -109,7 +109,6 @@ interface Run {
   /** HD-PiSSA: per worker, per adapted weight, the K pairs the update reads, after the steps. */
   pairs: Map<string, { A: Float32Array; B: Float32Array }[]>[];
   ref: RefRunResult;
-  lrs: number[];
 }
 
 async function run(gpu: Gpu, c: Case, seed: number): Promise<Run> {
@@ -198,7 +197,7 @@ async function run(gpu: Gpu, c: Case, seed: number): Promise<Run> {
       weightDecay: cfg.weightDecay,
       clip: cfg.clip,
     });
-    return { weights, init, after, losses, adapters, own, pairs, ref, lrs };
+    return { weights, init, after, losses, adapters, own, pairs, ref };
   } finally {
     for (const m of models) m.close();
   }
