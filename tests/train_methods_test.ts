@@ -119,7 +119,6 @@ async function runStep(gpu: Gpu, c: Case, seed: number) {
     for (const w of workers) await w.apply(update, lr);
     for (const w of workers) await w.merge();
     const after = await Promise.all(models.map((m) => m.readWeights()));
-    const adapters = await Promise.all(workers.map((w) => w.adapters()));
     const ref = referenceStep({
       config: CONFIG,
       weights,
@@ -136,7 +135,7 @@ async function runStep(gpu: Gpu, c: Case, seed: number) {
       weightDecay: cfg.weightDecay,
       clip: cfg.clip,
     });
-    return { weights, after, ref, steps, init, adapters, cfg };
+    return { weights, after, ref, steps, init, cfg };
   } finally {
     for (const m of models) m.close();
   }
@@ -223,7 +222,7 @@ Deno.test("one training step of every method matches the float64 reference", asy
   }
 });
 
-Deno.test("HD-PiSSA: fixed orthogonal slices, the update is (B+ΔB)(A+ΔA) − BA, γ = 1e-16 ≈ exact", async () => {
+Deno.test("HD-PiSSA: orthogonal slices, the update is (B+ΔB)(A+ΔA) − BA, γ = 1e-16 ≈ exact", async () => {
   const gpu = await Gpu.open();
   try {
     const exact = await runStep(gpu, { method: "hd-pissa" }, 7);
@@ -233,13 +232,10 @@ Deno.test("HD-PiSSA: fixed orthogonal slices, the update is (B+ΔB)(A+ΔA) − B
       const e = relErr(muted.steps[k].contribution, exact.steps[k].contribution);
       assert.ok(e < 1e-5, `worker ${k}: γ = 1e-16 vs exact, relative difference ${e}`);
     }
-    // A_k, B_k never change: the adapters after the step equal the initial slices, bit for bit.
+    // That A_k, B_k never change is checked after several steps, in the device buffers the
+    // kernels read, by tests/train_multistep_test.ts.
     for (const name of adaptedNames) {
       const slices = exact.init.factors.get(name)!;
-      for (let j = 0; j < K; j++) {
-        assert.deepEqual(exact.adapters[0].get(`${name}.A${j}`)!.data, slices[j].A);
-        assert.deepEqual(exact.adapters[0].get(`${name}.B${j}`)!.data, slices[j].B);
-      }
       // Slices of different workers are orthogonal: A_0 A_1ᵀ = 0 and B_0ᵀ B_1 = 0.
       const l = adaptableLinears(CONFIG).find((x) => x.name === name)!;
       const [a0, a1] = [slices[0].A, slices[1].A];

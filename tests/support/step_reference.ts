@@ -1,7 +1,8 @@
 /**
- * An independent float64 reference of one training step of every method (docs/architecture.md §2 and §4),
- * built on the float64 model reference. Tests compare the GPU workers' weights after a step with
- * what this returns.
+ * An independent float64 reference of training steps of every method (docs/architecture.md §2 and
+ * §4), built on the float64 model reference: `referenceStep` is one step from zero moments,
+ * `referenceRun` several steps with the optimizer's moments carried across them as PyTorch does.
+ * Tests compare the GPU workers' weights after the steps with what these return.
  */
 import { adaptableLinears, type LinearKind, type LlamaConfig } from "../../model/config.ts";
 import {
@@ -12,8 +13,8 @@ import {
 
 /** One micro-batch: token ids and target masks per example. */
 export interface RefMicroBatch {
-  ids: number[][];
-  targetMask: number[][];
+  ids: readonly (readonly number[])[];
+  targetMask: readonly (readonly number[])[];
 }
 
 export interface RefStepConfig {
@@ -83,7 +84,7 @@ function clipFactor(grads: ArrayLike<number>[], clip: number): number {
  * each micro-batch's gradient of its token-mean loss.
  */
 function workerGrads(
-  c: RefStepConfig,
+  c: Pick<RefStepConfig, "config">,
   shard: RefMicroBatch[],
   adapters: ReadonlyMap<string, ReferenceAdapter>,
   weights: ReadonlyMap<string, ReferenceTensor>,
@@ -254,4 +255,244 @@ export function referenceStep(c: RefStepConfig): RefStepResult {
     }], s);
   }
   return { weights, losses: per.map((p) => p.loss) };
+}
+
+/** The methods `referenceRun` knows: the list a multi-step test walks. */
+export const REFERENCE_METHODS = ["hd-pissa", "pissa", "lora", "full"] as const;
+
+/** Several steps of one method: the settings of `RefStepConfig`, a batch plan and a schedule. */
+export interface RefRunConfig extends Omit<RefStepConfig, "shards" | "lr"> {
+  /** `steps[t][k]`: worker k's micro-batches at step t. */
+  steps: RefMicroBatch[][][];
+  /** The learning rate of each step. */
+  lrs: readonly number[];
+}
+
+export interface RefRunResult {
+  /** The effective weights after the last step (merged for LoRA/PiSSA). */
+  weights: Map<string, Float64Array>;
+  /** `losses[t][k]`: worker k's loss at step t, before that step's update. */
+  losses: number[][];
+  /**
+   * `clipFactors[t]`: the factor the gradients were scaled by at step t (1 when clipping did not
+   * trigger): one per worker for HD-PiSSA, one for the averaged gradient of the baselines.
+   */
+  clipFactors: number[][];
+}
+
+/**
+ * docs/architecture.md §2 "Schedule", cosine, written out again: w = ceil(ratio·T), a linear
+ * warmup from 0 over steps t < w, then lr0·½·(1 + cos(π·(t − w)/max(1, T − w))).
+ */
+export function referenceCosineLr(
+  t: number,
+  o: { lr: number; warmupRatio: number; totalSteps: number },
+): number {
+  const w = Math.ceil(o.warmupRatio * o.totalSteps);
+  if (t < w) return o.lr * t / w;
+  return o.lr * 0.5 * (1 + Math.cos(Math.PI * (t - w) / Math.max(1, o.totalSteps - w)));
+}
+
+/**
+ * PyTorch's optimizers with their state, one entry per parameter key: SGD, and AdamW as
+ * `torch.optim.AdamW` (m, v start at zero; bias correction with the step count t; decoupled
+ * decay). `delta` returns the signed step −lr·wd·p − (lr/(1−β1ᵗ))·m / (√v/√(1−β2ᵗ) + ε), which
+ * the caller adds to p (the baselines) or sends as ΔA, ΔB without touching p (HD-PiSSA).
+ */
+class RefOptimizer {
+  #m = new Map<string, Float64Array>();
+  #v = new Map<string, Float64Array>();
+
+  constructor(readonly o: Pick<RefStepConfig, "optimizer" | "weightDecay">) {}
+
+  delta(
+    key: string,
+    g: ArrayLike<number>,
+    p: ArrayLike<number>,
+    lr: number,
+    t: number,
+  ): Float64Array {
+    const wd = this.o.weightDecay;
+    const d = new Float64Array(g.length);
+    if (this.o.optimizer === "sgd") {
+      for (let i = 0; i < g.length; i++) d[i] = -lr * g[i] - lr * wd * p[i];
+      return d;
+    }
+    if (!this.#m.has(key)) {
+      this.#m.set(key, new Float64Array(g.length));
+      this.#v.set(key, new Float64Array(g.length));
+    }
+    const m = this.#m.get(key)!, v = this.#v.get(key)!;
+    const stepSize = lr / (1 - B1 ** t);
+    const bc2Sqrt = Math.sqrt(1 - B2 ** t);
+    for (let i = 0; i < g.length; i++) {
+      m[i] = B1 * m[i] + (1 - B1) * g[i];
+      v[i] = B2 * v[i] + (1 - B2) * g[i] * g[i];
+      d[i] = -lr * wd * p[i] - stepSize * m[i] / (Math.sqrt(v[i]) / bc2Sqrt + EPS);
+    }
+    return d;
+  }
+}
+
+/**
+ * Runs `c.steps.length` steps of `c.method` and returns the effective weights after them, every
+ * worker's loss at every step and the clip factors. HD-PiSSA: worker k's moments belong to its
+ * fixed A_k, B_k, which never change; every step adds c·s·Σ_j (B_j+ΔB_j)(A_j+ΔA_j) − B_j A_j
+ * to W. The baselines: the mean of the K gradients (clipped) takes one optimizer step, the same
+ * on every worker, on the shared adapter (merged at the end) or on the trainable weights.
+ */
+export function referenceRun(c: RefRunConfig): RefRunResult {
+  const T = c.steps.length;
+  if (c.lrs.length !== T) throw new Error(`${T} steps but ${c.lrs.length} learning rates`);
+  const K = c.steps[0].length;
+  const s = c.alpha / c.rank;
+  const linears = adaptableLinears(c.config, c.targets);
+  const weights = new Map<string, Float64Array>();
+  for (const [k, t] of c.weights) weights.set(k, toF64(t.data));
+  const shapeOf = (name: string) => c.weights.get(name)!.shape;
+  const asRef = (m: Map<string, Float64Array>) =>
+    new Map([...m].map(([k, d]) => [k, { shape: shapeOf(k), data: d }] as const));
+  const losses: number[][] = [];
+  const clipFactors: number[][] = [];
+
+  if (c.method === "hd-pissa") {
+    const sigma = c.mute === "exact" ? 0 : c.mute * s;
+    const cAgg = c.aggregate === "mean" ? 1 / K : 1;
+    const opts = Array.from({ length: K }, () => new RefOptimizer(c));
+    const slices = (k: number) => {
+      const m = new Map<string, ReferenceAdapter>();
+      for (const l of linears) {
+        const { A, B } = c.adapters.get(l.name)![k];
+        m.set(l.name, { A, B, rank: c.rank, scale: s, sigma });
+      }
+      return m;
+    };
+    for (let t = 0; t < T; t++) {
+      const stepLosses: number[] = [];
+      const factors: number[] = [];
+      const deltas: Map<string, { dA: Float64Array; dB: Float64Array }>[] = [];
+      // Every worker's gradients are taken at the same W, before any of this step's updates.
+      const W = asRef(weights);
+      for (let k = 0; k < K; k++) {
+        const g = workerGrads(c, c.steps[t][k], slices(k), W);
+        stepLosses.push(g.loss);
+        const f = g.empty ? 1 : clipFactor(
+          linears.flatMap((l) => [g.gradA.get(l.name)!, g.gradB.get(l.name)!]),
+          c.clip,
+        );
+        factors.push(f);
+        const d = new Map<string, { dA: Float64Array; dB: Float64Array }>();
+        for (const l of linears) {
+          const { A, B } = c.adapters.get(l.name)![k];
+          const gA = g.empty ? new Float64Array(A.length) : g.gradA.get(l.name)!.map((x) => x * f);
+          const gB = g.empty ? new Float64Array(B.length) : g.gradB.get(l.name)!.map((x) => x * f);
+          d.set(l.name, {
+            dA: opts[k].delta(`${l.name}.A`, gA, A, c.lrs[t], t + 1),
+            dB: opts[k].delta(`${l.name}.B`, gB, B, c.lrs[t], t + 1),
+          });
+        }
+        deltas.push(d);
+      }
+      for (const l of linears) {
+        const pairs = c.adapters.get(l.name)!.map((p, j) => ({ ...p, ...deltas[j].get(l.name)! }));
+        addProducts(weights.get(l.name)!, l.out, l.in, c.rank, pairs, cAgg * s);
+      }
+      losses.push(stepLosses);
+      clipFactors.push(factors);
+    }
+    return { weights, losses, clipFactors };
+  }
+
+  const opt = new RefOptimizer(c);
+  /** The mean of the workers' gradients of one tensor, in float64. */
+  const meanOf = (
+    per: ReturnType<typeof workerGrads>[],
+    which: "gradA" | "gradB" | "gradW",
+    name: string,
+    len: number,
+  ) => {
+    const a = new Float64Array(len);
+    for (const p of per) {
+      const g = p[which].get(name);
+      if (g && !p.empty) { for (let i = 0; i < len; i++) a[i] += g[i] / K; }
+    }
+    return a;
+  };
+
+  if (c.method === "full") {
+    const trainable = c.fullTrainable ??
+      ((n: string) => n !== "model.embed_tokens.weight" && n !== "lm_head.weight");
+    const names = [...weights.keys()].filter(trainable);
+    for (let t = 0; t < T; t++) {
+      const W = asRef(weights);
+      const per = c.steps[t].map((shard) => workerGrads(c, shard, new Map(), W));
+      const avg = names.map((n) => meanOf(per, "gradW", n, weights.get(n)!.length));
+      const f = clipFactor(avg, c.clip);
+      names.forEach((n, i) => {
+        const w = weights.get(n)!;
+        const d = opt.delta(n, avg[i].map((x) => x * f), w, c.lrs[t], t + 1);
+        for (let j = 0; j < w.length; j++) w[j] += d[j];
+      });
+      losses.push(per.map((p) => p.loss));
+      clipFactors.push([f]);
+    }
+    return { weights, losses, clipFactors };
+  }
+
+  // LoRA and PiSSA: one shared adapter, trained on W_res (PiSSA) or W (LoRA), merged at the end.
+  const A = new Map<string, Float64Array>();
+  const B = new Map<string, Float64Array>();
+  for (const l of linears) {
+    const f = c.adapters.get(l.name)![0];
+    A.set(l.name, toF64(f.A));
+    B.set(l.name, toF64(f.B));
+    if (c.method === "pissa") {
+      const w = weights.get(l.name)!;
+      for (let o = 0; o < l.out; o++) {
+        for (let i = 0; i < l.in; i++) {
+          let u = 0;
+          for (let j = 0; j < c.rank; j++) u += f.B[o * c.rank + j] * f.A[j * l.in + i];
+          w[o * l.in + i] -= s * u;
+        }
+      }
+    }
+  }
+  for (let t = 0; t < T; t++) {
+    const adapters = new Map<string, ReferenceAdapter>();
+    for (const l of linears) {
+      adapters.set(l.name, {
+        A: A.get(l.name)!,
+        B: B.get(l.name)!,
+        rank: c.rank,
+        scale: s,
+        sigma: s,
+      });
+    }
+    const W = asRef(weights);
+    const per = c.steps[t].map((shard) => workerGrads(c, shard, adapters, W));
+    const gA = linears.map((l) => meanOf(per, "gradA", l.name, c.rank * l.in));
+    const gB = linears.map((l) => meanOf(per, "gradB", l.name, l.out * c.rank));
+    const f = clipFactor([...gA, ...gB], c.clip);
+    linears.forEach((l, i) => {
+      // Both steps are computed from the factors before this step.
+      const a = A.get(l.name)!, b = B.get(l.name)!;
+      const dA = opt.delta(`${l.name}.A`, gA[i].map((x) => x * f), a, c.lrs[t], t + 1);
+      const dB = opt.delta(`${l.name}.B`, gB[i].map((x) => x * f), b, c.lrs[t], t + 1);
+      for (let j = 0; j < a.length; j++) a[j] += dA[j];
+      for (let j = 0; j < b.length; j++) b[j] += dB[j];
+    });
+    losses.push(per.map((p) => p.loss));
+    clipFactors.push([f]);
+  }
+  for (const l of linears) {
+    // Merge: W_res + s·B·A.
+    const a = A.get(l.name)!, b = B.get(l.name)!;
+    addProducts(weights.get(l.name)!, l.out, l.in, c.rank, [{
+      A: new Float64Array(a.length),
+      B: b,
+      dA: a,
+      dB: new Float64Array(b.length),
+    }], s);
+  }
+  return { weights, losses, clipFactors };
 }

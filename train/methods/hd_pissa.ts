@@ -109,6 +109,16 @@ export class HdPissaWorker extends WorkerMethod {
     return Promise.resolve(); // W is the model.
   }
 
+  /**
+   * The device buffers of the K pairs (A_j, B_j) of one adapted weight, in worker order: the ones
+   * the update of W reads. For checks; nothing writes them after the constructor.
+   */
+  factorBuffers(name: string): readonly { readonly A: GpuTensor; readonly B: GpuTensor }[] {
+    const pairs = this.#pairs.get(name);
+    if (!pairs) throw new WorkerStateError(`${name} has no adapter`);
+    return pairs.map(({ A, B }) => ({ A, B }));
+  }
+
   /** All K adapter pairs (for checkpoints: A_j, B_j never change). */
   async adapters(): Promise<Map<string, HostTensor>> {
     const out = new Map<string, HostTensor>();
