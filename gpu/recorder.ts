@@ -23,7 +23,7 @@ import type {
   ParamDecls,
 } from "./kernel.ts";
 import type { CompiledKernel } from "./pipeline_cache.ts";
-import { GpuTensor } from "./tensor.ts";
+import { type DType, GpuTensor } from "./tensor.ts";
 
 /** Timing of one timed section (a kernel in profile mode, or a `timed` block). */
 export interface Section {
@@ -83,6 +83,10 @@ export interface RecorderHost {
   mapRead(b: GPUBuffer): Promise<void>;
   /** Throws the engine's pending failure (device lost, uncaptured error), if any. */
   check(): void;
+  /** A pooled tensor (see `Gpu.tensor`). */
+  tensor(shape: readonly number[], dtype: DType, label: string): GpuTensor;
+  /** Returns a tensor from `tensor` to the pool. */
+  release(t: GpuTensor): void;
 }
 
 /** Queries per query set; a timed section uses two. */
@@ -113,6 +117,7 @@ export class Recorder {
   #queriesUsed = 0;
   #sections: { label: string; index: number }[] = [];
   #reads: PendingRead[] = [];
+  #scratch: GpuTensor[] = [];
   #inTimed = false;
   #state: "recording" | "submitted" | "discarded" = "recording";
   #dispatches = 0;
@@ -137,6 +142,18 @@ export class Recorder {
   /** Dispatches recorded so far. */
   get dispatches(): number {
     return this.#dispatches;
+  }
+
+  /**
+   * A pooled tensor for intermediate values of this recording (partial sums of a reduction):
+   * it stays reserved until the recorder is submitted or discarded, then goes back to the pool.
+   * Contents are undefined until a dispatch writes them.
+   */
+  scratch(shape: readonly number[], dtype: DType = "f32", label = "scratch"): GpuTensor {
+    this.#assertRecording();
+    const t = this.#host.tensor(shape, dtype, label);
+    this.#scratch.push(t);
+    return t;
   }
 
   /**
@@ -355,6 +372,8 @@ export class Recorder {
     this.#querySets.length = 0;
     for (const r of this.#reads) host.releaseBuffer(r.staging);
     this.#reads.length = 0;
+    for (const t of this.#scratch.reverse()) host.release(t);
+    this.#scratch.length = 0;
     for (const b of extra) host.releaseBuffer(b);
   }
 
