@@ -14,13 +14,15 @@ import {
   GpuShapeError,
   GpuValidationError,
   KernelArgumentError,
+  KernelLoopBoundError,
 } from "./errors.ts";
-import type {
-  BindingDecls,
-  DispatchArgs,
-  KernelInterface,
-  KernelRef,
-  ParamDecls,
+import {
+  type BindingDecls,
+  type DispatchArgs,
+  type KernelInterface,
+  type KernelRef,
+  MAX_INVOCATION_LOOP,
+  type ParamDecls,
 } from "./kernel.ts";
 import type { CompiledKernel } from "./pipeline_cache.ts";
 import { type DType, GpuTensor } from "./tensor.ts";
@@ -162,6 +164,8 @@ export class Recorder {
    * records nothing.
    * @throws KernelArgumentError for a missing or unknown binding or parameter, a tensor whose
    *   dtype does not match its binding, or a parameter that is not a number of its type.
+   * @throws KernelLoopBoundError when the kernel's declared loop bound for these parameters
+   *   exceeds `MAX_INVOCATION_LOOP` (the shape is not supported).
    * @throws GpuShapeError for an unaligned, oversized or aliased tensor, or a grid too large.
    */
   dispatch<P extends ParamDecls, B extends BindingDecls>(
@@ -174,6 +178,7 @@ export class Recorder {
     const iface = k.iface;
     const tensors = this.#bindingTensors(iface, args.bindings);
     const params = encodeParams(iface, args.params);
+    checkLoopBound(iface, args.params);
     for (let i = 0; i < tensors.length; i++) this.#checkBinding(iface, tensors, i);
     const [gx, gy = 1, gz = 1] = args.grid;
     for (const g of [gx, gy, gz]) {
@@ -530,6 +535,27 @@ export class Recorder {
   #assertOutsideTimed(what: string): void {
     if (this.#inTimed) throw new GpuError(`${what} is not allowed inside a timed section`);
   }
+}
+
+/**
+ * Refuses a dispatch whose declared loop bound exceeds `MAX_INVOCATION_LOOP`.
+ * @throws KernelLoopBoundError naming the kernel, its parameters, the bound and the limit.
+ */
+function checkLoopBound(
+  iface: KernelInterface,
+  given: Readonly<Record<string, number | undefined>>,
+): void {
+  if (!iface.loopBound) return;
+  const bound = iface.loopBound(given as Readonly<Record<string, number>>);
+  if (bound <= MAX_INVOCATION_LOOP) return;
+  const shape = iface.params.map((q) => `${q.name} = ${given[q.name]}`).join(", ");
+  throw new KernelLoopBoundError(
+    iface.name,
+    bound,
+    MAX_INVOCATION_LOOP,
+    `with ${shape} one invocation would run up to ${bound} loop passes, over the limit of ` +
+      `${MAX_INVOCATION_LOOP} per invocation (MAX_INVOCATION_LOOP); this shape is not supported`,
+  );
 }
 
 /**

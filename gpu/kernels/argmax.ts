@@ -13,6 +13,7 @@ const ARGMAX = defineKernel({
   name: "argmax",
   params: { T: "u32", V: "u32" },
   bindings: { ids: "read_write i32", x: "read f32" },
+  loopBound: ({ V }) => V,
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})

@@ -27,6 +27,8 @@ const KERNEL = defineKernel({
     losses: "read_write f32",
     dlogits: "read_write f32?",
   },
+  // Three passes over the row: V, V + 1 and V + 1 loop passes.
+  loopBound: ({ V }) => 3 * V + 2,
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 ${NAN_WGSL}
@@ -77,7 +79,10 @@ export interface CrossEntropyTensors {
   dlogits?: GpuTensor;
 }
 
-/** Records the loss (and, with `dlogits`, its gradient) of a batch of positions. */
+/**
+ * Records the loss (and, with `dlogits`, its gradient) of a batch of positions.
+ * @throws KernelLoopBoundError for a vocabulary over 21,844 (3V + 2 > 65535 loop passes).
+ */
 export function crossEntropy(rec: Recorder, t: CrossEntropyTensors): void {
   const [T, V] = expect2d("crossEntropy logits", t.logits);
   expectShape("crossEntropy targets", t.targets, [T], "i32");

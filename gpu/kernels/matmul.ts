@@ -25,6 +25,10 @@
  *   two cores; the remaining gap is load instructions and spilled accumulators).
  * - "tiled" (real GPUs, when M and N are at least 32): 64×64 output tiles per 16×16 workgroup,
  *   16-deep K slices staged in workgroup memory as vec4, 4×4 accumulators per invocation.
+ *
+ * Loop passes per invocation (see `MAX_INVOCATION_LOOP`): the register kernel runs ⌈K/step⌉ + 1
+ * (step 4 when K % 4 == 0, else 1), the tiled kernel 23·⌈K/16⌉ + 31; a larger K than that allows
+ * is refused with KernelLoopBoundError.
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
@@ -202,6 +206,8 @@ function registerKernel(c: RegisterConfig) {
       beta: "f32",
     },
     bindings: { P: operand(pm), Q: operand(qm), C: "read_write f32" },
+    // The k loop is the only loop: ⌈K/step⌉ iterations.
+    loopBound: ({ K }: { K: number }) => Math.ceil(K / step) + 1,
     body: /* wgsl */ `
 fn store(u: u32, l: u32, acc: f32) {
   if (u < p.U && l < p.L) {
@@ -298,6 +304,9 @@ const TILED = defineKernel({
     bKFast: "u32",
   },
   bindings: { A: "read f32", B: "read f32", C: "read_write f32" },
+  // Per K slice: the slice loop's pass, 4 + 1 staging and 16 + 1 product passes; then 4 + 1
+  // to clear and 4 + 1 + 4·(4 + 1) to store the accumulators.
+  loopBound: ({ K }) => 23 * Math.ceil(K / 16) + 1 + 5 + 25,
   body: /* wgsl */ `
 const BM = 64u;
 const BK = 16u;
@@ -393,6 +402,7 @@ function dispatchTiled(
  * Records `C = α·op(A)·op(B) + β·C` for `layout` (see the module doc for the shapes). C must
  * not share a buffer with A or B.
  * @throws GpuShapeError on shapes that do not match the layout.
+ * @throws KernelLoopBoundError for a K over the loop bound (see the module doc).
  */
 export function matmul(
   rec: Recorder,

@@ -19,6 +19,8 @@ const REDUCE = defineKernel({
   name: "reduce_sum",
   params: { n: "u32", square: "u32", slot: "u32" },
   bindings: { outv: "read_write f32", x: "read f32" },
+  // ⌈n/256⌉ + 1 passes over the elements, then 8 + 1 for the tree.
+  loopBound: ({ n }) => Math.ceil(n / RWG) + 1 + 9,
   body: /* wgsl */ `
 var<workgroup> part: array<f32, ${RWG}>;
 @compute @workgroup_size(${RWG})

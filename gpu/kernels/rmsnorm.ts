@@ -2,7 +2,9 @@
  * RMSNorm `y = w · (x / sqrt(mean(x²) + eps))` over the last dimension, forward and backward.
  *
  * One invocation per row runs the row's reduction in index order, so every result is
- * deterministic without workgroup reductions (which are slow on CPU adapters).
+ * deterministic without workgroup reductions (which are slow on CPU adapters). It makes two
+ * passes over the row: 2·(H + 1) loop passes, so H may reach 32,766 (see
+ * `MAX_INVOCATION_LOOP`); the weight gradient runs T + 1.
  * @module
  */
 import { defineKernel } from "../kernel.ts";
@@ -16,6 +18,7 @@ const FORWARD = defineKernel({
   name: "rmsnorm_forward",
   params: { T: "u32", H: "u32", eps: "f32" },
   bindings: { x: "read f32", w: "read f32", y: "read_write f32", rstd: "read_write f32" },
+  loopBound: ({ H }) => 2 * (H + 1),
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
@@ -47,6 +50,7 @@ const BACKWARD = defineKernel({
     w: "read f32",
     rstd: "read f32",
   },
+  loopBound: ({ H }) => 2 * (H + 1),
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
@@ -73,6 +77,7 @@ const WEIGHT_GRAD = defineKernel({
   name: "rmsnorm_weight_grad",
   params: { T: "u32", H: "u32", accumulate: "u32" },
   bindings: { dw: "read_write f32", dy: "read f32", x: "read f32", rstd: "read f32" },
+  loopBound: ({ T }) => T + 1,
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
