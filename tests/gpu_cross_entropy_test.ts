@@ -162,3 +162,71 @@ Deno.test("gpu cross-entropy", async (t) => {
     gpu.close();
   }
 });
+
+// One invocation may run at most 65,535 loop passes (gpu/kernel.ts MAX_INVOCATION_LOOP); these
+// vocabularies are far past what one invocation per row could cover.
+Deno.test("gpu cross-entropy at real sizes", async (t) => {
+  const gpu = await Gpu.open();
+  const rng = new Rng(4242);
+  try {
+    await t.step("cross-entropy at V = 32000, 32001, 128256, 151936 against float64", async () => {
+      for (const [T, V] of [[8, 32000], [5, 32001], [4, 128256], [4, 151936]]) {
+        const logits = rng.normals(T * V, 3);
+        const targets = Int32Array.from({ length: T }, () => rng.int(V));
+        const weights = new Float32Array(T).fill(1 / (T - 1));
+        weights[1] = 0;
+        targets[1] = -1;
+        const LG = gpu.upload(logits, [T, V]), TG = gpu.upload(targets), W = gpu.upload(weights);
+        const LS = gpu.tensor([T]), L = gpu.tensor([1]), D = gpu.tensor([T, V]);
+        const LI = gpu.upload(logits, [T, V]), LSI = gpu.tensor([T]);
+        const [ls, l, d, di] = await gpu.run((rec) => {
+          crossEntropy(rec, {
+            logits: LG,
+            targets: TG,
+            weights: W,
+            losses: LS,
+            loss: L,
+            dlogits: D,
+          });
+          crossEntropy(rec, { logits: LI, targets: TG, weights: W, losses: LSI, dlogits: LI });
+        }, [LS, L, D, LI]);
+        const ref = crossEntropyRef(logits, targets, weights, T, V);
+        const errs = [
+          relError(ls, ref.losses),
+          Math.abs(l[0] - ref.loss) / Math.abs(ref.loss),
+          relError(d, ref.dlogits),
+        ];
+        console.log(
+          `cross-entropy ${T}x${V} rel loss ${errs[0].toExponential(2)} ` +
+            `sum ${errs[1].toExponential(2)} dlogits ${errs[2].toExponential(2)}`,
+        );
+        for (const e of errs) assert.ok(e < 1e-5, `${T}x${V}: ${errs}`);
+        assert.ok(sameBits(d, di), "in-place gradient equals the out-of-place one");
+        for (const x of [LG, TG, W, LS, L, D, LI, LSI]) gpu.release(x);
+      }
+    });
+
+    await t.step("65,539 rows: the grid folds past 65,535 workgroups", async () => {
+      const T = 65539, V = 3;
+      const logits = rng.normals(T * V, 2);
+      const targets = Int32Array.from({ length: T }, () => rng.int(V));
+      const weights = new Float32Array(T).fill(1 / T);
+      const LG = gpu.upload(logits, [T, V]), TG = gpu.upload(targets), W = gpu.upload(weights);
+      const LS = gpu.tensor([T]), D = gpu.tensor([T, V]), IDS = gpu.tensor([T], "i32");
+      const [ls, d, ids] = await gpu.run((rec) => {
+        crossEntropy(rec, { logits: LG, targets: TG, weights: W, losses: LS, dlogits: D });
+        argmax(rec, IDS, LG);
+      }, [LS, D, IDS]);
+      const ref = crossEntropyRef(logits, targets, weights, T, V);
+      assert.ok(relError(ls, ref.losses) < 1e-5 && relError(d, ref.dlogits) < 1e-5);
+      for (const r of [0, 65534, 65535, T - 1]) {
+        const row = Array.from(logits.subarray(r * V, (r + 1) * V));
+        assert.equal(ids[r], row.indexOf(Math.max(...row)), `row ${r}`);
+      }
+      assert.ok(ls[T - 1] > 0 && ls[65535] > 0);
+      for (const q of [LG, TG, W, LS, D, IDS]) gpu.release(q);
+    });
+  } finally {
+    gpu.close();
+  }
+});

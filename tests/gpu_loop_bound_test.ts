@@ -123,7 +123,7 @@ Deno.test("gpu loop bound: the recorder refuses a dispatch over the bound", asyn
       );
       assert.equal(rec.dispatches, 1, "a refused dispatch records nothing");
 
-      // Cross-entropy: 3V + 2 passes (one invocation per row), so V = 21,844 is the largest.
+      // Cross-entropy: 3·(⌈V/256⌉ + 1) passes, so V = 5,592,064 is the largest vocabulary.
       const ce = (V: number) => {
         const L = gpu.tensor([1, V]);
         try {
@@ -138,8 +138,8 @@ Deno.test("gpu loop bound: the recorder refuses a dispatch over the bound", asyn
           gpu.release(L);
         }
       };
-      ce(21_844);
-      refused(() => ce(21_845), "cross_entropy");
+      ce(5_592_064);
+      refused(() => ce(5_592_065), "cross_entropy");
 
       // Matmul with K not a multiple of 4: a k loop of K iterations, K + 1 passes.
       const C = gpu.tensor([2, 3]);
