@@ -165,7 +165,7 @@ Deno.test("gpu cross-entropy", async (t) => {
 
 // One invocation may run at most 65,535 loop passes (gpu/kernel.ts MAX_INVOCATION_LOOP); these
 // vocabularies are far past what one invocation per row could cover.
-Deno.test("gpu cross-entropy at real sizes", async (t) => {
+Deno.test("gpu cross-entropy and argmax at real sizes", async (t) => {
   const gpu = await Gpu.open();
   const rng = new Rng(4242);
   try {
@@ -204,6 +204,29 @@ Deno.test("gpu cross-entropy at real sizes", async (t) => {
         assert.ok(sameBits(d, di), "in-place gradient equals the out-of-place one");
         for (const x of [LG, TG, W, LS, L, D, LI, LSI]) gpu.release(x);
       }
+    });
+
+    await t.step("argmax at V = 151936: ties across invocations, NaN", async () => {
+      const T = 6, V = 151936;
+      const x = rng.normals(T * V);
+      const at = (r: number, v: number, value: number) => x[r * V + v] = value;
+      at(1, 200, 50), at(1, 259, 50); // equal maxima: 200 (invocation 200) before 259 (3)
+      at(2, 5, 50), at(2, 150000, 50);
+      at(3, 0, NaN), at(3, 7, NaN), at(3, 151935, 50); // NaN never wins; the last column does
+      x.fill(1.5, 4 * V, 5 * V); // a constant row gives 0
+      const expected = Array.from({ length: T }, (_, r) => {
+        let b = 0;
+        for (let v = 0; v < V; v++) {
+          const xv = x[r * V + v], bv = x[r * V + b];
+          if (!Number.isNaN(xv) && (Number.isNaN(bv) || xv > bv)) b = v;
+        }
+        return b;
+      });
+      assert.deepEqual(expected.slice(1, 5), [200, 5, 151935, 0]);
+      const X = gpu.upload(x, [T, V]), IDS = gpu.tensor([T], "i32");
+      const [ids] = await gpu.run((rec) => argmax(rec, IDS, X), [IDS]);
+      assert.deepEqual(Array.from(ids), expected);
+      gpu.release(X), gpu.release(IDS);
     });
 
     await t.step("65,539 rows: the grid folds past 65,535 workgroups", async () => {
