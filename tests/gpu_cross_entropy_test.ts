@@ -5,7 +5,7 @@ import { Gpu } from "../gpu/engine.ts";
 import { GpuShapeError } from "../gpu/errors.ts";
 import { argmax } from "../gpu/kernels/argmax.ts";
 import { crossEntropy } from "../gpu/kernels/cross_entropy.ts";
-import { sum } from "../gpu/kernels/reduce.ts";
+import { sum, sumSquares } from "../gpu/kernels/reduce.ts";
 import { crossEntropyRef } from "../gpu/reference.ts";
 import { dot, finiteDiffError, relError, sameBits } from "../gpu/check.ts";
 import { Rng } from "../train/rng.ts";
@@ -164,8 +164,8 @@ Deno.test("gpu cross-entropy", async (t) => {
 });
 
 // One invocation may run at most 65,535 loop passes (gpu/kernel.ts MAX_INVOCATION_LOOP); these
-// vocabularies are far past what one invocation per row could cover.
-Deno.test("gpu cross-entropy and argmax at real sizes", async (t) => {
+// sizes are far past what one invocation per row or one workgroup per tensor could cover.
+Deno.test("gpu cross-entropy, argmax and sums at real sizes", async (t) => {
   const gpu = await Gpu.open();
   const rng = new Rng(4242);
   try {
@@ -248,6 +248,40 @@ Deno.test("gpu cross-entropy and argmax at real sizes", async (t) => {
       }
       assert.ok(ls[T - 1] > 0 && ls[65535] > 0);
       for (const q of [LG, TG, W, LS, D, IDS]) gpu.release(q);
+    });
+
+    await t.step("sum and sumSquares over 150,001 and 20,000,003 elements", async () => {
+      const sizes = [150_001, 20_000_003, 7];
+      const xs = sizes.map((n) => {
+        const x = rng.normals(n);
+        for (let i = 0; i < n; i++) x[i] += 0.25;
+        return x;
+      });
+      const XS = xs.map((x) => gpu.upload(x));
+      const S = XS.map(() => gpu.tensor([1])), SQ = gpu.tensor([1]), P = gpu.tensor([3]);
+      const inUse = gpu.stats().inUse;
+      const run = () =>
+        gpu.run((rec) => {
+          XS.forEach((X, i) => sum(rec, S[i], X));
+          sumSquares(rec, SQ, P, XS);
+        }, [...S, SQ, P]);
+      const a = await run();
+      assert.equal(gpu.stats().inUse, inUse, "the partial sums went back to the pool");
+      let sq = 0;
+      xs.forEach((x, i) => {
+        let s = 0, abs = 0, q = 0;
+        for (const v of x) s += v, abs += Math.abs(v), q += v * v;
+        sq += q;
+        const es = Math.abs(a[i][0] - s) / abs, eq = Math.abs(a[4][i] - q) / q;
+        console.log(
+          `sum over ${x.length}: ${es.toExponential(2)} of Σ|x|, squares ${eq.toExponential(2)}`,
+        );
+        assert.ok(es < 1e-6 && eq < 1e-6, `${x.length}: ${es} ${eq}`);
+      });
+      assert.ok(Math.abs(a[3][0] - sq) / sq < 1e-6);
+      const b = await run();
+      a.forEach((v, i) => assert.ok(sameBits(v, b[i]), `run ${i} repeats its bits`));
+      for (const q of [...XS, ...S, SQ, P]) gpu.release(q);
     });
   } finally {
     gpu.close();
