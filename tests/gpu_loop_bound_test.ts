@@ -147,9 +147,9 @@ Deno.test("gpu loop bound: the recorder refuses a dispatch over the bound", asyn
         matmulNT(rec, C, gpu.tensor([2, K]), gpu.tensor([3, K]), { variant });
       mm(65534, "register");
       refused(() => mm(65535, "register"), /^matmul_register_/);
-      // The tiled kernel: 23·⌈K/16⌉ + 31 passes.
-      mm(45_568, "tiled");
-      refused(() => mm(45_569, "tiled"), "matmul_tiled_64x64x16");
+      // The tiled kernel: ⌈K/16⌉ + 1 passes.
+      mm(1_048_544, "tiled");
+      refused(() => mm(1_048_545, "tiled"), "matmul_tiled_64x64x16");
 
       // Attention: sequences of 4096 fit with 8 query heads per KV head; at 8192 the dK/dV
       // kernel (8·8193 + 9 passes) is refused, while the forward (2·8193) still fits.
