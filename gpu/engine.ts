@@ -344,6 +344,8 @@ export class Gpu {
       waitQueue: () => race(device.queue.onSubmittedWorkDone()),
       mapRead: (b) => race(b.mapAsync(GPUMapMode.READ)),
       check: () => this.check(),
+      tensor: (shape, dtype, label) => this.tensor(shape, dtype, label),
+      release: (t) => this.release(t),
     };
   }
 }

@@ -67,3 +67,22 @@ export class KernelArgumentError extends GpuShapeError {
     super(`${kernel}: ${message}`);
   }
 }
+
+/**
+ * A dispatch whose invocations could run more loop passes than `MAX_INVOCATION_LOOP` (see
+ * kernel.ts): lavapipe silently stops an invocation's loops there, so the kernel refuses the
+ * shape instead of computing a wrong result. `bound` is the kernel's declared worst case for
+ * the dispatch's parameters, `limit` the bound it exceeds.
+ */
+export class KernelLoopBoundError extends GpuShapeError {
+  static override readonly code: string = "KERNEL_LOOP_BOUND";
+  static readonly fields = z.object({ kernel: z.string(), bound: z.number(), limit: z.number() });
+  constructor(
+    readonly kernel: string,
+    readonly bound: number,
+    readonly limit: number,
+    message: string,
+  ) {
+    super(`${kernel}: ${message}`);
+  }
+}

@@ -17,10 +17,25 @@
  *
  * The header is a pure function of the declaration (names and types in declaration order), so
  * the pipeline cache, keyed by source, compiles each distinct kernel once.
+ *
+ * A kernel with loops also declares `loopBound(params)`: the most loop passes one invocation
+ * can run for those parameters. The recorder refuses a dispatch whose bound exceeds
+ * `MAX_INVOCATION_LOOP` (see there).
  * @module
  */
 import { GpuShapeError } from "./errors.ts";
 import type { DType, GpuTensor } from "./tensor.ts";
+
+/**
+ * The most loop passes one invocation of any kernel may run. lavapipe (llvmpipe) stops every
+ * loop of an invocation, silently, once that invocation has run 65,535 loop passes in total,
+ * across all its loops and nesting levels; it counts a loop of n iterations as n + 1 passes
+ * (the pass that finds the condition false too). A kernel therefore declares, through
+ * `loopBound`, an upper bound of Σ (iterations + 1) over the loops one invocation runs, and
+ * `Recorder.dispatch` refuses (`KernelLoopBoundError`) a dispatch whose bound is larger. The
+ * bound applies on every device, so that a shape behaves the same everywhere.
+ */
+export const MAX_INVOCATION_LOOP = 65535;
 
 /** Scalar type of a uniform parameter. Every one is 4 bytes, so parameter k sits at byte 4k. */
 export type ParamType = "u32" | "i32" | "f32";
@@ -57,6 +72,12 @@ export interface KernelDecl<P extends ParamDecls, B extends BindingDecls> {
   readonly body: string;
   /** Entry point; default "main". */
   readonly entry?: string;
+  /**
+   * The most loop passes one invocation runs for these parameters: Σ over the loops it runs of
+   * (iterations + 1), an outer loop's passes included (see `MAX_INVOCATION_LOOP`). Required
+   * when the body has a loop (`for`, `while`, `loop`); a body without loops runs 0.
+   */
+  loopBound?(params: ParamArgs<P>): number;
 }
 
 /**
@@ -171,6 +192,8 @@ export interface KernelInterface {
   readonly paramBytes: number;
   /** The complete WGSL: generated header, then the body. */
   readonly code: string;
+  /** The declared loop bound (see `KernelDecl.loopBound`); null for a body without loops. */
+  readonly loopBound: ((params: Readonly<Record<string, number>>) => number) | null;
 }
 
 const IDENT = /^[A-Za-z][A-Za-z0-9_]*$/;
@@ -187,6 +210,12 @@ function declError(name: string, message: string): GpuShapeError {
   return new GpuShapeError(`kernel ${name}: ${message}`);
 }
 
+/** True when WGSL source (comments aside) has a loop statement. */
+export function hasLoop(wgsl: string): boolean {
+  const code = wgsl.replace(/\/\*[\s\S]*?\*\//g, " ").replace(/\/\/.*$/gm, "");
+  return /\b(for|while|loop)\b/.test(code);
+}
+
 function parseBinding(kernel: string, name: string, type: string) {
   const m = /^(read|read_write) (f32|i32|vec4<f32>)(\?)?$/.exec(type);
   if (!m) {
@@ -201,7 +230,8 @@ function parseBinding(kernel: string, name: string, type: string) {
 /**
  * Checks a declaration and generates its WGSL.
  * @throws GpuShapeError on a name that is not a WGSL identifier or is reserved (`p`, `Params`),
- *   an unknown type, or an optional binding without a required binding of the same access.
+ *   an unknown type, an optional binding without a required binding of the same access, or a
+ *   body with a loop and no `loopBound`.
  */
 export function kernelInterface<P extends ParamDecls, B extends BindingDecls>(
   decl: KernelDecl<P, B>,
@@ -231,6 +261,9 @@ export function kernelInterface<P extends ParamDecls, B extends BindingDecls>(
     }
     return { ...b, binding: i + 1, dtype: ELEMENTS[b.element], standIn };
   });
+  if (decl.loopBound === undefined && hasLoop(decl.body)) {
+    throw declError(kernel, "the body has a loop; declare its loopBound");
+  }
   return {
     name: kernel,
     entry: decl.entry ?? "main",
@@ -240,6 +273,7 @@ export function kernelInterface<P extends ParamDecls, B extends BindingDecls>(
     bindingIndex: new Map(bindings.map((b, i) => [b.name, i])),
     paramBytes: Math.max(16, Math.ceil((params.length * 4) / 16) * 16),
     code: kernelHeader(params, bindings) + decl.body,
+    loopBound: (decl.loopBound as KernelInterface["loopBound"] | undefined) ?? null,
   };
 }
 

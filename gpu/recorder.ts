@@ -14,16 +14,18 @@ import {
   GpuShapeError,
   GpuValidationError,
   KernelArgumentError,
+  KernelLoopBoundError,
 } from "./errors.ts";
-import type {
-  BindingDecls,
-  DispatchArgs,
-  KernelInterface,
-  KernelRef,
-  ParamDecls,
+import {
+  type BindingDecls,
+  type DispatchArgs,
+  type KernelInterface,
+  type KernelRef,
+  MAX_INVOCATION_LOOP,
+  type ParamDecls,
 } from "./kernel.ts";
 import type { CompiledKernel } from "./pipeline_cache.ts";
-import { GpuTensor } from "./tensor.ts";
+import { type DType, GpuTensor } from "./tensor.ts";
 
 /** Timing of one timed section (a kernel in profile mode, or a `timed` block). */
 export interface Section {
@@ -83,6 +85,10 @@ export interface RecorderHost {
   mapRead(b: GPUBuffer): Promise<void>;
   /** Throws the engine's pending failure (device lost, uncaptured error), if any. */
   check(): void;
+  /** A pooled tensor (see `Gpu.tensor`). */
+  tensor(shape: readonly number[], dtype: DType, label: string): GpuTensor;
+  /** Returns a tensor from `tensor` to the pool. */
+  release(t: GpuTensor): void;
 }
 
 /** Queries per query set; a timed section uses two. */
@@ -113,6 +119,7 @@ export class Recorder {
   #queriesUsed = 0;
   #sections: { label: string; index: number }[] = [];
   #reads: PendingRead[] = [];
+  #scratch: GpuTensor[] = [];
   #inTimed = false;
   #state: "recording" | "submitted" | "discarded" = "recording";
   #dispatches = 0;
@@ -140,11 +147,25 @@ export class Recorder {
   }
 
   /**
+   * A pooled tensor for intermediate values of this recording (partial sums of a reduction):
+   * it stays reserved until the recorder is submitted or discarded, then goes back to the pool.
+   * Contents are undefined until a dispatch writes them.
+   */
+  scratch(shape: readonly number[], dtype: DType = "f32", label = "scratch"): GpuTensor {
+    this.#assertRecording();
+    const t = this.#host.tensor(shape, dtype, label);
+    this.#scratch.push(t);
+    return t;
+  }
+
+  /**
    * Appends one dispatch of `kernel` over `grid` workgroups, binding `bindings` and `params` by
    * the names the kernel declares. Validates every argument first. A grid with a zero dimension
    * records nothing.
    * @throws KernelArgumentError for a missing or unknown binding or parameter, a tensor whose
    *   dtype does not match its binding, or a parameter that is not a number of its type.
+   * @throws KernelLoopBoundError when the kernel's declared loop bound for these parameters
+   *   exceeds `MAX_INVOCATION_LOOP` (the shape is not supported).
    * @throws GpuShapeError for an unaligned, oversized or aliased tensor, or a grid too large.
    */
   dispatch<P extends ParamDecls, B extends BindingDecls>(
@@ -157,6 +178,7 @@ export class Recorder {
     const iface = k.iface;
     const tensors = this.#bindingTensors(iface, args.bindings);
     const params = encodeParams(iface, args.params);
+    checkLoopBound(iface, args.params);
     for (let i = 0; i < tensors.length; i++) this.#checkBinding(iface, tensors, i);
     const [gx, gy = 1, gz = 1] = args.grid;
     for (const g of [gx, gy, gz]) {
@@ -355,6 +377,8 @@ export class Recorder {
     this.#querySets.length = 0;
     for (const r of this.#reads) host.releaseBuffer(r.staging);
     this.#reads.length = 0;
+    for (const t of this.#scratch.reverse()) host.release(t);
+    this.#scratch.length = 0;
     for (const b of extra) host.releaseBuffer(b);
   }
 
@@ -511,6 +535,27 @@ export class Recorder {
   #assertOutsideTimed(what: string): void {
     if (this.#inTimed) throw new GpuError(`${what} is not allowed inside a timed section`);
   }
+}
+
+/**
+ * Refuses a dispatch whose declared loop bound exceeds `MAX_INVOCATION_LOOP`.
+ * @throws KernelLoopBoundError naming the kernel, its parameters, the bound and the limit.
+ */
+function checkLoopBound(
+  iface: KernelInterface,
+  given: Readonly<Record<string, number | undefined>>,
+): void {
+  if (!iface.loopBound) return;
+  const bound = iface.loopBound(given as Readonly<Record<string, number>>);
+  if (bound <= MAX_INVOCATION_LOOP) return;
+  const shape = iface.params.map((q) => `${q.name} = ${given[q.name]}`).join(", ");
+  throw new KernelLoopBoundError(
+    iface.name,
+    bound,
+    MAX_INVOCATION_LOOP,
+    `with ${shape} one invocation would run up to ${bound} loop passes, over the limit of ` +
+      `${MAX_INVOCATION_LOOP} per invocation (MAX_INVOCATION_LOOP); this shape is not supported`,
+  );
 }
 
 /**

@@ -16,6 +16,7 @@ import {
   GpuShapeError,
   GpuValidationError,
   KernelArgumentError,
+  KernelLoopBoundError,
   NoAdapterError,
 } from "../gpu/errors.ts";
 import {
@@ -68,6 +69,7 @@ const SAMPLES: DomainError[] = [
   new GpuShapeError("shape"),
   new GpuClosedError("closed"),
   new KernelArgumentError("matmul", "x", "dtype", "x is i32, the kernel reads f32"),
+  new KernelLoopBoundError("cross_entropy", 70000, 65535, "over the loop bound"),
   new LlamaError("llama"),
   new LlamaWeightError("model.norm.weight", "bad weight"),
   new LlamaOptionsError("options"),

@@ -13,6 +13,11 @@
  *   per-invocation mask. The forward keeps the row's logsumexp for the backward pass.
  * - dK, dV: one invocation per (sequence, KV head, key row), summing over its query heads in
  *   order and, within each, over query rows in order.
+ *
+ * Loop passes per invocation (see `MAX_INVOCATION_LOOP`; head dimensions are written out, not
+ * looped): forward 2·(S + 1) (decoding 2·(maxPosition + 2)), dQ S + 1, dK/dV
+ * g·(S + 1) + g + 1 with g = nHeads/nKvHeads query heads per KV head. So S = 4096 fits with
+ * g ≤ 15, S = 8192 with g ≤ 7; a longer sequence is refused with KernelLoopBoundError.
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
@@ -89,6 +94,9 @@ const FORWARD = defineKernelVariants(({ hd, wg }: AttentionConfig) => {
       O: "read_write f32",
       LSE: "read_write f32?",
     },
+    // Two passes over keys 0..jEnd-1.
+    loopBound: (q: { usePos: number; bound: number; Skv: number; Sq: number }) =>
+      2 * ((q.usePos ? Math.min(q.bound + 1, q.Skv) : q.Sq) + 1),
     body: /* wgsl */ `
 ${NAN_WGSL}
 @compute @workgroup_size(${wg})
@@ -146,6 +154,7 @@ const DELTA = defineKernel({
   name: "attention_delta",
   params: { n: "u32", hd: "u32" },
   bindings: { delta: "read_write f32", dO: "read f32", O: "read f32" },
+  loopBound: ({ hd }) => hd + 1,
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${DELTA_WG})
@@ -173,6 +182,7 @@ const BACKWARD_DQ = defineKernelVariants(({ hd, wg }: AttentionConfig) => ({
     LSE: "read f32",
     DELTA: "read f32",
   },
+  loopBound: ({ S }: { S: number }) => S + 1,
   body: /* wgsl */ `
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -218,6 +228,11 @@ const BACKWARD_DKV = defineKernelVariants(({ hd, wg }: AttentionConfig) => ({
     dO: "read f32",
     LSE: "read f32",
     DELTA: "read f32",
+  },
+  // g query heads, each over at most S query rows.
+  loopBound: ({ S, nH, nKV }: { S: number; nH: number; nKV: number }) => {
+    const g = nH / nKV;
+    return g * (S + 1) + g + 1;
   },
   body: /* wgsl */ `
 @compute @workgroup_size(${wg})

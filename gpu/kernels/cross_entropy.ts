@@ -12,11 +12,18 @@ import { GpuShapeError } from "../errors.ts";
 import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
-import { FLAT_INDEX_WGSL, grid1d, NAN_WGSL } from "./grid.ts";
+import { grid1d, GROUP_INDEX_WGSL, NAN_WGSL, workgroupTreeWgsl } from "./grid.ts";
 import { sum } from "./reduce.ts";
 
-const WG = 64;
+/** Invocations per row. */
+const WG = 256;
 
+/**
+ * One workgroup per row t. Invocation i visits the columns i, i + WG, … in order (three strided
+ * passes: maximum, sum of exponentials, gradient); the per-invocation maxima and sums are
+ * combined by the fixed workgroup tree. One invocation thus runs at most 3·(⌈V/WG⌉ + 1) loop
+ * passes, whatever T.
+ */
 const KERNEL = defineKernel({
   name: "cross_entropy",
   params: { T: "u32", V: "u32", writeGrad: "u32" },
@@ -27,30 +34,50 @@ const KERNEL = defineKernel({
     losses: "read_write f32",
     dlogits: "read_write f32?",
   },
+  loopBound: ({ V }) => 3 * (Math.ceil(V / WG) + 1),
   body: /* wgsl */ `
-${FLAT_INDEX_WGSL}
+${GROUP_INDEX_WGSL}
 ${NAN_WGSL}
+var<workgroup> wmax: array<f32, ${WG}>;
+var<workgroup> wsum: array<f32, ${WG}>;
+
 @compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let t = flatIndex(gid, nwg, ${WG}u);
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let t = groupIndex(wid, nwg);
   if (t >= p.T) { return; }
   let base = t * p.V;
-  var m = logits[base];
-  for (var v = 1u; v < p.V; v++) { m = max(m, logits[base + v]); }
-  var s = 0.0;
-  for (var v = 0u; v < p.V; v++) { s += exp(logits[base + v] - m); }
-  let lse = m + log(s);
   let w = weights[t];
   let tgt = targets[t];
   let valid = tgt >= 0 && u32(tgt) < p.V;
-  var loss = 0.0;
-  if (w != 0.0) {
-    if (valid) { loss = w * (lse - logits[base + u32(tgt)]); } else { loss = nanF32(); }
+  // dlogits may be logits itself: the target's logit is read before the barriers below, and
+  // afterwards each invocation overwrites only the elements it has just read itself.
+  var xt = 0.0;
+  if (valid) { xt = logits[base + u32(tgt)]; }
+  var m = logits[base + min(tid, p.V - 1u)];
+  for (var v = tid + ${WG}u; v < p.V; v += ${WG}u) { m = max(m, logits[base + v]); }
+  wmax[tid] = m;
+  workgroupBarrier();
+  ${workgroupTreeWgsl(WG, (s) => `wmax[tid] = max(wmax[tid], wmax[tid + ${s}]);`)}
+  let mx = wmax[0];
+  var s = 0.0;
+  for (var v = tid; v < p.V; v += ${WG}u) { s += exp(logits[base + v] - mx); }
+  wsum[tid] = s;
+  workgroupBarrier();
+  ${workgroupTreeWgsl(WG, (s) => `wsum[tid] = wsum[tid] + wsum[tid + ${s}];`)}
+  let lse = mx + log(wsum[0]);
+  if (tid == 0u) {
+    var loss = 0.0;
+    if (w != 0.0) {
+      if (valid) { loss = w * (lse - xt); } else { loss = nanF32(); }
+    }
+    losses[t] = loss;
   }
-  losses[t] = loss;
   if (p.writeGrad == 0u) { return; }
-  // dlogits may be logits itself: each element is read before it is overwritten.
-  for (var v = 0u; v < p.V; v++) {
+  for (var v = tid; v < p.V; v += ${WG}u) {
     var g = 0.0;
     if (w != 0.0) {
       let pr = exp(logits[base + v] - lse);
@@ -77,7 +104,10 @@ export interface CrossEntropyTensors {
   dlogits?: GpuTensor;
 }
 
-/** Records the loss (and, with `dlogits`, its gradient) of a batch of positions. */
+/**
+ * Records the loss (and, with `dlogits`, its gradient) of a batch of positions.
+ * @throws KernelLoopBoundError for a vocabulary over 5.59M (3·(⌈V/256⌉ + 1) > 65535).
+ */
 export function crossEntropy(rec: Recorder, t: CrossEntropyTensors): void {
   const [T, V] = expect2d("crossEntropy logits", t.logits);
   expectShape("crossEntropy targets", t.targets, [T], "i32");
@@ -91,7 +121,7 @@ export function crossEntropy(rec: Recorder, t: CrossEntropyTensors): void {
   rec.dispatch(KERNEL, {
     bindings: { logits, targets, weights, losses, dlogits },
     params: { T, V, writeGrad: dlogits ? 1 : 0 },
-    grid: grid1d(T, WG),
+    grid: grid1d(T, 1),
   });
   if (t.loss) sum(rec, t.loss, t.losses);
 }

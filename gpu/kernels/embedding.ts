@@ -4,7 +4,10 @@
  * The backward pass needs, for every distinct token, the positions where it occurs. The host
  * knows the tokens (it uploaded them), so `EmbeddingGradPlan.set` sorts the positions by token
  * once per step (a stable counting sort); the kernel then gives each distinct token one
- * workgroup row that sums its positions' gradient rows in ascending position order.
+ * workgroup row that sums its positions' gradient rows in ascending position order. An
+ * invocation loops over one token's positions: `maxRun + 1` loop passes, maxRun being the
+ * largest count of one token in the batch (at most the batch's token count), so a batch may
+ * repeat one token up to 65,534 times (see `MAX_INVOCATION_LOOP`).
  * @module
  */
 import type { Gpu } from "../engine.ts";
@@ -39,7 +42,7 @@ const BWD_WG = 64;
 
 const BACKWARD = defineKernel({
   name: "embedding_backward",
-  params: { H: "u32" },
+  params: { H: "u32", maxRun: "u32" },
   bindings: {
     dtable: "read_write f32",
     dy: "read f32",
@@ -47,6 +50,7 @@ const BACKWARD = defineKernel({
     starts: "read i32",
     ids: "read i32",
   },
+  loopBound: ({ maxRun }) => maxRun + 1,
   body: /* wgsl */ `
 @compute @workgroup_size(${BWD_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -54,8 +58,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let h = wid.x * ${BWD_WG}u + lid.x;
   if (h >= p.H) { return; }
   var s = 0.0;
-  let end = u32(starts[u + 1u]);
-  for (var n = u32(starts[u]); n < end; n++) {
+  let begin = u32(starts[u]);
+  // No token occurs more than maxRun times (the plan counted them).
+  let end = min(u32(starts[u + 1u]), begin + p.maxRun);
+  for (var n = begin; n < end; n++) {
     s += dy[u32(order[n]) * p.H + h];
   }
   let o = u32(ids[u]) * p.H + h;
@@ -99,6 +105,7 @@ export class EmbeddingGradPlan {
   readonly ids: GpuTensor;
   #unique = 0;
   #tokens = 0;
+  #maxRun = 0;
   #gpu: Gpu;
 
   constructor(gpu: Gpu, capacity: number, vocab: number) {
@@ -121,6 +128,11 @@ export class EmbeddingGradPlan {
   /** Number of tokens of the last `set`. */
   get tokens(): number {
     return this.#tokens;
+  }
+
+  /** The most times one token occurs in the last `set`. */
+  get maxRun(): number {
+    return this.#maxRun;
   }
 
   /**
@@ -148,8 +160,10 @@ export class EmbeddingGradPlan {
     const starts = new Int32Array(this.capacity + 1);
     let u = 0;
     let at = 0;
+    let maxRun = 0;
     for (let v = 0; v < this.vocab; v++) {
       if (counts[v] === 0) continue;
+      maxRun = Math.max(maxRun, counts[v]);
       ids[u] = v;
       starts[u] = at;
       first[v] = at;
@@ -161,6 +175,7 @@ export class EmbeddingGradPlan {
     for (let t = 0; t < T; t++) order[first[tokens[t]]++] = t;
     this.#unique = u;
     this.#tokens = T;
+    this.#maxRun = maxRun;
     this.#gpu.write(this.order, order);
     this.#gpu.write(this.starts, starts);
     this.#gpu.write(this.ids, ids);
@@ -178,6 +193,7 @@ export class EmbeddingGradPlan {
  * `dtable[v,:] (+)= Σ_{t: tokens[t] = v} dy[t,:]`, summed in ascending t; rows of tokens absent
  * from the batch are zeroed unless `accumulate`. Shapes: dtable [V, H], dy [T, H] with T the
  * token count of the plan's last `set`.
+ * @throws KernelLoopBoundError when one token occurs more than 65,534 times in the batch.
  */
 export function embeddingBackward(
   rec: Recorder,
@@ -195,7 +211,7 @@ export function embeddingBackward(
   if (!accumulate) fill(rec, dtable, 0);
   rec.dispatch(BACKWARD, {
     bindings: { dtable, dy, order: plan.order, starts: plan.starts, ids: plan.ids },
-    params: { H },
+    params: { H, maxRun: plan.maxRun },
     grid: [Math.ceil(H / BWD_WG), plan.unique],
   });
 }

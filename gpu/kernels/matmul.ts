@@ -25,6 +25,11 @@
  *   two cores; the remaining gap is load instructions and spilled accumulators).
  * - "tiled" (real GPUs, when M and N are at least 32): 64×64 output tiles per 16×16 workgroup,
  *   16-deep K slices staged in workgroup memory as vec4, 4×4 accumulators per invocation.
+ *
+ * Loop passes per invocation (see `MAX_INVOCATION_LOOP`): the register kernel runs ⌈K/step⌉ + 1
+ * (step 4 when K % 4 == 0, else 1), the tiled kernel ⌈K/16⌉ + 1 (its constant loops are written
+ * out), so K may reach 65,534 (262,136 with step 4) and 1,048,544 respectively; a larger K is
+ * refused with KernelLoopBoundError.
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
@@ -202,6 +207,8 @@ function registerKernel(c: RegisterConfig) {
       beta: "f32",
     },
     bindings: { P: operand(pm), Q: operand(qm), C: "read_write f32" },
+    // The k loop is the only loop: ⌈K/step⌉ iterations.
+    loopBound: ({ K }: { K: number }) => Math.ceil(K / step) + 1,
     body: /* wgsl */ `
 fn store(u: u32, l: u32, acc: f32) {
   if (u < p.U && l < p.L) {
@@ -280,6 +287,29 @@ function dispatchRegister(
 
 const TILE = 64;
 
+/** WGSL statements `line(0) … line(n-1)` written out (constant loops add no loop passes). */
+function unrolled(n: number, line: (i: number) => string, indent = "  "): string {
+  return Array.from({ length: n }, (_, i) => line(i)).join(`\n${indent}`);
+}
+
+// Staging of one operand's k-slice: element e of invocation tid is idx = tid + e·256.
+function stage(e: number, op: "A" | "B", m0: string, M: string, s0: string, s1: string): string {
+  const fast = op === "A" ? "aKFast" : "bKFast";
+  const v = `v${op}${e}`;
+  return `{
+      let idx = tid + ${e * 256}u;
+      var r = idx / BK;
+      var k = idx % BK;
+      if (p.${fast} == 0u) { r = idx % BM; k = idx / BM; }
+      var ${v} = 0.0;
+      if (${m0} + r < p.${M} && k0 + k < p.K) {
+        ${v} = ${op}[(${m0} + r) * p.${s0} + (k0 + k) * p.${s1}];
+      }
+      ${op}s[k * 16u + r / 4u][r % 4u] = ${v};
+    }`;
+}
+
+/** One loop over the K slices; the loops of constant length in it are written out. */
 const TILED = defineKernel({
   name: "matmul_tiled_64x64x16",
   params: {
@@ -298,6 +328,7 @@ const TILED = defineKernel({
     bKFast: "u32",
   },
   bindings: { A: "read f32", B: "read f32", C: "read_write f32" },
+  loopBound: ({ K }) => Math.ceil(K / 16) + 1,
   body: /* wgsl */ `
 const BM = 64u;
 const BK = 16u;
@@ -313,45 +344,37 @@ fn main(
 ) {
   let m0 = wid.y * BM;
   let n0 = wid.x * BM;
-  var acc: array<vec4<f32>, 4>;
-  for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+  var acc0 = vec4<f32>(0.0);
+  var acc1 = vec4<f32>(0.0);
+  var acc2 = vec4<f32>(0.0);
+  var acc3 = vec4<f32>(0.0);
   for (var k0 = 0u; k0 < p.K; k0 += BK) {
     // Consecutive invocations load consecutive addresses of whichever index is contiguous.
-    for (var e = 0u; e < 4u; e++) {
-      let idx = tid + e * 256u;
-      var r = idx / BK;
-      var k = idx % BK;
-      if (p.aKFast == 0u) { r = idx % BM; k = idx / BM; }
-      var va = 0.0;
-      if (m0 + r < p.M && k0 + k < p.K) { va = A[(m0 + r) * p.sAm + (k0 + k) * p.sAk]; }
-      As[k * 16u + r / 4u][r % 4u] = va;
-      r = idx / BK;
-      k = idx % BK;
-      if (p.bKFast == 0u) { r = idx % BM; k = idx / BM; }
-      var vb = 0.0;
-      if (n0 + r < p.N && k0 + k < p.K) { vb = B[(n0 + r) * p.sBn + (k0 + k) * p.sBk]; }
-      Bs[k * 16u + r / 4u][r % 4u] = vb;
-    }
+    ${
+    unrolled(4, (e) =>
+      stage(e, "A", "m0", "M", "sAm", "sAk") + " " + stage(e, "B", "n0", "N", "sBn", "sBk"), "    ")
+  }
     workgroupBarrier();
-    for (var k = 0u; k < BK; k++) {
-      let a = As[k * 16u + lid.y];
-      let b = Bs[k * 16u + lid.x];
-      acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
-      acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
-      acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
-      acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
-    }
+    ${
+    unrolled(16, (k) =>
+      `{ let a = As[${k * 16}u + lid.y]; let b = Bs[${k * 16}u + lid.x]; ` +
+      `acc0 = fma(vec4<f32>(a.x), b, acc0); acc1 = fma(vec4<f32>(a.y), b, acc1); ` +
+      `acc2 = fma(vec4<f32>(a.z), b, acc2); acc3 = fma(vec4<f32>(a.w), b, acc3); }`, "    ")
+  }
     workgroupBarrier();
   }
-  for (var i = 0u; i < 4u; i++) {
-    let m = m0 + lid.y * 4u + i;
-    for (var j = 0u; j < 4u; j++) {
-      let n = n0 + lid.x * 4u + j;
-      if (m < p.M && n < p.N) {
-        let o = m * p.sCm + n * p.sCn;
-        if (p.beta == 0.0) { C[o] = p.alpha * acc[i][j]; } else { C[o] = p.alpha * acc[i][j] + p.beta * C[o]; }
-      }
-    }
+  ${
+    unrolled(16, (ij) => {
+      const i = Math.floor(ij / 4), j = ij % 4;
+      return `store(m0 + lid.y * 4u + ${i}u, n0 + lid.x * 4u + ${j}u, acc${i}.${"xyzw"[j]});`;
+    })
+  }
+}
+
+fn store(m: u32, n: u32, acc: f32) {
+  if (m < p.M && n < p.N) {
+    let o = m * p.sCm + n * p.sCn;
+    if (p.beta == 0.0) { C[o] = p.alpha * acc; } else { C[o] = p.alpha * acc + p.beta * C[o]; }
   }
 }
 `,
@@ -393,6 +416,7 @@ function dispatchTiled(
  * Records `C = α·op(A)·op(B) + β·C` for `layout` (see the module doc for the shapes). C must
  * not share a buffer with A or B.
  * @throws GpuShapeError on shapes that do not match the layout.
+ * @throws KernelLoopBoundError for a K over the loop bound (see the module doc).
  */
 export function matmul(
   rec: Recorder,

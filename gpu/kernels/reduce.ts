@@ -2,57 +2,98 @@
  * Deterministic reductions: sum, sum of squares over several tensors (global gradient norm)
  * and clipping by that norm, without a read-back.
  *
- * A reduction is one workgroup of 256 invocations: invocation i sums elements i, i+256, … in
- * order, then a fixed tree combines the 256 partial sums. The order never depends on timing, so
- * the same input gives the same bits.
+ * A reduction runs in passes. Each pass gives every chunk of CHUNK = 65,536 elements one
+ * workgroup of 256 invocations: invocation i sums the chunk's elements i, i+256, … in order
+ * (at most 256 of them), then a fixed tree combines the 256 partial sums into one value per
+ * chunk. The chunk sums (in a scratch tensor of the recorder) are reduced the same way until
+ * one value is left: one pass up to 65,536 elements, two up to 4.3G. The order depends only on
+ * the element count, never on timing, so the same input gives the same bits.
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
 import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expectShape, type GpuTensor } from "../tensor.ts";
-import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
+import { FLAT_INDEX_WGSL, grid1d, GROUP_INDEX_WGSL, workgroupTreeWgsl } from "./grid.ts";
 
 const RWG = 256;
+/** Elements each invocation of a pass sums. */
+const ITEMS = 256;
+/** Elements per workgroup of a pass. */
+const CHUNK = RWG * ITEMS;
 
 const REDUCE = defineKernel({
   name: "reduce_sum",
   params: { n: "u32", square: "u32", slot: "u32" },
   bindings: { outv: "read_write f32", x: "read f32" },
+  loopBound: () => ITEMS + 1,
   body: /* wgsl */ `
+${GROUP_INDEX_WGSL}
 var<workgroup> part: array<f32, ${RWG}>;
 @compute @workgroup_size(${RWG})
-fn main(@builtin(local_invocation_index) tid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let g = groupIndex(wid, nwg);
+  let start = g * ${CHUNK}u;
+  if (start >= p.n) { return; }
+  let end = min(p.n, start + ${CHUNK}u);
   var s = 0.0;
-  for (var i = tid; i < p.n; i += ${RWG}u) {
+  for (var i = start + tid; i < end; i += ${RWG}u) {
     let v = x[i];
     if (p.square != 0u) { s = fma(v, v, s); } else { s += v; }
   }
   part[tid] = s;
   workgroupBarrier();
-  for (var stride = ${RWG / 2}u; stride > 0u; stride = stride / 2u) {
-    if (tid < stride) { part[tid] = part[tid] + part[tid + stride]; }
-    workgroupBarrier();
-  }
-  if (tid == 0u) { outv[p.slot] = part[0]; }
+  ${workgroupTreeWgsl(RWG, (st) => `part[tid] = part[tid] + part[tid + ${st}];`)}
+  if (tid == 0u) { outv[p.slot + g] = part[0]; }
 }
 `,
 });
+
+/**
+ * Records `outv[slot] = Σ x[i]` (of `x[i]²` with `square`) as one pass per level, the chunk sums
+ * of each level in a scratch tensor of the recorder.
+ */
+function reduceInto(
+  rec: Recorder,
+  outv: GpuTensor,
+  slot: number,
+  x: GpuTensor,
+  square: boolean,
+): void {
+  let src = x;
+  let sq = square;
+  while (src.size > CHUNK) {
+    const chunks = Math.ceil(src.size / CHUNK);
+    const part = rec.scratch([chunks], "f32", "reduce partials");
+    rec.dispatch(REDUCE, {
+      bindings: { outv: part, x: src },
+      params: { n: src.size, square: sq ? 1 : 0, slot: 0 },
+      grid: grid1d(chunks, 1),
+    });
+    src = part;
+    sq = false;
+  }
+  rec.dispatch(REDUCE, {
+    bindings: { outv, x: src },
+    params: { n: src.size, square: sq ? 1 : 0, slot },
+    grid: [1],
+  });
+}
 
 /** `out[0] = Σ_i x[i]` (any shape of x; out is f32 [1]). */
 export function sum(rec: Recorder, out: GpuTensor, x: GpuTensor): void {
   expectShape("sum out", out, [1]);
   if (x.dtype !== "f32") throw new GpuShapeError(`sum: ${x.describe()} is not f32`);
-  rec.dispatch(REDUCE, {
-    bindings: { outv: out, x },
-    params: { n: x.size, square: 0, slot: 0 },
-    grid: [1],
-  });
+  reduceInto(rec, out, 0, x, false);
 }
 
 /**
- * `partials[i] = Σ tensors[i]²` for each tensor, then `out[0] = Σ_i partials[i]` in order: the
- * squared global norm used for clipping. Shapes: out [1], partials [tensors.length].
+ * `partials[i] = Σ tensors[i]²` for each tensor, then `out[0] = Σ_i partials[i]`: the squared
+ * global norm used for clipping. Shapes: out [1], partials [tensors.length].
  */
 export function sumSquares(
   rec: Recorder,
@@ -62,19 +103,11 @@ export function sumSquares(
 ): void {
   expectShape("sumSquares out", out, [1]);
   expectShape("sumSquares partials", partials, [tensors.length]);
-  tensors.forEach((t, i) => {
+  tensors.forEach((t) => {
     if (t.dtype !== "f32") throw new GpuShapeError(`sumSquares: ${t.describe()} is not f32`);
-    rec.dispatch(REDUCE, {
-      bindings: { outv: partials, x: t },
-      params: { n: t.size, square: 1, slot: i },
-      grid: [1],
-    });
   });
-  rec.dispatch(REDUCE, {
-    bindings: { outv: out, x: partials },
-    params: { n: tensors.length, square: 0, slot: 0 },
-    grid: [1],
-  });
+  tensors.forEach((t, i) => reduceInto(rec, partials, i, t, true));
+  reduceInto(rec, out, 0, partials, false);
 }
 
 const WG = 256;

@@ -2,7 +2,11 @@
  * RMSNorm `y = w · (x / sqrt(mean(x²) + eps))` over the last dimension, forward and backward.
  *
  * One invocation per row runs the row's reduction in index order, so every result is
- * deterministic without workgroup reductions (which are slow on CPU adapters).
+ * deterministic without workgroup reductions (which are slow on CPU adapters). It makes two
+ * passes over the row: 2·(H + 1) loop passes, so H may reach 32,766 (see
+ * `MAX_INVOCATION_LOOP`). The weight gradient sums over the rows in blocks of ROWS rows, one
+ * invocation per (block, column), then sums the blocks in order; up to ROWS rows it is a single
+ * pass straight into dw.
  * @module
  */
 import { defineKernel } from "../kernel.ts";
@@ -16,6 +20,7 @@ const FORWARD = defineKernel({
   name: "rmsnorm_forward",
   params: { T: "u32", H: "u32", eps: "f32" },
   bindings: { x: "read f32", w: "read f32", y: "read_write f32", rstd: "read_write f32" },
+  loopBound: ({ H }) => 2 * (H + 1),
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
@@ -47,6 +52,7 @@ const BACKWARD = defineKernel({
     w: "read f32",
     rstd: "read f32",
   },
+  loopBound: ({ H }) => 2 * (H + 1),
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
@@ -69,10 +75,38 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 `,
 });
 
+/** Rows of one block of the weight gradient's first pass. */
+const ROWS = 4096;
+
+// Block wid.y sums rows [wid.y·ROWS, min(T, (wid.y+1)·ROWS)) of column j into out[wid.y·H + j].
 const WEIGHT_GRAD = defineKernel({
   name: "rmsnorm_weight_grad",
   params: { T: "u32", H: "u32", accumulate: "u32" },
-  bindings: { dw: "read_write f32", dy: "read f32", x: "read f32", rstd: "read f32" },
+  bindings: { out: "read_write f32", dy: "read f32", x: "read f32", rstd: "read f32" },
+  loopBound: ({ T }) => Math.min(T, ROWS) + 1,
+  body: /* wgsl */ `
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let j = wid.x * ${WG}u + lid.x;
+  if (j >= p.H) { return; }
+  let t0 = wid.y * ${ROWS}u;
+  let t1 = min(p.T, t0 + ${ROWS}u);
+  var s = 0.0;
+  for (var t = t0; t < t1; t++) {
+    s = fma(dy[t * p.H + j], x[t * p.H + j] * rstd[t], s);
+  }
+  let o = wid.y * p.H + j;
+  if (p.accumulate != 0u) { out[o] = out[o] + s; } else { out[o] = s; }
+}
+`,
+});
+
+// dw[j] (+)= Σ_b blocks[b·H + j], b = 0..B-1 in order.
+const SUM_BLOCKS = defineKernel({
+  name: "rmsnorm_weight_grad_blocks",
+  params: { B: "u32", H: "u32", accumulate: "u32" },
+  bindings: { dw: "read_write f32", blocks: "read f32" },
+  loopBound: ({ B }) => B + 1,
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 @compute @workgroup_size(${WG})
@@ -80,9 +114,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let j = flatIndex(gid, nwg, ${WG}u);
   if (j >= p.H) { return; }
   var s = 0.0;
-  for (var t = 0u; t < p.T; t++) {
-    s = fma(dy[t * p.H + j], x[t * p.H + j] * rstd[t], s);
-  }
+  for (var b = 0u; b < p.B; b++) { s += blocks[b * p.H + j]; }
   if (p.accumulate != 0u) { dw[j] = dw[j] + s; } else { dw[j] = s; }
 }
 `,
@@ -137,8 +169,9 @@ export function rmsnormBackward(
 }
 
 /**
- * Weight gradient `dw[j] = Σ_t dy[t,j]·x[t,j]·rstd[t]`, summed over t in order; with
- * `accumulate`, `dw +=`. Shapes: dw [H], dy, x [T, H], rstd [T].
+ * Weight gradient `dw[j] = Σ_t dy[t,j]·x[t,j]·rstd[t]`, summed over t in order within blocks of
+ * 4096 rows and then over the blocks in order; with `accumulate`, `dw +=`. Shapes: dw [H],
+ * dy, x [T, H], rstd [T].
  */
 export function rmsnormWeightGrad(
   rec: Recorder,
@@ -152,9 +185,25 @@ export function rmsnormWeightGrad(
   expectShape("rmsnorm dw", dw, [H]);
   expectShape("rmsnorm dy", dy, [T, H]);
   expectShape("rmsnorm rstd", rstd, [T]);
+  const blocks = Math.ceil(T / ROWS);
+  const groups = Math.ceil(H / WG);
+  if (blocks === 1) {
+    rec.dispatch(WEIGHT_GRAD, {
+      bindings: { out: dw, dy, x, rstd },
+      params: { T, H, accumulate: accumulate ? 1 : 0 },
+      grid: [groups, 1],
+    });
+    return;
+  }
+  const part = rec.scratch([blocks, H], "f32", "rmsnorm weight-grad blocks");
   rec.dispatch(WEIGHT_GRAD, {
-    bindings: { dw, dy, x, rstd },
-    params: { T, H, accumulate: accumulate ? 1 : 0 },
+    bindings: { out: part, dy, x, rstd },
+    params: { T, H, accumulate: 0 },
+    grid: [groups, blocks],
+  });
+  rec.dispatch(SUM_BLOCKS, {
+    bindings: { dw, blocks: part },
+    params: { B: blocks, H, accumulate: accumulate ? 1 : 0 },
     grid: grid1d(H, WG),
   });
 }
