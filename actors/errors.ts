@@ -14,6 +14,7 @@ import {
   GpuShapeError,
   GpuValidationError,
   KernelArgumentError,
+  KernelLoopBoundError,
   NoAdapterError,
 } from "../gpu/errors.ts";
 import {
@@ -62,6 +63,7 @@ export const GPU_ERRORS: readonly ErrorClass[] = [
   GpuShapeError,
   GpuClosedError,
   KernelArgumentError,
+  KernelLoopBoundError,
 ];
 
 /** The model's errors: its config, weights, files, tokenizer and inputs. */
