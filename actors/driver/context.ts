@@ -60,4 +60,16 @@ export class RunState {
   resyncs = 0;
   /** Messages refused on the job's subjects. */
   rejected = 0;
+  /** Differences between workers that a tolerant re-sync repaired. */
+  drift: SyncDrift[] = [];
+}
+
+/** A worker found off worker 0 at a tolerant checksum, and repaired: the tensor off the most. */
+export interface SyncDrift {
+  /** The step after which the checksums were compared. */
+  step: number;
+  worker: number;
+  tensor: string;
+  /** ‖x_k − x_0‖ / ‖x_0‖ of that tensor. */
+  relative: number;
 }

@@ -134,6 +134,7 @@ export function runReport(
     device_fallback: fleet.fallbacks,
     recoveries: state.recoveries,
     resyncs: state.resyncs,
+    sync_drift: state.drift,
     sync: fleet.tolerant() ? "tolerant" : "exact",
     rejected_messages: state.rejected,
   } as RunReport;
