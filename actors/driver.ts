@@ -31,6 +31,7 @@ import {
   CALL_MS,
   type DriverContext,
   type DriverStep,
+  type NonfiniteLoss,
   RunState,
   TrainingError,
 } from "./driver/context.ts";
@@ -128,9 +129,13 @@ export class DriverCore {
     };
 
     if (resume) {
-      this.#evalBefore = (resume.state as CheckpointState & { eval_before?: EvalScore })
-        .eval_before ?? null;
+      const saved = resume.state as CheckpointState & {
+        eval_before?: EvalScore;
+        nonfinite_losses?: NonfiniteLoss[];
+      };
+      this.#evalBefore = saved.eval_before ?? null;
       state.steps = resume.state.steps as DriverStep[];
+      state.nonfiniteLosses = saved.nonfinite_losses ?? [];
       await restoreCheckpoint(ctx, run, fleet, state, resume);
       ctx.log(`resumed from ${resume.dir} at step ${state.nextStep}`);
       return;

@@ -132,6 +132,7 @@ for (
       const drift = report.sync_drift![0].relative;
       assert.ok(drift > 0 && drift <= 1e-6, `relative drift ${drift}`);
       assert.equal((report as { resyncs?: number }).resyncs, 2);
+      assert.equal(report.nonfinite_loss_count, 0);
       assert.match(
         repaired.log.join("\n"),
         new RegExp(

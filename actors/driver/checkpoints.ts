@@ -54,6 +54,7 @@ export async function saveCheckpoint(
     config: resolvedConfig(ctx.o),
     steps: state.steps,
     eval_before: evalBefore,
+    nonfinite_losses: state.nonfiniteLosses,
   };
   return await writeCheckpoint(checkpointDir(ctx), checkpoint, files);
 }

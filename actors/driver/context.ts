@@ -62,6 +62,24 @@ export class RunState {
   rejected = 0;
   /** Differences between workers that a tolerant re-sync repaired. */
   drift: SyncDrift[] = [];
+  /** Workers whose loss was not finite, once per step and worker, in the order seen. */
+  nonfiniteLosses: NonfiniteLoss[] = [];
+
+  /** Records that worker `worker`'s loss of step `step` was not finite; false if known. */
+  noteNonfiniteLoss(step: number, worker: number): boolean {
+    if (this.nonfiniteLosses.some((e) => e.step === step && e.worker === worker)) return false;
+    this.nonfiniteLosses.push({ step, worker });
+    return true;
+  }
+}
+
+/**
+ * A worker's loss that was not finite. Kept across rollbacks (a replayed step is the same
+ * event, not a new one) and in checkpoints.
+ */
+export interface NonfiniteLoss {
+  step: number;
+  worker: number;
 }
 
 /** A worker found off worker 0 at a tolerant checksum, and repaired: the tensor off the most. */

@@ -135,6 +135,10 @@ export function runReport(
     recoveries: state.recoveries,
     resyncs: state.resyncs,
     sync_drift: state.drift,
+    nonfinite_losses: [...state.nonfiniteLosses].sort((a, b) =>
+      a.step - b.step || a.worker - b.worker
+    ),
+    nonfinite_loss_count: state.nonfiniteLosses.length,
     sync: fleet.tolerant() ? "tolerant" : "exact",
     rejected_messages: state.rejected,
   } as RunReport;

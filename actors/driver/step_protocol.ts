@@ -112,6 +112,13 @@ export class StepProtocol {
       throw e;
     }
     const tGathered = performance.now();
+    // A worker whose loss diverged says so with a null loss (messages are JSON, without NaN):
+    // an event of the run, counted and reported, not just a missing number in the step record.
+    replies.forEach((r, k) => {
+      if (r.loss === null && state.noteNonfiniteLoss(t, k)) {
+        ctx.log(`step ${t}: the loss of worker ${k} is not finite`);
+      }
+    });
     let rejected = gathering.rejected;
     state.rejected += rejected;
     const computeMs = Math.max(...replies.map((r) => r.computeMs));
