@@ -9,10 +9,10 @@
  * non-finite contribution stops the run or, under `--on-nonfinite skip`, drops its step.
  *
  * This file is the step loop and the actor; each concern is a module of `driver/`: `setup.ts`
- * (inputs, workers), `step_protocol.ts` (one step), `recovery.ts` (rollbacks, dropped steps),
- * `sync.ts` (checksums, tolerant re-sync), `checkpoints.ts`, `report.ts` (evaluation, export,
- * report.json), `objects.ts` (objects the workers put for the driver), `context.ts` (what they
- * share).
+ * (inputs, workers, the method's init), `step_protocol.ts` (one step), `recovery.ts` (rollbacks,
+ * dropped steps), `sync.ts` (checksums, tolerant re-sync), `checkpoints.ts`, `report.ts`
+ * (evaluation, export, report.json), `objects.ts` (objects the workers put for the driver),
+ * `context.ts` (what they share).
  *
  * The Driver runs as an actor in the process that starts the job (the finetune CLI).
  * @module
@@ -25,7 +25,6 @@ import { getMethod } from "../train/methods/registry.ts";
 import type { EvalScore } from "../train/eval/score.ts";
 import { type CheckpointState, latestCheckpoint } from "../train/checkpoint/checkpoint.ts";
 import { evalSplitSchema, reportSchema, type RunReport } from "../train/report/report.ts";
-import { serializeSafetensors } from "../model/safetensors.ts";
 import { WORKER_ERRORS } from "./gpu_worker.ts";
 import {
   CALL_MS,
@@ -35,7 +34,7 @@ import {
   RunState,
   TrainingError,
 } from "./driver/context.ts";
-import { checkResumable, Fleet, loadInputs, type RunInputs } from "./driver/setup.ts";
+import { checkResumable, Fleet, initMethod, loadInputs, type RunInputs } from "./driver/setup.ts";
 import { StepProtocol } from "./driver/step_protocol.ts";
 import { Recovery } from "./driver/recovery.ts";
 import { verifyChecksums } from "./driver/sync.ts";
@@ -152,22 +151,7 @@ export class DriverCore {
         this.#evalBefore = await evaluate(run, fleet);
       }
     }
-    const announce = ctx.method.initLog(run.config, o);
-    if (announce) ctx.log(announce);
-    const init = ctx.method.init(run.config, run.baseWeights, {
-      workers: o.workers,
-      rank: o.rank,
-      alpha: o.alpha,
-      targets: o.targets,
-      svd: o.svd,
-      svdNiter: o.svdNiter,
-      seed: o.seed,
-    });
-    const tensors = ctx.method.initToTensors(run.config, o, init);
-    state.factors = `${ctx.job}.factors`;
-    await (await ctx.system.objects()).put(state.factors, serializeSafetensors(tensors));
-    await fleet.init(state.generation, state.factors, undefined, -1);
-    state.nextStep = 0;
+    await initMethod(ctx, run, fleet, state);
     if (o.checkpointEvery > 0) {
       ctx.log(`checkpoints every ${o.checkpointEvery} steps in ${checkpointDir(ctx)}`);
     }

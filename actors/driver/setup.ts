@@ -20,7 +20,7 @@ import type { Layout } from "../../train/methods/layout.ts";
 import { type PreparedEval, prepareEval, stopIdsOf } from "../../train/eval/evaluate.ts";
 import type { CheckpointState } from "../../train/checkpoint/checkpoint.ts";
 import { GpuWorker } from "../gpu_worker.ts";
-import { CALL, type DriverContext, TrainingError, type Worker } from "./context.ts";
+import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
 
 /** What a run reads once, in setup, and never changes. */
 export interface RunInputs {
@@ -192,4 +192,33 @@ export class Fleet {
     await Promise.allSettled(this.workers.map((w) => this.ctx.system.stop(w)));
     this.workers.length = 0;
   }
+}
+
+/**
+ * Computes the method's initial factors from the base weights (docs/architecture.md §2), once,
+ * puts them into the object store (kept for rollbacks) and sets up every worker from them.
+ */
+export async function initMethod(
+  ctx: DriverContext,
+  run: RunInputs,
+  fleet: Fleet,
+  state: RunState,
+): Promise<void> {
+  const o = ctx.o;
+  const announce = ctx.method.initLog(run.config, o);
+  if (announce) ctx.log(announce);
+  const init = ctx.method.init(run.config, run.baseWeights, {
+    workers: o.workers,
+    rank: o.rank,
+    alpha: o.alpha,
+    targets: o.targets,
+    svd: o.svd,
+    svdNiter: o.svdNiter,
+    seed: o.seed,
+  });
+  const tensors = ctx.method.initToTensors(run.config, o, init);
+  state.factors = `${ctx.job}.factors`;
+  await (await ctx.system.objects()).put(state.factors, serializeSafetensors(tensors));
+  await fleet.init(state.generation, state.factors, undefined, -1);
+  state.nextStep = 0;
 }
