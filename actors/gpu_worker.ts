@@ -23,15 +23,19 @@ import {
 import { Gpu } from "../gpu/mod.ts";
 import { parseLlamaConfig } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
-import { parseSafetensors, serializeSafetensors } from "../model/safetensors.ts";
+import { type HostTensor, parseSafetensors, serializeSafetensors } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
-import type { WorkerMethod } from "../train/methods/worker.ts";
+import { type SharedState, type WorkerMethod, WorkerStateError } from "../train/methods/worker.ts";
 import { getMethod } from "../train/methods/registry.ts";
-import { weightsChecksum } from "../train/checkpoint/checksum.ts";
+import { combinedSha256, scalarSha256, tensorSha256 } from "../train/checkpoint/checksum.ts";
 import {
   ApplyInput,
   ApplyOutput,
+  ChecksumInput,
+  ChecksumOutput,
   type Contribution,
+  DebugPerturbInput,
+  DebugPerturbOutput,
   GenerateInput,
   GenerateOutput,
   InitInput,
@@ -68,6 +72,15 @@ export class UpdateMissingError extends StepProtocolError {
 /** What reaches a GpuWorker's caller as itself: its protocol errors and the layers' below. */
 export const WORKER_ERRORS = [StepProtocolError, UpdateMissingError, ...DOMAIN_ERRORS];
 
+/**
+ * Set to "1" in a worker's environment to let it accept `debugPerturb`, the fault injection of
+ * the tests; any other worker refuses it.
+ */
+export const FAULT_INJECTION_ENV = "HD_FAULT_INJECTION";
+
+/** The name of the shared optimizer step counter among the per-tensor digests. */
+export const OPTIMIZER_STEP = "optimizer.step";
+
 class WorkerState {
   gpu: Gpu | null = null;
   model: LlamaGpu | null = null;
@@ -89,6 +102,8 @@ class WorkerState {
   } | null = null;
   lastApply: z.input<typeof ApplyOutput> | null = null;
   traffic = { sent: 0, received: 0 };
+  /** A perturbation armed by `debugPerturb` for after the apply of a step (tests only). */
+  perturbation: z.infer<typeof DebugPerturbInput> | null = null;
 
   constructor(readonly worker: number, readonly ctx: ActorContext) {}
 
@@ -181,14 +196,87 @@ function trafficSince(s: WorkerState): { sent: number; received: number } {
   return d;
 }
 
-/** W and every adapter as one safetensors file: a checkpoint's shared part, or a re-sync source. */
-async function sharedBytes(
+/** W and every adapter as one safetensors file: a checkpoint's shared part. */
+async function checkpointBytes(
   model: LlamaGpu,
   method: WorkerMethod,
 ): Promise<Uint8Array> {
   const tensors = new Map(await model.readWeights());
   for (const [k, t] of await method.adapters()) tensors.set(k, t);
   return serializeSafetensors(tensors, { format: "pt", config: JSON.stringify(model.config) });
+}
+
+/**
+ * Everything that must be the same on every worker: W and the method's shared state (docs/
+ * architecture.md §6, "Keeping the shared state equal").
+ */
+async function sharedState(
+  model: LlamaGpu,
+  method: WorkerMethod,
+): Promise<{ W: Map<string, HostTensor>; shared: SharedState }> {
+  return { W: await model.readWeights(), shared: await method.sharedState() };
+}
+
+/** A SHA-256 per tensor of the shared state (and one for a shared optimizer step), by name. */
+function digestsOf(
+  st: { W: Map<string, HostTensor>; shared: SharedState },
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [n, t] of st.W) out[n] = tensorSha256(t);
+  for (const [n, t] of st.shared.tensors) {
+    if (n in out) throw new WorkerStateError(`${n} is both a weight and shared state`);
+    out[n] = tensorSha256(t);
+  }
+  if (st.shared.optimizerStep !== null) out[OPTIMIZER_STEP] = scalarSha256(st.shared.optimizerStep);
+  return out;
+}
+
+/** The shared state as one safetensors file: the source of a tolerant re-synchronisation. */
+function sharedBytes(
+  model: LlamaGpu,
+  st: { W: Map<string, HostTensor>; shared: SharedState },
+): Uint8Array {
+  const tensors = new Map(st.W);
+  for (const [k, t] of st.shared.tensors) tensors.set(k, t);
+  const meta: Record<string, string> = { format: "pt", config: JSON.stringify(model.config) };
+  if (st.shared.optimizerStep !== null) meta.optimizer_step = String(st.shared.optimizerStep);
+  return serializeSafetensors(tensors, meta);
+}
+
+/**
+ * Changes one float of one tensor of the shared state by `ulps` units in the last place (its
+ * bit pattern as an integer, so away from zero for positive `ulps`): a drift between workers
+ * that the checksums must find. With `dryRun` it only checks that the tensor and element exist.
+ */
+async function perturb(
+  s: WorkerState,
+  p: z.infer<typeof DebugPerturbInput>,
+  dryRun = false,
+): Promise<void> {
+  const { model, method } = s.need();
+  const bump = (data: Float32Array) => {
+    if (p.index >= data.length) {
+      throw new StepProtocolError(`${p.tensor} has ${data.length} elements, no element ${p.index}`);
+    }
+    if (dryRun) return;
+    const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+    bits[p.index] += p.ulps;
+  };
+  if (model.weightNames().includes(p.tensor)) {
+    const data = (await model.readWeights()).get(p.tensor)!.data;
+    bump(data);
+    if (!dryRun) model.writeWeight(p.tensor, data);
+    return;
+  }
+  const shared = await method.sharedState();
+  const t = shared.tensors.get(p.tensor);
+  if (!t) {
+    throw new StepProtocolError(
+      `${p.tensor} is neither a weight nor shared state of ${s.load!.settings.method}`,
+    );
+  }
+  bump(t.data);
+  if (!dryRun) method.setSharedState(shared);
 }
 
 export const GpuWorker = defineActor({
@@ -347,18 +435,28 @@ export const GpuWorker = defineActor({
         s.appliedStep = t;
         s.appliedDigest = input.digest;
         s.lastApply = done(s, g, t, updateMs);
+        if (s.perturbation?.afterStep === t) {
+          const p = s.perturbation;
+          s.perturbation = null;
+          await perturb(s, p);
+        }
         return s.lastApply;
       },
     },
-    /** SHA-256 of every weight, in name order: equal on every worker when W is the same. */
+    /**
+     * The checksum of everything that must be the same on every worker (W and the method's
+     * shared state): one SHA-256 over the per-tensor digests, and those digests when asked.
+     */
     checksum: {
-      input: z.object({}),
-      output: z.object({ appliedStep: z.number().int(), sha256: z.string() }),
-      handler: async (s) => {
-        const { model } = s.need();
+      input: ChecksumInput,
+      output: ChecksumOutput,
+      handler: async (s, input) => {
+        const { model, method } = s.need();
+        const digests = digestsOf(await sharedState(model, method));
         return {
           appliedStep: s.appliedStep,
-          sha256: await weightsChecksum(await model.readWeights()),
+          sha256: combinedSha256(digests),
+          tensors: input.tensors ? digests : undefined,
         };
       },
     },
@@ -402,7 +500,7 @@ export const GpuWorker = defineActor({
         const state = await store.put(input.name, stateBytes);
         let shared;
         if (input.shared) {
-          const e = await store.put(`${input.name}.shared`, await sharedBytes(model, method));
+          const e = await store.put(`${input.name}.shared`, await checkpointBytes(model, method));
           shared = { name: e.name, digest: e.digest, size: e.size };
         }
         return {
@@ -413,20 +511,25 @@ export const GpuWorker = defineActor({
         };
       },
     },
-    /** Puts W and every adapter into the object store: the reference of a re-synchronisation. */
+    /**
+     * Puts W and the method's shared state into the object store: the reference of a
+     * re-synchronisation.
+     */
     exportShared: {
       input: z.object({ name: z.string() }),
       output: z.object({ name: z.string(), digest: z.string(), size: z.number() }),
       handler: async (s, input, ctx) => {
         const { model, method } = s.need();
-        const e = await (await ctx.objects()).put(input.name, await sharedBytes(model, method));
+        const bytes = sharedBytes(model, await sharedState(model, method));
+        const e = await (await ctx.objects()).put(input.name, bytes);
         return { name: e.name, digest: e.digest, size: e.size };
       },
     },
     /**
-     * Replaces W (and a data-parallel method's trained adapter) with another worker's export,
-     * checked against the digest the driver read: mixed devices round differently, and W is
-     * re-synchronised from worker 0 so that the drift never accumulates.
+     * Replaces W and the method's shared state (adapters, and a data-parallel method's moments
+     * and optimizer step) with another worker's export, checked against the digest the driver
+     * read: mixed devices round differently, and the shared state is re-synchronised from
+     * worker 0 so that the drift never accumulates.
      */
     importShared: {
       input: z.object({ name: z.string(), digest: z.string() }),
@@ -437,14 +540,42 @@ export const GpuWorker = defineActor({
         if (objectDigest(bytes) !== input.digest) {
           throw new StepProtocolError(`${input.name} does not have the digest ${input.digest}`);
         }
-        const { tensors } = parseSafetensors(bytes, {}, input.name);
+        const { tensors, metadata } = parseSafetensors(bytes, {}, input.name);
         for (const name of model.weightNames()) {
           const t = tensors.get(name);
           if (!t) throw new StepProtocolError(`${input.name} lacks ${name}`);
           model.writeWeight(name, t.data);
         }
-        method.setTrainedAdapters(tensors);
-        return { sha256: await weightsChecksum(await model.readWeights()) };
+        const step = metadata.optimizer_step;
+        method.setSharedState({
+          tensors,
+          optimizerStep: step === undefined ? null : Number(step),
+        });
+        return { sha256: combinedSha256(digestsOf(await sharedState(model, method))) };
+      },
+    },
+    /**
+     * Fault injection for tests: changes one float of `tensor` (a weight, or the method's shared
+     * state) by `ulps` units in the last place, now or right after the apply of `afterStep`.
+     * Refused unless the worker's process runs with HD_FAULT_INJECTION=1.
+     */
+    debugPerturb: {
+      input: DebugPerturbInput,
+      output: DebugPerturbOutput,
+      handler: async (s, input) => {
+        if (Deno.env.get(FAULT_INJECTION_ENV) !== "1") {
+          throw new StepProtocolError(
+            `debugPerturb is fault injection for tests; worker ${s.worker} was not started ` +
+              `with ${FAULT_INJECTION_ENV}=1`,
+          );
+        }
+        await perturb(s, input, true);
+        if (input.afterStep !== undefined && input.afterStep > s.appliedStep) {
+          s.perturbation = input;
+          return { armed: true, appliedStep: s.appliedStep };
+        }
+        await perturb(s, input);
+        return { armed: false, appliedStep: s.appliedStep };
       },
     },
     /** Puts the current weights (merged after `merge`) into the object store. */

@@ -138,3 +138,32 @@ export const SaveOutput = z.object({
   appliedStep: z.number().int(),
   optimizerStep: z.number().int(),
 });
+
+export const ChecksumInput = z.object({
+  /** Also return the digest of every tensor (asked after a mismatch: big models have many). */
+  tensors: z.boolean().default(false),
+});
+export const ChecksumOutput = z.object({
+  appliedStep: z.number().int(),
+  /** SHA-256 (hex) over the per-tensor digests of W and the method's shared state. */
+  sha256: z.string(),
+  /** SHA-256 (hex) of each tensor by name (and of a shared optimizer step), when asked. */
+  tensors: z.record(z.string(), z.string()).optional(),
+});
+
+/** A test's fault injection: one float of one tensor, changed now or after a step's apply. */
+export const DebugPerturbInput = z.object({
+  /** A weight, or a tensor of the method's shared state (e.g. `<weight>.B0`, `<key>.m`). */
+  tensor: z.string(),
+  /** The element (flat index). */
+  index: z.number().int().min(0),
+  /** Units in the last place to add to the element's bit pattern. */
+  ulps: z.number().int().min(1).max(1 << 20).default(1),
+  /** Perturb right after the apply of this step instead of now. */
+  afterStep: z.number().int().min(0).optional(),
+});
+export const DebugPerturbOutput = z.object({
+  /** True when the perturbation waits for the apply of `afterStep`. */
+  armed: z.boolean(),
+  appliedStep: z.number().int(),
+});

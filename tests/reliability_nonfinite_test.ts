@@ -4,7 +4,8 @@
  * hold such an example give NaN on the worker that trains on it. `--on-nonfinite stop` ends the
  * run at the first of them with an error naming the step, the worker and the tensor;
  * `--on-nonfinite skip` drops exactly those steps (rolled back and replayed, so that no
- * optimizer state keeps the NaN) and every other step trains normally.
+ * optimizer state keeps the NaN) and every other step trains normally. Each worker whose loss is
+ * NaN is an event: logged with the step and the worker, and listed in report.json.
  */
 import assert from "node:assert/strict";
 import { runFinetune } from "../actors/job.ts";
@@ -21,8 +22,13 @@ import { leftovers, newTag, runCli, tinyArgs } from "./support/faults.ts";
 const STEPS = 8;
 const POISON = "*";
 
-/** Poisons the embedding of POISON; returns the steps whose batches contain it, per the plan. */
-async function poison(dir: string): Promise<number[]> {
+/**
+ * Poisons the embedding of POISON; returns the steps whose batches contain it, and the workers
+ * whose shares do, per the plan.
+ */
+async function poison(
+  dir: string,
+): Promise<{ bad: number[]; losses: { step: number; worker: number }[] }> {
   const model = await loadModelFolder(`${dir}/model`);
   const tok = await loadTokenizer(`${dir}/model`, model.config);
   const [id] = tok.encode(POISON);
@@ -44,12 +50,16 @@ async function poison(dir: string): Promise<number[]> {
     shuffle: o.shuffle,
     seed: o.seed,
   });
+  const poisoned = (r: number) => encoded[r].ids.subarray(0, encoded[r].length).includes(id);
   const bad: number[] = [];
+  const losses: { step: number; worker: number }[] = [];
   for (let t = 0; t < STEPS; t++) {
-    const rows = plan.step(t).workers.flatMap((w) => w.microBatches.flat());
-    if (rows.some((r) => encoded[r].ids.subarray(0, encoded[r].length).includes(id))) bad.push(t);
+    plan.step(t).workers.forEach((w, k) => {
+      if (w.microBatches.flat().some(poisoned)) losses.push({ step: t, worker: k });
+    });
+    if (losses.at(-1)?.step === t) bad.push(t);
   }
-  return bad;
+  return { bad, losses };
 }
 
 Deno.test("non-finite contributions: --on-nonfinite stop ends the run clearly, skip drops exactly those steps", async () => {
@@ -57,7 +67,7 @@ Deno.test("non-finite contributions: --on-nonfinite stop ends the run clearly, s
   const tag = newTag();
   try {
     await writeTinySetup(dir);
-    const bad = await poison(dir);
+    const { bad, losses } = await poison(dir);
     assert.ok(bad.length >= 1 && bad.length < STEPS, `poisoned steps ${bad}`);
 
     const stop = await runCli(
@@ -101,14 +111,20 @@ Deno.test("non-finite contributions: --on-nonfinite stop ends the run clearly, s
       }
     }
     assert.equal((report as { recoveries?: number }).recoveries, 0, "drops are not failures");
+    // Every NaN loss is an event: reported once per step and worker, and logged.
+    assert.deepEqual(disk.nonfinite_losses, losses);
+    assert.equal(disk.nonfinite_loss_count, losses.length);
     const text = log.join("\n");
     console.log(
       `  poisoned steps ${bad.join(", ")}; stop: ${stop.stderr.trim().split("\n").at(-1)}`,
     );
     console.log(
-      text.split("\n").filter((l) => /drop|generation/.test(l)).map((l) => `  | ${l}`)
+      text.split("\n").filter((l) => /drop|generation|not finite/.test(l)).map((l) => `  | ${l}`)
         .join("\n"),
     );
+    for (const { step, worker } of losses) {
+      assert.match(text, new RegExp(`step ${step}: the loss of worker ${worker} is not finite`));
+    }
     for (const t of bad) {
       assert.match(text, new RegExp(`step ${t}: worker \\d sent NaN .*dropping the step`));
       assert.match(text, new RegExp(`step ${t} dropped \\(--on-nonfinite skip\\)`));

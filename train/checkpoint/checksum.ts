@@ -1,11 +1,52 @@
 /**
- * A checksum of a model's weights: SHA-256 over every tensor in name order (name, shape and raw
- * little-endian f32 bytes). Workers holding bit-identical W give the same hex string.
+ * Checksums of what must be the same on every worker: a SHA-256 per tensor (its shape and raw
+ * little-endian f32 bytes) and one over all of them (the per-tensor digests in name order), so
+ * that two workers compare one string and, when it differs, find the tensor that does. Also a
+ * checksum of a model's weights in one pass, and the relative difference of two weight sets.
  * @module
  */
+import { createHash } from "node:crypto";
 import type { HostTensor } from "../../model/safetensors.ts";
 
-export async function weightsChecksum(tensors: ReadonlyMap<string, HostTensor>): Promise<string> {
+/** SHA-256 (hex) of one tensor: its shape and its raw little-endian f32 bytes. */
+export function tensorSha256(t: HostTensor): string {
+  return createHash("sha256")
+    .update(`[${t.shape.join(",")}]`)
+    .update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength))
+    .digest("hex");
+}
+
+/** SHA-256 (hex) of a named integer of the state (an optimizer's step counter). */
+export function scalarSha256(value: number): string {
+  return createHash("sha256").update(`scalar ${value}`).digest("hex");
+}
+
+/**
+ * The checksum of a whole state from its per-tensor digests: SHA-256 over one line
+ * `<name> <digest>` per entry, in name order. Equal for two states exactly when they hold the
+ * same names with the same digests.
+ */
+export function combinedSha256(digests: Readonly<Record<string, string>>): string {
+  const h = createHash("sha256");
+  for (const name of Object.keys(digests).sort()) h.update(`${name} ${digests[name]}\n`);
+  return h.digest("hex");
+}
+
+/** The names whose digests differ between two states, one side's absence included, sorted. */
+export function differingEntries(
+  a: Readonly<Record<string, string>>,
+  b: Readonly<Record<string, string>>,
+): string[] {
+  const names = new Set([...Object.keys(a), ...Object.keys(b)]);
+  return [...names].filter((n) => a[n] !== b[n]).sort();
+}
+
+/**
+ * A checksum of a model's weights: SHA-256 over every tensor in name order (name, shape and raw
+ * little-endian f32 bytes). Workers holding bit-identical W give the same hex string.
+ */ export async function weightsChecksum(
+  tensors: ReadonlyMap<string, HostTensor>,
+): Promise<string> {
   const names = [...tensors.keys()].sort();
   const enc = new TextEncoder();
   let size = 0;

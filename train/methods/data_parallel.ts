@@ -17,11 +17,18 @@ import { initEachAdapted, type MatrixFactors, type MatrixInit, type MethodInit }
 import { adapterLayout, type Layout } from "./layout.ts";
 import { checkRankFits, type MethodSettings, type Traffic, type TrainingMethod } from "./method.ts";
 import {
+  type SharedStateSpec,
   type StepResult,
   WorkerMethod,
   type WorkerMethodConfig,
   WorkerStateError,
 } from "./worker.ts";
+
+/**
+ * The shared state of LoRA and PiSSA: every worker takes the same optimizer step on the same
+ * mean, so the trained adapter, its moments and the step counter agree everywhere.
+ */
+export const ADAPTER_SHARED: SharedStateSpec = { adapters: true, optimizer: true };
 
 /** A data-parallel worker: sends its gradients, applies the mean with its optimizer. */
 export abstract class DataParallelWorker extends WorkerMethod {
@@ -55,6 +62,8 @@ export abstract class DataParallelWorker extends WorkerMethod {
  * already the live (residual) weight.
  */
 export class AdapterWorker extends DataParallelWorker {
+  readonly shared: SharedStateSpec = ADAPTER_SHARED;
+
   constructor(
     model: LlamaGpu,
     config: WorkerMethodConfig,
@@ -108,7 +117,7 @@ export class AdapterWorker extends DataParallelWorker {
   }
 
   /** Overwrites the trained adapter with another worker's (re-synchronising mixed devices). */
-  override setTrainedAdapters(tensors: ReadonlyMap<string, HostTensor>): void {
+  protected setAdapters(tensors: ReadonlyMap<string, HostTensor>): void {
     for (const name of this.model.adapterNames()) {
       const A = tensors.get(factorKey(name, "A", 0)), B = tensors.get(factorKey(name, "B", 0));
       if (!A || !B) throw new WorkerStateError(`${name}: the adapter to copy is missing`);
@@ -161,6 +170,7 @@ export function adapterMethod<const N extends string>(
     layout: (config, o) => adapterLayout(config, o, ["gA", "gB"]),
     updateLength: (layout) => layout.length,
     combine: meanContributions,
+    shared: ADAPTER_SHARED,
     traffic: (layout) => meanTraffic(layout, "4·Σ(in+out)·r bytes (adapter gradients)"),
     init: (config, weights, o, onProgress) =>
       initEachAdapted(config, weights, o, (m) => spec.initMatrix(m, o), onProgress),

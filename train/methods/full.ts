@@ -10,10 +10,15 @@ import { meanContributions } from "./combine.ts";
 import { emptyInit } from "./init.ts";
 import { fullTrainableDefault, weightLayout } from "./layout.ts";
 import type { TrainingMethod } from "./method.ts";
-import type { WorkerMethodConfig } from "./worker.ts";
+import type { SharedStateSpec, WorkerMethodConfig } from "./worker.ts";
+
+/** Every worker takes the same optimizer step on the same mean: the moments agree everywhere. */
+export const FULL_SHARED: SharedStateSpec = { adapters: false, optimizer: true };
 
 /** Full fine-tuning on one worker: the trainable weights and their moments. */
 export class FullWorker extends DataParallelWorker {
+  readonly shared: SharedStateSpec = FULL_SHARED;
+
   constructor(model: LlamaGpu, config: WorkerMethodConfig) {
     super(model, config, weightLayout(model.config, config));
     for (const seg of this.layout.segments) {
@@ -29,6 +34,8 @@ export class FullWorker extends DataParallelWorker {
   adapters(): Promise<Map<string, HostTensor>> {
     return Promise.resolve(new Map());
   }
+
+  protected setAdapters(): void {}
 }
 
 export const full: TrainingMethod<"full"> = {
@@ -41,6 +48,7 @@ export const full: TrainingMethod<"full"> = {
   layout: weightLayout,
   updateLength: (layout) => layout.length,
   combine: meanContributions,
+  shared: FULL_SHARED,
   traffic: (layout) => meanTraffic(layout, "4·Σ(trainable weights) bytes (gradients)"),
   init: () => emptyInit(),
   initLog: () => null,

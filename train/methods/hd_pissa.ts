@@ -18,14 +18,22 @@ import { initEachAdapted, type MethodInit } from "./init.ts";
 import { adapterLayout } from "./layout.ts";
 import { checkRankFits, type TrainingMethod } from "./method.ts";
 import {
+  type SharedStateSpec,
   type StepResult,
   WorkerMethod,
   type WorkerMethodConfig,
   WorkerStateError,
 } from "./worker.ts";
 
+/**
+ * What HD-PiSSA's workers hold in common: all K fixed pairs A_j, B_j, which every worker applies
+ * to its W. Each worker's optimizer moments belong to its own slice and differ.
+ */
+export const HD_PISSA_SHARED: SharedStateSpec = { adapters: true, optimizer: false };
+
 /** HD-PiSSA on worker k. */
 export class HdPissaWorker extends WorkerMethod {
+  readonly shared: SharedStateSpec = HD_PISSA_SHARED;
   /** Per adapted weight: the K pairs with their step buffers, in worker order. */
   #pairs = new Map<string, { A: GpuTensor; B: GpuTensor; dA: GpuTensor; dB: GpuTensor }[]>();
   #scratch = new Map<string, { L: GpuTensor; R: GpuTensor }>();
@@ -134,6 +142,21 @@ export class HdPissaWorker extends WorkerMethod {
     names.forEach((n, i) => out.set(n, { shape: [...ts[i].shape], data: data[i] as Float32Array }));
     return out;
   }
+
+  /** Overwrites all K pairs (and this worker's own copy of its pair) with another worker's. */
+  protected setAdapters(tensors: ReadonlyMap<string, HostTensor>): void {
+    for (const [name, pairs] of this.#pairs) {
+      pairs.forEach((p, j) => {
+        const A = tensors.get(factorKey(name, "A", j)), B = tensors.get(factorKey(name, "B", j));
+        if (!A || !B || A.data.length !== p.A.size || B.data.length !== p.B.size) {
+          throw new WorkerStateError(`${name}: pair ${j} to copy is missing or of another size`);
+        }
+        this.gpu.write(p.A, A.data);
+        this.gpu.write(p.B, B.data);
+        if (j === this.worker) this.model.writeAdapter(name, A.data, B.data);
+      });
+    }
+  }
 }
 
 export const hdPissa: TrainingMethod<"hd-pissa"> = {
@@ -156,6 +179,7 @@ export const hdPissa: TrainingMethod<"hd-pissa"> = {
   layout: (config, o) => adapterLayout(config, o, ["dA", "dB"]),
   updateLength: (layout, workers) => layout.length * workers,
   combine: concatContributions,
+  shared: HD_PISSA_SHARED,
   traffic(layout, workers) {
     return {
       sent: 4 * layout.length,

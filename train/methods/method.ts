@@ -16,7 +16,7 @@ import type { LlamaGpu } from "../../model/llama.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
 import type { InitOptions, MethodInit } from "./init.ts";
 import type { Layout, LayoutOptions } from "./layout.ts";
-import type { ModelOptions, WorkerMethod, WorkerMethodConfig } from "./worker.ts";
+import type { ModelOptions, SharedStateSpec, WorkerMethod, WorkerMethodConfig } from "./worker.ts";
 
 /** The run settings the host-side parts of a method read. */
 export interface MethodSettings {
@@ -89,6 +89,11 @@ export interface TrainingMethod<N extends string = string> {
   combine(contributions: readonly Float32Array[]): Float32Array;
   /** What crosses the network per step and worker. */
   traffic(layout: Layout, workers: number): Traffic;
+  /**
+   * What must be the same on every worker besides W: the driver's checksums cover it and a
+   * tolerant re-sync copies it from worker 0 (the method's worker class declares the same).
+   */
+  readonly shared: SharedStateSpec;
   /** The initial factors (and residuals), computed once from the base weights. */
   init(
     config: LlamaConfig,

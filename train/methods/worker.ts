@@ -76,6 +76,32 @@ export interface WorkerState {
   moments: Map<string, HostTensor>;
 }
 
+/**
+ * What must be the same on every worker besides W (docs/architecture.md §6, "Keeping the shared
+ * state equal"): the driver's checksums cover it, and a tolerant re-synchronisation copies it
+ * from worker 0. A method's value and its worker class declare the same spec.
+ */
+export interface SharedStateSpec {
+  /**
+   * The adapters of `adapters()`: all K fixed pairs A_j, B_j (HD-PiSSA), the one trained adapter
+   * (LoRA, PiSSA), none (full).
+   */
+  adapters: boolean;
+  /**
+   * The optimizer moments and step counter: the same on every worker when every worker takes
+   * the same optimizer step (data-parallel), each worker's own otherwise (HD-PiSSA).
+   */
+  optimizer: boolean;
+}
+
+/** The shared state of a worker besides W, read from its device. */
+export interface SharedState {
+  /** Adapters (`<weight>.A<j>`, `<weight>.B<j>`) and moments (`<key>.m`, `<key>.v`). */
+  tensors: Map<string, HostTensor>;
+  /** The optimizer's step counter when it is shared, else null. */
+  optimizerStep: number | null;
+}
+
 export abstract class WorkerMethod {
   readonly layout: Layout;
   readonly gpu: Gpu;
@@ -106,11 +132,28 @@ export abstract class WorkerMethod {
   /** The adapters a checkpoint keeps (named as in `factors.ts`); none for full fine-tuning. */
   abstract adapters(): Promise<Map<string, HostTensor>>;
 
-  /**
-   * Takes the trained adapter of another worker. HD-PiSSA's adapters never change, so only
-   * the data-parallel methods have one.
-   */
-  setTrainedAdapters(_tensors: ReadonlyMap<string, HostTensor>): void {}
+  /** Overwrites the adapters of `adapters()` with another worker's (named the same way). */
+  protected abstract setAdapters(tensors: ReadonlyMap<string, HostTensor>): void;
+
+  /** What of this worker's state must equal every other worker's (besides W). */
+  abstract readonly shared: SharedStateSpec;
+
+  /** The state that must be the same on every worker besides W, read from the device. */
+  async sharedState(): Promise<SharedState> {
+    const tensors = this.shared.adapters ? await this.adapters() : new Map<string, HostTensor>();
+    if (!this.shared.optimizer) return { tensors, optimizerStep: null };
+    const st = await this.state();
+    for (const [k, t] of st.moments) tensors.set(k, t);
+    return { tensors, optimizerStep: st.optimizerStep };
+  }
+
+  /** Takes another worker's shared state (a tolerant re-synchronisation). */
+  setSharedState(s: SharedState): void {
+    if (this.shared.optimizer) {
+      this.restoreState({ optimizerStep: s.optimizerStep ?? NaN, moments: s.tensors });
+    }
+    if (this.shared.adapters) this.setAdapters(s.tensors);
+  }
 
   protected addMoments(param: GpuTensor, grad: GpuTensor, key: string): void {
     this.moments.push({

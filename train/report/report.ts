@@ -124,6 +124,15 @@ export interface RunReport {
   devices?: string[];
   /** Workers that `--device auto` ran on a CPU adapter, and why (empty: none). */
   device_fallback?: { worker: number; device: string; reason: string }[];
+  /** Each worker whose loss was not finite, with the step (once per step and worker). */
+  nonfinite_losses?: { step: number; worker: number }[];
+  /** How many entries `nonfinite_losses` has. */
+  nonfinite_loss_count?: number;
+  /**
+   * Workers that a tolerant checksum found off worker 0 and re-synchronised: the step after
+   * which, and the tensor off the most with its relative difference.
+   */
+  sync_drift?: { step: number; worker: number; tensor: string; relative: number }[];
 }
 
 /** A report that does not meet the contract; `key` is the path of the first bad value. */
@@ -233,6 +242,11 @@ export const reportSchema = z.looseObject({
   devices: z.array(z.string()).optional(),
   device_fallback: z.array(z.object({ worker: count, device: z.string(), reason: z.string() }))
     .optional(),
+  nonfinite_losses: z.array(z.looseObject({ step: count, worker: count })).optional(),
+  nonfinite_loss_count: count.optional(),
+  sync_drift: z.array(
+    z.looseObject({ step: count, worker: count, tensor: z.string(), relative: nonNeg }),
+  ).optional(),
 });
 
 // Compile-time guard: what the schema accepts is a RunReport.

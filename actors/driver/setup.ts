@@ -1,0 +1,224 @@
+/**
+ * The driver's setup (docs/architecture.md §6, "Driver"): the model, tokenizer, data, batch plan
+ * and evaluation set of a run, and its K workers (spawn, load W, init the method).
+ * @module
+ */
+import { expectedTensors, type LlamaConfig } from "../../model/config.ts";
+import { type HostTensor, loadModelFolder, serializeSafetensors } from "../../model/safetensors.ts";
+import { loadTokenizer, type Tokenizer } from "../../model/tokenizer.ts";
+import { BatchPlan } from "../../train/data/batching.ts";
+import { type EncodedExample, encodeExamples } from "../../train/data/encode.ts";
+import { loadJsonl } from "../../train/data/jsonl.ts";
+import {
+  type FinetuneOptions,
+  resolvedConfig,
+  RESUME_KEYS,
+  workerSettings,
+} from "../../train/cli/options.ts";
+import { validateOptionsForModel } from "../../train/cli/model_checks.ts";
+import type { Layout } from "../../train/methods/layout.ts";
+import { type PreparedEval, prepareEval, stopIdsOf } from "../../train/eval/evaluate.ts";
+import type { CheckpointState } from "../../train/checkpoint/checkpoint.ts";
+import { GpuWorker } from "../gpu_worker.ts";
+import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
+
+/** What a run reads once, in setup, and never changes. */
+export interface RunInputs {
+  config: LlamaConfig;
+  tokenizer: Tokenizer;
+  /** The base model's weights (what ΔW is measured from). */
+  baseWeights: Map<string, HostTensor>;
+  train: EncodedExample[];
+  evalPrepared: PreparedEval | null;
+  plan: BatchPlan;
+  layout: Layout;
+}
+
+/** Loads the model folder, the tokenizer and the data; builds the batch plan and the eval set. */
+export async function loadInputs(ctx: DriverContext): Promise<RunInputs> {
+  const o = ctx.o;
+  const model = await loadModelFolder(o.model);
+  const config = model.config;
+  const baseWeights = new Map(model.tensors);
+  validateOptionsForModel(o, config);
+  const tokenizer = await loadTokenizer(o.model, config);
+  const jsonl = {
+    promptField: o.promptField,
+    responseField: o.responseField,
+    taskField: o.taskField,
+    skipMalformed: o.skipMalformed,
+  };
+  const data = await loadJsonl(o.data, jsonl);
+  if (data.skipped > 0) ctx.log(`skipped ${data.skipped} malformed lines of ${o.data}`);
+  const train = encodeExamples(tokenizer, data.examples, o.seqLen);
+  const plan = new BatchPlan({
+    numExamples: train.length,
+    batchSize: o.batchSize,
+    workers: o.workers,
+    microBatch: o.microBatch,
+    epochs: o.epochs,
+    maxSteps: o.maxSteps ?? undefined,
+    shuffle: o.shuffle,
+    seed: o.seed,
+  });
+  let evalPrepared: PreparedEval | null = null;
+  if (o.eval) {
+    const ev = await loadJsonl(o.eval, jsonl);
+    // The subset is fixed (seed 0), so runs with different seeds are scored on the same items.
+    evalPrepared = prepareEval(tokenizer, ev.examples, {
+      perTask: o.evalPerTask,
+      all: o.evalAll,
+      maxNewTokens: o.maxNewTokens ?? undefined,
+      stopIds: stopIdsOf(config, tokenizer),
+    });
+  }
+  const layout = ctx.method.layout(config, { targets: o.targets, rank: o.rank });
+  return { config, tokenizer, baseWeights, train, evalPrepared, plan, layout };
+}
+
+/** Refuses to resume a checkpoint made with other flags that decide what the run computes. */
+export function checkResumable(o: FinetuneOptions, state: CheckpointState): void {
+  const now = resolvedConfig(o);
+  const keys = RESUME_KEYS;
+  for (const k of keys) {
+    if (JSON.stringify(state.config[k]) !== JSON.stringify(now[k])) {
+      throw new TrainingError(
+        `--resume: the checkpoint was made with ${k} = ${JSON.stringify(state.config[k])}, ` +
+          `this run has ${JSON.stringify(now[k])}; resume with the same flags`,
+      );
+    }
+  }
+}
+
+/** A worker that `--device auto` put on a CPU adapter, and why. */
+export interface DeviceFallback {
+  worker: number;
+  device: string;
+  reason: string;
+}
+
+/** The K workers of a run, and what they reported about their devices. */
+export class Fleet {
+  devices: string[] = [];
+  readonly fallbacks: DeviceFallback[] = [];
+  /** Floats of optimizer state per worker (from the last init). */
+  optimizerFloats = 0;
+
+  private constructor(
+    private readonly ctx: DriverContext,
+    readonly workers: Worker[],
+  ) {}
+
+  /** Spawns the K workers, one per GPU, each restarted up to 3 times within a minute. */
+  static async spawn(ctx: DriverContext): Promise<Fleet> {
+    ctx.log(`starting ${ctx.o.workers} GPU workers`);
+    const workers = await Promise.all(
+      Array.from({ length: ctx.o.workers }, (_, k) =>
+        ctx.system.spawn(GpuWorker, { worker: k }, {
+          name: `${ctx.job}-w${k}`,
+          resources: { gpu: 1 },
+          maxRestarts: 3,
+          withinMs: 60_000,
+          placementTimeoutMs: 60_000,
+        })),
+    );
+    return new Fleet(ctx, workers);
+  }
+
+  /** Puts W into the object store and has every worker load it. */
+  async load(
+    weights: ReadonlyMap<string, HostTensor>,
+    run: RunInputs,
+    generation: number,
+  ): Promise<void> {
+    const { o, job, system } = this.ctx;
+    const name = `${job}.weights.g${generation}`;
+    const W = new Map<string, HostTensor>();
+    for (const t of expectedTensors(run.config)) W.set(t.name, weights.get(t.name)!);
+    const store = await system.objects();
+    await store.put(
+      name,
+      serializeSafetensors(W, { format: "pt", config: JSON.stringify(run.config) }),
+    );
+    const maxMicroBatches = o.batchSize / (o.workers * o.microBatch);
+    const loaded = await Promise.all(this.workers.map((w) =>
+      w.load({
+        weights: name,
+        seqLen: o.seqLen,
+        microBatch: o.microBatch,
+        maxMicroBatches,
+        settings: workerSettings(o),
+        updateSubject: `${this.ctx.prefix}.update`,
+        updateFloats: this.ctx.method.updateLength(run.layout, o.workers),
+      }, CALL)
+    ));
+    this.devices = loaded.map((r) => r.device);
+    loaded.forEach((r, k) => {
+      if (r.fallback === null || this.fallbacks.some((f) => f.worker === k)) return;
+      // Announced once per worker and kept for report.json: a run on the CPU adapter is slow,
+      // and a user who expected a GPU must see why it did not get one.
+      this.fallbacks.push({ worker: k, device: r.device, reason: r.fallback });
+      this.ctx.log(
+        `warning: worker ${k} runs on a CPU adapter (${r.device}): ${r.fallback}; ` +
+          `--device gpu refuses to, --device cpu asks for it`,
+      );
+    });
+    await store.delete(name);
+  }
+
+  /** Sets up the method on every worker from `factors` (and a checkpoint's states). */
+  async init(
+    generation: number,
+    factors: string,
+    states: string[] | undefined,
+    appliedStep: number,
+  ): Promise<void> {
+    const out = await Promise.all(
+      this.workers.map((w, k) =>
+        w.init({ generation, factors, state: states?.[k], appliedStep }, CALL)
+      ),
+    );
+    this.optimizerFloats = out[0].optimizerFloats;
+  }
+
+  /** Whether W may differ across workers within 1e-6 (mixed devices) or must be bit-identical. */
+  tolerant(): boolean {
+    const sync = this.ctx.o.sync;
+    return sync === "tolerant" || (sync === "auto" && new Set(this.devices).size > 1);
+  }
+
+  /** Stops the workers. */
+  async close(): Promise<void> {
+    await Promise.allSettled(this.workers.map((w) => this.ctx.system.stop(w)));
+    this.workers.length = 0;
+  }
+}
+
+/**
+ * Computes the method's initial factors from the base weights (docs/architecture.md §2), once,
+ * puts them into the object store (kept for rollbacks) and sets up every worker from them.
+ */
+export async function initMethod(
+  ctx: DriverContext,
+  run: RunInputs,
+  fleet: Fleet,
+  state: RunState,
+): Promise<void> {
+  const o = ctx.o;
+  const announce = ctx.method.initLog(run.config, o);
+  if (announce) ctx.log(announce);
+  const init = ctx.method.init(run.config, run.baseWeights, {
+    workers: o.workers,
+    rank: o.rank,
+    alpha: o.alpha,
+    targets: o.targets,
+    svd: o.svd,
+    svdNiter: o.svdNiter,
+    seed: o.seed,
+  });
+  const tensors = ctx.method.initToTensors(run.config, o, init);
+  state.factors = `${ctx.job}.factors`;
+  await (await ctx.system.objects()).put(state.factors, serializeSafetensors(tensors));
+  await fleet.init(state.generation, state.factors, undefined, -1);
+  state.nextStep = 0;
+}
