@@ -21,7 +21,7 @@ import type { WorkerMethod, WorkerMethodConfig } from "../train/methods/worker.t
 import { referenceStep, type RefMicroBatch, type RefStepConfig } from "./support/step_reference.ts";
 import { randomMicroBatch, randomWeights } from "./support/model_gpu.ts";
 
-const CONFIG: LlamaConfig = {
+const BASE_CONFIG: LlamaConfig = {
   hidden_size: 16,
   intermediate_size: 24,
   num_hidden_layers: 2,
@@ -71,7 +71,7 @@ interface Case {
 }
 
 /** Runs one step on K workers; returns the weights after it (merged), per worker. */
-async function runStep(gpu: Gpu, c: Case, seed: number) {
+async function runStep(gpu: Gpu, c: Case, seed: number, CONFIG: LlamaConfig = BASE_CONFIG) {
   const rng = new Rng(seed);
   const weights = randomWeights(CONFIG, rng);
   const cfg: WorkerMethodConfig = {
@@ -177,6 +177,7 @@ function checkAgainstReference(
   }
 }
 
+const CONFIG = BASE_CONFIG;
 const adaptedNames = adaptableLinears(CONFIG).map((l) => l.name);
 
 Deno.test("one training step of every method matches the float64 reference", async (t) => {
@@ -254,6 +255,31 @@ Deno.test("HD-PiSSA: orthogonal slices, the update is (B+ΔB)(A+ΔA) − BA, γ 
         maxCross < 1e-5 * Math.max(1, scale * l.in),
         `${name}: slices not orthogonal (${maxCross})`,
       );
+    }
+  } finally {
+    gpu.close();
+  }
+});
+
+// At real vocabulary sizes the loss gradient is a reduction over 32k-152k logits per position;
+// a kernel that stopped part-way (lavapipe ends an invocation after 65,535 loop passes) once
+// left most of it zero, and the step's update was wrong by a relative 1e9 while the loss looked
+// right. The whole step through the workers, against the float64 reference, at Llama 2's and
+// Llama 3's vocabularies and at one that is not a multiple of any tile.
+Deno.test("one step at real vocabulary sizes (32,000, 32,001, 128,256) matches the float64 reference", async (t) => {
+  const gpu = await Gpu.open();
+  try {
+    for (const vocab of [32_000, 32_001, 128_256]) {
+      const config = { ...BASE_CONFIG, vocab_size: vocab };
+      for (const method of ["hd-pissa", "full"] as const) {
+        await t.step(`${method}, vocabulary ${vocab}`, async () => {
+          const { weights, after, ref } = await runStep(gpu, { method }, 5, config);
+          const changed = method === "full"
+            ? ["model.layers.0.mlp.down_proj.weight"]
+            : adaptableLinears(config).map((l) => l.name);
+          checkAgainstReference(after, ref.weights, weights, 1e-4, changed);
+        });
+      }
     }
   } finally {
     gpu.close();

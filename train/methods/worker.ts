@@ -6,6 +6,7 @@
  * `full.ts`).
  * @module
  */
+import type { WorkerSettings } from "../cli/finetune_flags.ts";
 import { DomainError } from "../../core/errors.ts";
 import {
   adamwDelta,
@@ -24,22 +25,16 @@ import type { HostTensor } from "../../model/safetensors.ts";
 import type { MicroBatch } from "../../model/batch.ts";
 import type { Layout } from "./layout.ts";
 
-export interface WorkerMethodConfig {
+/**
+ * What a method's worker reads: the run's flags marked `toWorkers` in train/cli/finetune_flags.ts
+ * (less `device`, which the worker's actor uses to open its GPU), with the method by name.
+ */
+export type WorkerMethodConfig = Omit<WorkerSettings, "device" | "method"> & {
   /** The method's name (the worker finds the method by it). */
   method: string;
-  workers: number;
-  rank: number;
-  alpha: number;
-  targets: readonly LinearKind[];
-  mute: "exact" | number;
-  aggregate: "mean" | "sum";
-  optimizer: "adamw" | "sgd";
-  weightDecay: number;
-  /** Global-norm clip; 0 = off. */
-  clip: number;
   /** `full`: the weights that train. */
   trainable?: (name: string) => boolean;
-}
+};
 
 /** A bad update or state handed to a worker. */
 export class WorkerStateError extends DomainError {
