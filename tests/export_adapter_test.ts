@@ -5,7 +5,7 @@
  * with a typed error before anything is written; and the CLI runs end to end.
  */
 import assert from "node:assert/strict";
-import { adaptableLinears, type LinearSpec } from "../model/config.ts";
+import { adaptableLinears } from "../model/config.ts";
 import {
   type HostTensor,
   readSafetensors,
@@ -14,7 +14,7 @@ import {
 } from "../model/safetensors.ts";
 import { initWeights } from "../train/pretrain/pretrain.ts";
 import { Rng } from "../train/rng.ts";
-import { type AdapterExport, exportAdapter, planRanks } from "../train/export/export.ts";
+import { exportAdapter, planRanks } from "../train/export/export.ts";
 import {
   AdapterMissingTensorError,
   AdapterModelMismatchError,
@@ -22,6 +22,7 @@ import {
   AdapterRankError,
 } from "../train/export/errors.ts";
 import { TINY_CONFIG } from "./support/tiny_run.ts";
+import { appliedError, readAdapter } from "./support/peft_adapter.ts";
 
 /** A base model and a tuned one whose every linear moved by a rank-`k` ΔW of the same size. */
 async function writePair(dir: string, k: number, seed = 3): Promise<void> {
@@ -40,57 +41,6 @@ async function writePair(dir: string, k: number, seed = 3): Promise<void> {
   tuned.get("model.norm.weight")!.data[0] += 0.5;
   await saveModelFolder(`${dir}/base`, TINY_CONFIG, base);
   await saveModelFolder(`${dir}/tuned`, TINY_CONFIG, tuned);
-}
-
-interface ReadAdapter {
-  config: Record<string, unknown>;
-  tensors: Map<string, HostTensor>;
-  report: AdapterExport;
-}
-
-async function readAdapter(dir: string): Promise<ReadAdapter> {
-  return {
-    config: JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`)),
-    tensors: (await readSafetensors(`${dir}/adapter_model.safetensors`)).tensors,
-    report: JSON.parse(await Deno.readTextFile(`${dir}/export_report.json`)),
-  };
-}
-
-/**
- * PEFT's forward on one matrix, written out independently of the exporter: the module's rank and
- * alpha from `rank_pattern`/`alpha_pattern` (matched as PEFT matches them), else `r` and
- * `lora_alpha`; `W = W_base + (alpha / rank)·B·A` in float64. Returns ‖W − W_final‖ / ‖ΔW‖.
- */
-function appliedError(
-  a: ReadAdapter,
-  l: LinearSpec,
-  base: HostTensor,
-  final: HostTensor,
-): { rel: number; rank: number } {
-  const module = l.name.replace(/\.weight$/, "");
-  const pick = (pattern: unknown, fallback: number) => {
-    for (const [key, v] of Object.entries(pattern as Record<string, number>)) {
-      if (new RegExp(`(.*\\.)?(${key})$`).test(module)) return v;
-    }
-    return fallback;
-  };
-  const rank = pick(a.config.rank_pattern, a.config.r as number);
-  const alpha = pick(a.config.alpha_pattern, a.config.lora_alpha as number);
-  const A = a.tensors.get(`base_model.model.${module}.lora_A.weight`)!;
-  const B = a.tensors.get(`base_model.model.${module}.lora_B.weight`)!;
-  assert.deepEqual(A.shape, [rank, l.in], `${module} lora_A`);
-  assert.deepEqual(B.shape, [l.out, rank], `${module} lora_B`);
-  let err = 0, delta = 0;
-  for (let i = 0; i < l.out; i++) {
-    for (let j = 0; j < l.in; j++) {
-      let ba = 0;
-      for (let c = 0; c < rank; c++) ba += B.data[i * rank + c] * A.data[c * l.in + j];
-      const w = base.data[i * l.in + j] + (alpha / rank) * ba;
-      err += (w - final.data[i * l.in + j]) ** 2;
-      delta += (final.data[i * l.in + j] - base.data[i * l.in + j]) ** 2;
-    }
-  }
-  return { rel: Math.sqrt(err / delta), rank };
 }
 
 async function weightsOf(dir: string): Promise<Map<string, HostTensor>> {

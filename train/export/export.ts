@@ -423,7 +423,7 @@ function targetsOf(report: RunReport | null): LinearKind[] | null {
 }
 
 const pct = (v: number) => `${(100 * v).toFixed(2)} %`;
-const sig = (v: number) => v === 0 ? "0" : v.toPrecision(3);
+const sig = (v: number) => v === 0 ? "0" : v < 1e-3 ? v.toExponential(2) : v.toPrecision(3);
 
 /** A few lines for the user: rank, energy kept, errors, what the adapter leaves out. */
 export function adapterSummary(e: AdapterExport): string[] {
