@@ -422,7 +422,8 @@ function targetsOf(report: RunReport | null): LinearKind[] | null {
   return t.filter((x): x is LinearKind => (LINEAR_KINDS as readonly unknown[]).includes(x));
 }
 
-const pct = (v: number) => `${(100 * v).toFixed(2)} %`;
+// Near 100 % the digits that matter are the last ones: 99.9998 %, not 100.00 %.
+const pct = (v: number) => `${(100 * v).toFixed(v >= 0.99 && v < 1 ? 4 : 2)} %`;
 const sig = (v: number) => v === 0 ? "0" : v < 1e-3 ? v.toExponential(2) : v.toPrecision(3);
 
 /** A few lines for the user: rank, energy kept, errors, what the adapter leaves out. */
