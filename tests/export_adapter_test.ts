@@ -313,6 +313,25 @@ Deno.test("deno run examples/export_adapter.ts: an adapter and its summary; a ba
     );
     const flag = await run(...args, "--rank", "0");
     assert.equal(flag.code, 2);
+
+    // A run's folder: the base, the method and its settings come from its report.json.
+    await Deno.writeTextFile(
+      `${dir}/tuned/report.json`,
+      JSON.stringify({
+        method: "lora",
+        config: { seed: 0, rank: 3, workers: 2, model: `${dir}/base` },
+        steps: [],
+        eval: { before: null, after: null },
+        effective_rank: {},
+        timing: { total_ms: 0, compute_ms: 0, comm_ms: 0, update_ms: 0 },
+      }),
+    );
+    const fromRun = await run("--tuned", `${dir}/tuned`, "--out", `${dir}/from-run`);
+    assert.equal(fromRun.code, 0, fromRun.stderr);
+    assert.match(fromRun.stdout, /rank 3 \(r = 3\), 14 matrices/);
+    const b = await readAdapter(`${dir}/from-run`);
+    assert.equal(b.config.base_model_name_or_path, `${dir}/base`);
+    assert.ok(b.report.rel_error < 2e-6);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
