@@ -20,6 +20,7 @@ import {
 } from "../train/report/report.ts";
 import { renderCompareHtml, renderReportHtml } from "../train/report/html.ts";
 import { compareJson, compareTable } from "../train/report/compare_table.ts";
+import { checkAdapterFolders, exportRunAdapter } from "../train/export/run.ts";
 import { Driver } from "./driver.ts";
 
 /** The output folder is not usable (non-empty without --overwrite/--resume, not a folder...). */
@@ -90,6 +91,7 @@ async function checkInputs(o: FinetuneOptions): Promise<void> {
       throw e;
     }
   }
+  await checkAdapterFolders(o, METHODS);
 }
 
 export interface JobIo {
@@ -175,6 +177,7 @@ export async function runOne(
     const report = fin.report as RunReport;
     await writeReportJson(`${o.out}/report.json`, report);
     await Deno.writeTextFile(`${o.out}/report.html`, renderReportHtml(report));
+    if (o.exportAdapter !== null) return await exportRunAdapter(o, report, o.exportAdapter, io.log);
     return report;
   } finally {
     await system.stop(driver).catch(() => {});
@@ -204,7 +207,13 @@ export async function runFinetune(o: FinetuneOptions, io: JobIo): Promise<RunRep
     }
     const reports: RunReport[] = [];
     for (const method of METHODS) {
-      const sub = { ...o, method, compare: false, out: `${o.out}/${method}` };
+      const sub = {
+        ...o,
+        method,
+        compare: false,
+        out: `${o.out}/${method}`,
+        exportAdapter: o.exportAdapter === null ? null : `${o.exportAdapter}/${method}`,
+      };
       await Deno.mkdir(sub.out, { recursive: true });
       reports.push(await runOne(system, sub, io, reports[0]?.eval.before ?? null));
     }

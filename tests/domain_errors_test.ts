@@ -58,6 +58,13 @@ import { TaskGenerationError } from "../train/datagen/split.ts";
 import { PretrainError } from "../train/pretrain/pretrain.ts";
 import { MethodSettingsError } from "../train/methods/method.ts";
 import { UnknownMethodError } from "../train/methods/registry.ts";
+import {
+  AdapterExportError,
+  AdapterMissingTensorError,
+  AdapterModelMismatchError,
+  AdapterOutputError,
+  AdapterRankError,
+} from "../train/export/errors.ts";
 
 /** One instance of every exported error class of the project, with its fields set. */
 const SAMPLES: DomainError[] = [
@@ -109,6 +116,11 @@ const SAMPLES: DomainError[] = [
   new UpdateMissingError(4, 5000),
   new TrainingError("training"),
   new OutputFolderError("out"),
+  new AdapterExportError("export"),
+  new AdapterModelMismatchError("different configs", "hidden_size"),
+  new AdapterMissingTensorError("missing", "runs/x", "model.norm.weight"),
+  new AdapterRankError("rank 40 too large"),
+  new AdapterOutputError("not empty"),
 ];
 
 Deno.test("every project error is a DomainError named after its class, with a code of its own", () => {

@@ -338,6 +338,7 @@ const CONFIG_KEYS = [
   "nats",
   "out",
   "overwrite",
+  "export_adapter",
   "checkpoint_every",
   "checksum_every",
   "device",
@@ -415,6 +416,11 @@ Deno.test("finetune: --out follows --resume and --compare; USAGE names every fla
   assert.throws(
     () => parseFinetuneArgs(["--compare", "--resume", "runs/a"]),
     (e) => e instanceof FlagError && e.flag === "compare",
+  );
+  assert.equal(parseFinetuneArgs(["--export-adapter", "a"]).options.exportAdapter, "a");
+  assert.throws(
+    () => parseFinetuneArgs(["--out", "runs/a", "--export-adapter", "runs/a/"]),
+    (e) => e instanceof FlagError && e.flag === "export-adapter",
   );
   for (const n of FINETUNE_FLAGS.names) assert.match(USAGE, new RegExp(`^ {2}--${n}\\b`, "m"));
 });

@@ -586,3 +586,40 @@ Deno.test("smoothed loss: debiased EMA that skips non-finite values", () => {
   assert.ok(Number.isNaN(t[0]));
   assert.ok(t.slice(1).every(Number.isFinite));
 });
+
+Deno.test("adapter_export: validated when present, drawn as its own section, escaped", () => {
+  const r = sampleReport("hd-pissa", { seed: freshSeed(), layers: 1 });
+  assert.ok(!renderReportHtml(r).includes(`id="adapter"`));
+  const matrix = {
+    rank: 32,
+    shape: [64, 128],
+    svd: "exact",
+    energy_kept: 0.9991,
+    rel_error: 0.03,
+    rel_error_weight: 0.0012,
+  };
+  r.adapter_export = {
+    folder: `adapters/<b>x</b>`,
+    rank: 32,
+    rank_source: "2Kr = 32",
+    energy_kept: 0.9991,
+    rel_error: 0.03,
+    rel_error_weight: 0.0012,
+    max_rel_error: 0.03,
+    matrices: { [Q0]: matrix },
+    not_in_adapter: [],
+  };
+  assert.deepEqual(validateReport(clone(r)), r);
+  const html = renderReportHtml(r);
+  assert.match(html, /<section id="adapter">/);
+  assert.ok(html.includes("adapters/&lt;b&gt;x&lt;/b&gt;"));
+  assert.ok(html.includes(`${escapeHtml(Q0)}</td><td>32</td><td>99.9%</td><td>0.03</td>`));
+  expectReportError(
+    mutated(r, ["adapter_export", "energy_kept"], 1.5),
+    "adapter_export.energy_kept",
+  );
+  expectReportError(
+    mutated(r, ["adapter_export", "matrices", Q0, "rel_error"], -1),
+    `adapter_export.matrices["${Q0}"].rel_error`,
+  );
+});

@@ -1,6 +1,7 @@
 /**
  * Training: methods (HD-PiSSA, PiSSA, LoRA, full), SVD and adapter init, optimizers' host side,
- * schedules, data sets and batching, evaluation, effective rank, checkpoints and reports.
+ * schedules, data sets and batching, evaluation, effective rank, checkpoints, reports and PEFT
+ * adapter export.
  * @module
  */
 export * from "./rng.ts";
@@ -33,3 +34,7 @@ export * from "./methods/worker.ts";
 export { makeBenchmark } from "./datagen/benchmark.ts";
 export { generateCorpus } from "./datagen/corpus.ts";
 export * from "./cli/model_checks.ts";
+export * from "./export/errors.ts";
+export * from "./export/peft.ts";
+export * from "./export/export.ts";
+export * from "./export/run.ts";

@@ -6,6 +6,7 @@
  * name with `-` turned into `_`). Checks that need the model are in model_checks.ts.
  * @module
  */
+import { resolve } from "node:path";
 import { z } from "zod";
 import { checkRange, defineFlags, FlagError, parseNumber } from "../../cli/flags.ts";
 import { LINEAR_KINDS } from "../../model/config.ts";
@@ -340,7 +341,20 @@ export const FINETUNE_FLAGS = defineFlags({
       help: "output folder",
       group: CLUSTER,
     },
-    overwrite: { type: "boolean", help: "replace a non-empty --out", group: CLUSTER },
+    overwrite: {
+      type: "boolean",
+      help: "replace a non-empty --out (and --export-adapter's files)",
+      group: CLUSTER,
+    },
+    "export-adapter": {
+      type: "string",
+      nonEmpty: true,
+      default: null,
+      metavar: "DIR",
+      help: "also write the result as a PEFT LoRA adapter of --model into DIR (with --compare, " +
+        "DIR/<method>); rank: the method's bound (2Kr, 2r, r; full: --rank), capped by each matrix",
+      group: CLUSTER,
+    },
     "checkpoint-every": {
       type: "int",
       min: 0,
@@ -416,6 +430,12 @@ export const FINETUNE_FLAGS = defineFlags({
     // --out defaults to --resume's folder: a different --out is a second folder.
     if (o.resume !== null && o.out !== o.resume) {
       throw new FlagError("--resume continues the run in its own folder; drop --out", "resume");
+    }
+    if (o.exportAdapter !== null && resolve(o.exportAdapter) === resolve(o.out)) {
+      throw new FlagError(
+        "--export-adapter needs a folder of its own, not the run's --out",
+        "export-adapter",
+      );
     }
     if (o.compare && o.resume !== null) {
       throw new FlagError(

@@ -618,6 +618,7 @@ export function renderReportHtml(report: RunReport): string {
       evalSection(report, color),
       rankSection(report),
       spectraSection(report),
+      adapterSection(report),
       performanceSection(report, f, color),
       `<section id="configuration"><h2>Configuration</h2>${configTable(report.config)}</section>`,
     ].join("\n"),
@@ -774,6 +775,40 @@ function spectraSection(r: RunReport): string {
     `Values below 10⁻⁸ are drawn at 10⁻⁸.</p><div class="grid2">${
       charts.join("")
     }</div>${zeroNote}</section>`;
+}
+
+/** `--export-adapter`: the PEFT adapter's rank, and how close it comes to ΔW per matrix. */
+function adapterSection(r: RunReport): string {
+  const e = r.adapter_export;
+  if (!e) return "";
+  const names = Object.keys(e.matrices);
+  const dropped = e.not_in_adapter ?? [];
+  const rows = names.map((n) => {
+    const m = e.matrices[n];
+    return `<tr><td class="name">${h(n)}</td><td>${fmtInt(m.rank)}</td><td>${
+      fmtPct(m.energy_kept)
+    }</td><td>${fmtSig(m.rel_error)}</td><td>${fmtSig(m.rel_error_weight)}</td></tr>`;
+  }).join("");
+  const note = dropped.length > 0
+    ? `<p class="note down">${dropped.length} other changed tensor(s) are not in the adapter ` +
+      `(e.g. ${h(dropped[0].tensor)}); the adapter leaves these at the base model's values.</p>`
+    : "";
+  return `<section id="adapter"><h2>PEFT adapter <span class="note">${h(e.folder)}</span></h2>` +
+    `<p class="note">ΔW of every adapted matrix truncated to rank ${fmtInt(e.rank)}${
+      e.rank_source ? ` (${h(e.rank_source)})` : ""
+    }, capped by min(in, out): energy kept Σσ²<sub>kept</sub>/‖ΔW‖², and the error ` +
+    `‖W<sub>base</sub> + B·A − W<sub>final</sub>‖ relative to ‖ΔW‖ and to ‖W<sub>final</sub>‖.</p>` +
+    `<div class="tiles">${
+      [
+        tile(fmtPct(e.energy_kept), "energy of ΔW kept"),
+        tile(fmtSig(e.rel_error), "‖error‖ / ‖ΔW‖"),
+        tile(fmtSig(e.rel_error_weight), "‖error‖ / ‖W‖"),
+        tile(fmtSig(e.max_rel_error), "worst matrix, ‖error‖ / ‖ΔW‖"),
+      ].join("")
+    }</div>${note}` +
+    `<div class="scroll" style="margin-top:10px"><table><tr><th>matrix</th><th>rank</th>` +
+    `<th>energy kept</th><th>‖error‖/‖ΔW‖</th><th>‖error‖/‖W‖</th></tr>${rows}</table></div>` +
+    `</section>`;
 }
 
 const SPLIT_COLORS = { compute: "#30638e", comm: "#e09f3e", update: "#00798c", other: "#c9ced6" };

@@ -95,6 +95,43 @@ export interface BytesFormula {
   expression?: string;
 }
 
+/** How one matrix's adapter reproduces its ΔW (`adapter_export.matrices`). */
+export interface AdapterMatrixRecord {
+  rank: number;
+  /** `[out, in]`. */
+  shape: number[];
+  /** `exact` or `randomized`. */
+  svd?: string;
+  /** Σσ² kept / ‖ΔW‖². */
+  energy_kept: number;
+  /** ‖W_base + B·A − W_final‖ / ‖W_final − W_base‖. */
+  rel_error: number;
+  /** ‖W_base + B·A − W_final‖ / ‖W_final‖. */
+  rel_error_weight: number;
+  delta_norm?: number;
+}
+
+/** The run's model as a PEFT LoRA adapter (`--export-adapter`, docs/architecture.md §9). */
+export interface AdapterExportRecord {
+  /** The adapter folder. */
+  folder: string;
+  /** `r` of adapter_config.json (the largest rank; smaller ones are in `rank_pattern`). */
+  rank: number;
+  /** Where the rank came from, e.g. `2Kr = 32` or `--rank`. */
+  rank_source?: string;
+  /** Over all adapted matrices. */
+  energy_kept: number;
+  rel_error: number;
+  rel_error_weight?: number;
+  min_energy_kept?: number;
+  max_rel_error?: number;
+  /** Per adapted matrix. */
+  matrices: Record<string, AdapterMatrixRecord>;
+  /** Changed tensors the adapter does not carry (e.g. norms under full fine-tuning). */
+  not_in_adapter?: { tensor: string; rel_change: number }[];
+  adapter_bytes?: number;
+}
+
 /** A model or data set: a path or name, or an object describing it. */
 export type Described = string | {
   name?: string;
@@ -133,6 +170,8 @@ export interface RunReport {
    * which, and the tensor off the most with its relative difference.
    */
   sync_drift?: { step: number; worker: number; tensor: string; relative: number }[];
+  /** The adapter written by `--export-adapter`, and how close it comes to the model. */
+  adapter_export?: AdapterExportRecord;
 }
 
 /** A report that does not meet the contract; `key` is the path of the first bad value. */
@@ -247,6 +286,30 @@ export const reportSchema = z.looseObject({
   sync_drift: z.array(
     z.looseObject({ step: count, worker: count, tensor: z.string(), relative: nonNeg }),
   ).optional(),
+  adapter_export: z.looseObject({
+    folder: z.string().min(1),
+    rank: count,
+    rank_source: z.string().optional(),
+    energy_kept: fraction,
+    rel_error: nonNeg,
+    rel_error_weight: nonNeg.optional(),
+    min_energy_kept: fraction.optional(),
+    max_rel_error: nonNeg.optional(),
+    matrices: z.record(
+      z.string().min(1),
+      z.looseObject({
+        rank: count,
+        shape: z.array(count),
+        svd: z.string().optional(),
+        energy_kept: fraction,
+        rel_error: nonNeg,
+        rel_error_weight: nonNeg,
+        delta_norm: nonNeg.optional(),
+      }),
+    ),
+    not_in_adapter: z.array(z.looseObject({ tensor: z.string(), rel_change: nonNeg })).optional(),
+    adapter_bytes: count.optional(),
+  }).optional(),
 });
 
 // Compile-time guard: what the schema accepts is a RunReport.
