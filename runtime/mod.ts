@@ -21,6 +21,7 @@
  * ```
  * @module
  */
+// Defining actors and handles.
 export { z } from "zod";
 export {
   type ActorContext,
@@ -37,6 +38,8 @@ export {
   isActorDef,
   type MethodSpec,
 } from "./actor.ts";
+
+// Systems, nodes, spawning and supervision.
 export {
   child,
   init,
@@ -50,12 +53,13 @@ export {
   System,
   type SystemEvent,
 } from "./system.ts";
-export type { ErrorClass } from "./declared_errors.ts";
 export type { ChildOptions, Strategy } from "./supervisor.ts";
 export type { NodeSpec } from "./local_nodes.ts";
 export type { Resources } from "./protocol.ts";
-export type { Credentials, TlsSettings } from "./connect.ts";
-export { connectNats, natsEnvCredentials, splitUrlCredentials } from "./connect.ts";
+export type { EmbeddedServer, EmbeddedServerOptions } from "./nats_server.ts";
+export { type Credentials, natsEnvCredentials, type TlsSettings } from "./connect.ts";
+
+// Collectives and the object store.
 export {
   Collectives,
   type Gathering,
@@ -64,8 +68,8 @@ export {
   type SubscribeOptions,
 } from "./collectives.ts";
 export { type ObjectEntry, ObjectStore } from "./objects.ts";
-export { EmbeddedServer, type EmbeddedServerOptions, type NodeIdentity } from "./nats_server.ts";
-export { inboxPrefixOf, nodePermissions } from "./permissions.ts";
+
+// Tensors in messages.
 export {
   type DType,
   dtypeOf,
@@ -75,9 +79,8 @@ export {
   type TensorOptions,
   withShape,
 } from "./tensor.ts";
-export { decodeFrame, encodeFrame, type FramePlan, planFrame, writeFrame } from "./codec.ts";
-export { type Part, type PartInfo, Reassembler, splitFrame, splitPlan } from "./chunks.ts";
-export { checksum32 } from "./checksum.ts";
+
+// Errors.
 export {
   ActorDiedError,
   ActorExistsError,
@@ -107,3 +110,4 @@ export {
   UnknownActorTypeError,
   UnknownMethodError,
 } from "./errors.ts";
+export type { ErrorClass } from "./declared_errors.ts";

@@ -6,7 +6,8 @@
  */
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { connectNats, ObjectStore, type System } from "../../runtime/mod.ts";
+import { ObjectStore, type System } from "../../runtime/mod.ts";
+import { connectNats } from "../../runtime/connect.ts";
 import { FrameInbox } from "../../runtime/wire.ts";
 
 /** Environment variable that marks every process a test starts (children inherit it). */
