@@ -153,16 +153,26 @@ export class Fleet {
       }, CALL)
     ));
     this.devices = loaded.map((r) => r.device);
+    // Announced once per worker and kept for report.json: a run on the CPU adapter is slow, and
+    // a user who expected a GPU must see why it did not get one. Workers with the same device and
+    // reason share one line.
+    const fresh = new Map<string, number[]>();
     loaded.forEach((r, k) => {
       if (r.fallback === null || this.fallbacks.some((f) => f.worker === k)) return;
-      // Announced once per worker and kept for report.json: a run on the CPU adapter is slow,
-      // and a user who expected a GPU must see why it did not get one.
       this.fallbacks.push({ worker: k, device: r.device, reason: r.fallback });
+      const key = JSON.stringify([r.device, r.fallback]);
+      fresh.set(key, [...(fresh.get(key) ?? []), k]);
+    });
+    for (const [key, workers] of fresh) {
+      const [device, reason] = JSON.parse(key) as [string, string];
+      const who = workers.length === 1
+        ? `worker ${workers[0]} runs`
+        : `workers ${workers.join(", ")} run`;
       this.ctx.log(
-        `warning: worker ${k} runs on a CPU adapter (${r.device}): ${r.fallback}; ` +
+        `warning: ${who} on a CPU adapter (${device}): ${reason}; ` +
           `--device gpu refuses to, --device cpu asks for it`,
       );
-    });
+    }
     await store.delete(name);
   }
 
