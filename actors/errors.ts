@@ -26,9 +26,11 @@ import {
 import { ConfigError } from "../model/config.ts";
 import { TokenizerError } from "../model/tokenizer.ts";
 import {
+  MissingShardError,
   MissingTensorError,
   SafetensorsError,
   SafetensorsFormatError,
+  ShardIndexError,
   TensorShapeError,
   UnsupportedDtypeError,
 } from "../model/safetensors.ts";
@@ -79,6 +81,8 @@ export const MODEL_ERRORS: readonly ErrorClass[] = [
   UnsupportedDtypeError,
   MissingTensorError,
   TensorShapeError,
+  MissingShardError,
+  ShardIndexError,
 ];
 
 /** Training's errors: data, flags, schedule, checkpoints, methods, reports, evaluation. */

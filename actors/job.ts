@@ -10,7 +10,13 @@ import type { EvalScore } from "../train/eval/score.ts";
 import { formatScoreTable } from "../train/eval/score.ts";
 import { type FinetuneOptions, FlagError, METHODS } from "../train/cli/options.ts";
 import { validateOptionsForModel } from "../train/cli/model_checks.ts";
-import { readLlamaConfig } from "../model/config.ts";
+import {
+  COMPANION_FILES,
+  INDEX_FILE,
+  inspectModelFolder,
+  SHARD_NAME,
+  SINGLE_FILE,
+} from "../model/safetensors.ts";
 import { Progress, type ProgressWriter } from "../train/cli/progress.ts";
 import {
   type evalSplitSchema,
@@ -28,13 +34,12 @@ export class OutputFolderError extends DomainError {
   static override readonly code: string = "OUTPUT_FOLDER";
 }
 
-/** What the job writes into `--out`; `--overwrite` removes only these. */
+/** What the job writes into `--out`; `--overwrite` removes only these (and the model's shards). */
 const OUTPUTS = [
   "config.json",
-  "model.safetensors",
-  "tokenizer.json",
-  "tokenizer_config.json",
-  "special_tokens_map.json",
+  SINGLE_FILE,
+  INDEX_FILE,
+  ...COMPANION_FILES,
   "report.json",
   "report.html",
   "compare.json",
@@ -42,6 +47,10 @@ const OUTPUTS = [
   "checkpoints",
   ...METHODS,
 ];
+
+function isOutput(name: string): boolean {
+  return OUTPUTS.includes(name) || SHARD_NAME.test(name);
+}
 
 async function prepareOut(o: FinetuneOptions): Promise<void> {
   let entries: string[] = [];
@@ -65,18 +74,19 @@ async function prepareOut(o: FinetuneOptions): Promise<void> {
           `to continue its run`,
       );
     }
-    entries = entries.filter((e) => OUTPUTS.includes(e));
+    entries = entries.filter(isOutput);
     for (const e of entries) await Deno.remove(`${o.out}/${e}`, { recursive: true });
   }
   await Deno.mkdir(o.out, { recursive: true });
 }
 
 /**
- * The checks that need only the files: the model's config against the flags, and that the data
- * files exist. They run before anything is created or started.
+ * The checks that need only the files: the model folder from its headers (shards against the
+ * index, dtypes, shapes against the config, truncation), the config against the flags, and that
+ * the data files exist. They run before anything is created or started.
  */
 async function checkInputs(o: FinetuneOptions): Promise<void> {
-  const config = await readLlamaConfig(`${o.model}/config.json`);
+  const { config } = await inspectModelFolder(o.model);
   validateOptionsForModel(o, config);
   for (const [flag, path] of [["--data", o.data], ["--eval", o.eval]] as const) {
     if (path === null) continue;

@@ -8,6 +8,7 @@ import { defineFlags } from "../cli/flags.ts";
 import { LINEAR_KINDS } from "../model/config.ts";
 import { ConfigError } from "../model/config.ts";
 import { SafetensorsError } from "../model/safetensors.ts";
+import { dtypeOfTorch, SAVE_DTYPES } from "../model/half_float.ts";
 import { ReportError } from "../train/report/report.ts";
 import { SvdError } from "../train/linalg/svd.ts";
 import { AdapterExportError } from "../train/export/errors.ts";
@@ -71,6 +72,13 @@ const FLAGS = defineFlags({
     },
     seed: { type: "int", min: 0, default: 0, help: "seed of the randomized SVD" },
     overwrite: { type: "boolean", help: "replace the adapter files of a non-empty --out" },
+    "save-dtype": {
+      type: "enum",
+      choices: SAVE_DTYPES,
+      default: "float32",
+      help: "dtype of adapter_model.safetensors (16-bit rounds to nearest even; the figures are " +
+        "those of the f32 factors)",
+    },
   },
 });
 
@@ -102,6 +110,7 @@ async function main(): Promise<void> {
     svdNiter: o.svdNiter,
     seed: o.seed,
     overwrite: o.overwrite,
+    dtype: dtypeOfTorch(o.saveDtype),
   });
   adapterSummary(e).forEach((l) => console.log(l));
   console.log(

@@ -2,13 +2,31 @@
  * The `safetensors` format as Hugging Face writes it: an 8-byte little-endian header length, a
  * JSON header (`name -> {dtype, shape, data_offsets}` plus `__metadata__`), then the raw
  * little-endian tensor bytes, contiguous and in offset order. We read F32, F16 and BF16 into f32
- * and write F32; model folders (`config.json` + `model.safetensors`, or a sharded index) are
- * checked tensor by tensor against what the config expects.
+ * and write any of the three (rounding to nearest, ties to even, as PyTorch does). Model folders
+ * (`config.json` + `model.safetensors`, or shards listed by `model.safetensors.index.json`) are
+ * checked from their headers alone (shards against the index, dtypes, shapes against the config,
+ * truncation) before any tensor is decoded, and are written back the way they came: same dtype,
+ * same sharding, config.json and the tokenizer's files carried over.
  */
 
 import { DomainError } from "../core/errors.ts";
 import { z } from "zod";
-import { expectedTensors, type LlamaConfig, readLlamaConfig, writeLlamaConfig } from "./config.ts";
+import {
+  expectedTensors,
+  type LlamaConfig,
+  llamaConfigToJson,
+  parseLlamaConfig,
+  readLlamaConfig,
+} from "./config.ts";
+import {
+  encodeFloats,
+  f16BitsToNumber,
+  FLOAT_DTYPE_BYTES,
+  type FloatDtype,
+  TORCH_DTYPE,
+} from "./half_float.ts";
+
+export { f16BitsToNumber, type FloatDtype };
 
 /** A tensor in host memory: row-major f32 values. */
 export interface HostTensor {
@@ -82,6 +100,27 @@ export class TensorShapeError extends SafetensorsError {
     super(message, source, tensor);
     this.expected = expected;
     this.actual = actual;
+  }
+}
+
+/** A shard that `model.safetensors.index.json` lists is not in the folder. */
+export class MissingShardError extends SafetensorsError {
+  static override readonly code: string = "MISSING_SHARD";
+  /** `source`: the missing shard's path; `tensor`: the first tensor the index puts in it. */
+  constructor(message: string, source: string, tensor: string) {
+    super(message, source, tensor);
+  }
+}
+
+/**
+ * `model.safetensors.index.json` and a shard disagree: the index puts a tensor in a shard that
+ * does not hold it, or a shard holds a tensor the index does not put there.
+ */
+export class ShardIndexError extends SafetensorsError {
+  static override readonly code: string = "SHARD_INDEX";
+  /** `source`: the shard's path. */
+  constructor(message: string, source: string, tensor: string) {
+    super(message, source, tensor);
   }
 }
 
@@ -290,16 +329,6 @@ function readHeaderLength(first8: Uint8Array, fileSize: number, source: string):
   return len;
 }
 
-/** IEEE half-precision bits to a number (subnormals, infinities and NaN included). */
-export function f16BitsToNumber(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >>> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 0x1f) return frac === 0 ? sign * Infinity : NaN;
-  return sign * (1024 + frac) * 2 ** (exp - 25);
-}
-
 /** Decodes one tensor's raw little-endian bytes into f32 values. */
 function decode(
   bytes: Uint8Array,
@@ -371,6 +400,37 @@ async function readFully(file: Deno.FsFile, buf: Uint8Array, source: string): Pr
   }
 }
 
+async function openFile(path: string | URL): Promise<Deno.FsFile> {
+  try {
+    return await Deno.open(path, { read: true });
+  } catch (e) {
+    throw new SafetensorsError(`cannot open ${path}: ${(e as Error).message}`, String(path));
+  }
+}
+
+async function readHeaderFrom(file: Deno.FsFile, source: string): Promise<SafetensorsHeader> {
+  const size = (await file.stat()).size;
+  const first8 = new Uint8Array(Math.min(8, size));
+  await readFully(file, first8, source);
+  const len = readHeaderLength(first8, size, source);
+  const headerBytes = new Uint8Array(len);
+  await readFully(file, headerBytes, source);
+  return parseHeader(headerBytes, size, source);
+}
+
+/**
+ * Reads and checks only the header of a safetensors file (every entry's dtype, shape and offsets
+ * against the file's size, so a truncated file is found without reading its data).
+ */
+export async function readSafetensorsHeader(path: string | URL): Promise<SafetensorsHeader> {
+  const file = await openFile(path);
+  try {
+    return await readHeaderFrom(file, String(path));
+  } finally {
+    file.close();
+  }
+}
+
 /**
  * Reads a safetensors file tensor by tensor (never the whole file in one buffer, so shards of
  * several GB load with only the decoded tensors in memory).
@@ -380,20 +440,9 @@ export async function readSafetensors(
   options: ReadOptions = {},
 ): Promise<SafetensorsContents> {
   const source = String(path);
-  let file: Deno.FsFile;
+  const file = await openFile(path);
   try {
-    file = await Deno.open(path, { read: true });
-  } catch (e) {
-    throw new SafetensorsError(`cannot open ${source}: ${(e as Error).message}`, source);
-  }
-  try {
-    const size = (await file.stat()).size;
-    const first8 = new Uint8Array(Math.min(8, size));
-    await readFully(file, first8, source);
-    const len = readHeaderLength(first8, size, source);
-    const headerBytes = new Uint8Array(len);
-    await readFully(file, headerBytes, source);
-    const header = parseHeader(headerBytes, size, source);
+    const header = await readHeaderFrom(file, source);
     const out: SafetensorsContents = {
       tensors: new Map(),
       dtypes: new Map(),
@@ -438,29 +487,49 @@ function checkTensor(name: string, t: HostTensor): void {
 /** Tensors to write, by name. */
 export type TensorMap = ReadonlyMap<string, HostTensor> | Readonly<Record<string, HostTensor>>;
 
-function sortedEntries(tensors: TensorMap): [string, HostTensor][] {
-  const list = tensors instanceof Map
-    ? [...tensors.entries()]
-    : Object.entries(tensors as Record<string, HostTensor>);
-  for (const [name, t] of list) checkTensor(name, t);
-  return list.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+/** The dtype to write: one for every tensor, or one per tensor name (F32 for names absent). */
+export type WriteDtypes = FloatDtype | ReadonlyMap<string, FloatDtype>;
+
+interface Planned {
+  name: string;
+  tensor: HostTensor;
+  dtype: FloatDtype;
+  bytes: number;
 }
 
 /**
- * The header bytes (length prefix included) for F32 tensors written in name order. The JSON is
- * padded with spaces to a multiple of 8 bytes, as Hugging Face does, so the data section starts
- * aligned.
+ * The tensors in file order: wider dtypes first, then by name (as the reference implementation
+ * orders them, so that every tensor's data starts aligned to its element size).
  */
-function encodeHeader(
-  list: [string, HostTensor][],
-  metadata: Record<string, string>,
-): Uint8Array {
+function planTensors(tensors: TensorMap, dtypes: WriteDtypes): Planned[] {
+  const list = tensors instanceof Map
+    ? [...tensors.entries()]
+    : Object.entries(tensors as Record<string, HostTensor>);
+  const planned = list.map(([name, tensor]) => {
+    checkTensor(name, tensor);
+    const dtype = typeof dtypes === "string" ? dtypes : dtypes.get(name) ?? "F32";
+    return { name, tensor, dtype, bytes: tensor.data.length * FLOAT_DTYPE_BYTES[dtype] };
+  });
+  return planned.sort((a, b) =>
+    FLOAT_DTYPE_BYTES[b.dtype] - FLOAT_DTYPE_BYTES[a.dtype] ||
+    (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
+  );
+}
+
+/**
+ * The header bytes (length prefix included). The JSON is padded with spaces to a multiple of 8
+ * bytes, as Hugging Face does, so the data section starts aligned.
+ */
+function encodeHeader(list: Planned[], metadata: Record<string, string>): Uint8Array {
   const header: Record<string, unknown> = { __metadata__: metadata };
   let at = 0;
-  for (const [name, t] of list) {
-    const bytes = t.data.length * 4;
-    header[name] = { dtype: "F32", shape: t.shape, data_offsets: [at, at + bytes] };
-    at += bytes;
+  for (const p of list) {
+    header[p.name] = {
+      dtype: p.dtype,
+      shape: p.tensor.shape,
+      data_offsets: [at, at + p.bytes],
+    };
+    at += p.bytes;
   }
   let json = new TextEncoder().encode(JSON.stringify(header));
   const padded = Math.ceil(json.length / 8) * 8;
@@ -475,32 +544,23 @@ function encodeHeader(
   return out;
 }
 
-function f32Bytes(data: Float32Array): Uint8Array {
-  if (LITTLE_ENDIAN) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  const out = new Uint8Array(data.length * 4);
-  const v = new DataView(out.buffer);
-  for (let i = 0; i < data.length; i++) v.setFloat32(4 * i, data[i], true);
-  return out;
-}
-
 /** The default metadata, what PyTorch-side loaders expect. */
 const PT_METADATA = { format: "pt" } as const;
 
-/** A whole F32 safetensors file in memory. */
+/** A whole safetensors file in memory (F32 unless `dtypes` says otherwise). */
 export function serializeSafetensors(
   tensors: TensorMap,
   metadata: Record<string, string> = PT_METADATA,
+  dtypes: WriteDtypes = "F32",
 ): Uint8Array {
-  const list = sortedEntries(tensors);
+  const list = planTensors(tensors, dtypes);
   const head = encodeHeader(list, metadata);
-  let total = head.length;
-  for (const [, t] of list) total += t.data.length * 4;
-  const out = new Uint8Array(total);
+  const out = new Uint8Array(head.length + list.reduce((n, p) => n + p.bytes, 0));
   out.set(head);
   let at = head.length;
-  for (const [, t] of list) {
-    out.set(f32Bytes(t.data), at);
-    at += t.data.length * 4;
+  for (const p of list) {
+    out.set(encodeFloats(p.tensor.data, p.dtype), at);
+    at += p.bytes;
   }
   return out;
 }
@@ -527,15 +587,24 @@ async function writeAtomically(path: string | URL, pieces: Iterable<Uint8Array>)
   }
 }
 
-/** Writes F32 tensors (sorted by name) with `__metadata__ {"format": "pt"}`, atomically. */
+/**
+ * Writes tensors (F32 unless `dtypes` says otherwise; 16-bit dtypes rounded to nearest, ties to
+ * even) with `__metadata__ {"format": "pt"}`, atomically. Each tensor is encoded only as it is
+ * written, so a 16-bit file needs no second copy of the whole model.
+ */
 export async function writeSafetensors(
   path: string | URL,
   tensors: TensorMap,
   metadata: Record<string, string> = PT_METADATA,
+  dtypes: WriteDtypes = "F32",
 ): Promise<void> {
-  const list = sortedEntries(tensors);
+  const list = planTensors(tensors, dtypes);
   const head = encodeHeader(list, metadata);
-  await writeAtomically(path, [head, ...list.map(([, t]) => f32Bytes(t.data))]);
+  function* pieces(): Generator<Uint8Array> {
+    yield head;
+    for (const p of list) yield encodeFloats(p.tensor.data, p.dtype);
+  }
+  await writeAtomically(path, pieces());
 }
 
 function joinPath(dir: string | URL, name: string): string | URL {
@@ -559,7 +628,7 @@ async function exists(path: string | URL): Promise<boolean> {
  */
 export function checkModelTensors(
   config: LlamaConfig,
-  tensors: ReadonlyMap<string, HostTensor>,
+  tensors: ReadonlyMap<string, { shape: number[] }>,
   source: string,
 ): void {
   for (const spec of expectedTensors(config)) {
@@ -571,57 +640,83 @@ export function checkModelTensors(
         spec.name,
       );
     }
-    if (t.shape.length !== spec.shape.length || t.shape.some((d, i) => d !== spec.shape[i])) {
-      throw new TensorShapeError(
-        `${source}: tensor "${spec.name}" has shape ${fmtShape(t.shape)}, the config implies ` +
-          fmtShape(spec.shape),
-        source,
-        spec.name,
-        spec.shape,
-        t.shape,
-      );
-    }
+    checkShape(spec.name, spec.shape, t.shape, source);
   }
 }
 
-/** A model folder's config and weights (f32, Hugging Face names). */
-export interface ModelFolder {
-  config: LlamaConfig;
-  tensors: Map<string, HostTensor>;
+function checkShape(name: string, want: number[], got: number[], source: string): void {
+  if (got.length !== want.length || got.some((d, i) => d !== want[i])) {
+    throw new TensorShapeError(
+      `${source}: tensor "${name}" has shape ${fmtShape(got)}, the config implies ` +
+        fmtShape(want),
+      source,
+      name,
+      want,
+      got,
+    );
+  }
+}
+
+/** The single-file weights of a model folder. */
+export const SINGLE_FILE = "model.safetensors";
+/** The index of a sharded model folder. */
+export const INDEX_FILE = "model.safetensors.index.json";
+/** A shard's name as Hugging Face writes it: `model-00001-of-00003.safetensors`. */
+export const SHARD_NAME: RegExp = /^model-\d{5}-of-\d{5}\.safetensors$/;
+
+/** The name of shard `i` (from 1) of `n`. */
+export function shardName(i: number, n: number): string {
+  const p = (k: number) => String(k).padStart(5, "0");
+  return `model-${p(i)}-of-${p(n)}.safetensors`;
 }
 
 /**
- * Loads `config.json` plus `model.safetensors`, or the shards listed by
- * `model.safetensors.index.json`, decoding only the tensors the config needs and checking each.
+ * Files beside the weights that a written folder carries over from its source when present: the
+ * tokenizer (fast and sentencepiece), its settings and chat template, and the generation defaults.
  */
-export async function loadModelFolder(dir: string | URL): Promise<ModelFolder> {
-  const config = await readLlamaConfig(joinPath(dir, "config.json"));
-  const wanted = new Set(expectedTensors(config).map((t) => t.name));
-  const single = joinPath(dir, "model.safetensors");
-  const index = joinPath(dir, "model.safetensors.index.json");
-  let tensors: Map<string, HostTensor>;
-  let source: string;
-  if (await exists(single)) {
-    source = String(single);
-    tensors = (await readSafetensors(single, { names: wanted })).tensors;
-  } else if (await exists(index)) {
-    source = String(index);
-    tensors = await readSharded(dir, index, wanted);
-  } else {
-    throw new SafetensorsError(
-      `${dir}: no model.safetensors or model.safetensors.index.json`,
-      String(dir),
-    );
-  }
-  checkModelTensors(config, tensors, source);
-  return { config, tensors };
+export const COMPANION_FILES: readonly string[] = [
+  "tokenizer.json",
+  "tokenizer.model",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "chat_template.jinja",
+  "chat_template.json",
+  "generation_config.json",
+];
+
+/** Where a model folder's weights came from, for writing the result the same way. */
+export interface ModelSource {
+  /** The folder. */
+  dir: string | URL;
+  /** Its config.json as written, every field (also those this project does not use). */
+  configJson: Record<string, unknown>;
+  /** The stored dtype of each tensor the config needs (F32, F16 or BF16). */
+  dtypes: Map<string, FloatDtype>;
+  /** Whether the weights are sharded (`model.safetensors.index.json`). */
+  sharded: boolean;
 }
 
-async function readSharded(
-  dir: string | URL,
-  index: string | URL,
-  wanted: ReadonlySet<string>,
-): Promise<Map<string, HostTensor>> {
+/** What {@link inspectModelFolder} finds: the config, and where each needed tensor is. */
+export interface ModelFolderLayout {
+  config: LlamaConfig;
+  source: ModelSource;
+  /** Each file to read, with the needed tensors it holds (in model order of first use). */
+  files: { path: string | URL; names: Set<string> }[];
+}
+
+/** A model folder's config and weights (f32, Hugging Face names), and where they came from. */
+export interface ModelFolder {
+  config: LlamaConfig;
+  tensors: Map<string, HostTensor>;
+  source: ModelSource;
+}
+
+function isObject(x: unknown): x is Record<string, unknown> {
+  return typeof x === "object" && x !== null && !Array.isArray(x);
+}
+
+/** The index's `weight_map`: tensor name → shard file name. */
+async function readIndex(index: string | URL): Promise<Map<string, string>> {
   const source = String(index);
   let json: unknown;
   try {
@@ -632,55 +727,332 @@ async function readSharded(
       source,
     );
   }
-  const map = (json as { weight_map?: unknown })?.weight_map;
-  if (typeof map !== "object" || map === null || Array.isArray(map)) {
+  const map = isObject(json) ? json.weight_map : undefined;
+  if (!isObject(map)) {
     throw new SafetensorsFormatError(`${source}: no "weight_map" object`, source);
   }
-  const byFile = new Map<string, Set<string>>();
-  for (const [name, file] of Object.entries(map as Record<string, unknown>)) {
-    if (typeof file !== "string" || file.includes("/") || file.includes("\\")) {
+  const out = new Map<string, string>();
+  for (const [name, file] of Object.entries(map)) {
+    if (
+      typeof file !== "string" || file === "" || file.includes("/") || file.includes("\\") ||
+      file === "." || file === ".."
+    ) {
       throw new SafetensorsFormatError(
         `${source}: weight_map["${name}"] is not a file name in the folder`,
         source,
         name,
       );
     }
-    if (!wanted.has(name)) continue;
-    if (!byFile.has(file)) byFile.set(file, new Set());
-    byFile.get(file)!.add(name);
+    out.set(name, file);
   }
-  const tensors = new Map<string, HostTensor>();
-  for (const [file, names] of byFile) {
-    const path = joinPath(dir, file);
-    const got = (await readSafetensors(path, { names })).tensors;
-    for (const name of names) {
-      const t = got.get(name);
-      if (!t) {
-        throw new MissingTensorError(
-          `${path}: missing tensor "${name}" (the index puts it in this shard)`,
-          String(path),
-          name,
-        );
-      }
-      tensors.set(name, t);
-    }
-  }
-  return tensors;
+  return out;
 }
 
 /**
- * Writes `config.json` and `model.safetensors` (F32, only the tensors the config expects, so a
- * tied model never carries `lm_head.weight`), each atomically.
+ * Reads `config.json` and the headers of the weights (never their data) and checks everything
+ * that can be checked from them: with an index, that every shard it names exists and holds
+ * exactly the tensors the index puts there; that every tensor the config needs is present, in a
+ * dtype we read (F32, F16, BF16), with the shape the config implies; and that no file is
+ * truncated. Each problem is a typed error naming the file and the tensor.
+ */
+export async function inspectModelFolder(dir: string | URL): Promise<ModelFolderLayout> {
+  const configPath = joinPath(dir, "config.json");
+  const config = await readLlamaConfig(configPath);
+  const configJson = JSON.parse(await Deno.readTextFile(configPath)) as Record<string, unknown>;
+  const single = joinPath(dir, SINGLE_FILE);
+  const index = joinPath(dir, INDEX_FILE);
+  /** Each tensor present: the file holding it and its entry. */
+  const where = new Map<string, { path: string | URL; entry: TensorEntry }>();
+  let sharded: boolean;
+  let source: string;
+  if (await exists(single)) {
+    sharded = false;
+    source = String(single);
+    for (const entry of (await readSafetensorsHeader(single)).entries) {
+      where.set(entry.name, { path: single, entry });
+    }
+  } else if (await exists(index)) {
+    sharded = true;
+    source = String(index);
+    const weightMap = await readIndex(index);
+    const byFile = new Map<string, string[]>();
+    for (const [name, file] of weightMap) {
+      if (!byFile.has(file)) byFile.set(file, []);
+      byFile.get(file)!.push(name);
+    }
+    for (const [file, names] of byFile) {
+      const path = joinPath(dir, file);
+      if (!(await exists(path))) {
+        const more = names.length > 1 ? ` and ${names.length - 1} more` : "";
+        throw new MissingShardError(
+          `${path}: no such shard; ${INDEX_FILE} puts "${names[0]}"${more} in it`,
+          String(path),
+          names[0],
+        );
+      }
+      const header = await readSafetensorsHeader(path);
+      const held = new Set(header.entries.map((e) => e.name));
+      for (const name of names) {
+        if (!held.has(name)) {
+          throw new ShardIndexError(
+            `${path}: no tensor "${name}" in this shard, but ${INDEX_FILE} puts it here`,
+            String(path),
+            name,
+          );
+        }
+      }
+      for (const entry of header.entries) {
+        const listed = weightMap.get(entry.name);
+        if (listed !== file) {
+          throw new ShardIndexError(
+            `${path}: tensor "${entry.name}" is in this shard, but ${INDEX_FILE} ` +
+              (listed === undefined ? "does not list it" : `puts it in ${listed}`),
+            String(path),
+            entry.name,
+          );
+        }
+        where.set(entry.name, { path, entry });
+      }
+    }
+  } else {
+    throw new SafetensorsError(`${dir}: no ${SINGLE_FILE} or ${INDEX_FILE}`, String(dir));
+  }
+  const dtypes = new Map<string, FloatDtype>();
+  const files = new Map<string, { path: string | URL; names: Set<string> }>();
+  for (const spec of expectedTensors(config)) {
+    const at = where.get(spec.name);
+    if (!at) {
+      throw new MissingTensorError(
+        `${source}: missing tensor "${spec.name}" (expected shape ${fmtShape(spec.shape)})`,
+        source,
+        spec.name,
+      );
+    }
+    const file = String(at.path);
+    if (!READABLE.has(at.entry.dtype)) {
+      throw new UnsupportedDtypeError(
+        `${file}: tensor "${spec.name}" has dtype ${at.entry.dtype}; only F32, F16 and BF16 ` +
+          `can be read`,
+        file,
+        spec.name,
+        at.entry.dtype,
+      );
+    }
+    checkShape(spec.name, spec.shape, at.entry.shape, file);
+    dtypes.set(spec.name, at.entry.dtype as FloatDtype);
+    if (!files.has(file)) files.set(file, { path: at.path, names: new Set() });
+    files.get(file)!.names.add(spec.name);
+  }
+  return {
+    config,
+    source: { dir, configJson, dtypes, sharded },
+    files: [...files.values()],
+  };
+}
+
+/**
+ * Loads `config.json` plus `model.safetensors`, or the shards listed by
+ * `model.safetensors.index.json`, decoding only the tensors the config needs, after
+ * {@link inspectModelFolder}'s checks.
+ */
+export async function loadModelFolder(dir: string | URL): Promise<ModelFolder> {
+  const layout = await inspectModelFolder(dir);
+  const tensors = new Map<string, HostTensor>();
+  for (const { path, names } of layout.files) {
+    const got = (await readSafetensors(path, { names })).tensors;
+    for (const name of names) {
+      const t = got.get(name);
+      // The file changed since its header was read.
+      if (!t) throw new MissingTensorError(`${path}: missing tensor "${name}"`, String(path), name);
+      tensors.set(name, t);
+    }
+  }
+  // In model order, as the config lists the tensors.
+  const ordered = new Map<string, HostTensor>();
+  for (const spec of expectedTensors(layout.config)) {
+    ordered.set(spec.name, tensors.get(spec.name)!);
+  }
+  return { config: layout.config, tensors: ordered, source: layout.source };
+}
+
+/** Hugging Face's default `max_shard_size` of `save_pretrained`: 5 GB. */
+export const DEFAULT_MAX_SHARD_BYTES = 5_000_000_000;
+
+/** How {@link saveModelFolder} writes. */
+export interface SaveModelOptions {
+  /**
+   * The folder the weights came from: its config.json fields, its tensors' dtypes, its sharding
+   * and its companion files ({@link COMPANION_FILES}) are carried over.
+   */
+  source?: ModelSource | null;
+  /** One dtype for every tensor; default: each tensor's dtype in `source`, else F32. */
+  dtype?: FloatDtype | null;
+  /**
+   * Largest shard in bytes of tensor data; the weights are sharded when they exceed it. Default:
+   * {@link DEFAULT_MAX_SHARD_BYTES} when `source` was sharded, else one file whatever its size.
+   */
+  maxShardBytes?: number | null;
+}
+
+/** What {@link saveModelFolder} wrote. */
+export interface SavedModel {
+  /** The weight files, in order (one `model.safetensors`, or the shards). */
+  files: string[];
+  /** The `torch_dtype` written into config.json. */
+  torchDtype: string;
+  /** Bytes of tensor data (`metadata.total_size` of a sharded folder's index). */
+  totalBytes: number;
+}
+
+/**
+ * Hugging Face's split (huggingface_hub's `split_state_dict_into_shards`): tensors in model
+ * order fill a shard until the next would take it over the limit; a tensor larger than the limit
+ * gets a shard of its own.
+ */
+function splitShards(items: { name: string; bytes: number }[], max: number): string[][] {
+  const shards: string[][] = [];
+  let current: string[] = [];
+  let size = 0;
+  for (const it of items) {
+    if (it.bytes > max) {
+      shards.push([it.name]);
+      continue;
+    }
+    if (size + it.bytes > max && current.length > 0) {
+      shards.push(current);
+      current = [];
+      size = 0;
+    }
+    current.push(it.name);
+    size += it.bytes;
+  }
+  if (current.length > 0) shards.push(current);
+  return shards;
+}
+
+function sortedKeys(o: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.keys(o).sort().map((k) => [k, o[k]]));
+}
+
+/** The same model hyper-parameters: what `parseLlamaConfig` makes of both is equal. */
+function sameConfig(a: LlamaConfig, b: LlamaConfig): boolean {
+  return JSON.stringify(sortedKeys({ ...a })) === JSON.stringify(sortedKeys({ ...b }));
+}
+
+/**
+ * The config.json to write: the source's, every field kept, with `torch_dtype` (and `dtype`,
+ * the newer name, where the source has it) set to what is written; `architectures` and
+ * `model_type` are added where the source lacks them. Without a source (or one describing
+ * another model), the config as this project writes it.
+ */
+function configJsonFor(
+  config: LlamaConfig,
+  source: ModelSource | null,
+  torchDtype: string,
+): Record<string, unknown> {
+  let json: Record<string, unknown>;
+  if (source && sameConfig(parseLlamaConfig(source.configJson), config)) {
+    json = { ...source.configJson };
+    json.architectures ??= ["LlamaForCausalLM"];
+    json.model_type ??= "llama";
+    if ("dtype" in json) json.dtype = torchDtype;
+  } else {
+    json = llamaConfigToJson(config);
+  }
+  json.torch_dtype = torchDtype;
+  parseLlamaConfig(json); // a bad in-memory config never reaches disk
+  return json;
+}
+
+async function writeJsonFile(path: string, json: unknown, indent: number): Promise<void> {
+  await writeAtomically(path, [
+    new TextEncoder().encode(JSON.stringify(json, null, indent) + "\n"),
+  ]);
+}
+
+async function removeIfPresent(path: string): Promise<void> {
+  await Deno.remove(path).catch((e) => {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  });
+}
+
+/**
+ * Writes a model folder as Hugging Face's `save_pretrained` does: only the tensors the config
+ * expects (a tied model never carries `lm_head.weight`), in each tensor's source dtype (or
+ * `dtype`), as one `model.safetensors` or as shards with `model.safetensors.index.json`
+ * (`metadata.total_size`, `weight_map`), then `config.json` and the source's companion files.
+ * Every file is written atomically; weight files of the other layout left in `dir` by an earlier
+ * save are removed, so that loaders never pick up stale weights.
  */
 export async function saveModelFolder(
   dir: string,
   config: LlamaConfig,
   tensors: ReadonlyMap<string, HostTensor>,
-): Promise<void> {
+  options: SaveModelOptions = {},
+): Promise<SavedModel> {
   checkModelTensors(config, tensors, "<save>");
-  await Deno.mkdir(dir, { recursive: true });
-  const subset = new Map<string, HostTensor>();
-  for (const spec of expectedTensors(config)) subset.set(spec.name, tensors.get(spec.name)!);
-  await writeSafetensors(`${dir.replace(/\/+$/, "")}/model.safetensors`, subset);
-  await writeLlamaConfig(`${dir.replace(/\/+$/, "")}/config.json`, config);
+  const source = options.source ?? null;
+  const out = dir.replace(/\/+$/, "");
+  await Deno.mkdir(out, { recursive: true });
+  const items = expectedTensors(config).map((spec) => {
+    const t = tensors.get(spec.name)!;
+    const dtype: FloatDtype = options.dtype ?? source?.dtypes.get(spec.name) ?? "F32";
+    return { name: spec.name, tensor: t, dtype, bytes: t.data.length * FLOAT_DTYPE_BYTES[dtype] };
+  });
+  const dtypes = new Map(items.map((it) => [it.name, it.dtype]));
+  const totalBytes = items.reduce((n, it) => n + it.bytes, 0);
+  const max = options.maxShardBytes ??
+    (source?.sharded ? DEFAULT_MAX_SHARD_BYTES : Number.POSITIVE_INFINITY);
+  const shards = splitShards(items, max);
+  const subset = (names: string[]) => new Map(names.map((n) => [n, tensors.get(n)!]));
+  let files: string[];
+  const stale: string[] = [];
+  for await (const e of Deno.readDir(out)) {
+    if (SHARD_NAME.test(e.name) || e.name === INDEX_FILE || e.name === SINGLE_FILE) {
+      stale.push(e.name);
+    }
+  }
+  if (shards.length <= 1) {
+    files = [SINGLE_FILE];
+    await writeSafetensors(`${out}/${SINGLE_FILE}`, subset(shards[0] ?? []), PT_METADATA, dtypes);
+  } else {
+    files = shards.map((_, i) => shardName(i + 1, shards.length));
+    const weightMap: Record<string, string> = {};
+    for (const [i, names] of shards.entries()) {
+      await writeSafetensors(`${out}/${files[i]}`, subset(names), PT_METADATA, dtypes);
+      for (const n of names) weightMap[n] = files[i];
+    }
+    await writeJsonFile(`${out}/${INDEX_FILE}`, {
+      metadata: { total_size: totalBytes },
+      weight_map: sortedKeys(weightMap),
+    }, 2);
+  }
+  const written = new Set(files.length > 1 ? [...files, INDEX_FILE] : files);
+  for (const name of stale) if (!written.has(name)) await removeIfPresent(`${out}/${name}`);
+
+  // torch_dtype: the one dtype written, or the one holding most of the weights.
+  const byDtype = new Map<FloatDtype, number>();
+  for (const it of items) byDtype.set(it.dtype, (byDtype.get(it.dtype) ?? 0) + it.bytes);
+  const main = [...byDtype.entries()].sort((a, b) => b[1] - a[1])[0]?.[0] ?? "F32";
+  const torchDtype = TORCH_DTYPE[main];
+  await writeJsonFile(`${out}/config.json`, configJsonFor(config, source, torchDtype), 2);
+  if (source) await copyCompanionFiles(source.dir, out);
+  return { files, torchDtype, totalBytes };
+}
+
+/** Copies the {@link COMPANION_FILES} that `from` has into `to` (nothing when they are one). */
+export async function copyCompanionFiles(from: string | URL, to: string): Promise<string[]> {
+  const fromDir = from instanceof URL ? decodeURIComponent(from.pathname) : from;
+  const [a, b] = await Promise.all([Deno.realPath(fromDir), Deno.realPath(to)]);
+  if (a === b) return [];
+  const copied: string[] = [];
+  for (const f of COMPANION_FILES) {
+    try {
+      await Deno.copyFile(`${a}/${f}`, `${to}/${f}`);
+      copied.push(f);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+  return copied;
 }

@@ -29,9 +29,11 @@ import { ConfigError } from "../model/config.ts";
 import { TokenizerError } from "../model/tokenizer.ts";
 import { ReferenceInputError } from "../model/reference/llama.ts";
 import {
+  MissingShardError,
   MissingTensorError,
   SafetensorsError,
   SafetensorsFormatError,
+  ShardIndexError,
   TensorShapeError,
   UnsupportedDtypeError,
 } from "../model/safetensors.ts";
@@ -90,6 +92,8 @@ const SAMPLES: DomainError[] = [
   new UnsupportedDtypeError("dtype", "m.safetensors", "lm_head.weight", "F64"),
   new MissingTensorError("missing", "m.safetensors", "lm_head.weight"),
   new TensorShapeError("shape", "m.safetensors", "lm_head.weight", [2, 3], [3, 2]),
+  new MissingShardError("no shard", "model-00002-of-00002.safetensors", "model.norm.weight"),
+  new ShardIndexError("not listed", "model-00001-of-00002.safetensors", "lm_head.weight"),
   new DataError("data"),
   new JsonlLineError("d.jsonl", 3, "not an object"),
   new DataFileError("d.jsonl", "no such file"),

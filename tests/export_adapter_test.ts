@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { adaptableLinears } from "../model/config.ts";
+import { f32BitsToBf16 } from "../model/half_float.ts";
 import {
   type HostTensor,
   readSafetensors,
@@ -313,6 +314,19 @@ Deno.test("deno run examples/export_adapter.ts: an adapter and its summary; a ba
     );
     const flag = await run(...args, "--rank", "0");
     assert.equal(flag.code, 2);
+
+    // --save-dtype bfloat16: the same factors, rounded to nearest even.
+    const bf = await run(...args, "--rank", "3", "--save-dtype", "bfloat16", "--out", `${dir}/bf`);
+    assert.equal(bf.code, 0, bf.stderr);
+    const bfFile = await readSafetensors(`${dir}/bf/adapter_model.safetensors`);
+    for (const [name, t] of a.tensors) {
+      assert.equal(bfFile.dtypes.get(name), "BF16");
+      const want = Float32Array.from(t.data, (v) => {
+        const bits = new Uint32Array(new Float32Array([v]).buffer)[0];
+        return new Float32Array(new Uint32Array([f32BitsToBf16(bits) << 16]).buffer)[0];
+      });
+      assert.deepEqual(bfFile.tensors.get(name)!.data, want, name);
+    }
 
     // A run's folder: the base, the method and its settings come from its report.json.
     await Deno.writeTextFile(

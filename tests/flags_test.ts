@@ -338,6 +338,8 @@ const CONFIG_KEYS = [
   "nats",
   "out",
   "overwrite",
+  "save_dtype",
+  "max_shard_size",
   "export_adapter",
   "checkpoint_every",
   "checksum_every",

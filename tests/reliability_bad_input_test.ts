@@ -6,7 +6,8 @@
  * their errors reach the user unwrapped.)
  */
 import assert from "node:assert/strict";
-import { writeTinySetup } from "./support/tiny_run.ts";
+import { loadModelFolder } from "../model/safetensors.ts";
+import { TINY_CONFIG, writeShardedModel, writeTinySetup } from "./support/tiny_run.ts";
 import { leftovers, newTag, runCli, tinyArgs } from "./support/faults.ts";
 
 interface Case {
@@ -30,6 +31,61 @@ async function copyModel(dir: string, to: string) {
 }
 
 const enc = new TextEncoder();
+
+const SHARD1 = "model-00001-of-00003.safetensors";
+const SHARD2 = "model-00002-of-00003.safetensors";
+
+/** `<dir>/m`: the tiny model as a BF16 checkpoint in 3 shards; returns its weight_map. */
+async function shardedModel(dir: string): Promise<{ m: string; map: Record<string, string> }> {
+  const { tensors } = await loadModelFolder(`${dir}/model`);
+  const m = `${dir}/m`;
+  const map = await writeShardedModel(m, TINY_CONFIG, tensors, { shards: 3, dtype: "BF16" });
+  return { m, map };
+}
+
+/** The tensors the index puts in `file`, in model order. */
+function inShard(map: Record<string, string>, file: string): string[] {
+  return Object.keys(map).filter((k) => map[k] === file);
+}
+
+/** Rewrites a safetensors file's JSON header (the data section is kept as it is). */
+async function editHeader(path: string, f: (header: Record<string, unknown>) => void) {
+  await editFile(path, (b) => {
+    const n = Number(new DataView(b.buffer, b.byteOffset).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(b.subarray(8, 8 + n)));
+    f(header);
+    const json = enc.encode(JSON.stringify(header));
+    const out = new Uint8Array(8 + json.length + b.length - 8 - n);
+    new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
+    out.set(json, 8);
+    out.set(b.subarray(8 + n), 8 + json.length);
+    return out;
+  });
+}
+
+/** A case storing the first MLP matrix of shard 2 ([48, 32] BF16: 3072 bytes) as `dtype`. */
+function dtypeCase(dtype: string, shape: number[]): Case {
+  return {
+    name: `a tensor stored as ${dtype}`,
+    make: async (dir) => {
+      const { m, map } = await shardedModel(dir);
+      const name = inShard(map, SHARD2).find((n) => n.includes("mlp"))!;
+      await editHeader(`${m}/${SHARD2}`, (h) => {
+        const e = h[name] as { dtype: string; shape: number[] };
+        e.dtype = dtype;
+        e.shape = shape;
+      });
+      return ["--model", m];
+    },
+    code: 1,
+    error: new RegExp(
+      `^finetune: UnsupportedDtypeError: \\S+/m/${SHARD2.replaceAll(".", "\\.")}: tensor ` +
+        `"model\\.layers\\.\\d\\.mlp\\.\\w+\\.weight" has dtype ${dtype}; only F32, F16 and BF16 ` +
+        `can be read$`,
+      "m",
+    ),
+  };
+}
 
 const CASES: Case[] = [
   {
@@ -123,6 +179,76 @@ const CASES: Case[] = [
     code: 1,
     error:
       /^finetune: SafetensorsFormatError: \S+\/m\/model\.safetensors: header is not valid UTF-8 JSON/m,
+  },
+  {
+    name: "a missing shard",
+    make: async (dir) => {
+      const { m } = await shardedModel(dir);
+      await Deno.remove(`${m}/${SHARD2}`);
+      return ["--model", m];
+    },
+    code: 1,
+    error:
+      /^finetune: MissingShardError: \S+\/m\/model-00002-of-00003\.safetensors: no such shard; model\.safetensors\.index\.json puts "model\.[\w.]+" and \d+ more in it$/m,
+  },
+  {
+    name: "an index that puts a tensor in a shard without it",
+    make: async (dir) => {
+      const { m, map } = await shardedModel(dir);
+      map[inShard(map, SHARD2)[0]] = SHARD1;
+      await Deno.writeTextFile(
+        `${m}/model.safetensors.index.json`,
+        JSON.stringify({ weight_map: map }),
+      );
+      return ["--model", m];
+    },
+    code: 1,
+    error:
+      /^finetune: ShardIndexError: \S+\/m\/model-00001-of-00003\.safetensors: no tensor "model\.[\w.]+" in this shard, but model\.safetensors\.index\.json puts it here$/m,
+  },
+  {
+    name: "a shard with a tensor the index does not list",
+    make: async (dir) => {
+      const { m, map } = await shardedModel(dir);
+      delete map[inShard(map, SHARD2)[1]];
+      await Deno.writeTextFile(
+        `${m}/model.safetensors.index.json`,
+        JSON.stringify({ weight_map: map }),
+      );
+      return ["--model", m];
+    },
+    code: 1,
+    error:
+      /^finetune: ShardIndexError: \S+\/m\/model-00002-of-00003\.safetensors: tensor "model\.[\w.]+" is in this shard, but model\.safetensors\.index\.json does not list it$/m,
+  },
+  dtypeCase("F64", [12, 32]),
+  dtypeCase("I8", [96, 32]),
+  dtypeCase("F8_E4M3", [96, 32]),
+  {
+    name: "a config that contradicts the weights' shapes",
+    make: async (dir) => {
+      const { m } = await shardedModel(dir);
+      const c = JSON.parse(await Deno.readTextFile(`${m}/config.json`));
+      await Deno.writeTextFile(
+        `${m}/config.json`,
+        JSON.stringify({ ...c, intermediate_size: 64 }),
+      );
+      return ["--model", m];
+    },
+    code: 1,
+    error:
+      /^finetune: TensorShapeError: \S+\/m\/model-0000\d-of-00003\.safetensors: tensor "model\.layers\.0\.mlp\.gate_proj\.weight" has shape \[48, 32\], the config implies \[64, 32\]$/m,
+  },
+  {
+    name: "a truncated shard",
+    make: async (dir) => {
+      const { m } = await shardedModel(dir);
+      await editFile(`${m}/${SHARD2}`, (b) => b.subarray(0, b.length - 100));
+      return ["--model", m];
+    },
+    code: 1,
+    error:
+      /^finetune: SafetensorsFormatError: \S+\/m\/model-00002-of-00003\.safetensors: truncated or out of range: tensor "model\.[\w.]+" ends at data byte \d+, the data section has \d+ bytes$/m,
   },
   {
     name: "a model folder that does not exist",

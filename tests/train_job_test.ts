@@ -6,8 +6,20 @@ import assert from "node:assert/strict";
 import { runFinetune } from "../actors/job.ts";
 import { loadModelFolder } from "../model/safetensors.ts";
 import { readReportJson } from "../train/report/report.ts";
-import { adaptableLinears } from "../model/config.ts";
-import { TINY_CONFIG, tinyOptions, writeTinySetup } from "./support/tiny_run.ts";
+import { adaptableLinears, expectedTensors } from "../model/config.ts";
+import { f32BitsToBf16 } from "../model/half_float.ts";
+import { initWeights } from "../train/pretrain/pretrain.ts";
+import { Rng } from "../train/rng.ts";
+import { TINY_CONFIG, tinyOptions, writeShardedModel, writeTinySetup } from "./support/tiny_run.ts";
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 const quiet = { log: () => {}, isTty: false, progress: () => {} };
 
@@ -158,6 +170,108 @@ Deno.test("--compare: one folder per method, compare.json, and ranks HD-PiSSA > 
       `${mean(hd)} ${mean(pissa)} ${mean(lora)}`,
     );
     assert.ok(await Deno.stat(`${o.out}/compare.html`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** A safetensors file's header and data section. */
+async function readRaw(path: string) {
+  const b = await Deno.readFile(path);
+  const n = Number(new DataView(b.buffer).getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(b.subarray(8, 8 + n)));
+  const tensor = (name: string) => {
+    const [s, e] = header[name].data_offsets as number[];
+    return b.subarray(8 + n + s, 8 + n + e);
+  };
+  return { header, tensor, dataBytes: b.length - 8 - n };
+}
+
+Deno.test("a sharded BF16 checkpoint in: the same out, rounded from the f32 run; --save-dtype float32", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hd-bf16-" });
+  try {
+    await writeTinySetup(dir);
+    const config = { ...TINY_CONFIG, tie_word_embeddings: true };
+    const model = `${dir}/bf16`;
+    const extra = { initializer_range: 0.02, my_field: { kept: [1, 2] }, use_cache: true };
+    await writeShardedModel(model, config, initWeights(config, new Rng(5), 0.08), {
+      shards: 3,
+      dtype: "BF16",
+      extra,
+    });
+    const generation = '{"do_sample": false, "eos_token_id": 2}\n';
+    await Deno.writeTextFile(`${model}/generation_config.json`, generation);
+    const inputConfig = JSON.parse(await Deno.readTextFile(`${model}/config.json`));
+    const common = { model, eval: null, maxSteps: 2 };
+    const bf = tinyOptions(dir, { ...common, out: `${dir}/bf`, maxShardSize: 20_000 });
+    const f32 = tinyOptions(dir, { ...common, out: `${dir}/f32`, saveDtype: "float32" });
+    await runFinetune(bf, quiet);
+    await runFinetune(f32, quiet);
+
+    // The f32 run: one F32 file, torch_dtype float32, still tied.
+    const single = await readRaw(`${f32.out}/model.safetensors`);
+    const names = expectedTensors(config).map((t) => t.name);
+    assert.deepEqual(
+      Object.keys(single.header).filter((k) => k !== "__metadata__").sort(),
+      [
+        ...names,
+      ].sort(),
+    );
+    for (const n of names) assert.equal(single.header[n].dtype, "F32");
+    assert.deepEqual(single.header.__metadata__, { format: "pt" });
+    assert.ok(!(await exists(`${f32.out}/model.safetensors.index.json`)));
+    const f32Config = JSON.parse(await Deno.readTextFile(`${f32.out}/config.json`));
+    assert.deepEqual(f32Config, { ...inputConfig, torch_dtype: "float32" });
+
+    // The BF16 run: shards of at most 20 kB whose index matches them.
+    const index = JSON.parse(await Deno.readTextFile(`${bf.out}/model.safetensors.index.json`));
+    const files = [...new Set(Object.values(index.weight_map) as string[])].sort();
+    assert.ok(files.length >= 3, `${files.length} shards`);
+    assert.ok(!(await exists(`${bf.out}/model.safetensors`)));
+    assert.deepEqual(Object.keys(index.weight_map).sort(), [...names].sort(), "tied: no lm_head");
+    let total = 0;
+    const baseFiles = JSON.parse(
+      await Deno.readTextFile(`${model}/model.safetensors.index.json`),
+    ).weight_map;
+    let changed = 0;
+    const unchanged: string[] = [];
+    for (const file of files) {
+      const shard = await readRaw(`${bf.out}/${file}`);
+      total += shard.dataBytes;
+      assert.ok(shard.dataBytes <= 20_000, `${file}: ${shard.dataBytes} bytes`);
+      assert.deepEqual(shard.header.__metadata__, { format: "pt" });
+      const held = Object.keys(shard.header).filter((k) => k !== "__metadata__").sort();
+      assert.deepEqual(held, names.filter((n) => index.weight_map[n] === file).sort());
+      for (const n of held) {
+        assert.equal(shard.header[n].dtype, "BF16");
+        // Each value is the f32 run's value rounded to nearest even.
+        const want = new Uint16Array(single.tensor(n).length / 4);
+        const bits = new Uint32Array(single.tensor(n).slice().buffer);
+        bits.forEach((b, i) => want[i] = f32BitsToBf16(b));
+        const got = new Uint16Array(shard.tensor(n).slice().buffer);
+        assert.deepEqual(got, want, n);
+        // Tensors the run did not change are the input's bits.
+        const input = (await readRaw(`${model}/${baseFiles[n]}`)).tensor(n);
+        if (input.some((v, i) => v !== shard.tensor(n)[i])) changed++;
+        else unchanged.push(n);
+      }
+    }
+    assert.ok(changed > 0, "the run changed some matrices");
+    // HD-PiSSA trains the linear layers only: the embeddings and norms come back bit for bit.
+    for (const n of names.filter((n) => !n.endsWith("_proj.weight"))) {
+      assert.ok(unchanged.includes(n), `${n} unchanged`);
+    }
+    assert.deepEqual(index.metadata, { total_size: total });
+    const bfConfig = JSON.parse(await Deno.readTextFile(`${bf.out}/config.json`));
+    assert.deepEqual(bfConfig, { ...inputConfig, torch_dtype: "bfloat16" });
+    assert.equal(bfConfig.tie_word_embeddings, true);
+    for (const out of [bf.out, f32.out]) {
+      assert.equal(await Deno.readTextFile(`${out}/generation_config.json`), generation);
+    }
+    // The written folder loads, and as the input's sharding and dtype.
+    const back = await loadModelFolder(bf.out);
+    assert.equal(back.source.sharded, true);
+    assert.deepEqual(new Set(back.source.dtypes.values()), new Set(["BF16"]));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -5,6 +5,7 @@
  * @module
  */
 import { adaptableLinears } from "../../model/config.ts";
+import { dtypeOfTorch } from "../../model/half_float.ts";
 import { type HostTensor, parseSafetensors, saveModelFolder } from "../../model/safetensors.ts";
 import { resolvedConfig } from "../../train/cli/options.ts";
 import { effectiveRank } from "../../train/report/effective_rank.ts";
@@ -34,8 +35,9 @@ export async function evaluate(run: RunInputs, fleet: Fleet): Promise<EvalScore 
 }
 
 /**
- * Has worker 0 export its (merged) weights and writes the model folder, with the tokenizer's
- * files when the model has them; returns the weights.
+ * Has worker 0 export its (merged) weights and writes the model folder the way the input model
+ * is written (its dtypes and sharding, unless --save-dtype or --max-shard-size say otherwise;
+ * its config.json fields, tokenizer and generation files carried over); returns the weights.
  */
 export async function exportModel(
   ctx: DriverContext,
@@ -52,20 +54,17 @@ export async function exportModel(
     (n) => `${n} changed after worker 0 exported it`,
   );
   const final = parseSafetensors(bytes, {}, e.name).tensors;
-  await saveModelFolder(ctx.o.out, run.config, final);
-  await copyTokenizerFiles(ctx, run);
+  const saved = await saveModelFolder(ctx.o.out, run.config, final, {
+    source: run.source,
+    dtype: ctx.o.saveDtype === null ? null : dtypeOfTorch(ctx.o.saveDtype),
+    maxShardBytes: ctx.o.maxShardSize,
+  });
+  const size = saved.totalBytes >= 1e6
+    ? `${(saved.totalBytes / 1e6).toFixed(1)} MB`
+    : `${(saved.totalBytes / 1e3).toFixed(1)} kB`;
+  const files = saved.files.length === 1 ? saved.files[0] : `${saved.files.length} shards`;
+  ctx.log(`model: ${saved.torchDtype}, ${files} (${size})`);
   return final;
-}
-
-async function copyTokenizerFiles(ctx: DriverContext, run: RunInputs): Promise<void> {
-  if (run.tokenizer.kind !== "hf") return;
-  for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
-    try {
-      await Deno.copyFile(`${ctx.o.model}/${f}`, `${ctx.o.out}/${f}`);
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    }
-  }
 }
 
 /** What the report reads besides the run's inputs, workers and state. */

@@ -4,7 +4,12 @@
  * @module
  */
 import { expectedTensors, type LlamaConfig } from "../../model/config.ts";
-import { type HostTensor, loadModelFolder, serializeSafetensors } from "../../model/safetensors.ts";
+import {
+  type HostTensor,
+  loadModelFolder,
+  type ModelSource,
+  serializeSafetensors,
+} from "../../model/safetensors.ts";
 import { loadTokenizer, type Tokenizer } from "../../model/tokenizer.ts";
 import { BatchPlan } from "../../train/data/batching.ts";
 import { type EncodedExample, encodeExamples } from "../../train/data/encode.ts";
@@ -28,6 +33,8 @@ export interface RunInputs {
   tokenizer: Tokenizer;
   /** The base model's weights (what ΔW is measured from). */
   baseWeights: Map<string, HostTensor>;
+  /** The model folder's config.json, dtypes and sharding, which the written folder follows. */
+  source: ModelSource;
   train: EncodedExample[];
   evalPrepared: PreparedEval | null;
   plan: BatchPlan;
@@ -73,7 +80,16 @@ export async function loadInputs(ctx: DriverContext): Promise<RunInputs> {
     });
   }
   const layout = ctx.method.layout(config, { targets: o.targets, rank: o.rank });
-  return { config, tokenizer, baseWeights, train, evalPrepared, plan, layout };
+  return {
+    config,
+    tokenizer,
+    baseWeights,
+    source: model.source,
+    train,
+    evalPrepared,
+    plan,
+    layout,
+  };
 }
 
 /** Refuses to resume a checkpoint made with other flags that decide what the run computes. */

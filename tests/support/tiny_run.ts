@@ -2,8 +2,13 @@
  * A tiny model folder and data set for end-to-end runs of the fine-tuning job: a random
  * byte-level LLaMA (2 layers, hidden 32, GQA) and slices of the shipped benchmark.
  */
-import type { LlamaConfig } from "../../model/config.ts";
-import { saveModelFolder } from "../../model/safetensors.ts";
+import { expectedTensors, type LlamaConfig, llamaConfigToJson } from "../../model/config.ts";
+import {
+  type FloatDtype,
+  type HostTensor,
+  saveModelFolder,
+  writeSafetensors,
+} from "../../model/safetensors.ts";
 import { initWeights } from "../../train/pretrain/pretrain.ts";
 import { Rng } from "../../train/rng.ts";
 import { defaultOptions, type FinetuneOptions } from "../../train/cli/options.ts";
@@ -62,4 +67,43 @@ export function tinyOptions(dir: string, over: Partial<FinetuneOptions> = {}): F
     out: `${dir}/run`,
     ...over,
   };
+}
+
+/**
+ * Writes a model folder as a sharded Hugging Face checkpoint: the tensors the config expects, in
+ * model order, split into `shards` files of `dtype` (`model-0000i-of-0000N.safetensors`), the
+ * index with `metadata.total_size`, and config.json with `torch_dtype` plus the `extra` fields.
+ * Returns the index's weight_map.
+ */
+export async function writeShardedModel(
+  dir: string,
+  config: LlamaConfig,
+  weights: ReadonlyMap<string, HostTensor>,
+  options: { shards: number; dtype: FloatDtype; extra?: Record<string, unknown> },
+): Promise<Record<string, string>> {
+  await Deno.mkdir(dir, { recursive: true });
+  const names = expectedTensors(config).map((t) => t.name);
+  const per = Math.ceil(names.length / options.shards);
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  const p = (k: number) => String(k).padStart(5, "0");
+  for (let i = 0; i < options.shards; i++) {
+    const file = `model-${p(i + 1)}-of-${p(options.shards)}.safetensors`;
+    const part = new Map(names.slice(i * per, (i + 1) * per).map((n) => [n, weights.get(n)!]));
+    await writeSafetensors(`${dir}/${file}`, part, { format: "pt" }, options.dtype);
+    for (const [n, t] of part) {
+      weightMap[n] = file;
+      total += t.data.length * (options.dtype === "F32" ? 4 : 2);
+    }
+  }
+  await Deno.writeTextFile(
+    `${dir}/model.safetensors.index.json`,
+    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2),
+  );
+  const torchDtype = { F32: "float32", F16: "float16", BF16: "bfloat16" }[options.dtype];
+  await Deno.writeTextFile(
+    `${dir}/config.json`,
+    JSON.stringify({ ...llamaConfigToJson(config), torch_dtype: torchDtype, ...options.extra }),
+  );
+  return weightMap;
 }

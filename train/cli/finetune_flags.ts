@@ -11,6 +11,7 @@ import { z } from "zod";
 import { checkRange, defineFlags, FlagError, parseNumber } from "../../cli/flags.ts";
 import { LINEAR_KINDS } from "../../model/config.ts";
 import { ADAPTER_CHOICES } from "../../gpu/device.ts";
+import { SAVE_DTYPES } from "../../model/half_float.ts";
 import { SCHEDULES } from "../optim/schedule.ts";
 import { type Method, METHODS } from "../methods/names.ts";
 
@@ -26,6 +27,39 @@ export function defaultOutDir(method: string, now = new Date()): string {
   const stamp = `${now.getFullYear()}${p(now.getMonth() + 1)}${p(now.getDate())}-` +
     `${p(now.getHours())}${p(now.getMinutes())}${p(now.getSeconds())}`;
   return `runs/${stamp}-${method}`;
+}
+
+/** Units of `--max-shard-size`, as Hugging Face's `max_shard_size` reads them. */
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  B: 1,
+  KB: 1e3,
+  MB: 1e6,
+  GB: 1e9,
+  TB: 1e12,
+  KIB: 2 ** 10,
+  MIB: 2 ** 20,
+  GIB: 2 ** 30,
+  TIB: 2 ** 40,
+};
+
+/** `5GB` (10^9), `500MiB` (2^20), `1.5GB` or a byte count, to bytes. */
+export function parseByteSize(raw: string, flag: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(raw);
+  const unit = m ? SIZE_UNITS[m[2].toUpperCase()] : undefined;
+  if (!m || unit === undefined) {
+    throw new FlagError(
+      `--${flag} must be a size such as 5GB, 500MB, 2GiB or a number of bytes, got ${
+        JSON.stringify(raw)
+      }`,
+      flag,
+    );
+  }
+  const bytes = Math.floor(Number(m[1]) * unit);
+  if (!Number.isSafeInteger(bytes) || bytes < 1) {
+    throw new FlagError(`--${flag} must be at least 1 byte, got ${JSON.stringify(raw)}`, flag);
+  }
+  return bytes;
 }
 
 const DATA = "data and model";
@@ -45,7 +79,8 @@ export const FINETUNE_FLAGS = defineFlags({
       default: fromRoot("models/base"),
       defaultText: "the shipped base model, models/base",
       metavar: "DIR",
-      help: "model folder: config.json, model.safetensors [, tokenizer.json]",
+      help: "model folder: config.json, model.safetensors or shards with " +
+        "model.safetensors.index.json (F32, F16, BF16) [, tokenizer.json]",
       group: DATA,
       definesRun: true,
     },
@@ -344,6 +379,26 @@ export const FINETUNE_FLAGS = defineFlags({
     overwrite: {
       type: "boolean",
       help: "replace a non-empty --out (and --export-adapter's files)",
+      group: CLUSTER,
+    },
+    "save-dtype": {
+      type: "enum",
+      choices: SAVE_DTYPES,
+      default: null,
+      defaultText: "the input model's dtype, tensor by tensor",
+      help: "dtype of the written model (16-bit rounds to nearest even) and of " +
+        "--export-adapter's adapter (default there: float32)",
+      group: CLUSTER,
+    },
+    "max-shard-size": {
+      type: "custom",
+      parse: parseByteSize,
+      schema: z.number().int().min(1),
+      default: null,
+      defaultText: "5GB if the input model is sharded, else one file",
+      metavar: "SIZE",
+      help: "shard the written model into files of at most SIZE (5GB, 500MB, 2GiB, bytes) with " +
+        "model.safetensors.index.json",
       group: CLUSTER,
     },
     "export-adapter": {

@@ -20,6 +20,7 @@ import {
   type ModelFolder,
   serializeSafetensors,
 } from "../../model/safetensors.ts";
+import type { FloatDtype } from "../../model/half_float.ts";
 import type { TopSvdOptions } from "../linalg/svd.ts";
 import { EXACT_SVD_MAX } from "../methods/init.ts";
 import { findMethod } from "../methods/registry.ts";
@@ -107,6 +108,11 @@ export interface ExportAdapterOptions {
   seed?: number;
   /** Replace the adapter files of a non-empty `out`. */
   overwrite?: boolean;
+  /**
+   * The dtype of adapter_model.safetensors (default F32). The figures (energy kept, errors) are
+   * those of the f32 factors, before a 16-bit rounding.
+   */
+  dtype?: FloatDtype;
 }
 
 /** The architecture fields two checkpoints must share for one to be an adapter of the other. */
@@ -379,7 +385,7 @@ export async function exportAdapter(o: ExportAdapterOptions): Promise<AdapterExp
   }
 
   const config = peftLoraConfig(o.baseName ?? o.base, targets, plan.ranks);
-  const weights = serializeSafetensors(tensors, { format: "pt" });
+  const weights = serializeSafetensors(tensors, { format: "pt" }, o.dtype ?? "F32");
   const stats = Object.values(matrices);
   const result: AdapterExport = {
     folder: o.out,

@@ -5,6 +5,7 @@
  * @module
  */
 import type { FinetuneOptions } from "../cli/options.ts";
+import { dtypeOfTorch } from "../../model/half_float.ts";
 import { renderReportHtml } from "../report/html.ts";
 import { type RunReport, writeReportJson } from "../report/report.ts";
 import { type AdapterExport, adapterSummary, checkAdapterOut, exportAdapter } from "./export.ts";
@@ -63,6 +64,7 @@ export async function exportRunAdapter(
     svdNiter: o.svdNiter,
     seed: o.seed,
     overwrite: o.overwrite,
+    dtype: o.saveDtype === null ? "F32" : dtypeOfTorch(o.saveDtype),
   });
   adapterSummary(e).forEach(log);
   const updated: RunReport = { ...report, adapter_export: reportAdapterExport(e) };
