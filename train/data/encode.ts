@@ -1,8 +1,9 @@
 /**
  * Token ids and loss masks of examples (docs/architecture.md §4), and their packing into micro-batches.
  *
- * ids = [bos] + enc(prompt) + enc(response) + [eos], cut on the right to seqLen, padded on the
- * right. targetMask[j] = 1 iff token j is a response token or the eos that survived the cut.
+ * ids = [bos] + enc(prompt) + enc(response) + [eos] (no bos when the tokenizer adds none), cut
+ * on the right to seqLen, padded on the right. targetMask[j] = 1 iff token j is a response
+ * token or the eos that survived the cut.
  * The loss is the mean over j >= 1 with targetMask[j] = 1 of CE(logits[j − 1], ids[j]).
  * @module
  */
@@ -28,7 +29,7 @@ export function encodeExample(
   checkSeqLen(seqLen);
   const prompt = tok.encode(example.prompt);
   const response = tok.encode(example.response);
-  const full = 1 + prompt.length + response.length + 1;
+  const full = (tok.bos === null ? 0 : 1) + prompt.length + response.length + 1;
   const ids = new Int32Array(seqLen).fill(tok.pad);
   const targetMask = new Uint8Array(seqLen);
   let j = 0;
@@ -39,7 +40,7 @@ export function encodeExample(
     }
     j++;
   };
-  put(tok.bos, 0);
+  if (tok.bos !== null) put(tok.bos, 0);
   for (const id of prompt) put(id, 0);
   for (const id of response) put(id, 1);
   put(tok.eos, 1);
@@ -48,10 +49,11 @@ export function encodeExample(
 
 /**
  * The ids a generation starts from: [bos] + enc(prompt), the same prefix that training puts
- * before the response.
+ * before the response (no bos when the tokenizer adds none).
  */
 export function promptIds(tok: Tokenizer, prompt: string): number[] {
-  return [tok.bos, ...tok.encode(prompt)];
+  const ids = tok.encode(prompt);
+  return tok.bos === null ? ids : [tok.bos, ...ids];
 }
 
 /** Every example of a data set, encoded once. */
