@@ -34,6 +34,7 @@ import {
 } from "../model/safetensors.ts";
 import {
   BatchConfigError,
+  ChatTemplateError,
   DataError,
   DataFileError,
   EmptyDatasetError,
@@ -88,6 +89,7 @@ export const TRAIN_ERRORS: readonly ErrorClass[] = [
   DataFileError,
   EmptyDatasetError,
   BatchConfigError,
+  ChatTemplateError,
   FlagError,
   ScheduleError,
   CheckpointError,
