@@ -35,6 +35,7 @@ const OUTPUTS = [
   "tokenizer.json",
   "tokenizer_config.json",
   "special_tokens_map.json",
+  "chat_template.jinja",
   "report.json",
   "report.html",
   "compare.json",

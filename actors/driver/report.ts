@@ -59,7 +59,13 @@ export async function exportModel(
 
 async function copyTokenizerFiles(ctx: DriverContext, run: RunInputs): Promise<void> {
   if (run.tokenizer.kind !== "hf") return;
-  for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
+  const files = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+  ];
+  for (const f of files) {
     try {
       await Deno.copyFile(`${ctx.o.model}/${f}`, `${ctx.o.out}/${f}`);
     } catch (e) {
