@@ -243,7 +243,10 @@ Deno.test("chat errors: no template, a failing template, a conversation without 
   }]);
   // --messages-field names another field; a line without it is a prompt/response line.
   const custom = parseJsonl(
-    [JSON.stringify({ conv: TWO_TURNS, task: "t" }), JSON.stringify({ prompt: "p", response: "r" })]
+    [
+      JSON.stringify({ conv: TWO_TURNS, task: "t" }),
+      JSON.stringify({ prompt: "p", response: "r", conv: null }),
+    ]
       .join("\n"),
     "c.jsonl",
     { messagesField: "conv" },

@@ -27,7 +27,7 @@ export interface JsonlOptions {
   responseField?: string;
   /** Field holding the task label (default "task"); absent or null on a line means "all". */
   taskField?: string;
-  /** Field holding a conversation (default "messages"); a line with it is a chat example. */
+  /** Field holding a conversation (default "messages"); a line with it (not null) is a chat example. */
   messagesField?: string;
   /** Skip and count malformed lines instead of failing on the first one (default false). */
   skipMalformed?: boolean;
@@ -116,8 +116,9 @@ function parseLine(
   if (typeof task !== "string" || task === "") {
     return `field "${taskField}" is not a non-empty string`;
   }
-  if (rec[messagesField] !== undefined) {
-    return parseMessages(rec[messagesField], messagesField, task);
+  const messages = rec[messagesField];
+  if (messages !== undefined && messages !== null) {
+    return parseMessages(messages, messagesField, task);
   }
   const prompt = rec[promptField];
   const response = rec[responseField];
