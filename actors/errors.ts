@@ -36,6 +36,7 @@ import {
 } from "../model/safetensors.ts";
 import {
   BatchConfigError,
+  ChatTemplateError,
   DataError,
   DataFileError,
   EmptyDatasetError,
@@ -92,6 +93,7 @@ export const TRAIN_ERRORS: readonly ErrorClass[] = [
   DataFileError,
   EmptyDatasetError,
   BatchConfigError,
+  ChatTemplateError,
   FlagError,
   ScheduleError,
   CheckpointError,

@@ -31,6 +31,16 @@ const FLAGS = defineFlags({
       metavar: "NAME",
       help: 'lines without one count as "all"',
     },
+    "messages-field": {
+      type: "string",
+      default: "messages",
+      metavar: "NAME",
+      help: "a line with this field is a conversation (chat template)",
+    },
+    "chat-template": {
+      type: "boolean",
+      help: "prompt/response lines through the model's chat template too",
+    },
     "per-task": {
       type: "int",
       min: 1,
@@ -68,6 +78,8 @@ async function main(): Promise<void> {
     promptField: o.promptField,
     responseField: o.responseField,
     taskField: o.taskField,
+    messagesField: o.messagesField,
+    chatTemplate: o.chatTemplate,
     perTask: o.perTask,
     all: o.all,
     seed: o.seed,

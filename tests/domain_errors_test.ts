@@ -39,6 +39,7 @@ import {
 } from "../model/safetensors.ts";
 import {
   BatchConfigError,
+  ChatTemplateError,
   DataError,
   DataFileError,
   EmptyDatasetError,
@@ -98,6 +99,7 @@ const SAMPLES: DomainError[] = [
   new JsonlLineError("d.jsonl", 3, "not an object"),
   new DataFileError("d.jsonl", "no such file"),
   new EmptyDatasetError("d.jsonl", 2),
+  new ChatTemplateError("d.jsonl:3: the chat template failed", "tokenizer_config.json"),
   new BatchConfigError("batch"),
   new FlagError("bad flag", "rank"),
   new FlagError("bad flags"),

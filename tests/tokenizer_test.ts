@@ -97,14 +97,19 @@ Deno.test("tokenizer.json (BPE): known ids, round trips, specials from config.js
   const dir = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${dir}/tokenizer.json`, JSON.stringify(tinyBpeJson()));
-    const t = await loadTokenizer(dir, {
-      vocab_size: 263,
-      bos_token_id: 261,
-      eos_token_id: 262,
-      pad_token_id: null,
-    });
+    const config = { vocab_size: 263, bos_token_id: 261, eos_token_id: 262, pad_token_id: null };
+    // No post-processor and no add_bos_token: the tokenizer adds no bos, whatever config.json says.
+    const noBos = await loadTokenizer(dir, config);
+    assert.equal(noBos.bos, null);
+    await Deno.writeTextFile(
+      `${dir}/tokenizer_config.json`,
+      JSON.stringify({ add_bos_token: true, bos_token: "<s>", eos_token: "</s>" }),
+    );
+    const t = await loadTokenizer(dir, config);
     assert.equal(t.kind, "hf");
     assert.deepEqual([t.bos, t.eos, t.pad, t.vocabSize], [261, 262, 262, 263]);
+    assert.deepEqual(t.stopIds, [262]);
+    assert.equal(t.chat, null);
     // "hello" merges all the way; " world" is 'Ġw' then single bytes o r l d.
     assert.deepEqual(t.encode("hello"), [259]);
     assert.deepEqual(t.encode("hello world"), [259, 260, 111, 114, 108, 100]);
@@ -123,12 +128,51 @@ Deno.test("tokenizer.json (BPE): known ids, round trips, specials from config.js
 });
 
 Deno.test("tokenizer.json: explicit pad_token_id, eos list, ids outside the vocabulary refused", () => {
-  assert.deepEqual(hfSpecialIds({ bos_token_id: 5, eos_token_id: [7, 9] }, 10), {
-    bos: 5,
+  const json = tinyBpeJson();
+  assert.deepEqual(hfSpecialIds({ bos_token_id: 5, eos_token_id: [7, 9], vocab_size: 10 }, json), {
+    bos: null,
     eos: 7,
     pad: 7,
     vocabSize: 10,
+    stop: [],
   });
+  // add_bos_token with no bos_token text: config.json's id; eos from tokenizer_config.json when
+  // config.json has none, and the tokenizer's eos_token stops generation either way.
+  assert.deepEqual(
+    hfSpecialIds({ bos_token_id: 5, eos_token_id: null }, json, {
+      add_bos_token: true,
+      eos_token: { content: "</s>" },
+    }),
+    { bos: 5, eos: 262, pad: 262, vocabSize: 263, stop: [262] },
+  );
+  assert.equal(
+    hfSpecialIds({ eos_token_id: 7 }, json, { add_bos_token: false, bos_token: "<s>" }).bos,
+    null,
+  );
+  assert.throws(
+    () => hfSpecialIds({ eos_token_id: 7 }, json, { add_bos_token: true }),
+    TokenizerError,
+  );
+  assert.throws(() => hfSpecialIds({ eos_token_id: null }, json, {}), TokenizerError);
+  // A TemplateProcessing post-processor that starts with a special token adds it as bos.
+  const templated = {
+    ...json,
+    post_processor: {
+      type: "Sequence",
+      processors: [
+        { type: "ByteLevel", add_prefix_space: true, trim_offsets: false, use_regex: true },
+        {
+          type: "TemplateProcessing",
+          single: [{ SpecialToken: { id: "<s>", type_id: 0 } }, {
+            Sequence: { id: "A", type_id: 0 },
+          }],
+          pair: [],
+          special_tokens: { "<s>": { id: "<s>", ids: [261], tokens: ["<s>"] } },
+        },
+      ],
+    },
+  };
+  assert.equal(hfSpecialIds({ eos_token_id: 262 }, templated).bos, 261);
   const t = new HfJsonTokenizer(tinyBpeJson(), {}, {
     bos: 261,
     eos: 262,
@@ -170,7 +214,7 @@ Deno.test("loadTokenizer: byte tokenizer without tokenizer.json; mismatched conf
       (e: unknown) => e instanceof TokenizerError && /not valid JSON/.test(e.message),
     );
     await Deno.writeTextFile(`${dir}/tokenizer.json`, JSON.stringify(tinyBpeJson()));
-    await assert.rejects(() => loadTokenizer(dir, { eos_token_id: 2 }), TokenizerError);
+    await assert.rejects(() => loadTokenizer(dir, { eos_token_id: null }), TokenizerError);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -22,7 +22,12 @@ import {
 } from "../../train/cli/options.ts";
 import { validateOptionsForModel } from "../../train/cli/model_checks.ts";
 import type { Layout } from "../../train/methods/layout.ts";
-import { type PreparedEval, prepareEval, stopIdsOf } from "../../train/eval/evaluate.ts";
+import {
+  chatFormatFor,
+  type PreparedEval,
+  prepareEval,
+  stopIdsOf,
+} from "../../train/eval/evaluate.ts";
 import type { CheckpointState } from "../../train/checkpoint/checkpoint.ts";
 import { GpuWorker } from "../gpu_worker.ts";
 import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
@@ -53,11 +58,21 @@ export async function loadInputs(ctx: DriverContext): Promise<RunInputs> {
     promptField: o.promptField,
     responseField: o.responseField,
     taskField: o.taskField,
+    messagesField: o.messagesField,
     skipMalformed: o.skipMalformed,
   };
   const data = await loadJsonl(o.data, jsonl);
   if (data.skipped > 0) ctx.log(`skipped ${data.skipped} malformed lines of ${o.data}`);
-  const train = encodeExamples(tokenizer, data.examples, o.seqLen);
+  const ev = o.eval ? await loadJsonl(o.eval, jsonl) : null;
+  const examples = [...data.examples, ...(ev?.examples ?? [])];
+  const chat = chatFormatFor(tokenizer, examples, o.chatTemplate, o.model);
+  if (chat) ctx.log(`chat template of ${chat.file}`);
+  const train = encodeExamples(tokenizer, data.examples, o.seqLen, {
+    chat,
+    chatTemplate: o.chatTemplate,
+    source: o.data,
+    lines: data.lines,
+  });
   const plan = new BatchPlan({
     numExamples: train.length,
     batchSize: o.batchSize,
@@ -69,14 +84,15 @@ export async function loadInputs(ctx: DriverContext): Promise<RunInputs> {
     seed: o.seed,
   });
   let evalPrepared: PreparedEval | null = null;
-  if (o.eval) {
-    const ev = await loadJsonl(o.eval, jsonl);
+  if (ev) {
     // The subset is fixed (seed 0), so runs with different seeds are scored on the same items.
     evalPrepared = prepareEval(tokenizer, ev.examples, {
       perTask: o.evalPerTask,
       all: o.evalAll,
       maxNewTokens: o.maxNewTokens ?? undefined,
-      stopIds: stopIdsOf(config, tokenizer),
+      stopIds: stopIdsOf(config, tokenizer, chat),
+      chat,
+      chatTemplate: o.chatTemplate,
     });
   }
   const layout = ctx.method.layout(config, { targets: o.targets, rank: o.rank });

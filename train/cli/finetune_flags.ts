@@ -122,6 +122,19 @@ export const FINETUNE_FLAGS = defineFlags({
       help: "skip malformed JSONL lines (counted) instead of stopping",
       group: DATA,
     },
+    "messages-field": {
+      type: "string",
+      default: "messages",
+      metavar: "NAME",
+      help: "a line with this field is a conversation [{role, content}, …] (chat template)",
+      group: DATA,
+    },
+    "chat-template": {
+      type: "boolean",
+      help: "prompt/response lines through the model's chat template too (user + assistant turn)",
+      group: DATA,
+      definesRun: true,
+    },
     method: {
       type: "enum",
       choices: METHODS,

@@ -47,3 +47,16 @@ export class EmptyDatasetError extends DataError {
 export class BatchConfigError extends DataError {
   static override readonly code: string = "BATCH_CONFIG";
 }
+
+/**
+ * A chat template that is missing, does not parse or fails on a conversation (`raise_exception`,
+ * an error in the template), or a conversation whose answers cannot be located in its text.
+ * `template` names the template's file.
+ */
+export class ChatTemplateError extends DataError {
+  static override readonly code: string = "CHAT_TEMPLATE";
+  static readonly fields = z.object({ template: z.string() });
+  constructor(message: string, readonly template: string) {
+    super(message);
+  }
+}

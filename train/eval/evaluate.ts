@@ -15,7 +15,9 @@ import type { LlamaConfig } from "../../model/config.ts";
 import { LlamaGpu } from "../../model/llama.ts";
 import { loadModelFolder } from "../../model/safetensors.ts";
 import { loadTokenizer, type Tokenizer } from "../../model/tokenizer.ts";
-import { promptIds } from "../data/encode.ts";
+import { conversationOf, promptIds } from "../data/encode.ts";
+import { ChatFormat } from "../data/chat.ts";
+import { ChatTemplateError } from "../data/errors.ts";
 import {
   DEFAULT_EVAL_PER_TASK,
   type EvalScore,
@@ -38,7 +40,10 @@ export interface EvalItem {
   /** Index of the example in the data set. */
   index: number;
   task: string;
-  /** [bos] + enc(prompt), the prefix training puts before a response. */
+  /**
+   * [bos] + enc(prompt), the prefix training puts before a response; under a chat template, the
+   * conversation's tokens before the answer's content (ChatFormat.promptIds).
+   */
   prompt: number[];
   reference: string;
 }
@@ -61,6 +66,10 @@ export interface PrepareEvalOptions {
   maxNewTokens?: number;
   /** Ids that end an answer (default: the tokenizer's eos). */
   stopIds?: readonly number[];
+  /** The model's chat template, for conversations and `chatTemplate`. */
+  chat?: ChatFormat | null;
+  /** Prompt/response examples through the chat template too (a user turn, then the answer). */
+  chatTemplate?: boolean;
 }
 
 /** The chosen examples with their prompt ids and the decoding limits. */
@@ -75,7 +84,12 @@ export function prepareEval(
     : evalSubset(examples, opts.perTask ?? DEFAULT_EVAL_PER_TASK, opts.seed ?? 0);
   const items = indices.map((index): EvalItem => {
     const e = examples[index];
-    return { index, task: e.task, prompt: promptIds(tok, e.prompt), reference: e.response };
+    return {
+      index,
+      task: e.task,
+      prompt: evalPromptIds(tok, e, index, opts),
+      reference: e.response,
+    };
   });
   let maxNewTokens = opts.maxNewTokens;
   if (maxNewTokens === undefined) {
@@ -92,10 +106,68 @@ export function prepareEval(
   return { items, maxNewTokens, stopIds };
 }
 
-/** The end-of-sequence ids of a model: every id config.json lists, else the tokenizer's. */
-export function stopIdsOf(config: LlamaConfig, tok: Tokenizer): number[] {
-  if (config.eos_token_ids && config.eos_token_ids.length > 0) return [...config.eos_token_ids];
-  return [config.eos_token_id ?? tok.eos];
+/**
+ * The prompt of an example: the conversation before its last assistant turn under the chat
+ * template (a prompt/response example with `chatTemplate`: its prompt as a user turn), else
+ * [bos] + enc(prompt).
+ */
+function evalPromptIds(
+  tok: Tokenizer,
+  e: Example,
+  index: number,
+  opts: PrepareEvalOptions,
+): number[] {
+  const conv = conversationOf(e, opts.chatTemplate);
+  let ids: number[];
+  if (conv === null) ids = promptIds(tok, e.prompt);
+  else if (!opts.chat) {
+    throw new ChatTemplateError(
+      `example ${index}: a conversation needs the model's chat template, and the model has none`,
+      "none",
+    );
+  } else {
+    const last = conv.findLastIndex((m) => m.role === "assistant");
+    ids = opts.chat.promptIds(conv.slice(0, last));
+  }
+  if (ids.length === 0) {
+    throw new EvaluationError(
+      `example ${index}: the prompt has no token (an empty prompt and a tokenizer without bos)`,
+    );
+  }
+  return ids;
+}
+
+/**
+ * The ids that end a generation: every eos id config.json lists, the tokenizer's eos ids (its
+ * `eos_token`), and under a chat template the special token that closes an assistant turn
+ * (`<|eot_id|>`, `<|im_end|>`). Any one of them ends it.
+ */
+export function stopIdsOf(
+  config: LlamaConfig,
+  tok: Tokenizer,
+  chat: ChatFormat | null = null,
+): number[] {
+  const ids = config.eos_token_ids && config.eos_token_ids.length > 0
+    ? [...config.eos_token_ids]
+    : config.eos_token_id === null
+    ? []
+    : [config.eos_token_id];
+  ids.push(...tok.stopIds, ...(chat?.endOfTurnIds() ?? []));
+  return [...new Set(ids)];
+}
+
+/**
+ * The chat format a data set needs: the model's template when `chatTemplate` is set or some
+ * example is a conversation, else null. A ChatTemplateError when it needs one the model lacks.
+ */
+export function chatFormatFor(
+  tok: Tokenizer,
+  examples: readonly Example[],
+  chatTemplate: boolean,
+  modelDir: string,
+): ChatFormat | null {
+  if (!chatTemplate && !examples.some((e) => e.messages !== undefined)) return null;
+  return ChatFormat.of(tok, modelDir);
 }
 
 /** One decoded answer. */
@@ -176,7 +248,8 @@ export async function generateAnswers(
   return out;
 }
 
-export interface EvaluateOptions extends PrepareEvalOptions, JsonlOptions, GenerateAnswersOptions {
+export interface EvaluateOptions
+  extends Omit<PrepareEvalOptions, "chat">, JsonlOptions, GenerateAnswersOptions {
   /** An open engine to use (default: one opened and closed here). */
   gpu?: Gpu;
 }
@@ -200,9 +273,11 @@ export async function evaluateModel(
   const dataset = await loadJsonl(jsonlPath, opts);
   const folder = await loadModelFolder(modelDir);
   const tok = await loadTokenizer(modelDir, folder.config);
+  const chat = chatFormatFor(tok, dataset.examples, opts.chatTemplate ?? false, modelDir);
   const prepared = prepareEval(tok, dataset.examples, {
     ...opts,
-    stopIds: opts.stopIds ?? stopIdsOf(folder.config, tok),
+    chat,
+    stopIds: opts.stopIds ?? stopIdsOf(folder.config, tok, chat),
   });
   const gpu = opts.gpu ?? await Gpu.open();
   try {

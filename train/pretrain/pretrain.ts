@@ -225,14 +225,15 @@ export function corpusDocuments(text: string): { docs: string[]; source: Documen
   return { docs, source: "lines" };
 }
 
-/** `[bos] enc(doc) [eos]` for every document, concatenated. */
+/** `[bos] enc(doc) [eos]` for every document, concatenated (no bos if the tokenizer adds none). */
 export function documentStream(tok: Tokenizer, docs: readonly string[]): Int32Array {
   const parts: number[][] = docs.map((d) => tok.encode(d));
-  const n = parts.reduce((s, p) => s + p.length + 2, 0);
+  const bos = tok.bos === null ? 0 : 1;
+  const n = parts.reduce((s, p) => s + p.length + bos + 1, 0);
   const out = new Int32Array(n);
   let o = 0;
   for (const p of parts) {
-    out[o++] = tok.bos;
+    if (tok.bos !== null) out[o++] = tok.bos;
     out.set(p, o);
     o += p.length;
     out[o++] = tok.eos;
