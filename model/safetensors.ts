@@ -8,7 +8,14 @@
 
 import { DomainError } from "../core/errors.ts";
 import { z } from "zod";
-import { expectedTensors, type LlamaConfig, readLlamaConfig, writeLlamaConfig } from "./config.ts";
+import {
+  checkConfigAgainstTensors,
+  checkpointTensorNames,
+  expectedTensors,
+  type LlamaConfig,
+  readLlamaConfig,
+  writeLlamaConfig,
+} from "./config.ts";
 
 /** A tensor in host memory: row-major f32 values. */
 export interface HostTensor {
@@ -596,7 +603,8 @@ export interface ModelFolder {
  */
 export async function loadModelFolder(dir: string | URL): Promise<ModelFolder> {
   const config = await readLlamaConfig(joinPath(dir, "config.json"));
-  const wanted = new Set(expectedTensors(config).map((t) => t.name));
+  // Biases the config switches off are read too when present, to refuse the contradiction.
+  const wanted = checkpointTensorNames(config);
   const single = joinPath(dir, "model.safetensors");
   const index = joinPath(dir, "model.safetensors.index.json");
   let tensors: Map<string, HostTensor>;
@@ -613,6 +621,7 @@ export async function loadModelFolder(dir: string | URL): Promise<ModelFolder> {
       String(dir),
     );
   }
+  checkConfigAgainstTensors(config, tensors, source);
   checkModelTensors(config, tensors, source);
   return { config, tensors };
 }
