@@ -1,7 +1,8 @@
 // Real checkpoints' config.json (Llama 2, Llama 3.2, Mistral 7B v0.1, Qwen2.5 0.5B) parse with
 // their tensors and parameter counts; every field is honoured, known to be harmless, or refused
 // by name; RoPE scalings' inverse frequencies (f32 as transformers, float64 reference); configs
-// that contradict the weights are refused naming the field and the tensor.
+// that contradict the weights (in memory or in a model folder) are refused naming the field and
+// the tensor.
 import assert from "node:assert/strict";
 import {
   checkConfigAgainstTensors,
@@ -17,6 +18,8 @@ import {
 } from "../model/config.ts";
 import { dynamicRopeEngaged, ropeInvFreq } from "../model/rope.ts";
 import { referenceInvFreq } from "../model/reference/llama.ts";
+import { loadModelFolder, writeSafetensors } from "../model/safetensors.ts";
+import { requireFixture } from "./support/fixture.ts";
 
 const LLAMA2_7B = {
   _name_or_path: "meta-llama/Llama-2-7b-hf",
@@ -441,4 +444,49 @@ Deno.test("config families: a checkpoint contradicting its config is refused nam
     "num_key_value_heads",
     "model.layers.0.self_attn.k_proj.weight",
   );
+});
+
+Deno.test("config families: loading a folder whose config contradicts its weights names both", async () => {
+  const fixture = await requireFixture("llama");
+  const { config, tensors } = await loadModelFolder(fixture);
+  const dir = await Deno.makeTempDir();
+  try {
+    const rawConfig = JSON.parse(await Deno.readTextFile(new URL("config.json", fixture)));
+    const expectLoadError = async (field: string, tensor: string) => {
+      await assert.rejects(loadModelFolder(dir), (e: unknown) => {
+        assert.ok(e instanceof ConfigError, String(e));
+        assert.equal(e.field, field);
+        assert.equal(e.tensor, tensor);
+        assert.ok(e.message.includes(field) && e.message.includes(tensor), e.message);
+        return true;
+      });
+    };
+    // A q_proj bias in the weights, attention_bias false in the config.
+    const withBias = new Map(tensors);
+    const bias = "model.layers.1.self_attn.q_proj.bias";
+    withBias.set(bias, { shape: [48], data: new Float32Array(48).fill(0.5) });
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(rawConfig));
+    await writeSafetensors(`${dir}/model.safetensors`, withBias);
+    await expectLoadError("attention_bias", bias);
+    // The same through the GPU model's weights check.
+    assert.throws(
+      () => checkConfigAgainstTensors(config, withBias, "weights"),
+      (e: unknown) => e instanceof ConfigError && e.field === "attention_bias",
+    );
+    // attention_bias true, no bias in the weights.
+    await writeSafetensors(`${dir}/model.safetensors`, tensors);
+    await Deno.writeTextFile(
+      `${dir}/config.json`,
+      JSON.stringify({ ...rawConfig, attention_bias: true }),
+    );
+    await expectLoadError("attention_bias", "model.layers.0.self_attn.q_proj.bias");
+    // head_dim 12 where the weights have 6 heads of 8.
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify({ ...rawConfig, head_dim: 12 }));
+    await expectLoadError("head_dim", "model.layers.0.self_attn.q_proj.weight");
+    // The fixture itself loads.
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(rawConfig));
+    assert.equal((await loadModelFolder(dir)).tensors.size, tensors.size);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -43,6 +43,19 @@ export const GQA_TIED: LlamaConfig = {
   tie_word_embeddings: true,
 };
 
+/**
+ * Every LLaMA bias, dynamic NTK RoPE in effect (sequences of 9 over max_position_embeddings 8)
+ * and a sliding window of 4: a combination no family has, to test them together.
+ */
+export const BIASED_WINDOWED: LlamaConfig = {
+  ...GQA_UNTIED,
+  max_position_embeddings: 8,
+  attention_bias: true,
+  mlp_bias: true,
+  rope_scaling: { rope_type: "dynamic", factor: 3 },
+  sliding_window: 4,
+};
+
 /** Random f32 weights: norms near 1, biases near 0, matrices scaled by 1/sqrt(fan-in). */
 export function randomWeights(config: LlamaConfig, rng: Rng): Map<string, HostTensor> {
   const w = new Map<string, HostTensor>();
