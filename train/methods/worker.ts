@@ -19,7 +19,6 @@ import {
   sgdUpdate,
   sumSquares,
 } from "../../gpu/mod.ts";
-import type { LinearKind } from "../../model/config.ts";
 import type { LlamaGpu, LlamaGpuOptions } from "../../model/llama.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
 import type { MicroBatch } from "../../model/batch.ts";
