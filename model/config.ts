@@ -377,7 +377,7 @@ function parseModelType(json: Record<string, unknown>): ModelType {
 function checkKnownFields(json: Record<string, unknown>, family: ModelType): void {
   const honoured = new Set([...PARSED_FIELDS, ...FAMILY_FIELDS[family]]);
   for (const [field, value] of Object.entries(json)) {
-    if (honoured.has(field) || HARMLESS_FIELDS.has(field)) continue;
+    if (value === undefined || honoured.has(field) || HARMLESS_FIELDS.has(field)) continue;
     const at = HARMLESS_AT[field];
     if (at) {
       if (value === null || value === undefined || sameJson(value, at.value)) continue;

@@ -20,6 +20,8 @@ import { dynamicRopeEngaged, ropeInvFreq } from "../model/rope.ts";
 import { referenceInvFreq } from "../model/reference/llama.ts";
 import { loadModelFolder, writeSafetensors } from "../model/safetensors.ts";
 import { requireFixture } from "./support/fixture.ts";
+import { checkSameArchitecture } from "../train/export/export.ts";
+import { AdapterModelMismatchError } from "../train/export/errors.ts";
 
 const LLAMA2_7B = {
   _name_or_path: "meta-llama/Llama-2-7b-hf",
@@ -160,6 +162,15 @@ Deno.test("config families: real configs parse, with their tensors and parameter
   assert.equal(parameterCount(llama32), 1_235_814_400);
 
   const mistral = parseLlamaConfig(MISTRAL_7B);
+  const asLlama = { ...MISTRAL_7B, model_type: "llama", architectures: ["LlamaForCausalLM"] };
+  assert.throws(
+    () =>
+      checkSameArchitecture(
+        parseLlamaConfig({ ...MISTRAL_7B, sliding_window: null }),
+        parseLlamaConfig({ ...asLlama, sliding_window: undefined }),
+      ),
+    (e: unknown) => e instanceof AdapterModelMismatchError && e.field === "model_type",
+  );
   assert.equal(modelType(mistral), "mistral");
   assert.equal(mistral.sliding_window, 4096);
   assert.equal(parameterCount(mistral), 7_241_732_096);
@@ -489,4 +500,39 @@ Deno.test("config families: loading a folder whose config contradicts its weight
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("config families: an adapter's base must match the family, biases, RoPE and window", () => {
+  const base = parseLlamaConfig(LLAMA2_7B);
+  checkSameArchitecture(base, parseLlamaConfig({ ...LLAMA2_7B, torch_dtype: "float32" }));
+  checkSameArchitecture(
+    parseLlamaConfig(LLAMA32_1B_INSTRUCT),
+    parseLlamaConfig(JSON.parse(JSON.stringify(LLAMA32_1B_INSTRUCT))),
+  );
+  for (
+    const [json, field] of [
+      [{ ...LLAMA2_7B, rope_scaling: { rope_type: "linear", factor: 2 } }, "rope_scaling"],
+      [{ ...LLAMA2_7B, attention_bias: true }, "attention_bias"],
+      [{ ...LLAMA2_7B, mlp_bias: true }, "mlp_bias"],
+    ] as const
+  ) {
+    assert.throws(
+      () => checkSameArchitecture(base, parseLlamaConfig(json)),
+      (e: unknown) => e instanceof AdapterModelMismatchError && e.field === field,
+    );
+  }
+  const mistral = parseLlamaConfig(MISTRAL_7B);
+  const asLlama = { ...MISTRAL_7B, model_type: "llama", architectures: ["LlamaForCausalLM"] };
+  assert.throws(
+    () =>
+      checkSameArchitecture(
+        parseLlamaConfig({ ...MISTRAL_7B, sliding_window: null }),
+        parseLlamaConfig({ ...asLlama, sliding_window: undefined }),
+      ),
+    (e: unknown) => e instanceof AdapterModelMismatchError && e.field === "model_type",
+  );
+  assert.throws(
+    () => checkSameArchitecture(mistral, parseLlamaConfig({ ...MISTRAL_7B, sliding_window: null })),
+    (e: unknown) => e instanceof AdapterModelMismatchError && e.field === "sliding_window",
+  );
 });
