@@ -48,7 +48,7 @@ export function ropeInvFreq(config: LlamaConfig, seqLen: number): Float32Array {
       let s = f(f(rs.factor) * f(seqLen));
       s = f(s / f(max));
       s = f(s - f(rs.factor - 1));
-      s = f(Math.pow(s, f(dim / (dim - 2))));
+      s = f(Math.pow(s, dim / (dim - 2))); // PyTorch keeps a Python float exponent in double
       return defaultInvFreq(f(f(theta) * s), dim);
     }
     case "llama3": {

@@ -19,7 +19,7 @@ import {
 import { dynamicRopeEngaged, ropeInvFreq } from "../model/rope.ts";
 import { referenceInvFreq } from "../model/reference/llama.ts";
 import { loadModelFolder, writeSafetensors } from "../model/safetensors.ts";
-import { requireFixture } from "./support/fixture.ts";
+import { FIXTURE_NAMES, requireFixture } from "./support/fixture.ts";
 import { checkSameArchitecture } from "../train/export/export.ts";
 import { AdapterModelMismatchError } from "../train/export/errors.ts";
 
@@ -535,4 +535,43 @@ Deno.test("config families: an adapter's base must match the family, biases, RoP
     () => checkSameArchitecture(mistral, parseLlamaConfig({ ...MISTRAL_7B, sliding_window: null })),
     (e: unknown) => e instanceof AdapterModelMismatchError && e.field === "sliding_window",
   );
+});
+
+Deno.test("config families: RoPE inverse frequencies as transformers computes them in f32", async () => {
+  const ulps = (a: number, b: number) => {
+    const bits = (x: number) => new Int32Array(new Float32Array([x]).buffer)[0];
+    return Math.abs(bits(a) - bits(b));
+  };
+  const compare = (what: string, config: LlamaConfig, S: number, want: number[]) => {
+    const got = ropeInvFreq(config, S);
+    assert.equal(got.length, want.length, what);
+    let exact = 0;
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) {
+      const u = ulps(got[i], want[i]);
+      if (u === 0) exact++;
+      worst = Math.max(worst, u);
+    }
+    console.log(`${what}: ${exact}/${want.length} bit-exact, worst ${worst} ulp`);
+    // pow is the one operation whose last bit may differ between PyTorch and JavaScript.
+    assert.ok(worst <= 1, `${what}: ${worst} ulp`);
+  };
+  const file = JSON.parse(
+    await Deno.readTextFile(new URL("./fixtures/rope-inv-freq.json", import.meta.url)),
+  );
+  for (const c of file.cases) {
+    const config = parseLlamaConfig({
+      ...c.config,
+      intermediate_size: 8,
+      num_hidden_layers: 1,
+      vocab_size: 10,
+    });
+    compare(c.name, config, c.seq_len, c.inv_freq);
+  }
+  for (const name of FIXTURE_NAMES) {
+    const dir = await requireFixture(name);
+    const config = await readLlamaConfig(new URL("config.json", dir));
+    const meta = JSON.parse(await Deno.readTextFile(new URL("expected.json", dir)));
+    compare(`fixture ${name}`, config, meta.input_ids[0].length, meta.rope_inv_freq_f32);
+  }
 });
