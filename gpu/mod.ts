@@ -64,6 +64,7 @@ export * from "./kernels/embedding.ts";
 export * from "./kernels/rmsnorm.ts";
 export * from "./kernels/rope.ts";
 export * from "./kernels/attention.ts";
+export * from "./kernels/bias.ts";
 export * from "./kernels/swiglu.ts";
 export * from "./kernels/elementwise.ts";
 export * from "./kernels/cross_entropy.ts";

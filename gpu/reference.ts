@@ -136,9 +136,16 @@ export interface AttnDims {
   nH: number;
   nKV: number;
   hd: number;
+  /** Sliding window W: query i sees keys j with i − W < j ≤ i. Absent: full causal. */
+  window?: number;
 }
 
-/** Causal GQA attention; also returns the row logsumexp [B·S, nH]. */
+/** The first key position query position i sees. */
+function firstKey(i: number, window?: number): number {
+  return window === undefined ? 0 : Math.max(0, i - window + 1);
+}
+
+/** Causal GQA attention (banded with a window); also returns the row logsumexp [B·S, nH]. */
 export function attentionRef(
   q: Arr,
   k: Arr,
@@ -155,8 +162,9 @@ export function attentionRef(
       const kh = Math.floor(h / g);
       for (let i = 0; i < S; i++) {
         const qo = ((b * S + i) * nH + h) * hd;
-        const sc = new Float64Array(i + 1);
-        for (let j = 0; j <= i; j++) {
+        const j0 = firstKey(i, d.window);
+        const sc = new Float64Array(i + 1).fill(-Infinity);
+        for (let j = j0; j <= i; j++) {
           const ko = ((b * S + j) * nKV + kh) * hd;
           let s = 0;
           for (let e = 0; e < hd; e++) s += q[qo + e] * k[ko + e];
@@ -164,9 +172,9 @@ export function attentionRef(
         }
         const m = Math.max(...sc);
         let l = 0;
-        for (let j = 0; j <= i; j++) l += Math.exp(sc[j] - m);
+        for (let j = j0; j <= i; j++) l += Math.exp(sc[j] - m);
         lse[(b * S + i) * nH + h] = m + Math.log(l);
-        for (let j = 0; j <= i; j++) {
+        for (let j = j0; j <= i; j++) {
           const p = Math.exp(sc[j] - m) / l;
           const vo = ((b * S + j) * nKV + kh) * hd;
           for (let e = 0; e < hd; e++) out[qo + e] += p * v[vo + e];
@@ -197,26 +205,27 @@ export function attentionBackwardRef(
       for (let i = 0; i < S; i++) {
         const qo = ((b * S + i) * nH + h) * hd;
         const ko = (j: number) => ((b * S + j) * nKV + kh) * hd;
-        const sc = new Float64Array(i + 1);
-        for (let j = 0; j <= i; j++) {
+        const j0 = firstKey(i, d.window);
+        const sc = new Float64Array(i + 1).fill(-Infinity);
+        for (let j = j0; j <= i; j++) {
           let s = 0;
           for (let e = 0; e < hd; e++) s += q[qo + e] * k[ko(j) + e];
           sc[j] = s * scale;
         }
         const m = Math.max(...sc);
         let l = 0;
-        for (let j = 0; j <= i; j++) l += Math.exp(sc[j] - m);
+        for (let j = j0; j <= i; j++) l += Math.exp(sc[j] - m);
         const p = sc.map((s) => Math.exp(s - m) / l);
         // out_i = Σ_j p_j v_j;  dp_j = dout_i·v_j;  ds_j = p_j (dp_j − Σ_l p_l dp_l)
         const dp = new Float64Array(i + 1);
         let pdp = 0;
-        for (let j = 0; j <= i; j++) {
+        for (let j = j0; j <= i; j++) {
           let s = 0;
           for (let e = 0; e < hd; e++) s += dout[qo + e] * v[ko(j) + e];
           dp[j] = s;
           pdp += p[j] * s;
         }
-        for (let j = 0; j <= i; j++) {
+        for (let j = j0; j <= i; j++) {
           const ds = p[j] * (dp[j] - pdp) * scale;
           for (let e = 0; e < hd; e++) {
             dv[ko(j) + e] += p[j] * dout[qo + e];
@@ -231,14 +240,23 @@ export function attentionBackwardRef(
 }
 
 /**
- * Decoding: row r = b·Tn + t of q attends to cache rows b·maxLen + 0..positions[r].
+ * Decoding: row r = b·Tn + t of q attends to cache rows b·maxLen + 0..positions[r] (with a
+ * window W, only those after positions[r] − W).
  */
 export function attentionDecodeRef(
   q: Arr,
   kCache: Arr,
   vCache: Arr,
   positions: Arr,
-  d: { B: number; Tn: number; maxLen: number; nH: number; nKV: number; hd: number },
+  d: {
+    B: number;
+    Tn: number;
+    maxLen: number;
+    nH: number;
+    nKV: number;
+    hd: number;
+    window?: number;
+  },
 ): Float64Array {
   const { B, Tn, maxLen, nH, nKV, hd } = d;
   const out = new Float64Array(B * Tn * nH * hd);
@@ -249,8 +267,9 @@ export function attentionDecodeRef(
       const kh = Math.floor(h / (nH / nKV));
       const qo = (r * nH + h) * hd;
       const n = positions[r] + 1;
-      const sc = new Float64Array(n);
-      for (let j = 0; j < n; j++) {
+      const j0 = firstKey(positions[r], d.window);
+      const sc = new Float64Array(n).fill(-Infinity);
+      for (let j = j0; j < n; j++) {
         const ko = ((b * maxLen + j) * nKV + kh) * hd;
         let s = 0;
         for (let e = 0; e < hd; e++) s += q[qo + e] * kCache[ko + e];
@@ -258,14 +277,26 @@ export function attentionDecodeRef(
       }
       const m = Math.max(...sc);
       let l = 0;
-      for (let j = 0; j < n; j++) l += Math.exp(sc[j] - m);
-      for (let j = 0; j < n; j++) {
+      for (let j = j0; j < n; j++) l += Math.exp(sc[j] - m);
+      for (let j = j0; j < n; j++) {
         const ko = ((b * maxLen + j) * nKV + kh) * hd;
         for (let e = 0; e < hd; e++) out[qo + e] += (Math.exp(sc[j] - m) / l) * vCache[ko + e];
       }
     }
   }
   return out;
+}
+
+/** `y + b` with b [N] added to every row of y [T, N]. */
+export function biasRef(y: Arr, b: Arr, N: number): Float64Array {
+  return Float64Array.from({ length: y.length }, (_, i) => y[i] + b[i % N]);
+}
+
+/** The bias gradient: column sums of dy [T, N]. */
+export function biasGradRef(dy: Arr, N: number): Float64Array {
+  const db = new Float64Array(N);
+  for (let i = 0; i < dy.length; i++) db[i % N] += dy[i];
+  return db;
 }
 
 const sigmoid = (g: number) => 1 / (1 + Math.exp(-g));

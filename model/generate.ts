@@ -32,6 +32,7 @@ import {
   lmHeadName,
 } from "./llama_blocks.ts";
 import { LlamaInputError } from "./llama_errors.ts";
+import { dynamicRopeEngaged, ropeInvFreq } from "./rope.ts";
 
 export interface GenerateOptions {
   /** New tokens per prompt at most (a stop id included). */
@@ -72,6 +73,16 @@ export async function generateGreedy(
       }
     });
   });
+  const longest = Math.max(0, ...prompts.map((p) => p.length)) + maxNewTokens - 1;
+  if (maxNewTokens > 0 && dynamicRopeEngaged(config, longest)) {
+    // transformers recomputes dynamic frequencies as a sequence grows past the limit, so keys
+    // cached earlier keep older rotations; that history is not reproduced here.
+    throw new LlamaInputError(
+      `generation to ${longest} positions with rope_scaling "dynamic" passes ` +
+        `max_position_embeddings (${config.max_position_embeddings}), where the frequencies ` +
+        "change during decoding; not supported",
+    );
+  }
   const batchSize = options.batchSize ?? Math.min(64, Math.max(1, prompts.length));
   if (!Number.isInteger(batchSize) || batchSize < 1) {
     throw new LlamaInputError(`batchSize must be an integer >= 1, got ${batchSize}`);
@@ -136,6 +147,7 @@ async function generateBatch(
       headDim: d.D,
       theta: config.rope_theta,
       maxPositions: maxLen,
+      invFreq: ropeInvFreq(config, maxLen),
     });
     held.push(rope.cos, rope.sin);
 
@@ -184,7 +196,15 @@ async function generateBatch(
     const slot = (y: GpuTensor, n: number) => y.rows(n * Bp, B);
 
     const attention = (positions: GpuTensor, newTokens: number, maxPosition: number): Attention => {
-      const shape = { batch: B, newTokens, maxLen, nHeads: d.H, nKvHeads: d.KV, headDim: d.D };
+      const shape = {
+        batch: B,
+        newTokens,
+        maxLen,
+        nHeads: d.H,
+        nKvHeads: d.KV,
+        headDim: d.D,
+        window: d.window,
+      };
       return {
         positions,
         rope,

@@ -52,6 +52,7 @@ import {
 } from "./llama_blocks.ts";
 import type { AdapterBuffers, AdapterScales, LinearScratch } from "./llama_linear.ts";
 import { LlamaParams } from "./llama_params.ts";
+import { ropeInvFreq } from "./rope.ts";
 import { LlamaInputError, LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
 import { generateGreedy, type GenerateOptions } from "./generate.ts";
 
@@ -222,10 +223,12 @@ export class LlamaGpu {
     for (let i = 0; i < Tm; i++) pos[i] = i % S;
     this.#positions = gpu.upload(pos, [Tm], "positions");
     this.#tensors.push(this.#positions);
+    // Every forward covers positions 0..S−1 (Hugging Face's seq_len = S for dynamic scaling).
     this.#rope = createRopeTable(gpu, {
       headDim: d.D,
       theta: config.rope_theta,
       maxPositions: S,
+      invFreq: ropeInvFreq(config, S),
     });
     this.#tensors.push(this.#rope.cos, this.#rope.sin);
 
@@ -579,7 +582,14 @@ export class LlamaGpu {
   #attention(rows: number): Attention {
     const d = this.#dims;
     const S = this.options.seqLen;
-    const shape = { batch: rows, seqLen: S, nHeads: d.H, nKvHeads: d.KV, headDim: d.D };
+    const shape = {
+      batch: rows,
+      seqLen: S,
+      nHeads: d.H,
+      nKvHeads: d.KV,
+      headDim: d.D,
+      window: d.window,
+    };
     return {
       positions: this.#positions.rows(0, rows * S),
       rope: this.#rope,

@@ -20,7 +20,14 @@ import {
   swigluBackward,
   swigluForward,
 } from "../gpu/mod.ts";
-import { headDim, type LinearKind, linearName, type LlamaConfig } from "./config.ts";
+import {
+  biasNameOf,
+  headDim,
+  type LinearKind,
+  linearName,
+  type LlamaConfig,
+  slidingWindow,
+} from "./config.ts";
 import {
   type AdapterScales,
   linearBackward,
@@ -39,6 +46,8 @@ export interface Dims {
   V: number;
   L: number;
   eps: number;
+  /** Sliding window of the attention, or undefined for full causal attention. */
+  window?: number;
 }
 
 export function dimsOf(config: LlamaConfig): Dims {
@@ -51,6 +60,7 @@ export function dimsOf(config: LlamaConfig): Dims {
     V: config.vocab_size,
     L: config.num_hidden_layers,
     eps: config.rms_norm_eps,
+    window: slidingWindow(config) ?? undefined,
   };
 }
 
@@ -175,11 +185,14 @@ export function layerForward(
   const w = (name: string) => params.weights.get(name)!;
   const linear = (kind: LinearKind, y: GpuTensor, x: GpuTensor) => {
     const name = linearName(l, kind);
-    linearForward(
-      rec,
-      { y, x, W: w(name), adapter: params.adapters.get(name), xa: a.xa.get(kind) ?? null },
-      ctx.scales,
-    );
+    linearForward(rec, {
+      y,
+      x,
+      W: w(name),
+      b: params.weights.get(biasNameOf(name)) ?? null,
+      adapter: params.adapters.get(name),
+      xa: a.xa.get(kind) ?? null,
+    }, ctx.scales);
   };
   rmsnormForward(rec, a.ln1, a.rstd1, a.x, w(normName(l, "input")), dims.eps);
   linear("q_proj", a.q, a.ln1);
@@ -230,13 +243,20 @@ export function layerBackward(
       x,
       W: w(name),
       dW: params.grads.get(name) ?? null,
+      db: params.grads.get(biasNameOf(name)) ?? null,
       adapter,
       xa: adapter ? a.xa.get(kind)! : null,
       scratch: ctx.scratch,
     }, ctx.scales);
   };
   if (!attn.shape || !a.lse) throw new Error("layerBackward needs a training forward");
-  const shape = { ...attn.shape, nHeads: dims.H, nKvHeads: dims.KV, headDim: dims.D };
+  const shape = {
+    ...attn.shape,
+    nHeads: dims.H,
+    nKvHeads: dims.KV,
+    headDim: dims.D,
+    window: dims.window,
+  };
 
   // out = xMid + down(h): the residual passes dx on to xMid unchanged.
   linear("down_proj", g.dh, false, g.dx, a.h);

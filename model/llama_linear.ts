@@ -1,9 +1,9 @@
 /**
- * The linear layer `y = x·Wᵀ` with an optional adapter, forward and backward (docs/architecture.md §2):
+ * The linear layer `y = x·Wᵀ (+ b)` with an optional adapter, forward and backward (docs/architecture.md §2):
  *
- *   forward   y = x·Wᵀ + σ·(x·Aᵀ)·Bᵀ            (the adapter term skipped when σ = 0)
+ *   forward   y = x·Wᵀ + b + σ·(x·Aᵀ)·Bᵀ        (the adapter term skipped when σ = 0)
  *   backward  dX = dY·W + σ·(dY·B)·A            (the adapter term skipped when σ = 0)
- *             ∂W = dYᵀ·x
+ *             ∂W = dYᵀ·x,  ∂b = Σ_rows dY
  *             g_B = s·dYᵀ·(x·Aᵀ),  g_A = s·(dY·B)ᵀ·x
  *
  * With a numeric mute γ (σ = f32(γ·s)) the adapter backward is the paper's: dH = σ·dY is
@@ -11,7 +11,16 @@
  * γ thus enters once each way. Gradients accumulate (β = 1): the step zeroes them first.
  * @module
  */
-import { type GpuTensor, matmulNN, matmulNT, matmulTN, type Recorder, scale } from "../gpu/mod.ts";
+import {
+  biasBackward,
+  biasForward,
+  type GpuTensor,
+  matmulNN,
+  matmulNT,
+  matmulTN,
+  type Recorder,
+  scale,
+} from "../gpu/mod.ts";
 
 /** The scalars of the adapter path. */
 export interface AdapterScales {
@@ -56,6 +65,8 @@ export interface LinearForward {
   x: GpuTensor;
   /** [out, in] */
   W: GpuTensor;
+  /** [out], added to every row after x·Wᵀ (as `F.linear`), before the adapter term (as PEFT). */
+  b?: GpuTensor | null;
   adapter?: AdapterBuffers;
   /** [T, r], x·Aᵀ (written): needed when σ ≠ 0 and for g_B; null to skip the adapter. */
   xa?: GpuTensor | null;
@@ -63,6 +74,7 @@ export interface LinearForward {
 
 export function linearForward(rec: Recorder, t: LinearForward, scales: AdapterScales): void {
   matmulNT(rec, t.y, t.x, t.W);
+  if (t.b) biasForward(rec, t.y, t.b);
   if (!t.adapter || !t.xa) return;
   matmulNT(rec, t.xa, t.x, t.adapter.A);
   if (scales.sigma !== 0) matmulNT(rec, t.y, t.xa, t.adapter.B, { alpha: scales.sigma, beta: 1 });
@@ -79,6 +91,8 @@ export interface LinearBackward {
   W: GpuTensor;
   /** [out, in] ∂W accumulator; null when W is frozen. */
   dW: GpuTensor | null;
+  /** [out] ∂b accumulator; null (or absent) when there is no bias or it is frozen. */
+  db?: GpuTensor | null;
   /** The adapter whose gradients to accumulate (with its forward's x·Aᵀ and the scratch). */
   adapter?: AdapterBuffers;
   xa?: GpuTensor | null;
@@ -88,6 +102,7 @@ export interface LinearBackward {
 export function linearBackward(rec: Recorder, t: LinearBackward, scales: AdapterScales): void {
   if (t.dx) matmulNN(rec, t.dx, t.dy, t.W, { beta: t.accumulateDx ? 1 : 0 });
   if (t.dW) matmulTN(rec, t.dW, t.dy, t.x, { beta: 1 });
+  if (t.db) biasBackward(rec, t.db, t.dy, true);
   const ad = t.adapter;
   if (!ad) return;
   if (!t.xa || !t.scratch) throw new Error("linearBackward: an adapter needs x·Aᵀ and scratch");

@@ -5,7 +5,13 @@
  * @module
  */
 import type { Gpu, GpuTensor } from "../gpu/mod.ts";
-import { adaptableLinears, expectedTensors, type LinearKind, type LlamaConfig } from "./config.ts";
+import {
+  adaptableLinears,
+  checkConfigAgainstTensors,
+  expectedTensors,
+  type LinearKind,
+  type LlamaConfig,
+} from "./config.ts";
 import type { HostTensor } from "./safetensors.ts";
 import type { AdapterBuffers } from "./llama_linear.ts";
 import { LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
@@ -16,8 +22,13 @@ export interface ParamOptions {
   gradNames: readonly string[];
 }
 
-/** Throws LlamaWeightError unless every tensor the config implies is present and well-shaped. */
+/**
+ * Throws LlamaWeightError unless every tensor the config implies is present and well-shaped, and
+ * ConfigError (naming the field and the tensor) where the weights contradict the config: a bias
+ * the config switches off, or q/k shapes of another head dimension.
+ */
 export function checkWeights(config: LlamaConfig, weights: ReadonlyMap<string, HostTensor>): void {
+  checkConfigAgainstTensors(config, weights, "weights");
   for (const spec of expectedTensors(config)) {
     const t = weights.get(spec.name);
     const want = `[${spec.shape.join(", ")}]`;

@@ -12,6 +12,7 @@
 import { DomainError } from "../core/errors.ts";
 import { z } from "zod";
 import {
+  checkConfigAgainstTensors,
   expectedTensors,
   type LlamaConfig,
   llamaConfigToJson,
@@ -817,6 +818,13 @@ export async function inspectModelFolder(dir: string | URL): Promise<ModelFolder
   } else {
     throw new SafetensorsError(`${dir}: no ${SINGLE_FILE} or ${INDEX_FILE}`, String(dir));
   }
+  // A checkpoint that contradicts its config is refused by the field to blame (a bias the config
+  // switches off, q/k shapes of another head_dim), before the generic shape check below.
+  checkConfigAgainstTensors(
+    config,
+    new Map([...where].map(([name, at]) => [name, { shape: at.entry.shape }])),
+    source,
+  );
   const dtypes = new Map<string, FloatDtype>();
   const files = new Map<string, { path: string | URL; names: Set<string> }>();
   for (const spec of expectedTensors(config)) {

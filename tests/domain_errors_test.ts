@@ -86,6 +86,7 @@ const SAMPLES: DomainError[] = [
   new LlamaInputError("input"),
   new ConfigError("bad config", "hidden_size"),
   new ConfigError("bad config"),
+  new ConfigError("contradicts", "attention_bias", "model.layers.0.self_attn.q_proj.bias"),
   new TokenizerError("tokenizer"),
   new ReferenceInputError("reference"),
   new SafetensorsError("bad file", "m.safetensors"),

@@ -1,5 +1,5 @@
 // Causal GQA attention: forward (with logsumexp), backward (dQ, dK, dV), KV-cache decoding,
-// against float64; the reference gradients against finite differences.
+// full and with a sliding window, against float64; the reference gradients against finite differences.
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/engine.ts";
 import { GpuShapeError } from "../gpu/errors.ts";
@@ -13,6 +13,8 @@ import {
 import { attentionBackwardRef, attentionDecodeRef, attentionRef } from "../gpu/reference.ts";
 import { dot, finiteDiffError, relError, sameBits } from "../gpu/check.ts";
 import { Rng } from "../train/rng.ts";
+
+const POS_OF = (S: number) => Int32Array.from({ length: S }, (_, i) => i);
 
 Deno.test("gpu attention", async (t) => {
   const gpu = await Gpu.open();
@@ -88,6 +90,123 @@ Deno.test("gpu attention", async (t) => {
         for (const [n, e] of Object.entries(errs)) assert.ok(e < 1e-5, `${n}: ${e}`);
         for (const x of [Q, K, V, DO, O, L, DL, DQ, DK, DV]) gpu.release(x);
       }
+    });
+
+    await t.step("sliding window: forward, backward and decoding against float64", async () => {
+      // Windows narrower than the sequence (1 sees only itself), across workgroups of 8 and
+      // 64 rows, and one wider than the sequence (full causal attention).
+      const cases: [number, number, number, number, number, number, number][] = [
+        [2, 21, 4, 2, 8, 1, 8],
+        [1, 21, 4, 2, 8, 5, 8],
+        [2, 70, 2, 1, 16, 9, 64],
+        [1, 12, 2, 2, 4, 40, 8],
+      ];
+      for (const [B, S, nH, nKV, hd, window, rowsPerGroup] of cases) {
+        const shape: AttentionShape = {
+          batch: B,
+          seqLen: S,
+          nHeads: nH,
+          nKvHeads: nKV,
+          headDim: hd,
+          window,
+        };
+        const rows = B * S;
+        const q = rng.normals(rows * nH * hd),
+          k = rng.normals(rows * nKV * hd),
+          v = rng.normals(rows * nKV * hd),
+          dout = rng.normals(rows * nH * hd);
+        const Q = gpu.upload(q, [rows, nH * hd]), K = gpu.upload(k, [rows, nKV * hd]);
+        const V = gpu.upload(v, [rows, nKV * hd]), DO = gpu.upload(dout, [rows, nH * hd]);
+        const O = gpu.tensor([rows, nH * hd]), L = gpu.tensor([rows, nH]);
+        const DL = gpu.tensor([rows, nH]), DQ = gpu.tensor([rows, nH * hd]);
+        const DK = gpu.tensor([rows, nKV * hd]), DV = gpu.tensor([rows, nKV * hd]);
+        // Decoding: every row of sequence 0 as a query against its keys as the cache.
+        const OD = gpu.tensor([S, nH * hd]);
+        const POS = gpu.upload(Int32Array.from({ length: S }, (_, i) => i));
+        const Q0 = Q.rows(0, S), K0 = K.rows(0, S), V0 = V.rows(0, S);
+        const decodeShape = {
+          batch: 1,
+          newTokens: S,
+          maxLen: S,
+          nHeads: nH,
+          nKvHeads: nKV,
+          headDim: hd,
+          window,
+        };
+        const [o, dq, dk, dv, od] = await gpu.run((rec) => {
+          attentionForward(rec, { out: O, lse: L, q: Q, k: K, v: V }, shape, { rowsPerGroup });
+          attentionBackward(
+            rec,
+            {
+              dq: DQ,
+              dk: DK,
+              dv: DV,
+              dout: DO,
+              q: Q,
+              k: K,
+              v: V,
+              out: O,
+              lse: L,
+              delta: DL,
+            },
+            shape,
+            { rowsPerGroup },
+          );
+          attentionDecode(
+            rec,
+            { out: OD, q: Q0, kCache: K0, vCache: V0, positions: POS },
+            decodeShape,
+            S - 1,
+            { rowsPerGroup },
+          );
+        }, [O, DQ, DK, DV, OD]);
+        const dims = { B, S, nH, nKV, hd, window };
+        const f = attentionRef(q, k, v, dims);
+        const g = attentionBackwardRef(dout, q, k, v, dims);
+        const d = attentionDecodeRef(q.slice(0, S * nH * hd), k, v, POS_OF(S), {
+          B: 1,
+          Tn: S,
+          maxLen: S,
+          nH,
+          nKV,
+          hd,
+          window,
+        });
+        // Window 1: each query sees only its own key, so dq and dk are exactly zero.
+        const err = (x: Float32Array | Int32Array, r: Float64Array) =>
+          r.every((z) => z === 0) ? Math.max(...x.map(Math.abs)) : relError(x, r);
+        const errs = {
+          out: err(o, f.out),
+          dq: err(dq, g.dq),
+          dk: err(dk, g.dk),
+          dv: err(dv, g.dv),
+          decode: err(od, d),
+        };
+        console.log(
+          `attention window ${window} B${B} S${S} nH${nH} nKV${nKV} hd${hd}`,
+          Object.entries(errs).map(([n, e]) => `${n} ${e.toExponential(2)}`).join(" "),
+        );
+        for (const [n, e] of Object.entries(errs)) assert.ok(e < 1e-5, `${n}: ${e}`);
+        if (window >= S) {
+          // As wide as the sequence: plain causal attention.
+          const full = attentionRef(q, k, v, { B, S, nH, nKV, hd });
+          assert.ok(relError(o, full.out) < 1e-5);
+        } else {
+          const full = attentionRef(q, k, v, { B, S, nH, nKV, hd });
+          assert.ok(relError(o, full.out) > 1e-3, "the window changes the output");
+        }
+        for (const x of [Q, K, V, DO, O, L, DL, DQ, DK, DV, OD, POS]) gpu.release(x);
+      }
+      // The reference's windowed gradients against finite differences.
+      const dims = { B: 1, S: 6, nH: 2, nKV: 1, hd: 3, window: 2 };
+      const q = Float64Array.from(rng.normals(36)), k = Float64Array.from(rng.normals(18));
+      const v = Float64Array.from(rng.normals(18)), r = rng.normals(36);
+      const g = attentionBackwardRef(r, q, k, v, dims);
+      const at = [0, 5, 13, 17];
+      const eq = finiteDiffError((x) => dot(attentionRef(x, k, v, dims).out, r), q, g.dq, at);
+      const ek = finiteDiffError((x) => dot(attentionRef(q, x, v, dims).out, r), k, g.dk, at);
+      const ev = finiteDiffError((x) => dot(attentionRef(q, k, x, dims).out, r), v, g.dv, at);
+      assert.ok(eq < 1e-6 && ek < 1e-6 && ev < 1e-6, `${eq} ${ek} ${ev}`);
     });
 
     await t.step("reference gradients match finite differences", () => {

@@ -33,6 +33,26 @@ Deno.test("gpu rope", async (t) => {
       assert.ok(worst < 1e-5, `table error ${worst}`);
     });
 
+    await t.step("table from explicit inverse frequencies (scaled RoPE)", () => {
+      const invFreq = [1, 0.25, 0.0123, 1e-4];
+      const { cos, sin } = ropeTableValues({ headDim: 8, theta: 1, maxPositions: 40, invFreq });
+      for (let p = 0; p < 40; p++) {
+        for (let d = 0; d < 4; d++) {
+          const angle = Math.fround(p * Math.fround(invFreq[d]));
+          assert.equal(cos[p * 4 + d], Math.fround(Math.cos(angle)));
+          assert.equal(sin[p * 4 + d], Math.fround(Math.sin(angle)));
+        }
+      }
+      assert.throws(
+        () => ropeTableValues({ headDim: 8, theta: 1, maxPositions: 4, invFreq: [1, 2] }),
+        GpuShapeError,
+      );
+      assert.throws(
+        () => ropeTableValues({ headDim: 4, theta: 1, maxPositions: 4, invFreq: [1, NaN] }),
+        GpuShapeError,
+      );
+    });
+
     await t.step("rotate-half pairing on a hand-worked case", async () => {
       // hd = 4, theta = 10000: frequencies 1 and 0.01; position 1. Element d pairs with d + 2.
       const table = createRopeTable(gpu, { headDim: 4, theta: 10000, maxPositions: 2 });

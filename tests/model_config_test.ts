@@ -99,8 +99,12 @@ Deno.test("config: invalid configs name the field", () => {
   throwsField({ ...MINIMAL, pad_token_id: -1 }, "pad_token_id");
   throwsField({ ...MINIMAL, model_type: "gpt2" }, "model_type");
   throwsField({ ...MINIMAL, hidden_act: "gelu" }, "hidden_act");
-  throwsField({ ...MINIMAL, attention_bias: true }, "attention_bias");
-  throwsField({ ...MINIMAL, rope_scaling: { rope_type: "llama3" } }, "rope_scaling");
+  throwsField({ ...MINIMAL, attention_bias: "yes" }, "attention_bias");
+  throwsField(
+    { ...MINIMAL, rope_scaling: { rope_type: "yarn", factor: 4 } },
+    "rope_scaling.rope_type",
+  );
+  throwsField({ ...MINIMAL, rope_scaling: { rope_type: "llama3" } }, "rope_scaling.factor");
   assert.throws(() => parseLlamaConfig([1, 2]), ConfigError);
   assert.throws(() => parseLlamaConfig(null), ConfigError);
 });

@@ -1,15 +1,16 @@
 // Greedy generation with the KV cache against the float64 reference (which recomputes the
 // whole prefix for every token): prompts of different lengths (one of a single token), more
 // prompts than one batch, more new tokens than one submit records, stop ids, σ ≠ 0 adapters;
-// the PyTorch fixture model; and identical results when run twice.
+// every PyTorch fixture model (biases, scaled RoPE, Mistral's sliding window while decoding);
+// and identical results when run twice.
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/mod.ts";
 import { LINEAR_KINDS } from "../model/config.ts";
-import { LlamaGpu } from "../model/llama.ts";
+import { LlamaGpu, LlamaInputError } from "../model/llama.ts";
 import { type ReferenceAdapter, referenceGreedy } from "../model/reference/llama.ts";
 import { loadModelFolder } from "../model/safetensors.ts";
 import { GQA_UNTIED, randomAdapterFactors, randomWeights, Rng } from "./support/model_gpu.ts";
-import { LLAMA_TINY as FIXTURE, requireLlamaTiny } from "./support/fixture.ts";
+import { FIXTURE_NAMES, requireFixture } from "./support/fixture.ts";
 
 Deno.test("gpu greedy generation equals the reference", async (t) => {
   const gpu = await Gpu.open();
@@ -82,26 +83,39 @@ Deno.test("gpu greedy generation equals the reference", async (t) => {
       }
     });
 
-    await t.step("the PyTorch fixture model", async () => {
-      await requireLlamaTiny();
-      const { config, tensors } = await loadModelFolder(FIXTURE);
-      const meta = JSON.parse(await Deno.readTextFile(new URL("expected.json", FIXTURE)));
-      const ids: number[][] = meta.input_ids;
-      const prompts = [ids[0].slice(0, 12), ids[1].slice(0, 6), ids[1]];
-      const model = await LlamaGpu.create(gpu, config, tensors, {
-        maxRows: 1,
-        seqLen: 4,
-        gradients: "none",
+    for (const name of FIXTURE_NAMES) {
+      await t.step(`the PyTorch fixture model: ${name}`, async () => {
+        const dir = await requireFixture(name);
+        const { config, tensors } = await loadModelFolder(dir);
+        const meta = JSON.parse(await Deno.readTextFile(new URL("expected.json", dir)));
+        const ids: number[][] = meta.input_ids;
+        // Dynamic RoPE scaling changes the frequencies past max_position_embeddings (12 here),
+        // which generation refuses: its prompts stay within.
+        const dynamic = config.rope_scaling?.rope_type === "dynamic";
+        const prompts = dynamic
+          ? [ids[0].slice(0, 6), ids[1].slice(0, 3)]
+          : [ids[0].slice(0, 12), ids[1].slice(0, 6), ids[1]];
+        const model = await LlamaGpu.create(gpu, config, tensors, {
+          maxRows: 1,
+          seqLen: 4,
+          gradients: "none",
+        });
+        try {
+          const got = await model.generate(prompts, { maxNewTokens: 6, stopIds: [] });
+          const ref = prompts.map((p) => referenceGreedy(config, tensors, p, 6, []));
+          console.log(`${name}: ${JSON.stringify(got)}`);
+          assert.deepEqual(got, ref);
+          if (dynamic) {
+            await assert.rejects(
+              model.generate([ids[1]], { maxNewTokens: 2, stopIds: [] }),
+              (e: unknown) => e instanceof LlamaInputError && /dynamic/.test(e.message),
+            );
+          }
+        } finally {
+          model.close();
+        }
       });
-      try {
-        const got = await model.generate(prompts, { maxNewTokens: 6, stopIds: [] });
-        const ref = prompts.map((p) => referenceGreedy(config, tensors, p, 6, []));
-        console.log(`fixture: ${JSON.stringify(got)}`);
-        assert.deepEqual(got, ref);
-      } finally {
-        model.close();
-      }
-    });
+    }
   } finally {
     gpu.close();
   }

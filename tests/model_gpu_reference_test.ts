@@ -1,5 +1,6 @@
 // The whole GPU model against the independent float64 reference on fresh random tiny configs
-// (GQA untied with head_dim 6; GQA tied): loss, logits, every adapter gradient under the exact
+// (GQA untied with head_dim 6; GQA tied; every LLaMA bias with dynamic RoPE and a sliding
+// window): loss, logits, every adapter gradient under the exact
 // mute, the numeric mute (γ = 1e-16 and 0.25) and σ = s, every full-weight gradient, over a step
 // of several micro-batches of different sizes (one without any target, to check the loss
 // weighting of docs/architecture.md §4); and two runs giving the same bits.
@@ -12,6 +13,7 @@ import type { HostTensor } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
 import { sameBits } from "../gpu/check.ts";
 import {
+  BIASED_WINDOWED,
   gpuStep,
   GQA_TIED,
   GQA_UNTIED,
@@ -67,6 +69,7 @@ Deno.test("gpu model matches the float64 reference", async (t) => {
       const [label, config, seed] of [
         ["GQA untied", GQA_UNTIED, 11],
         ["GQA tied", GQA_TIED, 12],
+        ["biases, dynamic RoPE, window 4", BIASED_WINDOWED, 13],
       ] as const
     ) {
       const rank = 3;

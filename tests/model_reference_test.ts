@@ -11,7 +11,12 @@ import {
   type ReferenceTensor,
 } from "../model/reference/llama.ts";
 import { Rng } from "../train/rng.ts";
-import { LLAMA_TINY as FIXTURE, requireLlamaTiny } from "./support/fixture.ts";
+import {
+  FIXTURE_NAMES,
+  LLAMA_TINY as FIXTURE,
+  requireFixture,
+  requireLlamaTiny,
+} from "./support/fixture.ts";
 
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   assert.equal(a.length, b.length);
@@ -47,56 +52,103 @@ function worstUlps(ours: ArrayLike<number>, stored: ArrayLike<number>): number {
   return worst;
 }
 
-Deno.test("reference matches the PyTorch fixture: loss, logits, grad_W, adapter gradients", async () => {
-  await requireLlamaTiny();
-  const { config, tensors } = await loadModelFolder(FIXTURE);
-  const expected = (await readSafetensors(new URL("expected.safetensors", FIXTURE))).tensors;
-  const meta = JSON.parse(await Deno.readTextFile(new URL("expected.json", FIXTURE)));
-  const batch: ReferenceBatch = { ids: meta.input_ids, targetMask: meta.loss_mask };
-  const r = meta.adapter.r as number;
-  const get = (name: string) => {
-    const t = expected.get(name);
-    assert.ok(t, `expected.safetensors lacks ${name}`);
-    return t.data;
-  };
+/** Each fixture's config with its distinguishing features switched off, one at a time. */
+function withoutFeatures(config: LlamaConfig): [string, LlamaConfig][] {
+  const out: [string, LlamaConfig][] = [];
+  if (config.rope_scaling) {
+    const { rope_scaling: _, ...c } = config;
+    out.push([`no rope_scaling ${config.rope_scaling.rope_type}`, c]);
+  }
+  if (config.sliding_window !== undefined) {
+    const { sliding_window: _, ...c } = config;
+    out.push(["no sliding window", c]);
+  }
+  if (config.attention_bias || config.mlp_bias || config.model_type === "qwen2") {
+    const { attention_bias: _a, mlp_bias: _m, model_type: _t, ...c } = config;
+    out.push(["no biases", c]);
+  }
+  return out;
+}
 
-  for (const [suffix, s] of [["", 1], ["_alpha2r", 2]] as const) {
-    const adapters = new Map<string, ReferenceAdapter>();
-    for (const lin of adaptableLinears(config)) {
-      adapters.set(lin.name, {
-        A: get(`${lin.name}.A${suffix}`),
-        B: get(`${lin.name}.B${suffix}`),
-        rank: r,
-        scale: s,
-        sigma: 0,
-      });
-    }
-    const res = referenceForwardBackward(config, tensors, batch, { adapters });
-    const errs: Record<string, number> = {};
-    errs.loss_ulps = worstUlps([res.loss], get("loss"));
-    errs.logits_ulps = worstUlps(res.logits, get("logits"));
-    errs.logits_rel = relErr(res.logits, get("logits"));
-    let gA = 0;
-    let gB = 0;
-    let gW = 0;
-    for (const lin of adaptableLinears(config)) {
-      gA = Math.max(gA, worstUlps(res.gradA.get(lin.name)!, get(`${lin.name}.grad_A${suffix}`)));
-      gB = Math.max(gB, worstUlps(res.gradB.get(lin.name)!, get(`${lin.name}.grad_B${suffix}`)));
-      if (suffix === "") {
-        gW = Math.max(gW, worstUlps(res.gradW.get(lin.name)!, get(`${lin.name}.grad_W`)));
+Deno.test("reference matches every PyTorch fixture: loss, logits, grad_W, adapter gradients", async (t) => {
+  for (const name of FIXTURE_NAMES) {
+    await t.step(name, async () => {
+      const dir = await requireFixture(name);
+      const { config, tensors } = await loadModelFolder(dir);
+      const expected = (await readSafetensors(new URL("expected.safetensors", dir))).tensors;
+      const meta = JSON.parse(await Deno.readTextFile(new URL("expected.json", dir)));
+      const batch: ReferenceBatch = { ids: meta.input_ids, targetMask: meta.loss_mask };
+      const r = meta.adapter.r as number;
+      const get = (n: string) => {
+        const x = expected.get(n);
+        assert.ok(x, `${name}: expected.safetensors lacks ${n}`);
+        return x.data;
+      };
+      const names: string[] = meta.grad_W_tensors;
+      assert.deepEqual(
+        [...names].sort(),
+        expectedTensors(config).map((s) => s.name).sort(),
+        "the fixture's tensors are the ones the config implies",
+      );
+
+      for (const [suffix, s] of [["", 1], ["_alpha2r", 2]] as const) {
+        const adapters = new Map<string, ReferenceAdapter>();
+        for (const lin of adaptableLinears(config)) {
+          adapters.set(lin.name, {
+            A: get(`${lin.name}.A${suffix}`),
+            B: get(`${lin.name}.B${suffix}`),
+            rank: r,
+            scale: s,
+            sigma: 0,
+          });
+        }
+        const res = referenceForwardBackward(config, tensors, batch, { adapters });
+        const errs: Record<string, number> = {};
+        errs.loss_ulps = worstUlps([res.loss], get("loss"));
+        errs.logits_ulps = worstUlps(res.logits, get("logits"));
+        errs.logits_rel = relErr(res.logits, get("logits"));
+        let gA = 0;
+        let gB = 0;
+        let gW = 0;
+        let gWrel = 0;
+        for (const lin of adaptableLinears(config)) {
+          gA = Math.max(
+            gA,
+            worstUlps(res.gradA.get(lin.name)!, get(`${lin.name}.grad_A${suffix}`)),
+          );
+          gB = Math.max(
+            gB,
+            worstUlps(res.gradB.get(lin.name)!, get(`${lin.name}.grad_B${suffix}`)),
+          );
+        }
+        if (suffix === "") {
+          for (const n of names) {
+            gW = Math.max(gW, worstUlps(res.gradW.get(n)!, get(`${n}.grad_W`)));
+            gWrel = Math.max(gWrel, relErr(res.gradW.get(n)!, get(`${n}.grad_W`)));
+          }
+          errs.grad_W_ulps = gW;
+          errs.grad_W_rel = gWrel;
+        }
+        errs.grad_A_ulps = gA;
+        errs.grad_B_ulps = gB;
+        console.log(`${name} s=${s}:`, JSON.stringify(errs));
+        // Our float64 loss, logits and gradients round to exactly the fixture's f32 values (the
+        // fixture's adapter gradients are computed from exactly the stored f32 A and B).
+        assert.ok(errs.loss_ulps <= 0.5, `loss off by ${errs.loss_ulps} ulp`);
+        assert.ok(errs.logits_ulps <= 0.5, `logits off by ${errs.logits_ulps} ulp`);
+        if (suffix === "") assert.ok(gW <= 0.5, `grad_W off by ${gW} ulp`);
+        assert.ok(gA <= 0.5, `grad_A off by ${gA} ulp`);
+        assert.ok(gB <= 0.5, `grad_B off by ${gB} ulp`);
       }
-    }
-    errs.grad_A_ulps = gA;
-    errs.grad_B_ulps = gB;
-    if (suffix === "") errs.grad_W_ulps = gW;
-    console.log(`fixture s=${s}:`, JSON.stringify(errs));
-    // Our float64 loss, logits and gradients round to exactly the fixture's f32 values (the
-    // fixture's adapter gradients are computed from exactly the stored f32 A and B).
-    assert.ok(errs.loss_ulps <= 0.5, `loss off by ${errs.loss_ulps} ulp`);
-    assert.ok(errs.logits_ulps <= 0.5, `logits off by ${errs.logits_ulps} ulp`);
-    if (suffix === "") assert.ok(gW <= 0.5, `grad_W off by ${gW} ulp`);
-    assert.ok(gA <= 0.5, `grad_A off by ${gA} ulp`);
-    assert.ok(gB <= 0.5, `grad_B off by ${gB} ulp`);
+
+      // Each feature matters: without it the logits are far from the fixture's.
+      for (const [what, c] of withoutFeatures(config)) {
+        const off = referenceForward(c, tensors, batch).logits;
+        const e = relErr(off, get("logits"));
+        console.log(`${name} ${what}: logits rel ${e.toExponential(2)}`);
+        assert.ok(e > 1e-3, `${name}: ${what} leaves the logits within ${e}`);
+      }
+    });
   }
 });
 
@@ -194,6 +246,25 @@ const MQA_UNTIED: LlamaConfig = {
 };
 
 /** Central difference of the loss along one entry of `data`, in float64. */
+/**
+ * Every LLaMA bias, llama3 RoPE scaling and a sliding window of 3 (a combination no family has,
+ * to check the gradients through all of them at once).
+ */
+const BIASED_WINDOWED: LlamaConfig = {
+  ...GQA_TIED,
+  tie_word_embeddings: false,
+  attention_bias: true,
+  mlp_bias: true,
+  rope_scaling: {
+    rope_type: "llama3",
+    factor: 8,
+    low_freq_factor: 1,
+    high_freq_factor: 4,
+    original_max_position_embeddings: 64,
+  },
+  sliding_window: 3,
+};
+
 function centralDiff(
   data: Float64Array,
   i: number,
@@ -219,10 +290,11 @@ function pickIndices(rng: Rng, n: number, count: number): number[] {
 }
 
 for (
-  const [label, config] of [["GQA, tied", GQA_TIED], [
-    "MQA, untied, head_dim 6",
-    MQA_UNTIED,
-  ]] as const
+  const [label, config] of [
+    ["GQA, tied", GQA_TIED],
+    ["MQA, untied, head_dim 6", MQA_UNTIED],
+    ["biases, llama3 RoPE, sliding window", BIASED_WINDOWED],
+  ] as const
 ) {
   Deno.test(`reference gradients match finite differences (${label})`, () => {
     const rng = new Rng(label.length * 7919);
@@ -242,6 +314,7 @@ for (
       "model.layers.0.post_attention_layernorm.weight",
       "model.norm.weight",
       ...adaptableLinears(config).map((l) => l.name),
+      ...expectedTensors(config).map((t) => t.name).filter((n) => n.endsWith(".bias")),
     ];
     if (!config.tie_word_embeddings) names.push("lm_head.weight");
     for (const name of names) {

@@ -4,7 +4,9 @@
  *
  * Layouts (row-major, one row per token, heads side by side as Hugging Face's projections give
  * them): q, out [B·S, nHeads·hd]; k, v [B·S, nKv·hd]; lse, delta [B·S, nHeads]. Query head h
- * reads KV head `h / (nHeads / nKv)`; scores are `q·k · headDim^-1/2`.
+ * reads KV head `h / (nHeads / nKv)`; scores are `q·k · headDim^-1/2`. With a sliding window W
+ * (Mistral), query i sees only keys j with i − W < j ≤ i; the kernels still walk the same keys
+ * and mask the rest, so the loop passes are those of full causal attention.
  *
  * Work split (deterministic, no atomics):
  * - forward and dQ: one invocation per (sequence, head, query row). A workgroup covers 64 query
@@ -33,7 +35,15 @@ export interface AttentionShape {
   nHeads: number;
   nKvHeads: number;
   headDim: number;
+  /** Sliding window W: query i attends to keys j with i − W < j ≤ i. Absent: full causal. */
+  window?: number;
 }
+
+// Key j is visible to the query at position 'last' (j <= last is checked by the caller).
+const WINDOW_WGSL = /* wgsl */ `
+fn inWindow(j: u32, last: u32) -> bool {
+  return p.window == 0u || last - j < p.window;
+}`;
 
 // Workgroup width along the query (or key) rows. On CPU adapters one SIMD batch (8 lanes) per
 // workgroup keeps the causal waste to within 8 rows (each workgroup only walks the keys its own
@@ -85,6 +95,7 @@ const FORWARD = defineKernelVariants(({ hd, wg }: AttentionConfig) => {
       usePos: "u32",
       saveLse: "u32",
       bound: "u32",
+      window: "u32",
     },
     bindings: {
       Q: "read f32",
@@ -99,6 +110,7 @@ const FORWARD = defineKernelVariants(({ hd, wg }: AttentionConfig) => {
       2 * ((q.usePos ? Math.min(q.bound + 1, q.Skv) : q.Sq) + 1),
     body: /* wgsl */ `
 ${NAN_WGSL}
+${WINDOW_WGSL}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / p.nH;
@@ -126,7 +138,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var s = 0.0;
     ${dotK}
     s = s * p.scale;
-    m = select(m, max(m, s), j <= last);
+    m = select(m, max(m, s), j <= last && inWindow(j, last));
   }
   var l = 0.0;
   ${each(hd, (d) => `var o${d} = 0.0;`)}
@@ -135,7 +147,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var s = 0.0;
     ${dotK}
     s = s * p.scale;
-    let pj = select(0.0, exp(s - m), j <= last);
+    let pj = select(0.0, exp(s - m), j <= last && inWindow(j, last));
     l += pj;
     ${each(hd, (d) => `o${d} = fma(pj, V[kr + ${d}u], o${d});`)}
   }
@@ -168,7 +180,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 `,
 });
 
-const BACKWARD_PARAMS = { B: "u32", S: "u32", nH: "u32", nKV: "u32", scale: "f32" } as const;
+const BACKWARD_PARAMS = {
+  B: "u32",
+  S: "u32",
+  nH: "u32",
+  nKV: "u32",
+  scale: "f32",
+  window: "u32",
+} as const;
 
 const BACKWARD_DQ = defineKernelVariants(({ hd, wg }: AttentionConfig) => ({
   name: `attention_backward_dq_hd${hd}`,
@@ -184,6 +203,7 @@ const BACKWARD_DQ = defineKernelVariants(({ hd, wg }: AttentionConfig) => ({
   },
   loopBound: ({ S }: { S: number }) => S + 1,
   body: /* wgsl */ `
+${WINDOW_WGSL}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / p.nH;
@@ -205,7 +225,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var dp = 0.0;
     ${each(hd, (d) => `s = fma(q${d}, K[kr + ${d}u], s); dp = fma(g${d}, V[kr + ${d}u], dp);`)}
     s = s * p.scale;
-    let pj = select(0.0, exp(s - lse), j <= ic);
+    let pj = select(0.0, exp(s - lse), j <= ic && inWindow(j, ic));
     let ds = pj * (dp - dl);
     ${each(hd, (d) => `a${d} = fma(ds, K[kr + ${d}u], a${d});`)}
   }
@@ -235,6 +255,7 @@ const BACKWARD_DKV = defineKernelVariants(({ hd, wg }: AttentionConfig) => ({
     return g * (S + 1) + g + 1;
   },
   body: /* wgsl */ `
+${WINDOW_WGSL}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   let b = wid.y / p.nKV;
@@ -257,7 +278,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       var dp = 0.0;
       ${each(hd, (d) => `s = fma(Q[qb + ${d}u], k${d}, s); dp = fma(dO[qb + ${d}u], v${d}, dp);`)}
       s = s * p.scale;
-      let pj = select(0.0, exp(s - LSE[qrow * p.nH + hq]), i >= jc);
+      let pj = select(0.0, exp(s - LSE[qrow * p.nH + hq]), i >= jc && inWindow(jc, i));
       let ds = pj * (dp - DELTA[qrow * p.nH + hq]);
       ${
     each(hd, (d) =>
@@ -275,6 +296,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 function checkShape(what: string, s: AttentionShape): void {
   const { batch, seqLen, nHeads, nKvHeads, headDim } = s;
   for (const [k, v] of Object.entries(s)) {
+    if (k === "window" && v === undefined) continue;
     if (!Number.isInteger(v) || v < 1) {
       throw new GpuShapeError(`${what}: ${k} must be an integer >= 1, got ${v}`);
     }
@@ -327,6 +349,7 @@ export function attentionForward(
       usePos: 0,
       saveLse: t.lse ? 1 : 0,
       bound: 0,
+      window: s.window ?? 0,
     },
     grid: [Math.ceil(s.seqLen / wg), s.batch * s.nHeads],
   });
@@ -389,7 +412,14 @@ export function attentionBackward(
     params: { n: rows * s.nHeads, hd: s.headDim },
     grid: grid1d(rows * s.nHeads, DELTA_WG),
   });
-  const params = { B: s.batch, S: s.seqLen, nH: s.nHeads, nKV: s.nKvHeads, scale };
+  const params = {
+    B: s.batch,
+    S: s.seqLen,
+    nH: s.nHeads,
+    nKV: s.nKvHeads,
+    scale,
+    window: s.window ?? 0,
+  };
   const config = { hd: s.headDim, wg };
   const saved = { Q: t.q, K: t.k, V: t.v, dO: t.dout, LSE: t.lse, DELTA: t.delta };
   rec.dispatch(BACKWARD_DQ.variant(config), {
@@ -412,6 +442,8 @@ export interface DecodeShape {
   nHeads: number;
   nKvHeads: number;
   headDim: number;
+  /** Sliding window W: the query at position p attends to cache rows p − W < j ≤ p. */
+  window?: number;
 }
 
 export interface AttentionDecodeTensors {
@@ -434,6 +466,7 @@ function checkDecode(what: string, s: DecodeShape, maxPosition: number): void {
     nHeads: s.nHeads,
     nKvHeads: s.nKvHeads,
     headDim: s.headDim,
+    window: s.window,
   });
   if (!Number.isInteger(s.maxLen) || s.maxLen < 1) {
     throw new GpuShapeError(`${what}: bad maxLen ${s.maxLen}`);
@@ -476,6 +509,7 @@ export function attentionDecode(
       usePos: 1,
       saveLse: 0,
       bound: maxPosition,
+      window: s.window ?? 0,
     },
     grid: [Math.ceil(s.newTokens / wg), s.batch * s.nHeads],
   });

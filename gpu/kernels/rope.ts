@@ -7,7 +7,8 @@
  *
  * The backward pass is the inverse rotation (sin negated). cos/sin come from a table computed on
  * the host the way Hugging Face computes it (inverse frequencies and angles rounded to f32,
- * then cos/sin of the f32 angle), so positions match HF's within an ulp of cos/sin.
+ * then cos/sin of the f32 angle), so positions match HF's within an ulp of cos/sin. Scaled RoPE
+ * (linear, dynamic, llama3) passes its own inverse frequencies (`invFreq`).
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
@@ -22,6 +23,11 @@ export interface RopeConfig {
   theta: number;
   /** Positions 0..maxPositions-1 are in the table. */
   maxPositions: number;
+  /**
+   * The inverse frequencies [headDim/2] (rounded to f32), replacing theta^(−2d/hd): a scaled
+   * RoPE's, computed on the host.
+   */
+  invFreq?: ArrayLike<number>;
 }
 
 /** cos/sin tables [maxPositions, headDim/2] on the device. */
@@ -38,6 +44,18 @@ function checkConfig(c: RopeConfig): void {
     throw new GpuShapeError(`rope: maxPositions must be an integer >= 1, got ${c.maxPositions}`);
   }
   if (!(c.theta > 0)) throw new GpuShapeError(`rope: theta must be > 0, got ${c.theta}`);
+  if (c.invFreq !== undefined) {
+    if (c.invFreq.length !== c.headDim / 2) {
+      throw new GpuShapeError(
+        `rope: invFreq has ${c.invFreq.length} values, headDim ${c.headDim} needs ${c.headDim / 2}`,
+      );
+    }
+    for (let d = 0; d < c.invFreq.length; d++) {
+      if (!Number.isFinite(c.invFreq[d])) {
+        throw new GpuShapeError(`rope: invFreq[${d}] = ${c.invFreq[d]} is not finite`);
+      }
+    }
+  }
 }
 
 /** The host-side table values, row p = position p, column d = frequency d. */
@@ -47,7 +65,7 @@ export function ropeTableValues(c: RopeConfig): { cos: Float32Array; sin: Float3
   const f = Math.fround;
   const invFreq = new Float64Array(half);
   for (let d = 0; d < half; d++) {
-    invFreq[d] = f(1 / f(Math.pow(c.theta, f((2 * d) / c.headDim))));
+    invFreq[d] = c.invFreq ? f(c.invFreq[d]) : f(1 / f(Math.pow(c.theta, f((2 * d) / c.headDim))));
   }
   const cos = new Float32Array(c.maxPositions * half);
   const sin = new Float32Array(c.maxPositions * half);

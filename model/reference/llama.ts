@@ -1,5 +1,6 @@
 /**
- * The whole Hugging Face LLaMA forward and backward in float64 on the CPU, with adapters on any
+ * The whole Hugging Face LLaMA-family forward and backward (LLaMA with biases and scaled RoPE,
+ * Mistral's sliding window, Qwen2's q/k/v biases) in float64 on the CPU, with adapters on any
  * decoder linear layer: loss, logits, the gradient of every weight and every adapter's (g_A, g_B).
  * Built from the op pairs of `ops.ts`, in model order; the backward walks them in reverse.
  */
@@ -8,7 +9,9 @@ import { DomainError } from "../../core/errors.ts";
 import {
   adaptableLinears,
   expectedTensors,
+  hasBias,
   headDim,
+  linearBiasName,
   type LinearKind,
   linearName,
   type LlamaConfig,
@@ -18,6 +21,8 @@ import {
   adapterForward,
   attentionBackward,
   attentionForward,
+  biasBackward,
+  biasForward,
   crossEntropyBackward,
   crossEntropyForward,
   embeddingBackward,
@@ -229,10 +234,39 @@ function flattenBatch(config: LlamaConfig, batch: ReferenceBatch) {
   return { B, S, ids, targets, nTargets };
 }
 
+/**
+ * RoPE's inverse frequencies [D/2] in float64 for positions 0..S−1, from the formulas of
+ * Hugging Face's `modeling_rope_utils.py` (default, linear, dynamic NTK, llama3).
+ */
+export function referenceInvFreq(config: LlamaConfig, S: number): Float64Array {
+  const D = headDim(config);
+  const rs = config.rope_scaling;
+  let theta = config.rope_theta;
+  if (rs?.rope_type === "dynamic" && S > config.max_position_embeddings) {
+    const ratio = rs.factor * S / config.max_position_embeddings - (rs.factor - 1);
+    theta = theta * Math.pow(ratio, D / (D - 2));
+  }
+  const inv = Float64Array.from({ length: D / 2 }, (_, i) => 1 / Math.pow(theta, (2 * i) / D));
+  if (rs?.rope_type === "linear") return inv.map((f) => f / rs.factor);
+  if (rs?.rope_type === "llama3") {
+    const old = rs.original_max_position_embeddings!;
+    const low = rs.low_freq_factor!, high = rs.high_freq_factor!;
+    return inv.map((f) => {
+      const wavelen = (2 * Math.PI) / f;
+      if (wavelen < old / high) return f; // high frequencies: kept
+      if (wavelen > old / low) return f / rs.factor; // low frequencies: scaled
+      const smooth = (old / wavelen - low) / (high - low);
+      return (1 - smooth) * f / rs.factor + smooth * f;
+    });
+  }
+  return inv;
+}
+
 function linearForward(
   y: Float64Array,
   x: Float64Array,
   W: ArrayLike<number>,
+  b: ArrayLike<number> | undefined,
   N: number,
   inDim: number,
   outDim: number,
@@ -241,6 +275,7 @@ function linearForward(
   kind: LinearKind,
 ): void {
   matmulForward(y, x, W, N, inDim, outDim);
+  if (b) biasForward(y, b, N, outDim);
   if (!adapter) return;
   const buf = new Float64Array(N * adapter.rank);
   adapterForward(y, buf, x, adapter.A, adapter.B, adapter.sigma, N, inDim, outDim, adapter.rank);
@@ -263,7 +298,8 @@ function forward(
   const D = headDim(config);
   const V = config.vocab_size;
   const shapes: Shapes = { B, S, N, C, I, H, KV, D, V };
-  const { cos, sin } = ropeTables(S, D, config.rope_theta);
+  const { cos, sin } = ropeTables(S, referenceInvFreq(config, S));
+  const window = config.sliding_window ?? Infinity;
   const eps = config.rms_norm_eps;
 
   const x0 = new Float64Array(N * C);
@@ -273,7 +309,11 @@ function forward(
   let x = x0;
   for (let l = 0; l < config.num_hidden_layers; l++) {
     const W = (kind: LinearKind) => w.get(linearName(l, kind))!;
+    const bias = (kind: LinearKind) =>
+      hasBias(config, kind) ? w.get(linearBiasName(l, kind))! : undefined;
     const ad = (kind: LinearKind) => adapters.get(linearName(l, kind));
+    const lin = (kind: LinearKind, y: Float64Array, x: Float64Array, inDim: number, out: number) =>
+      linearForward(y, x, W(kind), bias(kind), N, inDim, out, ad(kind), a.xa, kind);
     const a: LayerActs = {
       xIn: x,
       ln1: new Float64Array(N * C),
@@ -304,13 +344,13 @@ function forward(
       C,
       eps,
     );
-    linearForward(a.q, a.ln1, W("q_proj"), N, C, H * D, ad("q_proj"), a.xa, "q_proj");
-    linearForward(a.k, a.ln1, W("k_proj"), N, C, KV * D, ad("k_proj"), a.xa, "k_proj");
-    linearForward(a.v, a.ln1, W("v_proj"), N, C, KV * D, ad("v_proj"), a.xa, "v_proj");
+    lin("q_proj", a.q, a.ln1, C, H * D);
+    lin("k_proj", a.k, a.ln1, C, KV * D);
+    lin("v_proj", a.v, a.ln1, C, KV * D);
     ropeForward(a.qr, a.q, cos, sin, B, S, H, D);
     ropeForward(a.kr, a.k, cos, sin, B, S, KV, D);
-    attentionForward(a.ao, a.att, a.qr, a.kr, a.v, B, S, H, KV, D);
-    linearForward(a.o, a.ao, W("o_proj"), N, H * D, C, ad("o_proj"), a.xa, "o_proj");
+    attentionForward(a.ao, a.att, a.qr, a.kr, a.v, B, S, H, KV, D, window);
+    lin("o_proj", a.o, a.ao, H * D, C);
     residualForward(a.xMid, x, a.o, N * C);
     rmsnormForward(
       a.ln2,
@@ -321,10 +361,10 @@ function forward(
       C,
       eps,
     );
-    linearForward(a.gate, a.ln2, W("gate_proj"), N, C, I, ad("gate_proj"), a.xa, "gate_proj");
-    linearForward(a.up, a.ln2, W("up_proj"), N, C, I, ad("up_proj"), a.xa, "up_proj");
+    lin("gate_proj", a.gate, a.ln2, C, I);
+    lin("up_proj", a.up, a.ln2, C, I);
     swigluForward(a.h, a.gate, a.up, N * I);
-    linearForward(a.down, a.h, W("down_proj"), N, I, C, ad("down_proj"), a.xa, "down_proj");
+    lin("down_proj", a.down, a.h, I, C);
     const xNext = new Float64Array(N * C);
     residualForward(xNext, a.xMid, a.down, N * C);
     layers.push(a);
@@ -371,6 +411,7 @@ function meanLoss(acts: Acts): number {
 function linearBackward(
   dx: Float64Array,
   dW: Float64Array,
+  db: Float64Array | undefined,
   dy: Float64Array,
   x: Float64Array,
   W: ArrayLike<number>,
@@ -383,6 +424,7 @@ function linearBackward(
   gB: Float64Array | undefined,
 ): void {
   matmulBackward(dx, dW, dy, x, W, N, inDim, outDim);
+  if (db) biasBackward(db, dy, N, outDim);
   if (!adapter) return;
   adapterBackward(
     dx,
@@ -463,6 +505,7 @@ function backward(
       linearBackward(
         dIn,
         dW(kind),
+        gradW.get(linearBiasName(l, kind)),
         dy,
         x,
         W(kind),

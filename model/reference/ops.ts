@@ -49,6 +49,30 @@ export function matmulBackward(
   }
 }
 
+/** A linear layer's bias: `y[t, :] += b` for each of the N rows of `y [N, outDim]`. */
+export function biasForward(
+  y: Float64Array,
+  b: ArrayLike<number>,
+  N: number,
+  outDim: number,
+): void {
+  for (let t = 0; t < N; t++) {
+    for (let o = 0; o < outDim; o++) y[t * outDim + o] += b[o];
+  }
+}
+
+/** The bias gradient: `db[o] += Σ_t dy[t, o]`. */
+export function biasBackward(
+  db: Float64Array,
+  dy: ArrayLike<number>,
+  N: number,
+  outDim: number,
+): void {
+  for (let t = 0; t < N; t++) {
+    for (let o = 0; o < outDim; o++) db[o] += dy[t * outDim + o];
+  }
+}
+
 /**
  * The adapter path of a linear layer: `y += σ · (x Aᵀ) Bᵀ` with `A [r, in]`, `B [out, r]`; also
  * keeps `xa = x Aᵀ [N, r]` for the backward. σ is the forward scale: 0 for the exact mute, γ·s for
@@ -192,18 +216,20 @@ export function rmsnormBackward(
   }
 }
 
-/** RoPE tables `[S, D/2]`: angle `pos / theta^(2i/D)` (Hugging Face's `inv_freq`). */
+/**
+ * RoPE tables `[S, D/2]`: angle `pos · invFreq[i]`, with Hugging Face's `inv_freq`
+ * (`theta^(−2i/D)`, or a scaled RoPE's) given as `invFreq` [D/2].
+ */
 export function ropeTables(
   S: number,
-  D: number,
-  theta: number,
+  invFreq: ArrayLike<number>,
 ): { cos: Float64Array; sin: Float64Array } {
-  const half = D / 2;
+  const half = invFreq.length;
   const cos = new Float64Array(S * half);
   const sin = new Float64Array(S * half);
   for (let p = 0; p < S; p++) {
     for (let i = 0; i < half; i++) {
-      const angle = p / Math.pow(theta, (2 * i) / D);
+      const angle = p * invFreq[i];
       cos[p * half + i] = Math.cos(angle);
       sin[p * half + i] = Math.sin(angle);
     }
@@ -278,7 +304,9 @@ export function ropeBackward(
 /**
  * Causal grouped-query attention. `q [B·S, H·D]`, `k, v [B·S, KV·D]`; query head h reads key/value
  * head `floor(h / (H/KV))` (Hugging Face's `repeat_kv`). Scores are scaled by 1/sqrt(D); `att
- * [B, H, S, S]` keeps the softmax probabilities (zero above the diagonal) for the backward.
+ * [B, H, S, S]` keeps the softmax probabilities (zero above the diagonal) for the backward. With a
+ * sliding `window` W, query i attends only to keys i − W < j ≤ i (Mistral; the others get
+ * probability 0).
  */
 export function attentionForward(
   out: Float64Array,
@@ -291,6 +319,7 @@ export function attentionForward(
   H: number,
   KV: number,
   D: number,
+  window = Infinity,
 ): void {
   const group = H / KV;
   const scale = 1 / Math.sqrt(D);
@@ -302,8 +331,10 @@ export function attentionForward(
       for (let i = 0; i < S; i++) {
         const qo = (b * S + i) * qStride + h * D;
         const a = ((b * H + h) * S + i) * S;
+        const j0 = Math.max(0, i - window + 1);
         let max = -Infinity;
-        for (let j = 0; j <= i; j++) {
+        for (let j = 0; j < j0; j++) att[a + j] = 0;
+        for (let j = j0; j <= i; j++) {
           const ko = (b * S + j) * kvStride + kh * D;
           let dot = 0;
           for (let d = 0; d < D; d++) dot += q[qo + d] * k[ko + d];
@@ -311,15 +342,15 @@ export function attentionForward(
           if (att[a + j] > max) max = att[a + j];
         }
         let sum = 0;
-        for (let j = 0; j <= i; j++) {
+        for (let j = j0; j <= i; j++) {
           att[a + j] = Math.exp(att[a + j] - max);
           sum += att[a + j];
         }
-        for (let j = 0; j <= i; j++) att[a + j] /= sum;
+        for (let j = j0; j <= i; j++) att[a + j] /= sum;
         for (let j = i + 1; j < S; j++) att[a + j] = 0;
         for (let d = 0; d < D; d++) {
           let acc = 0;
-          for (let j = 0; j <= i; j++) acc += att[a + j] * v[(b * S + j) * kvStride + kh * D + d];
+          for (let j = j0; j <= i; j++) acc += att[a + j] * v[(b * S + j) * kvStride + kh * D + d];
           out[qo + d] = acc;
         }
       }
@@ -330,6 +361,7 @@ export function attentionForward(
 /**
  * Attention backward through `out = P v`, the softmax and the scaled scores:
  * `dP = dout·v`, `dS = P ⊙ (dP − Σ P dP)`, `dq += scale·dS k`, `dk += scale·dSᵀ q`, `dv += Pᵀ dout`.
+ * Keys outside a sliding window have P = 0 in `att` and so take no part.
  */
 export function attentionBackward(
   dq: Float64Array,

@@ -43,16 +43,34 @@ export const GQA_TIED: LlamaConfig = {
   tie_word_embeddings: true,
 };
 
-/** Random f32 weights: norms near 1, matrices scaled by 1/sqrt(fan-in). */
+/**
+ * Every LLaMA bias, dynamic NTK RoPE in effect (sequences of 9 over max_position_embeddings 8)
+ * and a sliding window of 4: a combination no family has, to test them together.
+ */
+export const BIASED_WINDOWED: LlamaConfig = {
+  ...GQA_UNTIED,
+  max_position_embeddings: 8,
+  attention_bias: true,
+  mlp_bias: true,
+  rope_scaling: { rope_type: "dynamic", factor: 3 },
+  sliding_window: 4,
+};
+
+/** Random f32 weights: norms near 1, biases near 0, matrices scaled by 1/sqrt(fan-in). */
 export function randomWeights(config: LlamaConfig, rng: Rng): Map<string, HostTensor> {
   const w = new Map<string, HostTensor>();
   for (const spec of expectedTensors(config)) {
     const n = spec.shape.reduce((a, b) => a * b, 1);
     const data = new Float32Array(n);
-    const isNorm = spec.shape.length === 1;
+    const isBias = spec.name.endsWith(".bias");
+    const isNorm = spec.shape.length === 1 && !isBias;
     const fanIn = spec.shape[spec.shape.length - 1];
     for (let i = 0; i < n; i++) {
-      data[i] = isNorm ? 1 + 0.2 * rng.normal() : rng.normal() * (1.5 / Math.sqrt(fanIn));
+      data[i] = isBias
+        ? 0.3 * rng.normal()
+        : isNorm
+        ? 1 + 0.2 * rng.normal()
+        : rng.normal() * (1.5 / Math.sqrt(fanIn));
     }
     w.set(spec.name, { shape: [...spec.shape], data });
   }

@@ -128,10 +128,33 @@ const SAME_FIELDS = [
   "rms_norm_eps",
   "rope_theta",
   "max_position_embeddings",
+  "model_type",
+  "attention_bias",
+  "mlp_bias",
+  "rope_scaling",
+  "sliding_window",
 ] as const;
 
 function headDim(c: LlamaConfig): number {
   return c.head_dim ?? c.hidden_size / c.num_attention_heads;
+}
+
+/** A field's value with absent optional fields at their meaning (llama, no bias, none). */
+function fieldValue(c: LlamaConfig, f: typeof SAME_FIELDS[number]): unknown {
+  switch (f) {
+    case "head_dim":
+      return headDim(c);
+    case "model_type":
+      return c.model_type ?? "llama";
+    case "attention_bias":
+    case "mlp_bias":
+      return c[f] === true;
+    case "rope_scaling":
+    case "sliding_window":
+      return c[f] ?? null;
+    default:
+      return c[f];
+  }
 }
 
 /** Throws AdapterModelMismatchError naming the first architecture field that differs. */
@@ -141,9 +164,9 @@ export function checkSameArchitecture(
   names = { base: "base", tuned: "tuned" },
 ): void {
   for (const f of SAME_FIELDS) {
-    const a = f === "head_dim" ? headDim(base) : base[f];
-    const b = f === "head_dim" ? headDim(tuned) : tuned[f];
-    if (a !== b) {
+    const a = fieldValue(base, f);
+    const b = fieldValue(tuned, f);
+    if (JSON.stringify(a) !== JSON.stringify(b)) {
       throw new AdapterModelMismatchError(
         `the base model ${names.base} and the tuned model ${names.tuned} differ in config.json ` +
           `"${f}" (${JSON.stringify(a)} against ${JSON.stringify(b)}): not the same architecture`,
