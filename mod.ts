@@ -56,6 +56,7 @@ export {
   child,
   init,
   type InitOptions,
+  MAX_APP_EVENT_BYTES,
   type NodeInfo,
   type ReplaceBudget,
   type SpawnOptions,
@@ -65,6 +66,18 @@ export {
   System,
   type SystemEvent,
 } from "./runtime/system.ts";
+export {
+  type ActorSnapshot,
+  actorSnapshotSchema,
+  type EventRecord,
+  eventRecord,
+  eventRecordSchema,
+  type NodeSnapshot,
+  nodeSnapshotSchema,
+  type SystemSnapshot,
+  systemSnapshotSchema,
+} from "./runtime/introspect.ts";
+export type { ActorLoad, AppEvent } from "./runtime/protocol.ts";
 export type { ChildOptions, Strategy } from "./runtime/supervisor.ts";
 export type { NodeSpec } from "./runtime/local_nodes.ts";
 export type { Resources } from "./runtime/protocol.ts";

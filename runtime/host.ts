@@ -25,6 +25,7 @@ import type { ModuleLoader } from "./modules.ts";
 import {
   type ActorEvent,
   type ActorInfo,
+  type ActorLoad,
   issuesOf,
   type Resources,
   type SpawnRequest,
@@ -87,6 +88,13 @@ export class Host {
   /** The hosted actors, as listed in heartbeats. */
   actors(): ActorInfo[] {
     return [...this.#instances.values()].map((i) => i.info);
+  }
+
+  /** Mailbox and call counters of the hosted actors, by id. */
+  load(): Record<string, ActorLoad> {
+    const out: Record<string, ActorLoad> = {};
+    for (const [id, i] of this.#instances) out[id] = i.load;
+    return out;
   }
 
   /** The instance of an actor hosted here, if any. */

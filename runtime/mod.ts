@@ -41,6 +41,7 @@ export {
   child,
   init,
   type InitOptions,
+  MAX_APP_EVENT_BYTES,
   type NodeInfo,
   type ReplaceBudget,
   type SpawnOptions,
@@ -50,6 +51,18 @@ export {
   System,
   type SystemEvent,
 } from "./system.ts";
+export {
+  type ActorSnapshot,
+  actorSnapshotSchema,
+  type EventRecord,
+  eventRecord,
+  eventRecordSchema,
+  type NodeSnapshot,
+  nodeSnapshotSchema,
+  type SystemSnapshot,
+  systemSnapshotSchema,
+} from "./introspect.ts";
+export type { ActorLoad, AppEvent } from "./protocol.ts";
 export type { ErrorClass } from "./declared_errors.ts";
 export type { ChildOptions, Strategy } from "./supervisor.ts";
 export type { NodeSpec } from "./local_nodes.ts";
