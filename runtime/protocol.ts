@@ -116,6 +116,18 @@ export const actorLoadSchema = z.object({
 /** How busy a hosted actor is. */
 export type ActorLoad = z.infer<typeof actorLoadSchema>;
 
+const deathReason = z.enum(["node", "stopped", "killed", "owner", "init", "budget", "shutdown"]);
+
+const endedSchema = z.object({
+  id: z.string(),
+  inc: z.number().int().nonnegative(),
+  reason: deathReason,
+  /** Stopped on purpose: not to be restarted. */
+  final: z.boolean(),
+});
+/** An actor that ended on a node, as its heartbeat lists it for a while. */
+export type EndedActor = z.infer<typeof endedSchema>;
+
 export const heartbeatSchema = z.object({
   node: z.string(),
   pid: z.number(),
@@ -135,11 +147,14 @@ export const heartbeatSchema = z.object({
   actors: z.array(actorInfoSchema),
   /** Mailbox and call counters of the hosted actors, by id (absent from older nodes). */
   load: z.record(z.string(), actorLoadSchema).optional(),
+  /**
+   * Actors that ended here lately, and how: a receiver that sees an actor gone from the list
+   * before its "down" event (which travels on another connection) still learns why.
+   */
+  ended: z.array(endedSchema).optional(),
 });
 /** One node's heartbeat. */
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
-
-const deathReason = z.enum(["node", "stopped", "killed", "owner", "init", "budget", "shutdown"]);
 
 export const eventSchema = z.discriminatedUnion("e", [
   z.object({ e: z.literal("up"), actor: actorInfoSchema, rev: z.number() }),

@@ -566,6 +566,7 @@ export class System {
       rev: this.#host.rev,
       actors: this.#host.actors(),
       load: this.#host.load(),
+      ended: this.#host.ended(),
     };
   }
 

@@ -101,6 +101,20 @@ Deno.test("introspection and events from a process that joined by URL", async (t
       assert.notEqual(a.node, n1);
     });
 
+    await t.step("an actor stopped on purpose is never reported as a death", async () => {
+      const ids = ["s0", "s1", "s2", "s3", "s4"];
+      for (const id of ids) await owner.spawn(Counter, { start: 0 }, { name: id, node: n0 });
+      for (const id of ids) await owner.stop(await owner.getActor(Counter, id));
+      await waitUntil(
+        "the observer sees them all gone",
+        () => ids.every((id) => seen.some((e) => e.type === "actor_gone" && e.actor?.id === id)),
+      );
+      const deaths = seen.filter((e) =>
+        e.type === "actor_down" && ids.includes(e.actor!.id) && (!e.final || e.reason !== "stopped")
+      );
+      assert.deepEqual(deaths, []);
+    });
+
     await t.step("application events from an actor on a node process", async () => {
       const em = await owner.spawn(Emitter, {}, { name: "emitter", node: n0 });
       await em.emit([{ kind: "train.step", data: { step: 3, loss: 1.5 } }, {
