@@ -8,12 +8,7 @@ import { DomainError } from "../core/errors.ts";
 import { init, natsEnvCredentials, type System, type z } from "../runtime/mod.ts";
 import type { EvalScore } from "../train/eval/score.ts";
 import { formatScoreTable } from "../train/eval/score.ts";
-import {
-  FINETUNE_FLAGS,
-  type FinetuneOptions,
-  FlagError,
-  METHODS,
-} from "../train/cli/options.ts";
+import { FINETUNE_FLAGS, type FinetuneOptions, FlagError, METHODS } from "../train/cli/options.ts";
 import { validateOptionsForModel } from "../train/cli/model_checks.ts";
 import { readLlamaConfig } from "../model/config.ts";
 import { Progress, type ProgressWriter } from "../train/cli/progress.ts";
