@@ -38,7 +38,7 @@ padding:14px 18px;margin:14px 0}
 .cols{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:14px}
 @media (max-width:1000px){.cols{grid-template-columns:1fr}}
 .cols>section{margin:0}
-.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(110px,1fr));gap:8px;margin:10px 0}
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(104px,1fr));gap:8px;margin:10px 0}
 .tile{border:1px solid var(--line);border-radius:8px;padding:6px 10px;min-width:0}
 .tile.w2{grid-column:span 2}
 .tile b{display:block;font-size:18px;font-variant-numeric:tabular-nums;white-space:nowrap;

@@ -121,14 +121,14 @@ export class Page {
     }
   }
 
-  /** A PNG of the whole page (not only the viewport). */
-  async screenshot(): Promise<Uint8Array> {
+  /** A PNG of the whole page (not only the viewport), scaled by `scale`. */
+  async screenshot(scale = 1): Promise<Uint8Array> {
     const m = await this.cdp.send("Page.getLayoutMetrics", {}, this.session);
     const size = (m.cssContentSize ?? m.contentSize) as { width: number; height: number };
     const r = await this.cdp.send("Page.captureScreenshot", {
       format: "png",
       captureBeyondViewport: true,
-      clip: { x: 0, y: 0, width: size.width, height: size.height, scale: 1 },
+      clip: { x: 0, y: 0, width: size.width, height: size.height, scale },
     }, this.session);
     return Uint8Array.from(atob(r.data as string), (c) => c.charCodeAt(0));
   }
