@@ -263,13 +263,16 @@ export const PAGE_SCRIPT: string = String.raw`
   function take(r) {
     if (r.type === "app" && r.kind && r.kind.indexOf("train.") === 0 && r.data && r.data.job) {
       var d = r.data;
-      if (d.job !== job) {
+      var starts = r.kind === "train.run" || r.kind === "train.step";
+      if (d.job !== job && (starts || job === null)) {
         job = d.job;
         steps = [];
         total = null;
         if (r.kind !== "train.run") refetch();
       }
       if (r.kind === "train.step") {
+        // Anyone on the system may publish: a record without a step number is not one.
+        if (!d.record || !isNum(d.record.step)) return;
         total = d.total_steps;
         addStep(d.record);
         dirty();
@@ -279,7 +282,7 @@ export const PAGE_SCRIPT: string = String.raw`
         total = d.total_steps;
         (d.steps || []).forEach(addStep);
       }
-      if (r.kind === "train.rollback") {
+      if (r.kind === "train.rollback" && d.job === job) {
         while (steps.length && steps[steps.length - 1].step >= d.next_step) steps.pop();
       }
     }

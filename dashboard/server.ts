@@ -174,6 +174,12 @@ function start(system: System, o: DashboardOptions): Dashboard {
         });
       }
       case "/api/events": {
+        const headers = {
+          ...SECURITY_HEADERS,
+          "content-type": "text/event-stream; charset=utf-8",
+          "x-accel-buffering": "no",
+        };
+        if (req.method === "HEAD") return new Response(null, { headers });
         let me: ReadableStreamDefaultController<Uint8Array>;
         const body = new ReadableStream<Uint8Array>({
           start(c) {
@@ -186,13 +192,7 @@ function start(system: System, o: DashboardOptions): Dashboard {
             streams.delete(me);
           },
         }, { highWaterMark: MAX_BACKLOG, size: (chunk) => chunk.byteLength });
-        return new Response(body, {
-          headers: {
-            ...SECURITY_HEADERS,
-            "content-type": "text/event-stream; charset=utf-8",
-            "x-accel-buffering": "no",
-          },
-        });
+        return new Response(body, { headers });
       }
       case "/favicon.ico":
         return new Response(null, { status: 204, headers: SECURITY_HEADERS });

@@ -278,14 +278,15 @@ export class DashboardModel {
     }
   }
 
-  #run(job: string): Omit<Training, "summary"> {
+  /** The run of `job`; a run that starts or steps becomes the latest (the one shown). */
+  #run(job: string, current = false): Omit<Training, "summary"> {
     let run = this.#runs.get(job);
     if (!run) {
       run = emptyRun(job);
       this.#runs.set(job, run);
       if (this.#runs.size > MAX_RUNS) this.#runs.delete(this.#runs.keys().next().value!);
     }
-    this.#latest = job;
+    if (current || this.#latest === null) this.#latest = job;
     return run;
   }
 
@@ -296,7 +297,7 @@ export class DashboardModel {
       case "train.run": {
         const p = runEvent.safeParse(d);
         if (!p.success) return bad();
-        const run = this.#run(p.data.job);
+        const run = this.#run(p.data.job, true);
         Object.assign(run, {
           method: p.data.method,
           totalSteps: p.data.total_steps,
@@ -312,7 +313,7 @@ export class DashboardModel {
       case "train.step": {
         const p = stepEvent.safeParse(d);
         if (!p.success) return bad();
-        const run = this.#run(p.data.job);
+        const run = this.#run(p.data.job, true);
         run.totalSteps = p.data.total_steps;
         run.generation = p.data.generation;
         addStep(run.steps, p.data.record);

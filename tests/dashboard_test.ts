@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
   DashboardError,
+  DashboardModel,
   dashboardStateSchema,
   PAGE_SCRIPT,
   renderPage,
@@ -82,6 +83,72 @@ Deno.test("summary: ETA, tokens/s and the phase split from the latest steps", ()
   assert.equal(s.computeMs, 150);
   assert.equal(s.loss, 2 - 0.3);
   assert.equal(summarize([], null).etaMs, null);
+});
+
+Deno.test("the model follows a run's events: rollbacks drop steps, a new run becomes current", async () => {
+  const system = await init({});
+  const model = new DashboardModel(system);
+  try {
+    const rec = (step: number, loss: number) => ({
+      step,
+      loss,
+      lr: 1e-3,
+      ms: 10,
+      bytes_sent: 1,
+      bytes_received: 2,
+      tokens: 64,
+      compute_ms: 5,
+      comm_ms: 1,
+      update_ms: 2,
+      rejected: 0,
+    });
+    const run = (job: string) => ({
+      job,
+      method: "lora",
+      total_steps: 6,
+      next_step: 0,
+      generation: 0,
+      workers: 2,
+      devices: ["cpu"],
+      config: { rank: 4 },
+      started_at: new Date().toISOString(),
+      resumed: false,
+      steps: [],
+    });
+    const step = (job: string, s: number, loss: number, generation = 0) =>
+      system.emit("train.step", { job, total_steps: 6, generation, record: rec(s, loss) });
+    system.emit("train.run", run("a"));
+    for (let s = 0; s < 5; s++) step("a", s, 5 - s / 10);
+    system.emit("train.rollback", { job: "a", generation: 1, next_step: 3, cause: "x" });
+    step("a", 3, 1, 1);
+    step("a", 4, 1, 1);
+    system.emit("train.step", { job: "a", record: { step: "bad" } });
+    system.emit("train.eval", { job: "a", phase: "after", score: { overall: 0.5, tasks: {} } });
+    await waitUntil("the events arrived", () => !!model.snapshot().training?.evals.after);
+    let st = dashboardStateSchema.parse(model.snapshot());
+    assert.deepEqual(st.training!.steps.map((r) => [r.step, r.loss]), [
+      [0, 5],
+      [1, 4.9],
+      [2, 4.8],
+      [3, 1],
+      [4, 1],
+    ]);
+    assert.equal(st.training!.generation, 1);
+    assert.equal(st.training!.rollbacks.length, 1);
+    assert.equal(st.training!.summary.step, 5);
+    assert.equal(model.malformed, 1);
+    assert.ok(!st.events.some((e) => e.kind === "train.step"), "steps are not in the events");
+    system.emit("train.run", run("b"));
+    step("b", 0, 3);
+    await waitUntil("run b is current", () => model.snapshot().training?.job === "b");
+    st = dashboardStateSchema.parse(model.snapshot({ steps: false }));
+    assert.deepEqual(st.training!.steps, []);
+    assert.equal(st.training!.summary.step, 1);
+    assert.deepEqual(st.earlier.map((r) => [r.job, r.steps]), [["a", 5]]);
+  } finally {
+    model.close();
+    await system.shutdown();
+  }
 });
 
 Deno.test("--dashboard: the state's schema and the events stream during a short real run", async () => {
