@@ -4,6 +4,7 @@
  * - The actor runtime (Ray-style actors over NATS): `init`, `defineActor`, `z`, handles and
  *   supervision, the collectives, the object store, the tensor helpers and the typed errors.
  * - The HD-PiSSA training actors and the fine-tuning job: `GpuWorker`, `Driver`, `runFinetune`.
+ * - The live dashboard of a system: `serveDashboard`, `runFinetuneWithDashboard`.
  * - The model, the WebGPU engine and the training pieces, each under its own namespace:
  *   `model`, `gpu`, `train`.
  *
@@ -40,6 +41,18 @@ export { DomainError } from "./core/errors.ts";
 export { GpuWorker, StepProtocolError, UpdateMissingError } from "./actors/gpu_worker.ts";
 export { Driver, TrainingError } from "./actors/driver.ts";
 export { type JobIo, OutputFolderError, runFinetune, startSystem } from "./actors/job.ts";
+
+// The live dashboard of a system and its runs.
+export {
+  type Dashboard,
+  DashboardError,
+  DashboardModel,
+  type DashboardOptions,
+  type DashboardState,
+  dashboardStateSchema,
+  runFinetuneWithDashboard,
+  serveDashboard,
+} from "./dashboard/mod.ts";
 
 export * as gpu from "./gpu/mod.ts";
 export * as model from "./model/mod.ts";

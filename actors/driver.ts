@@ -19,7 +19,12 @@
  */
 import { z } from "zod";
 import { defineActor, type System } from "../runtime/mod.ts";
-import { type FinetuneOptions, FinetuneOptionsSchema } from "../train/cli/options.ts";
+import {
+  type FinetuneOptions,
+  FinetuneOptionsSchema,
+  resolvedConfig,
+  SUMMARY_KEYS,
+} from "../train/cli/options.ts";
 import type { TrainingMethod } from "../train/methods/method.ts";
 import { getMethod } from "../train/methods/registry.ts";
 import type { EvalScore } from "../train/eval/score.ts";
@@ -63,9 +68,22 @@ export class DriverCore {
   readonly #startedAt = new Date().toISOString();
   /** Log lines not yet handed to the caller (the CLI prints them above its progress bar). */
   #events: string[] = [];
+  readonly #publish: (kind: string, data: unknown) => void;
+  #publishFailed = false;
 
-  constructor(system: System, job: string, o: FinetuneOptions, baseEval: EvalScore | null = null) {
+  /**
+   * `publish` sends the run's application events (default: `system.emit`; the Driver actor passes
+   * `ctx.emit`, which names it as their source).
+   */
+  constructor(
+    system: System,
+    job: string,
+    o: FinetuneOptions,
+    baseEval: EvalScore | null = null,
+    publish: (kind: string, data: unknown) => void = (k, d) => system.emit(k, d),
+  ) {
     this.#baseEval = baseEval;
+    this.#publish = publish;
     const method: TrainingMethod = getMethod(o.method);
     this.#ctx = {
       system,
@@ -73,8 +91,23 @@ export class DriverCore {
       o,
       method,
       prefix: `${system.namespace}.hd.${job}`,
-      log: (line) => this.#events.push(line),
+      log: (line) => {
+        this.#events.push(line);
+        this.#emit("log", { line });
+      },
+      emit: (what, data) => this.#emit(what, data),
     };
+  }
+
+  /** Publishes `train.<what>`; an event that cannot be sent never stops the run. */
+  #emit(what: string, data: Record<string, unknown>) {
+    try {
+      this.#publish(`train.${what}`, { job: this.#ctx.job, ...data });
+    } catch (e) {
+      if (this.#publishFailed) return;
+      this.#publishFailed = true;
+      this.#events.push(`events of the run are not published: ${(e as Error).message}`);
+    }
   }
 
   /** The log lines since the last call. */
@@ -107,6 +140,26 @@ export class DriverCore {
 
   /** Loads model and data, starts the workers, evaluates the base model, initialises the method. */
   async setup(): Promise<void> {
+    await this.#setup();
+    const config = resolvedConfig(this.#ctx.o);
+    this.#emit("run", {
+      method: this.#ctx.o.method,
+      total_steps: this.totalSteps,
+      next_step: this.nextStep,
+      generation: this.generation,
+      workers: this.#ctx.o.workers,
+      devices: this.devices,
+      config: Object.fromEntries(
+        SUMMARY_KEYS.filter((k) => k in config).map((k) => [k, config[k]]),
+      ),
+      started_at: this.#startedAt,
+      resumed: this.#ctx.o.resume !== null,
+      // The latest steps so far (a resumed run's), for a view that starts now.
+      steps: this.#state.steps.slice(-2000),
+    });
+  }
+
+  async #setup(): Promise<void> {
     const ctx = this.#ctx;
     const o = ctx.o;
     const state = this.#state;
@@ -150,6 +203,7 @@ export class DriverCore {
         ctx.log("evaluating the base model");
         this.#evalBefore = await evaluate(run, fleet);
       }
+      if (this.#evalBefore) this.#emit("eval", { phase: "before", score: this.#evalBefore });
     }
     await initMethod(ctx, run, fleet, state);
     if (o.checkpointEvery > 0) {
@@ -181,6 +235,14 @@ export class DriverCore {
     const state = this.#state;
     state.steps.push(rec);
     state.nextStep = rec.step + 1;
+    this.#emit("step", {
+      total_steps: this.totalSteps,
+      generation: state.generation,
+      record: rec,
+    });
+    if (rec.rejected > 0) {
+      this.#emit("refused", { step: rec.step, count: rec.rejected, total: state.rejected });
+    }
     const last = state.nextStep === this.totalSteps;
     if (last || (o.checksumEvery > 0 && state.nextStep % o.checksumEvery === 0)) {
       await this.verifyChecksums();
@@ -220,20 +282,49 @@ export class DriverCore {
     if (run.evalPrepared) {
       this.#ctx.log("evaluating the fine-tuned model");
       evalAfter = await evaluate(run, fleet);
+      if (evalAfter) this.#emit("eval", { phase: "after", score: evalAfter });
     }
     const final = await exportModel(this.#ctx, run, fleet);
-    return runReport(this.#ctx, run, fleet, this.#state, {
+    const report = runReport(this.#ctx, run, fleet, this.#state, {
       final,
       evalBefore: this.#evalBefore,
       evalAfter,
       startedAt: this.#startedAt,
     });
+    this.#emit("finished", {
+      spectra: spectraForEvent(report.spectra ?? {}),
+      effective_rank: report.effective_rank,
+      timing: report.timing,
+      recoveries: this.#state.recoveries,
+      resyncs: this.#state.resyncs,
+      rejected_messages: this.#state.rejected,
+    });
+    return report;
   }
 
   /** Stops the workers. */
   async close(): Promise<void> {
     await this.#parts?.fleet.close();
   }
+}
+
+/** Matrices and singular values per matrix that the `train.finished` event carries at most. */
+const EVENT_MATRICES = 64;
+const EVENT_SINGULAR_VALUES = 128;
+
+/**
+ * The spectra of ΔW, small enough for an event of any model: the largest singular values of up
+ * to 64 matrices spread over the model, 4 significant digits.
+ */
+function spectraForEvent(spectra: Record<string, number[]>): Record<string, number[]> {
+  const names = Object.keys(spectra);
+  const stride = Math.max(1, names.length / EVENT_MATRICES);
+  const out: Record<string, number[]> = {};
+  for (let i = 0; i < names.length && Object.keys(out).length < EVENT_MATRICES; i += stride) {
+    const name = names[Math.floor(i)];
+    out[name] = spectra[name].slice(0, EVENT_SINGULAR_VALUES).map((v) => Number(v.toPrecision(4)));
+  }
+  return out;
 }
 
 const DriverStepSchema = z.object({
@@ -262,7 +353,13 @@ export const Driver = defineActor({
     baseEval: evalSplitSchema.nullable().default(null),
   }),
   create: (input, ctx) =>
-    new DriverCore(ctx.system, input.job, input.options, input.baseEval as EvalScore | null),
+    new DriverCore(
+      ctx.system,
+      input.job,
+      input.options,
+      input.baseEval as EvalScore | null,
+      ctx.emit,
+    ),
   close: (core) => core.close(),
   // What the job (and so the finetune CLI) gets as itself: its own errors, and the workers'.
   errors: [TrainingError, ...WORKER_ERRORS],

@@ -8,7 +8,7 @@ import { DomainError } from "../core/errors.ts";
 import { init, natsEnvCredentials, type System, type z } from "../runtime/mod.ts";
 import type { EvalScore } from "../train/eval/score.ts";
 import { formatScoreTable } from "../train/eval/score.ts";
-import { type FinetuneOptions, FlagError, METHODS } from "../train/cli/options.ts";
+import { FINETUNE_FLAGS, type FinetuneOptions, FlagError, METHODS } from "../train/cli/options.ts";
 import { validateOptionsForModel } from "../train/cli/model_checks.ts";
 import {
   COMPANION_FILES,
@@ -111,8 +111,11 @@ export interface JobIo {
   isTty?: boolean;
   /** Where the progress display goes (default stderr). */
   progress?: ProgressWriter;
-  /** Called once the actor system is up, e.g. to watch its node and actor events. */
-  onSystem?(system: System): void;
+  /**
+   * Called once the actor system is up, before any work, e.g. to watch its events or serve a
+   * dashboard of it; the job waits for it, and stops if it throws.
+   */
+  onSystem?(system: System): void | Promise<void>;
 }
 
 /**
@@ -201,13 +204,18 @@ function evalTable(report: RunReport): string {
   return Object.keys(cols).length ? formatScoreTable(cols) : "";
 }
 
-/** The whole job: one method, or `--compare` for every method. Returns the reports written. */
-export async function runFinetune(o: FinetuneOptions, io: JobIo): Promise<RunReport[]> {
+/**
+ * The whole job: one method, or `--compare` for every method. Returns the reports written.
+ * `--dashboard` is the caller's to serve (`dashboard/`, through `io.onSystem`); secrets among the
+ * options (`--dashboard-token`) never reach the Driver.
+ */
+export async function runFinetune(options: FinetuneOptions, io: JobIo): Promise<RunReport[]> {
+  const o = FINETUNE_FLAGS.redact(options);
   await checkInputs(o);
   await prepareOut(o);
   const system = await startSystem(o);
   try {
-    io.onSystem?.(system);
+    await io.onSystem?.(system);
     if (!o.compare) {
       const report = await runOne(system, o, io);
       const table = evalTable(report);

@@ -60,6 +60,11 @@ interface Common {
   toWorkers?: boolean;
   /** The flag is among the few a summary of a run shows. */
   summary?: boolean;
+  /**
+   * The value is a secret (a token): `config` (what reports and checkpoints keep) and `redact`
+   * (what travels in messages) never carry it.
+   */
+  secret?: boolean;
 }
 
 /** Free text; `none` names a word that means "absent" (`null`). */
@@ -160,7 +165,7 @@ export type ValueOf<S> = BaseValue<S> | NullPart<S>;
 export type OptionsOf<F> = { -readonly [K in keyof F & string as Camel<K>]: ValueOf<F[K]> };
 
 /** The marks a flag can carry that select a subset of the table. */
-export type Mark = "definesRun" | "toWorkers" | "summary";
+export type Mark = "definesRun" | "toWorkers" | "summary" | "secret";
 
 type MarkedKeys<F, M extends Mark> = {
   [K in keyof F & string]: F[K] extends { [_ in M]: true } ? K : never;
@@ -457,6 +462,9 @@ export class Flags<F extends FlagTable> {
       if (n === "help" || !/^[a-z][a-z0-9]*(-[a-z0-9]+)*$/.test(n)) {
         throw new Error(`flag table ${spec.name}: bad flag name "${n}"`);
       }
+      if (spec.flags[n].secret && !nullable(spec.flags[n])) {
+        throw new Error(`flag table ${spec.name}: secret flag --${n} must be able to be absent`);
+      }
     }
   }
 
@@ -603,10 +611,23 @@ export class Flags<F extends FlagTable> {
     ) as MarkedOptions<F, M>;
   }
 
-  /** The options under their flags' names with `-` → `_`, in table order. */
+  /**
+   * The options under their flags' names with `-` → `_`, in table order; a secret flag's value is
+   * `"(hidden)"` when it was given.
+   */
   config(o: OptionsOf<F>): Record<string, unknown> {
     const r = o as Record<string, unknown>;
-    return Object.fromEntries(this.#names.map((n) => [snakeName(n), r[camelName(n)]]));
+    return Object.fromEntries(this.#names.map((n) => {
+      const v = r[camelName(n)];
+      return [snakeName(n), this.flags[n].secret && v !== null ? "(hidden)" : v];
+    }));
+  }
+
+  /** The options with every secret flag's value dropped (null): what may leave this process. */
+  redact(o: OptionsOf<F>): OptionsOf<F> {
+    const r: Record<string, unknown> = { ...o };
+    for (const n of this.marked("secret")) r[camelName(n)] = null;
+    return r as OptionsOf<F>;
   }
 
   /**

@@ -4,16 +4,24 @@
  *   deno task finetune                       the shipped base model on the shipped benchmark
  *   deno task finetune --help                every flag
  *
- * With no --nats it starts a private nats-server and K local worker processes.
+ * With no --nats it starts a private nats-server and K local worker processes; with
+ * --dashboard [HOST:]PORT it serves a live dashboard of the run (dashboard/).
  */
+import { exitWithFlagError, FlagError } from "../cli/flags.ts";
 import { FINETUNE_FLAGS } from "../train/cli/options.ts";
-import { runFinetune } from "../actors/job.ts";
+import { checkDashboardFlags, runFinetuneWithDashboard } from "../dashboard/finetune.ts";
 
 if (import.meta.main) {
   // --help prints the usage; a bad flag prints one line and exits 2.
   const { options } = FINETUNE_FLAGS.main();
   try {
-    await runFinetune(options, {
+    checkDashboardFlags(options);
+  } catch (e) {
+    if (e instanceof FlagError) exitWithFlagError(FINETUNE_FLAGS.name, e);
+    throw e;
+  }
+  try {
+    await runFinetuneWithDashboard(options, {
       log: (line) => console.error(line),
       isTty: Deno.stderr.isTerminal(),
     });

@@ -52,6 +52,11 @@ export interface ActorContext {
   readonly collectives: Collectives;
   /** The system's object store for large blobs (opened on first use). */
   objects(): Promise<ObjectStore>;
+  /**
+   * Publishes an application event with this actor as its source (see `System.emit`): every
+   * process of the system that listens gets it, e.g. a dashboard.
+   */
+  emit(kind: string, data?: unknown): void;
   /** Aborted when this actor instance stops (stop, kill, node shutdown). */
   readonly stopped: AbortSignal;
 }

@@ -120,7 +120,10 @@ export class Directory {
     if (hb.rev < rev) return;
     for (const e of this.actors.values()) {
       if (e.state === "up" && e.info.node === hb.node && !listed.has(e.info.id)) {
-        this.#down(e, "node", false, "missing from its node's heartbeat");
+        // Its node says how it ended, if lately; otherwise it vanished.
+        const end = hb.ended?.find((x) => x.id === e.info.id && x.inc === e.info.inc);
+        if (end) this.#down(e, end.reason, end.final);
+        else this.#down(e, "node", false, "missing from its node's heartbeat");
       }
     }
   }

@@ -64,10 +64,10 @@ export class HeartbeatPublisher {
     });
   }
 
-  /** Replaces the payload; it goes out at once. */
-  update(payload: Record<string, unknown>) {
+  /** Replaces the payload; it goes out at once, or with the next beat when `quiet`. */
+  update(payload: Record<string, unknown>, quiet = false) {
     if (!this.#closed) {
-      this.#worker.postMessage({ type: "payload", payload } satisfies HeartbeatCommand);
+      this.#worker.postMessage({ type: "payload", payload, quiet } satisfies HeartbeatCommand);
     }
   }
 

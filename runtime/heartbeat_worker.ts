@@ -23,7 +23,8 @@ export type HeartbeatCommand =
     frozenAfterMs: number;
     payload: Record<string, unknown>;
   }
-  | { type: "payload"; payload: Record<string, unknown> }
+  /** A new payload; it goes out at once unless `quiet` (then with the next period's beat). */
+  | { type: "payload"; payload: Record<string, unknown>; quiet?: boolean }
   | { type: "stop" };
 
 /** Messages the heartbeat worker sends back. */
@@ -70,8 +71,9 @@ self.onmessage = async (e: MessageEvent<HeartbeatCommand>) => {
       self.postMessage({ type: "started" } satisfies HeartbeatReply);
     } else if (cmd.type === "payload") {
       payload = cmd.payload;
-      // A change (an actor started or ended) goes out at once rather than at the next period.
-      beat();
+      // A change (an actor started or ended) goes out at once rather than at the next period;
+      // fresh counters (mailboxes, calls) wait for it.
+      if (!cmd.quiet) beat();
     } else if (cmd.type === "stop") {
       if (timer !== undefined) clearInterval(timer);
       timer = undefined;

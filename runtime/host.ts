@@ -25,6 +25,8 @@ import type { ModuleLoader } from "./modules.ts";
 import {
   type ActorEvent,
   type ActorInfo,
+  type ActorLoad,
+  type EndedActor,
   issuesOf,
   type Resources,
   type SpawnRequest,
@@ -33,6 +35,10 @@ import {
   type Subjects,
 } from "./protocol.ts";
 import { FrameInbox, send } from "./wire.ts";
+
+/** How long, and how many, ended actors a heartbeat lists. */
+const ENDED_MS = 10_000;
+const MAX_ENDED = 64;
 
 /** What a host needs from its process. */
 export interface HostEnv {
@@ -59,6 +65,8 @@ export class Host {
   #sub?: Subscription;
   #rev = 0;
   #closed = false;
+  /** Instances that ended lately, with when (listed in heartbeats for a while). */
+  #ended: (EndedActor & { at: number })[] = [];
 
   constructor(env: HostEnv) {
     this.#env = env;
@@ -87,6 +95,19 @@ export class Host {
   /** The hosted actors, as listed in heartbeats. */
   actors(): ActorInfo[] {
     return [...this.#instances.values()].map((i) => i.info);
+  }
+
+  /** Mailbox and call counters of the hosted actors, by id. */
+  load(): Record<string, ActorLoad> {
+    const out: Record<string, ActorLoad> = {};
+    for (const [id, i] of this.#instances) out[id] = i.load;
+    return out;
+  }
+
+  /** Actors that ended here in the last 10 s, and how (heartbeats list them). */
+  ended(now = Date.now()): EndedActor[] {
+    this.#ended = this.#ended.filter((e) => now - e.at < ENDED_MS).slice(-MAX_ENDED);
+    return this.#ended.map(({ id, inc, reason, final }) => ({ id, inc, reason, final }));
   }
 
   /** The instance of an actor hosted here, if any. */
@@ -207,6 +228,7 @@ export class Host {
     await inst.stop(mode, reason, graceMs);
     this.#reserve(inst.info.resources, -1);
     this.#rev++;
+    this.#ended.push({ id, inc: inst.info.inc, reason, final: mode === "stop", at: Date.now() });
     this.#env.changed();
     this.#publish({
       e: "down",

@@ -22,7 +22,7 @@ import {
   UnknownMethodError,
   type WireError,
 } from "./errors.ts";
-import { type ActorInfo, issuesOf } from "./protocol.ts";
+import { type ActorInfo, type ActorLoad, issuesOf } from "./protocol.ts";
 import { declaredWire } from "./declared_errors.ts";
 import type { TrafficStats } from "./caller.ts";
 import type { Deadlines } from "./deadlines.ts";
@@ -67,6 +67,7 @@ export class ActorInstance {
   #running?: Call;
   #runningDone?: Promise<void>;
   #stopping = false;
+  #calls = 0;
 
   constructor(env: InstanceEnv, def: AnyActorDef, info: ActorInfo, mailbox: number) {
     this.#env = env;
@@ -165,6 +166,7 @@ export class ActorInstance {
       this.#running = call;
       await this.#run(call);
       this.#running = undefined;
+      this.#calls++;
     }
   }
 
@@ -268,6 +270,16 @@ export class ActorInstance {
   /** Calls waiting in the mailbox (not counting the running one). */
   get queued(): number {
     return this.#queue.length;
+  }
+
+  /** Its mailbox and call counters, as heartbeats report them. */
+  get load(): ActorLoad {
+    return {
+      inc: this.info.inc,
+      queued: this.#queue.length,
+      busy: this.#running !== undefined,
+      calls: this.#calls,
+    };
   }
 
   /**

@@ -44,6 +44,7 @@ export {
   child,
   init,
   type InitOptions,
+  MAX_APP_EVENT_BYTES,
   type NodeInfo,
   type ReplaceBudget,
   type SpawnOptions,
@@ -53,6 +54,18 @@ export {
   System,
   type SystemEvent,
 } from "./system.ts";
+export {
+  type ActorSnapshot,
+  actorSnapshotSchema,
+  type EventRecord,
+  eventRecord,
+  eventRecordSchema,
+  type NodeSnapshot,
+  nodeSnapshotSchema,
+  type SystemSnapshot,
+  systemSnapshotSchema,
+} from "./introspect.ts";
+export type { ActorLoad, AppEvent } from "./protocol.ts";
 export type { ChildOptions, Strategy } from "./supervisor.ts";
 export type { NodeSpec } from "./local_nodes.ts";
 export type { Resources } from "./protocol.ts";

@@ -2,8 +2,8 @@
  * Subject permissions of the node processes a system starts on its own embedded server.
  *
  * Each such node connects as its own user, which may publish only what a node has to: its own
- * heartbeat and its own lifecycle events (so that no node can speak for another, e.g. declare
- * another node's actors dead), calls and control requests to this system's actors and nodes,
+ * heartbeat, its own lifecycle events and its own application events (so that no node can speak
+ * for another, e.g. declare another node's actors dead), calls and control requests to this system's actors and nodes,
  * this system's application subjects, replies to any inbox, and the JetStream API and the
  * system's object store bucket. It may read this system's subjects and its own inbox only, so
  * it cannot watch the replies other processes receive. The process that started the system
@@ -22,6 +22,7 @@ export function nodePermissions(system: string, node: string): string {
   const publish = [
     `${root}.rt.hb.${node}`,
     `${root}.rt.ev.${node}`,
+    `${root}.rt.ae.${node}`,
     `${root}.rt.a.>`,
     `${root}.rt.node.>`,
     `${root}.app.>`,

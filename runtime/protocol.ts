@@ -32,6 +32,8 @@ export class Subjects {
   readonly heartbeats: string;
   /** Actor lifecycle events of every node: `<root>.rt.ev.*`. */
   readonly events: string;
+  /** Application events of every node: `<root>.rt.ae.*`. */
+  readonly appEvents: string;
 
   constructor(readonly system: string) {
     checkToken("system", system);
@@ -39,6 +41,7 @@ export class Subjects {
     this.app = `${this.root}.app`;
     this.heartbeats = `${this.root}.rt.hb.*`;
     this.events = `${this.root}.rt.ev.*`;
+    this.appEvents = `${this.root}.rt.ae.*`;
   }
 
   /**
@@ -47,6 +50,14 @@ export class Subjects {
    */
   event(node: string): string {
     return `${this.root}.rt.ev.${node}`;
+  }
+
+  /**
+   * Where a node publishes the application events of the actors it hosts (and of its own code):
+   * like lifecycle events, a receiver takes the node an event names only from its subject.
+   */
+  appEvent(node: string): string {
+    return `${this.root}.rt.ae.${node}`;
   }
 
   /** The node a heartbeat or event subject belongs to. */
@@ -91,6 +102,32 @@ export const actorInfoSchema = z.object({
 /** What a system knows about a running actor. */
 export type ActorInfo = z.infer<typeof actorInfoSchema>;
 
+/** How busy a hosted actor is, as its node's heartbeat reports it. */
+export const actorLoadSchema = z.object({
+  /** Its incarnation (the counters start over with each). */
+  inc: z.number().int().nonnegative(),
+  /** Calls waiting in its mailbox (not counting the running one). */
+  queued: z.number().int().nonnegative(),
+  /** Whether a call is running. */
+  busy: z.boolean(),
+  /** Calls this incarnation has run (answered or failed) since it started. */
+  calls: z.number().int().nonnegative(),
+});
+/** How busy a hosted actor is. */
+export type ActorLoad = z.infer<typeof actorLoadSchema>;
+
+const deathReason = z.enum(["node", "stopped", "killed", "owner", "init", "budget", "shutdown"]);
+
+const endedSchema = z.object({
+  id: z.string(),
+  inc: z.number().int().nonnegative(),
+  reason: deathReason,
+  /** Stopped on purpose: not to be restarted. */
+  final: z.boolean(),
+});
+/** An actor that ended on a node, as its heartbeat lists it for a while. */
+export type EndedActor = z.infer<typeof endedSchema>;
+
 export const heartbeatSchema = z.object({
   node: z.string(),
   pid: z.number(),
@@ -108,11 +145,16 @@ export const heartbeatSchema = z.object({
   conn: z.number().int().nonnegative().optional(),
   seq: z.number().int().nonnegative(),
   actors: z.array(actorInfoSchema),
+  /** Mailbox and call counters of the hosted actors, by id (absent from older nodes). */
+  load: z.record(z.string(), actorLoadSchema).optional(),
+  /**
+   * Actors that ended here lately, and how: a receiver that sees an actor gone from the list
+   * before its "down" event (which travels on another connection) still learns why.
+   */
+  ended: z.array(endedSchema).optional(),
 });
 /** One node's heartbeat. */
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
-
-const deathReason = z.enum(["node", "stopped", "killed", "owner", "init", "budget", "shutdown"]);
 
 export const eventSchema = z.discriminatedUnion("e", [
   z.object({ e: z.literal("up"), actor: actorInfoSchema, rev: z.number() }),
@@ -138,6 +180,25 @@ export const eventSchema = z.discriminatedUnion("e", [
 ]);
 /** An actor lifecycle event published on {@link Subjects.events}. */
 export type ActorEvent = z.infer<typeof eventSchema>;
+
+/** The name of an application event: e.g. `train.step`. */
+export const APP_EVENT_KIND = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
+
+/** An application event (`System.emit`, `ctx.emit`), published on {@link Subjects.appEvent}. */
+export const appEventSchema = z.object({
+  kind: z.string().max(128).regex(APP_EVENT_KIND),
+  /** The process that published it (checked against the subject it came on). */
+  node: z.string(),
+  /** The actor that published it, when an actor did (`ctx.emit`). */
+  actor: z.string().optional(),
+  /** Sender's clock, ms since the epoch. */
+  time: z.number(),
+  /** Per sender, counting from 0: a gap means events were lost. */
+  seq: z.number().int().nonnegative(),
+  data: z.unknown(),
+});
+/** An application event. */
+export type AppEvent = z.infer<typeof appEventSchema>;
 
 export const spawnRequestSchema = z.object({
   id: z.string(),

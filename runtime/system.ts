@@ -38,6 +38,7 @@ import {
 } from "./errors.ts";
 import { HeartbeatPublisher } from "./heartbeat.ts";
 import { Host } from "./host.ts";
+import { buildSnapshot, LoadTracker, type SystemSnapshot } from "./introspect.ts";
 import { LocalNode, type NodeSpec } from "./local_nodes.ts";
 import { ModuleLoader, PROJECT_ROOT } from "./modules.ts";
 import { EmbeddedServer, type EmbeddedServerOptions } from "./nats_server.ts";
@@ -47,6 +48,9 @@ import {
   type ActorEvent,
   type ActorInfo,
   actorInfoSchema,
+  APP_EVENT_KIND,
+  type AppEvent,
+  appEventSchema,
   checkToken,
   eventSchema,
   type Heartbeat,
@@ -225,7 +229,14 @@ export type SystemEvent = DirectoryEvent | {
   type: "node_replaced";
   node: string;
   replacement: string;
+} | {
+  /** An application event, published by any process of the system (`emit`, `ctx.emit`). */
+  type: "app";
+  event: AppEvent;
 };
+
+/** Largest application event, as JSON. */
+export const MAX_APP_EVENT_BYTES = 1024 * 1024;
 
 const DEFAULT_MAILBOX = 1024;
 const DEFAULT_INIT_TIMEOUT = 120_000;
@@ -365,8 +376,11 @@ export class System {
   readonly #specs = new Map<string, NodeSpec>();
   readonly #replaced: number[] = [];
   readonly #subs: Subscription[] = [];
+  readonly #rates = new LoadTracker();
   #heartbeat?: HeartbeatPublisher;
   #tick?: ReturnType<typeof setInterval>;
+  #refresh?: ReturnType<typeof setInterval>;
+  #appSeq = 0;
   #objects?: Promise<ObjectStore>;
   #closing?: Promise<void>;
   /** Reconnections of this process's connection (advertised in its heartbeat). */
@@ -434,7 +448,26 @@ export class System {
         const hb = heartbeatSchema.safeParse(raw);
         // A heartbeat counts only on its node's own subject (which only that node may publish
         // to, where the server gives each node its own user).
-        if (hb.success && hb.data.node === s.nodeOf(msg.subject)) this.#dir.heartbeat(hb.data);
+        if (hb.success && hb.data.node === s.nodeOf(msg.subject)) {
+          this.#dir.heartbeat(hb.data);
+          this.#rates.note(hb.data);
+        }
+      },
+    }));
+    this.#subs.push(this.nc.subscribe(s.appEvents, {
+      callback: (err, msg) => {
+        if (err) return;
+        let raw: unknown;
+        try {
+          raw = msg.json();
+        } catch {
+          return;
+        }
+        const ev = appEventSchema.safeParse(raw);
+        // Like a heartbeat, an application event speaks only for the node whose subject it is on.
+        if (ev.success && ev.data.node === s.nodeOf(msg.subject)) {
+          this.#tell({ type: "app", event: ev.data });
+        }
       },
     }));
     this.#subs.push(this.nc.subscribe(s.events, {
@@ -468,6 +501,21 @@ export class System {
     );
     const period = Math.max(20, Math.floor(this.#opts.heartbeatMs / 2));
     this.#tick = setInterval(() => this.#dir.tick(Date.now(), period), period);
+    // Mailbox depths and call counts change all the time: they go out with the next beat.
+    this.#refresh = setInterval(
+      () => this.#heartbeat?.update(this.#payload(), true),
+      this.#opts.heartbeatMs,
+    );
+  }
+
+  #tell(e: SystemEvent) {
+    for (const l of [...this.#listeners]) {
+      try {
+        l(e);
+      } catch (err) {
+        console.error("system event listener failed:", err);
+      }
+    }
   }
 
   /**
@@ -517,6 +565,8 @@ export class System {
       placeable: this.#opts.placeable,
       rev: this.#host.rev,
       actors: this.#host.actors(),
+      load: this.#host.load(),
+      ended: this.#host.ended(),
     };
   }
 
@@ -544,13 +594,7 @@ export class System {
       this.#host.stopOwnedBy(e.node).catch(() => {});
       this.#replace(e.node);
     }
-    for (const l of [...this.#listeners]) {
-      try {
-        l(e);
-      } catch (err) {
-        console.error("system event listener failed:", err);
-      }
-    }
+    this.#tell(e);
   }
 
   /** Starts a fresh node in place of local node `id`, which died, if allowed and in budget. */
@@ -597,6 +641,7 @@ export class System {
       namespace: this.namespace,
       collectives: this.collectives,
       objects: () => this.objects(),
+      emit: (kind, data) => this.emit(kind, data, { actor: info.id }),
       stopped,
     };
   }
@@ -619,10 +664,64 @@ export class System {
     return { ...this.#opts.credentials };
   }
 
-  /** Listens to node and actor events; returns the function that stops listening. */
+  /**
+   * Listens to the system's events: nodes joining and leaving, actors going up, down, restarting
+   * and away, and the application events any process publishes (`emit`). Returns the function
+   * that stops listening. `eventRecord` (runtime/introspect.ts) turns one into JSON.
+   */
   on(listener: (e: SystemEvent) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Publishes an application event to every process of the system (their `on` listeners get it
+   * as `{ type: "app", event }`): `kind` is a dotted name (`train.step`), `data` anything JSON
+   * can carry, at most 1 MiB of it. Fire and forget: a process that is not listening at that
+   * moment never sees it. An actor publishes with `ctx.emit`, which names it as the source.
+   */
+  emit(kind: string, data: unknown = null, options: { actor?: string } = {}): void {
+    if (typeof kind !== "string" || kind.length > 128 || !APP_EVENT_KIND.test(kind)) {
+      throw new InvalidArgumentError(
+        `event kind ${JSON.stringify(kind)} is invalid: use dotted words of A-Z a-z 0-9 _ -`,
+      );
+    }
+    if (this.#closing) return;
+    const ev: AppEvent = {
+      kind,
+      node: this.nodeId,
+      ...(options.actor !== undefined ? { actor: options.actor } : {}),
+      time: Date.now(),
+      seq: this.#appSeq,
+      data,
+    };
+    const json = JSON.stringify(ev);
+    const bytes = new TextEncoder().encode(json);
+    if (bytes.length > MAX_APP_EVENT_BYTES) {
+      throw new InvalidArgumentError(
+        `event ${kind} is ${bytes.length} bytes as JSON; at most ${MAX_APP_EVENT_BYTES}`,
+      );
+    }
+    this.#appSeq++;
+    try {
+      this.nc.publish(this.#subjects.appEvent(this.nodeId), bytes);
+    } catch { /* closed or reconnecting: events are not kept */ }
+  }
+
+  /**
+   * This process's view of the system: every node (host, pid, resources, heartbeat age) and every
+   * actor it knows of (type, name, node, state, restarts, mailbox depth, calls per second). It
+   * comes from heartbeats and lifecycle events only, so any process sees the same, one that
+   * joined by URL included. Checked by `systemSnapshotSchema` (runtime/introspect.ts).
+   */
+  introspect(): SystemSnapshot {
+    return buildSnapshot({
+      system: this.name,
+      self: this.nodeId,
+      nodes: this.#dir.nodes,
+      actors: this.#dir.actors,
+      tracker: this.#rates,
+    });
   }
 
   /** Live nodes, as heartbeats say. */
@@ -1102,6 +1201,7 @@ export class System {
       await Promise.all(owned.map((c) => this.#requestStop(c.id, "stop", 2000).catch(() => {})));
       await this.#host.close(2000);
       clearInterval(this.#tick);
+      clearInterval(this.#refresh);
       this.#caller.close();
       this.#dir.close();
       for (const s of this.#subs) s.unsubscribe();

@@ -1,9 +1,13 @@
 // Makes sure the system packages the project needs are present: `nats-server` (the embedded
 // default cluster and the tests) and a Vulkan driver for WebGPU (lavapipe on machines without a
-// GPU). Installs them with apt-get when running as root on Debian/Ubuntu; otherwise prints the
-// exact command to run and exits non-zero. Quiet when everything is already there.
+// GPU), `openssl` (certificates for the TLS tests); with `--tests` also `chromium`, the
+// headless browser of the dashboard's test. Installs them with apt-get when running as root on
+// Debian/Ubuntu; otherwise prints the exact command to run and exits non-zero. Quiet when
+// everything is already there.
 
-const PACKAGES: { pkg: string; present: () => boolean; why: string }[] = [
+const forTests = Deno.args.includes("--tests");
+
+const PACKAGES: { pkg: string; present: () => boolean; why: string; tests?: boolean }[] = [
   { pkg: "nats-server", present: () => onPath("nats-server"), why: "the message bus" },
   {
     pkg: "mesa-vulkan-drivers",
@@ -11,6 +15,12 @@ const PACKAGES: { pkg: string; present: () => boolean; why: string }[] = [
     why: "a Vulkan driver for WebGPU (lavapipe runs it on the CPU when there is no GPU)",
   },
   { pkg: "openssl", present: () => onPath("openssl"), why: "certificates for the TLS tests" },
+  {
+    pkg: "chromium",
+    present: () => onPath("chromium"),
+    why: "a headless browser for the dashboard's test",
+    tests: true,
+  },
 ];
 
 function exists(path: string): boolean {
@@ -60,7 +70,8 @@ async function run(cmd: string[]): Promise<boolean> {
   return (await p.output()).success;
 }
 
-const missing = PACKAGES.filter((p) => !p.present());
+const wanted = PACKAGES.filter((p) => forTests || !p.tests);
+const missing = wanted.filter((p) => !p.present());
 if (missing.length > 0) {
   const names = missing.map((p) => p.pkg);
   const cmd = `apt-get update && apt-get install -y ${names.join(" ")}`;
@@ -71,7 +82,7 @@ if (missing.length > 0) {
     );
     const ok = await run(["apt-get", "update", "-qq"]) &&
       await run(["apt-get", "install", "-y", "-qq", ...names]);
-    if (!ok || PACKAGES.some((p) => !p.present())) {
+    if (!ok || wanted.some((p) => !p.present())) {
       console.error(`setup: installing failed; run as root: ${cmd}`);
       Deno.exit(1);
     }

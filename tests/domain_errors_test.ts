@@ -6,6 +6,7 @@ import { DomainError } from "../core/errors.ts";
 import { Driver, TrainingError } from "../actors/driver.ts";
 import { GpuWorker, StepProtocolError, UpdateMissingError } from "../actors/gpu_worker.ts";
 import { OutputFolderError } from "../actors/job.ts";
+import { DashboardError } from "../dashboard/server.ts";
 import { declaredWire, errorOfReply } from "../runtime/declared_errors.ts";
 import { init } from "../runtime/mod.ts";
 import {
@@ -128,6 +129,7 @@ const SAMPLES: DomainError[] = [
   new AdapterMissingTensorError("missing", "runs/x", "model.norm.weight"),
   new AdapterRankError("rank 40 too large"),
   new AdapterOutputError("not empty"),
+  new DashboardError("no token"),
 ];
 
 Deno.test("every project error is a DomainError named after its class, with a code of its own", () => {
@@ -164,7 +166,7 @@ Deno.test("every error class in the project's own folders has a sample above", a
       }
     }
   };
-  for (const d of ["core", "cli", "gpu", "model", "train", "actors", "examples"]) {
+  for (const d of ["core", "cli", "gpu", "model", "train", "actors", "dashboard", "examples"]) {
     await walk(new URL(`${d}/`, root));
   }
   assert.deepEqual(missing, []);

@@ -352,6 +352,8 @@ const CONFIG_KEYS = [
   "eval_all",
   "max_new_tokens",
   "on_nonfinite",
+  "dashboard",
+  "dashboard_token",
 ];
 
 Deno.test("finetune: report.json's config keys and the resume keys are as before", () => {

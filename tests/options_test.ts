@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
+import { isLoopback } from "../cli/listen.ts";
 import {
   defaultOptions,
+  FINETUNE_FLAGS,
   FlagError,
   parseFinetuneArgs,
   resolvedConfig,
@@ -114,4 +116,28 @@ Deno.test("model-dependent checks: K·r against every adapted matrix, seq-len", 
     () => validateOptionsForModel(parse(["--seq-len", "65", "--method", "full"]), config),
     (e: unknown) => e instanceof FlagError && e.flag === "seq-len",
   );
+});
+
+Deno.test("--dashboard takes [HOST:]PORT; the token is kept out of config and messages", () => {
+  assert.deepEqual(parse(["--dashboard", "8080"]).dashboard, { hostname: "127.0.0.1", port: 8080 });
+  assert.deepEqual(parse(["--dashboard", "0.0.0.0:0"]).dashboard, { hostname: "0.0.0.0", port: 0 });
+  assert.deepEqual(parse(["--dashboard", "[::1]:9"]).dashboard, { hostname: "::1", port: 9 });
+  assert.equal(parse([]).dashboard, null);
+  flagError(["--dashboard", "host:"], "dashboard", /PORT or HOST:PORT/);
+  flagError(["--dashboard", "70000"], "dashboard", /PORT or HOST:PORT/);
+  const o = parse(["--dashboard", "0.0.0.0:8080", "--dashboard-token", "s3cret"]);
+  assert.equal(o.dashboardToken, "s3cret");
+  assert.equal(resolvedConfig(o).dashboard_token, "(hidden)");
+  assert.equal(resolvedConfig(parse([])).dashboard_token, null);
+  assert.equal(FINETUNE_FLAGS.redact(o).dashboardToken, null);
+  assert.ok(!JSON.stringify(resolvedConfig(o)).includes("s3cret"));
+});
+
+Deno.test("loopback hosts", () => {
+  for (const h of ["127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]", "LOCALHOST"]) {
+    assert.ok(isLoopback(h), h);
+  }
+  for (const h of ["0.0.0.0", "::", "10.0.0.1", "example.com", "128.0.0.1"]) {
+    assert.ok(!isLoopback(h), h);
+  }
 });

@@ -1,10 +1,11 @@
 /**
  * Per-node users on the embedded server. Every node process connects as its own user, allowed
  * to publish only its own heartbeat and events (and what the protocol needs); an actor on node A
- * tries to impersonate node B (a heartbeat saying B hosts nothing, a "down" event for B's actor),
- * to publish into another system, and to read other processes' reply inboxes: the server
- * refuses each. What A may publish on its own subjects while claiming to be B, or to own B's
- * actor, arrives but is ignored. B's actor is untouched throughout.
+ * tries to impersonate node B (a heartbeat saying B hosts nothing, a "down" event for B's actor,
+ * an application event in B's name), to publish into another system, and to read other
+ * processes' reply inboxes: the server refuses each. What A may publish on its own subjects
+ * while claiming to be B, or to own B's actor, arrives but is ignored. B's actor is untouched
+ * throughout.
  */
 import assert from "node:assert/strict";
 import { init } from "../mod.ts";
@@ -60,9 +61,16 @@ Deno.test("a worker node may publish only on its own subjects; impersonation is 
       detail: "forged",
     };
     const gone = { e: "gone", id: "target", inc: 0, reason: "stopped", detail: "forged" };
+    const app = (node: string) => ({ kind: "train.step", node, time: 0, seq: 0, data: "forged" });
+    const apps: string[] = [];
+    const off = system.on((e) => {
+      if (e.type === "app" && e.event.data === "forged") apps.push(e.event.node);
+    });
     const refusedPub = await probe.publish([
       { subject: `${root}.rt.hb.${b.id}`, json: hb(b.id) }, // B's heartbeat: refused
       { subject: `${root}.rt.ev.${b.id}`, json: down }, // B's events: refused
+      { subject: `${root}.rt.ae.${b.id}`, json: app(b.id) }, // B's application events: refused
+      { subject: `${root}.rt.ae.${a.id}`, json: app(b.id) }, // own subject, claiming B: ignored
       { subject: `actors.other.app.x`, json: { forged: true } }, // another system: refused
       { subject: `${root}.rt.hb.${a.id}`, json: hb(b.id) }, // own subject, claiming B: ignored
       { subject: `${root}.rt.ev.${a.id}`, json: gone }, // own events, not the owner: ignored
@@ -72,6 +80,7 @@ Deno.test("a worker node may publish only on its own subjects; impersonation is 
       refusedPub.refused.map((r) => `${r.operation} ${r.subject}`).sort(),
       [
         `publish ${root}.rt.ev.${b.id}`,
+        `publish ${root}.rt.ae.${b.id}`,
         `publish ${root}.rt.hb.${b.id}`,
         `publish actors.other.app.x`,
       ].sort(),
@@ -82,8 +91,15 @@ Deno.test("a worker node may publish only on its own subjects; impersonation is 
     await new Promise((r) => setTimeout(r, 1600)); // past the heartbeat timeout
     assert.deepEqual(
       seen.sort(),
-      [`${root}.app.probe`, `${root}.rt.ev.${a.id}`, `${root}.rt.hb.${a.id}`].sort(),
+      [
+        `${root}.app.probe`,
+        `${root}.rt.ev.${a.id}`,
+        `${root}.rt.hb.${a.id}`,
+        `${root}.rt.ae.${a.id}`,
+      ].sort(),
     );
+    assert.deepEqual(apps, [], "no application event speaks for B");
+    off();
     // B's actor is still incarnation 0, up, and answering.
     assert.equal(await target.add(1), 2);
     assert.equal((await target.whoami()).inc, 0);

@@ -45,6 +45,11 @@ export interface DriverContext {
   readonly prefix: string;
   /** A line for the user (the CLI prints it above its progress bar). */
   log(line: string): void;
+  /**
+   * Publishes an application event of the run (`train.<what>`, with the job's name added) to the
+   * system's processes, e.g. a dashboard (docs/architecture.md §6, "Events of a run").
+   */
+  emit(what: string, data: Record<string, unknown>): void;
 }
 
 /** The run's position and counters: owned by the driver, advanced by its parts. */

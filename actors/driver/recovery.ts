@@ -80,6 +80,12 @@ export class Recovery {
       counted = true;
       try {
         await this.rollback();
+        this.ctx.emit("rollback", {
+          generation: this.state.generation,
+          next_step: this.state.nextStep,
+          cause: cause.message,
+          recoveries: this.state.recoveries,
+        });
         return;
       } catch (e) {
         if (!recoverable(e)) throw e;

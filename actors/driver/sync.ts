@@ -74,6 +74,12 @@ export async function verifyChecksums(
       throw new TrainingError(`worker ${off + 1} did not take worker 0's W and shared state`);
     }
     state.resyncs++;
+    ctx.emit("resync", {
+      step: after,
+      workers: bad,
+      drift: state.drift.filter((d) => d.step === after),
+      resyncs: state.resyncs,
+    });
   } finally {
     await store.delete(ref.name);
   }

@@ -9,6 +9,7 @@
 import { resolve } from "node:path";
 import { z } from "zod";
 import { checkRange, defineFlags, FlagError, parseNumber } from "../../cli/flags.ts";
+import { listenSchema, parseListen } from "../../cli/listen.ts";
 import { LINEAR_KINDS } from "../../model/config.ts";
 import { ADAPTER_CHOICES } from "../../gpu/device.ts";
 import { SAVE_DTYPES } from "../../model/half_float.ts";
@@ -485,6 +486,26 @@ export const FINETUNE_FLAGS = defineFlags({
       default: "stop",
       help: "a NaN/Inf contribution skips the step or stops the run",
       group: CLUSTER,
+    },
+    dashboard: {
+      type: "custom",
+      parse: (raw: string, flag: string) => parseListen(raw, flag),
+      schema: listenSchema,
+      default: null,
+      metavar: "[HOST:]PORT",
+      help: "serve a live dashboard of the run (read-only) at http://HOST:PORT; HOST defaults to " +
+        "127.0.0.1, any other needs a token",
+      group: CLUSTER,
+    },
+    "dashboard-token": {
+      type: "string",
+      nonEmpty: true,
+      default: null,
+      metavar: "TOKEN",
+      help: "the token the dashboard asks every request for (default $HD_DASHBOARD_TOKEN); " +
+        "required when it is not bound to loopback",
+      group: CLUSTER,
+      secret: true,
     },
   },
   check(o) {
