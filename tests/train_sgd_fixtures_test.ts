@@ -1,6 +1,6 @@
 /**
  * One SGD step of every method on K = 2 GPU workers in one process, against PyTorch's float64
- * result stored in each family's fixture (tests/fixtures/<variant>-tiny/sgd_step.safetensors,
+ * result stored in every fixture (tests/fixtures/<variant>-tiny/sgd_step.safetensors,
  * made by scripts/fixtures/make_llama_tiny.py): the merged weights after the step. The workers
  * start from the fixture's own factors (singular vectors' signs are arbitrary, LoRA's A random),
  * and worker k takes rows k, k + K, ... of the fixture's batch as one micro-batch.
@@ -14,9 +14,9 @@ import type { MicroBatch } from "../model/batch.ts";
 import { getMethod } from "../train/methods/registry.ts";
 import type { MethodInit } from "../train/methods/init.ts";
 import type { WorkerMethod, WorkerMethodConfig } from "../train/methods/worker.ts";
-import { type FixtureName, requireFixture } from "./support/fixture.ts";
+import { FIXTURE_NAMES, type FixtureName, requireFixture } from "./support/fixture.ts";
 
-const FAMILIES: FixtureName[] = ["llama3", "qwen2", "mistral"];
+const FAMILIES: readonly FixtureName[] = FIXTURE_NAMES;
 const METHODS = ["hd-pissa", "pissa", "lora", "full"] as const;
 const TOL = 1e-4;
 
