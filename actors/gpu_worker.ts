@@ -21,7 +21,7 @@ import {
   type Receiver,
 } from "../runtime/mod.ts";
 import { Gpu } from "../gpu/mod.ts";
-import { parseLlamaConfig } from "../model/config.ts";
+import { llamaConfigToJson, parseLlamaConfig } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import { type HostTensor, parseSafetensors, serializeSafetensors } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
@@ -203,7 +203,10 @@ async function checkpointBytes(
 ): Promise<Uint8Array> {
   const tensors = new Map(await model.readWeights());
   for (const [k, t] of await method.adapters()) tensors.set(k, t);
-  return serializeSafetensors(tensors, { format: "pt", config: JSON.stringify(model.config) });
+  return serializeSafetensors(tensors, {
+    format: "pt",
+    config: JSON.stringify(llamaConfigToJson(model.config)),
+  });
 }
 
 /**
@@ -238,7 +241,10 @@ function sharedBytes(
 ): Uint8Array {
   const tensors = new Map(st.W);
   for (const [k, t] of st.shared.tensors) tensors.set(k, t);
-  const meta: Record<string, string> = { format: "pt", config: JSON.stringify(model.config) };
+  const meta: Record<string, string> = {
+    format: "pt",
+    config: JSON.stringify(llamaConfigToJson(model.config)),
+  };
   if (st.shared.optimizerStep !== null) meta.optimizer_step = String(st.shared.optimizerStep);
   return serializeSafetensors(tensors, meta);
 }
@@ -586,7 +592,7 @@ export const GpuWorker = defineActor({
         if (!s.model) throw new StepProtocolError("export before load");
         const bytes = serializeSafetensors(await s.model.readWeights(), {
           format: "pt",
-          config: JSON.stringify(s.model.config),
+          config: JSON.stringify(llamaConfigToJson(s.model.config)),
         });
         const e = await (await ctx.objects()).put(input.name, bytes);
         return { name: e.name, digest: e.digest, size: e.size };

@@ -3,7 +3,7 @@
  * and evaluation set of a run, and its K workers (spawn, load W, init the method).
  * @module
  */
-import { expectedTensors, type LlamaConfig } from "../../model/config.ts";
+import { expectedTensors, type LlamaConfig, llamaConfigToJson } from "../../model/config.ts";
 import {
   type HostTensor,
   loadModelFolder,
@@ -170,7 +170,10 @@ export class Fleet {
     const store = await system.objects();
     await store.put(
       name,
-      serializeSafetensors(W, { format: "pt", config: JSON.stringify(run.config) }),
+      serializeSafetensors(W, {
+        format: "pt",
+        config: JSON.stringify(llamaConfigToJson(run.config)),
+      }),
     );
     const maxMicroBatches = o.batchSize / (o.workers * o.microBatch);
     const loaded = await Promise.all(this.workers.map((w) =>
