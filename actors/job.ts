@@ -10,6 +10,7 @@ import type { EvalScore } from "../train/eval/score.ts";
 import { formatScoreTable } from "../train/eval/score.ts";
 import { FINETUNE_FLAGS, type FinetuneOptions, FlagError, METHODS } from "../train/cli/options.ts";
 import { validateOptionsForModel } from "../train/cli/model_checks.ts";
+import { describeRecipe, type Recipe, recipeLines } from "../train/cli/recipe.ts";
 import {
   COMPANION_FILES,
   INDEX_FILE,
@@ -109,6 +110,11 @@ export interface JobIo {
   log(line: string): void;
   /** Whether stderr is a terminal (progress redraws one line). */
   isTty?: boolean;
+  /**
+   * The flags given on the command line: their values are marked "flag" in the recipe. Without
+   * it, a value that differs from the model's recipe is marked as set by the caller.
+   */
+  given?: ReadonlySet<string>;
   /** Where the progress display goes (default stderr). */
   progress?: ProgressWriter;
   /**
@@ -147,6 +153,7 @@ export async function runOne(
   o: FinetuneOptions,
   io: JobIo,
   baseEval: RunReport["eval"]["before"] = null,
+  recipe: Recipe = describeRecipe(o, io.given),
 ): Promise<RunReport> {
   const job = `${o.method.replace(/[^a-z]/g, "")}${crypto.randomUUID().slice(0, 8)}`;
   // The report's types are narrower than its (loose) schema's; the schema checks it on arrival.
@@ -187,7 +194,7 @@ export async function runOne(
     progress.done();
     const fin = await driver.finish({}, long);
     fin.log.forEach(io.log);
-    const report = fin.report as RunReport;
+    const report: RunReport = { ...(fin.report as RunReport), recipe };
     await writeReportJson(`${o.out}/report.json`, report);
     await Deno.writeTextFile(`${o.out}/report.html`, renderReportHtml(report));
     if (o.exportAdapter !== null) return await exportRunAdapter(o, report, o.exportAdapter, io.log);
@@ -212,12 +219,15 @@ function evalTable(report: RunReport): string {
 export async function runFinetune(options: FinetuneOptions, io: JobIo): Promise<RunReport[]> {
   const o = FINETUNE_FLAGS.redact(options);
   await checkInputs(o);
+  // The recipe of --method: with --compare every method runs with it (same hyper-parameters).
+  const recipe = describeRecipe(o, io.given);
+  recipeLines(o, recipe).forEach((l) => io.log(l));
   await prepareOut(o);
   const system = await startSystem(o);
   try {
     await io.onSystem?.(system);
     if (!o.compare) {
-      const report = await runOne(system, o, io);
+      const report = await runOne(system, o, io, null, recipe);
       const table = evalTable(report);
       if (table) io.log(table);
       io.log(`wrote ${o.out}/ (model, report.json, report.html)`);
@@ -233,7 +243,7 @@ export async function runFinetune(options: FinetuneOptions, io: JobIo): Promise<
         exportAdapter: o.exportAdapter === null ? null : `${o.exportAdapter}/${method}`,
       };
       await Deno.mkdir(sub.out, { recursive: true });
-      reports.push(await runOne(system, sub, io, reports[0]?.eval.before ?? null));
+      reports.push(await runOne(system, sub, io, reports[0]?.eval.before ?? null, recipe));
     }
     io.log(compareTable(reports));
     await writeJsonAtomic(`${o.out}/compare.json`, compareJson(reports));

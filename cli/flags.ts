@@ -634,7 +634,9 @@ export class Flags<F extends FlagTable> {
    * For a program's entry point: the parsed options, or it ends: `--help` prints the usage
    * (exit 0); a `FlagError` prints one line, `<name>: <message>`, and exits 2.
    */
-  main(args: readonly string[] = Deno.args): { options: OptionsOf<F>; positionals: string[] } {
+  main(
+    args: readonly string[] = Deno.args,
+  ): { options: OptionsOf<F>; positionals: string[]; given: Set<string> } {
     let parsed;
     try {
       parsed = this.parse(args);
@@ -646,7 +648,7 @@ export class Flags<F extends FlagTable> {
       console.log(this.usage);
       Deno.exit(0);
     }
-    return { options: parsed.options, positionals: parsed.positionals };
+    return { options: parsed.options, positionals: parsed.positionals, given: parsed.given };
   }
 }
 

@@ -13,7 +13,7 @@ import { checkDashboardFlags, runFinetuneWithDashboard } from "../dashboard/fine
 
 if (import.meta.main) {
   // --help prints the usage; a bad flag prints one line and exits 2.
-  const { options } = FINETUNE_FLAGS.main();
+  const { options, given } = FINETUNE_FLAGS.main();
   try {
     checkDashboardFlags(options);
   } catch (e) {
@@ -24,6 +24,7 @@ if (import.meta.main) {
     await runFinetuneWithDashboard(options, {
       log: (line) => console.error(line),
       isTty: Deno.stderr.isTerminal(),
+      given,
     });
   } catch (e) {
     // The Driver is an actor that declares its errors: what it throws (CheckpointError,

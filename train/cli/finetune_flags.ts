@@ -15,6 +15,7 @@ import { ADAPTER_CHOICES } from "../../gpu/device.ts";
 import { SAVE_DTYPES } from "../../model/half_float.ts";
 import { SCHEDULES } from "../optim/schedule.ts";
 import { type Method, METHODS } from "../methods/names.ts";
+import { recipeDefault } from "./recipe.ts";
 
 export { FlagError, type Method, METHODS };
 
@@ -71,7 +72,11 @@ const CLUSTER = "cluster, output and recovery";
 
 export const FINETUNE_FLAGS = defineFlags({
   name: "finetune",
-  about: "Fine-tune a LLaMA-family model with HD-PiSSA (or a baseline) on K GPU actors.",
+  about: "Fine-tune a LLaMA-family model with HD-PiSSA (or a baseline) on K GPU actors.\n\n" +
+    "Defaults depend on the model: the shipped model keeps the values tuned for it, any other\n" +
+    "model gets a published recipe for its method and size (lr, rank, alpha, batch-size, epochs,\n" +
+    "schedule, warmup-ratio, weight-decay, aggregate; see README, Defaults). A flag given always\n" +
+    "wins; the values and where each came from are printed before the run.",
   usage: "deno task finetune [flags]",
   groups: [DATA, METHOD, OPTIM, EVAL, CLUSTER],
   flags: {
@@ -164,7 +169,8 @@ export const FINETUNE_FLAGS = defineFlags({
     },
     rank: {
       type: "int",
-      default: 4,
+      default: (o) => recipeDefault(o, "rank") as number,
+      defaultText: "4 for the shipped model, else by recipe",
       min: 1,
       metavar: "R",
       help: "adapter rank per worker",
@@ -216,7 +222,8 @@ export const FINETUNE_FLAGS = defineFlags({
     aggregate: {
       type: "enum",
       choices: ["mean", "sum"],
-      default: "mean",
+      default: (o) => recipeDefault(o, "aggregate") as string,
+      defaultText: "mean (the shipped model and the recipe)",
       help: "combine the K updates with c = 1/K (mean) or c = 1 (sum)",
       group: METHOD,
       definesRun: true,
@@ -237,8 +244,8 @@ export const FINETUNE_FLAGS = defineFlags({
       type: "number",
       min: 0,
       max: 10,
-      default: 5e-3,
-      defaultText: "5e-3",
+      default: (o) => recipeDefault(o, "lr") as number,
+      defaultText: "5e-3 for the shipped model, else by recipe",
       help: "peak learning rate",
       group: OPTIM,
       definesRun: true,
@@ -248,7 +255,8 @@ export const FINETUNE_FLAGS = defineFlags({
       type: "number",
       min: 0,
       max: 10,
-      default: 0,
+      default: (o) => recipeDefault(o, "weight-decay") as number,
+      defaultText: "0 (the shipped model and the recipe)",
       help: "decoupled weight decay",
       group: OPTIM,
       definesRun: true,
@@ -258,7 +266,8 @@ export const FINETUNE_FLAGS = defineFlags({
     schedule: {
       type: "enum",
       choices: SCHEDULES,
-      default: "cosine",
+      default: (o) => recipeDefault(o, "schedule") as string,
+      defaultText: "cosine (the shipped model and the recipe)",
       metavar: "S",
       help: SCHEDULES.join(" | "),
       group: OPTIM,
@@ -269,7 +278,8 @@ export const FINETUNE_FLAGS = defineFlags({
       type: "number",
       min: 0,
       max: 1,
-      default: 0.03,
+      default: (o) => recipeDefault(o, "warmup-ratio") as number,
+      defaultText: "0.03 (the shipped model and the recipe)",
       help: "warmup steps = ceil(X * T)",
       group: OPTIM,
       definesRun: true,
@@ -288,7 +298,8 @@ export const FINETUNE_FLAGS = defineFlags({
     "batch-size": {
       type: "int",
       min: 1,
-      default: 16,
+      default: (o) => recipeDefault(o, "batch-size") as number,
+      defaultText: "16 for the shipped model, else by recipe",
       help: "global batch per step",
       group: OPTIM,
       definesRun: true,
@@ -316,7 +327,8 @@ export const FINETUNE_FLAGS = defineFlags({
     epochs: {
       type: "int",
       min: 1,
-      default: 3,
+      default: (o) => recipeDefault(o, "epochs") as number,
+      defaultText: "3 for the shipped model, else by recipe",
       help: "passes over the data",
       group: OPTIM,
       definesRun: true,
@@ -555,9 +567,11 @@ export function defaultOptions(): FinetuneOptions {
 export const USAGE: string = FINETUNE_FLAGS.usage;
 
 /** Parses the fine-tuning flags. `{ help: true }` means print `USAGE` and stop. */
-export function parseFinetuneArgs(args: string[]): { help: boolean; options: FinetuneOptions } {
-  const { help, options } = FINETUNE_FLAGS.parse(args);
-  return { help, options };
+export function parseFinetuneArgs(
+  args: string[],
+): { help: boolean; options: FinetuneOptions; given: Set<string> } {
+  const { help, options, given } = FINETUNE_FLAGS.parse(args);
+  return { help, options, given };
 }
 
 /**

@@ -144,6 +144,11 @@ export interface RunReport {
   method: string;
   /** Every resolved flag, keys snake_case (flag names with `-` → `_`), including `seed`. */
   config: Record<string, JsonValue>;
+  /**
+   * The defaults that depend on the model (train/cli/recipe.ts): each value, as in `config`, and
+   * where it came from ("flag", the shipped model's tuned default, a paper's recipe).
+   */
+  recipe?: Record<string, { value: JsonValue; source: string }>;
   steps: StepRecord[];
   eval: EvalRecord;
   effective_rank: Record<string, MatrixRank>;
@@ -240,6 +245,8 @@ export const reportSchema = z.looseObject({
       ctx.addIssue({ code: "custom", path: ["seed"], message: "the seed must be recorded" });
     }
   }),
+  recipe: z.record(snakeKey, z.looseObject({ value: jsonValue, source: z.string().min(1) }))
+    .optional(),
   steps: z.array(stepSchema).superRefine((steps, ctx) => {
     for (let i = 1; i < steps.length; i++) {
       if (!(steps[i].step > steps[i - 1].step)) {
