@@ -111,8 +111,8 @@ export interface JobIo {
   /** Whether stderr is a terminal (progress redraws one line). */
   isTty?: boolean;
   /**
-   * The flags given on the command line: their values are marked "flag" in the recipe. Without
-   * it, a value that differs from the model's recipe is marked as set by the caller.
+   * The flags given on the command line: their values are marked "flag" in the recipe. Any other
+   * value that differs from the model's recipe is marked as set by the caller.
    */
   given?: ReadonlySet<string>;
   /** Where the progress display goes (default stderr). */

@@ -33,7 +33,12 @@ Deno.test("hd-pissa job: model folder, report, bytes per step, identical W on ev
   try {
     await writeTinySetup(dir);
     const o = tinyOptions(dir);
-    const [report] = await runFinetune(o, quiet);
+    const lines: string[] = [];
+    const [report] = await runFinetune(o, {
+      ...quiet,
+      log: (l) => lines.push(l),
+      given: new Set(["lr"]),
+    });
 
     const model = await loadModelFolder(o.out);
     assert.deepEqual(model.config.hidden_size, TINY_CONFIG.hidden_size);
@@ -41,6 +46,18 @@ Deno.test("hd-pissa job: model folder, report, bytes per step, identical W on ev
     assert.equal(fromDisk.method, "hd-pissa");
     assert.equal(fromDisk.config.workers, 2);
     assert.equal(fromDisk.config.seed, 42);
+    // The recipe of a user's model: a given flag, values the caller set, the paper's values.
+    const recipe = fromDisk.recipe!;
+    assert.deepEqual(recipe.lr, { value: 5e-3, source: "flag" });
+    assert.deepEqual(recipe.workers, { value: 2, source: "set by the caller" });
+    assert.deepEqual(recipe.epochs, { value: 3, source: "set by the caller" });
+    assert.deepEqual(recipe.schedule, { value: "cosine", source: "HD-PiSSA paper, Table 5" });
+    assert.equal(recipe.batch_size.value, fromDisk.config.batch_size);
+    assert.ok(
+      lines.some((l) => l.startsWith(`defaults for ${o.model} (hd-pissa`)),
+      lines.join("\n"),
+    );
+    assert.ok(lines.includes("  lr 5e-3 (flag)"), lines.join("\n"));
     assert.deepEqual(fromDisk.steps.map((s) => s.step), [0, 1, 2, 3]);
     assert.ok(fromDisk.steps.every((s) => Number.isFinite(s.loss)));
     const html = await Deno.readTextFile(`${o.out}/report.html`);

@@ -190,8 +190,8 @@ const camel = (f: string) => f.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpp
 
 /**
  * The resolved recipe: each recipe flag's value in `o` and where it came from. `given` names the
- * flags given on the command line (source "flag"); without it, a value that differs from the
- * recipe's was set by the caller.
+ * flags given on the command line (source "flag"); any other value that differs from the
+ * recipe's was set by the caller (a program that builds the options itself).
  */
 export function describeRecipe(o: RecipeInput, given?: ReadonlySet<string>): Recipe {
   const r = recipeFor(o);
@@ -200,7 +200,7 @@ export function describeRecipe(o: RecipeInput, given?: ReadonlySet<string>): Rec
     const value = o[camel(f)] as number | string;
     const source = given?.has(f)
       ? "flag"
-      : given === undefined && value !== r[f].value
+      : value !== r[f].value
       ? "set by the caller"
       : r[f].source;
     out[f.replace(/-/g, "_")] = { value, source };
