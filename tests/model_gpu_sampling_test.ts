@@ -29,7 +29,9 @@ Deno.test("generate: host sampling on models/base", async () => {
       const a = await model.generate(prompts, {
         ...opts,
         sample: makeSampler(params, 5),
-        onToken: (s, id) => streamed[s].push(id),
+        onToken: (s, id) => {
+          streamed[s].push(id);
+        },
       });
       const b = await model.generate(prompts, {
         ...opts,
@@ -42,7 +44,7 @@ Deno.test("generate: host sampling on models/base", async () => {
       assert.notDeepEqual(c, a);
 
       const gStream = prompts.map(() => [] as number[]);
-      await model.generate(prompts, { ...opts, onToken: (s, id) => gStream[s].push(id) });
+      await model.generate(prompts, { ...opts, onToken: (s, id) => void gStream[s].push(id) });
       assert.deepEqual(gStream, greedy);
     } finally {
       model.close();
