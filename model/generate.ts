@@ -41,6 +41,18 @@ export interface GenerateOptions {
   stopIds: readonly number[];
   /** Prompts decoded together (default: all of them, at most 64). */
   batchSize?: number;
+  /**
+   * Chooses each next token on the host from the last position's logits (model/sampling.ts);
+   * `seq` is the prompt's index, `history` its prompt and the tokens so far. Absent: the argmax
+   * on the device, several steps per submit (greedy).
+   */
+  sample?: (logits: Float32Array, seq: number, history: readonly number[]) => number;
+  /**
+   * Called with each new token of prompt `seq` as soon as it is read back (a stop id too).
+   * Returning true ends that sequence here (a stop string); when every sequence has ended,
+   * decoding stops, and the returned lists may hold tokens past such an end.
+   */
+  onToken?: (seq: number, id: number) => boolean | void;
 }
 
 /** Decode steps recorded per submit: fewer wastes submits, more wastes work after stops. */
@@ -91,7 +103,15 @@ export async function generateGreedy(
   for (let i = 0; i < prompts.length; i += batchSize) {
     const chunk = prompts.slice(i, i + batchSize);
     if (maxNewTokens === 0) out.push(...chunk.map(() => []));
-    else out.push(...await generateBatch(gpu, config, ctx, chunk, maxNewTokens, new Set(stopIds)));
+    else {
+      out.push(
+        ...await generateBatch(gpu, config, ctx, chunk, maxNewTokens, new Set(stopIds), {
+          offset: i,
+          sample: options.sample,
+          onToken: options.onToken,
+        }),
+      );
+    }
   }
   return out;
 }
@@ -103,6 +123,7 @@ async function generateBatch(
   prompts: readonly (readonly number[])[],
   steps: number,
   stops: ReadonlySet<number>,
+  host: Pick<GenerateOptions, "sample" | "onToken"> & { offset: number },
 ): Promise<number[][]> {
   const d = ctx.dims;
   const B = prompts.length;
@@ -223,14 +244,29 @@ async function generateBatch(
     const layers = (rec: Recorder, a: LayerActs, attn: Attention) => {
       for (let l = 0; l < d.L; l++) layerForward(rec, ctx, l, a, attn);
     };
+    const { sample, onToken } = host;
     const predict = (rec: Recorder, h: HeadActs, n: number) => {
       headForward(rec, ctx, lm, h);
-      argmax(rec, slot(idsSteps, n), h.logits);
+      if (sample === undefined) argmax(rec, slot(idsSteps, n), h.logits);
+    };
+    // Sampling: one step per submit; the host reads the logits, chooses, writes the ids back.
+    const hostIds = sample === undefined ? null : new Int32Array(steps * Bp);
+    const histories = prompts.map((p) => [...p]);
+    const stopped = new Uint8Array(B);
+    const emit = (from: number, to: number) => {
+      if (onToken === undefined) return;
+      for (let b = 0; b < B; b++) {
+        for (let n = from; n < to && !stopped[b]; n++) {
+          const id = ids[n * Bp + b];
+          if (onToken(host.offset + b, id) === true || stops.has(id)) stopped[b] = 1;
+        }
+      }
     };
 
     let done = 0; // step slots already produced
     let ids: Int32Array = new Int32Array(0);
     while (done < steps) {
+      const before = done;
       const rec = gpu.record({ label: "generate" });
       let read: Promise<Float32Array | Int32Array>;
       try {
@@ -245,7 +281,7 @@ async function generateBatch(
         }
         const a = layerActsRows(acts, B);
         const h: HeadActs = { ...head, x: a.out };
-        const end = Math.min(steps, n0 + STEPS_PER_SUBMIT);
+        const end = Math.min(steps, hostIds === null ? n0 + STEPS_PER_SUBMIT : done + 1);
         for (let n = n0; n < end; n++) {
           // Token of slot n − 1 at position len + n − 1 predicts slot n.
           embeddingForward(rec, a.x, E, slot(idsSteps, n - 1));
@@ -253,13 +289,27 @@ async function generateBatch(
           predict(rec, h, n);
         }
         done = end;
-        read = rec.read(idsSteps);
+        read = rec.read(hostIds === null ? idsSteps : head.logits);
       } catch (e) {
         rec.discard();
         throw e;
       }
       await rec.submit();
-      ids = (await read) as Int32Array;
+      if (hostIds === null) ids = (await read) as Int32Array;
+      else {
+        const logits = (await read) as Float32Array;
+        const n = done - 1;
+        const V = d.V;
+        for (let b = 0; b < B; b++) {
+          const id = sample!(logits.subarray(b * V, (b + 1) * V), host.offset + b, histories[b]);
+          hostIds[n * Bp + b] = id;
+          histories[b].push(id);
+        }
+        gpu.write(slot(idsSteps, n), hostIds.subarray(n * Bp, n * Bp + B));
+        ids = hostIds;
+      }
+      emit(before, done);
+      if (onToken !== undefined && stopped.every((x) => x === 1)) break;
       if (allStopped(ids, B, Bp, done, stops)) break;
     }
     return prompts.map((_, b) => {
