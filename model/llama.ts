@@ -267,7 +267,7 @@ export class LlamaGpu {
     });
     this.#tensors.push(this.#rope.cos, this.#rope.sin);
 
-    this.#embedGrad = params.grads.has("model.embed_tokens.weight");
+    this.#embedGrad = params.gradParts.has("model.embed_tokens.weight");
     const slot = (i: number, withPlan: boolean): Slot => ({
       ids: t([Tm], `ids ${i}`, "i32"),
       targets: t([Tm], `targets ${i}`, "i32"),
