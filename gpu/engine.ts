@@ -23,7 +23,14 @@ import {
   type RecorderHost,
   type RecordOptions,
 } from "./recorder.ts";
-import { type Allocation, type DType, GpuTensor, numel } from "./tensor.ts";
+import {
+  type Allocation,
+  type DType,
+  GpuTensor,
+  numel,
+  rowBlockCounts,
+  type RowParts,
+} from "./tensor.ts";
 
 export type { MatmulVariant } from "./recorder.ts";
 
@@ -33,6 +40,11 @@ export interface GpuOptions extends DeviceOptions {
    * memory is slow, and workgroup-memory tiling on real GPUs.
    */
   matmul?: "auto" | MatmulVariant;
+  /**
+   * Lowers `limits.maxStorageBufferBindingSize` to this many bytes (never raises it), e.g. so
+   * that tests exercise the row-split tensors without allocating the device's real limit.
+   */
+  maxBindingBytes?: number;
 }
 
 export interface EngineStats extends PoolStats {
@@ -52,6 +64,15 @@ const MAX_BIND_GROUPS = 8192;
  * Ordering: `upload`/`write` go through the device queue, so they are ordered before any later
  * `submit`, and after every earlier one.
  */
+function bindingLimit(device: number, options: GpuOptions): number {
+  const b = options.maxBindingBytes;
+  if (b === undefined) return device;
+  if (!Number.isInteger(b) || b < 256 || b % 4 !== 0) {
+    throw new GpuShapeError(`maxBindingBytes must be a multiple of 4 >= 256, got ${b}`);
+  }
+  return Math.min(device, b);
+}
+
 export class Gpu {
   readonly adapter: GPUAdapter;
   readonly device: GPUDevice;
@@ -92,7 +113,7 @@ export class Gpu {
     this.info = opened.info;
     const l = this.device.limits;
     this.limits = {
-      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxStorageBufferBindingSize: bindingLimit(l.maxStorageBufferBindingSize, options),
       maxBufferSize: l.maxBufferSize,
       maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
       minStorageBufferOffsetAlignment: l.minStorageBufferOffsetAlignment,
@@ -183,6 +204,41 @@ export class Gpu {
       throw e;
     }
     return t;
+  }
+
+  /**
+   * A [rows, cols] f32 matrix as row blocks each within the binding limit (one part when the
+   * whole fits). `data` null gives zeros.
+   */
+  uploadRows(data: Float32Array | null, rows: number, cols: number, label = ""): RowParts {
+    const counts = rowBlockCounts(
+      rows,
+      cols,
+      this.limits.maxStorageBufferBindingSize,
+      this.limits.minStorageBufferOffsetAlignment,
+    );
+    if (data && data.length !== rows * cols) {
+      throw new GpuShapeError(`uploadRows: ${data.length} values do not fit [${rows}, ${cols}]`);
+    }
+    const parts: GpuTensor[] = [];
+    const starts: number[] = [];
+    let r = 0;
+    try {
+      for (const n of counts) {
+        const name = counts.length > 1 ? `${label} rows ${r}..${r + n}` : label;
+        parts.push(
+          data
+            ? this.upload(data.subarray(r * cols, (r + n) * cols), [n, cols], name)
+            : this.zeros([n, cols], "f32", name),
+        );
+        starts.push(r);
+        r += n;
+      }
+    } catch (e) {
+      for (const t of parts) this.release(t);
+      throw e;
+    }
+    return { rows, cols, label, parts, starts, counts };
   }
 
   /** Overwrites all of `t` with `data` (same length and dtype). */

@@ -22,7 +22,14 @@ export {
   type DeviceOptions,
   openDevice,
 } from "./device.ts";
-export { type Allocation, type DType, GpuTensor, numel } from "./tensor.ts";
+export {
+  type Allocation,
+  type DType,
+  GpuTensor,
+  numel,
+  rowBlockCounts,
+  type RowParts,
+} from "./tensor.ts";
 export { BufferPool, type PoolStats, sizeClass } from "./buffer_pool.ts";
 export {
   type Access,

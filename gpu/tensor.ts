@@ -107,6 +107,45 @@ export class GpuTensor {
   }
 }
 
+/**
+ * A matrix [rows, cols] held as consecutive row blocks, each a tensor of at most the device's
+ * binding limit (`Gpu.uploadRows`, `Gpu.zerosRows`). Part i holds rows
+ * `starts[i] .. starts[i] + counts[i]`. Only the kernels named `…Parts` accept one; every other
+ * kernel takes a GpuTensor, so a split matrix cannot reach them.
+ */
+export interface RowParts {
+  readonly rows: number;
+  readonly cols: number;
+  readonly label: string;
+  readonly parts: readonly GpuTensor[];
+  readonly starts: readonly number[];
+  readonly counts: readonly number[];
+}
+
+/**
+ * Row counts of the blocks of a [rows, cols] f32 matrix under a binding limit of `maxBytes`
+ * (each block's byte size a multiple of `align`, so parts could also be views of one buffer).
+ * @throws GpuShapeError when a single row is over the limit.
+ */
+export function rowBlockCounts(
+  rows: number,
+  cols: number,
+  maxBytes: number,
+  align = 256,
+): number[] {
+  const rowBytes = cols * 4;
+  let per = Math.floor(maxBytes / rowBytes);
+  while (per > 1 && (per * rowBytes) % align !== 0) per--;
+  if (per < 1) {
+    throw new GpuShapeError(
+      `a row of ${cols} f32 (${rowBytes} bytes) is over the limit ${maxBytes}`,
+    );
+  }
+  const out: number[] = [];
+  for (let r = 0; r < rows; r += per) out.push(Math.min(per, rows - r));
+  return out;
+}
+
 /** Throws GpuShapeError unless `t` has exactly `shape` (and `dtype`, default f32). */
 export function expectShape(
   what: string,

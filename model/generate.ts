@@ -14,6 +14,7 @@ import {
   attentionDecode,
   createRopeTable,
   embeddingForward,
+  embeddingForwardParts,
   fill,
   type Gpu,
   type GpuTensor,
@@ -213,7 +214,7 @@ async function generateBatch(
       logits: t([B, d.V], "logits"),
     };
     const lm = lmHeadName(config);
-    const E = ctx.params.weights.get("model.embed_tokens.weight")!;
+    const E = ctx.params.rowParts.get("model.embed_tokens.weight")!;
     const slot = (y: GpuTensor, n: number) => y.rows(n * Bp, B);
 
     const attention = (positions: GpuTensor, newTokens: number, maxPosition: number): Attention => {
@@ -273,7 +274,7 @@ async function generateBatch(
         let n0 = done;
         if (done === 0) {
           for (const c of [...kCache, ...vCache]) fill(rec, c, 0);
-          embeddingForward(rec, x, E, idsPrefill);
+          embeddingForwardParts(rec, x, E, idsPrefill);
           layers(rec, acts, attention(posPrefill, Pmax, Pmax - 1));
           embeddingForward(rec, last, x, gatherRows);
           predict(rec, head, 0);
@@ -284,7 +285,7 @@ async function generateBatch(
         const end = Math.min(steps, hostIds === null ? n0 + STEPS_PER_SUBMIT : done + 1);
         for (let n = n0; n < end; n++) {
           // Token of slot n − 1 at position len + n − 1 predicts slot n.
-          embeddingForward(rec, a.x, E, slot(idsSteps, n - 1));
+          embeddingForwardParts(rec, a.x, E, slot(idsSteps, n - 1));
           layers(rec, a, attention(slot(posSteps, n - 1), 1, Pmax + n - 1));
           predict(rec, h, n);
         }

@@ -23,14 +23,17 @@ import {
   attentionForward,
   createRopeTable,
   crossEntropy,
-  embeddingBackward,
-  embeddingForward,
+  embeddingBackwardParts,
+  embeddingForwardParts,
   EmbeddingGradPlan,
   fill,
   type Gpu,
   type GpuTensor,
   type Recorder,
+  rmsnormForward,
   type RopeTable,
+  type RowParts,
+  sum,
 } from "../gpu/mod.ts";
 import { expectedTensors, LINEAR_KINDS, type LinearKind, type LlamaConfig } from "./config.ts";
 import type { HostTensor } from "./safetensors.ts";
@@ -41,8 +44,9 @@ import {
   type Dims,
   dimsOf,
   type HeadActs,
-  headBackward,
-  headForward,
+  headLogits,
+  headLogitsBackward,
+  headNormBackward,
   type LayerActs,
   layerActsRows,
   layerBackward,
@@ -80,6 +84,11 @@ export interface LlamaGpuOptions {
    */
   gradients: "adapters" | "weights" | "none";
   trainable?: (name: string) => boolean;
+  /**
+   * Positions whose logits exist at once (the lm_head and the loss run a chunk at a time).
+   * Default: as many as fit one binding of [rows, V] f32, at most maxRows·seqLen.
+   */
+  headChunk?: number;
 }
 
 /** The options a model was built with, defaults filled in. */
@@ -87,6 +96,7 @@ export interface LlamaGpuSizes {
   readonly maxRows: number;
   readonly seqLen: number;
   readonly maxMicroBatches: number;
+  readonly headChunk: number;
   readonly gradients: LlamaGpuOptions["gradients"];
   readonly adapters?: { readonly targets: readonly LinearKind[]; readonly rank: number };
 }
@@ -99,6 +109,31 @@ interface Slot {
   plan: EmbeddingGradPlan | null;
   rows: number;
   count: number;
+}
+
+/** The head chunk of `options` (checked), or the most positions whose logits fit one binding. */
+function headChunkOf(gpu: Gpu, config: LlamaConfig, options: LlamaGpuOptions): number {
+  const Tm = options.maxRows * options.seqLen;
+  const fit = Math.floor(gpu.limits.maxStorageBufferBindingSize / (config.vocab_size * 4));
+  if (options.headChunk !== undefined) {
+    const c = options.headChunk;
+    if (!Number.isInteger(c) || c < 1) {
+      throw new LlamaOptionsError(`headChunk must be an integer >= 1, got ${c}`);
+    }
+    if (c > fit) {
+      throw new LlamaOptionsError(
+        `headChunk ${c}: logits [${c}, ${config.vocab_size}] are over the device's binding ` +
+          `limit ${gpu.limits.maxStorageBufferBindingSize}; at most ${fit}`,
+      );
+    }
+    return Math.min(c, Tm);
+  }
+  if (fit < 1) {
+    throw new LlamaOptionsError(
+      `one row of logits (${config.vocab_size} f32) is over the binding limit`,
+    );
+  }
+  return Math.min(fit, Tm);
 }
 
 export class LlamaGpu {
@@ -197,7 +232,7 @@ export class LlamaGpu {
       x: resid[d.L],
       lnf: t([Tm, d.C], "lnf"),
       rstdf: t([Tm], "rstdf"),
-      logits: t([Tm, d.V], "logits"),
+      logits: t([options.headChunk, d.V], "logits chunk"),
     };
     this.#losses = t([Tm], "losses");
     this.#mbLoss = t([1], "micro-batch loss");
@@ -232,7 +267,7 @@ export class LlamaGpu {
     });
     this.#tensors.push(this.#rope.cos, this.#rope.sin);
 
-    this.#embedGrad = params.grads.has("model.embed_tokens.weight");
+    this.#embedGrad = params.gradParts.has("model.embed_tokens.weight");
     const slot = (i: number, withPlan: boolean): Slot => ({
       ids: t([Tm], `ids ${i}`, "i32"),
       targets: t([Tm], `targets ${i}`, "i32"),
@@ -300,6 +335,7 @@ export class LlamaGpu {
         maxRows: options.maxRows,
         seqLen: options.seqLen,
         maxMicroBatches,
+        headChunk: headChunkOf(gpu, config, options),
         gradients: options.gradients,
         adapters: options.adapters,
       }, held);
@@ -317,26 +353,59 @@ export class LlamaGpu {
   weight(name: string): GpuTensor {
     this.#check();
     const w = this.#params.weights.get(name);
-    if (!w) throw new LlamaWeightError(name, `the model has no weight "${name}"`);
+    if (!w) {
+      const parts = this.#params.rowParts.get(name);
+      if (parts) {
+        throw new LlamaWeightError(
+          name,
+          `"${name}" is split into ${parts.parts.length} row blocks (over the device's binding ` +
+            `limit); use weightParts`,
+        );
+      }
+      throw new LlamaWeightError(name, `the model has no weight "${name}"`);
+    }
     return w;
+  }
+
+  /** The row blocks of the embedding table or the lm_head (one block when it fits a binding). */
+  weightParts(name: string): RowParts {
+    this.#check();
+    const p = this.#params.rowParts.get(name);
+    if (!p) throw new LlamaWeightError(name, `"${name}" is not held as row blocks`);
+    return p;
+  }
+
+  /** The row blocks of the gradient of the embedding table or the lm_head. */
+  weightGradParts(name: string): RowParts {
+    this.#check();
+    const p = this.#params.gradParts.get(name);
+    if (!p) throw new LlamaWeightError(name, `"${name}" has no gradient (not trainable)`);
+    return p;
   }
 
   /** Every weight name, in checkpoint order. */
   weightNames(): string[] {
-    return [...this.#params.weights.keys()];
+    return [...this.#params.names];
   }
 
   /** ∂L/∂W of a trainable weight (gradients "weights"). */
   weightGrad(name: string): GpuTensor {
     this.#check();
     const g = this.#params.grads.get(name);
-    if (!g) throw new LlamaWeightError(name, `"${name}" has no gradient (not trainable)`);
+    if (!g) {
+      if (this.#params.gradParts.has(name)) {
+        throw new LlamaWeightError(name, `the gradient of "${name}" is split; use weightGradParts`);
+      }
+      throw new LlamaWeightError(name, `"${name}" has no gradient (not trainable)`);
+    }
     return g;
   }
 
   /** Names of the weights that have a gradient buffer. */
   trainableNames(): string[] {
-    return [...this.#params.grads.keys()];
+    return this.#params.names.filter((n) =>
+      this.#params.grads.has(n) || this.#params.gradParts.has(n)
+    );
   }
 
   /** The adapter of an adapted weight (by its HF weight name). */
@@ -447,25 +516,45 @@ export class LlamaGpu {
     for (const i of this.#active) this.#recordForward(rec, this.#slots[i], false);
   }
 
-  /** Logits [rows·S, V] of a batch (one submit; does not disturb the step's inputs). */
+  /** Logits [rows·S, V] of a batch (one submit, a chunk of positions at a time; does not disturb the step's inputs). */
   async logits(batch: MicroBatch): Promise<Float32Array> {
     this.#check();
     this.#checkBatch(batch, "batch");
     this.#writeInputs(this.#inference, batch, 0);
-    const rec = this.gpu.record({ label: "logits" });
-    let out: Promise<Float32Array | Int32Array>;
-    try {
-      const T = this.#inference.count;
-      this.#forwardLayers(rec, this.#inference);
-      const head = this.#headView(T);
-      headForward(rec, this.#ctx(false), lmHeadName(this.config), head);
-      out = rec.read(head.logits);
-    } catch (e) {
-      rec.discard();
-      throw e;
+    const T = this.#inference.count;
+    const V = this.#dims.V;
+    const out = new Float32Array(T * V);
+    const chunks = this.#chunks(T);
+    // One submit per chunk after the first: the chunk buffer is reused.
+    for (let c = 0; c < chunks.length; c++) {
+      const [c0, n] = chunks[c];
+      const rec = this.gpu.record({ label: "logits" });
+      let read: Promise<Float32Array | Int32Array>;
+      try {
+        const ctx = this.#ctx(false);
+        if (c === 0) {
+          this.#forwardLayers(rec, this.#inference);
+          const h = this.#head;
+          rmsnormForward(
+            rec,
+            h.lnf.rows(0, T),
+            h.rstdf.rows(0, T),
+            h.x.rows(0, T),
+            this.#params.weights.get("model.norm.weight")!,
+            this.#dims.eps,
+          );
+        }
+        const logits = this.#head.logits.rows(0, n);
+        headLogits(rec, ctx, lmHeadName(this.config), logits, this.#head.lnf.rows(c0, n));
+        read = rec.read(logits);
+      } catch (e) {
+        rec.discard();
+        throw e;
+      }
+      await rec.submit();
+      out.set((await read) as Float32Array, c0 * V);
     }
-    await rec.submit();
-    return (await out) as Float32Array;
+    return out;
   }
 
   /**
@@ -482,23 +571,38 @@ export class LlamaGpu {
   async readWeights(): Promise<Map<string, HostTensor>> {
     this.#check();
     const names = this.weightNames();
-    const ts = names.map((n) => this.#params.weights.get(n)!);
-    const data = await this.gpu.readMany(ts);
-    return new Map(
-      names.map((n, i) => [n, { shape: [...ts[i].shape], data: data[i] as Float32Array }]),
+    const ts = names.flatMap((n) =>
+      this.#params.weights.get(n) ?? this.#params.rowParts.get(n)!.parts
     );
+    const data = await this.gpu.readMany(ts);
+    const out = new Map<string, HostTensor>();
+    let at = 0;
+    for (const n of names) {
+      const w = this.#params.weights.get(n);
+      if (w) {
+        out.set(n, { shape: [...w.shape], data: data[at++] as Float32Array });
+        continue;
+      }
+      const r = this.#params.rowParts.get(n)!;
+      const whole = new Float32Array(r.rows * r.cols);
+      for (let i = 0; i < r.parts.length; i++) whole.set(data[at++], r.starts[i] * r.cols);
+      out.set(n, { shape: [r.rows, r.cols], data: whole });
+    }
+    return out;
   }
 
   /** Overwrites one weight (queue-ordered before later submits). */
   writeWeight(name: string, data: Float32Array): void {
-    const w = this.weight(name);
-    if (!(data instanceof Float32Array) || data.length !== w.size) {
-      throw new LlamaWeightError(
-        name,
-        `"${name}" needs ${w.size} f32 values [${w.shape}], got ${data?.length}`,
-      );
+    this.#check();
+    const r = this.#params.rowParts.get(name);
+    const size = r ? r.rows * r.cols : this.weight(name).size;
+    if (!(data instanceof Float32Array) || data.length !== size) {
+      throw new LlamaWeightError(name, `"${name}" needs ${size} f32 values, got ${data?.length}`);
     }
-    this.gpu.write(w, data);
+    if (!r) return this.gpu.write(this.weight(name), data);
+    r.parts.forEach((t, i) =>
+      this.gpu.write(t, data.subarray(r.starts[i] * r.cols, (r.starts[i] + r.counts[i]) * r.cols))
+    );
   }
 
   /** Releases every buffer of the model (the Gpu stays open). Idempotent. */
@@ -608,7 +712,7 @@ export class LlamaGpu {
       x: h.x.rows(0, T),
       lnf: h.lnf.rows(0, T),
       rstdf: h.rstdf.rows(0, T),
-      logits: h.logits.rows(0, T),
+      logits: h.logits,
     };
   }
 
@@ -618,10 +722,10 @@ export class LlamaGpu {
     const ctx = this.#ctx(training);
     const keepXa = ctx.adapterGrads || this.#scales.sigma !== 0;
     const attn = this.#attention(slot.rows);
-    embeddingForward(
+    embeddingForwardParts(
       rec,
       this.#layers[0].x.rows(0, T),
-      this.#params.weights.get("model.embed_tokens.weight")!,
+      this.#params.rowParts.get("model.embed_tokens.weight")!,
       slot.ids.rows(0, T),
     );
     for (let l = 0; l < this.#dims.L; l++) {
@@ -629,19 +733,48 @@ export class LlamaGpu {
     }
   }
 
+  /** [first position, count] of each chunk of the head over T positions. */
+  #chunks(T: number): [number, number][] {
+    const C = this.options.headChunk;
+    const out: [number, number][] = [];
+    for (let c0 = 0; c0 < T; c0 += C) out.push([c0, Math.min(C, T - c0)]);
+    return out;
+  }
+
+  /**
+   * Forward to the loss. The head runs a chunk of positions at a time: logits of the chunk →
+   * cross-entropy (losses, and ∂L/∂logits in place when training) → at once the lm_head's
+   * backward of the chunk (∂L/∂lnf rows into the gradient buffer `dln`, ∂W accumulated), so the
+   * whole [T, V] logits never exist.
+   */
   #recordForward(rec: Recorder, slot: Slot, withGrad: boolean): void {
     const T = slot.count;
     this.#forwardLayers(rec, slot, withGrad);
-    const head = this.#headView(T);
-    headForward(rec, this.#ctx(withGrad), lmHeadName(this.config), head);
-    crossEntropy(rec, {
-      logits: head.logits,
-      targets: slot.targets.rows(0, T),
-      weights: slot.weights.rows(0, T),
-      losses: this.#losses.rows(0, T),
-      loss: this.#mbLoss,
-      dlogits: withGrad ? head.logits : undefined,
-    });
+    const ctx = this.#ctx(withGrad);
+    const h = this.#head;
+    const lm = lmHeadName(this.config);
+    rmsnormForward(
+      rec,
+      h.lnf.rows(0, T),
+      h.rstdf.rows(0, T),
+      h.x.rows(0, T),
+      this.#params.weights.get("model.norm.weight")!,
+      this.#dims.eps,
+    );
+    for (const [c0, n] of this.#chunks(T)) {
+      const logits = h.logits.rows(0, n);
+      const lnf = h.lnf.rows(c0, n);
+      headLogits(rec, ctx, lm, logits, lnf);
+      crossEntropy(rec, {
+        logits,
+        targets: slot.targets.rows(c0, n),
+        weights: slot.weights.rows(c0, n),
+        losses: this.#losses.rows(c0, n),
+        dlogits: withGrad ? logits : undefined,
+      });
+      if (withGrad) headLogitsBackward(rec, ctx, lm, this.#grads!.dln.rows(c0, n), logits, lnf);
+    }
+    sum(rec, this.#mbLoss, this.#losses.rows(0, T));
     accumulate(rec, this.loss, this.#mbLoss);
   }
 
@@ -663,18 +796,17 @@ export class LlamaGpu {
       delta: v(G.delta),
     };
     const L = this.#dims.L;
-    const head = this.#headView(T);
-    const lm = lmHeadName(this.config);
-    headBackward(rec, ctx, lm, head, head.logits, g, this.#stop < L);
+    // The lm_head's backward ran with the loss (#recordForward) and left ∂L/∂lnf in g.dln.
+    headNormBackward(rec, ctx, this.#headView(T), g, this.#stop < L);
     const attn = this.#attention(slot.rows);
     for (let l = L - 1; l >= this.#stop; l--) {
       const inputGrad = l > this.#stop || this.#embedGrad;
       layerBackward(rec, ctx, l, this.#layerView(l, T, ctx.adapterGrads), g, attn, inputGrad);
     }
     if (this.#embedGrad) {
-      embeddingBackward(
+      embeddingBackwardParts(
         rec,
-        this.#params.grads.get("model.embed_tokens.weight")!,
+        this.#params.gradParts.get("model.embed_tokens.weight")!,
         g.dx,
         slot.plan!,
         true,

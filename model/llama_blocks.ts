@@ -9,7 +9,12 @@
 import {
   add,
   attentionBackward,
+  blockCopy,
+  blockExtract,
   type GpuTensor,
+  matmulNN,
+  matmulNT,
+  matmulTN,
   type Recorder,
   rmsnormBackward,
   rmsnormForward,
@@ -311,7 +316,77 @@ export interface HeadActs {
 export function headForward(rec: Recorder, ctx: BlockContext, lmHead: string, a: HeadActs): void {
   const w = ctx.params.weights;
   rmsnormForward(rec, a.lnf, a.rstdf, a.x, w.get("model.norm.weight")!, ctx.dims.eps);
-  linearForward(rec, { y: a.logits, x: a.lnf, W: w.get(lmHead)! }, ctx.scales);
+  headLogits(rec, ctx, lmHead, a.logits, a.lnf);
+}
+
+/**
+ * logits [T, V] = x [T, C]·Wᵀ with W the lm_head, one matmul per row block of W writing the
+ * matching column block of the logits (through a scratch block when W is split).
+ */
+export function headLogits(
+  rec: Recorder,
+  ctx: BlockContext,
+  lmHead: string,
+  logits: GpuTensor,
+  x: GpuTensor,
+): void {
+  const W = ctx.params.rowParts.get(lmHead)!;
+  if (W.parts.length === 1) return matmulNT(rec, logits, x, W.parts[0]);
+  const T = x.shape[0];
+  W.parts.forEach((part, i) => {
+    const tmp = rec.scratch([T, W.counts[i]], "f32", "logits block");
+    matmulNT(rec, tmp, x, part);
+    blockCopy(rec, logits, tmp, null, 0, W.starts[i]);
+  });
+}
+
+/**
+ * Backward of `headLogits`: dx [T, C] = dlogits·W (written), and ∂W += dlogitsᵀ·x per row block
+ * when the lm_head has a gradient. With a split W, dx sums the blocks in order (one rounding per
+ * block more than the whole product).
+ */
+export function headLogitsBackward(
+  rec: Recorder,
+  ctx: BlockContext,
+  lmHead: string,
+  dx: GpuTensor,
+  dlogits: GpuTensor,
+  x: GpuTensor,
+): void {
+  const W = ctx.params.rowParts.get(lmHead)!;
+  const dW = ctx.params.gradParts.get(lmHead) ?? null;
+  if (W.parts.length === 1) {
+    matmulNN(rec, dx, dlogits, W.parts[0]);
+    if (dW) matmulTN(rec, dW.parts[0], dlogits, x, { beta: 1 });
+    return;
+  }
+  const T = x.shape[0];
+  W.parts.forEach((part, i) => {
+    const tmp = rec.scratch([T, W.counts[i]], "f32", "dlogits block");
+    blockExtract(rec, tmp, dlogits, 0, W.starts[i]);
+    matmulNN(rec, dx, tmp, part, { beta: i === 0 ? 0 : 1 });
+    if (dW) matmulTN(rec, dW.parts[i], tmp, x, { beta: 1 });
+  });
+}
+
+/**
+ * The head's backward below the lm_head, from dln = ∂L/∂(final norm output) [T, C] (already
+ * computed by `headLogitsBackward`): the final norm's weight gradient, and ∂L/∂x into `dx`
+ * when `inputGrad`.
+ */
+export function headNormBackward(
+  rec: Recorder,
+  ctx: BlockContext,
+  a: HeadActs,
+  g: { dx: GpuTensor; dln: GpuTensor },
+  inputGrad: boolean,
+): void {
+  const p = ctx.params;
+  const dNorm = p.grads.get("model.norm.weight");
+  if (dNorm) rmsnormWeightGrad(rec, dNorm, g.dln, a.x, a.rstdf, true);
+  if (inputGrad) {
+    rmsnormBackward(rec, g.dx, g.dln, a.x, p.weights.get("model.norm.weight")!, a.rstdf, false);
+  }
 }
 
 /**
@@ -327,19 +402,6 @@ export function headBackward(
   g: { dx: GpuTensor; dln: GpuTensor },
   inputGrad: boolean,
 ): void {
-  const p = ctx.params;
-  const dNorm = p.grads.get("model.norm.weight");
-  linearBackward(rec, {
-    dx: g.dln,
-    accumulateDx: false,
-    dy: dlogits,
-    x: a.lnf,
-    W: p.weights.get(lmHead)!,
-    dW: p.grads.get(lmHead) ?? null,
-    scratch: null,
-  }, ctx.scales);
-  if (dNorm) rmsnormWeightGrad(rec, dNorm, g.dln, a.x, a.rstdf, true);
-  if (inputGrad) {
-    rmsnormBackward(rec, g.dx, g.dln, a.x, p.weights.get("model.norm.weight")!, a.rstdf, false);
-  }
+  headLogitsBackward(rec, ctx, lmHead, g.dln, dlogits, a.lnf);
+  headNormBackward(rec, ctx, a, g, inputGrad);
 }

@@ -4,7 +4,7 @@
  * linears. Weights are checked against the config before anything is uploaded.
  * @module
  */
-import type { Gpu, GpuTensor } from "../gpu/mod.ts";
+import type { Gpu, GpuTensor, RowParts } from "../gpu/mod.ts";
 import {
   adaptableLinears,
   checkConfigAgainstTensors,
@@ -51,9 +51,18 @@ export function checkWeights(config: LlamaConfig, weights: ReadonlyMap<string, H
   }
 }
 
+/** The weights held as row blocks (split when over the device's binding limit). */
+export const ROW_SPLIT_NAMES: readonly string[] = ["model.embed_tokens.weight", "lm_head.weight"];
+
 export class LlamaParams {
+  /** Every weight that is one tensor (a split one is only in `rowParts`). */
   readonly weights = new Map<string, GpuTensor>();
   readonly grads = new Map<string, GpuTensor>();
+  /** The embedding table and lm_head as row blocks (one block when they fit one binding). */
+  readonly rowParts = new Map<string, RowParts>();
+  readonly gradParts = new Map<string, RowParts>();
+  /** Every weight name, in checkpoint order. */
+  readonly names: string[] = [];
   readonly adapters = new Map<string, AdapterBuffers>();
   /** The adapter rank (0 without adapters). */
   readonly rank: number;
@@ -89,12 +98,26 @@ export class LlamaParams {
     try {
       const shapes = new Map(expectedTensors(config).map((s) => [s.name, s.shape]));
       for (const [name, shape] of shapes) {
-        p.weights.set(name, gpu.upload(weights.get(name)!.data, shape, name));
+        p.names.push(name);
+        const data = weights.get(name)!.data as Float32Array;
+        if (ROW_SPLIT_NAMES.includes(name)) {
+          const parts = gpu.uploadRows(data, shape[0], shape[1], name);
+          p.rowParts.set(name, parts);
+          if (parts.parts.length === 1) p.weights.set(name, parts.parts[0]);
+        } else {
+          p.weights.set(name, gpu.upload(data, shape, name));
+        }
       }
       for (const name of options.gradNames) {
         const shape = shapes.get(name);
         if (!shape) throw new LlamaWeightError(name, `no weight "${name}" to train`);
-        p.grads.set(name, gpu.zeros(shape, "f32", `grad ${name}`));
+        if (ROW_SPLIT_NAMES.includes(name)) {
+          const parts = gpu.uploadRows(null, shape[0], shape[1], `grad ${name}`);
+          p.gradParts.set(name, parts);
+          if (parts.parts.length === 1) p.grads.set(name, parts.parts[0]);
+        } else {
+          p.grads.set(name, gpu.zeros(shape, "f32", `grad ${name}`));
+        }
       }
       for (const lin of linears) {
         const r = p.rank;
@@ -115,16 +138,20 @@ export class LlamaParams {
   /** Every gradient buffer (weights, then adapters' g_A, g_B), e.g. to zero them. */
   allGrads(): GpuTensor[] {
     const out = [...this.grads.values()];
+    for (const g of this.gradParts.values()) if (g.parts.length > 1) out.push(...g.parts);
     for (const a of this.adapters.values()) out.push(a.gA, a.gB);
     return out;
   }
 
   release(): void {
     const all = [...this.weights.values(), ...this.grads.values()];
+    for (const r of [...this.rowParts.values(), ...this.gradParts.values()]) all.push(...r.parts);
     for (const a of this.adapters.values()) all.push(a.A, a.B, a.gA, a.gB);
     for (const t of all) if (t.allocation.alive) this.#gpu.release(t);
     this.weights.clear();
     this.grads.clear();
+    this.rowParts.clear();
+    this.gradParts.clear();
     this.adapters.clear();
   }
 }

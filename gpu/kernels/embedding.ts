@@ -14,7 +14,7 @@ import type { Gpu } from "../engine.ts";
 import { GpuShapeError } from "../errors.ts";
 import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
-import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
+import { expect2d, expectShape, type GpuTensor, type RowParts } from "../tensor.ts";
 import { fill } from "./elementwise.ts";
 import { FLAT_INDEX_WGSL, grid1d, NAN_WGSL } from "./grid.ts";
 
@@ -22,7 +22,7 @@ const WG = 256;
 
 const FORWARD = defineKernel({
   name: "embedding_forward",
-  params: { T: "u32", H: "u32", V: "u32" },
+  params: { T: "u32", H: "u32", V: "u32", row0: "i32", part: "u32" },
   bindings: { y: "read_write f32", table: "read f32", tokens: "read i32" },
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
@@ -31,8 +31,9 @@ ${NAN_WGSL}
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let i = flatIndex(gid, nwg, ${WG}u);
   if (i >= p.T * p.H) { return; }
-  let tok = tokens[i / p.H];
-  if (tok < 0 || u32(tok) >= p.V) { y[i] = nanF32(); return; }
+  let tok = tokens[i / p.H] - p.row0;
+  // A part of a row-split table leaves the rows of the other parts alone.
+  if (tok < 0 || u32(tok) >= p.V) { if (p.part == 0u) { y[i] = nanF32(); } return; }
   y[i] = table[u32(tok) * p.H + i % p.H];
 }
 `,
@@ -42,7 +43,7 @@ const BWD_WG = 64;
 
 const BACKWARD = defineKernel({
   name: "embedding_backward",
-  params: { H: "u32", maxRun: "u32" },
+  params: { H: "u32", maxRun: "u32", u0: "u32", row0: "u32" },
   bindings: {
     dtable: "read_write f32",
     dy: "read f32",
@@ -54,7 +55,7 @@ const BACKWARD = defineKernel({
   body: /* wgsl */ `
 @compute @workgroup_size(${BWD_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let u = wid.y;
+  let u = wid.y + p.u0;
   let h = wid.x * ${BWD_WG}u + lid.x;
   if (h >= p.H) { return; }
   var s = 0.0;
@@ -64,7 +65,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   for (var n = begin; n < end; n++) {
     s += dy[u32(order[n]) * p.H + h];
   }
-  let o = u32(ids[u]) * p.H + h;
+  let o = (u32(ids[u]) - p.row0) * p.H + h;
   dtable[o] = dtable[o] + s;
 }
 `,
@@ -86,8 +87,34 @@ export function embeddingForward(
   expectShape("embedding y", y, [T, H]);
   rec.dispatch(FORWARD, {
     bindings: { y, table, tokens },
-    params: { T, H, V },
+    params: { T, H, V, row0: 0, part: 0 },
     grid: grid1d(T * H, WG),
+  });
+}
+
+/**
+ * `embeddingForward` from a table split by rows: every part writes the rows of its tokens (an
+ * id outside every part gives a NaN row, as the whole table does).
+ */
+export function embeddingForwardParts(
+  rec: Recorder,
+  y: GpuTensor,
+  table: RowParts,
+  tokens: GpuTensor,
+): void {
+  if (table.parts.length === 1) return embeddingForward(rec, y, table.parts[0], tokens);
+  const H = table.cols;
+  const [T] = tokens.shape;
+  expectShape("embedding tokens", tokens, [T], "i32");
+  expectShape("embedding y", y, [T, H]);
+  fill(rec, y, NaN);
+  table.parts.forEach((part, i) => {
+    expectShape("embedding table part", part, [table.counts[i], H]);
+    rec.dispatch(FORWARD, {
+      bindings: { y, table: part, tokens },
+      params: { T, H, V: table.counts[i], row0: table.starts[i], part: 1 },
+      grid: grid1d(T * H, WG),
+    });
   });
 }
 
@@ -104,6 +131,7 @@ export class EmbeddingGradPlan {
   readonly starts: GpuTensor;
   readonly ids: GpuTensor;
   #unique = 0;
+  #hostIds = new Int32Array(0);
   #tokens = 0;
   #maxRun = 0;
   #gpu: Gpu;
@@ -123,6 +151,21 @@ export class EmbeddingGradPlan {
   /** Distinct tokens of the last `set`. */
   get unique(): number {
     return this.#unique;
+  }
+
+  /** The distinct tokens u0 ≤ u < u1 of the last `set` whose ids lie in [lo, hi). */
+  range(lo: number, hi: number): [number, number] {
+    const ids = this.#hostIds;
+    const lower = (x: number) => {
+      let a = 0, b = ids.length;
+      while (a < b) {
+        const m = (a + b) >> 1;
+        if (ids[m] < x) a = m + 1;
+        else b = m;
+      }
+      return a;
+    };
+    return [lower(lo), lower(hi)];
   }
 
   /** Number of tokens of the last `set`. */
@@ -174,6 +217,7 @@ export class EmbeddingGradPlan {
     const order = new Int32Array(this.capacity);
     for (let t = 0; t < T; t++) order[first[tokens[t]]++] = t;
     this.#unique = u;
+    this.#hostIds = ids.slice(0, u);
     this.#tokens = T;
     this.#maxRun = maxRun;
     this.#gpu.write(this.order, order);
@@ -211,7 +255,43 @@ export function embeddingBackward(
   if (!accumulate) fill(rec, dtable, 0);
   rec.dispatch(BACKWARD, {
     bindings: { dtable, dy, order: plan.order, starts: plan.starts, ids: plan.ids },
-    params: { H, maxRun: plan.maxRun },
+    params: { H, maxRun: plan.maxRun, u0: 0, row0: 0 },
     grid: [Math.ceil(H / BWD_WG), plan.unique],
+  });
+}
+
+/**
+ * `embeddingBackward` into a gradient split by rows: each part gets the distinct tokens of its
+ * rows (the plan's ids are sorted, so they are one run of the plan), summed in the same order as
+ * the whole table.
+ */
+export function embeddingBackwardParts(
+  rec: Recorder,
+  dtable: RowParts,
+  dy: GpuTensor,
+  plan: EmbeddingGradPlan,
+  accumulate = false,
+): void {
+  if (dtable.parts.length === 1) {
+    return embeddingBackward(rec, dtable.parts[0], dy, plan, accumulate);
+  }
+  const H = dtable.cols;
+  if (dtable.rows !== plan.vocab) {
+    throw new GpuShapeError(
+      `embeddingBackward: dtable has ${dtable.rows} rows, plan vocab ${plan.vocab}`,
+    );
+  }
+  if (plan.tokens === 0) throw new GpuShapeError("embeddingBackward: the plan was never set");
+  expectShape("embedding dy", dy, [plan.tokens, H]);
+  dtable.parts.forEach((part, i) => {
+    expectShape("embedding dtable part", part, [dtable.counts[i], H]);
+    if (!accumulate) fill(rec, part, 0);
+    const [u0, u1] = plan.range(dtable.starts[i], dtable.starts[i] + dtable.counts[i]);
+    if (u1 === u0) return;
+    rec.dispatch(BACKWARD, {
+      bindings: { dtable: part, dy, order: plan.order, starts: plan.starts, ids: plan.ids },
+      params: { H, maxRun: plan.maxRun, u0, row0: dtable.starts[i] },
+      grid: [Math.ceil(H / BWD_WG), u1 - u0],
+    });
   });
 }

@@ -65,6 +65,46 @@ export function blockCopy(
   });
 }
 
+const BLOCK_EXTRACT = defineKernel({
+  name: "block_extract",
+  params: { rows: "u32", cols: "u32", srcCols: "u32", row0: "u32", col0: "u32" },
+  bindings: { dst: "read_write f32", src: "read f32" },
+  body: /* wgsl */ `
+${FLAT_INDEX_WGSL}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = flatIndex(gid, nwg, ${WG}u);
+  if (i >= p.rows * p.cols) { return; }
+  dst[i] = src[(p.row0 + i / p.cols) * p.srcCols + p.col0 + i % p.cols];
+}
+`,
+});
+
+/** `dst[i, j] = src[row0 + i, col0 + j]` for the whole of dst [rows, cols] (the inverse of blockCopy). */
+export function blockExtract(
+  rec: Recorder,
+  dst: GpuTensor,
+  src: GpuTensor,
+  row0: number,
+  col0: number,
+): void {
+  const [R, C] = expect2d("blockExtract src", src);
+  const [rows, cols] = expect2d("blockExtract dst", dst);
+  if (
+    !Number.isInteger(row0) || !Number.isInteger(col0) || row0 < 0 || col0 < 0 ||
+    row0 + rows > R || col0 + cols > C
+  ) {
+    throw new GpuShapeError(
+      `blockExtract: a [${rows}, ${cols}] block at (${row0}, ${col0}) is outside src [${R}, ${C}]`,
+    );
+  }
+  rec.dispatch(BLOCK_EXTRACT, {
+    bindings: { dst, src },
+    params: { rows, cols, srcCols: C, row0, col0 },
+    grid: grid1d(rows * cols, WG),
+  });
+}
+
 /** One worker's factors and steps for one adapted matrix W [out, in]. */
 export interface AdapterSteps {
   /** [r, in] */

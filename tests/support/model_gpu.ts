@@ -222,9 +222,28 @@ export async function gpuStep(model: LlamaGpu, batches: readonly MicroBatch[]): 
     names.map((n) => [n, rec.read(pick(n))] as const);
   const a = read(model.adapterNames(), (n) => model.adapter(n).gA);
   const b = read(model.adapterNames(), (n) => model.adapter(n).gB);
-  const w = read(model.trainableNames(), (n) => model.weightGrad(n));
+  const names = model.trainableNames();
+  const parts = names.map((n) => {
+    try {
+      return model.weightGradParts(n);
+    } catch {
+      return null;
+    }
+  });
+  const w = names.map((n, i) =>
+    [
+      n,
+      parts[i] && parts[i]!.parts.length > 1
+        ? Promise.all(parts[i]!.parts.map((t) => rec.read(t))).then((xs) => {
+          const out = new Float32Array(parts[i]!.rows * parts[i]!.cols);
+          xs.forEach((x, j) => out.set(x, parts[i]!.starts[j] * parts[i]!.cols));
+          return out;
+        })
+        : rec.read(model.weightGrad(n)),
+    ] as const
+  );
   await rec.submit();
-  const collect = async (xs: typeof a) => {
+  const collect = async (xs: readonly (readonly [string, Promise<unknown>])[]) => {
     const m = new Map<string, Float32Array>();
     for (const [n, p] of xs) m.set(n, (await p) as Float32Array);
     return m;
