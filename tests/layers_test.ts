@@ -14,6 +14,7 @@ const RANK: Record<string, number> = {
   model: 2,
   train: 3,
   actors: 4,
+  infer: 4,
   dashboard: 5,
 };
 
