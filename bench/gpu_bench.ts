@@ -15,7 +15,7 @@ import { crossEntropy } from "../gpu/kernels/cross_entropy.ts";
 import { rmsnormBackward, rmsnormForward } from "../gpu/kernels/rmsnorm.ts";
 import { swigluBackward, swigluForward } from "../gpu/kernels/swiglu.ts";
 import { type AdapterSteps, hdPissaUpdate } from "../gpu/kernels/hd_pissa.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 /**
  * Milliseconds of one `body`: the best of `trials` trials of `reps` repetitions each (the best,

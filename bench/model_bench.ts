@@ -36,7 +36,7 @@ import {
 import { LlamaGpu, type LlamaGpuOptions } from "../model/llama.ts";
 import type { HostTensor } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { findTorchPython } from "../scripts/torch_python.ts";
 
 const CONFIG: LlamaConfig = {

@@ -4,7 +4,7 @@
  */
 import type { Report } from "./figure.ts";
 import { randomizedSvd, svd } from "../train/linalg/svd.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 function randomMatrix(m: number, n: number, seed: number): Float64Array {
   const rng = new Rng(seed);

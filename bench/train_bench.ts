@@ -18,7 +18,7 @@ import { saveModelFolder } from "../model/safetensors.ts";
 import { initWeights } from "../train/pretrain/pretrain.ts";
 import { defaultOptions, type FinetuneOptions, type Method } from "../train/cli/options.ts";
 import type { RunReport } from "../train/report/report.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 const CONFIG: LlamaConfig = {
   hidden_size: 128,

@@ -5,7 +5,7 @@
  * sampling. Pure functions over host logits, in float64.
  * @module
  */
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 export interface SamplingParams {
   /** false: the argmax (after the repetition penalty). */

@@ -6,7 +6,7 @@ import {
   loraInit,
   pissaInit,
 } from "../train/methods/adapter_init.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { svd } from "../train/linalg/svd.ts";
 
 function randomWeight(rng: Rng, out: number, inDim: number): HostTensor {

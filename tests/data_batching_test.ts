@@ -8,7 +8,7 @@ import {
   shardBatch,
   stepPlan,
 } from "../train/data/mod.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 const base = { batchSize: 8, workers: 2, microBatch: 2, epochs: 2, seed: 5 };
 

@@ -7,7 +7,7 @@ import {
   packMicroBatch,
   promptIds,
 } from "../train/data/mod.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 const tok = new ByteTokenizer();
 // Byte ids written out by hand: 'a' = 97 -> 100, 'b' -> 101, 'c' -> 102, 'é' = C3 A9.

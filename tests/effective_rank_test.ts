@@ -6,7 +6,7 @@ import {
   energyRank,
   rankAbove,
 } from "../train/report/effective_rank.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { orthonormalColumns } from "../train/linalg/svd.ts";
 
 /** W_initial random, W_final = W_initial + U diag(s) Vᵀ (rounded to f32). */

@@ -14,7 +14,7 @@ import {
   writeSafetensors,
 } from "../model/safetensors.ts";
 import { initWeights } from "../train/pretrain/pretrain.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { exportAdapter, planRanks } from "../train/export/export.ts";
 import {
   AdapterMissingTensorError,

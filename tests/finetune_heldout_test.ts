@@ -13,7 +13,7 @@ import { ByteTokenizer } from "../model/tokenizer.ts";
 import { encodeExample } from "../train/data/encode.ts";
 import { initWeights } from "../train/pretrain/pretrain.ts";
 import { METHODS } from "../train/methods/registry.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { TINY_CONFIG, tinyOptions } from "./support/tiny_run.ts";
 
 const quiet = { log: () => {}, isTty: false, progress: () => {} };

@@ -12,7 +12,7 @@ import {
 } from "../gpu/kernels/attention.ts";
 import { attentionBackwardRef, attentionDecodeRef, attentionRef } from "../gpu/reference.ts";
 import { dot, finiteDiffError, relError, sameBits } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 const POS_OF = (S: number) => Int32Array.from({ length: S }, (_, i) => i);
 

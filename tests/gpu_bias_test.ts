@@ -6,7 +6,7 @@ import { GpuShapeError } from "../gpu/errors.ts";
 import { biasBackward, biasForward } from "../gpu/kernels/bias.ts";
 import { biasGradRef, biasRef } from "../gpu/reference.ts";
 import { relError, sameBits } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 Deno.test("gpu bias", async (t) => {
   const gpu = await Gpu.open();

@@ -8,7 +8,7 @@ import { crossEntropy } from "../gpu/kernels/cross_entropy.ts";
 import { sum, sumSquares } from "../gpu/kernels/reduce.ts";
 import { crossEntropyRef } from "../gpu/reference.ts";
 import { dot, finiteDiffError, relError, sameBits } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 function batch(rng: Rng, T: number, V: number) {
   const logits = rng.normals(T * V, 3);

@@ -7,7 +7,7 @@ import { accumulate, add, axpby, copy, fill, scale } from "../gpu/kernels/elemen
 import { swigluBackward, swigluForward } from "../gpu/kernels/swiglu.ts";
 import { swigluBackwardRef, swigluRef } from "../gpu/reference.ts";
 import { dot, finiteDiffError, relError } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 Deno.test("gpu elementwise", async (t) => {
   const gpu = await Gpu.open();

@@ -9,7 +9,7 @@ import {
 } from "../gpu/kernels/embedding.ts";
 import { embeddingBackwardRef, embeddingRef } from "../gpu/reference.ts";
 import { dot, finiteDiffError, relError, sameBits } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 Deno.test("gpu embedding", async (t) => {
   const gpu = await Gpu.open();

@@ -14,7 +14,7 @@ import {
 import { defineKernel } from "../gpu/kernel.ts";
 import { accumulate, add, fill, scale } from "../gpu/kernels/elementwise.ts";
 import { matmul } from "../gpu/kernels/matmul.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 Deno.test("gpu engine", async (t) => {
   const gpu = await Gpu.open();

@@ -11,7 +11,7 @@ import {
 } from "../gpu/kernels/hd_pissa.ts";
 import { hdPissaRef } from "../gpu/reference.ts";
 import { relError, sameBits } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 Deno.test("gpu hd-pissa update", async (t) => {
   const gpu = await Gpu.open();

@@ -6,7 +6,7 @@ import { GpuShapeError } from "../gpu/errors.ts";
 import { matmul, type MatmulLayout } from "../gpu/kernels/matmul.ts";
 import { matmulRef } from "../gpu/reference.ts";
 import { relError, sameBits } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 const LAYOUTS: MatmulLayout[] = ["NT", "NN", "TN"];
 

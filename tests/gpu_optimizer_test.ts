@@ -6,7 +6,7 @@ import { adamwDelta, adamwUpdate, sgdDelta, sgdUpdate } from "../gpu/kernels/opt
 import { clipByGlobalNorm, sumSquares } from "../gpu/kernels/reduce.ts";
 import { adamwRef, sgdRef } from "../gpu/reference.ts";
 import { relError, sameBits } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 Deno.test("gpu optimizers", async (t) => {
   const gpu = await Gpu.open();

@@ -7,7 +7,7 @@ import { GpuShapeError } from "../gpu/errors.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormWeightGrad } from "../gpu/kernels/rmsnorm.ts";
 import { rmsnormBackwardRef, rmsnormRef } from "../gpu/reference.ts";
 import { dot, finiteDiffError, relError, sameBits } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 const EPS = 1e-5;
 

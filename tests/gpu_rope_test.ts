@@ -10,7 +10,7 @@ import {
 } from "../gpu/kernels/rope.ts";
 import { ropeRef } from "../gpu/reference.ts";
 import { dot, finiteDiffError, relError } from "../gpu/check.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 Deno.test("gpu rope", async (t) => {
   const gpu = await Gpu.open();

@@ -13,7 +13,7 @@ import {
   type LlamaConfig,
 } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { factorKey, isFactorKey } from "../train/methods/factors.ts";
 import { MethodSettingsError, type TrainingMethod } from "../train/methods/method.ts";
 import { METHODS as NAMES } from "../train/methods/names.ts";

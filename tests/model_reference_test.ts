@@ -10,7 +10,7 @@ import {
   ReferenceInputError,
   type ReferenceTensor,
 } from "../model/reference/llama.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import {
   FIXTURE_NAMES,
   LLAMA_TINY as FIXTURE,

@@ -20,7 +20,7 @@ import {
   UnsupportedDtypeError,
   writeSafetensors,
 } from "../model/safetensors.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { LLAMA_TINY as FIXTURE, requireLlamaTiny } from "./support/fixture.ts";
 import { writeShardedModel } from "./support/tiny_run.ts";
 

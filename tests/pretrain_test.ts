@@ -24,7 +24,7 @@ import {
   type PretrainRecord,
   sampleWindows,
 } from "../train/pretrain/pretrain.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 const tok = new ByteTokenizer();
 

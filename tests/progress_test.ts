@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { formatDuration, Progress, ProgressError } from "../train/cli/progress.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 /** A settable clock and a sink that records every write. */
 function harness() {

@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { expectedTensors, type LlamaConfig } from "../model/config.ts";
 import { loadModelFolder } from "../model/safetensors.ts";
 import { initWeights } from "../train/pretrain/pretrain.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { readReportJson } from "../train/report/report.ts";
 import { writeShardedModel } from "./support/tiny_run.ts";
 import { REAL_CONFIGS } from "./support/real_tokenizers.ts";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import {
   configFromFlags,
   effectiveRankFields,

@@ -12,7 +12,7 @@ import {
   samplingFromGenerationConfig,
   type SamplingParams,
 } from "../model/sampling.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 const LOGITS = [2.0, -1.0, 0.5, 3.0, 1.0, -2.5, 0.0, 1.5];
 const P = (o: Partial<SamplingParams>): SamplingParams => ({ ...GREEDY, doSample: true, ...o });

@@ -4,7 +4,7 @@ import { choiceQuestion, directQuestion, rephrasedQuestion } from "../train/data
 import { ask, PROMPT_PREFIX, PROMPT_SUFFIX, type TaskExample } from "../train/datagen/format.ts";
 import { ATTRIBUTES, makeKnowledgeBase, VALUES } from "../train/datagen/kb.ts";
 import { drawSplit, TaskGenerationError } from "../train/datagen/split.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 
 const bench = makeBenchmark();
 const all = [...bench.train, ...bench.test];

@@ -9,7 +9,7 @@ import { readReportJson } from "../train/report/report.ts";
 import { adaptableLinears, expectedTensors } from "../model/config.ts";
 import { f32BitsToBf16 } from "../model/half_float.ts";
 import { initWeights } from "../train/pretrain/pretrain.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { TINY_CONFIG, tinyOptions, writeShardedModel, writeTinySetup } from "./support/tiny_run.ts";
 
 async function exists(path: string): Promise<boolean> {

@@ -14,7 +14,7 @@ import {
 import { LlamaGpu } from "../model/llama.ts";
 import type { HostTensor } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { validateContribution } from "../train/methods/combine.ts";
 import { getMethod } from "../train/methods/registry.ts";
 import type { WorkerMethod, WorkerMethodConfig } from "../train/methods/worker.ts";

@@ -19,7 +19,7 @@ import {
 import { LlamaGpu } from "../model/llama.ts";
 import type { HostTensor } from "../model/safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { learningRate } from "../train/optim/schedule.ts";
 import { validateContribution } from "../train/methods/combine.ts";
 import { HdPissaWorker } from "../train/methods/hd_pissa.ts";

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { runFinetune } from "../actors/job.ts";
 import { maxRelativeDifference } from "../train/checkpoint/checksum.ts";
 import type { HostTensor } from "../model/safetensors.ts";
-import { Rng } from "../train/rng.ts";
+import { Rng } from "../core/rng.ts";
 import { tinyOptions, writeTinySetup } from "./support/tiny_run.ts";
 
 const quiet = { log: () => {}, isTty: false, progress: () => {} };

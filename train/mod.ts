@@ -4,7 +4,7 @@
  * adapter export.
  * @module
  */
-export * from "./rng.ts";
+export * from "../core/rng.ts";
 export * from "./data/mod.ts";
 export * from "./optim/schedule.ts";
 export * from "./linalg/svd.ts";

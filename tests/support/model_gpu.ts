@@ -13,7 +13,7 @@ import {
 } from "../../model/reference/llama.ts";
 import type { MicroBatch } from "../../model/batch.ts";
 import type { LlamaGpu } from "../../model/llama.ts";
-import { Rng } from "../../train/rng.ts";
+import { Rng } from "../../core/rng.ts";
 
 /** GQA (4 query heads on 2 KV heads), untied, head_dim 6 (not a multiple of 4). */
 export const GQA_UNTIED: LlamaConfig = {

@@ -10,7 +10,7 @@ import {
   writeSafetensors,
 } from "../../model/safetensors.ts";
 import { initWeights } from "../../train/pretrain/pretrain.ts";
-import { Rng } from "../../train/rng.ts";
+import { Rng } from "../../core/rng.ts";
 import { defaultOptions, type FinetuneOptions } from "../../train/cli/options.ts";
 
 export const TINY_CONFIG: LlamaConfig = {

@@ -10,7 +10,7 @@
  * gives exactly the batches an uninterrupted run would have used.
  * @module
  */
-import { Rng } from "../rng.ts";
+import { Rng } from "../../core/rng.ts";
 import { BatchConfigError, DataError } from "./errors.ts";
 
 export interface BatchConfig {

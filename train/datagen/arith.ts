@@ -3,7 +3,7 @@
  * "Q: What is 47 + 38?\nA: " -> "85". Differences are never negative.
  * @module
  */
-import type { Rng } from "../rng.ts";
+import type { Rng } from "../../core/rng.ts";
 import { ask, type SplitSizes, type TaskSplit } from "./format.ts";
 import { drawSplit } from "./split.ts";
 

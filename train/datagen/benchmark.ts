@@ -4,7 +4,7 @@
  * train and test splits.
  * @module
  */
-import { Rng } from "../rng.ts";
+import { Rng } from "../../core/rng.ts";
 import { makeArith } from "./arith.ts";
 import { makeCode } from "./code.ts";
 import { makeFacts } from "./facts.ts";

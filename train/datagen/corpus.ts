@@ -6,7 +6,7 @@
  * or question templates, so a model pretrained on it has not seen the fine-tuning format.
  * @module
  */
-import { Rng } from "../rng.ts";
+import { Rng } from "../../core/rng.ts";
 import { article, CITIES, COLORS, makeKnowledgeBase, type Person, PETS } from "./kb.ts";
 import { randomWord } from "./strings.ts";
 

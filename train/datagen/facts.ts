@@ -8,7 +8,7 @@
  * in those forms, so the test measures recall of known facts asked differently.
  * @module
  */
-import type { Rng } from "../rng.ts";
+import type { Rng } from "../../core/rng.ts";
 import { ask, type SplitSizes, type TaskExample, type TaskSplit } from "./format.ts";
 import { article, type Attribute, ATTRIBUTES, type Person, VALUES } from "./kb.ts";
 import { TaskGenerationError } from "./split.ts";

@@ -4,7 +4,7 @@
  * them, so the same facts connect pretraining and fine-tuning.
  * @module
  */
-import { Rng } from "../rng.ts";
+import { Rng } from "../../core/rng.ts";
 
 export const KB_SEED = 17;
 export const KB_PEOPLE = 80;

@@ -4,7 +4,7 @@
  * "Q: Reverse tekno\nA: " -> "onket".
  * @module
  */
-import type { Rng } from "../rng.ts";
+import type { Rng } from "../../core/rng.ts";
 import { ask, type SplitSizes, type TaskSplit } from "./format.ts";
 import { drawSplit } from "./split.ts";
 

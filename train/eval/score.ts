@@ -5,7 +5,7 @@
  * @module
  */
 import { DomainError } from "../../core/errors.ts";
-import { Rng } from "../rng.ts";
+import { Rng } from "../../core/rng.ts";
 
 /** One generated answer and what it should have been. */
 export interface ScoredItem {

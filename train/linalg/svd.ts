@@ -13,7 +13,7 @@
  */
 
 import { DomainError } from "../../core/errors.ts";
-import { Rng } from "../rng.ts";
+import { Rng } from "../../core/rng.ts";
 
 /** An SVD that cannot be computed: bad shape, non-finite entries, no convergence. */
 export class SvdError extends DomainError {

@@ -7,7 +7,7 @@
 import { DomainError } from "../../core/errors.ts";
 import { z } from "zod";
 import type { HostTensor } from "../../model/safetensors.ts";
-import type { Rng } from "../rng.ts";
+import type { Rng } from "../../core/rng.ts";
 import { type SvdResult, topSvd, type TopSvdOptions } from "../linalg/svd.ts";
 
 /** Adapter factors that cannot be built for a matrix (rank too large, bad arguments). */

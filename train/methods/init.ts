@@ -13,7 +13,7 @@ import {
 } from "../../model/config.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
 import type { AdapterFactors } from "./adapter_init.ts";
-import { Rng } from "../rng.ts";
+import { Rng } from "../../core/rng.ts";
 import type { TopSvdOptions } from "../linalg/svd.ts";
 
 export interface InitOptions {

@@ -34,7 +34,7 @@ import {
 import type { MicroBatch } from "../../model/batch.ts";
 import { Progress, type ProgressWriter } from "../cli/progress.ts";
 import { writeJsonAtomic } from "../report/report.ts";
-import { Rng } from "../rng.ts";
+import { Rng } from "../../core/rng.ts";
 import { learningRates } from "../optim/schedule.ts";
 
 /** Bad pretraining options, an unusable corpus, an existing output or a diverged run. */
