@@ -31,6 +31,8 @@ export interface PlanLimits {
   deviceMemory?: number | null;
   /** The host's memory (Deno.systemMemoryInfo().total), when known. */
   hostMemory?: number | null;
+  /** The workers' devices live in the host's memory (lavapipe on this host). */
+  sharedHost?: boolean;
 }
 
 /** WebGPU's guaranteed limits: what every device offers at least. */
@@ -51,8 +53,8 @@ export interface MemoryPlanInput {
   seqLen: number;
   /** full: the trained weights (default: all but the embeddings and the head). */
   trainable?: (name: string) => boolean;
-  /** The SVD the driver runs (hd-pissa, pissa). */
-  svd?: "exact" | "randomized";
+  /** The SVD the driver runs (hd-pissa, pissa); auto: exact up to 1024 on the short side. */
+  svd?: "auto" | "exact" | "randomized";
   limits?: PlanLimits;
 }
 
@@ -251,7 +253,8 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
   if (method === "hd-pissa" || method === "pissa") {
     for (const l of linears) {
       const k = Math.min(l.out, l.in);
-      const need = input.svd === "randomized"
+      const randomized = input.svd === "randomized" || (input.svd !== "exact" && k > 1024);
+      const need = randomized
         ? (l.out + l.in) * Math.min(k, K * r + 10) * 3 + l.out * l.in
         : 2 * l.out * l.in + (l.out + l.in + 1) * k;
       svd = Math.max(svd, need * f32);
@@ -302,7 +305,11 @@ export function planLines(p: MemoryPlan): string[] {
  * maxBufferSize, a worker's total over the device memory (when known; `sharedHost`: the workers'
  * devices live in host memory, as lavapipe's), or the host's total over the host memory.
  */
-export function checkMemoryPlan(p: MemoryPlan, limits: PlanLimits, sharedHost = false): void {
+export function checkMemoryPlan(
+  p: MemoryPlan,
+  limits: PlanLimits,
+  sharedHost = limits.sharedHost ?? false,
+): void {
   const b = formatBytes;
   const advice = "lower --micro-batch or --seq-len, or use a smaller --rank";
   const fail = (what: string) => {
