@@ -29,6 +29,16 @@ import { renderCompareHtml, renderReportHtml } from "../train/report/html.ts";
 import { compareJson, compareTable } from "../train/report/compare_table.ts";
 import { checkAdapterFolders, exportRunAdapter } from "../train/export/run.ts";
 import { Driver } from "./driver.ts";
+import { adapterIsCpu } from "../gpu/mod.ts";
+import type { LlamaConfig } from "../model/config.ts";
+import {
+  checkMemoryPlan,
+  DEFAULT_LIMITS,
+  type MemoryPlan,
+  memoryPlan,
+  type PlanLimits,
+  planLines,
+} from "../train/plan/memory.ts";
 
 /** The output folder is not usable (non-empty without --overwrite/--resume, not a folder...). */
 export class OutputFolderError extends DomainError {
@@ -86,7 +96,7 @@ async function prepareOut(o: FinetuneOptions): Promise<void> {
  * index, dtypes, shapes against the config, truncation), the config against the flags, and that
  * the data files exist. They run before anything is created or started.
  */
-async function checkInputs(o: FinetuneOptions): Promise<void> {
+async function checkInputs(o: FinetuneOptions): Promise<LlamaConfig> {
   const { config } = await inspectModelFolder(o.model);
   validateOptionsForModel(o, config);
   for (const [flag, path] of [["--data", o.data], ["--eval", o.eval]] as const) {
@@ -103,6 +113,59 @@ async function checkInputs(o: FinetuneOptions): Promise<void> {
     }
   }
   await checkAdapterFolders(o, METHODS);
+  return config;
+}
+
+/**
+ * The limits the plan is checked against: the host's memory, and on a local cluster the limits
+ * of the adapter its workers will open (a CPU one keeps its buffers in host memory). With
+ * `--nats` the workers' devices are elsewhere: only the host is checked.
+ */
+async function planLimits(o: FinetuneOptions, given?: Partial<PlanLimits>): Promise<PlanLimits> {
+  const base: PlanLimits = {
+    maxBufferSize: Infinity,
+    maxStorageBufferBindingSize: DEFAULT_LIMITS.maxStorageBufferBindingSize,
+    hostMemory: Deno.systemMemoryInfo().total,
+  };
+  if (!o.nats) {
+    try {
+      const gpu = (globalThis.navigator as Navigator & { gpu?: GPU }).gpu;
+      const a = await gpu?.requestAdapter({ powerPreference: "high-performance" });
+      if (a) {
+        base.maxBufferSize = a.limits.maxBufferSize;
+        base.maxStorageBufferBindingSize = a.limits.maxStorageBufferBindingSize;
+        base.minStorageBufferOffsetAlignment = a.limits.minStorageBufferOffsetAlignment;
+        base.sharedHost = adapterIsCpu(a);
+      }
+    } catch {
+      // No adapter here: the workers report their own failure.
+    }
+  }
+  return { ...base, ...given };
+}
+
+/** The memory plan of the run (every method's with --compare); throws MemoryPlanError. */
+async function planRun(
+  o: FinetuneOptions,
+  config: LlamaConfig,
+  given?: Partial<PlanLimits>,
+): Promise<MemoryPlan> {
+  const limits = await planLimits(o, given);
+  const planOf = (method: FinetuneOptions["method"]) =>
+    memoryPlan({
+      config,
+      method,
+      workers: o.workers,
+      rank: o.rank,
+      targets: o.targets,
+      microBatch: o.microBatch,
+      maxMicroBatches: o.batchSize / (o.workers * o.microBatch),
+      seqLen: o.seqLen,
+      svd: o.svd,
+      limits,
+    });
+  for (const m of o.compare ? METHODS : [o.method]) checkMemoryPlan(planOf(m), limits);
+  return planOf(o.method);
 }
 
 export interface JobIo {
@@ -122,6 +185,8 @@ export interface JobIo {
    * dashboard of it; the job waits for it, and stops if it throws.
    */
   onSystem?(system: System): void | Promise<void>;
+  /** Device and host limits for the memory plan (default: this host's and its adapter's). */
+  limits?: Partial<PlanLimits>;
 }
 
 /**
@@ -154,6 +219,7 @@ export async function runOne(
   io: JobIo,
   baseEval: RunReport["eval"]["before"] = null,
   recipe: Recipe = describeRecipe(o, io.given),
+  plan?: MemoryPlan,
 ): Promise<RunReport> {
   const job = `${o.method.replace(/[^a-z]/g, "")}${crypto.randomUUID().slice(0, 8)}`;
   // The report's types are narrower than its (loose) schema's; the schema checks it on arrival.
@@ -194,7 +260,11 @@ export async function runOne(
     progress.done();
     const fin = await driver.finish({}, long);
     fin.log.forEach(io.log);
-    const report: RunReport = { ...(fin.report as RunReport), recipe };
+    const report: RunReport = {
+      ...(fin.report as RunReport),
+      recipe,
+      ...(plan ? { memory_plan: plan } : {}),
+    };
     await writeReportJson(`${o.out}/report.json`, report);
     await Deno.writeTextFile(`${o.out}/report.html`, renderReportHtml(report));
     if (o.exportAdapter !== null) return await exportRunAdapter(o, report, o.exportAdapter, io.log);
@@ -218,7 +288,9 @@ function evalTable(report: RunReport): string {
  */
 export async function runFinetune(options: FinetuneOptions, io: JobIo): Promise<RunReport[]> {
   const o = FINETUNE_FLAGS.redact(options);
-  await checkInputs(o);
+  const config = await checkInputs(o);
+  const plan = await planRun(o, config, io.limits);
+  planLines(plan).forEach((l) => io.log(l));
   // The recipe of --method: with --compare every method runs with it (same hyper-parameters).
   const recipe = describeRecipe(o, io.given);
   recipeLines(o, recipe).forEach((l) => io.log(l));
@@ -227,7 +299,7 @@ export async function runFinetune(options: FinetuneOptions, io: JobIo): Promise<
   try {
     await io.onSystem?.(system);
     if (!o.compare) {
-      const report = await runOne(system, o, io, null, recipe);
+      const report = await runOne(system, o, io, null, recipe, plan);
       const table = evalTable(report);
       if (table) io.log(table);
       io.log(`wrote ${o.out}/ (model, report.json, report.html)`);
@@ -243,7 +315,10 @@ export async function runFinetune(options: FinetuneOptions, io: JobIo): Promise<
         exportAdapter: o.exportAdapter === null ? null : `${o.exportAdapter}/${method}`,
       };
       await Deno.mkdir(sub.out, { recursive: true });
-      reports.push(await runOne(system, sub, io, reports[0]?.eval.before ?? null, recipe));
+      const subPlan = await planRun(sub, config, io.limits);
+      reports.push(
+        await runOne(system, sub, io, reports[0]?.eval.before ?? null, recipe, subPlan),
+      );
     }
     io.log(compareTable(reports));
     await writeJsonAtomic(`${o.out}/compare.json`, compareJson(reports));

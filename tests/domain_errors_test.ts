@@ -6,6 +6,7 @@ import { DomainError } from "../core/errors.ts";
 import { Driver, TrainingError } from "../actors/driver.ts";
 import { GpuWorker, StepProtocolError, UpdateMissingError } from "../actors/gpu_worker.ts";
 import { OutputFolderError } from "../actors/job.ts";
+import { memoryPlan, MemoryPlanError } from "../train/plan/memory.ts";
 import { DashboardError } from "../dashboard/server.ts";
 import { declaredWire, errorOfReply } from "../runtime/declared_errors.ts";
 import { init } from "../runtime/mod.ts";
@@ -26,7 +27,7 @@ import {
   LlamaOptionsError,
   LlamaWeightError,
 } from "../model/llama_errors.ts";
-import { ConfigError } from "../model/config.ts";
+import { ConfigError, type LlamaConfig } from "../model/config.ts";
 import { TokenizerError } from "../model/tokenizer.ts";
 import { ReferenceInputError } from "../model/reference/llama.ts";
 import {
@@ -71,7 +72,36 @@ import {
 } from "../train/export/errors.ts";
 
 /** One instance of every exported error class of the project, with its fields set. */
+const GQA_PLAN: LlamaConfig = {
+  hidden_size: 8,
+  intermediate_size: 16,
+  num_hidden_layers: 1,
+  num_attention_heads: 2,
+  num_key_value_heads: 1,
+  vocab_size: 11,
+  rms_norm_eps: 1e-5,
+  rope_theta: 500,
+  max_position_embeddings: 16,
+  tie_word_embeddings: false,
+  bos_token_id: 1,
+  eos_token_id: 2,
+  pad_token_id: 0,
+};
+
 const SAMPLES: DomainError[] = [
+  new MemoryPlanError(
+    "the run does not fit",
+    memoryPlan({
+      config: GQA_PLAN,
+      method: "lora",
+      workers: 1,
+      rank: 1,
+      targets: ["q_proj"],
+      microBatch: 1,
+      maxMicroBatches: 1,
+      seqLen: 1,
+    }),
+  ),
   new GpuError("engine"),
   new NoAdapterError("no adapter"),
   new DeviceLostError("destroyed", "device lost"),

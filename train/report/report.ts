@@ -6,6 +6,7 @@
  * still validates and round-trips through an older reader.
  * @module
  */
+import type { MemoryPlan } from "../plan/memory.ts";
 import { DomainError } from "../../core/errors.ts";
 import { z } from "zod";
 
@@ -156,6 +157,8 @@ export interface RunReport {
   /** Singular values of ΔW per matrix, descending. */
   spectra?: Record<string, number[]>;
   memory?: MemoryRecord;
+  /** The memory plan checked before the run (train/plan/memory.ts), bytes. */
+  memory_plan?: MemoryPlan;
   bytes_per_step_formula?: BytesFormula;
   /** ISO 8601 date-times. */
   started_at?: string;
@@ -275,6 +278,23 @@ export const reportSchema = z.looseObject({
     optimizer_floats_per_worker: count.optional(),
     optimizer_bytes_per_worker: nonNeg.optional(),
     trainable_floats_per_worker: count.optional(),
+  }).optional(),
+  memory_plan: z.looseObject({
+    workers: count,
+    micro_batch: count,
+    seq_len: count,
+    head_chunk: count,
+    worker: z.looseObject({
+      weights: nonNeg,
+      adapters: nonNeg,
+      optimizer: nonNeg,
+      gradients: nonNeg,
+      activations: nonNeg,
+      workspace: nonNeg,
+      total: nonNeg,
+      largest: z.looseObject({ label: z.string(), bytes: nonNeg }),
+    }),
+    host: z.looseObject({ weights: nonNeg, serialized: nonNeg, svd: nonNeg, total: nonNeg }),
   }).optional(),
   bytes_per_step_formula: z.looseObject({
     sent: nonNeg,

@@ -1,0 +1,343 @@
+/**
+ * The memory plan of a run, before anything starts: per GPU worker, the bytes of the weights, the
+ * adapters (HD-PiSSA: the worker's own slice and all K pairs), the optimizer state (moments; for
+ * HD-PiSSA also the K step buffers), the gradients, the activations at this micro-batch and
+ * sequence length, and the workspace (the logits chunk and scratch); and the host memory the
+ * driver needs (the base weights in f32, their serialized copy, the SVD workspace).
+ *
+ * Every figure is a sum over the buffers the GPU model and the method allocate, each rounded to
+ * the buffer pool's size class, so the plan matches the engine's pool bytes up to the small
+ * buffers the engine adds on its own (uniform arenas, staging).
+ * @module
+ */
+import { DomainError } from "../../core/errors.ts";
+import { rowBlockCounts, sizeClass } from "../../gpu/mod.ts";
+import {
+  adaptableLinears,
+  expectedTensors,
+  headDim,
+  LINEAR_KINDS,
+  type LinearKind,
+  type LlamaConfig,
+} from "../../model/config.ts";
+import { fullTrainableDefault } from "../methods/layout.ts";
+
+/** The device limits the plan checks against (WebGPU's guaranteed defaults when unknown). */
+export interface PlanLimits {
+  maxBufferSize: number;
+  maxStorageBufferBindingSize: number;
+  minStorageBufferOffsetAlignment?: number;
+  /** Bytes one worker's device may hold (lavapipe: host memory), when known. */
+  deviceMemory?: number | null;
+  /** The host's memory (Deno.systemMemoryInfo().total), when known. */
+  hostMemory?: number | null;
+  /** The workers' devices live in the host's memory (lavapipe on this host). */
+  sharedHost?: boolean;
+}
+
+/** WebGPU's guaranteed limits: what every device offers at least. */
+export const DEFAULT_LIMITS: PlanLimits = {
+  maxBufferSize: 268_435_456,
+  maxStorageBufferBindingSize: 134_217_728,
+  minStorageBufferOffsetAlignment: 256,
+};
+
+export interface MemoryPlanInput {
+  config: LlamaConfig;
+  method: "hd-pissa" | "pissa" | "lora" | "full";
+  workers: number;
+  rank: number;
+  targets: readonly LinearKind[];
+  microBatch: number;
+  maxMicroBatches: number;
+  seqLen: number;
+  /** full: the trained weights (default: all but the embeddings and the head). */
+  trainable?: (name: string) => boolean;
+  /** The SVD the driver runs (hd-pissa, pissa); auto: exact up to 1024 on the short side. */
+  svd?: "auto" | "exact" | "randomized";
+  limits?: PlanLimits;
+}
+
+/** One worker's device memory, bytes. */
+export interface WorkerMemory {
+  weights: number;
+  adapters: number;
+  optimizer: number;
+  gradients: number;
+  activations: number;
+  workspace: number;
+  total: number;
+  /** The largest single buffer. */
+  largest: { label: string; bytes: number };
+}
+
+/** The driver's host memory, bytes. */
+export interface HostMemory {
+  weights: number;
+  serialized: number;
+  svd: number;
+  total: number;
+}
+
+export interface MemoryPlan {
+  workers: number;
+  micro_batch: number;
+  seq_len: number;
+  head_chunk: number;
+  worker: WorkerMemory;
+  host: HostMemory;
+}
+
+type Part = Exclude<keyof WorkerMemory, "total" | "largest">;
+
+/** A run that does not fit its device or host: names what to change. */
+export class MemoryPlanError extends DomainError {
+  static override readonly code: string = "MEMORY_PLAN";
+  constructor(message: string, readonly plan: MemoryPlan) {
+    super(message);
+  }
+}
+
+const f32 = 4;
+
+/** The memory plan (pure). Throws nothing; `checkMemoryPlan` decides whether it fits. */
+export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
+  const { config, method, workers: K, microBatch: M, seqLen: S } = input;
+  const limits = input.limits ?? DEFAULT_LIMITS;
+  const align = limits.minStorageBufferOffsetAlignment ?? 256;
+  const binding = limits.maxStorageBufferBindingSize;
+  const w: WorkerMemory = {
+    weights: 0,
+    adapters: 0,
+    optimizer: 0,
+    gradients: 0,
+    activations: 0,
+    workspace: 0,
+    total: 0,
+    largest: { label: "", bytes: 0 },
+  };
+  const add = (part: Part, label: string, elems: number, times = 1) => {
+    const raw = elems * f32;
+    if (raw > w.largest.bytes) w.largest = { label, bytes: raw };
+    w[part] += sizeClass(raw) * times;
+  };
+  const rows = (part: Part, label: string, r: number, c: number) => {
+    let counts: number[];
+    try {
+      counts = rowBlockCounts(r, c, binding, align);
+    } catch {
+      counts = [r];
+    }
+    for (const n of counts) add(part, label, n * c);
+  };
+  const Tm = M * S;
+  const C = config.hidden_size;
+  const I = config.intermediate_size;
+  const H = config.num_attention_heads;
+  const KV = config.num_key_value_heads;
+  const D = headDim(config);
+  const V = config.vocab_size;
+  const L = config.num_hidden_layers;
+  const adapter = method !== "full";
+  const r = adapter ? input.rank : 0;
+  const specs = expectedTensors(config);
+  const split = ["model.embed_tokens.weight", "lm_head.weight"];
+  const trainable = input.trainable ?? fullTrainableDefault;
+
+  // Weights (and, for full, their gradients and moments).
+  let params = 0;
+  let embedGrad = false;
+  for (const s of specs) {
+    const n = s.shape.reduce((a, b) => a * b, 1);
+    params += n;
+    if (split.includes(s.name)) rows("weights", s.name, s.shape[0], s.shape[1]);
+    else add("weights", s.name, n);
+    if (method === "full" && trainable(s.name)) {
+      if (split.includes(s.name)) rows("gradients", `grad ${s.name}`, s.shape[0], s.shape[1]);
+      else add("gradients", `grad ${s.name}`, n);
+      if (s.name === "model.embed_tokens.weight") embedGrad = true;
+      add("optimizer", `${s.name}.m`, n, 2);
+    }
+  }
+
+  // Adapters: A, B in the model with g_A, g_B, their moments; HD-PiSSA's K pairs and step buffers.
+  const linears = adapter ? adaptableLinears(config, input.targets) : [];
+  const shapes = new Set<string>();
+  for (const l of linears) {
+    for (const [label, n] of [["A", r * l.in], ["B", l.out * r]] as const) {
+      add("adapters", `${label} ${l.name}`, n);
+      add("gradients", `g${label} ${l.name}`, n);
+      add("optimizer", `${l.name}.${label}.m`, n, 2);
+      if (method === "hd-pissa") {
+        add("adapters", `${l.name}.${label}j`, n, K);
+        add("optimizer", `${l.name}.d${label}j`, n, K);
+      }
+    }
+    const key = `${l.out}x${l.in}`;
+    if (method === "hd-pissa" && !shapes.has(key)) {
+      shapes.add(key);
+      add("workspace", `L ${key}`, l.out * 2 * K * r);
+      add("workspace", `R ${key}`, 2 * K * r * l.in);
+    }
+  }
+
+  // Activations at this micro-batch and sequence (docs/architecture.md §3; every layer's kept).
+  const kinds = new Set(linears.map((l) => l.kind));
+  const act = (label: string, n: number, times = 1) => add("activations", label, n, times);
+  act("resid", Tm * C, L + 1);
+  for (
+    const [label, n] of [
+      ["ln1", Tm * C],
+      ["rstd1", Tm],
+      ["q", Tm * H * D],
+      ["k", Tm * KV * D],
+      ["v", Tm * KV * D],
+      ["att", Tm * H * D],
+      ["lse", Tm * H],
+      ["xMid", Tm * C],
+      ["ln2", Tm * C],
+      ["rstd2", Tm],
+      ["gate", Tm * I],
+      ["up", Tm * I],
+      ["h", Tm * I],
+    ] as const
+  ) act(label, n, L);
+  for (const k of LINEAR_KINDS) if (kinds.has(k)) act(`xa ${k}`, Tm * r, L);
+  act("tmp", Tm * C);
+  act("lnf", Tm * C);
+  act("rstdf", Tm);
+  act("losses", Tm);
+  act("loss", 1, 2);
+  for (
+    const [label, n] of [
+      ["dx", Tm * C],
+      ["dln", Tm * C],
+      ["dh", Tm * I],
+      ["dgate", Tm * I],
+      ["dup", Tm * I],
+      ["dao", Tm * H * D],
+      ["dq", Tm * H * D],
+      ["dk", Tm * KV * D],
+      ["dv", Tm * KV * D],
+      ["delta", Tm * H],
+    ] as const
+  ) act(label, n);
+  act("positions", Tm);
+  act("rope", S * (D / 2), 2);
+  // Inputs: ids, targets, loss weights per micro-batch slot, and the inference slot.
+  act("inputs", Tm, 3 * (input.maxMicroBatches + 1));
+  if (embedGrad) {
+    act("embedding plan", Tm, 2 * input.maxMicroBatches);
+    act("embedding starts", Tm + 1, input.maxMicroBatches);
+  }
+
+  // Workspace: the logits of a chunk of positions, the adapters' backward scratch, clipping.
+  const fit = Math.floor(binding / (V * f32));
+  const headChunk = Math.max(1, Math.min(fit, Tm));
+  add("workspace", "logits chunk", headChunk * V);
+  if (r > 0) {
+    const maxOut = Math.max(C, I, H * D, KV * D);
+    add("workspace", "dyB", Tm * r);
+    add("workspace", "dH", Tm * maxOut);
+  }
+  add("workspace", "clip", 1);
+  const nGrads = method === "full"
+    ? specs.filter((s) => trainable(s.name)).length
+    : 2 * linears.length;
+  add("workspace", "clip partials", nGrads);
+
+  w.total = w.weights + w.adapters + w.optimizer + w.gradients + w.activations + w.workspace;
+
+  // Host: W in f32, the safetensors copy the workers load from, the SVD of the largest matrix.
+  let svd = 0;
+  if (method === "hd-pissa" || method === "pissa") {
+    for (const l of linears) {
+      const k = Math.min(l.out, l.in);
+      const randomized = input.svd === "randomized" || (input.svd !== "exact" && k > 1024);
+      const need = randomized
+        ? (l.out + l.in) * Math.min(k, K * r + 10) * 3 + l.out * l.in
+        : 2 * l.out * l.in + (l.out + l.in + 1) * k;
+      svd = Math.max(svd, need * f32);
+    }
+  }
+  const hostWeights = params * f32;
+  const host: HostMemory = {
+    weights: hostWeights,
+    serialized: hostWeights,
+    svd,
+    total: 2 * hostWeights + svd,
+  };
+  return { workers: K, micro_batch: M, seq_len: S, head_chunk: headChunk, worker: w, host };
+}
+
+const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
+
+/** `1.5 GiB`. */
+export function formatBytes(n: number): string {
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < UNITS.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${UNITS[i]}`;
+}
+
+/** The plan as one compact block of lines. */
+export function planLines(p: MemoryPlan): string[] {
+  const w = p.worker;
+  const b = formatBytes;
+  return [
+    `memory plan (micro-batch ${p.micro_batch} × seq ${p.seq_len}, head chunk ${p.head_chunk}):`,
+    `  per worker: weights ${b(w.weights)}, adapters ${b(w.adapters)}, optimizer ${
+      b(w.optimizer)
+    }, gradients ${b(w.gradients)}, activations ${b(w.activations)}, workspace ${
+      b(w.workspace)
+    } = ${b(w.total)} (largest buffer ${b(w.largest.bytes)}: ${w.largest.label})`,
+    `  host: weights ${b(p.host.weights)}, serialized ${b(p.host.serialized)}, svd ${
+      b(p.host.svd)
+    } = ${b(p.host.total)}`,
+  ];
+}
+
+/**
+ * Throws MemoryPlanError, with the plan and what to change, when a single buffer is over
+ * maxBufferSize, a worker's total over the device memory (when known; `sharedHost`: the workers'
+ * devices live in host memory, as lavapipe's), or the host's total over the host memory.
+ */
+export function checkMemoryPlan(
+  p: MemoryPlan,
+  limits: PlanLimits,
+  sharedHost = limits.sharedHost ?? false,
+): void {
+  const b = formatBytes;
+  const advice = "lower --micro-batch or --seq-len, or use a smaller --rank";
+  const fail = (what: string) => {
+    throw new MemoryPlanError(
+      `the run does not fit: ${what}; ${advice}\n${planLines(p).join("\n")}`,
+      p,
+    );
+  };
+  const w = p.worker;
+  if (w.largest.bytes > limits.maxBufferSize) {
+    fail(
+      `the buffer ${w.largest.label} (${b(w.largest.bytes)}) is over the device's maxBufferSize ` +
+        `${b(limits.maxBufferSize)}`,
+    );
+  }
+  const dev = limits.deviceMemory;
+  if (dev != null && !sharedHost && w.total > dev) {
+    fail(`a worker needs ${b(w.total)}, the device has ${b(dev)}`);
+  }
+  const hostMem = limits.hostMemory;
+  const onHost = p.host.total + (sharedHost ? p.workers * w.total : 0);
+  if (hostMem != null && onHost > hostMem) {
+    fail(
+      sharedHost
+        ? `the host and ${p.workers} workers sharing its memory need ${b(onHost)}, the host has ${
+          b(hostMem)
+        }`
+        : `the driver needs ${b(onHost)} of host memory, the host has ${b(hostMem)}`,
+    );
+  }
+}
