@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { serve } from "../infer/server.ts";
 import { InferenceSession } from "../infer/session.ts";
+import { GREEDY } from "../model/sampling.ts";
 
 Deno.test("serve: openai client, errors, concurrent load", async (t) => {
   const session = await InferenceSession.open("models/base");
@@ -169,6 +170,30 @@ Deno.test("serve: a non-loopback host needs an API key; the key is checked", asy
     } finally {
       await server.shutdown();
     }
+  } finally {
+    await session.close();
+  }
+});
+
+Deno.test("session: a request whose stream callback throws fails alone", async () => {
+  const session = await InferenceSession.open("models/base");
+  try {
+    const req = {
+      params: { ...GREEDY },
+      seed: 0,
+      maxNewTokens: 6,
+      stop: [],
+    };
+    const prompt = session.completionIds("The cat");
+    const [alone] = await session.generate([prompt], req);
+    const broken = session.generate([prompt], req, () => {
+      throw new Error("client gone");
+    });
+    const other = session.generate([prompt], { ...req, maxNewTokens: 9 });
+    await assert.rejects(broken, /client gone/);
+    const [o] = await other;
+    assert.equal(o.ids.length, 9);
+    assert.deepEqual(o.ids.slice(0, 6), alone.ids);
   } finally {
     await session.close();
   }
