@@ -2,15 +2,18 @@
 // completions and models, streaming or not. Bound to loopback unless --host is given; any other
 // host needs --api-key.
 //
+// Requests waiting while the model is busy run together as one batch (--max-batch sequences).
+//
 //   deno task serve --model models/base [--port 8000] [--host 0.0.0.0 --api-key KEY]
+//     [--max-batch 8]
 import { defineFlags } from "../cli/flags.ts";
 import { serve } from "../infer/server.ts";
-import { InferenceSession } from "../infer/session.ts";
+import { DEFAULT_MAX_BATCH, InferenceSession } from "../infer/session.ts";
 
 const FLAGS = defineFlags({
   name: "serve",
   about: "Serves a model folder over an OpenAI-compatible HTTP API.",
-  usage: "deno task serve --model DIR [--host H --port P --api-key KEY]",
+  usage: "deno task serve --model DIR [--host H --port P --api-key KEY --max-batch N]",
   flags: {
     model: { type: "string", default: "models/base", metavar: "DIR", help: "model folder" },
     host: { type: "string", default: "127.0.0.1", metavar: "H", help: "address to bind" },
@@ -21,6 +24,13 @@ const FLAGS = defineFlags({
       secret: true,
       metavar: "KEY",
       help: "required as a bearer token (needed when not bound to loopback)",
+    },
+    "max-batch": {
+      type: "int",
+      min: 1,
+      default: DEFAULT_MAX_BATCH,
+      metavar: "N",
+      help: "waiting requests decoded together at most (1: one at a time)",
     },
     "model-id": {
       type: "string",
@@ -38,7 +48,7 @@ if (!["127.0.0.1", "localhost", "::1"].includes(o.host) && apiKey === null) {
   console.error(`error: serving on ${o.host} needs an API key (--api-key or HD_PISSA_API_KEY)`);
   Deno.exit(1);
 }
-const session = await InferenceSession.open(o.model);
+const session = await InferenceSession.open(o.model, { maxBatch: o.maxBatch });
 const modelId = o.modelId ?? o.model.replace(/\/+$/, "").split("/").at(-1)!;
 const server = serve(session, {
   hostname: o.host,

@@ -1,7 +1,8 @@
 /**
  * An OpenAI-compatible HTTP server over one InferenceSession: `POST /v1/chat/completions`,
  * `POST /v1/completions` (stream true or false; SSE chunks ending `data: [DONE]`) and
- * `GET /v1/models`. Requests queue on the single model instance and are served in order.
+ * `GET /v1/models`. Requests queue on the single model instance; those waiting when it becomes
+ * free run together as one batch (InferenceSession).
  * @module
  */
 import { GREEDY, SamplingError, type SamplingParams } from "../model/sampling.ts";

@@ -1,10 +1,12 @@
 // The OpenAI-compatible server on the shipped byte model: the official `openai` client (chat and
 // completions, streaming and not), raw fetch for the error cases (the server stays up), an API
-// key, and 32 concurrent seeded requests each answered as when sent alone.
+// key, and 32 concurrent requests (greedy and seeded sampling, their own limits, stop strings and
+// streams), batched, each answered as when sent alone.
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { serve } from "../infer/server.ts";
 import { InferenceSession } from "../infer/session.ts";
+import { GREEDY } from "../model/sampling.ts";
 
 Deno.test("serve: openai client, errors, concurrent load", async (t) => {
   const session = await InferenceSession.open("models/base");
@@ -96,18 +98,35 @@ Deno.test("serve: openai client, errors, concurrent load", async (t) => {
       assert.equal(ok.choices.length, 1);
     });
 
-    await t.step("32 concurrent seeded requests: each its own answer", async () => {
+    await t.step("32 concurrent requests, batched: each as when sent alone", async () => {
+      // Mixed settings: greedy (bit for bit), sampled with top-k/top-p, a repetition penalty,
+      // its own token limit and stop string; every fourth one streamed.
       const reqs = Array.from({ length: 32 }, (_, i) => ({
         model: "base",
         prompt: `Item ${i}:`,
-        max_tokens: 16,
-        temperature: 0.8,
+        max_tokens: 8 + (i % 9),
+        temperature: i % 5 === 0 ? 0 : 0.8,
+        top_p: i % 3 === 0 ? 0.9 : 1,
+        top_k: i % 7 === 0 ? 20 : 0,
+        repetition_penalty: i % 6 === 1 ? 1.3 : 1,
+        stop: i % 4 === 2 ? ["e"] : undefined,
         seed: i,
       }));
-      const sequential: string[] = [];
-      for (const r of reqs.slice(0, 8)) {
-        sequential.push((await client.completions.create(r)).choices[0].text);
-      }
+      const ask = async (r: (typeof reqs)[number], i: number) => {
+        if (i % 4 !== 3) {
+          const c = (await client.completions.create(r)).choices[0];
+          return { text: c.text, finish: c.finish_reason };
+        }
+        let text = "";
+        let finish: string | null = null;
+        for await (const c of await client.completions.create({ ...r, stream: true })) {
+          text += c.choices[0]?.text ?? "";
+          finish = c.choices[0]?.finish_reason ?? finish;
+        }
+        return { text, finish };
+      };
+      const sequential: { text: string; finish: string | null }[] = [];
+      for (const [i, r] of reqs.entries()) sequential.push(await ask(r, i));
       const t0 = performance.now();
       const all = await Promise.all(reqs.map((r) => client.completions.create(r)));
       const s = (performance.now() - t0) / 1000;
@@ -116,8 +135,15 @@ Deno.test("serve: openai client, errors, concurrent load", async (t) => {
         `server, 32 concurrent requests: ${tokens} tokens in ${s.toFixed(2)} s = ` +
           `${(tokens / s).toFixed(1)} tokens/s`,
       );
-      all.slice(0, 8).forEach((r, i) => assert.equal(r.choices[0].text, sequential[i]));
+      const streamed = await Promise.all(reqs.map(ask));
       assert.equal(all.length, 32);
+      all.forEach((r, i) => {
+        assert.equal(r.choices[0].text, sequential[i].text, `request ${i}`);
+        assert.equal(r.choices[0].finish_reason, sequential[i].finish, `request ${i}`);
+        assert.ok(r.usage!.completion_tokens <= reqs[i].max_tokens);
+      });
+      assert.deepEqual(streamed, sequential);
+      assert.ok(all.some((r) => r.choices[0].finish_reason === "stop"), "a stop string ends some");
     });
   } finally {
     await server.shutdown();
@@ -144,6 +170,30 @@ Deno.test("serve: a non-loopback host needs an API key; the key is checked", asy
     } finally {
       await server.shutdown();
     }
+  } finally {
+    await session.close();
+  }
+});
+
+Deno.test("session: a request whose stream callback throws fails alone", async () => {
+  const session = await InferenceSession.open("models/base");
+  try {
+    const req = {
+      params: { ...GREEDY },
+      seed: 0,
+      maxNewTokens: 6,
+      stop: [],
+    };
+    const prompt = session.completionIds("The cat");
+    const [alone] = await session.generate([prompt], req);
+    const broken = session.generate([prompt], req, () => {
+      throw new Error("client gone");
+    });
+    const other = session.generate([prompt], { ...req, maxNewTokens: 9 });
+    await assert.rejects(broken, /client gone/);
+    const [o] = await other;
+    assert.equal(o.ids.length, 9);
+    assert.deepEqual(o.ids.slice(0, 6), alone.ids);
   } finally {
     await session.close();
   }
