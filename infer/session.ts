@@ -8,6 +8,7 @@
  * its request ran alone or batched.
  * @module
  */
+import { z } from "zod";
 import { DomainError } from "../core/errors.ts";
 import { Gpu } from "../gpu/mod.ts";
 import type { LlamaConfig } from "../model/config.ts";
@@ -27,8 +28,13 @@ import { ChatFormat, type ChatMessage } from "../train/data/chat.ts";
 import { promptIds } from "../train/data/encode.ts";
 import { stopIdsOf } from "../train/eval/evaluate.ts";
 
+/**
+ * A request the model cannot serve as asked: `reason` is OpenAI's error code for it (e.g.
+ * `context_length_exceeded`), `param` the request field to blame.
+ */
 export class InferenceError extends DomainError {
   static override readonly code: string = "INFERENCE";
+  static readonly fields = z.object({ reason: z.string(), param: z.string().nullable() });
   constructor(message: string, readonly reason: string, readonly param: string | null = null) {
     super(message);
   }

@@ -5,6 +5,7 @@
  * sampling. Pure functions over host logits, in float64.
  * @module
  */
+import { DomainError } from "../core/errors.ts";
 import { Rng } from "../core/rng.ts";
 
 export interface SamplingParams {
@@ -28,7 +29,10 @@ export const GREEDY: SamplingParams = {
   repetitionPenalty: 1,
 };
 
-export class SamplingError extends RangeError {}
+/** Sampling settings that transformers refuses too (a temperature of 0, a top-p outside (0, 1]...). */
+export class SamplingError extends DomainError {
+  static override readonly code: string = "SAMPLING";
+}
 
 /** Throws a SamplingError for values transformers refuses. */
 export function checkSampling(p: SamplingParams): void {

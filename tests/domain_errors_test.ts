@@ -61,6 +61,8 @@ import { EvaluationError } from "../train/eval/evaluate.ts";
 import { EvalScoreError } from "../train/eval/score.ts";
 import { TaskGenerationError } from "../train/datagen/split.ts";
 import { PretrainError } from "../train/pretrain/pretrain.ts";
+import { SamplingError } from "../model/sampling.ts";
+import { InferenceError } from "../infer/session.ts";
 import { MethodSettingsError } from "../train/methods/method.ts";
 import { UnknownMethodError } from "../train/methods/registry.ts";
 import {
@@ -148,6 +150,12 @@ const SAMPLES: DomainError[] = [
   new EvalScoreError("score"),
   new TaskGenerationError("tasks"),
   new PretrainError("pretrain"),
+  new SamplingError("temperature must be a positive number, got 0"),
+  new InferenceError(
+    "the prompt is longer than the context",
+    "context_length_exceeded",
+    "messages",
+  ),
   new MethodSettingsError("hd-pissa", "K·r too large", "rank"),
   new UnknownMethodError("dora"),
   new StepProtocolError("protocol"),
@@ -196,7 +204,9 @@ Deno.test("every error class in the project's own folders has a sample above", a
       }
     }
   };
-  for (const d of ["core", "cli", "gpu", "model", "train", "actors", "dashboard", "examples"]) {
+  for (
+    const d of ["core", "cli", "gpu", "model", "train", "actors", "infer", "dashboard", "examples"]
+  ) {
     await walk(new URL(`${d}/`, root));
   }
   assert.deepEqual(missing, []);
