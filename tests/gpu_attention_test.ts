@@ -92,6 +92,45 @@ Deno.test("gpu attention", async (t) => {
       }
     });
 
+    await t.step("seqLen 4096, 8 query heads per KV head, against float64", async () => {
+      // Past the old dK/dV loop bound's margin: 8·(⌈4096/4⌉ + 1) + 9 passes per invocation.
+      const [S, nH, nKV, hd] = [4096, 8, 1, 4];
+      const shape: AttentionShape = { batch: 1, seqLen: S, nHeads: nH, nKvHeads: nKV, headDim: hd };
+      const q = rng.normals(S * nH * hd),
+        k = rng.normals(S * nKV * hd),
+        v = rng.normals(S * nKV * hd),
+        dout = rng.normals(S * nH * hd);
+      const Q = gpu.upload(q, [S, nH * hd]), K = gpu.upload(k, [S, nKV * hd]);
+      const V = gpu.upload(v, [S, nKV * hd]), DO = gpu.upload(dout, [S, nH * hd]);
+      const O = gpu.tensor([S, nH * hd]), L = gpu.tensor([S, nH]), DL = gpu.tensor([S, nH]);
+      const DQ = gpu.tensor([S, nH * hd]), DK = gpu.tensor([S, nKV * hd]);
+      const DV = gpu.tensor([S, nKV * hd]);
+      const [o, lse, dq, dk, dv] = await gpu.run((rec) => {
+        attentionForward(rec, { out: O, lse: L, q: Q, k: K, v: V }, shape);
+        attentionBackward(
+          rec,
+          { dq: DQ, dk: DK, dv: DV, dout: DO, q: Q, k: K, v: V, out: O, lse: L, delta: DL },
+          shape,
+        );
+      }, [O, L, DQ, DK, DV]);
+      const dims = { B: 1, S, nH, nKV, hd };
+      const f = attentionRef(q, k, v, dims);
+      const g = attentionBackwardRef(dout, q, k, v, dims);
+      const errs = {
+        out: relError(o, f.out),
+        lse: relError(lse, f.lse),
+        dq: relError(dq, g.dq),
+        dk: relError(dk, g.dk),
+        dv: relError(dv, g.dv),
+      };
+      console.log(
+        `attention S${S} nH${nH} nKV${nKV} hd${hd}`,
+        Object.entries(errs).map(([n, e]) => `${n} ${e.toExponential(2)}`).join(" "),
+      );
+      for (const [n, e] of Object.entries(errs)) assert.ok(e < 1e-5, `${n}: ${e}`);
+      for (const x of [Q, K, V, DO, O, L, DL, DQ, DK, DV]) gpu.release(x);
+    });
+
     await t.step("sliding window: forward, backward and decoding against float64", async () => {
       // Windows narrower than the sequence (1 sees only itself), across workgroups of 8 and
       // 64 rows, and one wider than the sequence (full causal attention).

@@ -6,7 +6,11 @@ import assert from "node:assert/strict";
 import { Gpu } from "../gpu/engine.ts";
 import { GpuShapeError, KernelLoopBoundError } from "../gpu/errors.ts";
 import { defineKernel, hasLoop, MAX_INVOCATION_LOOP } from "../gpu/kernel.ts";
-import { attentionBackward, attentionForward } from "../gpu/kernels/attention.ts";
+import {
+  attentionBackward,
+  attentionForward,
+  attentionLoopPasses,
+} from "../gpu/kernels/attention.ts";
 import { crossEntropy } from "../gpu/kernels/cross_entropy.ts";
 import { embeddingBackward, EmbeddingGradPlan } from "../gpu/kernels/embedding.ts";
 import { matmulNT } from "../gpu/kernels/matmul.ts";
@@ -151,23 +155,27 @@ Deno.test("gpu loop bound: the recorder refuses a dispatch over the bound", asyn
       mm(1_048_544, "tiled");
       refused(() => mm(1_048_545, "tiled"), "matmul_tiled_64x64x16");
 
-      // Attention: sequences of 4096 fit with 8 query heads per KV head; at 8192 the dK/dV
-      // kernel (8·8193 + 9 passes) is refused, while the forward (2·8193) still fits.
-      for (const [S, ok] of [[4096, true], [8192, false]] as const) {
-        const shape = { batch: 1, seqLen: S, nHeads: 8, nKvHeads: 1, headDim: 2 };
-        const q = gpu.tensor([S, 16]), kv = gpu.tensor([S, 2]), st = gpu.tensor([S, 8]);
+      // Attention: sequences of 4096 and 8192 fit with 8 query heads per KV head (the dK/dV
+      // kernel runs 8·(⌈S/4⌉ + 1) + 9 passes: 16,401 at 8192); 16,384 with 16 query heads per
+      // KV head is refused there (16·4097 + 17), while the forward (2·16,385) still fits.
+      for (const [S, g, ok] of [[4096, 8, true], [8192, 8, true], [16384, 16, false]] as const) {
+        const shape = { batch: 1, seqLen: S, nHeads: g, nKvHeads: 1, headDim: 2 };
+        const st = gpu.tensor([S, g]);
         const t = {
-          dq: q,
-          dk: kv,
+          dq: gpu.tensor([S, 2 * g]),
+          dk: gpu.tensor([S, 2]),
           dv: gpu.tensor([S, 2]),
-          dout: gpu.tensor([S, 16]),
-          q: gpu.tensor([S, 16]),
+          dout: gpu.tensor([S, 2 * g]),
+          q: gpu.tensor([S, 2 * g]),
           k: gpu.tensor([S, 2]),
           v: gpu.tensor([S, 2]),
-          out: gpu.tensor([S, 16]),
+          out: gpu.tensor([S, 2 * g]),
           lse: st,
-          delta: gpu.tensor([S, 8]),
+          delta: gpu.tensor([S, g]),
         };
+        const passes = attentionLoopPasses(shape);
+        assert.equal(passes.dkv <= MAX_INVOCATION_LOOP, ok);
+        assert.ok(passes.forward <= MAX_INVOCATION_LOOP && passes.dq <= MAX_INVOCATION_LOOP);
         attentionForward(rec, { out: t.out, lse: t.lse, q: t.q, k: t.k, v: t.v }, shape);
         if (ok) attentionBackward(rec, t, shape);
         else refused(() => attentionBackward(rec, t, shape), "attention_backward_dkv_hd2");

@@ -17,9 +17,15 @@
  *   order and, within each, over query rows in order.
  *
  * Loop passes per invocation (see `MAX_INVOCATION_LOOP`; head dimensions are written out, not
- * looped): forward 2·(S + 1) (decoding 2·(maxPosition + 2)), dQ S + 1, dK/dV
- * g·(S + 1) + g + 1 with g = nHeads/nKvHeads query heads per KV head. So S = 4096 fits with
- * g ≤ 15, S = 8192 with g ≤ 7; a longer sequence is refused with KernelLoopBoundError.
+ * looped; the dK/dV query loop is written out 4 rows a pass): forward 2·(S + 1) (decoding
+ * 2·(maxPosition + 2)), dQ S + 1, dK/dV g·(⌈S/4⌉ + 1) + g + 1 with g = nHeads/nKvHeads query
+ * heads per KV head. So S = 8192 fits with g ≤ 31, S = 16384 with g ≤ 15, S = 32766 (the
+ * forward's limit) with g ≤ 7; a longer sequence is refused with KernelLoopBoundError.
+ *
+ * Memory: nothing of size [S, S] is held. The forward keeps per query row only its running
+ * max and sum (in registers) and saves the row logsumexp [B·S, nHeads]; the backward
+ * recomputes each score from q, k and that logsumexp, with one scratch rowsum(dO ⊙ O)
+ * [B·S, nHeads]. So attention needs O(S) memory per head beyond q, k, v and the output.
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
@@ -236,42 +242,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 `,
 }), configKey);
 
-const BACKWARD_DKV = defineKernelVariants(({ hd, wg }: AttentionConfig) => ({
-  name: `attention_backward_dkv_hd${hd}`,
-  params: BACKWARD_PARAMS,
-  bindings: {
-    dK: "read_write f32",
-    dV: "read_write f32",
-    Q: "read f32",
-    K: "read f32",
-    V: "read f32",
-    dO: "read f32",
-    LSE: "read f32",
-    DELTA: "read f32",
-  },
-  // g query heads, each over at most S query rows.
-  loopBound: ({ S, nH, nKV }: { S: number; nH: number; nKV: number }) => {
-    const g = nH / nKV;
-    return g * (S + 1) + g + 1;
-  },
-  body: /* wgsl */ `
-${WINDOW_WGSL}
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let b = wid.y / p.nKV;
-  let kvh = wid.y % p.nKV;
-  let group = p.nH / p.nKV;
-  let j = wid.x * ${wg}u + lid.x;
-  let jc = min(j, p.S - 1u);
-  let kb = ((b * p.S + jc) * p.nKV + kvh) * ${hd}u;
-  ${
-    each(hd, (d) =>
-      `let k${d} = K[kb + ${d}u]; let v${d} = V[kb + ${d}u]; var dk${d} = 0.0; var dv${d} = 0.0;`)
-  }
-  // Queries before the workgroup's first key see none of its keys.
-  let iStart = wid.x * ${wg}u;
-  for (var hq = kvh * group; hq < kvh * group + group; hq++) {
-    for (var i = iStart; i < p.S; i++) {
+// Query rows per pass of the dK/dV kernel's query loop (written out, so a pass covers DKV_STEP
+// rows): keeps the loop passes of g query heads over S rows at g·(⌈S/DKV_STEP⌉ + 1) + g + 1.
+const DKV_STEP = 4;
+
+const BACKWARD_DKV = defineKernelVariants(({ hd, wg }: AttentionConfig) => {
+  // One query row i: the same fixed-order accumulation as a plain loop over i.
+  const step = (u: number) => /* wgsl */ `
+    if (i0 + ${u}u < p.S) {
+      let i = i0 + ${u}u;
       let qrow = b * p.S + i;
       let qb = (qrow * p.nH + hq) * ${hd}u;
       var s = 0.0;
@@ -284,6 +263,42 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     each(hd, (d) =>
       `dv${d} = fma(pj, dO[qb + ${d}u], dv${d}); dk${d} = fma(ds, Q[qb + ${d}u], dk${d});`)
   }
+    }`;
+  return {
+    name: `attention_backward_dkv_hd${hd}`,
+    params: BACKWARD_PARAMS,
+    bindings: {
+      dK: "read_write f32",
+      dV: "read_write f32",
+      Q: "read f32",
+      K: "read f32",
+      V: "read f32",
+      dO: "read f32",
+      LSE: "read f32",
+      DELTA: "read f32",
+    },
+    // g query heads, each over at most S query rows, DKV_STEP rows a pass.
+    loopBound: ({ S, nH, nKV }: { S: number; nH: number; nKV: number }) =>
+      dkvLoopPasses(S, nH / nKV),
+    body: /* wgsl */ `
+${WINDOW_WGSL}
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let b = wid.y / p.nKV;
+  let kvh = wid.y % p.nKV;
+  let group = p.nH / p.nKV;
+  let j = wid.x * ${wg}u + lid.x;
+  let jc = min(j, p.S - 1u);
+  let kb = ((b * p.S + jc) * p.nKV + kvh) * ${hd}u;
+  ${
+      each(hd, (d) =>
+        `let k${d} = K[kb + ${d}u]; let v${d} = V[kb + ${d}u]; var dk${d} = 0.0; var dv${d} = 0.0;`)
+    }
+  // Queries before the workgroup's first key see none of its keys.
+  let iStart = wid.x * ${wg}u;
+  for (var hq = kvh * group; hq < kvh * group + group; hq++) {
+    for (var i0 = iStart; i0 < p.S; i0 += ${DKV_STEP}u) {
+${Array.from({ length: DKV_STEP }, (_, u) => step(u)).join("\n")}
     }
   }
   if (j < p.S) {
@@ -291,7 +306,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
 }
 `,
-}), configKey);
+  };
+}, configKey);
+
+function dkvLoopPasses(S: number, g: number): number {
+  return g * (Math.ceil(S / DKV_STEP) + 1) + g + 1;
+}
+
+/**
+ * Loop passes per invocation of each training attention kernel for a shape (the bounds the
+ * recorder checks against `MAX_INVOCATION_LOOP`).
+ */
+export function attentionLoopPasses(
+  s: AttentionShape,
+): { forward: number; dq: number; dkv: number } {
+  return {
+    forward: 2 * (s.seqLen + 1),
+    dq: s.seqLen + 1,
+    dkv: dkvLoopPasses(s.seqLen, s.nHeads / s.nKvHeads),
+  };
+}
 
 function checkShape(what: string, s: AttentionShape): void {
   const { batch, seqLen, nHeads, nKvHeads, headDim } = s;
