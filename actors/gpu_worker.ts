@@ -310,6 +310,7 @@ export const GpuWorker = defineActor({
           maxRows: input.microBatch,
           seqLen: input.seqLen,
           maxMicroBatches: input.maxMicroBatches,
+          recompute: settings.recompute,
           ...getMethod(settings.method).modelOptions(settings),
         });
         s.load = input;

@@ -89,6 +89,14 @@ export interface LlamaGpuOptions {
    * Default: as many as fit one binding of [rows, V] f32, at most maxRows·seqLen.
    */
   headChunk?: number;
+  /**
+   * Activation checkpointing per layer (training only): keep only each layer's input (the
+   * residual stream) during the forward, in one set of layer activations shared by all
+   * layers, and recompute a layer's activations from its input just before its backward.
+   * The same kernels run in the same order on the same inputs, so the gradients are the same
+   * bits as without it; the cost is one more forward of every layer but the last. Default false.
+   */
+  recompute?: boolean;
 }
 
 /** The options a model was built with, defaults filled in. */
@@ -98,6 +106,8 @@ export interface LlamaGpuSizes {
   readonly maxMicroBatches: number;
   readonly headChunk: number;
   readonly gradients: LlamaGpuOptions["gradients"];
+  /** Layer activations recomputed in the backward (training only). */
+  readonly recompute: boolean;
   readonly adapters?: { readonly targets: readonly LinearKind[]; readonly rank: number };
 }
 
@@ -197,11 +207,14 @@ export class LlamaGpu {
     for (let l = 0; l <= d.L; l++) {
       resid.push(train || l === 0 ? t([Tm, d.C], `resid ${l}`) : resid[0]);
     }
+    // Each layer has its own activations when training without recomputation; otherwise the
+    // layers share one set (each with its own input and output in the residual stream).
+    const perLayer = train && !options.recompute;
     let shared: LayerActs | null = null;
     this.#layers = [];
     for (let l = 0; l < d.L; l++) {
-      if (!train && shared) {
-        this.#layers.push(shared);
+      if (!perLayer && shared) {
+        this.#layers.push({ ...shared, x: resid[l], out: resid[l + 1] });
         continue;
       }
       const xa = new Map<LinearKind, GpuTensor>();
@@ -226,7 +239,7 @@ export class LlamaGpu {
         tmp: l === 0 ? t([Tm, d.C], "tmp") : this.#layers[0].tmp,
       };
       this.#layers.push(a);
-      if (!train) shared = a;
+      if (!perLayer) shared = a;
     }
     this.#head = {
       x: resid[d.L],
@@ -319,6 +332,9 @@ export class LlamaGpu {
     if (options.gradients === "adapters" && !options.adapters) {
       throw new LlamaOptionsError(`gradients "adapters" needs the adapters option`);
     }
+    if (options.recompute !== undefined && typeof options.recompute !== "boolean") {
+      throw new LlamaOptionsError(`recompute must be a boolean, got ${options.recompute}`);
+    }
     if (options.trainable && options.gradients !== "weights") {
       throw new LlamaOptionsError(`trainable applies only to gradients "weights"`);
     }
@@ -337,6 +353,7 @@ export class LlamaGpu {
         maxMicroBatches,
         headChunk: headChunkOf(gpu, config, options),
         gradients: options.gradients,
+        recompute: options.gradients !== "none" && (options.recompute ?? false),
         adapters: options.adapters,
       }, held);
       // Surface an allocation failure here rather than at the first step.
@@ -799,7 +816,13 @@ export class LlamaGpu {
     // The lm_head's backward ran with the loss (#recordForward) and left ∂L/∂lnf in g.dln.
     headNormBackward(rec, ctx, this.#headView(T), g, this.#stop < L);
     const attn = this.#attention(slot.rows);
+    const keepXa = ctx.adapterGrads || this.#scales.sigma !== 0;
     for (let l = L - 1; l >= this.#stop; l--) {
+      // With recomputation the shared activations hold the last layer's forward; every other
+      // layer's are recomputed from its kept input, as #forwardLayers computed them.
+      if (this.options.recompute && l < L - 1) {
+        layerForward(rec, ctx, l, this.#layerView(l, T, keepXa), attn);
+      }
       const inputGrad = l > this.#stop || this.#embedGrad;
       layerBackward(rec, ctx, l, this.#layerView(l, T, ctx.adapterGrads), g, attn, inputGrad);
     }

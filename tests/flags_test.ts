@@ -331,6 +331,7 @@ const CONFIG_KEYS = [
   "batch_size",
   "micro_batch",
   "seq_len",
+  "recompute",
   "epochs",
   "max_steps",
   "seed",
@@ -406,6 +407,7 @@ Deno.test("finetune: the worker settings are the flags marked toWorkers, and pas
     "optimizer",
     "weightDecay",
     "clip",
+    "recompute",
     "device",
   ]);
   assert.equal(w.weightDecay, 0.1);

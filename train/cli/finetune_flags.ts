@@ -324,6 +324,13 @@ export const FINETUNE_FLAGS = defineFlags({
       definesRun: true,
       summary: true,
     },
+    recompute: {
+      type: "boolean",
+      help: "recompute each layer's activations in the backward, keeping only layer inputs " +
+        "(less memory, same gradients, one more forward per layer)",
+      group: OPTIM,
+      toWorkers: true,
+    },
     epochs: {
       type: "int",
       min: 1,
