@@ -62,6 +62,7 @@ import { EvalScoreError } from "../train/eval/score.ts";
 import { TaskGenerationError } from "../train/datagen/split.ts";
 import { PretrainError } from "../train/pretrain/pretrain.ts";
 import { SamplingError } from "../model/sampling.ts";
+import { WeightDigestError } from "../model/folder_digest.ts";
 import { InferenceError } from "../infer/session.ts";
 import { MethodSettingsError } from "../train/methods/method.ts";
 import { UnknownMethodError } from "../train/methods/registry.ts";
@@ -140,6 +141,7 @@ const SAMPLES: DomainError[] = [
   new ProgressError("progress"),
   new ScheduleError("schedule"),
   new CheckpointError("checkpoint"),
+  new WeightDigestError("changed", "model.safetensors", "ab", "cd"),
   new ContributionError(1, "nonfinite", "NaN"),
   new WorkerStateError("state"),
   new AdapterInitError("rank too large", "q_proj"),

@@ -9,6 +9,7 @@ import {
   type SvdResult,
   topSvd,
 } from "../train/linalg/svd.ts";
+import { knownSpectrumMatrix, svdAgreement } from "../train/linalg/svd_check.ts";
 
 function randomMatrix(rng: Rng, m: number, n: number): Float64Array {
   return Float64Array.from({ length: m * n }, () => rng.normal());
@@ -284,4 +285,34 @@ Deno.test("svd: bad input is an SvdError", () => {
     SvdError,
   );
   assert.throws(() => topSvd(new Float64Array(12).fill(1), 3, 4, 0), SvdError);
+});
+
+Deno.test("randomized svd at 1024x3584 (float32, known spectrum): orthonormal and on the top subspace", () => {
+  const m = 1024;
+  const n = 3584;
+  // A slow decay (σ_26/σ_16 ≈ 0.6, like real weights) and a fast one, where the float32 rounding
+  // of W (~1e-7 relative) bounds the angles.
+  for (const [decay, sTol, angleTol] of [[0.95, 1e-3, 0.05], [0.6, 1e-9, 1e-5]]) {
+    const truth = knownSpectrumMatrix(
+      m,
+      n,
+      Array.from({ length: 64 }, (_, i) => decay ** i),
+      5,
+      true,
+    );
+    const r = randomizedSvd(truth.W, m, n, 16, { niter: 4, seed: 2 });
+    const a = svdAgreement(r, truth);
+    assert.ok(a.orthonormality <= 1e-6, `orthonormality ${a.orthonormality}`);
+    // float32 storage of W perturbs σ by ~1e-7 relative.
+    assert.ok(
+      a.singularValueError <= sTol + 1e-6,
+      `σ error ${a.singularValueError} (decay ${decay})`,
+    );
+    assert.ok(
+      a.leftAngle <= angleTol && a.rightAngle <= angleTol,
+      `angles ${a.leftAngle}, ${a.rightAngle}`,
+    );
+    const again = randomizedSvd(truth.W, m, n, 16, { niter: 4, seed: 2 });
+    assert.deepEqual(again.S, r.S);
+  }
 });

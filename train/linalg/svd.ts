@@ -388,34 +388,109 @@ export interface RandomizedSvdOptions {
   rng?: Rng;
 }
 
-/** `C [m, l] = A [m, n] · X [n, l]`. */
-function matmulNN(A: ArrayLike<number>, X: Float64Array, m: number, n: number, l: number) {
-  const C = new Float64Array(m * l);
-  for (let i = 0; i < m; i++) {
-    const ci = i * l;
-    for (let k = 0; k < n; k++) {
-      const a = A[i * n + k];
-      if (a === 0) continue;
-      const xk = k * l;
-      for (let c = 0; c < l; c++) C[ci + c] += a * X[xk + c];
+/** Rows of the inner dimension summed per block: a block of `R` stays in the L2 cache. */
+const GEMM_KB = 256;
+
+/**
+ * `C [rows, cols] = P [rows, inner] · R [cols, inner]ᵀ`: both operands are read along their
+ * contiguous inner dimension, 4 rows × 2 columns at a time with one accumulator each. The
+ * summation order is fixed (blocks of GEMM_KB in order), so the bits do not depend on anything
+ * but the inputs.
+ */
+export function gemmNT(
+  P: Float64Array | Float32Array,
+  R: Float64Array | Float32Array,
+  rows: number,
+  cols: number,
+  inner: number,
+): Float64Array {
+  const C = new Float64Array(rows * cols);
+  for (let k0 = 0; k0 < inner; k0 += GEMM_KB) {
+    const k1 = Math.min(inner, k0 + GEMM_KB);
+    let r = 0;
+    for (; r + 4 <= rows; r += 4) {
+      const p0 = r * inner;
+      const p1 = p0 + inner;
+      const p2 = p1 + inner;
+      const p3 = p2 + inner;
+      let c = 0;
+      for (; c + 2 <= cols; c += 2) {
+        const q0 = c * inner;
+        const q1 = q0 + inner;
+        let s00 = 0, s01 = 0, s10 = 0, s11 = 0, s20 = 0, s21 = 0, s30 = 0, s31 = 0;
+        for (let k = k0; k < k1; k++) {
+          const x0 = R[q0 + k];
+          const x1 = R[q1 + k];
+          const a0 = P[p0 + k];
+          const a1 = P[p1 + k];
+          const a2 = P[p2 + k];
+          const a3 = P[p3 + k];
+          s00 += a0 * x0;
+          s01 += a0 * x1;
+          s10 += a1 * x0;
+          s11 += a1 * x1;
+          s20 += a2 * x0;
+          s21 += a2 * x1;
+          s30 += a3 * x0;
+          s31 += a3 * x1;
+        }
+        C[r * cols + c] += s00;
+        C[r * cols + c + 1] += s01;
+        C[(r + 1) * cols + c] += s10;
+        C[(r + 1) * cols + c + 1] += s11;
+        C[(r + 2) * cols + c] += s20;
+        C[(r + 2) * cols + c + 1] += s21;
+        C[(r + 3) * cols + c] += s30;
+        C[(r + 3) * cols + c + 1] += s31;
+      }
+      for (; c < cols; c++) {
+        const q0 = c * inner;
+        let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (let k = k0; k < k1; k++) {
+          const x0 = R[q0 + k];
+          s0 += P[p0 + k] * x0;
+          s1 += P[p1 + k] * x0;
+          s2 += P[p2 + k] * x0;
+          s3 += P[p3 + k] * x0;
+        }
+        C[r * cols + c] += s0;
+        C[(r + 1) * cols + c] += s1;
+        C[(r + 2) * cols + c] += s2;
+        C[(r + 3) * cols + c] += s3;
+      }
+    }
+    for (; r < rows; r++) {
+      const p0 = r * inner;
+      for (let c = 0; c < cols; c++) {
+        const q0 = c * inner;
+        let s = 0;
+        for (let k = k0; k < k1; k++) s += P[p0 + k] * R[q0 + k];
+        C[r * cols + c] += s;
+      }
     }
   }
   return C;
 }
 
-/** `C [n, l] = Aᵀ · Q` for `A [m, n]`, `Q [m, l]`. */
-function matmulTN(A: ArrayLike<number>, Q: ArrayLike<number>, m: number, n: number, l: number) {
-  const C = new Float64Array(n * l);
-  for (let i = 0; i < m; i++) {
-    const qi = i * l;
-    for (let k = 0; k < n; k++) {
-      const a = A[i * n + k];
-      if (a === 0) continue;
-      const ck = k * l;
-      for (let c = 0; c < l; c++) C[ck + c] += a * Q[qi + c];
+/** A row-major copy in a typed array (float32 inputs stay float32: half the memory traffic). */
+function packed(A: ArrayLike<number>): Float64Array | Float32Array {
+  return A instanceof Float32Array || A instanceof Float64Array ? A : Float64Array.from(A);
+}
+
+/** `Aᵀ [n, m]` of `A [m, n]` in the same element type, by 64×64 tiles. */
+function transposeTyped(A: Float64Array | Float32Array, m: number, n: number) {
+  const T = A instanceof Float32Array ? new Float32Array(m * n) : new Float64Array(m * n);
+  const B = 64;
+  for (let i0 = 0; i0 < m; i0 += B) {
+    const i1 = Math.min(m, i0 + B);
+    for (let j0 = 0; j0 < n; j0 += B) {
+      const j1 = Math.min(n, j0 + B);
+      for (let i = i0; i < i1; i++) {
+        for (let j = j0; j < j1; j++) T[j * m + i] = A[i * n + j];
+      }
     }
   }
-  return C;
+  return T;
 }
 
 /**
@@ -448,13 +523,17 @@ export function randomizedSvd(
   const omega = new Float64Array(n * l);
   for (let i = 0; i < omega.length; i++) omega[i] = rng.normal();
 
-  let Q = orthonormalColumns(matmulNN(A, omega, m, n, l), m, l);
+  // Every product reads its operands along rows: A·X as A · (Xᵀ)ᵀ, Aᵀ·Q as Aᵀ · (Qᵀ)ᵀ with Aᵀ
+  // transposed once.
+  const a = packed(A);
+  const at = transposeTyped(a, m, n);
+  let Q = orthonormalColumns(gemmNT(a, transpose(omega, n, l), m, l, n), m, l);
   for (let it = 0; it < niter; it++) {
-    const Z = orthonormalColumns(matmulTN(A, Q, m, n, l), n, l);
-    Q = orthonormalColumns(matmulNN(A, Z, m, n, l), m, l);
+    const Z = orthonormalColumns(gemmNT(at, transpose(Q, m, l), n, l, m), n, l);
+    Q = orthonormalColumns(gemmNT(a, transpose(Z, n, l), m, l, n), m, l);
   }
-  // B = Qᵀ A is [l, n]; its exact SVD B = Ub S Vt gives A ≈ (Q Ub) S Vt.
-  const Bt = matmulTN(Q, A, m, l, n);
+  // B = Qᵀ A is [l, n]: Bᵀ = Aᵀ Q; its exact SVD B = Ub S Vt gives A ≈ (Q Ub) S Vt.
+  const Bt = transpose(gemmNT(at, transpose(Q, m, l), n, l, m), n, l);
   const small = svd(Bt, l, n);
   const U = new Float64Array(m * rank);
   for (let i = 0; i < m; i++) {
