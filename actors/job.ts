@@ -29,7 +29,7 @@ import { renderCompareHtml, renderReportHtml } from "../train/report/html.ts";
 import { compareJson, compareTable } from "../train/report/compare_table.ts";
 import { checkAdapterFolders, exportRunAdapter } from "../train/export/run.ts";
 import { Driver } from "./driver.ts";
-import { adapterIsCpu } from "../gpu/mod.ts";
+import { probeAdapter } from "../gpu/mod.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import {
   checkMemoryPlan,
@@ -121,24 +121,32 @@ async function checkInputs(o: FinetuneOptions): Promise<LlamaConfig> {
  * of the adapter its workers will open (a CPU one keeps its buffers in host memory). With
  * `--nats` the workers' devices are elsewhere: only the host is checked.
  */
-async function planLimits(o: FinetuneOptions, given?: Partial<PlanLimits>): Promise<PlanLimits> {
+async function planLimits(
+  o: FinetuneOptions,
+  given?: Partial<PlanLimits>,
+  io?: JobIo,
+): Promise<PlanLimits> {
   const base: PlanLimits = {
     maxBufferSize: Infinity,
     maxStorageBufferBindingSize: DEFAULT_LIMITS.maxStorageBufferBindingSize,
     hostMemory: Deno.systemMemoryInfo().total,
   };
   if (!o.nats) {
+    let found: Awaited<ReturnType<typeof probeAdapter>> = null;
+    let why = "WebGPU offers no adapter here";
     try {
-      const gpu = (globalThis.navigator as Navigator & { gpu?: GPU }).gpu;
-      const a = await gpu?.requestAdapter({ powerPreference: "high-performance" });
-      if (a) {
-        base.maxBufferSize = a.limits.maxBufferSize;
-        base.maxStorageBufferBindingSize = a.limits.maxStorageBufferBindingSize;
-        base.minStorageBufferOffsetAlignment = a.limits.minStorageBufferOffsetAlignment;
-        base.sharedHost = adapterIsCpu(a);
-      }
-    } catch {
-      // No adapter here: the workers report their own failure.
+      found = await probeAdapter();
+    } catch (e) {
+      why = `asking for an adapter failed (${(e as Error).message})`;
+    }
+    if (found) {
+      base.maxBufferSize = found.limits.maxBufferSize;
+      base.maxStorageBufferBindingSize = found.limits.maxStorageBufferBindingSize;
+      base.minStorageBufferOffsetAlignment = found.limits.minStorageBufferOffsetAlignment;
+      base.sharedHost = found.isCpu;
+    } else {
+      // The workers will report their own failure; the plan says what it could not check.
+      io?.log(`memory plan: ${why}; only the host's memory is checked`);
     }
   }
   return { ...base, ...given };
@@ -149,8 +157,9 @@ async function planRun(
   o: FinetuneOptions,
   config: LlamaConfig,
   given?: Partial<PlanLimits>,
+  io?: JobIo,
 ): Promise<MemoryPlan> {
-  const limits = await planLimits(o, given);
+  const limits = await planLimits(o, given, io);
   const planOf = (method: FinetuneOptions["method"]) =>
     memoryPlan({
       config,
@@ -289,7 +298,7 @@ function evalTable(report: RunReport): string {
 export async function runFinetune(options: FinetuneOptions, io: JobIo): Promise<RunReport[]> {
   const o = FINETUNE_FLAGS.redact(options);
   const config = await checkInputs(o);
-  const plan = await planRun(o, config, io.limits);
+  const plan = await planRun(o, config, io.limits, io);
   planLines(plan).forEach((l) => io.log(l));
   // The recipe of --method: with --compare every method runs with it (same hyper-parameters).
   const recipe = describeRecipe(o, io.given);

@@ -109,6 +109,20 @@ export function adapterIsCpu(adapter: GPUAdapter): boolean {
 }
 
 /**
+ * The adapter `openDevice({ adapter: "auto" })` would try first, without opening a device: its
+ * limits and whether it runs on the CPU, for planning before any worker starts. Null when WebGPU
+ * offers none; the error of a driver that throws is passed on.
+ */
+export async function probeAdapter(): Promise<
+  { limits: GPUSupportedLimits; isCpu: boolean } | null
+> {
+  ensureRuntimeDir();
+  const gpu = (globalThis.navigator as Navigator & { gpu?: GPU }).gpu;
+  const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
+  return adapter ? { limits: adapter.limits, isCpu: adapterIsCpu(adapter) } : null;
+}
+
+/**
  * Opens a device on the best adapter allowed by `options.adapter`, with raised limits and
  * `timestamp-query` when available.
  *

@@ -21,6 +21,7 @@ export {
   type DeviceInfo,
   type DeviceOptions,
   openDevice,
+  probeAdapter,
 } from "./device.ts";
 export {
   type Allocation,
