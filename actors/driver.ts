@@ -193,7 +193,7 @@ export class DriverCore {
       return;
     }
 
-    await fleet.load(run.baseWeights, run, state.generation);
+    await fleet.load(run.baseWeights, run, state.generation, true);
     if (run.evalPrepared) {
       if (this.#baseEval) {
         // --compare evaluates the base model once, in its first run: it is the same for all.

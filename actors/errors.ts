@@ -24,6 +24,7 @@ import {
   LlamaWeightError,
 } from "../model/llama_errors.ts";
 import { ConfigError } from "../model/config.ts";
+import { WeightDigestError } from "../model/folder_digest.ts";
 import { TokenizerError } from "../model/tokenizer.ts";
 import {
   MissingShardError,
@@ -84,6 +85,7 @@ export const MODEL_ERRORS: readonly ErrorClass[] = [
   TensorShapeError,
   MissingShardError,
   ShardIndexError,
+  WeightDigestError,
 ];
 
 /** Training's errors: data, flags, schedule, checkpoints, methods, reports, evaluation. */

@@ -21,9 +21,15 @@ import {
   type Receiver,
 } from "../runtime/mod.ts";
 import { Gpu } from "../gpu/mod.ts";
-import { llamaConfigToJson, parseLlamaConfig } from "../model/config.ts";
+import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
-import { type HostTensor, parseSafetensors, serializeSafetensors } from "../model/safetensors.ts";
+import {
+  type HostTensor,
+  loadModelFolder,
+  parseSafetensors,
+  serializeSafetensors,
+} from "../model/safetensors.ts";
+import { checkWeightDigests } from "../model/folder_digest.ts";
 import type { MicroBatch } from "../model/batch.ts";
 import { type SharedState, type WorkerMethod, WorkerStateError } from "../train/methods/worker.ts";
 import { getMethod } from "../train/methods/registry.ts";
@@ -47,6 +53,7 @@ import {
   StepInput,
   StepOutput,
   Update,
+  type WeightSource,
 } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
 import { DOMAIN_ERRORS } from "./errors.ts";
@@ -285,6 +292,25 @@ async function perturb(
   if (!dryRun) method.setSharedState(shared);
 }
 
+/**
+ * W from the object store, or from the model folder after checking that its weight files are the
+ * ones the driver read (a WeightDigestError otherwise: never another path in its place).
+ */
+async function readWeights(
+  src: WeightSource,
+  ctx: ActorContext,
+): Promise<{ config: LlamaConfig; tensors: Map<string, HostTensor> }> {
+  if (src.via === "folder") {
+    await checkWeightDigests(src.folder, src.digests);
+    const m = await loadModelFolder(src.folder);
+    return { config: m.config, tensors: m.tensors };
+  }
+  const bytes = await (await ctx.objects()).get(src.name);
+  const { tensors, metadata } = parseSafetensors(bytes, {}, src.name);
+  if (!metadata.config) throw new StepProtocolError(`${src.name} carries no config`);
+  return { config: parseLlamaConfig(JSON.parse(metadata.config)), tensors };
+}
+
 export const GpuWorker = defineActor({
   name: "GpuWorker",
   module: import.meta.url,
@@ -293,17 +319,13 @@ export const GpuWorker = defineActor({
   close: (s) => s.close(),
   errors: WORKER_ERRORS,
   methods: {
-    /** Opens the device and loads W from the object store. */
+    /** Opens the device and loads W from the object store or the base model folder. */
     load: {
       input: LoadInput,
       output: LoadOutput,
       handler: async (s, input, ctx) => {
         s.close();
-        const store = await ctx.objects();
-        const bytes = await store.get(input.weights);
-        const { tensors, metadata } = parseSafetensors(bytes, {}, input.weights);
-        if (!metadata.config) throw new StepProtocolError(`${input.weights} carries no config`);
-        const config = parseLlamaConfig(JSON.parse(metadata.config));
+        const { config, tensors } = await readWeights(input.weights, ctx);
         s.gpu = await Gpu.open({ adapter: input.settings.device });
         const settings = { ...input.settings };
         s.model = await LlamaGpu.create(s.gpu, config, tensors, {

@@ -15,10 +15,26 @@ export const MethodName = z.enum(METHODS);
 export const WorkerMethodSettings = WorkerSettingsSchema;
 export type WorkerMethodSettings = z.infer<typeof WorkerMethodSettings>;
 
+/** Where a worker reads W: an object, or (on the driver's host) the base model folder itself. */
+export const WeightSource = z.discriminatedUnion("via", [
+  z.object({
+    via: z.literal("store"),
+    /** Object-store name of a safetensors file with config.json's contents in its metadata. */
+    name: z.string(),
+  }).strict(),
+  z.object({
+    via: z.literal("folder"),
+    /** The model folder, as the driver read it. */
+    folder: z.string(),
+    /** SHA-256 (hex) of each `*.safetensors` file of the folder, by file name. */
+    digests: z.record(z.string(), z.string().regex(/^[0-9a-f]{64}$/)),
+  }).strict(),
+]);
+export type WeightSource = z.infer<typeof WeightSource>;
+
 /** Where a worker finds its weights and how it sizes its buffers. */
 export const LoadInput = z.object({
-  /** Object-store name of a safetensors file with config.json's contents in its metadata. */
-  weights: z.string(),
+  weights: WeightSource,
   seqLen: z.number().int().min(2),
   microBatch: z.number().int().min(1),
   maxMicroBatches: z.number().int().min(1),

@@ -10,6 +10,10 @@ import { adaptableLinears, expectedTensors } from "../model/config.ts";
 import { f32BitsToBf16 } from "../model/half_float.ts";
 import { initWeights } from "../train/pretrain/pretrain.ts";
 import { Rng } from "../core/rng.ts";
+import { init } from "../runtime/mod.ts";
+import { GpuWorker } from "../actors/gpu_worker.ts";
+import { WeightDigestError, weightFileDigests } from "../model/folder_digest.ts";
+import { workerSettings } from "../train/cli/options.ts";
 import { TINY_CONFIG, tinyOptions, writeShardedModel, writeTinySetup } from "./support/tiny_run.ts";
 
 async function exists(path: string): Promise<boolean> {
@@ -290,6 +294,73 @@ Deno.test("a sharded BF16 checkpoint in: the same out, rounded from the f32 run;
     assert.equal(back.source.sharded, true);
     assert.deepEqual(new Set(back.source.dtypes.values()), new Set(["BF16"]));
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("workers on this host read the model folder: the same bits as through the object store", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hd-job-" });
+  try {
+    await writeTinySetup(dir);
+    // PiSSA too: its live W is the residual, set by the method's init after the base load.
+    for (const method of ["hd-pissa", "pissa"] as const) {
+      const over = { method, eval: null };
+      const direct = tinyOptions(dir, { ...over, out: `${dir}/${method}-direct` });
+      const stored = tinyOptions(dir, {
+        ...over,
+        out: `${dir}/${method}-stored`,
+        loadVia: "store",
+      });
+      const lines: string[] = [];
+      await runFinetune(direct, { ...quiet, log: (l) => lines.push(l) });
+      await runFinetune(stored, { ...quiet, log: (l) => lines.push(l) });
+      assert.ok(
+        lines.some((l) => l.startsWith("workers 0, 1 load the weights from the model folder")),
+        lines.join("\n"),
+      );
+      assert.ok(lines.includes("workers 0, 1 load the weights through the object store"));
+      const a = await readReportJson(`${direct.out}/report.json`);
+      const b = await readReportJson(`${stored.out}/report.json`);
+      assert.deepEqual(a.weights_loaded_via, ["folder", "folder"]);
+      assert.deepEqual(b.weights_loaded_via, ["store", "store"]);
+      assert.ok(
+        await sameBytes(`${direct.out}/model.safetensors`, `${stored.out}/model.safetensors`),
+        method,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a weight file changed after the driver's digest: the worker refuses it (WeightDigestError)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hd-job-" });
+  const system = await init({ nodes: 1 });
+  try {
+    await writeTinySetup(dir);
+    const folder = `${dir}/model`;
+    const digests = await weightFileDigests(folder);
+    const file = `${folder}/model.safetensors`;
+    const bytes = await Deno.readFile(file);
+    bytes[bytes.length - 1] ^= 1;
+    await Deno.writeFile(file, bytes);
+    const o = tinyOptions(dir);
+    const w = await system.spawn(GpuWorker, { worker: 0 });
+    const e = await w.load({
+      weights: { via: "folder", folder, digests },
+      seqLen: o.seqLen,
+      microBatch: o.microBatch,
+      maxMicroBatches: 1,
+      settings: workerSettings(o),
+      updateSubject: "tamper.update",
+      updateFloats: 1,
+    }, { timeoutMs: 60_000 }).catch((e) => e);
+    assert.ok(e instanceof WeightDigestError, String(e));
+    assert.equal(e.file, "model.safetensors");
+    assert.equal(e.expected, digests["model.safetensors"]);
+    assert.match(e.message, /model\.safetensors.*the file changed/);
+  } finally {
+    await system.shutdown();
     await Deno.remove(dir, { recursive: true });
   }
 });

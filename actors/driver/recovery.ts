@@ -103,7 +103,7 @@ export class Recovery {
     if (ckpt) {
       await restoreCheckpoint(ctx, run, fleet, state, ckpt);
     } else {
-      await fleet.load(run.baseWeights, run, state.generation);
+      await fleet.load(run.baseWeights, run, state.generation, true);
       await fleet.init(state.generation, state.factors, undefined, -1);
       state.nextStep = 0;
       state.steps = [];

@@ -131,6 +131,7 @@ export function runReport(
     data: { path: o.data, examples: run.train.length },
     devices: fleet.devices,
     device_fallback: fleet.fallbacks,
+    ...(fleet.loadedVia.length > 0 ? { weights_loaded_via: fleet.loadedVia } : {}),
     recoveries: state.recoveries,
     resyncs: state.resyncs,
     sync_drift: state.drift,

@@ -30,6 +30,8 @@ import {
 } from "../../train/eval/evaluate.ts";
 import type { CheckpointState } from "../../train/checkpoint/checkpoint.ts";
 import { GpuWorker } from "../gpu_worker.ts";
+import type { WeightSource } from "../messages.ts";
+import { weightFileDigests } from "../../model/folder_digest.ts";
 import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
 
 /** What a run reads once, in setup, and never changes. */
@@ -135,6 +137,10 @@ export class Fleet {
   readonly fallbacks: DeviceFallback[] = [];
   /** Floats of optimizer state per worker (from the last init). */
   optimizerFloats = 0;
+  /** How each worker read the base weights at their last load: the folder or the object store. */
+  loadedVia: ("folder" | "store")[] = [];
+  /** SHA-256 of the model folder's weight files, computed at the first direct load. */
+  #digests: Record<string, string> | null = null;
 
   private constructor(
     private readonly ctx: DriverContext,
@@ -157,28 +163,81 @@ export class Fleet {
     return new Fleet(ctx, workers);
   }
 
-  /** Puts W into the object store and has every worker load it. */
+  /**
+   * The host of the node running worker `w`, as its heartbeats advertise it; null while the
+   * directory does not know it yet.
+   */
+  #hostOf(w: Worker): string | null {
+    const { system } = this.ctx;
+    const node = system.actors().find((a) => a.id === w.ref.id)?.node;
+    return system.nodes().find((n) => n.id === node)?.host ?? null;
+  }
+
+  /**
+   * Where each worker reads W. Only the base weights (`base`) may come from the model folder, and
+   * only for workers on this host under `--load-via auto`: a checkpoint's W or a re-sync is not
+   * the folder's.
+   */
+  async #sources(name: string, base: boolean): Promise<WeightSource[]> {
+    const store: WeightSource = { via: "store", name };
+    if (!base || this.ctx.o.loadVia === "store") return this.workers.map(() => store);
+    let folder: string;
+    try {
+      folder = await Deno.realPath(this.ctx.o.model);
+      if (!(await Deno.stat(folder)).isDirectory) return this.workers.map(() => store);
+    } catch {
+      return this.workers.map(() => store);
+    }
+    const here = Deno.hostname();
+    const local = this.workers.map((w) => this.#hostOf(w) === here);
+    if (!local.some((l) => l)) return this.workers.map(() => store);
+    // Computed once: the folder must not change during the run (a worker refuses it if it did).
+    this.#digests ??= await weightFileDigests(folder);
+    const direct: WeightSource = { via: "folder", folder, digests: this.#digests };
+    return local.map((l) => l ? direct : store);
+  }
+
+  /**
+   * Has every worker load W: through the object store, or, for the base weights (`base`), from
+   * the model folder for the workers on this host (see `--load-via`).
+   */
   async load(
     weights: ReadonlyMap<string, HostTensor>,
     run: RunInputs,
     generation: number,
+    base = false,
   ): Promise<void> {
     const { o, job, system } = this.ctx;
     const name = `${job}.weights.g${generation}`;
-    const W = new Map<string, HostTensor>();
-    for (const t of expectedTensors(run.config)) W.set(t.name, weights.get(t.name)!);
+    const sources = await this.#sources(name, base);
     const store = await system.objects();
-    await store.put(
-      name,
-      serializeSafetensors(W, {
-        format: "pt",
-        config: JSON.stringify(llamaConfigToJson(run.config)),
-      }),
-    );
+    const viaStore = sources.some((s) => s.via === "store");
+    if (viaStore) {
+      const W = new Map<string, HostTensor>();
+      for (const t of expectedTensors(run.config)) W.set(t.name, weights.get(t.name)!);
+      await store.put(
+        name,
+        serializeSafetensors(W, {
+          format: "pt",
+          config: JSON.stringify(llamaConfigToJson(run.config)),
+        }),
+      );
+    }
+    const byPath = new Map<string, number[]>();
+    sources.forEach((s, k) => byPath.set(s.via, [...(byPath.get(s.via) ?? []), k]));
+    for (const [via, ks] of byPath) {
+      const who = ks.length === 1 ? `worker ${ks[0]} loads` : `workers ${ks.join(", ")} load`;
+      this.ctx.log(
+        via === "folder"
+          ? `${who} the weights from the model folder ${o.model} (same host)`
+          : `${who} the weights through the object store`,
+      );
+    }
+    if (base) this.loadedVia = sources.map((s) => s.via);
     const maxMicroBatches = o.batchSize / (o.workers * o.microBatch);
-    const loaded = await Promise.all(this.workers.map((w) =>
+    const loaded = await Promise.all(this.workers.map((w, k) =>
       w.load({
-        weights: name,
+        weights: sources[k],
         seqLen: o.seqLen,
         microBatch: o.microBatch,
         maxMicroBatches,
@@ -208,7 +267,7 @@ export class Fleet {
           `--device gpu refuses to, --device cpu asks for it`,
       );
     }
-    await store.delete(name);
+    if (viaStore) await store.delete(name);
   }
 
   /** Sets up the method on every worker from `factors` (and a checkpoint's states). */

@@ -476,6 +476,15 @@ export const FINETUNE_FLAGS = defineFlags({
         "the workers' devices differ",
       group: CLUSTER,
     },
+    "load-via": {
+      type: "enum",
+      choices: ["auto", "store"],
+      default: "auto",
+      help: "how workers read the base weights: auto: workers on this host read the model " +
+        "folder directly (each weight file's SHA-256 checked), others the object store; " +
+        "store: every worker through the object store",
+      group: CLUSTER,
+    },
     resume: {
       type: "string",
       default: null,

@@ -169,6 +169,8 @@ export interface RunReport {
   devices?: string[];
   /** Workers that `--device auto` ran on a CPU adapter, and why (empty: none). */
   device_fallback?: { worker: number; device: string; reason: string }[];
+  /** How each worker read the base weights: the model folder itself or the object store. */
+  weights_loaded_via?: ("folder" | "store")[];
   /** Each worker whose loss was not finite, with the step (once per step and worker). */
   nonfinite_losses?: { step: number; worker: number }[];
   /** How many entries `nonfinite_losses` has. */
@@ -308,6 +310,7 @@ export const reportSchema = z.looseObject({
   devices: z.array(z.string()).optional(),
   device_fallback: z.array(z.object({ worker: count, device: z.string(), reason: z.string() }))
     .optional(),
+  weights_loaded_via: z.array(z.enum(["folder", "store"])).optional(),
   nonfinite_losses: z.array(z.looseObject({ step: count, worker: count })).optional(),
   nonfinite_loss_count: count.optional(),
   sync_drift: z.array(
