@@ -348,6 +348,7 @@ const CONFIG_KEYS = [
   "checksum_every",
   "device",
   "sync",
+  "load_via",
   "resume",
   "eval_per_task",
   "eval_all",
