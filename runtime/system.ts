@@ -7,6 +7,7 @@
  * the process that spawned it, and every process detects dead nodes by itself.
  * @module
  */
+import type { z } from "zod";
 import type { ConnectionOptions, NatsConnection, Subscription } from "@nats-io/nats-core";
 import {
   type ActorContext,
@@ -434,42 +435,37 @@ export class System {
     return system;
   }
 
+  /** Takes the JSON messages on a per-node subject that `schema` accepts and that name that node. */
+  #onNodeSubject<S extends z.ZodType<{ node: string }>>(
+    subject: string,
+    schema: S,
+    take: (value: z.output<S>) => void,
+  ): void {
+    const nodeOf = this.#subjects.nodeOf;
+    this.#subs.push(this.nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err) return;
+        let raw: unknown;
+        try {
+          raw = msg.json();
+        } catch {
+          return;
+        }
+        const v = schema.safeParse(raw);
+        if (v.success && v.data.node === nodeOf(msg.subject)) take(v.data);
+      },
+    }));
+  }
+
   async #start() {
     const s = this.#subjects;
-    this.#subs.push(this.nc.subscribe(s.heartbeats, {
-      callback: (err, msg) => {
-        if (err) return;
-        let raw: unknown;
-        try {
-          raw = msg.json();
-        } catch {
-          return;
-        }
-        const hb = heartbeatSchema.safeParse(raw);
-        // A heartbeat counts only on its node's own subject (which only that node may publish
-        // to, where the server gives each node its own user).
-        if (hb.success && hb.data.node === s.nodeOf(msg.subject)) {
-          this.#dir.heartbeat(hb.data);
-          this.#rates.note(hb.data);
-        }
-      },
-    }));
-    this.#subs.push(this.nc.subscribe(s.appEvents, {
-      callback: (err, msg) => {
-        if (err) return;
-        let raw: unknown;
-        try {
-          raw = msg.json();
-        } catch {
-          return;
-        }
-        const ev = appEventSchema.safeParse(raw);
-        // Like a heartbeat, an application event speaks only for the node whose subject it is on.
-        if (ev.success && ev.data.node === s.nodeOf(msg.subject)) {
-          this.#tell({ type: "app", event: ev.data });
-        }
-      },
-    }));
+    // Heartbeats and application events speak only for the node whose subject they came on
+    // (which only that node may publish to, where the server gives each node its own user).
+    this.#onNodeSubject(s.heartbeats, heartbeatSchema, (hb) => {
+      this.#dir.heartbeat(hb);
+      this.#rates.note(hb);
+    });
+    this.#onNodeSubject(s.appEvents, appEventSchema, (event) => this.#tell({ type: "app", event }));
     this.#subs.push(this.nc.subscribe(s.events, {
       callback: (err, msg) => {
         if (err) return;
