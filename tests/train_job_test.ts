@@ -32,6 +32,19 @@ async function sameBytes(a: string, b: string): Promise<boolean> {
   return x.length === y.length && x.every((v, i) => v === y[i]);
 }
 
+/** A run that stopped after its checkpoints: a folder `to` holding only `from`'s checkpoints. */
+async function copyCheckpoints(from: string, to: string): Promise<void> {
+  for await (const e of Deno.readDir(`${from}/checkpoints`)) {
+    await Deno.mkdir(`${to}/checkpoints/${e.name}`, { recursive: true });
+    for await (const f of Deno.readDir(`${from}/checkpoints/${e.name}`)) {
+      await Deno.copyFile(
+        `${from}/checkpoints/${e.name}/${f.name}`,
+        `${to}/checkpoints/${e.name}/${f.name}`,
+      );
+    }
+  }
+}
+
 Deno.test("hd-pissa job: model folder, report, bytes per step, identical W on every worker", async () => {
   const dir = await Deno.makeTempDir({ prefix: "hd-job-" });
   try {
@@ -111,16 +124,7 @@ Deno.test("seeded runs are bit-identical, and --resume from a checkpoint ends on
 
     // A run that stopped after its checkpoint: keep only the checkpoint, then resume.
     const c = `${dir}/c`;
-    await Deno.mkdir(`${c}/checkpoints`, { recursive: true });
-    for await (const e of Deno.readDir(`${a.out}/checkpoints`)) {
-      await Deno.mkdir(`${c}/checkpoints/${e.name}`);
-      for await (const f of Deno.readDir(`${a.out}/checkpoints/${e.name}`)) {
-        await Deno.copyFile(
-          `${a.out}/checkpoints/${e.name}/${f.name}`,
-          `${c}/checkpoints/${e.name}/${f.name}`,
-        );
-      }
-    }
+    await copyCheckpoints(a.out, c);
     const resumed = tinyOptions(dir, { out: c, resume: c, checkpointEvery: 2, eval: null });
     const [r] = await runFinetune(resumed, quiet);
     assert.deepEqual(r.steps.map((s) => s.step), [0, 1, 2, 3]);
@@ -143,16 +147,7 @@ Deno.test("--resume of PiSSA (whose live W is the residual) ends on the same bit
     const a = tinyOptions(dir, { ...over, out: `${dir}/a` });
     await runFinetune(a, quiet);
     const c = `${dir}/c`;
-    await Deno.mkdir(`${c}/checkpoints`, { recursive: true });
-    for await (const e of Deno.readDir(`${a.out}/checkpoints`)) {
-      await Deno.mkdir(`${c}/checkpoints/${e.name}`);
-      for await (const f of Deno.readDir(`${a.out}/checkpoints/${e.name}`)) {
-        await Deno.copyFile(
-          `${a.out}/checkpoints/${e.name}/${f.name}`,
-          `${c}/checkpoints/${e.name}/${f.name}`,
-        );
-      }
-    }
+    await copyCheckpoints(a.out, c);
     const [r] = await runFinetune(tinyOptions(dir, { ...over, out: c, resume: c }), quiet);
     assert.deepEqual(r.steps.map((s) => s.step), [0, 1, 2, 3]);
     assert.ok(await sameBytes(`${a.out}/model.safetensors`, `${c}/model.safetensors`));

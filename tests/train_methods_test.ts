@@ -19,23 +19,16 @@ import { validateContribution } from "../train/methods/combine.ts";
 import { getMethod } from "../train/methods/registry.ts";
 import type { WorkerMethod, WorkerMethodConfig } from "../train/methods/worker.ts";
 import { referenceStep, type RefMicroBatch, type RefStepConfig } from "./support/step_reference.ts";
-import { randomMicroBatch, randomWeights } from "./support/model_gpu.ts";
+import { randomMicroBatch, randomWeights, smallConfig } from "./support/model_gpu.ts";
 
-const BASE_CONFIG: LlamaConfig = {
+const BASE_CONFIG: LlamaConfig = smallConfig({
   hidden_size: 16,
   intermediate_size: 24,
   num_hidden_layers: 2,
   num_attention_heads: 4,
   num_key_value_heads: 2,
   vocab_size: 31,
-  rms_norm_eps: 1e-5,
-  rope_theta: 500,
-  max_position_embeddings: 16,
-  tie_word_embeddings: false,
-  bos_token_id: 1,
-  eos_token_id: 2,
-  pad_token_id: 0,
-};
+});
 const SEQ = 8;
 const K = 2;
 const RANK = 2;

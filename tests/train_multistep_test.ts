@@ -33,24 +33,23 @@ import {
   referenceStep,
   type RefRunResult,
 } from "./support/step_reference.ts";
-import { randomMicroBatch, randomWeights, relErr, toReferenceBatch } from "./support/model_gpu.ts";
+import {
+  randomMicroBatch,
+  randomWeights,
+  relErr,
+  smallConfig,
+  toReferenceBatch,
+} from "./support/model_gpu.ts";
 
 /** No size a power of two: hidden 48, head_dim 12, KV width 24, intermediate 88, vocab 300. */
-const CONFIG: LlamaConfig = {
+const CONFIG: LlamaConfig = smallConfig({
   hidden_size: 48,
   intermediate_size: 88,
   num_hidden_layers: 2,
   num_attention_heads: 4,
   num_key_value_heads: 2,
   vocab_size: 300,
-  rms_norm_eps: 1e-5,
-  rope_theta: 500,
-  max_position_embeddings: 16,
-  tie_word_embeddings: false,
-  bos_token_id: 1,
-  eos_token_id: 2,
-  pad_token_id: 0,
-};
+});
 const SEQ = 9;
 const MAX_ROWS = 3;
 const K = 2;

@@ -15,6 +15,33 @@ import type { MicroBatch } from "../../model/batch.ts";
 import type { LlamaGpu } from "../../model/llama.ts";
 import { Rng } from "../../core/rng.ts";
 
+/**
+ * A small test config: the given sizes, with the fields tests do not vary set as the tiny
+ * models here use them (untied, eps 1e-5, rope theta 500, 16 positions, pad/bos/eos 0/1/2).
+ */
+export function smallConfig(
+  sizes: Pick<
+    LlamaConfig,
+    | "hidden_size"
+    | "intermediate_size"
+    | "num_hidden_layers"
+    | "num_attention_heads"
+    | "num_key_value_heads"
+    | "vocab_size"
+  >,
+): LlamaConfig {
+  return {
+    ...sizes,
+    rms_norm_eps: 1e-5,
+    rope_theta: 500,
+    max_position_embeddings: 16,
+    tie_word_embeddings: false,
+    bos_token_id: 1,
+    eos_token_id: 2,
+    pad_token_id: 0,
+  };
+}
+
 /** GQA (4 query heads on 2 KV heads), untied, head_dim 6 (not a multiple of 4). */
 export const GQA_UNTIED: LlamaConfig = {
   hidden_size: 24,
