@@ -18,7 +18,7 @@ const LOGITS = [2.0, -1.0, 0.5, 3.0, 1.0, -2.5, 0.0, 1.5];
 const P = (o: Partial<SamplingParams>): SamplingParams => ({ ...GREEDY, doSample: true, ...o });
 
 function softmax64(x: number[]): number[] {
-  const m = Math.max(...x);
+  const m = x.reduce((a, b) => Math.max(a, b), -Infinity);
   const e = x.map((v) => Math.exp(v - m));
   const s = e.reduce((a, b) => a + b, 0);
   return e.map((v) => v / s);
@@ -144,4 +144,39 @@ Deno.test("parameters: checks and generation_config.json", () => {
     maxNewTokens: null,
   });
   assert.equal(samplingFromGenerationConfig(null).doSample, false);
+});
+
+// At a real vocabulary (Qwen's 151,936): top-k keeps exactly the k largest logits and top-p
+// exactly the nucleus of an independent float64 computation (descending order, the shortest
+// prefix whose probability reaches top_p), and draws never leave the kept set.
+Deno.test("top-k and top-p at a vocabulary of 151,936 against float64", () => {
+  const V = 151_936;
+  const rng = new Rng(11);
+  const logits = Float32Array.from({ length: V }, () => 3 * rng.normal());
+  const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a]);
+
+  const k = 50;
+  const pk = samplingDistribution(logits, P({ topK: k }));
+  const keptK = new Set(order.slice(0, k));
+  for (let i = 0; i < V; i++) assert.equal(pk[i] > 0, keptK.has(i), `top-k: token ${i}`);
+
+  const topP = 0.9;
+  const full = softmax64(Array.from(logits));
+  let sum = 0;
+  let n = 0;
+  while (sum < topP) sum += full[order[n++]];
+  const keptP = new Set(order.slice(0, n));
+  const pp = samplingDistribution(logits, P({ topP }));
+  let total = 0;
+  for (let i = 0; i < V; i++) {
+    assert.equal(pp[i] > 0, keptP.has(i), `top-p: token ${i}`);
+    total += pp[i];
+  }
+  assert.ok(Math.abs(total - 1) < 1e-12, `probabilities sum to ${total}`);
+  // Renormalised over the nucleus: p_i / Σ_nucleus p.
+  for (const i of order.slice(0, 5)) assert.ok(Math.abs(pp[i] - full[i] / sum) < 1e-12);
+  const draws = new Rng(3);
+  for (let d = 0; d < 100; d++) {
+    assert.ok(keptP.has(sampleToken(logits, P({ topP }), [], draws)));
+  }
 });
