@@ -97,6 +97,12 @@ export interface ActorSpec<
    * the process that defines it.
    */
   module?: string;
+  /**
+   * Digest (`sha256:<hex>`) of a module bundle that holds `module` (see `System.shipModule`):
+   * nodes then import this type from that bundle, fetched from the object store, instead of from
+   * `module`'s URL. Set by the shipped bundle's `actor(def)`.
+   */
+  bundle?: string;
   /** Schema of the constructor input. */
   init: IS;
   /** The constructor: builds the actor's state (may be async, e.g. acquiring a device). */
@@ -180,6 +186,11 @@ export function defineActor<
     } catch {
       throw new InvalidArgumentError(`module of ${spec.name} is not a URL: ${spec.module}`);
     }
+  }
+  if (spec.bundle !== undefined && !/^sha256:[0-9a-f]{64}$/.test(spec.bundle)) {
+    throw new InvalidArgumentError(
+      `bundle of ${spec.name} is not a sha256: digest: ${spec.bundle}`,
+    );
   }
   for (const m of Object.keys(spec.methods)) {
     if (RESERVED.has(m)) {

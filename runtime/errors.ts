@@ -181,6 +181,38 @@ export class ModuleNotAllowedError extends ActorSystemError {
   }
 }
 
+/**
+ * A spawn named a module bundle whose digest is not in the node's own allow-list; nothing was
+ * fetched or imported.
+ */
+export class BundleNotAllowedError extends ActorSystemError {
+  override readonly code = "BUNDLE_NOT_ALLOWED";
+  constructor(readonly digest: string, readonly node: string) {
+    super(
+      `module bundle ${digest} is not allowed on node ${node} (start it with --allow-bundle ${digest})`,
+    );
+  }
+  protected override wireData() {
+    return { digest: this.digest, node: this.node };
+  }
+}
+
+/** The bytes of a module bundle do not hash to the digest it was asked for; nothing was imported. */
+export class BundleDigestError extends ActorSystemError {
+  override readonly code = "BUNDLE_DIGEST";
+  constructor(readonly expected: string, readonly actual: string) {
+    super(`module bundle ${expected}: the bytes fetched hash to ${actual}; refused`);
+  }
+  protected override wireData() {
+    return { expected: this.expected, actual: this.actual };
+  }
+}
+
+/** A module bundle cannot be built, is malformed, or cannot be fetched or unpacked. */
+export class BundleError extends ActorSystemError {
+  override readonly code = "BUNDLE";
+}
+
 /** No actor with this name is known to the system. */
 export class ActorNotFoundError extends ActorSystemError {
   override readonly code = "ACTOR_NOT_FOUND";
@@ -353,6 +385,15 @@ export function fromWireError(w: WireError, actor: string, method: string): Acto
       break;
     case "MODULE_NOT_ALLOWED":
       e = new ModuleNotAllowedError(str(d.module), Array.isArray(d.allowed) ? d.allowed : []);
+      break;
+    case "BUNDLE_NOT_ALLOWED":
+      e = new BundleNotAllowedError(str(d.digest), str(d.node));
+      break;
+    case "BUNDLE_DIGEST":
+      e = new BundleDigestError(str(d.expected), str(d.actual));
+      break;
+    case "BUNDLE":
+      e = new BundleError(w.message);
       break;
     case "ACTOR_NOT_FOUND":
       e = new ActorNotFoundError(str(d.actor, actor));

@@ -173,7 +173,7 @@ export class Host {
     this.#reserve(req.resources, 1);
     this.#starting.add(req.id);
     try {
-      const def = await this.#env.loader.load(req.type, req.module);
+      const def = await this.#env.loader.load(req.type, req.module, req.bundle);
       const info: ActorInfo = {
         id: req.id,
         name: req.name,
@@ -259,6 +259,7 @@ export class Host {
       [...this.#instances.keys()].map((id) => this.stop(id, "stop", "shutdown", graceMs)),
     );
     this.#inbox.clear();
+    await this.#env.loader.bundles.close();
   }
 
   #reserve(r: Resources, sign: 1 | -1) {

@@ -30,6 +30,8 @@ export interface LocalNodeOptions {
   credentials: Credentials;
   resources: Resources;
   allowModules: readonly string[];
+  /** Module bundle digests it may import. */
+  allowBundles?: readonly string[];
   heartbeatMs: number;
   missedHeartbeats: number;
   env?: Record<string, string>;
@@ -125,6 +127,7 @@ export class LocalNode {
       "--resources",
       JSON.stringify(o.resources),
       ...o.allowModules.flatMap((m) => ["--allow-module", m]),
+      ...(o.allowBundles ?? []).flatMap((d) => ["--allow-bundle", d]),
     ];
     let child: Deno.ChildProcess;
     try {

@@ -81,6 +81,7 @@ export {
   type SubscribeOptions,
 } from "./collectives.ts";
 export { type ObjectEntry, ObjectStore } from "./objects.ts";
+export { bundleModule, type ModuleBundle, type ShippedModule } from "./bundles.ts";
 
 // Tensors in messages.
 export {
@@ -101,6 +102,9 @@ export {
   ActorNotFoundError,
   ActorSystemError,
   ActorTypeMismatchError,
+  BundleDigestError,
+  BundleError,
+  BundleNotAllowedError,
   CallCancelledError,
   CallTimeoutError,
   CollectiveTimeoutError,

@@ -5,6 +5,7 @@
  * deno task node --nats nats://head:4222 --gpus 1
  * deno task node --nats ws://head:8080 --system job7 --resources '{"ram_gb": 64}' \
  *   --allow-module file:///srv/my-actors/
+ * deno task node --nats nats://head:4222 --allow-bundle sha256:<hex of a shipped module bundle>
  * ```
  *
  * Credentials: `--user/--pass`, `--token`, `--creds FILE`, TLS with `--tls-ca/--tls-cert/
@@ -22,6 +23,7 @@ import {
   natsEnvCredentials,
   splitUrlCredentials,
 } from "./connect.ts";
+import { DIGEST_PATTERN } from "./bundles.ts";
 import { type Resources, resourcesSchema } from "./protocol.ts";
 import { System } from "./system.ts";
 
@@ -100,6 +102,21 @@ const FLAGS = defineFlags({
       separator: null,
       metavar: "PREFIX",
       help: "also load actor modules from URLs under PREFIX",
+      group: NET,
+    },
+    "allow-bundle": {
+      type: "list",
+      repeat: true,
+      separator: null,
+      metavar: "sha256:HEX",
+      help: "also import the module bundle with this digest (one a program shipped)",
+      group: NET,
+    },
+    "bundle-cache": {
+      type: "string",
+      default: null,
+      metavar: "DIR",
+      help: "keep unpacked module bundles in DIR (default: a private temp folder)",
       group: NET,
     },
     user: {
@@ -181,6 +198,14 @@ async function countGpus(): Promise<number> {
 
 async function main() {
   const { options: o } = FLAGS.main();
+  for (const d of o.allowBundle) {
+    if (!DIGEST_PATTERN.test(d)) {
+      throw new FlagError(
+        `--allow-bundle must be sha256: and 64 hex digits, got ${d}`,
+        "allow-bundle",
+      );
+    }
+  }
   let resources: Resources = o.resources ?? {};
   if (o.gpus !== null) {
     resources = { ...resources, gpu: o.gpus === "auto" ? await countGpus() : o.gpus };
@@ -213,6 +238,8 @@ async function main() {
     resources,
     placeable: true,
     allowModules: o.allowModule,
+    allowBundles: o.allowBundle,
+    bundleCache: o.bundleCache ?? undefined,
     heartbeatMs: o.heartbeatMs,
     missedHeartbeats: o.missedHeartbeats,
     maxFrameBytes: 1024 * 1024 * 1024,

@@ -205,6 +205,8 @@ export const spawnRequestSchema = z.object({
   name: z.string().optional(),
   type: z.string(),
   module: z.string().optional(),
+  /** Digest of the module bundle to load `type` from (instead of `module`'s URL). */
+  bundle: z.string().regex(/^sha256:[0-9a-f]{64}$/).optional(),
   inc: z.number().int().nonnegative(),
   owner: z.string(),
   resources: resourcesSchema,

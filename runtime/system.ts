@@ -28,6 +28,7 @@ import {
   ActorExistsError,
   ActorNotFoundError,
   ActorTypeMismatchError,
+  BundleError,
   CallCancelledError,
   InsufficientResourcesError,
   InvalidArgumentError,
@@ -40,7 +41,14 @@ import {
 import { HeartbeatPublisher } from "./heartbeat.ts";
 import { Host } from "./host.ts";
 import { buildSnapshot, LoadTracker, type SystemSnapshot } from "./introspect.ts";
-import { LocalNode, type NodeSpec } from "./local_nodes.ts";
+import { defaultNodeConfig, LocalNode, type NodeSpec } from "./local_nodes.ts";
+import {
+  bundledActor,
+  bundleModule,
+  bundleObjectName,
+  checkDigest,
+  type ShippedModule,
+} from "./bundles.ts";
 import { ModuleLoader, PROJECT_ROOT } from "./modules.ts";
 import { EmbeddedServer, type EmbeddedServerOptions } from "./nats_server.ts";
 import { ObjectStore } from "./objects.ts";
@@ -93,6 +101,13 @@ export interface InitOptions extends Credentials {
   placeable?: boolean;
   /** Module URL prefixes (or local folders) actor types may be loaded from, besides this project. */
   allowModules?: string[];
+  /**
+   * Digests (`sha256:<hex>`) of module bundles this process and its local node processes may
+   * import (see {@link System.shipModule}; `bundleModule(url)` gives a digest before `init`).
+   */
+  allowBundles?: string[];
+  /** A folder to keep unpacked module bundles in across runs. Default a private temp folder. */
+  bundleCache?: string;
   /** Heartbeat period. Default 500 ms. */
   heartbeatMs?: number;
   /** Heartbeats missed before a node counts as dead. Default 3. */
@@ -257,6 +272,8 @@ interface JoinOptions {
   resources: Resources;
   placeable: boolean;
   allowModules: string[];
+  allowBundles?: string[];
+  bundleCache?: string;
   heartbeatMs: number;
   missedHeartbeats: number;
   maxFrameBytes: number;
@@ -276,6 +293,7 @@ interface JoinOptions {
 export async function init(options: InitOptions = {}): Promise<System> {
   const systemName = options.system ?? "default";
   checkToken("system", systemName);
+  for (const d of options.allowBundles ?? []) checkDigest(d, "allowed bundle digest");
   let server: EmbeddedServer | undefined;
   let servers: string[];
   let credentials: Credentials;
@@ -325,6 +343,8 @@ export async function init(options: InitOptions = {}): Promise<System> {
       resources: options.resources ?? {},
       placeable: options.placeable ?? false,
       allowModules: options.allowModules ?? [],
+      allowBundles: options.allowBundles ?? [],
+      bundleCache: options.bundleCache,
       heartbeatMs: options.heartbeatMs ?? 500,
       missedHeartbeats: options.missedHeartbeats ?? 3,
       maxFrameBytes: options.maxFrameBytes ?? 1024 * 1024 * 1024,
@@ -396,7 +416,20 @@ export class System {
     this.servers = opts.servers;
     this.#subjects = new Subjects(opts.system);
     this.namespace = this.#subjects.app;
-    this.#loader = new ModuleLoader([PROJECT_ROOT, ...opts.allowModules]);
+    this.#loader = new ModuleLoader([PROJECT_ROOT, ...opts.allowModules], {
+      allow: opts.allowBundles ?? [],
+      node: opts.nodeId,
+      cacheDir: opts.bundleCache,
+      fetch: async (digest) => {
+        try {
+          return await (await this.objects()).get(bundleObjectName(digest));
+        } catch (e) {
+          throw new BundleError(`cannot fetch module bundle ${digest}: ${(e as Error).message}`, {
+            cause: e,
+          });
+        }
+      },
+    });
     const inbox = opts.credentials.inboxPrefix;
     this.#caller = new Caller(nc, this.#subjects, this.#dir, opts.maxFrameBytes, inbox);
     this.collectives = new Collectives(nc, opts.maxFrameBytes, this.#caller.stats, inbox);
@@ -420,6 +453,7 @@ export class System {
    */
   static async join(opts: JoinOptions, server?: EmbeddedServer): Promise<System> {
     checkToken("node", opts.nodeId);
+    for (const d of opts.allowBundles ?? []) checkDigest(d, "allowed bundle digest");
     const nc = await connectNats(opts.servers, {
       ...opts.credentials,
       name: `${opts.system}-${opts.nodeId}`,
@@ -763,6 +797,7 @@ export class System {
         credentials: identities[i].credentials,
         resources: spec.resources ?? {},
         allowModules: this.#loader.allowed,
+        allowBundles: this.#loader.allowedBundles,
         config: this.#opts.nodeConfig,
         heartbeatMs: this.#opts.heartbeatMs,
         missedHeartbeats: this.#opts.missedHeartbeats,
@@ -984,6 +1019,34 @@ export class System {
     }
   }
 
+  /**
+   * Ships a local actor module to the nodes: bundles it with the files it imports by relative
+   * path (bare and `npm:` imports are left to each node's import map), stores the bundle in the
+   * object store under its SHA-256 digest, and returns it. A node imports it only if that digest
+   * is in its own allow-list (`--allow-bundle`, `init({ allowBundles })`). Spawn with
+   * `shipped.actor(Def)` in place of `Def`.
+   *
+   * ```ts
+   * const shipped = await system.shipModule(new URL("./my_actor.ts", import.meta.url));
+   * const a = await system.spawn(shipped.actor(MyActor), input);
+   * ```
+   */
+  async shipModule(entry: URL | string): Promise<ShippedModule> {
+    this.#checkOpen();
+    const b = await bundleModule(entry, { config: this.#opts.nodeConfig ?? defaultNodeConfig() });
+    await (await this.objects()).put(bundleObjectName(b.digest), b.bytes, {
+      description: `module bundle of ${b.entry}`,
+    });
+    const shipped: ShippedModule = {
+      digest: b.digest,
+      entry: b.entry,
+      files: b.files,
+      size: b.bytes.byteLength,
+      actor: (def) => bundledActor(def, shipped),
+    };
+    return Object.freeze(shipped);
+  }
+
   /** The system's object store (a JetStream Object Store bucket), opened on first use. */
   objects(): Promise<ObjectStore> {
     this.#checkOpen();
@@ -1099,6 +1162,7 @@ export class System {
       name: o.name,
       type: c.def.name,
       module: c.def.module,
+      ...(c.def.bundle !== undefined ? { bundle: c.def.bundle } : {}),
       inc: c.inc,
       owner: this.nodeId,
       resources,
