@@ -24,6 +24,7 @@ import {
   splitUrlCredentials,
 } from "./connect.ts";
 import { DIGEST_PATTERN } from "./bundles.ts";
+import { inboxPrefixOf } from "./permissions.ts";
 import { type Resources, resourcesSchema } from "./protocol.ts";
 import { System } from "./system.ts";
 
@@ -227,7 +228,9 @@ async function main() {
     credsFile: o.creds ?? owner.credsFile ?? std.credsFile,
     nkeySeed: owner.nkeySeed ?? std.nkeySeed,
     tls,
-    inboxPrefix: owner.inboxPrefix,
+    // A node user may read only its own inbox (permissions.ts), on an embedded server and on a
+    // cluster set up with `deno task cluster-creds` alike.
+    inboxPrefix: owner.inboxPrefix ?? inboxPrefixOf(o.id),
   });
   const credentials: Credentials = split.credentials;
   const system = await System.join({
@@ -268,9 +271,25 @@ async function main() {
   }
 }
 
+/** Whether the server turned the connection down for its credentials. */
+function refusedCredentials(e: unknown): boolean {
+  for (let c: unknown = e; c instanceof Error; c = c.cause) {
+    if (c.name === "AuthorizationError" || /authorization violation/i.test(c.message)) return true;
+  }
+  return false;
+}
+
 if (import.meta.main) {
   main().catch((e) => {
-    console.error(`node: ${e instanceof Error ? e.message : e}`);
+    const msg = e instanceof Error ? e.message : String(e);
+    if (refusedCredentials(e)) {
+      console.error(
+        `node: the NATS server refused this node's credentials (${msg}): give the key file made ` +
+          "for this node id and system (NATS_NKEY_FILE, --creds, NATS_USER/NATS_PASSWORD, ...)",
+      );
+    } else {
+      console.error(`node: ${msg}`);
+    }
     Deno.exit(1);
   });
 }

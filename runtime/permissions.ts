@@ -38,3 +38,24 @@ export function nodePermissions(system: string, node: string): string {
     list(subscribe)
   }] } }`;
 }
+
+/**
+ * The `permissions` block of the owner (driver) user of a system on a shared cluster: everything
+ * of this system, any inbox, the JetStream API and the system's object store bucket, and nothing
+ * of other systems. (On its own embedded server the owner has full rights instead.)
+ */
+export function ownerPermissions(system: string): string {
+  const publish = [
+    `actors.${system}.>`,
+    "_INBOX.>",
+    "$JS.API.>",
+    "$JS.ACK.>",
+    "$JS.FC.>",
+    `$O.actors_${system}.>`,
+  ];
+  const subscribe = [`actors.${system}.>`, "_INBOX.>"];
+  const list = (xs: string[]) => xs.map((x) => JSON.stringify(x)).join(", ");
+  return `permissions: { publish: { allow: [${list(publish)}] }, subscribe: { allow: [${
+    list(subscribe)
+  }] } }`;
+}
