@@ -160,12 +160,7 @@ Deno.test("on a two-server cluster a node with its key works; others' keys and n
       ]);
       assert.equal(r.code, 0, r.stderr);
     }
-    const [c1, c2, p1, p2] = [
-      await freePort(),
-      await freePort(),
-      await freePort(),
-      await freePort(),
-    ];
+    const [c1, c2, p1, p2] = [freePort(), freePort(), freePort(), freePort()];
     const conf = (name: string, port: number, cport: number, peer: number) =>
       [
         `server_name: ${name}`,
