@@ -319,6 +319,9 @@ export class BundleCache {
       await Deno.rename(tmp, dir);
     } catch (e) {
       await Deno.remove(tmp, { recursive: true }).catch(() => {});
+      // Another node process sharing this cache may have put the same bundle in place first.
+      const theirs = await this.#check(dir, digest);
+      if (theirs) return theirs;
       throw new BundleError(`cannot unpack bundle ${digest} in ${root}: ${(e as Error).message}`);
     }
     return entryUrl(dir, doc.entry);

@@ -314,3 +314,29 @@ Deno.test("a definition from another module than the bundle's entry is refused b
     await Deno.remove(app, { recursive: true });
   }
 });
+
+Deno.test("the nodes init() starts take the bundles its allowBundles lists", async () => {
+  const app = await writeApp();
+  const echoUrl = new URL(`file://${app}/echo.ts`);
+  const { Echo } = await import(echoUrl.href) as { Echo: AnyActorDef };
+  const config = `${ROOT}/deno.json`;
+  const { digest } = await bundleModule(echoUrl, { config });
+  const system = await init({ nodes: 1, allowBundles: [digest], nodeConfig: config });
+  try {
+    const shipped = await system.shipModule(echoUrl);
+    assert.equal(shipped.digest, digest);
+    const [node] = system.localNodes;
+    const echo = await system.spawn(shipped.actor(Echo), { tag: "n" }, { node: node.id });
+    const r = await echo.echo("x");
+    assert.equal(r.text, "N:X!");
+    assert.equal(r.pid, node.pid);
+    assert.match(r.from, new RegExp(`/${hexOf(digest)}/src/echo\\.ts$`));
+  } finally {
+    await system.shutdown();
+    await Deno.remove(app, { recursive: true });
+  }
+  await assert.rejects(
+    init({ allowBundles: ["sha256:abc"] }),
+    /allowed bundle digest "sha256:abc" is invalid/,
+  );
+});
