@@ -2,17 +2,29 @@
  * Credentials for a system on a cluster (`deno task cluster-creds`): two nats-servers on loopback
  * joined by a route, both including the generated authorization block. A node that reads its
  * own key file joins from the second server and hosts an actor the driver, on the first server,
- * spawns and calls; a node without a key, with a key the servers do not know, or with the key a
+ * spawns and calls, and one from a module bundle the driver ships through the object store (so
+ * both users' JetStream rights are used); a node without a key, with a key the servers do not know, or with the key a
  * run for another system made, is refused with a message that says so.
  */
 import assert from "node:assert/strict";
 import { findNatsServer } from "../runtime/nats_server.ts";
-import { init } from "../runtime/mod.ts";
+import { bundleModule, init, type ShippedModule } from "../runtime/mod.ts";
+import type { AnyActorDef } from "../runtime/actor.ts";
 import { Greeter } from "../examples/greeter_actor.ts";
 import { nkeys } from "@nats-io/nats-core";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
 const SYSTEM = "credsys";
+
+const WHERE = `import { defineActor, z } from "@hd-pissa/hd-pissa";
+export const Where = defineActor({
+  name: "Where",
+  module: import.meta.url,
+  init: z.object({}),
+  create: () => ({}),
+  methods: { pid: { input: z.undefined(), output: z.number(), handler: () => Deno.pid } },
+});
+`;
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -44,7 +56,12 @@ function nodeEnv(extra: Record<string, string>): Record<string, string> {
   return { ...env, ...extra };
 }
 
-function startNode(url: string, id: string, env: Record<string, string>): Deno.ChildProcess {
+function startNode(
+  url: string,
+  id: string,
+  env: Record<string, string>,
+  extra: string[] = [],
+): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -59,6 +76,7 @@ function startNode(url: string, id: string, env: Record<string, string>): Deno.C
       "--id",
       id,
       "--owner-pipe",
+      ...extra,
     ],
     clearEnv: true,
     env: nodeEnv(env),
@@ -166,6 +184,7 @@ Deno.test("on a two-server cluster a node with its key works; others' keys and n
         `server_name: ${name}`,
         `listen: "127.0.0.1:${port}"`,
         `cluster { name: credtest, listen: "127.0.0.1:${cport}", routes: ["nats://127.0.0.1:${peer}"] }`,
+        `jetstream { store_dir: ${JSON.stringify(`${tmp}/js-${name}`)} }`,
         `include ./creds/authorization.conf`,
       ].join("\n") + "\n";
     Deno.writeTextFileSync(`${tmp}/s1.conf`, conf("s1", p1, c1, c2));
@@ -193,8 +212,18 @@ Deno.test("on a two-server cluster a node with its key works; others' keys and n
     }
     assert.ok(system);
 
+    // An actor module only the driver's host has, which node n1 is told it may take.
+    const app = `${tmp}/app`;
+    Deno.mkdirSync(app);
+    Deno.writeTextFileSync(`${app}/where.ts`, WHERE);
+    const whereUrl = new URL(`file://${app}/where.ts`);
+    const { digest } = await bundleModule(whereUrl, { config: `${ROOT}/deno.json` });
+
     // The node joins on the second server with its own key file, and does a node's work.
-    const node = startNode(url2, "n1", { NATS_NKEY_FILE: `${tmp}/creds/n1.nk` });
+    const node = startNode(url2, "n1", { NATS_NKEY_FILE: `${tmp}/creds/n1.nk` }, [
+      "--allow-bundle",
+      digest,
+    ]);
     nodes.push(node);
     for (let i = 0; i < 600 && !system.nodes().some((n) => n.id === "n1"); i++) {
       await new Promise((r) => setTimeout(r, 50));
@@ -204,6 +233,21 @@ Deno.test("on a two-server cluster a node with its key works; others' keys and n
     const r = await g.greet({ name: "cluster" });
     assert.equal(r.text, "Hi, cluster!");
     assert.notEqual(r.pid, Deno.pid);
+    // The object store works for both users too: the driver ships a module, the node fetches it.
+    const { Where } = await import(whereUrl.href) as { Where: AnyActorDef };
+    // A new JetStream cluster answers once it has elected its meta leader.
+    let shipped: ShippedModule | undefined;
+    for (let i = 0; !shipped; i++) {
+      try {
+        shipped = await system.shipModule(whereUrl);
+      } catch (e) {
+        if (i === 50) throw e;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    assert.equal(shipped.digest, digest);
+    const w = await system.spawn(shipped.actor(Where), {}, { node: "n1" });
+    assert.notEqual(await w.pid(), Deno.pid);
 
     // No key, a key the servers do not list, the key made for another system: refused.
     const none = await refused(url2, "n2", {});
