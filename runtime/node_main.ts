@@ -16,7 +16,7 @@
  * @module
  */
 import { z } from "zod";
-import { defineFlags, FlagError, parseInteger } from "../cli/flags.ts";
+import { defineFlags, exitWithFlagError, FlagError, parseInteger } from "../cli/flags.ts";
 import {
   type Credentials,
   credentialsFromEnv,
@@ -201,9 +201,9 @@ async function main() {
   const { options: o } = FLAGS.main();
   for (const d of o.allowBundle) {
     if (!DIGEST_PATTERN.test(d)) {
-      throw new FlagError(
-        `--allow-bundle must be sha256: and 64 hex digits, got ${d}`,
-        "allow-bundle",
+      exitWithFlagError(
+        "node",
+        new FlagError(`--allow-bundle must be sha256: and 64 hex digits, got ${d}`, "allow-bundle"),
       );
     }
   }

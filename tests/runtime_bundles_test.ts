@@ -24,6 +24,7 @@ import {
   digestOf,
 } from "../runtime/bundles.ts";
 import { CREDENTIALS_ENV } from "../runtime/connect.ts";
+import { fromWireError } from "../runtime/errors.ts";
 import type { AnyActorDef } from "../runtime/actor.ts";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
@@ -339,4 +340,20 @@ Deno.test("the nodes init() starts take the bundles its allowBundles lists", asy
     init({ allowBundles: ["sha256:abc"] }),
     /allowed bundle digest "sha256:abc" is invalid/,
   );
+});
+
+Deno.test("bundle errors cross the wire as themselves, fields included", () => {
+  const d = `sha256:${"ab".repeat(32)}`;
+  const samples = [
+    new BundleNotAllowedError(d, "n1"),
+    new BundleDigestError(d, `sha256:${"cd".repeat(32)}`),
+    new BundleError('bundle path "../x" is not a plain relative path'),
+  ];
+  for (const e of samples) {
+    const back = fromWireError(JSON.parse(JSON.stringify(e.toWire())), "a", "spawn");
+    assert.equal(back.constructor, e.constructor);
+    assert.equal(back.message, e.message);
+    assert.equal(back.code, e.code);
+    assert.deepEqual({ ...back }, { ...e });
+  }
 });
