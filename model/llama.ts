@@ -155,7 +155,7 @@ export class LlamaGpu {
 
   #dims: Dims;
   #params: LlamaParams;
-  #scales: AdapterScales = { sigma: 0, scale: 1, gamma: null };
+  #scales: AdapterScales = { sigma: 0, scale: 1, gamma: null, rescale: null };
   #tensors: GpuTensor[];
   #layers: LayerActs[];
   #head: HeadActs;
@@ -457,8 +457,13 @@ export class LlamaGpu {
    * Sets σ (forward adapter scale) and s (gradient scale alpha/r) for the next recordings.
    * σ = 0 is the exact mute; σ = s is LoRA/PiSSA. With `gamma`, the numeric mute: σ must be
    * f32(γ·s) and the backward follows docs/architecture.md §2's γ path (dH = σ·dY, gradients times f32(1/γ)).
+   * `rescale` (only with `gamma`) replaces f32(1/γ) by a fixed multiplier (the mute ablation).
    */
-  setAdapterScales(sigma: number, scale: number, options: { gamma?: number } = {}): void {
+  setAdapterScales(
+    sigma: number,
+    scale: number,
+    options: { gamma?: number; rescale?: number } = {},
+  ): void {
     if (!Number.isFinite(sigma) || !Number.isFinite(scale)) {
       throw new LlamaOptionsError(`adapter scales must be finite, got σ ${sigma}, s ${scale}`);
     }
@@ -471,7 +476,14 @@ export class LlamaGpu {
         throw new LlamaOptionsError(`numeric mute: σ ${sigma} is not f32(γ·s) = ${gamma * scale}`);
       }
     }
-    this.#scales = { sigma: Math.fround(sigma), scale, gamma };
+    const rescale = options.rescale ?? null;
+    if (rescale !== null && (gamma === null || !(Number.isFinite(rescale) && rescale > 0))) {
+      throw new LlamaOptionsError(
+        `a fixed gradient rescale needs a numeric mute γ and a finite positive value, got ` +
+          `γ ${gamma}, rescale ${rescale}`,
+      );
+    }
+    this.#scales = { sigma: Math.fround(sigma), scale, gamma, rescale };
   }
 
   /** The scales the next recording uses. */

@@ -8,7 +8,9 @@
  *
  * With a numeric mute γ (σ = f32(γ·s)) the adapter backward is the paper's: dH = σ·dY is
  * materialised, g_B = dHᵀ·(x·Aᵀ), g_A = (dH·B)ᵀ·x, each scaled by f32(1/γ), and dX gets dH·B·A;
- * γ thus enters once each way. Gradients accumulate (β = 1): the step zeroes them first.
+ * γ thus enters once each way. A fixed `rescale` replaces f32(1/γ) (the public HD-PiSSA code
+ * multiplies by 1e16 whatever γ is), so that the mute ablation can tell underflow from a
+ * mismatched rescale. Gradients accumulate (β = 1): the step zeroes them first.
  * @module
  */
 import {
@@ -30,6 +32,8 @@ export interface AdapterScales {
   scale: number;
   /** The numeric mute γ, or null for the plain formulas. */
   gamma: number | null;
+  /** The numeric mute's gradient multiplier: null for f32(1/γ), else this fixed value. */
+  rescale: number | null;
 }
 
 /** An adapter's factors and gradients on one linear layer W [out, in]. */
@@ -120,7 +124,7 @@ export function linearBackward(rec: Recorder, t: LinearBackward, scales: Adapter
   }
   if (!t.scratch.dH) throw new Error("linearBackward: numeric mute without dH scratch");
   const dH = prefix(t.scratch.dH, [T, out]);
-  const inv = Math.fround(1 / scales.gamma);
+  const inv = Math.fround(scales.rescale ?? 1 / scales.gamma);
   scale(rec, dH, t.dy, scales.sigma);
   matmulTN(rec, ad.gB, dH, t.xa, { alpha: inv, beta: 1 });
   matmulNN(rec, dyB, dH, ad.B);

@@ -219,6 +219,26 @@ export const FINETUNE_FLAGS = defineFlags({
       toWorkers: true,
       summary: true,
     },
+    "mute-rescale": {
+      type: "enum",
+      choices: ["inverse", "fixed"],
+      default: "inverse",
+      help: "with a numeric --mute: multiply the adapter gradients by f32(1/γ) (inverse) or by " +
+        "a fixed 1e16 as the public HD-PiSSA code does (fixed; for the mute ablation)",
+      group: METHOD,
+      definesRun: true,
+      toWorkers: true,
+    },
+    "slice-scale": {
+      type: "enum",
+      choices: ["svd", "equal"],
+      default: "svd",
+      help: "hd-pissa's slices: svd (A_k, B_k = sqrt(S_i/s) as in the paper) or equal (this " +
+        "project's own variant, not the paper's: every slice scaled to slice 0's norm)",
+      group: METHOD,
+      definesRun: true,
+      toWorkers: true,
+    },
     aggregate: {
       type: "enum",
       choices: ["mean", "sum"],
@@ -552,6 +572,18 @@ export const FINETUNE_FLAGS = defineFlags({
       throw new FlagError(
         "--export-adapter needs a folder of its own, not the run's --out",
         "export-adapter",
+      );
+    }
+    if (o.muteRescale === "fixed" && o.mute === "exact") {
+      throw new FlagError(
+        "--mute-rescale fixed rescales a numeric mute; give --mute GAMMA (e.g. 1e-16)",
+        "mute-rescale",
+      );
+    }
+    if (o.sliceScale === "equal" && o.method !== "hd-pissa" && !o.compare) {
+      throw new FlagError(
+        `--slice-scale equal changes hd-pissa's slices; --method ${o.method} has none`,
+        "slice-scale",
       );
     }
     if (o.compare && o.resume !== null) {

@@ -16,6 +16,7 @@ import { concatContributions } from "./combine.ts";
 import { factorKey, initFromTensors, initToTensors } from "./factors.ts";
 import { initEachAdapted, type MethodInit } from "./init.ts";
 import { adapterLayout } from "./layout.ts";
+import { scaleSlices } from "./slice_scale.ts";
 import { checkRankFits, type TrainingMethod } from "./method.ts";
 import {
   type SharedStateSpec,
@@ -30,6 +31,9 @@ import {
  * to its W. Each worker's optimizer moments belong to its own slice and differ.
  */
 export const HD_PISSA_SHARED: SharedStateSpec = { adapters: true, optimizer: false };
+
+/** The public HD-PiSSA code's gradient multiplier under a numeric mute, whatever γ is. */
+export const FIXED_MUTE_RESCALE = 1e16;
 
 /** HD-PiSSA on worker k. */
 export class HdPissaWorker extends WorkerMethod {
@@ -49,14 +53,23 @@ export class HdPissaWorker extends WorkerMethod {
     if (!(worker >= 0 && worker < K)) throw new WorkerStateError(`worker ${worker} of ${K}`);
     const s = config.alpha / r;
     if (config.mute === "exact") model.setAdapterScales(0, s);
-    else model.setAdapterScales(Math.fround(config.mute * s), s, { gamma: config.mute });
+    else {
+      model.setAdapterScales(Math.fround(config.mute * s), s, {
+        gamma: config.mute,
+        // The public code's backward multiplies by 1e16 whatever γ is (the mute ablation).
+        ...(config.muteRescale === "fixed" ? { rescale: FIXED_MUTE_RESCALE } : {}),
+      });
+    }
     for (const name of model.adapterNames()) {
-      const slices = init.factors.get(name);
-      if (!slices || slices.length !== K) {
+      const given = init.factors.get(name);
+      if (!given || given.length !== K) {
         throw new WorkerStateError(
-          `${name}: expected ${K} adapter slices, got ${slices?.length ?? 0}`,
+          `${name}: expected ${K} adapter slices, got ${given?.length ?? 0}`,
         );
       }
+      // The init (and the checkpoints' copy of it) keeps the SVD's slices; every worker rescales
+      // them alike here, so the stored init stays the method's and W stays the same everywhere.
+      const slices = scaleSlices(given, config.sliceScale, name);
       const W = model.weight(name);
       const [out, inn] = W.shape;
       const pairs = slices.map((f: AdapterFactors, j) => ({
