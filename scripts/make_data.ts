@@ -20,6 +20,7 @@ import {
   toJsonl,
 } from "../train/datagen/benchmark.ts";
 import { KB_PEOPLE, KB_SEED } from "../train/datagen/kb.ts";
+import { CODES_SEED, CODES_SIZES, makeCodes } from "../train/datagen/codes.ts";
 
 const FLAGS = defineFlags({
   name: "make_data",
@@ -33,6 +34,7 @@ const FLAGS = defineFlags({
 /** Every file under data/, by path relative to the repository root. */
 export function dataFiles(): Record<string, string> {
   const bench = makeBenchmark();
+  const codes = makeCodes();
   const trainDocs = generateCorpus({ seed: CORPUS_SEED, bytes: CORPUS_TRAIN_BYTES });
   // The validation text comes from another seed and shares no document with train.
   const validDocs = generateCorpus({
@@ -45,6 +47,8 @@ export function dataFiles(): Record<string, string> {
     "data/bench/test.jsonl": toJsonl(bench.test),
     "data/corpus/train.txt": corpusText(trainDocs),
     "data/corpus/valid.txt": corpusText(validDocs),
+    "data/codes/train.jsonl": toJsonl(codes.train),
+    "data/codes/test.jsonl": toJsonl(codes.test),
   };
   files["data/README.md"] = readme(files, bench.train.length, bench.test.length);
   return files;
@@ -77,6 +81,16 @@ function readme(files: Record<string, string>, nTrain: number, nTest: number): s
     "- English-like sentences, numbers and sums, the knowledge base's facts in prose, word play",
     "  and short code; no question, none of the benchmark's prompt format.",
     "- Generator: `train/corpus.ts`.",
+    "",
+    "## codes/: the capacity-bound task of the rank study",
+    "",
+    `- \`train.jsonl\`: ${CODES_SIZES.keys + CODES_SIZES.trainPairs} lines, ` +
+    `${size("data/codes/train.jsonl")}; \`test.jsonl\`: ${CODES_SIZES.testPairs} lines, ` +
+    `${size("data/codes/test.jsonl")}.`,
+    `- ${CODES_SIZES.keys} invented keys, each with an arbitrary three-letter code. Train states`,
+    `  every key's code once and asks ${CODES_SIZES.trainPairs} pairs of keys; test asks pairs`,
+    "  never trained on. The codes are in no pretraining text: answering means storing them all.",
+    `- Seed ${CODES_SEED}. Generator: \`train/datagen/codes.ts\`.`,
     "",
   ].join("\n");
 }
