@@ -31,6 +31,7 @@ import {
 import {
   type RunResult,
   runResultSchema,
+  runSpecSchema,
   settingsSchema,
   type StoredSettings,
   type StudyJson,
@@ -141,8 +142,9 @@ async function checkFolder(path: string, now: StoredSettings): Promise<void> {
   }
 }
 
-function sameSpec(a: RunSpec, b: RunSpec): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+/** Field by field, in the schema's order (a parsed result's keys come in that order). */
+function sameSpec(a: unknown, b: unknown): boolean {
+  return JSON.stringify(runSpecSchema.parse(a)) === JSON.stringify(runSpecSchema.parse(b));
 }
 
 /** Runs the study (or its remaining runs) and rewrites study.json and study.html. */
@@ -159,7 +161,7 @@ export async function runStudy(o: StudyOptions, io: StudyIo): Promise<StudyOutco
   const ensure = async (r: RunSpec, index: number, total: number) => {
     const done = results.get(r.id);
     if (done) {
-      if (!sameSpec(done.spec as RunSpec, r)) {
+      if (!sameSpec(done.spec, r)) {
         throw new StudyError(`results/${r.id}.json was made with other settings; delete it`);
       }
       skipped.push(r.id);
