@@ -95,12 +95,13 @@ Deno.test("study plan: the grid of the issue, unique ids, a budget from the step
   const lrK = tuned.find((r) => r.series === "hd-pissa mean lr×K")!;
   assert.equal(lrK.lr, 0.01);
   assert.equal(lrK.lrFactor, 4);
-  // Budget: 125 runs × 14 s + (102 + 9 + 8 + 6·4) step-equivalents × 60 steps × 0.9 s.
+  // Budget: 125 runs × 12 s + (102 + 9 + 8 + 6·4) step-equivalents × 60 steps × 0.7 s.
   const all = [...tune, ...main];
   assert.equal(all.length, 125);
-  close(totalSeconds(all, 60, DEFAULT_BUDGET), 125 * 14 + (102 + 9 + 8 + 24) * 60 * 0.9, 1e-6);
-  const text = planLines(FULL, DEFAULT_BUDGET, new Set([ids[0]])).join("\n");
-  assert.match(text, /total {5}125 runs {2}~2 h 37 min/);
+  const budget = { stepSeconds: 0.7, overheadSeconds: 12, referenceBatch: 16 };
+  close(totalSeconds(all, 60, budget), 125 * 12 + (102 + 9 + 8 + 24) * 60 * 0.7, 1e-6);
+  const text = planLines(FULL, budget, new Set([ids[0]])).join("\n");
+  assert.match(text, /total {5}125 runs {2}~2 h 05 min/); // 7506 s
   assert.match(text, /left {6}124 runs/);
   assert.match(text, new RegExp(`done ${ids[0]}`));
   // --quick's flags: the codes task, one seed.
@@ -112,21 +113,27 @@ Deno.test("study analysis: tuning picks the best validation rate; paired compari
   const s: StudySettings = { ...FULL, tasks: ["codes"], methods: ["pissa", "hd-pissa"], seeds: 2 };
   const results = new Map<string, RunResult>();
   const put = (id: string, acc: number) => {
-    const spec = [...tuneRuns(s), ...mainRuns(s, new Map([["codes/pissa", 5e-3], ["codes/hd-pissa", 1e-2]]))]
+    const spec = [
+      ...tuneRuns(s),
+      ...mainRuns(s, new Map([["codes/pissa", 5e-3], ["codes/hd-pissa", 1e-2]])),
+    ]
       .find((r) => r.id === id)!;
     assert.ok(spec, id);
-    results.set(id, runResultSchema.parse({
-      spec,
-      accuracy: acc,
-      tasks: { codes: acc },
-      final_loss: 1,
-      total_rank: spec.method === "hd-pissa" ? 8 * spec.rank : 2 * spec.rank,
-      optimizer_bytes_per_worker: 1000,
-      steps: 60,
-      step_ms_mean: 900,
-      wall_ms: 60_000,
-      finished_at: "2026-01-01T00:00:00Z",
-    }));
+    results.set(
+      id,
+      runResultSchema.parse({
+        spec,
+        accuracy: acc,
+        tasks: { codes: acc },
+        final_loss: 1,
+        total_rank: spec.method === "hd-pissa" ? 8 * spec.rank : 2 * spec.rank,
+        optimizer_bytes_per_worker: 1000,
+        steps: 60,
+        step_ms_mean: 900,
+        wall_ms: 60_000,
+        finished_at: "2026-01-01T00:00:00Z",
+      }),
+    );
   };
   for (const [lr, acc] of [[0.002, 0.1], [0.005, 0.3], [0.01, 0.2]] as const) {
     put(`tune_codes_pissa_r8_lr${lr}_s0`, acc);
@@ -226,8 +233,10 @@ Deno.test({
       assert.equal(await Deno.readTextFile(`${out}/study.json`), before);
 
       // Another grid in the same folder is refused before anything runs.
-      await assert.rejects(() => runStudy({ ...o, steps: 3 }, io), (e) =>
-        e instanceof StudyError && /steps = 2/.test(e.message));
+      await assert.rejects(
+        () => runStudy({ ...o, steps: 3 }, io),
+        (e) => e instanceof StudyError && /steps = 2/.test(e.message),
+      );
       assert.equal(jobs.length, 2);
     } finally {
       await Deno.remove(out, { recursive: true });

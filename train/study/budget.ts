@@ -2,7 +2,8 @@
  * The study's time budget: each run costs a fixed overhead (starting the workers, the SVD,
  * evaluating before and after, writing the model) plus its steps, a step's time growing with
  * the global batch. The defaults were measured on this project's 2-core CPU host with lavapipe
- * (`deno task study --quick`, K = 4, batch 16: see README, "When to use HD-PiSSA"); once runs
+ * (`deno task study --quick`, K = 4, batch 16, 2026-12-07, with other jobs sharing the cores: a
+mean of 53 s per 60-step run, 0.6–0.9 s per step; see README, "When to use HD-PiSSA"); once runs
  * have finished, their mean wall time is reported next to the estimate.
  * @module
  */
@@ -20,8 +21,8 @@ export interface BudgetModel {
 }
 
 export const DEFAULT_BUDGET: BudgetModel = {
-  stepSeconds: 0.9,
-  overheadSeconds: 14,
+  stepSeconds: 0.7,
+  overheadSeconds: 12,
   referenceBatch: 16,
 };
 
