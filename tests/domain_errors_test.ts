@@ -6,6 +6,7 @@ import { DomainError } from "../core/errors.ts";
 import { Driver, TrainingError } from "../actors/driver.ts";
 import { GpuWorker, StepProtocolError, UpdateMissingError } from "../actors/gpu_worker.ts";
 import { OutputFolderError } from "../actors/job.ts";
+import { StudyError } from "../train/study/errors.ts";
 import { memoryPlan, MemoryPlanError } from "../train/plan/memory.ts";
 import { DashboardError } from "../dashboard/server.ts";
 import { declaredWire, errorOfReply } from "../runtime/declared_errors.ts";
@@ -114,6 +115,7 @@ const SAMPLES: DomainError[] = [
   new GpuClosedError("closed"),
   new KernelArgumentError("matmul", "x", "dtype", "x is i32, the kernel reads f32"),
   new KernelLoopBoundError("cross_entropy", 70000, 65535, "over the loop bound"),
+  new StudyError("study folder holds another study"),
   new LlamaError("llama"),
   new LlamaWeightError("model.norm.weight", "bad weight"),
   new LlamaOptionsError("options"),

@@ -57,7 +57,7 @@ export class HdPissaWorker extends WorkerMethod {
       model.setAdapterScales(Math.fround(config.mute * s), s, {
         gamma: config.mute,
         // The public code's backward multiplies by 1e16 whatever γ is (the mute ablation).
-        ...(config.muteRescale === "fixed" ? { rescale: FIXED_MUTE_RESCALE } : {}),
+        ...((config.muteRescale ?? "inverse") === "fixed" ? { rescale: FIXED_MUTE_RESCALE } : {}),
       });
     }
     for (const name of model.adapterNames()) {
@@ -69,7 +69,7 @@ export class HdPissaWorker extends WorkerMethod {
       }
       // The init (and the checkpoints' copy of it) keeps the SVD's slices; every worker rescales
       // them alike here, so the stored init stays the method's and W stays the same everywhere.
-      const slices = scaleSlices(given, config.sliceScale, name);
+      const slices = scaleSlices(given, config.sliceScale ?? "svd", name);
       const W = model.weight(name);
       const [out, inn] = W.shape;
       const pairs = slices.map((f: AdapterFactors, j) => ({
