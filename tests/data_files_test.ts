@@ -8,6 +8,8 @@ Deno.test("committed data/ files are exactly what scripts/make_data.ts generates
     "data/README.md",
     "data/bench/test.jsonl",
     "data/bench/train.jsonl",
+    "data/codes/test.jsonl",
+    "data/codes/train.jsonl",
     "data/corpus/train.txt",
     "data/corpus/valid.txt",
   ]);

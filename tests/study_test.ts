@@ -4,6 +4,7 @@
 // refused. The statistics against values worked out by hand, the plan's grid and budget.
 import assert from "node:assert/strict";
 import { runFinetune } from "../actors/job.ts";
+import { CODES_SIZES, makeCodes } from "../train/datagen/codes.ts";
 import { PROJECT_ROOT } from "../train/cli/options.ts";
 import type { FinetuneOptions } from "../train/cli/options.ts";
 import { comparisons, points, tuning } from "../train/study/analyze.ts";
@@ -159,6 +160,25 @@ Deno.test("study analysis: tuning picks the best validation rate; paired compari
   close(eq.difference.mean, -0.075, 1e-15);
   const sum = cs.find((c) => c.label === "control: hd-pissa sum")!;
   assert.deepEqual(sum.difference.diffs.map((v) => Math.round(v * 100)), [10, 0]);
+});
+
+Deno.test("codes task: test pairs are new, every key's code is trained, codes are consistent", () => {
+  const { train, test } = makeCodes();
+  assert.equal(train.length, CODES_SIZES.keys + CODES_SIZES.trainPairs);
+  assert.equal(test.length, CODES_SIZES.testPairs);
+  const trained = new Set(train.map((e) => e.prompt));
+  assert.ok(test.every((e) => !trained.has(e.prompt)));
+  const code = new Map<string, string>();
+  for (const e of train) {
+    const m = /^Q: Code of (\w+)\nA: $/.exec(e.prompt);
+    if (m) code.set(m[1], e.response);
+  }
+  assert.equal(code.size, CODES_SIZES.keys);
+  for (const e of [...train, ...test]) {
+    const m = /^Q: Codes of (\w+) (\w+)\nA: $/.exec(e.prompt);
+    if (m) assert.equal(e.response, `${code.get(m[1])} ${code.get(m[2])}`, e.prompt);
+  }
+  assert.deepEqual(makeCodes(), { train, test }); // seeded
 });
 
 Deno.test("study data: the validation split comes from the training lines, disjoint, seeded", () => {
