@@ -22,10 +22,11 @@ export interface CodesSizes {
 }
 
 /**
- * 600 keys (about 8.5 kbit of arbitrary codes, against the 28 rank-4 adapters' ~30k floats and
- * the model's ~0.8M) so that the update's capacity, not the number of steps, limits accuracy;
- * each key is in about 11 training lines. The ≥10-point gap between full fine-tuning and LoRA
- * r = 4 the study needs is what these sizes aim at; `deno task study` measures it.
+ * 600 keys (about 8.5 kbit of arbitrary codes, against the 28 rank-4 adapters' ~37k floats and
+ * the model's ~0.8M); each key is in about 11 training lines. Meant to make the update's capacity
+ * limit accuracy, but not yet shown to: at 400 steps neither LoRA r = 4 nor full fine-tuning
+ * scores above 0 % (README, "When to use HD-PiSSA"), so the size (or the study's steps) must be
+ * revisited before the full study.
  */
 export const CODES_SIZES: CodesSizes = { keys: 600, trainPairs: 3000, testPairs: 300 };
 
