@@ -142,9 +142,10 @@ interface RegisterConfig {
   qt: Operand;
 }
 
-const typeKey = (t: Operand) => (t === "f32" ? "" : `_${t}`);
+/** "" for two f32 operands (the names of the f32 kernels are unchanged), else `_<P>_<Q>`. */
+const typeKey = (p: Operand, q: Operand) => (p === "f32" && q === "f32" ? "" : `_${p}_${q}`);
 const registerKey = (c: RegisterConfig) =>
-  `${c.TU}x${c.TL}x${c.WG}${c.pm}${c.qm}${c.step}${typeKey(c.pt)}${typeKey(c.qt)}`;
+  `${c.TU}x${c.TL}x${c.WG}${c.pm}${c.qm}${c.step}${typeKey(c.pt, c.qt)}`;
 
 const REGISTER = defineKernelVariants(registerKernel, registerKey);
 
@@ -350,7 +351,7 @@ function stage(e: number, op: "A" | "B", m0: string, M: string, s0: string, s1: 
  * per pair of operand element types.
  */
 const TILED = defineKernelVariants((t: { at: Operand; bt: Operand }) => ({
-  name: `matmul_tiled_64x64x16${typeKey(t.at)}${typeKey(t.bt)}`,
+  name: `matmul_tiled_64x64x16${typeKey(t.at, t.bt)}`,
   params: {
     M: "u32",
     N: "u32",
