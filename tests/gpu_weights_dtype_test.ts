@@ -12,6 +12,20 @@ import { embeddingForwardParts } from "../gpu/kernels/embedding.ts";
 import { embeddingRef, matmulRef } from "../gpu/reference.ts";
 import { relError, sameBits } from "../gpu/check.ts";
 import { Rng } from "../core/rng.ts";
+import { LINEAR_KINDS, type LlamaConfig } from "../model/config.ts";
+import { LlamaGpu, LlamaOptionsError, LlamaWeightError } from "../model/llama.ts";
+import { LlamaParams } from "../model/llama_params.ts";
+import type { HostTensor } from "../model/safetensors.ts";
+import { FlagError, parseFinetuneArgs } from "../train/cli/options.ts";
+import { checkMemoryPlan, DEFAULT_LIMITS, memoryPlan, MemoryPlanError } from "../train/plan/memory.ts";
+import {
+  BIASED_WINDOWED,
+  gpuStep,
+  GQA_TIED,
+  GQA_UNTIED,
+  randomMicroBatch,
+  randomWeights,
+} from "./support/model_gpu.ts";
 
 const TYPES: HalfType[] = ["bf16", "f16"];
 
@@ -197,4 +211,171 @@ Deno.test("embedding and head over a 128,256-row 16-bit table in row blocks (odd
   } finally {
     gpu.close();
   }
+});
+
+/** The weights with every matrix rounded to `type` (as f32 values); vectors unchanged. */
+function roundMatrices(weights: Map<string, HostTensor>, type: HalfType): Map<string, HostTensor> {
+  const out = new Map<string, HostTensor>();
+  for (const [n, t] of weights) {
+    out.set(n, t.shape.length === 2 ? { shape: t.shape, data: rounded(t.data, type).values } : t);
+  }
+  return out;
+}
+
+Deno.test("model: loss, adapter gradients and generation with 16-bit W equal an f32 model of the rounded W", async (t) => {
+  const gpu = await Gpu.open();
+  try {
+    const cases: [string, LlamaConfig][] = [
+      ["untied, odd intermediate (odd rows) and odd vocabulary", { ...GQA_UNTIED, intermediate_size: 37 }],
+      ["tied embeddings (the 16-bit table is the head)", GQA_TIED],
+      ["biases and sliding window", BIASED_WINDOWED],
+    ];
+    for (const [name, config] of cases) {
+      for (const type of TYPES) {
+        await t.step(`${name}, ${type}`, async () => {
+          const rng = new Rng(12);
+          const weights = randomWeights(config, rng);
+          const batches = [randomMicroBatch(config, rng, 3, 9), randomMicroBatch(config, rng, 2, 9)];
+          const options = {
+            maxRows: 3,
+            seqLen: 9,
+            maxMicroBatches: 2,
+            adapters: { targets: LINEAR_KINDS, rank: 3 },
+            gradients: "adapters" as const,
+          };
+          const m16 = await LlamaGpu.create(gpu, config, weights, { ...options, weightsDtype: type });
+          const m32 = await LlamaGpu.create(gpu, config, roundMatrices(weights, type), options);
+          try {
+            assert.equal(m16.options.weightsDtype, type);
+            assert.equal(m16.weight("model.layers.0.mlp.down_proj.weight").dtype, type);
+            assert.equal(m16.weight("model.norm.weight").dtype, "f32");
+            for (const m of [m16, m32]) {
+              for (const n of m.adapterNames()) {
+                const a = m.adapter(n);
+                const r = new Rng(n.length);
+                m.writeAdapter(n, r.normals(a.A.size, 0.3), r.normals(a.B.size, 0.3));
+              }
+              m.setAdapterScales(0.5, 0.5);
+            }
+            const a = await gpuStep(m16, batches);
+            const b = await gpuStep(m32, batches);
+            assert.ok(Number.isFinite(a.loss) && a.loss > 0);
+            // The kernels convert each 16-bit element to f32 exactly and run the same FMA chains,
+            // so the results are not just within rounding noise but the same bits.
+            assert.equal(a.loss, b.loss);
+            let compared = 0;
+            for (const key of ["gradA", "gradB"] as const) {
+              for (const [n, g] of b[key]) {
+                assert.ok(sameBits(a[key].get(n)!, g), `${key} ${n}`);
+                compared++;
+              }
+            }
+            assert.ok(compared >= 2 * 7 * config.num_hidden_layers);
+            // Read back for saving: the exact values of the 16-bit W.
+            const back = await m16.readWeights();
+            const want = roundMatrices(weights, type);
+            for (const [n, w] of want) assert.ok(sameBits(back.get(n)!.data, w.data), n);
+            // Greedy generation (the embedding lookup and the head on the 16-bit tables).
+            const prompts = [[1, 5, 7], [1, 3]];
+            const go = { maxNewTokens: 5, stopIds: [] };
+            assert.deepEqual(await m16.generate(prompts, go), await m32.generate(prompts, go));
+          } finally {
+            m16.close();
+            m32.close();
+          }
+        });
+      }
+    }
+  } finally {
+    gpu.close();
+  }
+});
+
+Deno.test("model: an f16 overflow is refused naming the tensor; full-weight gradients need f32", async () => {
+  const gpu = await Gpu.open();
+  try {
+    const config = GQA_UNTIED;
+    const weights = randomWeights(config, new Rng(13));
+    const name = "model.layers.1.mlp.up_proj.weight";
+    weights.get(name)!.data[17] = -70000;
+    const options = { maxRows: 1, seqLen: 4, gradients: "none" as const };
+    await assert.rejects(
+      LlamaGpu.create(gpu, config, weights, { ...options, weightsDtype: "f16" }),
+      (e: unknown) =>
+        e instanceof LlamaWeightError && e.tensor === name && /element 17 = -70000.*f16 range/.test(e.message),
+    );
+    // bf16 has the range of f32: the same weights load.
+    const m = await LlamaGpu.create(gpu, config, weights, { ...options, weightsDtype: "bf16" });
+    m.close();
+    const ok = randomWeights(config, new Rng(14));
+    const m16 = await LlamaGpu.create(gpu, config, ok, { ...options, weightsDtype: "f16" });
+    const big = new Float32Array(m16.weight(name).size).fill(65520);
+    assert.throws(() => m16.writeWeight(name, big), LlamaWeightError);
+    m16.close();
+    await assert.rejects(
+      LlamaGpu.create(gpu, config, ok, { maxRows: 1, seqLen: 4, gradients: "weights", weightsDtype: "bf16" }),
+      LlamaOptionsError,
+    );
+  } finally {
+    gpu.close();
+  }
+  // The CLI refuses full fine-tuning (and --compare, which runs it) with 16-bit weights.
+  for (const args of [["--method", "full"], ["--compare"]]) {
+    assert.throws(
+      () => parseFinetuneArgs([...args, "--weights-dtype", "bf16"]),
+      (e: unknown) => e instanceof FlagError && e.flag === "weights-dtype",
+    );
+  }
+  assert.equal(parseFinetuneArgs(["--weights-dtype", "f16"]).options.weightsDtype, "f16");
+});
+
+Deno.test("memory plan: 16-bit weights match the pool's bytes (split vocabulary, odd sizes)", async () => {
+  const config: LlamaConfig = { ...GQA_TIED, intermediate_size: 37, vocab_size: 2001, tie_word_embeddings: false };
+  const weights = randomWeights(config, new Rng(15));
+  for (const type of ["f32", ...TYPES] as const) {
+    const gpu = await Gpu.open({ maxBindingBytes: 16 * 1024 });
+    try {
+      const b0 = gpu.stats().bytes;
+      const p = LlamaParams.create(gpu, config, weights, { gradNames: [], weightsDtype: type });
+      const measured = gpu.stats().bytes - b0;
+      assert.ok(p.rowParts.get("lm_head.weight")!.parts.length > 1, "the head is split");
+      const plan = memoryPlan({
+        config,
+        method: "lora",
+        workers: 1,
+        rank: 2,
+        targets: LINEAR_KINDS,
+        microBatch: 1,
+        maxMicroBatches: 1,
+        seqLen: 4,
+        weightsDtype: type,
+        limits: { ...DEFAULT_LIMITS, ...gpu.limits },
+      });
+      console.log(`${type}: weights plan ${plan.worker.weights} B, measured ${measured} B`);
+      assert.equal(plan.worker.weights, measured, type);
+      assert.equal(plan.weights_dtype, type);
+      p.release();
+    } finally {
+      gpu.close();
+    }
+  }
+  // A run that does not fit is told about --weights-dtype (not when it is already 16-bit).
+  const plan = (weightsDtype: "f32" | "bf16") =>
+    memoryPlan({
+      config,
+      method: "hd-pissa",
+      workers: 2,
+      rank: 2,
+      targets: LINEAR_KINDS,
+      microBatch: 1,
+      maxMicroBatches: 1,
+      seqLen: 4,
+      weightsDtype,
+    });
+  const tight = { ...DEFAULT_LIMITS, deviceMemory: 1000 };
+  assert.throws(() => checkMemoryPlan(plan("f32"), tight), (e: unknown) =>
+    e instanceof MemoryPlanError && /--weights-dtype bf16/.test(e.message));
+  assert.throws(() => checkMemoryPlan(plan("bf16"), tight), (e: unknown) =>
+    e instanceof MemoryPlanError && !/--weights-dtype/.test(e.message) && /weights bf16/.test(e.message));
+  assert.ok(plan("bf16").worker.weights < 0.6 * plan("f32").worker.weights);
 });
