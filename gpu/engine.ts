@@ -285,7 +285,11 @@ export class Gpu {
   write(t: GpuTensor, data: Float32Array | Int32Array | Uint16Array): void {
     this.check();
     this.#checkOwned("write", t);
-    const kind = data instanceof Int32Array ? "i32" : data instanceof Uint16Array ? "16-bit" : "f32";
+    const kind = data instanceof Int32Array
+      ? "i32"
+      : data instanceof Uint16Array
+      ? "16-bit"
+      : "f32";
     const fits = data instanceof Uint16Array ? isHalf(t.dtype) : kind === t.dtype;
     if (data.length !== t.size || !fits) {
       throw new GpuShapeError(`write: ${data.length} ${kind} values do not fit ${t.describe()}`);

@@ -330,9 +330,7 @@ export class Recorder {
         r.staging.unmap();
         const dt = r.tensor.dtype;
         r.resolve(
-          dt === "i32"
-            ? new Int32Array(bytes)
-            : isHalf(dt)
+          dt === "i32" ? new Int32Array(bytes) : isHalf(dt)
             // 16-bit elements come back as their exact f32 values (checkpoints, checksums).
             ? unpackHalf(new Uint32Array(bytes), r.tensor.size, dt)
             : new Float32Array(bytes),

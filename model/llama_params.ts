@@ -14,13 +14,7 @@
  * is refused naming the tensor rather than turned into an infinity.
  * @module
  */
-import {
-  type Gpu,
-  type GpuTensor,
-  type HalfType,
-  packHalf,
-  type RowParts,
-} from "../gpu/mod.ts";
+import { type Gpu, type GpuTensor, type HalfType, packHalf, type RowParts } from "../gpu/mod.ts";
 import {
   adaptableLinears,
   checkConfigAgainstTensors,

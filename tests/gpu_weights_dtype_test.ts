@@ -18,7 +18,12 @@ import { LlamaGpu, LlamaOptionsError, LlamaWeightError } from "../model/llama.ts
 import { LlamaParams } from "../model/llama_params.ts";
 import type { HostTensor } from "../model/safetensors.ts";
 import { FlagError, parseFinetuneArgs } from "../train/cli/options.ts";
-import { checkMemoryPlan, DEFAULT_LIMITS, memoryPlan, MemoryPlanError } from "../train/plan/memory.ts";
+import {
+  checkMemoryPlan,
+  DEFAULT_LIMITS,
+  memoryPlan,
+  MemoryPlanError,
+} from "../train/plan/memory.ts";
 import {
   BIASED_WINDOWED,
   gpuStep,
@@ -33,7 +38,10 @@ const TYPES: HalfType[] = ["bf16", "f16"];
 /** Rounds f32 values to `type` and returns the element bits and their exact f32 values. */
 function rounded(x: Float32Array, type: HalfType): { bits: Uint16Array; values: Float32Array } {
   const words = packHalf(x, type);
-  return { bits: new Uint16Array(words.buffer, 0, x.length), values: unpackHalf(words, x.length, type) };
+  return {
+    bits: new Uint16Array(words.buffer, 0, x.length),
+    values: unpackHalf(words, x.length, type),
+  };
 }
 
 Deno.test("16-bit tensors: upload, read back and the bits of odd counts", async () => {
@@ -69,12 +77,31 @@ Deno.test("16-bit rounding on the device equals the host's, bit for bit", async 
     const rng = new Rng(8);
     // Normal values, ties (the f32 bits halfway between two 16-bit values), subnormals of both
     // formats, overflow to infinity, zeros of both signs, NaN; odd count (a padded word).
-    const special: number[] = [0, -0, 65504, 65519.99, 65520, -70000, 1e-8, -3e-5, 6e-8, 2.98e-8,
-      NaN, Infinity, -Infinity, 3.4e38, 1e-40];
+    const special: number[] = [
+      0,
+      -0,
+      65504,
+      65519.99,
+      65520,
+      -70000,
+      1e-8,
+      -3e-5,
+      6e-8,
+      2.98e-8,
+      NaN,
+      Infinity,
+      -Infinity,
+      3.4e38,
+      1e-40,
+    ];
     const ties = new Float32Array(64);
     const tieBits = new Uint32Array(ties.buffer);
-    for (let i = 0; i < 32; i++) tieBits[i] = ((rng.int(0x7e) + 1) << 23) | (rng.int(0x7f) << 16) | 0x8000;
-    for (let i = 32; i < 64; i++) tieBits[i] = ((rng.int(30) + 100) << 23) | (rng.int(0x3ff) << 13) | 0x1000;
+    for (let i = 0; i < 32; i++) {
+      tieBits[i] = ((rng.int(0x7e) + 1) << 23) | (rng.int(0x7f) << 16) | 0x8000;
+    }
+    for (let i = 32; i < 64; i++) {
+      tieBits[i] = ((rng.int(30) + 100) << 23) | (rng.int(0x3ff) << 13) | 0x1000;
+    }
     const x = new Float32Array([...rng.normals(2001, 10), ...special, ...ties]);
     const old = rng.normals(x.length, 10);
     // The old W holds the special values too: the device decodes subnormals and infinities.
@@ -93,7 +120,9 @@ Deno.test("16-bit rounding on the device equals the host's, bit for bit", async 
         const bitsOf = (a: Float32Array) => new Uint32Array(a.buffer);
         let bad = 0;
         for (let i = 0; i < x.length; i++) {
-          const same = Number.isNaN(want[i]) ? Number.isNaN(got[i]) : bitsOf(got)[i] === bitsOf(want)[i];
+          const same = Number.isNaN(want[i])
+            ? Number.isNaN(got[i])
+            : bitsOf(got)[i] === bitsOf(want)[i];
           if (!same) bad++;
         }
         assert.equal(bad, 0, `${type} add=${add}: ${bad} elements differ from the host rounding`);
@@ -125,8 +154,12 @@ Deno.test("matmul with a 16-bit operand against float64, odd shapes, both implem
               const a = rng.normals(M * K), b = rng.normals(N * K);
               const half = rounded(which === "A" ? a : b, type);
               const av = which === "A" ? half.values : a, bv = which === "B" ? half.values : b;
-              const A = which === "A" ? gpu.uploadHalf(half.bits, type, aShape) : gpu.upload(a, aShape);
-              const B = which === "B" ? gpu.uploadHalf(half.bits, type, bShape) : gpu.upload(b, bShape);
+              const A = which === "A"
+                ? gpu.uploadHalf(half.bits, type, aShape)
+                : gpu.upload(a, aShape);
+              const B = which === "B"
+                ? gpu.uploadHalf(half.bits, type, bShape)
+                : gpu.upload(b, bShape);
               const A32 = gpu.upload(av, aShape), B32 = gpu.upload(bv, bShape);
               const C = gpu.tensor([M, N]), C32 = gpu.tensor([M, N]);
               const [c, c32] = await gpu.run((rec) => {
@@ -136,7 +169,10 @@ Deno.test("matmul with a 16-bit operand against float64, odd shapes, both implem
               const err = relError(c, matmulRef(layout, M, N, K, av, bv, null, 0.75));
               assert.ok(err < 1e-5, `${type} ${variant} ${layout} ${which} ${M}x${N}x${K}: ${err}`);
               // The same FMA chain on the same values: bit-identical to the f32 kernel.
-              assert.ok(sameBits(c as Float32Array, c32 as Float32Array), `${type} ${variant} ${layout} ${which} ${M}x${N}x${K}: bits`);
+              assert.ok(
+                sameBits(c as Float32Array, c32 as Float32Array),
+                `${type} ${variant} ${layout} ${which} ${M}x${N}x${K}: bits`,
+              );
               for (const t of [A, B, A32, B32, C, C32]) gpu.release(t);
             }
           }
@@ -165,7 +201,9 @@ Deno.test("x·Wᵀ and dY·W with a 4096×4096 16-bit W against float64", async 
       }, [Y, DX]);
       const ey = relError(y, matmulRef("NT", T, D, D, x, w.values, null));
       const edx = relError(dx, matmulRef("NN", T, D, D, x, w.values, null));
-      console.log(`${type} 4096x4096: x·Wᵀ rel ${ey.toExponential(2)}, dY·W rel ${edx.toExponential(2)}`);
+      console.log(
+        `${type} 4096x4096: x·Wᵀ rel ${ey.toExponential(2)}, dY·W rel ${edx.toExponential(2)}`,
+      );
       assert.ok(ey < 1e-5 && edx < 1e-5, `${type}: ${ey}, ${edx}`);
       for (const t of [W, X, Y, DX]) gpu.release(t);
     }
@@ -195,7 +233,9 @@ Deno.test("embedding and head over a 128,256-row 16-bit table in row blocks (odd
         embeddingForwardParts(rec, Y, E, ids);
         E.parts.forEach((p, i) => matmul(rec, "NT", parts[i], X, p));
       }, [Y, ...parts]);
-      assert.ok(sameBits(out[0] as Float32Array, Float32Array.from(embeddingRef(w.values, tokens, H))));
+      assert.ok(
+        sameBits(out[0] as Float32Array, Float32Array.from(embeddingRef(w.values, tokens, H))),
+      );
       // The head's logits [T, V], assembled from the blocks, against float64.
       const logits = new Float64Array(T * V);
       E.parts.forEach((p, i) => {
@@ -205,7 +245,9 @@ Deno.test("embedding and head over a 128,256-row 16-bit table in row blocks (odd
         }
       });
       const err = relError(logits, matmulRef("NT", T, V, H, x, w.values, null));
-      console.log(`${type} head [${T}, ${V}] in ${E.parts.length} blocks: rel ${err.toExponential(2)}`);
+      console.log(
+        `${type} head [${T}, ${V}] in ${E.parts.length} blocks: rel ${err.toExponential(2)}`,
+      );
       assert.ok(err < 1e-5, `${type} head: ${err}`);
       for (const t of [...E.parts, ids, X, Y, ...parts]) gpu.release(t);
     }
@@ -227,7 +269,10 @@ Deno.test("model: loss, adapter gradients and generation with 16-bit W equal an 
   const gpu = await Gpu.open();
   try {
     const cases: [string, LlamaConfig][] = [
-      ["untied, odd intermediate (odd rows) and odd vocabulary", { ...GQA_UNTIED, intermediate_size: 37 }],
+      ["untied, odd intermediate (odd rows) and odd vocabulary", {
+        ...GQA_UNTIED,
+        intermediate_size: 37,
+      }],
       ["tied embeddings (the 16-bit table is the head)", GQA_TIED],
       ["biases and sliding window", BIASED_WINDOWED],
     ];
@@ -236,7 +281,10 @@ Deno.test("model: loss, adapter gradients and generation with 16-bit W equal an 
         await t.step(`${name}, ${type}`, async () => {
           const rng = new Rng(12);
           const weights = randomWeights(config, rng);
-          const batches = [randomMicroBatch(config, rng, 3, 9), randomMicroBatch(config, rng, 2, 9)];
+          const batches = [
+            randomMicroBatch(config, rng, 3, 9),
+            randomMicroBatch(config, rng, 2, 9),
+          ];
           const options = {
             maxRows: 3,
             seqLen: 9,
@@ -244,7 +292,10 @@ Deno.test("model: loss, adapter gradients and generation with 16-bit W equal an 
             adapters: { targets: LINEAR_KINDS, rank: 3 },
             gradients: "adapters" as const,
           };
-          const m16 = await LlamaGpu.create(gpu, config, weights, { ...options, weightsDtype: type });
+          const m16 = await LlamaGpu.create(gpu, config, weights, {
+            ...options,
+            weightsDtype: type,
+          });
           const m32 = await LlamaGpu.create(gpu, config, roundMatrices(weights, type), options);
           try {
             assert.equal(m16.options.weightsDtype, type);
@@ -303,7 +354,8 @@ Deno.test("model: an f16 overflow is refused naming the tensor; full-weight grad
     await assert.rejects(
       LlamaGpu.create(gpu, config, weights, { ...options, weightsDtype: "f16" }),
       (e: unknown) =>
-        e instanceof LlamaWeightError && e.tensor === name && /element 17 = -70000.*f16 range/.test(e.message),
+        e instanceof LlamaWeightError && e.tensor === name &&
+        /element 17 = -70000.*f16 range/.test(e.message),
     );
     // bf16 has the range of f32: the same weights load.
     const m = await LlamaGpu.create(gpu, config, weights, { ...options, weightsDtype: "bf16" });
@@ -314,7 +366,12 @@ Deno.test("model: an f16 overflow is refused naming the tensor; full-weight grad
     assert.throws(() => m16.writeWeight(name, big), LlamaWeightError);
     m16.close();
     await assert.rejects(
-      LlamaGpu.create(gpu, config, ok, { maxRows: 1, seqLen: 4, gradients: "weights", weightsDtype: "bf16" }),
+      LlamaGpu.create(gpu, config, ok, {
+        maxRows: 1,
+        seqLen: 4,
+        gradients: "weights",
+        weightsDtype: "bf16",
+      }),
       LlamaOptionsError,
     );
   } finally {
@@ -331,7 +388,12 @@ Deno.test("model: an f16 overflow is refused naming the tensor; full-weight grad
 });
 
 Deno.test("memory plan: 16-bit weights match the pool's bytes (split vocabulary, odd sizes)", async () => {
-  const config: LlamaConfig = { ...GQA_TIED, intermediate_size: 37, vocab_size: 2001, tie_word_embeddings: false };
+  const config: LlamaConfig = {
+    ...GQA_TIED,
+    intermediate_size: 37,
+    vocab_size: 2001,
+    tie_word_embeddings: false,
+  };
   const weights = randomWeights(config, new Rng(15));
   for (const type of ["f32", ...TYPES] as const) {
     const gpu = await Gpu.open({ maxBindingBytes: 16 * 1024 });
@@ -374,10 +436,16 @@ Deno.test("memory plan: 16-bit weights match the pool's bytes (split vocabulary,
       weightsDtype,
     });
   const tight = { ...DEFAULT_LIMITS, deviceMemory: 1000 };
-  assert.throws(() => checkMemoryPlan(plan("f32"), tight), (e: unknown) =>
-    e instanceof MemoryPlanError && /--weights-dtype bf16/.test(e.message));
-  assert.throws(() => checkMemoryPlan(plan("bf16"), tight), (e: unknown) =>
-    e instanceof MemoryPlanError && !/--weights-dtype/.test(e.message) && /weights bf16/.test(e.message));
+  assert.throws(
+    () => checkMemoryPlan(plan("f32"), tight),
+    (e: unknown) => e instanceof MemoryPlanError && /--weights-dtype bf16/.test(e.message),
+  );
+  assert.throws(
+    () => checkMemoryPlan(plan("bf16"), tight),
+    (e: unknown) =>
+      e instanceof MemoryPlanError && !/--weights-dtype/.test(e.message) &&
+      /weights bf16/.test(e.message),
+  );
   assert.ok(plan("bf16").worker.weights < 0.6 * plan("f32").worker.weights);
 });
 
@@ -410,7 +478,10 @@ Deno.test("hd-pissa: W += ΔW in 16 bits over 100 steps against f32 and float64"
       for (const lr of [1e-3, 1e-4]) {
         const rng = new Rng(16);
         const w0 = rounded(rng.normals(out * inn, 0.05), type);
-        const fixed = [...Array(K)].map(() => ({ A: rng.normals(r * inn, 0.1), B: rng.normals(out * r, 0.1) }));
+        const fixed = [...Array(K)].map(() => ({
+          A: rng.normals(r * inn, 0.1),
+          B: rng.normals(out * r, 0.1),
+        }));
         const pairs = fixed.map((f) => ({
           A: gpu.upload(f.A, [r, inn]),
           B: gpu.upload(f.B, [out, r]),
@@ -427,14 +498,19 @@ Deno.test("hd-pissa: W += ΔW in 16 bits over 100 steps against f32 and float64"
         let w16: Float32Array = w0.values as Float32Array;
         let stepMax = 0;
         for (let t = 0; t < N; t++) {
-          const deltas = fixed.map(() => ({ dA: rng.normals(r * inn, lr), dB: rng.normals(out * r, lr) }));
+          const deltas = fixed.map(() => ({
+            dA: rng.normals(r * inn, lr),
+            dB: rng.normals(out * r, lr),
+          }));
           deltas.forEach((d, j) => {
             gpu.write(pairs[j].dA, d.dA);
             gpu.write(pairs[j].dB, d.dB);
           });
           const before = w64;
           w64 = hdPissaRef(w64, fixed.map((f, j) => ({ ...f, ...deltas[j] })), out, inn, r, c, s);
-          for (let i = 0; i < w64.length; i++) stepMax = Math.max(stepMax, Math.abs(w64[i] - before[i]));
+          for (let i = 0; i < w64.length; i++) {
+            stepMax = Math.max(stepMax, Math.abs(w64[i] - before[i]));
+          }
           [w16] = (await gpu.run((rec) => {
             hdPissaUpdate(rec, W16, pairs, L, R, { c, s, scratch: D, variant: "register" });
             hdPissaUpdate(rec, W16t, pairs, L, R, { c, s, scratch: D, variant: "tiled" });
@@ -468,7 +544,9 @@ Deno.test("hd-pissa: W += ΔW in 16 bits over 100 steps against f32 and float64"
         const norm = Math.sqrt(d64.reduce((a, x) => a + x * x, 0));
         assert.ok(fig.dW16 <= (Math.sqrt(d64.length) * bound) / norm, `${type}: ΔW bound`);
         assert.ok(fig.W32 < 1e-6 && fig.dW32 < 1e-4, `f32 run: ${fig.W32}, ${fig.dW32}`);
-        for (const x of [W16, W16t, W32, L, R, D, ...pairs.flatMap((q) => [q.A, q.B, q.dA, q.dB])]) {
+        for (
+          const x of [W16, W16t, W32, L, R, D, ...pairs.flatMap((q) => [q.A, q.B, q.dA, q.dB])]
+        ) {
           gpu.release(x);
         }
       }

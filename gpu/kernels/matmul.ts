@@ -475,7 +475,9 @@ export function matmul(
     }
     const tmp = options.scratch ?? rec.scratch([p.M, p.N], "f32", "matmul 16-bit C");
     if (tmp.dtype !== "f32" || tmp.size !== p.M * p.N) {
-      throw new GpuShapeError(`matmul${layout}: scratch ${tmp.describe()} is not f32[${p.M}, ${p.N}]`);
+      throw new GpuShapeError(
+        `matmul${layout}: scratch ${tmp.describe()} is not f32[${p.M}, ${p.N}]`,
+      );
     }
     const d = tmp.view([p.M, p.N]);
     matmul(rec, layout, d, a, b, { ...options, alpha, beta: 0, scratch: undefined });
