@@ -25,10 +25,9 @@ import {
 import type { HostTensor } from "./safetensors.ts";
 import type { AdapterBuffers } from "./llama_linear.ts";
 import { LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
+import { heldInWeightsDtype, WEIGHTS_DTYPES, type WeightsDtype } from "./weights_dtype.ts";
 
-/** How the model's matrices are held on the device (see the module doc). */
-export type WeightsDtype = "f32" | HalfType;
-export const WEIGHTS_DTYPES: readonly WeightsDtype[] = ["f32", "bf16", "f16"];
+export { heldInWeightsDtype, WEIGHTS_DTYPES, type WeightsDtype };
 
 /**
  * A weight's f32 values as the element bits of `dtype`, rounded to nearest even.
@@ -45,11 +44,6 @@ export function halfBits(name: string, data: Float32Array, dtype: HalfType): Uin
     );
   });
   return new Uint16Array(words.buffer, 0, data.length);
-}
-
-/** True for the weights a 16-bit weights dtype holds in 16 bits: the matrices. */
-export function heldInWeightsDtype(shape: readonly number[]): boolean {
-  return shape.length === 2;
 }
 
 export interface ParamOptions {
@@ -112,14 +106,6 @@ export class LlamaParams {
     this.#gpu = gpu;
     this.rank = rank;
     this.weightsDtype = weightsDtype;
-  }
-
-  /** The device dtype of weight `name` of this shape. */
-  dtypeOf(name: string, shape: readonly number[]): WeightsDtype {
-    return this.weightsDtype !== "f32" && heldInWeightsDtype(shape) && !this.grads.has(name) &&
-        !this.gradParts.has(name)
-      ? this.weightsDtype
-      : "f32";
   }
 
   /** Validates, then uploads the weights and allocates gradients and zeroed adapter slots. */

@@ -13,7 +13,7 @@ import { listenSchema, parseListen } from "../../cli/listen.ts";
 import { LINEAR_KINDS } from "../../model/config.ts";
 import { ADAPTER_CHOICES } from "../../gpu/device.ts";
 import { SAVE_DTYPES } from "../../model/half_float.ts";
-import { WEIGHTS_DTYPES } from "../../model/llama_params.ts";
+import { WEIGHTS_DTYPES } from "../../model/weights_dtype.ts";
 import { SCHEDULES } from "../optim/schedule.ts";
 import { type Method, METHODS } from "../methods/names.ts";
 import { recipeDefault } from "./recipe.ts";

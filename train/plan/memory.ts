@@ -12,7 +12,7 @@
  */
 import { DomainError } from "../../core/errors.ts";
 import { dtypeBytes, rowBlockCounts, sizeClass } from "../../gpu/mod.ts";
-import { heldInWeightsDtype, type WeightsDtype } from "../../model/llama_params.ts";
+import { heldInWeightsDtype, type WeightsDtype } from "../../model/weights_dtype.ts";
 import {
   adaptableLinears,
   expectedTensors,
