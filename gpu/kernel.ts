@@ -18,9 +18,11 @@
  * The header is a pure function of the declaration (names and types in declaration order), so
  * the pipeline cache, keyed by source, compiles each distinct kernel once.
  *
- * Element access: for every `f32`, `vec4<f32>`, `bf16` or `f16` binding `X` the header also
- * defines `X_at(i) -> f32` (element i) and, except for plain f32, `X_at4(i) -> vec4<f32>`
- * (elements i..i+3; i a multiple of 4 for vec4<f32>, even for 16-bit). A body written with these
+ * Element access: for a `f32`, `vec4<f32>`, `bf16` or `f16` binding `X` that the body uses
+ * through them (or any bf16/f16 binding), the header also defines `X_at(i) -> f32` (element i)
+ * and, except for plain f32, `X_at4(i) -> vec4<f32>` (elements i..i+3; i a multiple of 4 for
+ * vec4<f32>, even for 16-bit); a kernel that indexes its arrays directly gets no extra code. A
+ * body written with these
  * accessors runs unchanged on f32 and on packed 16-bit tensors (bf16/f16 are stored two per u32
  * word, gpu/half.ts, so no shader-f16 extension is needed): the element type is a parameter of
  * the generated header, not of the body. A `read_write` 16-bit binding also gets
@@ -287,7 +289,7 @@ export function kernelInterface<P extends ParamDecls, B extends BindingDecls>(
     paramIndex: new Map(params.map((q, i) => [q.name, i])),
     bindingIndex: new Map(bindings.map((b, i) => [b.name, i])),
     paramBytes: Math.max(16, Math.ceil((params.length * 4) / 16) * 16),
-    code: kernelHeader(params, bindings) + decl.body,
+    code: kernelHeader(params, bindings, decl.body) + decl.body,
     loopBound: (decl.loopBound as KernelInterface["loopBound"] | undefined) ?? null,
   };
 }
@@ -295,11 +297,13 @@ export function kernelInterface<P extends ParamDecls, B extends BindingDecls>(
 /**
  * The WGSL header of a kernel: `struct Params` (one field per parameter, in order; a `pad`
  * field when there are none, as WGSL has no empty structs), `var<uniform> p: Params` at binding
- * 0, then each storage binding at 1, 2, ….
+ * 0, then each storage binding at 1, 2, …, then the element accessors (see the module doc) of
+ * the bindings `body` uses through them and of every bf16/f16 binding.
  */
 export function kernelHeader(
   params: readonly ParamInfo[],
   bindings: readonly Pick<BindingInfo, "name" | "access" | "element">[],
+  body?: string,
 ): string {
   const fields = params.length > 0 ? params.map((q) => `  ${q.name}: ${q.type},`) : ["  pad: u32,"];
   const lines = [
@@ -315,7 +319,10 @@ export function kernelHeader(
   if (bindings.some((b) => isPacked(b.element) && b.access === "read_write")) {
     lines.push(ROUND_HALF_WGSL);
   }
-  for (const b of bindings) lines.push(...accessors(b.name, b.element, b.access));
+  for (const b of bindings) {
+    const used = body !== undefined && new RegExp(`\\b${b.name}_at4?\\(`).test(body);
+    if (isPacked(b.element) || used) lines.push(...accessors(b.name, b.element, b.access));
+  }
   return lines.join("\n") + "\n";
 }
 
