@@ -555,3 +555,35 @@ Deno.test("hd-pissa: W += ΔW in 16 bits over 100 steps against f32 and float64"
     gpu.close();
   }
 });
+
+Deno.test("matmul into a 16-bit C (the merge and the update of W): one rounding of the f32 result", async () => {
+  const gpu = await Gpu.open();
+  try {
+    const rng = new Rng(17);
+    for (const type of TYPES) {
+      for (const beta of [0, 1]) {
+        const [M, N, K] = [33, 47, 6];
+        const a = rng.normals(M * K), b = rng.normals(K * N);
+        const c0 = rounded(rng.normals(M * N, 4), type);
+        const A = gpu.upload(a, [M, K]), B = gpu.upload(b, [K, N]);
+        const C = gpu.uploadHalf(c0.bits, type, [M, N]);
+        const P = gpu.tensor([M, N]);
+        const [prod] = await gpu.run((rec) => {
+          matmul(rec, "NN", C, A, B, { alpha: 0.5, beta });
+          matmul(rec, "NN", P, A, B, { alpha: 0.5 });
+        }, [P]);
+        const got = await gpu.readF32(C);
+        const sum = Float32Array.from(prod, (x, i) => beta ? x + c0.values[i] : x);
+        const want = unpackHalf(packHalf(sum, type), M * N, type);
+        assert.ok(sameBits(got, want), `${type} beta ${beta}: not rnd(α·A·B + β·C)`);
+        await assert.rejects(
+          gpu.run((rec) => matmul(rec, "NN", C, A, B, { beta: 0.5 })),
+          /16-bit C takes beta 0 or 1/,
+        );
+        for (const t of [A, B, C, P]) gpu.release(t);
+      }
+    }
+  } finally {
+    gpu.close();
+  }
+});
