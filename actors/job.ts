@@ -171,6 +171,7 @@ async function planRun(
       maxMicroBatches: o.batchSize / (o.workers * o.microBatch),
       seqLen: o.seqLen,
       svd: o.svd,
+      weightsDtype: o.weightsDtype,
       limits,
     });
   for (const m of o.compare ? METHODS : [o.method]) checkMemoryPlan(planOf(m), limits);

@@ -332,6 +332,7 @@ const CONFIG_KEYS = [
   "micro_batch",
   "seq_len",
   "recompute",
+  "weights_dtype",
   "epochs",
   "max_steps",
   "seed",
@@ -384,6 +385,7 @@ Deno.test("finetune: report.json's config keys and the resume keys are as before
     "targets",
     "warmup_ratio",
     "weight_decay",
+    "weights_dtype",
     "workers",
   ]);
   assert.deepEqual(
@@ -409,6 +411,7 @@ Deno.test("finetune: the worker settings are the flags marked toWorkers, and pas
     "weightDecay",
     "clip",
     "recompute",
+    "weightsDtype",
     "device",
   ]);
   assert.equal(w.weightDecay, 0.1);

@@ -13,6 +13,7 @@ import { listenSchema, parseListen } from "../../cli/listen.ts";
 import { LINEAR_KINDS } from "../../model/config.ts";
 import { ADAPTER_CHOICES } from "../../gpu/device.ts";
 import { SAVE_DTYPES } from "../../model/half_float.ts";
+import { WEIGHTS_DTYPES } from "../../model/weights_dtype.ts";
 import { SCHEDULES } from "../optim/schedule.ts";
 import { type Method, METHODS } from "../methods/names.ts";
 import { recipeDefault } from "./recipe.ts";
@@ -331,6 +332,17 @@ export const FINETUNE_FLAGS = defineFlags({
       group: OPTIM,
       toWorkers: true,
     },
+    "weights-dtype": {
+      type: "enum",
+      choices: WEIGHTS_DTYPES,
+      default: "f32",
+      help: "dtype of the weight matrices on the device: bf16/f16 halve their memory (compute " +
+        "stays f32; hd-pissa's W += ΔW is rounded once per step, the same bits on every " +
+        "worker); not with --method full or --compare",
+      group: OPTIM,
+      definesRun: true,
+      toWorkers: true,
+    },
     epochs: {
       type: "int",
       min: 1,
@@ -552,6 +564,17 @@ export const FINETUNE_FLAGS = defineFlags({
       throw new FlagError(
         "--export-adapter needs a folder of its own, not the run's --out",
         "export-adapter",
+      );
+    }
+    // Full fine-tuning updates W itself every step with an f32 optimizer; a 16-bit W would
+    // round every update away below its ulp (docs/architecture.md), so it is refused here,
+    // before anything starts, rather than degraded silently.
+    if (o.weightsDtype !== "f32" && (o.method === "full" || o.compare)) {
+      throw new FlagError(
+        `--weights-dtype ${o.weightsDtype} is not supported with ${
+          o.compare ? "--compare (it runs full)" : "--method full"
+        }: full fine-tuning updates W with an f32 optimizer; use --weights-dtype f32`,
+        "weights-dtype",
       );
     }
     if (o.compare && o.resume !== null) {

@@ -26,15 +26,17 @@ import type { Layout } from "./layout.ts";
 
 /**
  * What a method's worker reads: the run's flags marked `toWorkers` in train/cli/finetune_flags.ts
- * (less `device` and `recompute`, which the worker's actor uses to open its GPU and build the
- * model), with the method by name.
+ * (less `device`, `recompute` and `weightsDtype`, which the worker's actor uses to open its GPU
+ * and build the model), with the method by name.
  */
-export type WorkerMethodConfig = Omit<WorkerSettings, "device" | "method" | "recompute"> & {
-  /** The method's name (the worker finds the method by it). */
-  method: string;
-  /** `full`: the weights that train. */
-  trainable?: (name: string) => boolean;
-};
+export type WorkerMethodConfig =
+  & Omit<WorkerSettings, "device" | "method" | "recompute" | "weightsDtype">
+  & {
+    /** The method's name (the worker finds the method by it). */
+    method: string;
+    /** `full`: the weights that train. */
+    trainable?: (name: string) => boolean;
+  };
 
 /** A bad update or state handed to a worker. */
 export class WorkerStateError extends DomainError {

@@ -283,6 +283,8 @@ export const reportSchema = z.looseObject({
   }).optional(),
   memory_plan: z.looseObject({
     workers: count,
+    method: z.enum(["hd-pissa", "pissa", "lora", "full"]).optional(),
+    weights_dtype: z.enum(["f32", "bf16", "f16"]).optional(),
     micro_batch: count,
     seq_len: count,
     head_chunk: count,
