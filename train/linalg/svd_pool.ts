@@ -123,8 +123,13 @@ export class SvdPool {
     options: RandomizedSvdOptions = {},
   ): Promise<SvdResult> {
     if (this.#closed) return Promise.reject(new SvdError("the SVD pool is closed"));
-    // The arguments are checked (and the seed's stream started) now, in call order.
-    const steps = randomizedSvdPlan(A, m, n, rank, options);
+    // Bad arguments are refused at the call, before anything is queued.
+    let steps: ReturnType<typeof randomizedSvdPlan>;
+    try {
+      steps = randomizedSvdPlan(A, m, n, rank, options);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     const run = this.#queue.then(() => this.#randomized(A, m, n, steps));
     this.#queue = run.catch(() => {});
     return run;
