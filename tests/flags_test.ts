@@ -338,6 +338,7 @@ const CONFIG_KEYS = [
   "shuffle",
   "svd",
   "svd_niter",
+  "svd_threads",
   "nats",
   "out",
   "overwrite",

@@ -12,6 +12,12 @@ import {
 } from "../train/linalg/svd.ts";
 import { knownSpectrumMatrix, svdAgreement } from "../train/linalg/svd_check.ts";
 import { SvdPool } from "../train/linalg/svd_pool.ts";
+import { adaptableLinears, LINEAR_KINDS } from "../model/config.ts";
+import { AdapterInitError } from "../train/methods/adapter_init.ts";
+import type { InitOptions } from "../train/methods/init.ts";
+import { randomizedSvdMatrices, randomizedSvdsAhead } from "../train/methods/init_svd.ts";
+import { getMethod } from "../train/methods/registry.ts";
+import { randomWeights, smallConfig } from "./support/model_gpu.ts";
 
 function randomMatrix(rng: Rng, m: number, n: number): Float64Array {
   return Float64Array.from({ length: m * n }, () => rng.normal());
@@ -426,5 +432,76 @@ Deno.test("svd pool: bad settings and a closed pool are SvdErrors", async () => 
   await assert.rejects(
     pool.randomizedSvd(new Float64Array(4).fill(1), 2, 2, 1),
     (e: unknown) => e instanceof SvdError && /closed/.test(e.message),
+  );
+});
+
+Deno.test("adapter init: SVDs computed ahead on the pool give the walk's factors bit for bit", async () => {
+  const config = smallConfig({
+    hidden_size: 48,
+    intermediate_size: 80,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    vocab_size: 31,
+  });
+  const weights = randomWeights(config, new Rng(17));
+  const options: InitOptions = {
+    workers: 3,
+    rank: 4,
+    alpha: 8,
+    targets: [...LINEAR_KINDS],
+    svd: "randomized",
+    svdNiter: 2,
+    seed: 5,
+  };
+  const names = adaptableLinears(config, options.targets).map((l) => l.name);
+  assert.deepEqual(randomizedSvdMatrices(config, options), names);
+  // With the exact SVD for every matrix there is nothing to compute ahead.
+  assert.deepEqual(randomizedSvdMatrices(config, { ...options, svd: "exact" }), []);
+  using pool = new SvdPool({ threads: 2 });
+  for (const name of ["hd-pissa", "pissa"]) {
+    const method = getMethod(name);
+    const components = method.svdComponents!(options);
+    assert.equal(components, name === "hd-pissa" ? 12 : 4);
+    const seen: string[] = [];
+    const svds = await randomizedSvdsAhead(
+      config,
+      weights,
+      options,
+      components,
+      pool,
+      (p) => seen.push(`${p.done}/${p.total}`),
+    );
+    assert.deepEqual([...svds.keys()], names);
+    assert.deepEqual(seen, names.map((_, i) => `${i + 1}/${names.length}`));
+    const walk = method.init(config, weights, options);
+    const ahead = method.init(config, weights, { ...options, svds });
+    for (const n of names) {
+      const [a, b] = [walk.factors.get(n)!, ahead.factors.get(n)!];
+      assert.equal(a.length, b.length);
+      a.forEach((f, k) => {
+        assert.deepEqual(b[k].A, f.A, `${name} ${n} A_${k}`);
+        assert.deepEqual(b[k].B, f.B, `${name} ${n} B_${k}`);
+      });
+    }
+    assert.deepEqual(ahead.residuals, walk.residuals);
+  }
+  assert.equal(getMethod("lora").svdComponents, undefined);
+  // An SVD of another rank than the init takes is refused, not truncated silently.
+  const [first] = names;
+  const w = weights.get(first)!;
+  const r5 = await pool.randomizedSvd(w.data, w.shape[0], w.shape[1], 5);
+  assert.throws(
+    () => getMethod("pissa").init(config, weights, { ...options, svds: new Map([[first, r5]]) }),
+    (e: unknown) => e instanceof SvdError && /rank 5/.test(e.message),
+  );
+  // A weight that cannot be decomposed is named.
+  const bad = new Map(weights);
+  const broken = Float32Array.from(w.data);
+  broken[7] = NaN;
+  bad.set(first, { ...w, data: broken });
+  await assert.rejects(
+    randomizedSvdsAhead(config, bad, options, 4, pool),
+    (e: unknown) => e instanceof AdapterInitError && e.matrix === first,
   );
 });

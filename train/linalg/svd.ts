@@ -701,6 +701,12 @@ export function randomizedSvd(
 /** How the leading components are found: the exact SVD, or the randomized one. */
 export interface TopSvdOptions extends RandomizedSvdOptions {
   method?: "exact" | "randomized";
+  /**
+   * The randomized SVD of this matrix with these settings, already computed (by an `SvdPool`,
+   * which gives the same bits): returned instead of computing it again. Its shape and rank must
+   * be the ones asked for.
+   */
+  precomputed?: SvdResult;
 }
 
 /** The top `rank` singular triplets by the chosen method (exact by default), truncated. */
@@ -711,7 +717,16 @@ export function topSvd(
   rank: number,
   options: TopSvdOptions = {},
 ): SvdResult {
-  if ((options.method ?? "exact") === "randomized") return randomizedSvd(A, m, n, rank, options);
+  if ((options.method ?? "exact") === "randomized") {
+    const p = options.precomputed;
+    if (!p) return randomizedSvd(A, m, n, rank, options);
+    if (p.m !== m || p.n !== n || p.k !== rank) {
+      throw new SvdError(
+        `the precomputed SVD is [${p.m}, ${p.n}] of rank ${p.k}, not [${m}, ${n}] of rank ${rank}`,
+      );
+    }
+    return p;
+  }
   const full = svd(A, m, n);
   if (!Number.isInteger(rank) || rank < 1 || rank > full.k) {
     throw new SvdError(

@@ -1,0 +1,68 @@
+/**
+ * The randomized SVDs of a method's init, computed ahead on a pool of threads (`SvdPool`): one
+ * matrix at a time, each split over every thread. The results have the same bits as the SVDs the
+ * init's walk would compute itself (same seed per matrix, same step sequence), so the walk takes
+ * them as they are (`InitOptions.svds`) and the factors do not depend on the number of threads.
+ * @module
+ */
+import { adaptableLinears, type LlamaConfig } from "../../model/config.ts";
+import type { HostTensor } from "../../model/safetensors.ts";
+import { SvdError, type SvdResult } from "../linalg/svd.ts";
+import type { SvdPool } from "../linalg/svd_pool.ts";
+import { AdapterInitError } from "./adapter_init.ts";
+import { type InitOptions, svdOptions } from "./init.ts";
+
+/** One SVD done: its matrix, the count so far and the time it took. */
+export interface SvdAheadProgress {
+  matrix: string;
+  done: number;
+  total: number;
+  ms: number;
+}
+
+/** The adapted weights whose SVD is randomized under `o` (the others are exact, in the walk). */
+export function randomizedSvdMatrices(config: LlamaConfig, o: InitOptions): string[] {
+  return adaptableLinears(config, o.targets)
+    .filter((l, i) => svdOptions(o, l.shape, i).method === "randomized")
+    .map((l) => l.name);
+}
+
+/**
+ * The top `components` singular triplets of every adapted weight whose SVD is randomized, by
+ * name, computed on `pool`. A weight that cannot be decomposed (non-finite entries, too small
+ * for `components`) is an AdapterInitError naming it.
+ */
+export async function randomizedSvdsAhead(
+  config: LlamaConfig,
+  weights: ReadonlyMap<string, HostTensor>,
+  o: InitOptions,
+  components: number,
+  pool: SvdPool,
+  onProgress?: (p: SvdAheadProgress) => void,
+): Promise<Map<string, SvdResult>> {
+  const linears = adaptableLinears(config, o.targets);
+  const chosen = linears.flatMap((l, i) => {
+    const svd = svdOptions(o, l.shape, i);
+    return svd.method === "randomized" ? [{ l, svd }] : [];
+  });
+  const out = new Map<string, SvdResult>();
+  for (const { l, svd } of chosen) {
+    const W = weights.get(l.name);
+    if (!W) throw new AdapterInitError(`the base weights have no "${l.name}"`, l.name);
+    const [rows, cols] = W.shape;
+    const t0 = performance.now();
+    try {
+      out.set(l.name, await pool.randomizedSvd(W.data, rows, cols, components, svd));
+    } catch (e) {
+      if (!(e instanceof SvdError)) throw e;
+      throw new AdapterInitError(`"${l.name}": ${e.message}`, l.name);
+    }
+    onProgress?.({
+      matrix: l.name,
+      done: out.size,
+      total: chosen.length,
+      ms: performance.now() - t0,
+    });
+  }
+  return out;
+}
