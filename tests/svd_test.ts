@@ -366,6 +366,12 @@ Deno.test("svd pool: the same bits as the single-threaded path with 1, 2 and 3 t
           pool.randomizedSvd(transposeOf(A64, m, n), n, m, rank, options),
         ]);
         assertSameBits(r, one, `${m}x${n} rank ${rank}, ${pool.threads} threads`);
+        // A whole SVD on one of the pool's threads (several matrices at once) is the same too.
+        assertSameBits(
+          await pool.randomizedSvdOnOneThread(A, m, n, rank, options),
+          one,
+          `${m}x${n} rank ${rank} on one thread of ${pool.threads}`,
+        );
         assertSameBits(
           rT,
           randomizedSvd(transposeOf(A64, m, n), n, m, rank, options),
@@ -423,6 +429,11 @@ Deno.test("svd pool: bad settings and a closed pool are SvdErrors", async () => 
       pool.randomizedSvd([1, NaN, 2, 3], 2, 2, 1),
       (e: unknown) => e instanceof SvdError && /NaN/.test(e.message),
     );
+    await assert.rejects(
+      pool.randomizedSvdOnOneThread(new Float64Array(4).fill(1), 2, 2, 1, { rng: new Rng(1) }),
+      (e: unknown) => e instanceof SvdError && /seed/.test(e.message),
+    );
+    await assert.rejects(pool.randomizedSvdOnOneThread([1, 2, Infinity, 3], 2, 2, 1), SvdError);
     // The pool still works after refusing bad input.
     const A = randomMatrix(new Rng(1), 12, 10);
     assertSameBits(await pool.randomizedSvd(A, 12, 10, 3), randomizedSvd(A, 12, 10, 3));
@@ -458,8 +469,10 @@ Deno.test("adapter init: SVDs computed ahead on the pool give the walk's factors
   assert.deepEqual(randomizedSvdMatrices(config, options), names);
   // With the exact SVD for every matrix there is nothing to compute ahead.
   assert.deepEqual(randomizedSvdMatrices(config, { ...options, svd: "exact" }), []);
+  // 2 threads: the 14 matrices one per thread; 3 threads: 12 so, then 2 split over the threads.
   using pool = new SvdPool({ threads: 2 });
-  for (const name of ["hd-pissa", "pissa"]) {
+  using pool3 = new SvdPool({ threads: 3 });
+  for (const [name, p] of [["hd-pissa", pool], ["pissa", pool], ["hd-pissa", pool3]] as const) {
     const method = getMethod(name);
     const components = method.svdComponents!(options);
     assert.equal(components, name === "hd-pissa" ? 12 : 4);
@@ -469,8 +482,8 @@ Deno.test("adapter init: SVDs computed ahead on the pool give the walk's factors
       weights,
       options,
       components,
-      pool,
-      (p) => seen.push(`${p.done}/${p.total}`),
+      p,
+      (e) => seen.push(`${e.done}/${e.total}`),
     );
     assert.deepEqual([...svds.keys()], names);
     assert.deepEqual(seen, names.map((_, i) => `${i + 1}/${names.length}`));

@@ -29,7 +29,11 @@ export function defaultSvdThreads(): number {
   return Math.max(1, navigator.hardwareConcurrency || 1);
 }
 
-type Pending = { resolve: () => void; reject: (e: Error) => void };
+type Pending = {
+  worker: number;
+  resolve: (svd: SvdResult | undefined) => void;
+  reject: (e: Error) => void;
+};
 type Task = SvdTask extends infer T ? T extends unknown ? Omit<T, "id"> : never : never;
 
 /** A typed view of a new shared buffer of `length` elements. */
@@ -59,6 +63,8 @@ export class SvdPool {
   readonly threads: number;
   readonly #workers: Worker[];
   readonly #pending = new Map<number, Pending>();
+  /** Tasks posted to each thread and not answered yet. */
+  readonly #busy: number[];
   #nextId = 0;
   #closed = false;
   #broken: Error | null = null;
@@ -71,6 +77,7 @@ export class SvdPool {
       throw new SvdError(`an SVD pool needs a positive integer number of threads, got ${threads}`);
     }
     this.threads = threads;
+    this.#busy = new Array(threads).fill(0);
     const url = new URL("./svd_worker.ts", import.meta.url);
     this.#workers = Array.from({ length: threads }, (_, k) => {
       const w = new Worker(url, { type: "module", name: `svd-${k}` });
@@ -87,7 +94,8 @@ export class SvdPool {
     const p = this.#pending.get(r.id);
     if (!p) return;
     this.#pending.delete(r.id);
-    if (r.ok) p.resolve();
+    this.#busy[p.worker]--;
+    if (r.ok) p.resolve(r.svd);
     else p.reject(new SvdError(`an SVD thread failed: ${r.error}`));
   }
 
@@ -97,11 +105,12 @@ export class SvdPool {
     this.#pending.clear();
   }
 
-  #run(worker: number, task: Task): Promise<void> {
+  #run(worker: number, task: Task): Promise<SvdResult | undefined> {
     if (this.#broken) return Promise.reject(this.#broken);
     const id = this.#nextId++;
-    return new Promise<void>((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
+    return new Promise<SvdResult | undefined>((resolve, reject) => {
+      this.#pending.set(id, { worker, resolve, reject });
+      this.#busy[worker]++;
       this.#workers[worker].postMessage({ ...task, id } as SvdTask);
     });
   }
@@ -184,6 +193,44 @@ export class SvdPool {
       next = steps.next((c as Float64Array).slice());
     }
     return next.value;
+  }
+
+  /**
+   * `randomizedSvd(A, m, n, rank, options)` whole on one thread of the pool (the least busy), with
+   * the same bits: several matrices at once, one per thread, leave nothing serial on the main
+   * thread. Each thread then holds its own transpose of A. The seed must be given as `seed` (a
+   * generator cannot cross to a thread).
+   */
+  async randomizedSvdOnOneThread(
+    A: ArrayLike<number>,
+    m: number,
+    n: number,
+    rank: number,
+    options: RandomizedSvdOptions = {},
+  ): Promise<SvdResult> {
+    if (this.#closed) throw new SvdError("the SVD pool is closed");
+    if (options.rng) {
+      throw new SvdError("an SVD on one thread of the pool takes a seed, not a generator");
+    }
+    randomizedSvdPlan(A, m, n, rank, options);
+    const f32 = A instanceof Float32Array;
+    const a = sharedLike(f32, m * n);
+    a.set(A);
+    const worker = this.#busy.indexOf(Math.min(...this.#busy));
+    const { niter, oversample, seed } = options;
+    const svd = await this.#run(worker, {
+      op: "svd",
+      A: a.buffer as SharedArrayBuffer,
+      f32,
+      m,
+      n,
+      rank,
+      niter,
+      oversample,
+      seed,
+    });
+    if (!svd) throw new SvdError(`SVD thread ${worker} answered without the SVD`);
+    return svd;
   }
 
   /** Ends the threads; SVDs still running fail with an SvdError. */

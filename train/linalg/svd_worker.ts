@@ -5,7 +5,7 @@
  * @module
  */
 /// <reference lib="deno.worker" />
-import { gemmNTRows, type Real, transposeRows } from "./svd.ts";
+import { gemmNTRows, randomizedSvd, type Real, type SvdResult, transposeRows } from "./svd.ts";
 
 /** A range of rows of one operation, on buffers shared with the main thread. */
 export type SvdTask =
@@ -33,10 +33,25 @@ export type SvdTask =
     n: number;
     j0: number;
     j1: number;
+  }
+  | {
+    id: number;
+    op: "svd";
+    /** A whole randomized SVD of `A [m, n]` on this thread (`randomizedSvd`, seeded). */
+    A: SharedArrayBuffer;
+    f32: boolean;
+    m: number;
+    n: number;
+    rank: number;
+    niter?: number;
+    oversample?: number;
+    seed?: number;
   };
 
-/** The answer to a task: done, or the error's message. */
-export type SvdTaskReply = { id: number; ok: true } | { id: number; ok: false; error: string };
+/** The answer to a task: done (with the SVD of an "svd" task), or the error's message. */
+export type SvdTaskReply =
+  | { id: number; ok: true; svd?: SvdResult }
+  | { id: number; ok: false; error: string };
 
 const view = (b: SharedArrayBuffer, f32: boolean): Real =>
   f32 ? new Float32Array(b) : new Float64Array(b);
@@ -54,8 +69,15 @@ self.onmessage = (e: MessageEvent<SvdTask>) => {
         t.r0,
         t.r1,
       );
-    } else {
+    } else if (t.op === "transpose") {
       transposeRows(view(t.A, t.f32), t.m, t.n, view(t.T, t.f32), t.j0, t.j1);
+    } else {
+      const { niter, oversample, seed } = t;
+      const svd = randomizedSvd(view(t.A, t.f32), t.m, t.n, t.rank, { niter, oversample, seed });
+      // The factors move to the main thread (no copy).
+      const reply: SvdTaskReply = { id: t.id, ok: true, svd };
+      self.postMessage(reply, [svd.U, svd.S, svd.Vt].map((x) => x.buffer as ArrayBuffer));
+      return;
     }
     self.postMessage({ id: t.id, ok: true } satisfies SvdTaskReply);
   } catch (err) {
