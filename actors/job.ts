@@ -222,6 +222,35 @@ export async function startSystem(o: FinetuneOptions): Promise<System> {
   });
 }
 
+/**
+ * A progress display of the adapter init (the SVDs), from the driver's `train.init` events of
+ * `job` ({done, total} after each matrix), while its setup runs. Returns the function that ends it.
+ */
+function showInitProgress(system: System, job: string, method: string, io: JobIo): () => void {
+  let progress: Progress | null = null;
+  let done = 0;
+  const stop = system.on((e) => {
+    if (e.type !== "app" || e.event.kind !== "train.init") return;
+    const d = e.event.data as { job?: unknown; done?: unknown; total?: unknown } | null;
+    if (d?.job !== job || !Number.isInteger(d.done) || !Number.isInteger(d.total)) return;
+    const total = d.total as number;
+    if (total < 1 || (d.done as number) > total || (progress && progress.total !== total)) return;
+    progress ??= new Progress({
+      total,
+      label: `${method} init: SVD`,
+      isTty: io.isTty,
+      out: io.progress,
+    });
+    // Events may arrive out of order: the count only goes up.
+    done = Math.max(done, d.done as number);
+    progress.update(done);
+  });
+  return () => {
+    stop();
+    progress?.done();
+  };
+}
+
 /** Runs one method's job on `system` and writes its folder. */
 export async function runOne(
   system: System,
@@ -241,7 +270,8 @@ export async function runOne(
   });
   const long = { timeoutMs: 24 * 3600_000 };
   try {
-    const setup = await driver.setup({}, long);
+    const endInit = showInitProgress(system, job, o.method, io);
+    const setup = await driver.setup({}, long).finally(endInit);
     setup.log.forEach(io.log);
     io.log(
       `${o.method}: ${setup.totalSteps} steps on ${setup.devices.length} workers (${

@@ -339,6 +339,7 @@ const CONFIG_KEYS = [
   "shuffle",
   "svd",
   "svd_niter",
+  "svd_threads",
   "nats",
   "out",
   "overwrite",

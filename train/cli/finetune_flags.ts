@@ -394,6 +394,13 @@ export const FINETUNE_FLAGS = defineFlags({
       help: "power iterations of the randomized SVD",
       group: METHOD,
     },
+    "svd-threads": {
+      type: "int",
+      min: 0,
+      default: 0,
+      help: "threads of the adapter init's randomized SVDs (0 = one per core); same result",
+      group: METHOD,
+    },
     nats: {
       type: "custom",
       parse: (url: string, flag: string): string => {

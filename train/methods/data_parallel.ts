@@ -155,6 +155,8 @@ export interface AdapterMethodSpec<N extends string> {
   color?: string;
   /** The factors of one matrix: `factors` holds the one shared adapter. */
   initMatrix: (m: MatrixInit, o: { rank: number; alpha: number }) => MatrixFactors;
+  /** Singular triplets the init takes per matrix from r, when it uses the SVD (PiSSA: r). */
+  svdComponents?: (rank: number) => number;
   /** Whether the init gives a residual that replaces W (PiSSA). */
   residual: boolean;
   initLog: (matrices: number) => string;
@@ -184,6 +186,7 @@ export function adapterMethod<const N extends string>(
     traffic: (layout) => meanTraffic(layout, "4·Σ(in+out)·r bytes (adapter gradients)"),
     init: (config, weights, o, onProgress) =>
       initEachAdapted(config, weights, o, (m) => spec.initMatrix(m, o), onProgress),
+    ...(spec.svdComponents ? { svdComponents: (s) => spec.svdComponents!(s.rank) } : {}),
     initLog: (config, s) => spec.initLog(matrices(config, s)),
     initToTensors,
     initFromTensors: (tensors) => initFromTensors(tensors, 1),

@@ -193,6 +193,7 @@ export const hdPissa: TrainingMethod<"hd-pissa"> = {
     initEachAdapted(config, weights, o, ({ linear, W, svd }) => ({
       factors: hdPissaSlices(W, o.workers, o.rank, o.alpha, { name: linear.name, svd }),
     }), onProgress),
+  svdComponents: (s) => s.workers * s.rank,
   initLog: (config, s) => {
     const matrices = adaptableLinears(config, s.targets).length;
     return `initialising hd-pissa adapters (SVD of ${matrices} matrices)`;
