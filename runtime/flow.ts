@@ -12,13 +12,15 @@
  * not (runtime/instance.ts): so no call overtakes one refused before it. The lane waits until
  * each call it had sent after the refused one has come back refused, then sends the held calls
  * again, lowest call number first, under a new epoch. NATS keeps the order of one connection's
- * messages, so the actor sees each caller's calls in the order they were made.
+ * messages, so the actor sees each caller's calls in the order they were made (as before for
+ * calls whose frame is split into parts, and for calls sent again after a reconnection or while
+ * the actor restarted: those were never ordered).
  *
  * Room: a lane resumes when one of its calls the actor had accepted is answered (the actor took
  * a call out of its mailbox). When the actor holds none of its calls (the mailbox is full of other
  * callers' calls), it probes after a backoff with jitter, 2 ms doubling to 500 ms.
  *
- * Window: a lane starts with 1,024 calls out at once and widens by one per answer (doubling every
+ * Window: a lane starts with 64 calls out at once and widens by one per answer (doubling every
  * round) until the actor first refuses one; then it shrinks to the calls the actor holds of this
  * caller, and widens by 1/window per answer (about one call per round of answers). So a caller
  * with thousands of calls finds the room it has without a burst of refusals, and without a
@@ -50,10 +52,11 @@ export interface Ticket {
 export type Return = "refused" | "answered" | "other";
 
 /**
- * The window a lane starts with: the default mailbox, so that one caller alone fills an actor's
- * default mailbox at once, and no more; far more than it takes to keep an actor busy.
+ * The window a lane starts with: enough to keep an actor busy across a round trip, and small
+ * enough that callers that start together do not bury a mailbox in refusals (every call a caller
+ * has out behind a refused one is refused too).
  */
-const INITIAL_WINDOW = 1024;
+const INITIAL_WINDOW = 64;
 const BACKOFF_MIN_MS = 2;
 const BACKOFF_MAX_MS = 500;
 

@@ -42,12 +42,29 @@ Deno.test("flow control: calls held back while the mailbox is full, sent as room
   const node = system.localNodes[0].id;
   try {
     await t.step(
-      "one caller, 5,000 calls in flight, mailbox 1,024: all answered once, in order",
+      "one caller, 5,000 calls in flight, mailbox 1,024: answered once, in order",
       async () => {
         const N = 5000;
         const a = await system.spawn(Sequence, { callers: 1, calls: N }, { node, mailbox: 1024 });
         const refused0 = system.stats.refused;
-        // The first call takes a while, so the other 4,999 arrive at a busy actor.
+        // The first call takes a while, so the others arrive at a busy actor. Without flow
+        // control, those past the mailbox's 1,024 failed with MailboxFullError.
+        const got = await Promise.all(
+          Array.from({ length: N }, (_, n) => a.take({ caller: 0, n, ms: n === 0 ? 300 : 0 })),
+        );
+        got.forEach((v, n) => assert.equal(v, n, `call ${n} got the reply of call ${v}`));
+        await assertLedger(a, N);
+        console.log(`  ${N} calls, ${system.stats.refused - refused0} refusals along the way`);
+        await system.stop(a);
+      },
+    );
+
+    await t.step(
+      "one caller, mailbox 16: refused calls go again, ahead of later ones",
+      async () => {
+        const N = 2000;
+        const a = await system.spawn(Sequence, { callers: 1, calls: N }, { node, mailbox: 16 });
+        const refused0 = system.stats.refused;
         const got = await Promise.all(
           Array.from({ length: N }, (_, n) => a.take({ caller: 0, n, ms: n === 0 ? 300 : 0 })),
         );
