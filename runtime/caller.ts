@@ -284,7 +284,12 @@ export class Caller {
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
     let lane = this.#lanes.get(id);
-    if (!lane) this.#lanes.set(id, lane = new Lane(() => ++this.#epochs));
+    if (!lane) {
+      const l = new Lane(() => ++this.#epochs, () => {
+        if (this.#lanes.get(id) === l) this.#lanes.delete(id);
+      });
+      this.#lanes.set(id, lane = l);
+    }
     const max = options.maxPendingCalls;
     if (max !== undefined && !(Number.isInteger(max) && max >= 1)) {
       throw new InvalidArgumentError(`maxPendingCalls must be a positive integer, not ${max}`);

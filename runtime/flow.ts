@@ -84,7 +84,12 @@ export class Lane {
   /** The actor's mailbox capacity, as its last refusal said. */
   capacity = 0;
 
-  constructor(readonly nextEpoch: () => number) {
+  /**
+   * `nextEpoch` hands out the caller's epochs (rising across all its lanes, so that a lane made
+   * anew never reuses one an actor may still block); `onIdle` runs when a backoff ends with no
+   * call left, so the caller can forget the lane.
+   */
+  constructor(readonly nextEpoch: () => number, readonly onIdle: () => void = () => {}) {
     this.#epoch = nextEpoch();
   }
 
@@ -273,6 +278,7 @@ export class Lane {
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       this.#resume();
+      if (this.idle) this.onIdle();
     }, ms * (0.5 + Math.random() / 2));
   }
 
