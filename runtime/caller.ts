@@ -351,6 +351,7 @@ export class Caller {
         await this.#waitChange(id, deadline, what, options.signal);
         continue;
       }
+      if (e.info.mailbox !== undefined) lane.capacity = e.info.mailbox;
       if (!lane.tryAdmit(t)) {
         // Held back: the actor's mailbox was full lately, or calls made before this one are.
         if (options.failFast) throw new MailboxFullError(id, lane.capacity);
@@ -398,8 +399,7 @@ export class Caller {
         // Refused, so not queued: it goes back in line, ahead of every later call.
         lane.returned(t, "refused");
         this.stats.refused++;
-        const capacity = Number(w.data?.capacity);
-        if (Number.isFinite(capacity)) lane.capacity = capacity;
+        lane.capacity = Number(w.data?.capacity);
         if (options.failFast) throw errorOfReply(w, id, method, options.errors, options.where);
         if (Date.now() >= deadline) throw new MailboxFullError(id, lane.capacity);
         await hold(); // at once: the lane resumes only once it is back in line

@@ -22,7 +22,9 @@
  *
  * Window: a lane starts with 64 calls out at once and widens by one per answer (doubling every
  * round) until the actor first refuses one; then it shrinks to the calls the actor holds of this
- * caller, and widens by 1/window per answer (about one call per round of answers). So a caller
+ * caller, and widens by 1/window per answer (about one call per round of answers). It never
+ * exceeds the actor's mailbox plus the running call (the directory knows each actor's mailbox):
+ * a caller alone is never refused. So a caller
  * with thousands of calls finds the room it has without a burst of refusals, and without a
  * refusal per call after. Held calls wait on nothing but a promise: no polling, and no memory
  * beyond the call itself.
@@ -81,8 +83,11 @@ export class Lane {
   #closed = false;
   /** Calls of this lane not yet answered (in flight, held, or between the two). */
   live = 0;
-  /** The actor's mailbox capacity, as its last refusal said. */
-  capacity = 0;
+  /** The actor's mailbox capacity, as the directory or its last refusal said; 0 if unknown. */
+  #capacity = 0;
+  /** The widest the window gets: more calls than the mailbox holds, plus the running one, can
+   * only be refused. */
+  #ceiling = Infinity;
 
   /**
    * `nextEpoch` hands out the caller's epochs (rising across all its lanes, so that a lane made
@@ -91,6 +96,18 @@ export class Lane {
    */
   constructor(readonly nextEpoch: () => number, readonly onIdle: () => void = () => {}) {
     this.#epoch = nextEpoch();
+  }
+
+  /** The actor's mailbox capacity, as the directory or its last refusal said; 0 if unknown. */
+  get capacity(): number {
+    return this.#capacity;
+  }
+
+  set capacity(n: number) {
+    if (!(Number.isInteger(n) && n > 0) || n === this.#capacity) return;
+    this.#capacity = n;
+    this.#ceiling = n + 1;
+    this.#window = Math.min(this.#window, this.#ceiling);
   }
 
   /** A new call, ordered after every call made before it. */
@@ -190,7 +207,10 @@ export class Lane {
     } else if (how === "answered" && !doomed) {
       // The actor took one of ours out of its mailbox: there is room again.
       this.#backoffs = 0;
-      this.#window += this.#refusedOnce ? 1 / this.#window : 1;
+      this.#window = Math.min(
+        this.#ceiling,
+        this.#window + (this.#refusedOnce ? 1 / this.#window : 1),
+      );
       if (b) b.room = true;
     }
     if (how === "refused") return; // hold() or leave() goes on from here
