@@ -283,18 +283,18 @@ export class Caller {
     if (this.#closed) throw new SystemClosedError("the system is shut down");
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
+    const max = options.maxPendingCalls;
+    if (max !== undefined && !(Number.isInteger(max) && max >= 1)) {
+      throw new InvalidArgumentError(`maxPendingCalls must be a positive integer, not ${max}`);
+    }
     let lane = this.#lanes.get(id);
+    if (max !== undefined && (lane?.live ?? 0) >= max) throw new MailboxFullError(id, max);
     if (!lane) {
       const l = new Lane(() => ++this.#epochs, () => {
         if (this.#lanes.get(id) === l) this.#lanes.delete(id);
       });
       this.#lanes.set(id, lane = l);
     }
-    const max = options.maxPendingCalls;
-    if (max !== undefined && !(Number.isInteger(max) && max >= 1)) {
-      throw new InvalidArgumentError(`maxPendingCalls must be a positive integer, not ${max}`);
-    }
-    if (max !== undefined && lane.live >= max) throw new MailboxFullError(id, max);
     const t = lane.ticket();
     try {
       return await this.#call(id, method, value, options, lane, t, timeoutMs, deadline);

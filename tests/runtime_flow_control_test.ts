@@ -107,27 +107,29 @@ Deno.test("flow control: calls held back while the mailbox is full, sent as room
 
     await t.step("failFast still gets MailboxFullError, and such a call never runs", async () => {
       const a = await system.spawn(Sequence, { callers: 3, calls: 10 }, { node, mailbox: 2 });
-      const busy = a.take({ caller: 0, n: 0, ms: 800 });
-      await new Promise((r) => setTimeout(r, 200)); // let it start running
-      const queued = [1, 2].map((n) => a.take({ caller: 0, n }));
-      // Another process has nothing out to the actor: its call is sent, and the full mailbox
-      // refuses it.
       const server = system.server!;
       const other = await init({ nats: server.url, ...server.credentials });
+      let busy: Promise<number>, queued: Promise<number>[], held: Promise<number>[];
       try {
         await knows(other, a.ref.id);
+        // The first call keeps the actor busy well past what follows; two more fill its mailbox.
+        busy = a.take({ caller: 0, n: 0, ms: 1500 });
+        await new Promise((r) => setTimeout(r, 200)); // let it start running
+        queued = [1, 2].map((n) => a.take({ caller: 0, n }));
+        // Another process has nothing out to the actor: its call is sent, and the full mailbox
+        // refuses it.
         const h = other.handle(Sequence, a.ref);
         await assert.rejects(h.take({ caller: 1, n: 0 }, { failFast: true }), MailboxFullError);
         assert.equal(other.stats.refused, 1, "the actor refused it");
+        // This process already has as many calls out as the mailbox holds (plus the running
+        // one): the call fails here without being sent.
+        held = [3, 4].map((n) => a.take({ caller: 0, n }));
+        const refused = system.stats.refused;
+        await assert.rejects(a.take({ caller: 2, n: 0 }, { failFast: true }), MailboxFullError);
+        assert.equal(system.stats.refused, refused, "not sent, so not refused by the actor");
       } finally {
         await other.shutdown();
       }
-      // This process already has as many calls out as the mailbox holds (plus the running
-      // one): the call fails here without being sent.
-      const held = [3, 4].map((n) => a.take({ caller: 0, n }));
-      const refused = system.stats.refused;
-      await assert.rejects(a.take({ caller: 2, n: 0 }, { failFast: true }), MailboxFullError);
-      assert.equal(system.stats.refused, refused, "not sent, so not refused by the actor");
       assert.deepEqual(await Promise.all([busy, ...queued, ...held]), [0, 1, 2, 3, 4]);
       const l = await a.ledger({});
       assert.equal(l.runs, 5, "the failFast calls did not run");
@@ -160,7 +162,7 @@ Deno.test("flow control: calls held back while the mailbox is full, sent as room
       "a held-back call can be cancelled; maxPendingCalls refuses past its bound",
       async () => {
         const a = await system.spawn(Sequence, { callers: 1, calls: 10 }, { node, mailbox: 1 });
-        const busy = a.take({ caller: 0, n: 0, ms: 1000 });
+        const busy = a.take({ caller: 0, n: 0, ms: 2000 });
         await new Promise((r) => setTimeout(r, 200));
         const queued = a.take({ caller: 0, n: 1 });
         const ac = new AbortController();
