@@ -339,6 +339,7 @@ const CONFIG_KEYS = [
   "svd",
   "svd_niter",
   "nats",
+  "store_replicas",
   "out",
   "overwrite",
   "save_dtype",
