@@ -25,9 +25,9 @@ export interface TrainingLab {
   pass: string;
   /** NATS_USER/NATS_PASSWORD for the node processes and the CLI. */
   env: Record<string, string>;
-  /** Every host's client URL, the given host's own server first. */
+  /** The client URL a process on host `from` joins by (its own host's server). */
   urls(from: Host): string;
-  /** Starts a node with one GPU slot on `h`, connected to its own server (then the others). */
+  /** Starts a node with one GPU slot on `h`, connected to its own host's server. */
   startNode(h: Host, id?: string): HandNode;
   /** Stops the nodes and tears the lab down. */
   stop(): Promise<void>;
@@ -70,8 +70,10 @@ export async function startTrainingLab(
     throw e;
   }
   const env = { NATS_USER: user, NATS_PASSWORD: pass };
-  const urls = (from: Host) =>
-    [from, ...lab.hosts.filter((h) => h !== from)].map((h) => `nats://${h.ip}:4222`).join(",");
+  // Each process connects to its own host's server only, and learns the others from it (for
+  // failover): a client that picked a server on another host at random would lose its
+  // heartbeats whenever that host's link is cut, and look dead itself.
+  const urls = (_from: Host) => "nats://127.0.0.1:4222";
   const gpus = lab.hosts.slice(1);
   const startNode = (h: Host, id = h.name) => {
     const n = startHandNode({

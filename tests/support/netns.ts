@@ -31,7 +31,7 @@ export interface Host {
 
 /** A set of hosts on one bridge. */
 export interface Lab {
-  /** The tag every process started here carries in {@link TAG_ENV}. */
+  /** The tag every process started here carries in HD_FAULT_TAG (tests/support/faults.ts). */
   tag: string;
   /** The bridge's address (the test process's on the lab's network). */
   gateway: string;
@@ -134,7 +134,7 @@ async function freeSubnet(): Promise<number> {
 
 /**
  * Makes one host per name (at most 200) on a fresh bridge. Every process a host runs through
- * its `wrap` carries `tag` in {@link TAG_ENV} when the caller sets it, as the faults helpers do.
+ * its `wrap` carries `tag` in HD_FAULT_TAG (tests/support/faults.ts) when the caller sets it, as the faults helpers do.
  */
 export async function startLab(names: string[], tag: string): Promise<Lab> {
   requireNetns();
