@@ -115,7 +115,10 @@ export async function oneHostRun(
   return o.out;
 }
 
-/** Runs the finetune CLI on the driver's host of `t`, joined to the cluster with `--nats`. */
+/**
+ * Runs the finetune CLI on the driver's host of `t` (or on `from`), joined to the cluster with
+ * `--nats`.
+ */
 export function driverRun(
   t: TrainingLab,
   dir: string,
@@ -123,11 +126,12 @@ export function driverRun(
   steps: number,
   extra: string[] = [],
   env: Record<string, string> = t.env,
+  from: Host = t.driver,
 ) {
   return runCli(
-    tinyArgs(dir, out, steps, ["--nats", t.urls(t.driver), ...extra]),
+    tinyArgs(dir, out, steps, ["--nats", t.urls(from), ...extra]),
     t.lab.tag,
     env,
-    t.driver.wrap,
+    from.wrap,
   );
 }
