@@ -40,7 +40,18 @@ export interface TrainingLab {
 export async function startTrainingLab(
   tag: string,
   gpuHosts: number,
-  options: { nodes?: number; serverLines?: (h: Host) => string[]; nodeArgs?: string[] } = {},
+  options: {
+    nodes?: number;
+    serverLines?: (h: Host) => string[];
+    /** The servers' client auth block, given the user and password (default: that one user). */
+    auth?: (user: string, pass: string) => string[];
+    /** Lines inside every server's `cluster {}` block (route TLS). */
+    clusterLines?: string[];
+    /** Runs once the hosts exist, before the servers start (to make their certificate). */
+    prepare?: (lab: Lab) => Promise<void>;
+    /** More environment for the nodes and the CLI (NATS_TLS_CA). */
+    env?: Record<string, string>;
+  } = {},
 ): Promise<TrainingLab> {
   const names = ["drv", ...Array.from({ length: gpuHosts }, (_, i) => `gpu${i + 1}`)];
   const lab = await startLab(names, tag);
@@ -55,12 +66,16 @@ export async function startTrainingLab(
     await lab.teardown();
   };
   try {
+    await options.prepare?.(lab);
     servers = await startHostServers(
       lab,
       lab.hosts,
-      [`authorization { user: "${user}", password: "${pass}" }`],
+      options.auth?.(user, pass) ?? [`authorization { user: "${user}", password: "${pass}" }`],
       {
-        cluster: [`authorization { user: "route", password: "${routePass}" }`],
+        cluster: [
+          `authorization { user: "route", password: "${routePass}" }`,
+          ...options.clusterLines ?? [],
+        ],
         routeLogin: `route:${routePass}`,
         extra: options.serverLines,
       },
@@ -69,7 +84,7 @@ export async function startTrainingLab(
     await stop();
     throw e;
   }
-  const env = { NATS_USER: user, NATS_PASSWORD: pass };
+  const env = { NATS_USER: user, NATS_PASSWORD: pass, ...options.env };
   // Each process connects to its own host's server only, and learns the others from it (for
   // failover): a client that picked a server on another host at random would lose its
   // heartbeats whenever that host's link is cut, and look dead itself.
@@ -83,7 +98,6 @@ export async function startTrainingLab(
       env,
       wrap: h.wrap,
       quiet: true,
-      args: options.nodeArgs,
     });
     nodes.push(n);
     return n;
