@@ -49,6 +49,8 @@ export async function startTrainingLab(
     clusterLines?: string[];
     /** Runs once the hosts exist, before the servers start (to make their certificate). */
     prepare?: (lab: Lab) => Promise<void>;
+    /** More flags of the nodes (`--allow-module`). */
+    nodeArgs?: string[];
     /** More environment for the nodes and the CLI (NATS_TLS_CA). */
     env?: Record<string, string>;
   } = {},
@@ -98,6 +100,7 @@ export async function startTrainingLab(
       env,
       wrap: h.wrap,
       quiet: true,
+      args: options.nodeArgs,
     });
     nodes.push(n);
     return n;
