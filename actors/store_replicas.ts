@@ -10,9 +10,12 @@
  */
 import { JetStreamApiError, jetstreamManager } from "@nats-io/jetstream";
 import { ObjectStore, type System } from "../runtime/mod.ts";
+import { throughElections } from "../runtime/objects.ts";
 
 /** JetStream's error code for "insufficient resources" (fewer servers than replicas). */
 const INSUFFICIENT_RESOURCES = 10023;
+/** JetStream's "stream not found": the bucket does not exist yet. */
+const STREAM_NOT_FOUND = 10059;
 
 /** The JetStream error code of `e` or of one of its causes (ObjectStoreError wraps it). */
 function errCode(e: unknown): number | undefined {
@@ -37,14 +40,20 @@ export async function replicateObjectStore(
   const stream = `OBJ_${bucket}`;
   const clustered = system.nc.info?.cluster !== undefined;
   const target = wanted === "auto" ? (clustered ? 3 : 1) : wanted;
-  const jsm = await jetstreamManager(system.nc);
-  const existing = await jsm.streams.info(stream).catch(() => null);
+  // A job may start while the cluster elects leaders (a server just died): wait that out.
+  const jsm = await throughElections(() => jetstreamManager(system.nc));
+  const existing = await throughElections(() => jsm.streams.info(stream)).catch((e) => {
+    if (errCode(e) === STREAM_NOT_FOUND) return null;
+    throw e;
+  });
   if (existing) {
     const have = existing.config.num_replicas ?? 1;
     if (have >= target) return have;
     try {
       // A stream's replicas can be raised in place; its objects are copied to the new peers.
-      await jsm.streams.update(stream, { ...existing.config, num_replicas: target });
+      await throughElections(() =>
+        jsm.streams.update(stream, { ...existing.config, num_replicas: target })
+      );
       log(`object store ${bucket}: ${have} → ${target} replicas`);
       return target;
     } catch (e) {

@@ -148,8 +148,9 @@ export async function run(report: Report): Promise<void> {
         let resumedAt = 0;
         let restored: Promise<void> | undefined;
         const stop = tapCalls({ name: "default", nc }, (c) => {
-          const step = (c.value as { step?: number }).step ?? -1;
-          if (c.method !== "step") return;
+          const step = (c.value as { step?: number }).step;
+          // A worker's step call (the driver's own `step` calls carry no step number).
+          if (c.method !== "step" || typeof step !== "number") return;
           if (!cutAt && step === 3) {
             cutAt = performance.now();
             restored = t.lab.cut(t.gpus[0]).then(() => new Promise((r) => setTimeout(r, cutMs)))
@@ -208,9 +209,9 @@ export async function run(report: Report): Promise<void> {
       let killedAt = 0;
       let resumedAt = 0;
       const stop = tapCalls({ name: "default", nc }, (c) => {
-        const step = (c.value as { step?: number }).step ?? -1;
+        const step = (c.value as { step?: number }).step;
         if (c.method === "load" && t.nodes.length === 2) t.startNode(t.gpus[2]);
-        if (c.method !== "step") return;
+        if (c.method !== "step" || typeof step !== "number") return;
         if (!killedAt && step === 3) {
           killedAt = performance.now();
           t.lab.killHost(t.gpus[0]);
@@ -232,7 +233,7 @@ export async function run(report: Report): Promise<void> {
       let resumeStart = 0;
       let firstStep = 0;
       const stop = tapCalls({ name: "default", nc }, (c) => {
-        if (c.method !== "step") return;
+        if (c.method !== "step" || typeof (c.value as { step?: number }).step !== "number") return;
         if (!killed && (c.value as { step?: number }).step === 3) {
           killed = true;
           t.lab.killHost(t.driver);

