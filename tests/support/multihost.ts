@@ -35,14 +35,13 @@ export interface TrainingLab {
 
 /**
  * A lab with a driver host `drv` and GPU hosts `gpu1..gpuN`, a nats-server on each, and a node on
- * the first `nodes` GPU hosts (default all). `serverLines` adds config lines to every server.
+ * the first `nodes` GPU hosts (default all).
  */
 export async function startTrainingLab(
   tag: string,
   gpuHosts: number,
   options: {
     nodes?: number;
-    serverLines?: (h: Host) => string[];
     /** The servers' client auth block, given the user and password (default: that one user). */
     auth?: (user: string, pass: string) => string[];
     /** Lines inside every server's `cluster {}` block (route TLS). */
@@ -79,7 +78,6 @@ export async function startTrainingLab(
           ...options.clusterLines ?? [],
         ],
         routeLogin: `route:${routePass}`,
-        extra: options.serverLines,
       },
     );
   } catch (e) {
