@@ -6,6 +6,7 @@
  */
 import { DomainError } from "../core/errors.ts";
 import { init, natsEnvCredentials, type System, type z } from "../runtime/mod.ts";
+import { replicateObjectStore } from "./store_replicas.ts";
 import type { EvalScore } from "../train/eval/score.ts";
 import { formatScoreTable } from "../train/eval/score.ts";
 import { FINETUNE_FLAGS, type FinetuneOptions, FlagError, METHODS } from "../train/cli/options.ts";
@@ -203,12 +204,22 @@ export interface JobIo {
  * Starts the local cluster (K node processes with one GPU slot each; one that dies is replaced,
  * so that its worker can restart on this host) or joins `--nats`.
  */
-export async function startSystem(o: FinetuneOptions): Promise<System> {
+export async function startSystem(
+  o: FinetuneOptions,
+  log: (line: string) => void = () => {},
+): Promise<System> {
   if (o.nats) {
     // Secrets come from the environment (NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED,
     // NATS_CREDS, NATS_TLS_*), as for `deno task node`, never from flags in `ps`; or from the
     // URL itself (`nats://user:pass@host`).
-    return await init({ nats: o.nats.split(","), ...natsEnvCredentials() });
+    const system = await init({ nats: o.nats.split(","), ...natsEnvCredentials() });
+    try {
+      await replicateObjectStore(system, o.storeReplicas, log);
+    } catch (e) {
+      await system.shutdown();
+      throw e;
+    }
+    return system;
   }
   // Without a real GPU, K lavapipe instances share the CPU: one thread each avoids oversubscribing.
   const threads = Deno.env.get("LP_NUM_THREADS") ??
@@ -335,7 +346,7 @@ export async function runFinetune(options: FinetuneOptions, io: JobIo): Promise<
   const recipe = describeRecipe(o, io.given);
   recipeLines(o, recipe).forEach((l) => io.log(l));
   await prepareOut(o);
-  const system = await startSystem(o);
+  const system = await startSystem(o, io.log);
   try {
     await io.onSystem?.(system);
     if (!o.compare) {

@@ -341,6 +341,7 @@ const CONFIG_KEYS = [
   "svd_niter",
   "svd_threads",
   "nats",
+  "store_replicas",
   "out",
   "overwrite",
   "save_dtype",

@@ -418,6 +418,22 @@ export const FINETUNE_FLAGS = defineFlags({
       help: "join an existing cluster (nats://, tls://, ws:// or wss://) instead of a private one",
       group: CLUSTER,
     },
+    "store-replicas": {
+      type: "custom",
+      parse: (raw: string, flag: string): number | "auto" => {
+        if (raw === "auto") return "auto";
+        if (!/^[1-5]$/.test(raw)) {
+          throw new FlagError(`--${flag} must be 1 to 5 or "auto", got ${raw}`, flag);
+        }
+        return Number(raw);
+      },
+      schema: z.union([z.literal("auto"), z.number().int().min(1).max(5)]),
+      default: "auto",
+      metavar: "N|auto",
+      help: "replicas of the object store (weights, checkpoints) on a --nats cluster; auto: 3 " +
+        "when the cluster has 3 or more JetStream servers, else 1 (the private cluster has one)",
+      group: CLUSTER,
+    },
     out: {
       type: "string",
       nonEmpty: true,
