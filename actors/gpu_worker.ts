@@ -333,6 +333,7 @@ export const GpuWorker = defineActor({
           seqLen: input.seqLen,
           maxMicroBatches: input.maxMicroBatches,
           recompute: settings.recompute,
+          weightsDtype: settings.weightsDtype,
           ...getMethod(settings.method).modelOptions(settings),
         });
         s.load = input;

@@ -6,6 +6,7 @@
  */
 import { DomainError } from "../core/errors.ts";
 import { init, natsEnvCredentials, type System, type z } from "../runtime/mod.ts";
+import { replicateObjectStore } from "./store_replicas.ts";
 import type { EvalScore } from "../train/eval/score.ts";
 import { formatScoreTable } from "../train/eval/score.ts";
 import { FINETUNE_FLAGS, type FinetuneOptions, FlagError, METHODS } from "../train/cli/options.ts";
@@ -171,6 +172,7 @@ async function planRun(
       maxMicroBatches: o.batchSize / (o.workers * o.microBatch),
       seqLen: o.seqLen,
       svd: o.svd,
+      weightsDtype: o.weightsDtype,
       limits,
     });
   for (const m of o.compare ? METHODS : [o.method]) checkMemoryPlan(planOf(m), limits);
@@ -202,12 +204,22 @@ export interface JobIo {
  * Starts the local cluster (K node processes with one GPU slot each; one that dies is replaced,
  * so that its worker can restart on this host) or joins `--nats`.
  */
-export async function startSystem(o: FinetuneOptions): Promise<System> {
+export async function startSystem(
+  o: FinetuneOptions,
+  log: (line: string) => void = () => {},
+): Promise<System> {
   if (o.nats) {
     // Secrets come from the environment (NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED,
     // NATS_CREDS, NATS_TLS_*), as for `deno task node`, never from flags in `ps`; or from the
     // URL itself (`nats://user:pass@host`).
-    return await init({ nats: o.nats.split(","), ...natsEnvCredentials() });
+    const system = await init({ nats: o.nats.split(","), ...natsEnvCredentials() });
+    try {
+      await replicateObjectStore(system, o.storeReplicas, log);
+    } catch (e) {
+      await system.shutdown();
+      throw e;
+    }
+    return system;
   }
   // Without a real GPU, K lavapipe instances share the CPU: one thread each avoids oversubscribing.
   const threads = Deno.env.get("LP_NUM_THREADS") ??
@@ -219,6 +231,35 @@ export async function startSystem(o: FinetuneOptions): Promise<System> {
     })),
     replaceNodes: true,
   });
+}
+
+/**
+ * A progress display of the adapter init (the SVDs), from the driver's `train.init` events of
+ * `job` ({done, total} after each matrix), while its setup runs. Returns the function that ends it.
+ */
+function showInitProgress(system: System, job: string, method: string, io: JobIo): () => void {
+  let progress: Progress | null = null;
+  let done = 0;
+  const stop = system.on((e) => {
+    if (e.type !== "app" || e.event.kind !== "train.init") return;
+    const d = e.event.data as { job?: unknown; done?: unknown; total?: unknown } | null;
+    if (d?.job !== job || !Number.isInteger(d.done) || !Number.isInteger(d.total)) return;
+    const total = d.total as number;
+    if (total < 1 || (d.done as number) > total || (progress && progress.total !== total)) return;
+    progress ??= new Progress({
+      total,
+      label: `${method} init: SVD`,
+      isTty: io.isTty,
+      out: io.progress,
+    });
+    // Events may arrive out of order: the count only goes up.
+    done = Math.max(done, d.done as number);
+    progress.update(done);
+  });
+  return () => {
+    stop();
+    progress?.done();
+  };
 }
 
 /** Runs one method's job on `system` and writes its folder. */
@@ -240,7 +281,8 @@ export async function runOne(
   });
   const long = { timeoutMs: 24 * 3600_000 };
   try {
-    const setup = await driver.setup({}, long);
+    const endInit = showInitProgress(system, job, o.method, io);
+    const setup = await driver.setup({}, long).finally(endInit);
     setup.log.forEach(io.log);
     io.log(
       `${o.method}: ${setup.totalSteps} steps on ${setup.devices.length} workers (${
@@ -304,7 +346,7 @@ export async function runFinetune(options: FinetuneOptions, io: JobIo): Promise<
   const recipe = describeRecipe(o, io.given);
   recipeLines(o, recipe).forEach((l) => io.log(l));
   await prepareOut(o);
-  const system = await startSystem(o);
+  const system = await startSystem(o, io.log);
   try {
     await io.onSystem?.(system);
     if (!o.compare) {

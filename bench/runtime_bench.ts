@@ -1,6 +1,7 @@
 // Actor runtime benchmark: call latency next to raw NATS request/reply (TCP and WebSocket),
-// calls per second (sequential and pipelined), and tensor throughput (one actor, broadcast to
-// four) next to raw NATS publish of the same bytes, all measured in the same run.
+// calls per second (sequential, pipelined, and with thousands in flight against a full mailbox:
+// flow control), and tensor throughput (one actor, broadcast to four) next to raw NATS publish
+// of the same bytes, all measured in the same run.
 //
 //   deno task bench runtime
 //
@@ -156,6 +157,53 @@ async function rawThroughput(
   return performance.now() - t;
 }
 
+/**
+ * `callers` processes' worth of callers (systems joined by URL: each its own connection and
+ * flow control), each with `perCaller` calls in flight at once to one actor whose mailbox holds
+ * 1,024. Returns calls per second, the refusals along the way (each call held back and sent
+ * again), and the peak resident size of this process (the callers) over its size before.
+ */
+async function flowSoak(system: System, node: string, callers: number, perCaller: number) {
+  const server = system.server!;
+  const joined: System[] = [];
+  const actor = await system.spawn(BenchActor, {}, { node, mailbox: 1024 });
+  try {
+    for (let i = 0; i < callers; i++) {
+      joined.push(await init({ nats: server.url, ...server.credentials }));
+    }
+    const handles = joined.map((s) => s.handle(BenchActor, actor.ref));
+    await Promise.all(handles.map((h) => h.inc())); // each caller has found the actor
+    const refused0 = joined.reduce((x, s) => x + s.stats.refused, 0);
+    const before = Deno.memoryUsage().rss;
+    let peak = before;
+    const sampler = setInterval(() => peak = Math.max(peak, Deno.memoryUsage().rss), 20);
+    const t0 = performance.now();
+    try {
+      await Promise.all(
+        handles.map((h) =>
+          Promise.all(
+            Array.from({ length: perCaller }, () => h.inc(undefined, { timeoutMs: 120_000 })),
+          )
+        ),
+      );
+    } finally {
+      clearInterval(sampler);
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    peak = Math.max(peak, Deno.memoryUsage().rss);
+    const calls = callers * perCaller;
+    return {
+      rate: calls / seconds,
+      refused: (joined.reduce((x, s) => x + s.stats.refused, 0) - refused0) / calls,
+      peakMiB: peak / MiB,
+      growthMiB: (peak - before) / MiB,
+    };
+  } finally {
+    for (const s of joined) await s.shutdown();
+    await system.stop(actor);
+  }
+}
+
 export async function run(report: Report) {
   const system = await init({ nodes: 4 });
   const extra: System[] = [];
@@ -236,6 +284,16 @@ export async function run(report: Report) {
       value: Math.round(pipeN / ((performance.now() - t) / 1000)),
       unit: "calls/s",
     });
+
+    // Flow control: thousands of calls in flight against a mailbox of 1,024.
+    for (const callers of [1, 10]) {
+      const f = await flowSoak(system, n1, callers, 5000);
+      const label = `${callers} × 5,000 calls in flight, mailbox 1,024`;
+      report({ name: `actor calls/s, ${label}`, value: Math.round(f.rate), unit: "calls/s" });
+      report({ name: `calls refused and sent again, ${label}`, value: 100 * f.refused, unit: "%" });
+      report({ name: `callers' peak resident size, ${label}`, value: f.peakMiB, unit: "MiB" });
+      report({ name: `callers' resident growth, ${label}`, value: f.growthMiB, unit: "MiB" });
+    }
 
     // Tensor throughput: 64 MiB to one actor, next to raw publish of the same bytes.
     const data = new Float32Array(16 * MiB);

@@ -5,7 +5,7 @@
 //   deno task chat --model DIR [--max-new-tokens N --temperature T --seed S]
 import { defineFlags } from "../cli/flags.ts";
 import { GREEDY, type SamplingParams } from "../model/sampling.ts";
-import { InferenceSession } from "../infer/session.ts";
+import { InferenceSession, WEIGHTS_DTYPE_FLAG } from "../infer/session.ts";
 import type { ChatMessage } from "../train/data/chat.ts";
 
 const FLAGS = defineFlags({
@@ -17,11 +17,12 @@ const FLAGS = defineFlags({
     "max-new-tokens": { type: "int", min: 1, default: null, help: "per reply" },
     temperature: { type: "number", min: 0, default: null, help: "0 is greedy" },
     seed: { type: "int", min: 0, default: 0, help: "seed of the sampler" },
+    "weights-dtype": WEIGHTS_DTYPE_FLAG,
   },
 });
 
 const { options: o } = FLAGS.main();
-const session = await InferenceSession.open(o.model);
+const session = await InferenceSession.open(o.model, { weightsDtype: o.weightsDtype });
 const enc = new TextEncoder();
 const out = (s: string) => Deno.stdout.writeSync(enc.encode(s));
 const d = session.defaults;

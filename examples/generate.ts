@@ -6,7 +6,7 @@
 //   deno task generate --model models/base --prompts prompts.jsonl   # {"prompt": "..."} lines
 import { defineFlags, FlagError } from "../cli/flags.ts";
 import { GREEDY, type SamplingParams } from "../model/sampling.ts";
-import { InferenceSession } from "../infer/session.ts";
+import { InferenceSession, WEIGHTS_DTYPE_FLAG } from "../infer/session.ts";
 
 const FLAGS = defineFlags({
   name: "generate",
@@ -44,6 +44,7 @@ const FLAGS = defineFlags({
       help: "a stop string (repeatable)",
     },
     "batch-size": { type: "int", min: 1, default: 64, help: "prompts decoded together" },
+    "weights-dtype": WEIGHTS_DTYPE_FLAG,
   },
   check(o) {
     if ((o.prompt === null) === (o.prompts === null)) {
@@ -70,7 +71,7 @@ async function readPrompts(path: string): Promise<string[]> {
 async function main(): Promise<void> {
   const { options: o } = FLAGS.main();
   const texts = o.prompt !== null ? [o.prompt] : await readPrompts(o.prompts!);
-  const session = await InferenceSession.open(o.model);
+  const session = await InferenceSession.open(o.model, { weightsDtype: o.weightsDtype });
   try {
     const d = session.defaults;
     const wantsSample = o.sample || o.temperature !== null || o.topK !== null || o.topP !== null;

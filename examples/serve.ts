@@ -8,7 +8,7 @@
 //     [--max-batch 8]
 import { defineFlags } from "../cli/flags.ts";
 import { serve } from "../infer/server.ts";
-import { DEFAULT_MAX_BATCH, InferenceSession } from "../infer/session.ts";
+import { DEFAULT_MAX_BATCH, InferenceSession, WEIGHTS_DTYPE_FLAG } from "../infer/session.ts";
 
 const FLAGS = defineFlags({
   name: "serve",
@@ -39,6 +39,7 @@ const FLAGS = defineFlags({
       defaultText: "the folder's name",
       help: "the model's name in requests",
     },
+    "weights-dtype": WEIGHTS_DTYPE_FLAG,
   },
 });
 
@@ -48,7 +49,10 @@ if (!["127.0.0.1", "localhost", "::1"].includes(o.host) && apiKey === null) {
   console.error(`error: serving on ${o.host} needs an API key (--api-key or HD_PISSA_API_KEY)`);
   Deno.exit(1);
 }
-const session = await InferenceSession.open(o.model, { maxBatch: o.maxBatch });
+const session = await InferenceSession.open(o.model, {
+  maxBatch: o.maxBatch,
+  weightsDtype: o.weightsDtype,
+});
 const modelId = o.modelId ?? o.model.replace(/\/+$/, "").split("/").at(-1)!;
 const server = serve(session, {
   hostname: o.host,

@@ -23,10 +23,13 @@ import {
   type RecorderHost,
   type RecordOptions,
 } from "./recorder.ts";
+import { type HalfType, halfWords } from "./half.ts";
 import {
   type Allocation,
   type DType,
+  dtypeBytes,
   GpuTensor,
+  isHalf,
   numel,
   rowBlockCounts,
   type RowParts,
@@ -163,7 +166,7 @@ export class Gpu {
   /** A tensor from the pool; its contents are undefined until written. */
   tensor(shape: readonly number[], dtype: DType = "f32", label = ""): GpuTensor {
     this.check();
-    const bytes = numel(shape) * 4;
+    const bytes = dtypeBytes(dtype, numel(shape));
     if (bytes > this.limits.maxStorageBufferBindingSize) {
       throw new GpuShapeError(
         `tensor ${label} [${shape.join(", ")}] needs ${bytes} bytes, over the device's ` +
@@ -207,15 +210,46 @@ export class Gpu {
   }
 
   /**
-   * A [rows, cols] f32 matrix as row blocks each within the binding limit (one part when the
-   * whole fits). `data` null gives zeros.
+   * A new 16-bit tensor holding the elements whose bits are `halves` (see gpu/half.ts; an odd
+   * count is padded to a whole word).
    */
-  uploadRows(data: Float32Array | null, rows: number, cols: number, label = ""): RowParts {
+  uploadHalf(
+    halves: Uint16Array,
+    dtype: HalfType,
+    shape: readonly number[] = [halves.length],
+    label = "",
+  ): GpuTensor {
+    const t = this.tensor(shape, dtype, label);
+    try {
+      this.write(t, halves);
+    } catch (e) {
+      this.release(t);
+      throw e;
+    }
+    return t;
+  }
+
+  /**
+   * A [rows, cols] matrix as row blocks each within the binding limit (one part when the whole
+   * fits). `data` null gives zeros; f32 values for an f32 matrix, element bits (Uint16Array) for
+   * a bf16/f16 one.
+   */
+  uploadRows(
+    data: Float32Array | Uint16Array | null,
+    rows: number,
+    cols: number,
+    label = "",
+    dtype: "f32" | HalfType = "f32",
+  ): RowParts {
+    if (data && (data instanceof Uint16Array) !== isHalf(dtype)) {
+      throw new GpuShapeError(`uploadRows: ${data.constructor.name} data for a ${dtype} matrix`);
+    }
     const counts = rowBlockCounts(
       rows,
       cols,
       this.limits.maxStorageBufferBindingSize,
       this.limits.minStorageBufferOffsetAlignment,
+      dtype,
     );
     if (data && data.length !== rows * cols) {
       throw new GpuShapeError(`uploadRows: ${data.length} values do not fit [${rows}, ${cols}]`);
@@ -226,10 +260,13 @@ export class Gpu {
     try {
       for (const n of counts) {
         const name = counts.length > 1 ? `${label} rows ${r}..${r + n}` : label;
+        const block = data?.subarray(r * cols, (r + n) * cols);
         parts.push(
-          data
-            ? this.upload(data.subarray(r * cols, (r + n) * cols), [n, cols], name)
-            : this.zeros([n, cols], "f32", name),
+          block instanceof Uint16Array
+            ? this.uploadHalf(block, dtype as HalfType, [n, cols], name)
+            : block
+            ? this.upload(block, [n, cols], name)
+            : this.zeros([n, cols], dtype, name),
         );
         starts.push(r);
         r += n;
@@ -241,15 +278,28 @@ export class Gpu {
     return { rows, cols, label, parts, starts, counts };
   }
 
-  /** Overwrites all of `t` with `data` (same length and dtype). */
-  write(t: GpuTensor, data: Float32Array | Int32Array): void {
+  /**
+   * Overwrites all of `t` with `data` (same length and dtype; a bf16/f16 tensor takes its
+   * elements' bits as a Uint16Array).
+   */
+  write(t: GpuTensor, data: Float32Array | Int32Array | Uint16Array): void {
     this.check();
     this.#checkOwned("write", t);
-    const dtype: DType = data instanceof Int32Array ? "i32" : "f32";
-    if (data.length !== t.size || dtype !== t.dtype) {
-      throw new GpuShapeError(
-        `write: ${data.length} ${dtype} values do not fit ${t.describe()}`,
-      );
+    const kind = data instanceof Int32Array
+      ? "i32"
+      : data instanceof Uint16Array
+      ? "16-bit"
+      : "f32";
+    const fits = data instanceof Uint16Array ? isHalf(t.dtype) : kind === t.dtype;
+    if (data.length !== t.size || !fits) {
+      throw new GpuShapeError(`write: ${data.length} ${kind} values do not fit ${t.describe()}`);
+    }
+    if (data instanceof Uint16Array && (data.length % 2 !== 0 || data.byteOffset % 4 !== 0)) {
+      // writeBuffer moves whole words: pad the last one (its high half is zero).
+      const words = new Uint32Array(halfWords(data.length));
+      new Uint16Array(words.buffer).set(data);
+      this.device.queue.writeBuffer(t.buffer, t.offset, words);
+      return;
     }
     this.device.queue.writeBuffer(t.buffer, t.offset, data as unknown as BufferSource);
   }
@@ -266,9 +316,9 @@ export class Gpu {
     return (await this.readMany([t]))[0];
   }
 
-  /** Copies `t` (an f32 tensor) back to the host. */
+  /** Copies `t` (an f32 tensor, or a bf16/f16 one as exact f32 values) back to the host. */
   async readF32(t: GpuTensor): Promise<Float32Array> {
-    if (t.dtype !== "f32") throw new GpuShapeError(`readF32: ${t.describe()} is not f32`);
+    if (t.dtype === "i32") throw new GpuShapeError(`readF32: ${t.describe()} is not f32`);
     return (await this.read(t)) as Float32Array;
   }
 

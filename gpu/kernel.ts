@@ -18,6 +18,18 @@
  * The header is a pure function of the declaration (names and types in declaration order), so
  * the pipeline cache, keyed by source, compiles each distinct kernel once.
  *
+ * Element access: for a `f32`, `vec4<f32>`, `bf16` or `f16` binding `X` that the body uses
+ * through them (or any bf16/f16 binding), the header also defines `X_at(i) -> f32` (element i)
+ * and, except for plain f32, `X_at4(i) -> vec4<f32>` (elements i..i+3; i a multiple of 4 for
+ * vec4<f32>, even for 16-bit); a kernel that indexes its arrays directly gets no extra code. A
+ * body written with these
+ * accessors runs unchanged on f32 and on packed 16-bit tensors (bf16/f16 are stored two per u32
+ * word, gpu/half.ts, so no shader-f16 extension is needed): the element type is a parameter of
+ * the generated header, not of the body. A `read_write` 16-bit binding also gets
+ * `X_store2(word, lo, hi)`, which writes two elements rounded to nearest even (the same bits as
+ * the host's rounding); an invocation must own whole words, as two invocations writing the two
+ * halves of one word would race.
+ *
  * A kernel with loops also declares `loopBound(params)`: the most loop passes one invocation
  * can run for those parameters. The recorder refuses a dispatch whose bound exceeds
  * `MAX_INVOCATION_LOOP` (see there).
@@ -43,8 +55,11 @@ export type ParamType = "u32" | "i32" | "f32";
 /** How a kernel uses a storage binding (WGSL's access mode). */
 export type Access = "read" | "read_write";
 
-/** Element type of a storage binding's `array<…>`. */
-export type ElementType = "f32" | "i32" | "vec4<f32>";
+/**
+ * Element type of a storage binding: `array<f32>`, `array<i32>`, `array<vec4<f32>>`, or 16-bit
+ * floats packed two per `array<u32>` word (bf16, f16; see the module doc).
+ */
+export type ElementType = "f32" | "i32" | "vec4<f32>" | "bf16" | "f16";
 
 /**
  * A storage binding: `"<access> <element type>"`, e.g. `"read f32"`, `"read_write i32"`. A
@@ -202,6 +217,8 @@ const ELEMENTS: Readonly<Record<ElementType, DType>> = {
   "f32": "f32",
   "i32": "i32",
   "vec4<f32>": "f32",
+  "bf16": "bf16",
+  "f16": "f16",
 };
 /** Names the generated header uses itself. */
 const RESERVED = new Set(["p", "Params"]);
@@ -217,11 +234,11 @@ export function hasLoop(wgsl: string): boolean {
 }
 
 function parseBinding(kernel: string, name: string, type: string) {
-  const m = /^(read|read_write) (f32|i32|vec4<f32>)(\?)?$/.exec(type);
+  const m = /^(read|read_write) (f32|i32|vec4<f32>|bf16|f16)(\?)?$/.exec(type);
   if (!m) {
     throw declError(
       kernel,
-      `binding ${name}: '${type}' is not '<read|read_write> <f32|i32|vec4<f32>>[?]'`,
+      `binding ${name}: '${type}' is not '<read|read_write> <f32|i32|vec4<f32>|bf16|f16>[?]'`,
     );
   }
   return { access: m[1] as Access, element: m[2] as ElementType, optional: m[3] === "?" };
@@ -272,7 +289,7 @@ export function kernelInterface<P extends ParamDecls, B extends BindingDecls>(
     paramIndex: new Map(params.map((q, i) => [q.name, i])),
     bindingIndex: new Map(bindings.map((b, i) => [b.name, i])),
     paramBytes: Math.max(16, Math.ceil((params.length * 4) / 16) * 16),
-    code: kernelHeader(params, bindings) + decl.body,
+    code: kernelHeader(params, bindings, decl.body) + decl.body,
     loopBound: (decl.loopBound as KernelInterface["loopBound"] | undefined) ?? null,
   };
 }
@@ -280,11 +297,13 @@ export function kernelInterface<P extends ParamDecls, B extends BindingDecls>(
 /**
  * The WGSL header of a kernel: `struct Params` (one field per parameter, in order; a `pad`
  * field when there are none, as WGSL has no empty structs), `var<uniform> p: Params` at binding
- * 0, then each storage binding at 1, 2, ….
+ * 0, then each storage binding at 1, 2, …, then the element accessors (see the module doc) of
+ * the bindings `body` uses through them and of every bf16/f16 binding.
  */
 export function kernelHeader(
   params: readonly ParamInfo[],
   bindings: readonly Pick<BindingInfo, "name" | "access" | "element">[],
+  body?: string,
 ): string {
   const fields = params.length > 0 ? params.map((q) => `  ${q.name}: ${q.type},`) : ["  pad: u32,"];
   const lines = [
@@ -293,11 +312,103 @@ export function kernelHeader(
     "}",
     "@group(0) @binding(0) var<uniform> p: Params;",
     ...bindings.map((b, i) =>
-      `@group(0) @binding(${i + 1}) var<storage, ${b.access}> ${b.name}: array<${b.element}>;`
+      `@group(0) @binding(${i + 1}) var<storage, ${b.access}> ${b.name}: ` +
+      `array<${isPacked(b.element) ? "u32" : b.element}>;`
     ),
   ];
+  if (bindings.some((b) => isPacked(b.element) && b.access === "read_write")) {
+    lines.push(ROUND_HALF_WGSL);
+  }
+  for (const b of bindings) {
+    const used = body !== undefined && new RegExp(`\\b${b.name}_at4?\\(`).test(body);
+    if (isPacked(b.element) || used) lines.push(...accessors(b.name, b.element, b.access));
+  }
   return lines.join("\n") + "\n";
 }
+
+function isPacked(e: ElementType): e is "bf16" | "f16" {
+  return e === "bf16" || e === "f16";
+}
+
+/** The element accessors of one binding (see the module doc). */
+function accessors(name: string, element: ElementType, access: Access): string[] {
+  const x = name;
+  switch (element) {
+    case "f32":
+      return [`fn ${x}_at(i: u32) -> f32 { return ${x}[i]; }`];
+    case "vec4<f32>":
+      return [
+        `fn ${x}_at(i: u32) -> f32 { return ${x}[i >> 2u][i & 3u]; }`,
+        `fn ${x}_at4(i: u32) -> vec4<f32> { return ${x}[i >> 2u]; }`,
+      ];
+    case "bf16": {
+      // A bf16 is the top half of an f32: moving its bits up gives the exact f32.
+      const out = [
+        `fn ${x}_at(i: u32) -> f32 {`,
+        `  let w = ${x}[i >> 1u];`,
+        `  return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u));`,
+        `}`,
+        `fn ${x}_at4(i: u32) -> vec4<f32> {`,
+        `  let a = ${x}[i >> 1u];`,
+        `  let b = ${x}[(i >> 1u) + 1u];`,
+        `  return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xffff0000u, b << 16u, b & 0xffff0000u));`,
+        `}`,
+      ];
+      if (access === "read_write") {
+        out.push(
+          `fn ${x}_store2(w: u32, lo: f32, hi: f32) { ${x}[w] = bf16Bits(lo) | (bf16Bits(hi) << 16u); }`,
+        );
+      }
+      return out;
+    }
+    case "f16": {
+      // unpack2x16float is WGSL core (no shader-f16 extension); an f16 converts to f32 exactly.
+      const out = [
+        `fn ${x}_at(i: u32) -> f32 { return unpack2x16float(${x}[i >> 1u])[i & 1u]; }`,
+        `fn ${x}_at4(i: u32) -> vec4<f32> {`,
+        `  return vec4<f32>(unpack2x16float(${x}[i >> 1u]), unpack2x16float(${x}[(i >> 1u) + 1u]));`,
+        `}`,
+      ];
+      if (access === "read_write") {
+        out.push(
+          `fn ${x}_store2(w: u32, lo: f32, hi: f32) { ${x}[w] = f16Bits(lo) | (f16Bits(hi) << 16u); }`,
+        );
+      }
+      return out;
+    }
+    default:
+      return [];
+  }
+}
+
+/**
+ * f32 → bf16 / f16 bits, rounded to nearest even, in integer arithmetic so that every device
+ * gives the host's bits (gpu/half.ts), as WGSL leaves the rounding of f32→f16 conversions (and
+ * pack2x16float's out-of-range results) to the implementation.
+ */
+const ROUND_HALF_WGSL = /* wgsl */ `fn bf16Bits(x: f32) -> u32 {
+  let b = bitcast<u32>(x);
+  if ((b & 0x7f800000u) == 0x7f800000u && (b & 0x7fffffu) != 0u) { return 0x7fc0u; }
+  return ((b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u) & 0xffffu;
+}
+fn shiftRoundEven(m: u32, s: u32) -> u32 {
+  let q = m >> s;
+  let rem = m - (q << s);
+  let half = 1u << (s - 1u);
+  return select(q, q + 1u, rem > half || (rem == half && (q & 1u) == 1u));
+}
+fn f16Bits(x: f32) -> u32 {
+  let b = bitcast<u32>(x);
+  let sign = (b >> 16u) & 0x8000u;
+  let ex = (b >> 23u) & 0xffu;
+  let mant = b & 0x7fffffu;
+  if (ex == 0xffu) { return sign | select(0x7c00u, 0x7e00u, mant != 0u); }
+  let e = i32(ex) - 112;
+  if (e >= 31) { return sign | 0x7c00u; }
+  if (e >= 1) { return sign | ((u32(e) << 10u) + shiftRoundEven(mant, 13u)); }
+  if (ex == 0u || 126u - ex > 25u) { return sign; }
+  return sign | shiftRoundEven(mant | 0x800000u, 126u - ex);
+}`;
 
 /** The complete WGSL source of a declaration (header and body). */
 export function kernelSource<P extends ParamDecls, B extends BindingDecls>(

@@ -24,9 +24,20 @@ export {
   probeAdapter,
 } from "./device.ts";
 export {
+  f16BitsToNumber,
+  f32BitsToBf16,
+  f32BitsToF16,
+  type HalfType,
+  halfWords,
+  packHalf,
+  unpackHalf,
+} from "./half.ts";
+export {
   type Allocation,
   type DType,
+  dtypeBytes,
   GpuTensor,
+  isHalf,
   numel,
   rowBlockCounts,
   type RowParts,
@@ -80,3 +91,4 @@ export * from "./kernels/reduce.ts";
 export * from "./kernels/optimizer.ts";
 export * from "./kernels/hd_pissa.ts";
 export * from "./kernels/argmax.ts";
+export * from "./kernels/packed.ts";

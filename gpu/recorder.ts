@@ -25,7 +25,8 @@ import {
   type ParamDecls,
 } from "./kernel.ts";
 import type { CompiledKernel } from "./pipeline_cache.ts";
-import { type DType, GpuTensor } from "./tensor.ts";
+import { unpackHalf } from "./half.ts";
+import { type DType, GpuTensor, isHalf } from "./tensor.ts";
 
 /** Timing of one timed section (a kernel in profile mode, or a `timed` block). */
 export interface Section {
@@ -244,7 +245,8 @@ export class Recorder {
 
   /**
    * Schedules a copy of `t` as it is at this point of the stream; the promise resolves with the
-   * values once `submit` has completed (and rejects if the submit fails or is discarded).
+   * values once `submit` has completed (and rejects if the submit fails or is discarded). A
+   * bf16/f16 tensor resolves with its elements' exact f32 values.
    */
   read(t: GpuTensor): Promise<Float32Array | Int32Array> {
     this.#assertRecording();
@@ -326,7 +328,13 @@ export class Recorder {
       for (const r of this.#reads) {
         const bytes = r.staging.getMappedRange(0, r.tensor.bytes).slice(0);
         r.staging.unmap();
-        r.resolve(r.tensor.dtype === "i32" ? new Int32Array(bytes) : new Float32Array(bytes));
+        const dt = r.tensor.dtype;
+        r.resolve(
+          dt === "i32" ? new Int32Array(bytes) : isHalf(dt)
+            // 16-bit elements come back as their exact f32 values (checkpoints, checksums).
+            ? unpackHalf(new Uint32Array(bytes), r.tensor.size, dt)
+            : new Float32Array(bytes),
+        );
       }
       let sections: Section[] = [];
       let gpuMs: number | null = null;

@@ -3,9 +3,24 @@
  * @module
  */
 import { GpuShapeError } from "./errors.ts";
+import { type HalfType, halfWords } from "./half.ts";
 
-/** Element types the kernels read and write. Both are 4 bytes. */
-export type DType = "f32" | "i32";
+/**
+ * Element types the kernels read and write. f32 and i32 are 4 bytes; bf16 and f16 are 2 bytes,
+ * packed two per 32-bit word (gpu/half.ts): WGSL storage has no 16-bit type without the
+ * shader-f16 extension, which lavapipe lacks, so kernels read the words and unpack them.
+ */
+export type DType = "f32" | "i32" | HalfType;
+
+/** True for the packed 16-bit element types. */
+export function isHalf(dtype: DType): dtype is HalfType {
+  return dtype === "bf16" || dtype === "f16";
+}
+
+/** Bytes that `n` elements of `dtype` take on the device (16-bit ones rounded up to a word). */
+export function dtypeBytes(dtype: DType, n: number): number {
+  return isHalf(dtype) ? halfWords(n) * 4 : n * 4;
+}
 
 /** The device allocation behind one or more tensors (views share it). */
 export interface Allocation {
@@ -52,7 +67,7 @@ export class GpuTensor {
   ) {
     this.size = numel(shape);
     if (offset % 4 !== 0) throw new GpuShapeError(`tensor offset ${offset} is not a multiple of 4`);
-    if (offset + this.size * 4 > allocation.capacity) {
+    if (offset + dtypeBytes(dtype, this.size) > allocation.capacity) {
       throw new GpuShapeError(
         `tensor ${this.describe()} does not fit its buffer of ${allocation.capacity} bytes`,
       );
@@ -66,7 +81,7 @@ export class GpuTensor {
 
   /** Bytes covered by the tensor. */
   get bytes(): number {
-    return this.size * 4;
+    return dtypeBytes(this.dtype, this.size);
   }
 
   /** The same elements under another shape with the same element count. */
@@ -92,11 +107,18 @@ export class GpuTensor {
     ) {
       throw new GpuShapeError(`rows(${start}, ${count}) is outside ${this.describe()}`);
     }
+    // A packed view must start on a word: its first element is the low half of a word.
+    if (isHalf(this.dtype) && (start * rowSize) % 2 !== 0) {
+      throw new GpuShapeError(
+        `rows(${start}, ${count}) of ${this.describe()} starts inside a 32-bit word of two ` +
+          `${this.dtype} elements`,
+      );
+    }
     return new GpuTensor(
       this.allocation,
       [count, ...this.shape.slice(1)],
       this.dtype,
-      this.offset + start * rowSize * 4,
+      this.offset + (isHalf(this.dtype) ? start * rowSize * 2 : start * rowSize * 4),
       this.label,
     );
   }
@@ -123,8 +145,9 @@ export interface RowParts {
 }
 
 /**
- * Row counts of the blocks of a [rows, cols] f32 matrix under a binding limit of `maxBytes`
- * (each block's byte size a multiple of `align`, so parts could also be views of one buffer).
+ * Row counts of the blocks of a [rows, cols] matrix of `dtype` under a binding limit of
+ * `maxBytes` (each block's byte size a multiple of `align`, so parts could also be views of one
+ * buffer; for a 16-bit dtype that also makes every block start on a whole word).
  * @throws GpuShapeError when a single row is over the limit.
  */
 export function rowBlockCounts(
@@ -132,13 +155,15 @@ export function rowBlockCounts(
   cols: number,
   maxBytes: number,
   align = 256,
+  dtype: DType = "f32",
 ): number[] {
-  const rowBytes = cols * 4;
+  const rowBytes = cols * (isHalf(dtype) ? 2 : 4);
+  // A block of one row of a packed odd-length row is padded to a whole word.
   let per = Math.floor(maxBytes / rowBytes);
   while (per > 1 && (per * rowBytes) % align !== 0) per--;
-  if (per < 1) {
+  if (per < 1 || dtypeBytes(dtype, cols) > maxBytes) {
     throw new GpuShapeError(
-      `a row of ${cols} f32 (${rowBytes} bytes) is over the limit ${maxBytes}`,
+      `a row of ${cols} ${dtype} (${rowBytes} bytes) is over the limit ${maxBytes}`,
     );
   }
   const out: number[] = [];

@@ -12,7 +12,7 @@ import { z } from "zod";
 import { DomainError } from "../core/errors.ts";
 import { Gpu } from "../gpu/mod.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import { LlamaGpu } from "../model/llama.ts";
+import { LlamaGpu, WEIGHTS_DTYPES, type WeightsDtype } from "../model/llama.ts";
 import { loadModelFolder } from "../model/safetensors.ts";
 import {
   argmaxOf,
@@ -27,6 +27,17 @@ import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
 import { ChatFormat, type ChatMessage } from "../train/data/chat.ts";
 import { promptIds } from "../train/data/encode.ts";
 import { stopIdsOf } from "../train/eval/evaluate.ts";
+
+/**
+ * `--weights-dtype` of the inference programs (generate, chat, serve), declared once here: the
+ * model's matrices in bf16/f16 on the device halve their memory; compute stays f32.
+ */
+export const WEIGHTS_DTYPE_FLAG = {
+  type: "enum",
+  choices: WEIGHTS_DTYPES,
+  default: "f32",
+  help: "dtype of the weight matrices on the device (bf16/f16 halve their memory; f32 compute)",
+} as const;
 
 /**
  * A request the model cannot serve as asked: `reason` is OpenAI's error code for it (e.g.
@@ -109,7 +120,7 @@ export class InferenceSession {
    */
   static async open(
     dir: string,
-    opts: { gpu?: Gpu; maxBatch?: number } = {},
+    opts: { gpu?: Gpu; maxBatch?: number; weightsDtype?: WeightsDtype } = {},
   ): Promise<InferenceSession> {
     const maxBatch = opts.maxBatch ?? DEFAULT_MAX_BATCH;
     if (!Number.isInteger(maxBatch) || maxBatch < 1) {
@@ -126,6 +137,7 @@ export class InferenceSession {
         maxRows: 1,
         seqLen: 1,
         gradients: "none",
+        weightsDtype: opts.weightsDtype,
       });
       return new InferenceSession(
         dir,

@@ -7,55 +7,10 @@
  * @module
  */
 
-/** IEEE half-precision bits to a number (subnormals, infinities and NaN included). */
-export function f16BitsToNumber(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >>> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 0x1f) return frac === 0 ? sign * Infinity : NaN;
-  return sign * (1024 + frac) * 2 ** (exp - 25);
-}
-
-/** `m / 2^s` rounded to nearest, ties to even (`m` below 2^31, `s` from 1 to 31). */
-function shiftRoundEven(m: number, s: number): number {
-  const q = m >>> s;
-  const rem = m - q * 2 ** s;
-  const half = 2 ** (s - 1);
-  return rem > half || (rem === half && (q & 1) === 1) ? q + 1 : q;
-}
-
-/** The bits of an f32 (given as its 32 bits) rounded to bfloat16. */
-export function f32BitsToBf16(bits: number): number {
-  bits >>>= 0;
-  if ((bits & 0x7f800000) === 0x7f800000 && (bits & 0x7fffff) !== 0) return 0x7fc0;
-  // PyTorch's round_to_nearest_even: add 0x7fff plus the lowest kept bit, keep the top half.
-  // A carry out of the mantissa raises the exponent, and out of the largest finite value gives
-  // infinity, which is the correct rounding in both cases.
-  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
-}
-
-/** The bits of an f32 (given as its 32 bits) rounded to IEEE half precision. */
-export function f32BitsToF16(bits: number): number {
-  bits >>>= 0;
-  const sign = (bits >>> 16) & 0x8000;
-  const exp = (bits >>> 23) & 0xff;
-  const mant = bits & 0x7fffff;
-  if (exp === 0xff) return sign | (mant !== 0 ? 0x7e00 : 0x7c00);
-  const e = exp - 127 + 15; // the half's biased exponent, before rounding
-  if (e >= 0x1f) return sign | 0x7c00; // 2^16 and above
-  if (e >= 1) {
-    // Normal: 23 mantissa bits to 10. A carry into the exponent is the right result, up to
-    // 0x7c00 (infinity) for values from 65520 on.
-    return sign | ((e << 10) + shiftRoundEven(mant, 13));
-  }
-  // Subnormal half (or zero): the value in units of 2^-24 is m24 · 2^(exp - 126), rounded. The
-  // result may round up to 0x400, the smallest normal, whose bits are the same number.
-  if (exp === 0) return sign; // f32 zero or subnormal (below 2^-126): far below 2^-25
-  const shift = 126 - exp; // from 14 (exp 112) up
-  if (shift > 25) return sign; // below 2^-25 · (2 - 2^-23): rounds to zero
-  return sign | shiftRoundEven(mant | 0x800000, shift);
-}
+// The bit conversions live with the device's 16-bit tensors (gpu/half.ts), which round the same
+// way; checkpoints use them from here.
+export { f16BitsToNumber, f32BitsToBf16, f32BitsToF16 } from "../gpu/half.ts";
+import { f32BitsToBf16, f32BitsToF16 } from "../gpu/half.ts";
 
 /** The checkpoint dtypes this project writes. */
 export type FloatDtype = "F32" | "F16" | "BF16";

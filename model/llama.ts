@@ -29,6 +29,7 @@ import {
   fill,
   type Gpu,
   type GpuTensor,
+  isHalf,
   type Recorder,
   rmsnormForward,
   type RopeTable,
@@ -55,7 +56,7 @@ import {
   lmHeadName,
 } from "./llama_blocks.ts";
 import type { AdapterBuffers, AdapterScales, LinearScratch } from "./llama_linear.ts";
-import { LlamaParams } from "./llama_params.ts";
+import { halfBits, LlamaParams, WEIGHTS_DTYPES, type WeightsDtype } from "./llama_params.ts";
 import { ropeInvFreq } from "./rope.ts";
 import { LlamaInputError, LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
 import { generateGreedy, type GenerateOptions } from "./generate.ts";
@@ -67,6 +68,7 @@ export {
   LlamaWeightError,
 } from "./llama_errors.ts";
 export type { AdapterBuffers, AdapterScales } from "./llama_linear.ts";
+export { WEIGHTS_DTYPES, type WeightsDtype } from "./llama_params.ts";
 export type { GenerateOptions } from "./generate.ts";
 
 export interface LlamaGpuOptions {
@@ -97,6 +99,12 @@ export interface LlamaGpuOptions {
    * bits as without it; the cost is one more forward of every layer but the last. Default false.
    */
   recompute?: boolean;
+  /**
+   * The device dtype of the weight matrices (linears, embedding, lm_head): "f32" (default), or
+   * "bf16"/"f16", two per 32-bit word, converted exactly to f32 in the kernels (compute stays
+   * f32). Not with gradients "weights" (an optimizer needs an f32 W). See llama_params.ts.
+   */
+  weightsDtype?: WeightsDtype;
 }
 
 /** The options a model was built with, defaults filled in. */
@@ -108,6 +116,8 @@ export interface LlamaGpuSizes {
   readonly gradients: LlamaGpuOptions["gradients"];
   /** Layer activations recomputed in the backward (training only). */
   readonly recompute: boolean;
+  /** The device dtype of the weight matrices. */
+  readonly weightsDtype: WeightsDtype;
   readonly adapters?: { readonly targets: readonly LinearKind[]; readonly rank: number };
 }
 
@@ -335,6 +345,16 @@ export class LlamaGpu {
     if (options.recompute !== undefined && typeof options.recompute !== "boolean") {
       throw new LlamaOptionsError(`recompute must be a boolean, got ${options.recompute}`);
     }
+    const weightsDtype = options.weightsDtype ?? "f32";
+    if (!WEIGHTS_DTYPES.includes(weightsDtype)) {
+      throw new LlamaOptionsError(`weightsDtype must be f32, bf16 or f16, got ${weightsDtype}`);
+    }
+    if (weightsDtype !== "f32" && options.gradients === "weights") {
+      throw new LlamaOptionsError(
+        `weightsDtype ${weightsDtype} holds W in 16 bits; full-weight gradients need an f32 W ` +
+          `(the optimizer updates it in place)`,
+      );
+    }
     if (options.trainable && options.gradients !== "weights") {
       throw new LlamaOptionsError(`trainable applies only to gradients "weights"`);
     }
@@ -344,6 +364,7 @@ export class LlamaGpu {
     const params = LlamaParams.create(gpu, config, weights, {
       adapters: options.adapters,
       gradNames,
+      weightsDtype,
     });
     const held: GpuTensor[] = [];
     try {
@@ -354,6 +375,7 @@ export class LlamaGpu {
         headChunk: headChunkOf(gpu, config, options),
         gradients: options.gradients,
         recompute: options.gradients !== "none" && (options.recompute ?? false),
+        weightsDtype,
         adapters: options.adapters,
       }, held);
       // Surface an allocation failure here rather than at the first step.
@@ -620,7 +642,10 @@ export class LlamaGpu {
     return out;
   }
 
-  /** Overwrites one weight (queue-ordered before later submits). */
+  /**
+   * Overwrites one weight (queue-ordered before later submits). A 16-bit weight gets the values
+   * rounded to nearest even (an f16 overflow is refused with LlamaWeightError).
+   */
   writeWeight(name: string, data: Float32Array): void {
     this.#check();
     const r = this.#params.rowParts.get(name);
@@ -628,9 +653,14 @@ export class LlamaGpu {
     if (!(data instanceof Float32Array) || data.length !== size) {
       throw new LlamaWeightError(name, `"${name}" needs ${size} f32 values, got ${data?.length}`);
     }
-    if (!r) return this.gpu.write(this.weight(name), data);
+    const dtype = r ? r.parts[0].dtype : this.weight(name).dtype;
+    const values = isHalf(dtype) ? halfBits(name, data, dtype) : data;
+    if (!r) return this.gpu.write(this.weight(name), values);
     r.parts.forEach((t, i) =>
-      this.gpu.write(t, data.subarray(r.starts[i] * r.cols, (r.starts[i] + r.counts[i]) * r.cols))
+      this.gpu.write(
+        t,
+        values.subarray(r.starts[i] * r.cols, (r.starts[i] + r.counts[i]) * r.cols),
+      )
     );
   }
 

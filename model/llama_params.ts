@@ -2,9 +2,19 @@
  * The model's parameters on the device: every weight (Hugging Face names), the full-weight
  * gradient buffers of the trainable ones, and the adapter slots (A, B, g_A, g_B) of the adapted
  * linears. Weights are checked against the config before anything is uploaded.
+ *
+ * Weights dtype (`--weights-dtype`): every matrix (the linears, the embedding table, the
+ * lm_head) may be held in bf16 or f16 on the device, packed two per word (gpu/half.ts), which
+ * halves the largest term of the memory plan; the kernels convert each element to f32 exactly
+ * and compute in f32. The vectors (RMSNorm gains, biases) stay f32: they are a vanishing share
+ * of the bytes and their kernels stay as they are. A weight with a full-weight gradient stays
+ * f32 too (refused by `LlamaGpu.create`): an optimizer updating W in place needs an f32 W.
+ * Values are rounded to nearest even on upload; for a BF16/F16 checkpoint loaded at its own
+ * dtype that rounding is exact (the file's bits come back), and an f16 overflow (|w| > 65504)
+ * is refused naming the tensor rather than turned into an infinity.
  * @module
  */
-import type { Gpu, GpuTensor, RowParts } from "../gpu/mod.ts";
+import { type Gpu, type GpuTensor, type HalfType, packHalf, type RowParts } from "../gpu/mod.ts";
 import {
   adaptableLinears,
   checkConfigAgainstTensors,
@@ -15,9 +25,31 @@ import {
 import type { HostTensor } from "./safetensors.ts";
 import type { AdapterBuffers } from "./llama_linear.ts";
 import { LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
+import { heldInWeightsDtype, WEIGHTS_DTYPES, type WeightsDtype } from "./weights_dtype.ts";
+
+export { heldInWeightsDtype, WEIGHTS_DTYPES, type WeightsDtype };
+
+/**
+ * A weight's f32 values as the element bits of `dtype`, rounded to nearest even.
+ * @throws LlamaWeightError naming the tensor when a finite value is out of the format's range
+ *   (f16: |w| > 65504, rounded to infinity otherwise).
+ */
+export function halfBits(name: string, data: Float32Array, dtype: HalfType): Uint16Array {
+  const words = packHalf(data, dtype, (i, v) => {
+    const limit = dtype === "f16" ? "65504" : "3.39e38";
+    throw new LlamaWeightError(
+      name,
+      `weight "${name}" element ${i} = ${v} is outside the ${dtype} range (|w| <= ${limit}); ` +
+        `use --weights-dtype ${dtype === "f16" ? "bf16 or " : ""}f32`,
+    );
+  });
+  return new Uint16Array(words.buffer, 0, data.length);
+}
 
 export interface ParamOptions {
   adapters?: { targets: readonly LinearKind[]; rank: number };
+  /** The matrices' device dtype (default f32; see the module doc). */
+  weightsDtype?: WeightsDtype;
   /** Names of the weights that get a gradient buffer. */
   gradNames: readonly string[];
 }
@@ -66,11 +98,14 @@ export class LlamaParams {
   readonly adapters = new Map<string, AdapterBuffers>();
   /** The adapter rank (0 without adapters). */
   readonly rank: number;
+  /** The matrices' device dtype. */
+  readonly weightsDtype: WeightsDtype;
   #gpu: Gpu;
 
-  private constructor(gpu: Gpu, rank: number) {
+  private constructor(gpu: Gpu, rank: number, weightsDtype: WeightsDtype) {
     this.#gpu = gpu;
     this.rank = rank;
+    this.weightsDtype = weightsDtype;
   }
 
   /** Validates, then uploads the weights and allocates gradients and zeroed adapter slots. */
@@ -94,16 +129,25 @@ export class LlamaParams {
         throw new LlamaOptionsError(`adapters: ${(e as Error).message}`);
       }
     }
-    const p = new LlamaParams(gpu, ad?.rank ?? 0);
+    const wd = options.weightsDtype ?? "f32";
+    if (!WEIGHTS_DTYPES.includes(wd)) {
+      throw new LlamaOptionsError(`weightsDtype must be f32, bf16 or f16, got ${wd}`);
+    }
+    const trained = new Set(options.gradNames);
+    const p = new LlamaParams(gpu, ad?.rank ?? 0, wd);
     try {
       const shapes = new Map(expectedTensors(config).map((s) => [s.name, s.shape]));
       for (const [name, shape] of shapes) {
         p.names.push(name);
-        const data = weights.get(name)!.data as Float32Array;
+        const f32 = weights.get(name)!.data as Float32Array;
+        const dtype = wd !== "f32" && heldInWeightsDtype(shape) && !trained.has(name) ? wd : "f32";
+        const data = dtype === "f32" ? f32 : halfBits(name, f32, dtype);
         if (ROW_SPLIT_NAMES.includes(name)) {
-          const parts = gpu.uploadRows(data, shape[0], shape[1], name);
+          const parts = gpu.uploadRows(data, shape[0], shape[1], name, dtype);
           p.rowParts.set(name, parts);
           if (parts.parts.length === 1) p.weights.set(name, parts.parts[0]);
+        } else if (data instanceof Uint16Array) {
+          p.weights.set(name, gpu.uploadHalf(data, dtype as HalfType, shape, name));
         } else {
           p.weights.set(name, gpu.upload(data, shape, name));
         }

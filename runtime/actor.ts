@@ -136,12 +136,24 @@ export type AnyActorDef = ActorDef<Schema, any, any, any>;
 
 /** Options of one call. */
 export interface CallOptions {
-  /** Default 30 000 ms. A call still queued at its deadline is dropped; a running one is aborted. */
+  /**
+   * Default 30 000 ms. A call still queued at its deadline is dropped; a running one is aborted;
+   * one still held back by this process (the mailbox stayed full) fails with MailboxFullError.
+   */
   timeoutMs?: number;
   /** Cancels the call (the caller gets CallCancelledError). */
   signal?: AbortSignal;
-  /** While the actor restarts, fail at once with ActorDiedError instead of waiting for it. */
+  /**
+   * Fail at once instead of waiting: while the actor restarts, with ActorDiedError; while its
+   * mailbox is full (the call would be held back), with MailboxFullError.
+   */
   failFast?: boolean;
+  /**
+   * Most calls this process may have pending to the actor (sent, or held back while its mailbox
+   * is full) when this call is made; past it the call fails at once with MailboxFullError.
+   * Default unlimited: held calls cost only their own memory.
+   */
+  maxPendingCalls?: number;
   /**
    * The method gives the same result when run twice (or its repeats are harmless): the call is
    * then sent again when a connection on its way reconnected, since the request or its reply

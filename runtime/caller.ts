@@ -6,7 +6,8 @@
  * reply subject `<inbox>.<callId>`. Pending calls are indexed by actor, so when the directory
  * learns that an incarnation ended (heartbeats stopped, or a down event) its pending calls fail
  * with ActorDiedError at once instead of waiting for their timeout. While an actor restarts,
- * new calls wait for it (up to their deadline) or fail at once with `failFast`.
+ * new calls wait for it (up to their deadline) or fail at once with `failFast`. While an actor's
+ * mailbox is full, calls to it are held back here and sent as room frees up (runtime/flow.ts).
  * @module
  */
 import { createInbox, type Msg, type NatsConnection, type Subscription } from "@nats-io/nats-core";
@@ -18,6 +19,8 @@ import {
   CallCancelledError,
   CallTimeoutError,
   FrameError,
+  InvalidArgumentError,
+  MailboxFullError,
   SystemClosedError,
   type WireError,
 } from "./errors.ts";
@@ -33,6 +36,7 @@ import {
 } from "./wire.ts";
 import { encodeFrame } from "./codec.ts";
 import { Deadlines } from "./deadlines.ts";
+import { Lane, type Ticket } from "./flow.ts";
 
 /** Default call timeout (docs/architecture.md §5). */
 export const DEFAULT_TIMEOUT_MS = 30_000;
@@ -58,6 +62,8 @@ export interface TrafficStats {
   bytesSent: number;
   bytesReceived: number;
   calls: number;
+  /** Calls an actor refused because its mailbox was full (then held back and sent again). */
+  refused: number;
 }
 
 /** Options of one request. */
@@ -70,6 +76,11 @@ export interface RequestOptions {
   errors?: readonly ErrorClass[];
   /** `<type>.<method>`, to name the call in a SchemaError. */
   where?: string;
+  /**
+   * Most calls this process may have pending to the actor (sent or held back) when this one is
+   * made; past it the call fails at once with MailboxFullError. Default unlimited.
+   */
+  maxPendingCalls?: number;
 }
 
 /** Sends calls and requests and routes their replies. */
@@ -81,7 +92,15 @@ export class Caller {
   readonly #inbox: FrameInbox;
   readonly #pending = new Map<number, Pending>();
   readonly #byActor = new Map<string, Set<Pending>>();
-  readonly stats: TrafficStats = { bytesSent: 0, bytesReceived: 0, calls: 0 };
+  /** Flow control of the calls to each actor, while any are pending. */
+  readonly #lanes = new Map<string, Lane>();
+  #epochs = 0;
+  readonly stats: TrafficStats = {
+    bytesSent: 0,
+    bytesReceived: 0,
+    calls: 0,
+    refused: 0,
+  };
   /** Call deadlines of this process (shared with the actors it hosts). */
   readonly deadlines = new Deadlines();
   #sub?: Subscription;
@@ -261,8 +280,40 @@ export class Caller {
     value: unknown,
     options: RequestOptions = {},
   ): Promise<unknown> {
+    if (this.#closed) throw new SystemClosedError("the system is shut down");
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
+    const max = options.maxPendingCalls;
+    if (max !== undefined && !(Number.isInteger(max) && max >= 1)) {
+      throw new InvalidArgumentError(`maxPendingCalls must be a positive integer, not ${max}`);
+    }
+    let lane = this.#lanes.get(id);
+    if (max !== undefined && (lane?.live ?? 0) >= max) throw new MailboxFullError(id, max);
+    if (!lane) {
+      const l = new Lane(() => ++this.#epochs, () => {
+        if (this.#lanes.get(id) === l) this.#lanes.delete(id);
+      });
+      this.#lanes.set(id, lane = l);
+    }
+    const t = lane.ticket();
+    try {
+      return await this.#call(id, method, value, options, lane, t, timeoutMs, deadline);
+    } finally {
+      lane.leave(t);
+      if (lane.idle && this.#lanes.get(id) === lane) this.#lanes.delete(id);
+    }
+  }
+
+  async #call(
+    id: string,
+    method: string,
+    value: unknown,
+    options: RequestOptions,
+    lane: Lane,
+    t: Ticket,
+    timeoutMs: number,
+    deadline: number,
+  ): Promise<unknown> {
     const what = {
       actor: id,
       method,
@@ -273,9 +324,19 @@ export class Caller {
     };
     this.stats.calls++;
     const started = Date.now();
+    const hold = () =>
+      lane.hold(
+        t,
+        (fail) => this.deadlines.add(deadline, fail),
+        // Never sent, or refused each time: never queued, up to the deadline.
+        () => new MailboxFullError(id, lane.capacity),
+        options.signal,
+        () => new CallCancelledError(id, method),
+      );
     for (;;) {
       const e = this.#dir.actor(id);
       if (!e) {
+        lane.release(t);
         // A ref can arrive (in a message) before the news of the actor's start: give the
         // directory a couple of heartbeats to catch up before calling it unknown.
         const until = Math.min(deadline, started + LOOKUP_GRACE_MS);
@@ -285,22 +346,38 @@ export class Caller {
       }
       if (e.state === "gone") throw new ActorDiedError(id, e.reason ?? "stopped", e.detail);
       if (e.state !== "up") {
+        lane.release(t);
         if (options.failFast) throw new ActorDiedError(id, e.reason ?? "node", "it is restarting");
         await this.#waitChange(id, deadline, what, options.signal);
         continue;
       }
+      if (e.info.mailbox !== undefined) lane.capacity = e.info.mailbox;
+      if (!lane.tryAdmit(t)) {
+        // Held back: the actor's mailbox was full lately, or calls made before this one are.
+        if (options.failFast) throw new MailboxFullError(id, lane.capacity);
+        await hold();
+        continue; // let out: look the actor up again, then send
+      }
       what.inc = e.info.inc;
       what.node = e.info.node;
       const remaining = Math.max(1, deadline - Date.now());
-      const o = await this.#exchange(
-        this.#subjects.actor(id),
-        { k: "call", m: method, t: remaining, i: e.info.inc },
-        value,
-        deadline,
-        what,
-        options.signal,
-      );
+      lane.sending(t);
+      let o: Outcome;
+      try {
+        o = await this.#exchange(
+          this.#subjects.actor(id),
+          { k: "call", m: method, t: remaining, i: e.info.inc, q: t.epoch },
+          value,
+          deadline,
+          what,
+          options.signal,
+        );
+      } catch (err) {
+        lane.returned(t, "other");
+        throw err;
+      }
       if (o.kind === "noresp") {
+        lane.returned(t, "other");
         // Not subscribed (yet or any more): the directory will learn why shortly.
         if (options.failFast) throw new ActorDiedError(id, "node", "it is not reachable");
         await this.#waitChange(
@@ -313,9 +390,23 @@ export class Caller {
         continue;
       }
       const meta = o.m.meta;
-      if (meta.k === "ok") return o.m.value;
+      if (meta.k === "ok") {
+        lane.returned(t, "answered");
+        return o.m.value;
+      }
       const w = meta.e as WireError | undefined;
+      if (w?.code === "MAILBOX_FULL") {
+        // Refused, so not queued: it goes back in line, ahead of every later call.
+        lane.returned(t, "refused");
+        this.stats.refused++;
+        lane.capacity = Number(w.data?.capacity);
+        if (options.failFast) throw errorOfReply(w, id, method, options.errors, options.where);
+        if (Date.now() >= deadline) throw new MailboxFullError(id, lane.capacity);
+        await hold(); // at once: the lane resumes only once it is back in line
+        continue;
+      }
       if (w?.code === "STALE_INCARNATION") {
+        lane.returned(t, "other");
         await this.#waitChange(
           id,
           Math.min(deadline, Date.now() + 100),
@@ -325,6 +416,7 @@ export class Caller {
         );
         continue;
       }
+      lane.returned(t, "answered");
       throw errorOfReply(w, id, method, options.errors, options.where);
     }
   }
@@ -384,6 +476,10 @@ export class Caller {
     for (const p of [...this.#pending.values()]) {
       p.reject(new SystemClosedError("the system is shut down"));
     }
+    for (const lane of this.#lanes.values()) {
+      lane.close(new SystemClosedError("the system is shut down"));
+    }
+    this.#lanes.clear();
     this.#inbox.clear();
     this.deadlines.clear();
   }

@@ -183,6 +183,7 @@ export class Host {
         node: this.#env.node,
         owner: req.owner,
         resources: req.resources,
+        mailbox: req.mailbox,
       };
       const inst = new ActorInstance(
         {

@@ -1,8 +1,11 @@
 /**
  * One running actor instance: its state, its bounded mailbox, one call at a time.
  *
- * Calls are queued in arrival order and run one after another. A full mailbox rejects at once.
- * Every call carries its timeout: a call still queued at its deadline is dropped, a running one
+ * Calls are queued in arrival order and run one after another. A full mailbox refuses a call at
+ * once, without queueing it, so its caller may send it again (runtime/flow.ts). To keep each
+ * caller's calls in order, a refusal also blocks that caller: every later call of it that carries
+ * the refused call's epoch (`q`) or an older one is refused too, room or not, until the caller
+ * sends under a newer epoch (the refused call first). Every call carries its timeout: a call still queued at its deadline is dropped, a running one
  * sees its `signal` abort and its late result is discarded. Stopping fails every queued call.
  * @module
  */
@@ -52,6 +55,10 @@ interface Call {
   done: boolean;
 }
 
+/** How long a caller's block is kept after its last refused call: its calls in flight arrive
+ * within milliseconds of each other, so only a caller that went away leaves one this old. */
+const BLOCK_KEEP_MS = 60_000;
+
 /** A hosted actor. */
 export class ActorInstance {
   readonly info: ActorInfo;
@@ -68,6 +75,9 @@ export class ActorInstance {
   #runningDone?: Promise<void>;
   #stopping = false;
   #calls = 0;
+  /** Callers (by reply inbox) refused lately: the epoch refused, and when last. */
+  readonly #blocked = new Map<string, { epoch: number; at: number }>();
+  #swept = 0;
 
   constructor(env: InstanceEnv, def: AnyActorDef, info: ActorInfo, mailbox: number) {
     this.#env = env;
@@ -145,7 +155,8 @@ export class ActorInstance {
     if (this.#stopping) {
       return this.#replyError(reply, new ActorDiedError(this.info.id, "stopped").toWire());
     }
-    if (this.#queue.length >= this.#mailbox) {
+    if (!this.#admits(reply, meta.q)) {
+      // Not queued: the caller may send it again, which is what flow control does.
       return this.#replyError(reply, new MailboxFullError(this.info.id, this.#mailbox).toWire());
     }
     this.#queue.push({
@@ -157,6 +168,30 @@ export class ActorInstance {
       done: false,
     });
     if (!this.#running) this.#runningDone = this.#drain();
+  }
+
+  /**
+   * Whether a call with reply subject `reply` and epoch `q` may be queued: there is room, and its
+   * caller is not blocked at that epoch. A refusal blocks the caller at the call's epoch.
+   */
+  #admits(reply: string, q: unknown): boolean {
+    const full = this.#queue.length >= this.#mailbox;
+    if (typeof q !== "number") return !full; // a caller without flow control
+    const caller = reply.slice(0, reply.lastIndexOf("."));
+    const now = Date.now();
+    const b = this.#blocked.get(caller);
+    if (b && q <= b.epoch) {
+      b.at = now;
+      return false;
+    }
+    if (b) this.#blocked.delete(caller);
+    if (!full) return true;
+    this.#blocked.set(caller, { epoch: q, at: now });
+    if (now - this.#swept > BLOCK_KEEP_MS / 4) {
+      this.#swept = now;
+      for (const [k, v] of this.#blocked) if (now - v.at > BLOCK_KEEP_MS) this.#blocked.delete(k);
+    }
+    return false;
   }
 
   async #drain() {

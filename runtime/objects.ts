@@ -5,7 +5,8 @@
  * get from any node. Every get is checked against the digest recorded at put time.
  * @module
  */
-import type { NatsConnection } from "@nats-io/nats-core";
+import { type NatsConnection, NoRespondersError, TimeoutError } from "@nats-io/nats-core";
+import { JetStreamApiError } from "@nats-io/jetstream";
 import { type ObjectStore as NatsObjectStore, Objm } from "@nats-io/obj";
 import { InvalidArgumentError, ObjectStoreError } from "./errors.ts";
 
@@ -24,6 +25,43 @@ export interface ObjectStoreOptions {
   storage?: "file" | "memory";
   /** Replicas in a JetStream cluster. Default 1. */
   replicas?: number;
+}
+
+/**
+ * How long an operation keeps trying while the bucket's stream has no leader. When the server
+ * that leads a replicated stream dies, the others elect a new leader within seconds; meanwhile
+ * requests time out or find no responder. Waiting it out is what makes the replicas worth having.
+ */
+const ELECTION_WAIT_MS = 30_000;
+
+/** JetStream's "temporarily unavailable" (no leader for the stream or the meta group yet). */
+const JS_UNAVAILABLE = 10008;
+
+/** A failure that a leader election explains, so trying again may succeed. */
+function transient(e: unknown): boolean {
+  for (let c: unknown = e; c instanceof Error; c = c.cause) {
+    if (c instanceof TimeoutError || c instanceof NoRespondersError) return true;
+    if (c instanceof JetStreamApiError && (c.code === JS_UNAVAILABLE || c.status === 503)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/**
+ * Runs `op`, again while it fails as during a leader election (a timeout, no responder,
+ * JetStream temporarily unavailable), until {@link ELECTION_WAIT_MS} have passed.
+ */
+export async function throughElections<T>(op: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + ELECTION_WAIT_MS;
+  for (;;) {
+    try {
+      return await op();
+    } catch (e) {
+      if (!transient(e) || Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
 }
 
 async function sha256(data: Uint8Array): Promise<string> {
@@ -50,12 +88,14 @@ export class ObjectStore {
       throw new InvalidArgumentError(`bucket name ${JSON.stringify(bucket)} is invalid`);
     }
     try {
-      const os = await new Objm(nc).create(
-        bucket,
-        {
-          storage: options.storage === "memory" ? "memory" : "file",
-          replicas: options.replicas ?? 1,
-        } as Parameters<Objm["create"]>[1],
+      const os = await throughElections(() =>
+        new Objm(nc).create(
+          bucket,
+          {
+            storage: options.storage === "memory" ? "memory" : "file",
+            replicas: options.replicas ?? 1,
+          } as Parameters<Objm["create"]>[1],
+        )
       );
       return new ObjectStore(os, bucket);
     } catch (e) {
@@ -75,20 +115,23 @@ export class ObjectStore {
     options: { description?: string } = {},
   ): Promise<ObjectEntry> {
     checkName(name);
-    const info = await this.#os.putBlob({ name, description: options.description }, data);
+    // Putting again replaces a half-written object: the new one rolls the old one up.
+    const info = await throughElections(() =>
+      this.#os.putBlob({ name, description: options.description }, data)
+    );
     return { name: info.name, size: info.size, digest: info.digest, mtime: info.mtime };
   }
 
   /** The bytes stored under `name`, verified against their SHA-256 digest. */
   async get(name: string): Promise<Uint8Array> {
     checkName(name);
-    const info = await this.#os.info(name);
+    const info = await throughElections(() => this.#os.info(name));
     if (!info || info.deleted) {
       throw new ObjectStoreError(`object ${name} not found in ${this.bucket}`);
     }
     let data: Uint8Array | null;
     try {
-      data = await this.#os.getBlob(name);
+      data = await throughElections(() => this.#os.getBlob(name));
     } catch (e) {
       throw new ObjectStoreError(`reading ${name} failed: ${(e as Error).message}`, { cause: e });
     }
@@ -105,14 +148,14 @@ export class ObjectStore {
   /** The entry of `name`, or undefined. */
   async info(name: string): Promise<ObjectEntry | undefined> {
     checkName(name);
-    const i = await this.#os.info(name);
+    const i = await throughElections(() => this.#os.info(name));
     if (!i || i.deleted) return undefined;
     return { name: i.name, size: i.size, digest: i.digest, mtime: i.mtime };
   }
 
   /** Every object in the bucket. */
   async list(): Promise<ObjectEntry[]> {
-    const all = await this.#os.list();
+    const all = await throughElections(() => this.#os.list());
     return all.filter((i) => !i.deleted).map((i) => ({
       name: i.name,
       size: i.size,

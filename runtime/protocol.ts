@@ -98,6 +98,11 @@ export const actorInfoSchema = z.object({
   /** Node (process) that spawned it and supervises it. */
   owner: z.string(),
   resources: resourcesSchema,
+  /**
+   * Its mailbox's capacity (absent from older nodes): a caller never has more of its calls out
+   * to it than fit, plus the running one (runtime/flow.ts).
+   */
+  mailbox: z.number().int().positive().optional(),
 });
 /** What a system knows about a running actor. */
 export type ActorInfo = z.infer<typeof actorInfoSchema>;

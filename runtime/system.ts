@@ -678,7 +678,8 @@ export class System {
 
   /**
    * Payload bytes this process has sent and received (calls and their replies, in both roles,
-   * and collectives; frames as encoded, without NATS protocol overhead), and calls it made.
+   * and collectives; frames as encoded, without NATS protocol overhead), calls it made, and how
+   * many times an actor refused one of them for a full mailbox (each then held back and resent).
    */
   get stats(): Readonly<TrafficStats> {
     return this.#caller.stats;

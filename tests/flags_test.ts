@@ -334,13 +334,16 @@ const CONFIG_KEYS = [
   "micro_batch",
   "seq_len",
   "recompute",
+  "weights_dtype",
   "epochs",
   "max_steps",
   "seed",
   "shuffle",
   "svd",
   "svd_niter",
+  "svd_threads",
   "nats",
+  "store_replicas",
   "out",
   "overwrite",
   "save_dtype",
@@ -388,6 +391,7 @@ Deno.test("finetune: report.json's config keys and the resume keys are as before
     "targets",
     "warmup_ratio",
     "weight_decay",
+    "weights_dtype",
     "workers",
   ]);
   assert.deepEqual(
@@ -415,6 +419,7 @@ Deno.test("finetune: the worker settings are the flags marked toWorkers, and pas
     "weightDecay",
     "clip",
     "recompute",
+    "weightsDtype",
     "device",
   ]);
   assert.equal(w.weightDecay, 0.1);

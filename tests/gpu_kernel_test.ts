@@ -82,7 +82,7 @@ Deno.test("kernel declaration: bad names and types fail when the kernel is defin
     // Types a caller bypassing the checker could pass.
     ["u64 parameter", () => defineKernel({ ...ok, params: { n: "u64" as never } })],
     ["write access", () => defineKernel({ ...ok, bindings: { x: "write f32" as never } })],
-    ["f16 element", () => defineKernel({ ...ok, bindings: { x: "read f16" as never } })],
+    ["f64 element", () => defineKernel({ ...ok, bindings: { x: "read f64" as never } })],
     // An optional binding needs a required binding of the same access to stand in for it.
     [
       "optional without stand-in",

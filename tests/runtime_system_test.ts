@@ -99,23 +99,26 @@ Deno.test("an embedded system with two node processes", async (t) => {
       await system.stop(c);
     });
 
-    await t.step("a full mailbox rejects at once with MailboxFullError", async () => {
-      const c = await system.spawn(Counter, { start: 0 }, { mailbox: 3 });
-      const busy = c.slow({ ms: 1500 });
-      await new Promise((r) => setTimeout(r, 300)); // let it start running
-      const settled = await Promise.allSettled(
-        Array.from({ length: 8 }, (_, i) => c.record({ i })),
-      );
-      const full = settled.filter((s) => s.status === "rejected");
-      const ok = settled.filter((s) => s.status === "fulfilled");
-      assert.equal(ok.length, 3, "exactly the mailbox's capacity was queued");
-      assert.equal(full.length, 5);
-      for (const f of full) {
-        assert.ok((f as PromiseRejectedResult).reason instanceof MailboxFullError);
-      }
-      assert.equal(await busy, "finished");
-      await system.stop(c);
-    });
+    await t.step(
+      "a full mailbox rejects failFast calls at once with MailboxFullError",
+      async () => {
+        const c = await system.spawn(Counter, { start: 0 }, { mailbox: 3 });
+        const busy = c.slow({ ms: 1500 });
+        await new Promise((r) => setTimeout(r, 300)); // let it start running
+        const settled = await Promise.allSettled(
+          Array.from({ length: 8 }, (_, i) => c.record({ i }, { failFast: true })),
+        );
+        const full = settled.filter((s) => s.status === "rejected");
+        const ok = settled.filter((s) => s.status === "fulfilled");
+        assert.equal(ok.length, 3, "exactly the mailbox's capacity was queued");
+        assert.equal(full.length, 5);
+        for (const f of full) {
+          assert.ok((f as PromiseRejectedResult).reason instanceof MailboxFullError);
+        }
+        assert.equal(await busy, "finished");
+        await system.stop(c);
+      },
+    );
 
     await t.step("timeouts: a running call is aborted, a queued one is dropped", async () => {
       const c = await system.spawn(Counter, { start: 0 });

@@ -1,8 +1,9 @@
 /**
  * A bounded soak: 64 concurrent callers against 3 actors with mailboxes of 8, for 8 rounds of
- * 6 400 calls. Every call must end in its own reply or a typed MailboxFullError, and each
- * actor's ledger must show that the calls it ran are exactly those that got a reply (none lost,
- * none run twice, none run after being refused).
+ * 6 400 calls, each with `failFast` (without it a caller holds calls back while a mailbox is full,
+ * and every call is answered: tests/runtime_flow_control_test.ts). Every call must end in its own
+ * reply or a typed MailboxFullError, and each actor's ledger must show that the calls it ran are
+ * exactly those that got a reply (none lost, none run twice, none run after being refused).
  *
  * Memory must stay flat. What is measured is the memory still referenced: the JS heap plus
  * ArrayBuffers after a full collection, in this process (the callers) and in each node (the
@@ -26,7 +27,7 @@ const PER_ROUND = 100; // calls per caller per round
 const BOUND_MIB = 4;
 const MiB = 1024 * 1024;
 
-Deno.test("soak: 64 callers, full mailboxes: every call answered or refused with a type, none lost or repeated, memory flat", async () => {
+Deno.test("soak: 64 callers, full mailboxes, failFast: every call answered or refused with a type, none lost or repeated, memory flat", async () => {
   const total = CALLERS * ROUNDS * PER_ROUND;
   const system = await init({ nodes: 2 });
   try {
@@ -56,7 +57,10 @@ Deno.test("soak: 64 callers, full mailboxes: every call answered or refused with
           const id = next++;
           const a = actors[(c + i) % ACTORS];
           try {
-            const got = await a.take({ id, ms: (id % 3) / 2 }, { timeoutMs: 60_000 });
+            const got = await a.take({ id, ms: (id % 3) / 2 }, {
+              timeoutMs: 60_000,
+              failFast: true,
+            });
             if (got !== id) unexpected.push(`call ${id} got the reply of ${got}`);
             replied[id]++;
           } catch (e) {

@@ -3,6 +3,7 @@ import { Rng } from "../core/rng.ts";
 import {
   orthonormalColumns,
   randomizedSvd,
+  type RandomizedSvdOptions,
   singularValues,
   svd,
   SvdError,
@@ -10,6 +11,13 @@ import {
   topSvd,
 } from "../train/linalg/svd.ts";
 import { knownSpectrumMatrix, svdAgreement } from "../train/linalg/svd_check.ts";
+import { SvdPool } from "../train/linalg/svd_pool.ts";
+import { adaptableLinears, LINEAR_KINDS } from "../model/config.ts";
+import { AdapterInitError } from "../train/methods/adapter_init.ts";
+import type { InitOptions } from "../train/methods/init.ts";
+import { randomizedSvdMatrices, randomizedSvdsAhead } from "../train/methods/init_svd.ts";
+import { getMethod } from "../train/methods/registry.ts";
+import { randomWeights, smallConfig } from "./support/model_gpu.ts";
 
 function randomMatrix(rng: Rng, m: number, n: number): Float64Array {
   return Float64Array.from({ length: m * n }, () => rng.normal());
@@ -287,7 +295,7 @@ Deno.test("svd: bad input is an SvdError", () => {
   assert.throws(() => topSvd(new Float64Array(12).fill(1), 3, 4, 0), SvdError);
 });
 
-Deno.test("randomized svd at 1024x3584 (float32, known spectrum): orthonormal and on the top subspace", () => {
+Deno.test("randomized svd at 1024x3584 (float32, known spectrum): orthonormal and on the top subspace", async () => {
   const m = 1024;
   const n = 3584;
   // A slow decay (σ_26/σ_16 ≈ 0.6, like real weights) and a fast one, where the float32 rounding
@@ -314,5 +322,199 @@ Deno.test("randomized svd at 1024x3584 (float32, known spectrum): orthonormal an
     );
     const again = randomizedSvd(truth.W, m, n, 16, { niter: 4, seed: 2 });
     assert.deepEqual(again.S, r.S);
+    // The pool splits every product by row panels: the same bits for any number of threads.
+    for (const threads of [2, 3]) {
+      using pool = new SvdPool({ threads });
+      assertSameBits(await pool.randomizedSvd(truth.W, m, n, 16, { niter: 4, seed: 2 }), r);
+    }
   }
+});
+
+/** Every entry of U, S and Vt has the same bits (−0 and +0 differ). */
+function assertSameBits(a: SvdResult, b: SvdResult, label = "") {
+  assert.deepEqual([a.m, a.n, a.k], [b.m, b.n, b.k], label);
+  for (const key of ["U", "S", "Vt"] as const) {
+    const x = new Uint32Array(a[key].buffer, a[key].byteOffset, a[key].length * 2);
+    const y = new Uint32Array(b[key].buffer, b[key].byteOffset, b[key].length * 2);
+    assert.equal(x.length, y.length, `${label} ${key} length`);
+    const i = x.findIndex((v, j) => v !== y[j]);
+    assert.equal(i, -1, `${label} ${key}[${i >> 1}]: ${a[key][i >> 1]} vs ${b[key][i >> 1]}`);
+  }
+}
+
+Deno.test("svd pool: the same bits as the single-threaded path with 1, 2 and 3 threads", async () => {
+  const rng = new Rng(4242);
+  // Odd shapes (rows not a multiple of the kernel's 4-row tile, fewer rows than threads·4),
+  // float32 and float64 storage, tall and wide, with and without power iterations.
+  const cases: [number, number, number, RandomizedSvdOptions, boolean][] = [
+    [203, 517, 13, { niter: 3, seed: 11 }, true],
+    [517, 203, 7, { niter: 2, seed: 12, oversample: 5 }, false],
+    [9, 301, 2, { niter: 1, seed: 13 }, true],
+    [130, 66, 64, { niter: 0, seed: 14, oversample: 3 }, false],
+  ];
+  const pools = [1, 2, 3].map((threads) => new SvdPool({ threads }));
+  try {
+    for (const [m, n, rank, options, f32] of cases) {
+      const A64 = randomMatrix(rng, m, n);
+      const A = f32 ? Float32Array.from(A64) : A64;
+      const one = randomizedSvd(A, m, n, rank, options);
+      assert.ok(orthoError(one.U, m, rank) < 1e-12, `${m}x${n}: U orthonormal`);
+      for (const pool of pools) {
+        // Several SVDs queued at once run one after the other, each with its own result.
+        const [r, rT] = await Promise.all([
+          pool.randomizedSvd(A, m, n, rank, options),
+          pool.randomizedSvd(transposeOf(A64, m, n), n, m, rank, options),
+        ]);
+        assertSameBits(r, one, `${m}x${n} rank ${rank}, ${pool.threads} threads`);
+        // A whole SVD on one of the pool's threads (several matrices at once) is the same too.
+        assertSameBits(
+          await pool.randomizedSvdOnOneThread(A, m, n, rank, options),
+          one,
+          `${m}x${n} rank ${rank} on one thread of ${pool.threads}`,
+        );
+        assertSameBits(
+          rT,
+          randomizedSvd(transposeOf(A64, m, n), n, m, rank, options),
+          `${n}x${m} (transposed), ${pool.threads} threads`,
+        );
+      }
+    }
+    // A plain array and a shared Rng are accepted as by randomizedSvd.
+    const B = Array.from(randomMatrix(rng, 40, 30));
+    assertSameBits(
+      await pools[1].randomizedSvd(B, 40, 30, 5, { rng: new Rng(8) }),
+      randomizedSvd(B, 40, 30, 5, { rng: new Rng(8) }),
+    );
+  } finally {
+    for (const pool of pools) pool.close();
+  }
+});
+
+Deno.test("svd pool: agrees with the exact SVD's top subspace (known spectrum, 384x1152)", async () => {
+  const m = 384, n = 1152, rank = 16;
+  const truth = knownSpectrumMatrix(m, n, Array.from({ length: m }, (_, i) => 0.9 ** i), 21);
+  const exact = svd(truth.W, m, n);
+  using pool = new SvdPool({ threads: 2 });
+  const r = await pool.randomizedSvd(truth.W, m, n, rank, { niter: 4, seed: 3 });
+  // The exact SVD as the reference: its own factors, not the ones W was built from.
+  const a = svdAgreement(r, {
+    W: truth.W,
+    U: exact.U,
+    V: transposeOf(exact.Vt, exact.k, n),
+    s: exact.S,
+  });
+  console.log(
+    `pool vs exact 384x1152 rank 16: orthonormality ${a.orthonormality.toExponential(1)}, ` +
+      `σ error ${a.singularValueError.toExponential(1)}, sin angles ` +
+      `${a.leftAngle.toExponential(1)} / ${a.rightAngle.toExponential(1)}`,
+  );
+  assert.ok(a.orthonormality < 1e-13, `orthonormality ${a.orthonormality}`);
+  // σ_16/σ_26 = 0.9^10 ≈ 0.35 per power step: 0.35^9 ≈ 1e-4 on the angles after 4 iterations.
+  assert.ok(a.singularValueError < 1e-6, `σ error ${a.singularValueError}`);
+  assert.ok(a.leftAngle < 1e-3 && a.rightAngle < 1e-3, `angles ${a.leftAngle}, ${a.rightAngle}`);
+  // And the exact SVD recovers the spectrum W was built with.
+  for (let i = 0; i < rank; i++) {
+    assert.ok(Math.abs(exact.S[i] - truth.s[i]) < 1e-12, `exact σ_${i} ${exact.S[i]}`);
+  }
+});
+
+Deno.test("svd pool: bad settings and a closed pool are SvdErrors", async () => {
+  assert.throws(() => new SvdPool({ threads: 0 }), SvdError);
+  assert.throws(() => new SvdPool({ threads: 1.5 }), SvdError);
+  const pool = new SvdPool({ threads: 2 });
+  try {
+    assert.equal(pool.threads, 2);
+    await assert.rejects(pool.randomizedSvd(new Float64Array(12).fill(1), 3, 4, 4), SvdError);
+    await assert.rejects(
+      pool.randomizedSvd([1, NaN, 2, 3], 2, 2, 1),
+      (e: unknown) => e instanceof SvdError && /NaN/.test(e.message),
+    );
+    await assert.rejects(
+      pool.randomizedSvdOnOneThread(new Float64Array(4).fill(1), 2, 2, 1, { rng: new Rng(1) }),
+      (e: unknown) => e instanceof SvdError && /seed/.test(e.message),
+    );
+    await assert.rejects(pool.randomizedSvdOnOneThread([1, 2, Infinity, 3], 2, 2, 1), SvdError);
+    // The pool still works after refusing bad input.
+    const A = randomMatrix(new Rng(1), 12, 10);
+    assertSameBits(await pool.randomizedSvd(A, 12, 10, 3), randomizedSvd(A, 12, 10, 3));
+  } finally {
+    pool.close();
+  }
+  await assert.rejects(
+    pool.randomizedSvd(new Float64Array(4).fill(1), 2, 2, 1),
+    (e: unknown) => e instanceof SvdError && /closed/.test(e.message),
+  );
+});
+
+Deno.test("adapter init: SVDs computed ahead on the pool give the walk's factors bit for bit", async () => {
+  const config = smallConfig({
+    hidden_size: 48,
+    intermediate_size: 80,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    vocab_size: 31,
+  });
+  const weights = randomWeights(config, new Rng(17));
+  const options: InitOptions = {
+    workers: 3,
+    rank: 4,
+    alpha: 8,
+    targets: [...LINEAR_KINDS],
+    svd: "randomized",
+    svdNiter: 2,
+    seed: 5,
+  };
+  const names = adaptableLinears(config, options.targets).map((l) => l.name);
+  assert.deepEqual(randomizedSvdMatrices(config, options), names);
+  // With the exact SVD for every matrix there is nothing to compute ahead.
+  assert.deepEqual(randomizedSvdMatrices(config, { ...options, svd: "exact" }), []);
+  // 2 threads: the 14 matrices one per thread; 3 threads: 12 so, then 2 split over the threads.
+  using pool = new SvdPool({ threads: 2 });
+  using pool3 = new SvdPool({ threads: 3 });
+  for (const [name, p] of [["hd-pissa", pool], ["pissa", pool], ["hd-pissa", pool3]] as const) {
+    const method = getMethod(name);
+    const components = method.svdComponents!(options);
+    assert.equal(components, name === "hd-pissa" ? 12 : 4);
+    const seen: string[] = [];
+    const svds = await randomizedSvdsAhead(
+      config,
+      weights,
+      options,
+      components,
+      p,
+      (e) => seen.push(`${e.done}/${e.total}`),
+    );
+    assert.deepEqual([...svds.keys()], names);
+    assert.deepEqual(seen, names.map((_, i) => `${i + 1}/${names.length}`));
+    const walk = method.init(config, weights, options);
+    const ahead = method.init(config, weights, { ...options, svds });
+    for (const n of names) {
+      const [a, b] = [walk.factors.get(n)!, ahead.factors.get(n)!];
+      assert.equal(a.length, b.length);
+      a.forEach((f, k) => {
+        assert.deepEqual(b[k].A, f.A, `${name} ${n} A_${k}`);
+        assert.deepEqual(b[k].B, f.B, `${name} ${n} B_${k}`);
+      });
+    }
+    assert.deepEqual(ahead.residuals, walk.residuals);
+  }
+  assert.equal(getMethod("lora").svdComponents, undefined);
+  // An SVD of another rank than the init takes is refused, not truncated silently.
+  const [first] = names;
+  const w = weights.get(first)!;
+  const r5 = await pool.randomizedSvd(w.data, w.shape[0], w.shape[1], 5);
+  assert.throws(
+    () => getMethod("pissa").init(config, weights, { ...options, svds: new Map([[first, r5]]) }),
+    (e: unknown) => e instanceof SvdError && /rank 5/.test(e.message),
+  );
+  // A weight that cannot be decomposed is named.
+  const bad = new Map(weights);
+  const broken = Float32Array.from(w.data);
+  broken[7] = NaN;
+  bad.set(first, { ...w, data: broken });
+  await assert.rejects(
+    randomizedSvdsAhead(config, bad, options, 4, pool),
+    (e: unknown) => e instanceof AdapterInitError && e.matrix === first,
+  );
 });

@@ -60,6 +60,8 @@ export class RunState {
   steps: DriverStep[] = [];
   /** Name in the object store of the current initial factors (kept for rollbacks). */
   factors = "";
+  /** Wall time of the adapter init (SVDs included), ms; null when the run resumed. */
+  initMs: number | null = null;
   recoveries = 0;
   /** Re-synchronisations of W from worker 0 (tolerant sync). */
   resyncs = 0;

@@ -116,6 +116,7 @@ export function runReport(
       compute_ms: sum((s) => s.compute_ms),
       comm_ms: sum((s) => s.comm_ms),
       update_ms: sum((s) => s.update_ms),
+      ...(state.initMs !== null ? { init_ms: state.initMs } : {}),
     },
     memory: {
       optimizer_floats_per_worker: fleet.optimizerFloats,

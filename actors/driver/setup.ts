@@ -32,6 +32,9 @@ import type { CheckpointState } from "../../train/checkpoint/checkpoint.ts";
 import { GpuWorker } from "../gpu_worker.ts";
 import type { WeightSource } from "../messages.ts";
 import { weightFileDigests } from "../../model/folder_digest.ts";
+import { defaultSvdThreads, SvdPool } from "../../train/linalg/svd_pool.ts";
+import { randomizedSvdMatrices, randomizedSvdsAhead } from "../../train/methods/init_svd.ts";
+import type { InitOptions } from "../../train/methods/init.ts";
 import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
 
 /** What a run reads once, in setup, and never changes. */
@@ -299,6 +302,29 @@ export class Fleet {
 }
 
 /**
+ * The randomized SVDs of the init, on a pool of `--svd-threads` threads (one per core by
+ * default), with a `train.init` event after each matrix for the progress display; none when the
+ * method needs no SVD or every matrix gets the exact one.
+ */
+async function svdsAhead(ctx: DriverContext, run: RunInputs, options: InitOptions) {
+  const components = ctx.method.svdComponents?.(ctx.o) ?? 0;
+  const total = randomizedSvdMatrices(run.config, options).length;
+  if (components === 0 || total === 0) return undefined;
+  const threads = ctx.o.svdThreads === 0 ? defaultSvdThreads() : ctx.o.svdThreads;
+  ctx.log(`randomized SVD of ${total} matrices on ${threads} threads`);
+  ctx.emit("init", { done: 0, total, ms: 0 });
+  using pool = new SvdPool({ threads });
+  return await randomizedSvdsAhead(
+    run.config,
+    run.baseWeights,
+    options,
+    components,
+    pool,
+    (p) => ctx.emit("init", { matrix: p.matrix, done: p.done, total: p.total, ms: p.ms }),
+  );
+}
+
+/**
  * Computes the method's initial factors from the base weights (docs/architecture.md §2), once,
  * puts them into the object store (kept for rollbacks) and sets up every worker from them.
  */
@@ -311,7 +337,8 @@ export async function initMethod(
   const o = ctx.o;
   const announce = ctx.method.initLog(run.config, o);
   if (announce) ctx.log(announce);
-  const init = ctx.method.init(run.config, run.baseWeights, {
+  const t0 = performance.now();
+  const options: InitOptions = {
     workers: o.workers,
     rank: o.rank,
     alpha: o.alpha,
@@ -319,7 +346,11 @@ export async function initMethod(
     svd: o.svd,
     svdNiter: o.svdNiter,
     seed: o.seed,
-  });
+  };
+  const svds = await svdsAhead(ctx, run, options);
+  const init = ctx.method.init(run.config, run.baseWeights, { ...options, svds });
+  state.initMs = performance.now() - t0;
+  ctx.log(`adapter init: ${(state.initMs / 1000).toFixed(1)} s`);
   const tensors = ctx.method.initToTensors(run.config, o, init);
   state.factors = `${ctx.job}.factors`;
   await (await ctx.system.objects()).put(state.factors, serializeSafetensors(tensors));

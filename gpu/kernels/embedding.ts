@@ -8,11 +8,15 @@
  * invocation loops over one token's positions: `maxRun + 1` loop passes, maxRun being the
  * largest count of one token in the batch (at most the batch's token count), so a batch may
  * repeat one token up to 65,534 times (see `MAX_INVOCATION_LOOP`).
+ *
+ * The forward reads the table through its generated accessor (`table_at`, gpu/kernel.ts), so a
+ * frozen bf16/f16 table (two elements per word) gathers its exact f32 values with the same
+ * kernel body; the backward writes an f32 gradient table, as gradients are always f32.
  * @module
  */
 import type { Gpu } from "../engine.ts";
 import { GpuShapeError } from "../errors.ts";
-import { defineKernel } from "../kernel.ts";
+import { defineKernel, defineKernelVariants } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { expect2d, expectShape, type GpuTensor, type RowParts } from "../tensor.ts";
 import { fill } from "./elementwise.ts";
@@ -20,10 +24,12 @@ import { FLAT_INDEX_WGSL, grid1d, NAN_WGSL } from "./grid.ts";
 
 const WG = 256;
 
-const FORWARD = defineKernel({
-  name: "embedding_forward",
+type TableType = "f32" | "bf16" | "f16";
+
+const FORWARD = defineKernelVariants((t: TableType) => ({
+  name: t === "f32" ? "embedding_forward" : `embedding_forward_${t}`,
   params: { T: "u32", H: "u32", V: "u32", row0: "i32", part: "u32" },
-  bindings: { y: "read_write f32", table: "read f32", tokens: "read i32" },
+  bindings: { y: "read_write f32", table: `read ${t}`, tokens: "read i32" },
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
 ${NAN_WGSL}
@@ -34,10 +40,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let tok = tokens[i / p.H] - p.row0;
   // A part of a row-split table leaves the rows of the other parts alone.
   if (tok < 0 || u32(tok) >= p.V) { if (p.part == 0u) { y[i] = nanF32(); } return; }
-  y[i] = table[u32(tok) * p.H + i % p.H];
+  y[i] = table_at(u32(tok) * p.H + i % p.H);
 }
 `,
-});
+} as const), (t) => t);
+
+/** The table's [V, H] and element type; throws GpuShapeError unless a 2-D float tensor. */
+function tableShape(what: string, t: GpuTensor): [number, number, TableType] {
+  if (t.shape.length !== 2 || t.dtype === "i32") {
+    throw new GpuShapeError(`${what}: expected a 2-D float tensor, got ${t.describe()}`);
+  }
+  return [t.shape[0], t.shape[1], t.dtype];
+}
 
 const BWD_WG = 64;
 
@@ -81,11 +95,11 @@ export function embeddingForward(
   table: GpuTensor,
   tokens: GpuTensor,
 ): void {
-  const [V, H] = expect2d("embedding table", table);
+  const [V, H, type] = tableShape("embedding table", table);
   const [T] = tokens.shape;
   expectShape("embedding tokens", tokens, [T], "i32");
   expectShape("embedding y", y, [T, H]);
-  rec.dispatch(FORWARD, {
+  rec.dispatch(FORWARD.variant(type), {
     bindings: { y, table, tokens },
     params: { T, H, V, row0: 0, part: 0 },
     grid: grid1d(T * H, WG),
@@ -109,10 +123,11 @@ export function embeddingForwardParts(
   expectShape("embedding y", y, [T, H]);
   fill(rec, y, NaN);
   table.parts.forEach((part, i) => {
-    expectShape("embedding table part", part, [table.counts[i], H]);
-    rec.dispatch(FORWARD, {
+    const [V, , type] = tableShape("embedding table part", part);
+    expectShape("embedding table part", part, [table.counts[i], H], type);
+    rec.dispatch(FORWARD.variant(type), {
       bindings: { y, table: part, tokens },
-      params: { T, H, V: table.counts[i], row0: table.starts[i], part: 1 },
+      params: { T, H, V, row0: table.starts[i], part: 1 },
       grid: grid1d(T * H, WG),
     });
   });

@@ -7,6 +7,11 @@
  * so that L·R = Σ_j ΔB_j A_j + (B_j+ΔB_j) ΔA_j = Σ_j (B_j+ΔB_j)(A_j+ΔA_j) − B_j A_j. L and R
  * are packed on the device by `blockCopy`, then one NN matmul of inner size 2Kr accumulates
  * into W; the inner sum runs over j = 1..K in order, so every worker gets the same bits.
+ *
+ * A bf16/f16 W (`--weights-dtype`): the product is formed in f32 and added to W with one
+ * rounding to nearest even per element and step (matmul's 16-bit C, gpu/kernels/packed.ts), in
+ * integer arithmetic, so the workers' W still agree bit for bit. The rounding error this adds
+ * over many steps is measured in tests/gpu_weights_dtype_test.ts (docs/architecture.md).
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
@@ -119,7 +124,10 @@ export interface AdapterSteps {
 
 /** Checks the K pairs against W and returns r. */
 function adapterRank(W: GpuTensor, pairs: readonly AdapterSteps[]): number {
-  const [out, inn] = expect2d("hdPissa W", W);
+  if (W.shape.length !== 2 || W.dtype === "i32") {
+    throw new GpuShapeError(`hdPissa W: expected a 2-D float tensor, got ${W.describe()}`);
+  }
+  const [out, inn] = W.shape;
   if (pairs.length === 0) throw new GpuShapeError("hdPissa: no adapter pairs");
   const [r] = expect2d("hdPissa A_1", pairs[0].A);
   pairs.forEach((q, j) => {
@@ -159,6 +167,8 @@ export interface HdPissaUpdateOptions {
   s: number;
   /** Matmul implementation override (tests). */
   variant?: MatmulOptions["variant"];
+  /** f32 [out, in] scratch for a 16-bit W (default: a recorder scratch, see matmul). */
+  scratch?: GpuTensor;
 }
 
 /**
@@ -178,5 +188,6 @@ export function hdPissaUpdate(
     alpha: Math.fround(options.c * options.s),
     beta: 1,
     variant: options.variant,
+    scratch: options.scratch,
   });
 }

@@ -26,6 +26,15 @@
  * - "tiled" (real GPUs, when M and N are at least 32): 64×64 output tiles per 16×16 workgroup,
  *   16-deep K slices staged in workgroup memory as vec4, 4×4 accumulators per invocation.
  *
+ * Weights in 16 bits: A and B may each be a bf16/f16 tensor (packed two per word, gpu/half.ts),
+ * e.g. a frozen W in `x·Wᵀ` and `dY·W`. The kernels read every operand through the generated
+ * accessors (`A_at`, `A_at4`, see gpu/kernel.ts), so the same kernel source serves every element
+ * type, and each value is converted to f32 exactly before the same f32 FMA chain: a product
+ * with a 16-bit W equals the f32 product with W's values. A 16-bit C (the HD-PiSSA update and
+ * the adapter merge, which change W) is computed in f32 into a scratch [M, N] and then added
+ * and rounded to nearest even once per element (`accumulatePacked`), so `W ← rnd(W + α·A·B)`
+ * is the f32 formula with one rounding, the same bits on every device.
+ *
  * Loop passes per invocation (see `MAX_INVOCATION_LOOP`): the register kernel runs ⌈K/step⌉ + 1
  * (step 4 when K % 4 == 0, else 1), the tiled kernel ⌈K/16⌉ + 1 (its constant loops are written
  * out), so K may reach 65,534 (262,136 with step 4) and 1,048,544 respectively; a larger K is
@@ -33,9 +42,10 @@
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
-import { defineKernel, defineKernelVariants } from "../kernel.ts";
+import { defineKernelVariants } from "../kernel.ts";
 import type { MatmulVariant, Recorder } from "../recorder.ts";
-import { expect2d, type GpuTensor } from "../tensor.ts";
+import { type GpuTensor, isHalf } from "../tensor.ts";
+import { accumulatePacked } from "./packed.ts";
 
 /** Operand layouts; the letters say whether A and B are used as stored (N) or transposed (T). */
 export type MatmulLayout = "NT" | "NN" | "TN";
@@ -53,6 +63,22 @@ export interface MatmulOptions {
    * warps).
    */
   registerWorkgroup?: 8 | 16 | 32 | 64;
+  /**
+   * f32 [M, N] scratch for a 16-bit C (see the module doc); default a recorder scratch, held
+   * until the submit. Callers updating many weights in one recording pass one per shape.
+   */
+  scratch?: GpuTensor;
+}
+
+/** The element type of a float operand (a 16-bit one is read through its accessors). */
+type Operand = "f32" | "bf16" | "f16";
+
+/** Throws GpuShapeError unless `t` is a 2-D float tensor (f32, bf16 or f16). */
+function floatMatrix(what: string, t: GpuTensor): [number, number] {
+  if (t.shape.length !== 2 || t.dtype === "i32") {
+    throw new GpuShapeError(`${what}: expected a 2-D float tensor, got ${t.describe()}`);
+  }
+  return [t.shape[0], t.shape[1]];
 }
 
 /** The logical problem: C(m,n) = α Σ_k A(m,k)·B(n,k) + β C(m,n), with element strides. */
@@ -67,9 +93,9 @@ interface Problem {
 }
 
 function problem(layout: MatmulLayout, c: GpuTensor, a: GpuTensor, b: GpuTensor): Problem {
-  const [cm, cn] = expect2d(`matmul${layout} C`, c);
-  const [a0, a1] = expect2d(`matmul${layout} A`, a);
-  const [b0, b1] = expect2d(`matmul${layout} B`, b);
+  const [cm, cn] = floatMatrix(`matmul${layout} C`, c);
+  const [a0, a1] = floatMatrix(`matmul${layout} A`, a);
+  const [b0, b1] = floatMatrix(`matmul${layout} B`, b);
   let p: Problem;
   if (layout === "NT") p = { M: a0, K: a1, N: b0, sAm: a1, sAk: 1, sBn: b1, sBk: 1 };
   else if (layout === "NN") p = { M: a0, K: a1, N: b1, sAm: a1, sAk: 1, sBn: 1, sBk: b1 };
@@ -101,7 +127,10 @@ function problem(layout: MatmulLayout, c: GpuTensor, a: GpuTensor, b: GpuTensor)
  */
 type LoadMode = "s" | "k" | "r";
 
-/** One register kernel: TU×TL accumulators per invocation, WG invocations, load modes, k step. */
+/**
+ * One register kernel: TU×TL accumulators per invocation, WG invocations, load modes, k step,
+ * and the operands' element types.
+ */
 interface RegisterConfig {
   TU: number;
   TL: number;
@@ -109,14 +138,19 @@ interface RegisterConfig {
   pm: LoadMode;
   qm: LoadMode;
   step: 1 | 4;
+  pt: Operand;
+  qt: Operand;
 }
 
-const registerKey = (c: RegisterConfig) => `${c.TU}x${c.TL}x${c.WG}${c.pm}${c.qm}${c.step}`;
+/** "" for two f32 operands (the names of the f32 kernels are unchanged), else `_<P>_<Q>`. */
+const typeKey = (p: Operand, q: Operand) => (p === "f32" && q === "f32" ? "" : `_${p}_${q}`);
+const registerKey = (c: RegisterConfig) =>
+  `${c.TU}x${c.TL}x${c.WG}${c.pm}${c.qm}${c.step}${typeKey(c.pt, c.qt)}`;
 
 const REGISTER = defineKernelVariants(registerKernel, registerKey);
 
 function registerKernel(c: RegisterConfig) {
-  const { TU, TL, WG, pm, qm, step } = c;
+  const { TU, TL, WG, pm, qm, step, pt, qt } = c;
   const L: string[] = [];
   const us = [...Array(TU).keys()];
   const ls = [...Array(TL).keys()];
@@ -143,40 +177,40 @@ function registerKernel(c: RegisterConfig) {
   const b: string[][] = ls.map(() => []);
   if (pm === "k") {
     for (const i of us) {
-      L.push(`    let a${i} = P[(pu${i} + k) / 4u];`);
+      L.push(`    let a${i} = P_at4(pu${i} + k);`);
       for (const kk of kks) a[i][kk] = `a${i}.${comp(kk)}`;
     }
   } else if (pm === "r") {
     for (let g = 0; g < TU / 4; g++) {
       for (const kk of kks) {
-        L.push(`    let a${g}_${kk} = P[(pg${g} + (k + ${kk}u) * p.sPk) / 4u];`);
+        L.push(`    let a${g}_${kk} = P_at4(pg${g} + (k + ${kk}u) * p.sPk);`);
         for (let c = 0; c < 4; c++) a[4 * g + c][kk] = `a${g}_${kk}.${comp(c)}`;
       }
     }
   } else {
     for (const i of us) {
       for (const kk of kks) {
-        L.push(`    let a${i}_${kk} = P[pu${i} + (k + ${kk}u) * p.sPk];`);
+        L.push(`    let a${i}_${kk} = P_at(pu${i} + (k + ${kk}u) * p.sPk);`);
         a[i][kk] = `a${i}_${kk}`;
       }
     }
   }
   if (qm === "k") {
     for (const j of ls) {
-      L.push(`    let b${j} = Q[(ql${j} + k) / 4u];`);
+      L.push(`    let b${j} = Q_at4(ql${j} + k);`);
       for (const kk of kks) b[j][kk] = `b${j}.${comp(kk)}`;
     }
   } else if (qm === "r") {
     for (let g = 0; g < TL / 4; g++) {
       for (const kk of kks) {
-        L.push(`    let b${g}_${kk} = Q[(qg${g} + (k + ${kk}u) * p.sQk) / 4u];`);
+        L.push(`    let b${g}_${kk} = Q_at4(qg${g} + (k + ${kk}u) * p.sQk);`);
         for (let c = 0; c < 4; c++) b[4 * g + c][kk] = `b${g}_${kk}.${comp(c)}`;
       }
     }
   } else {
     for (const j of ls) {
       for (const kk of kks) {
-        L.push(`    let b${j}_${kk} = Q[ql${j} + (k + ${kk}u) * p.sQk];`);
+        L.push(`    let b${j}_${kk} = Q_at(ql${j} + (k + ${kk}u) * p.sQk);`);
         b[j][kk] = `b${j}_${kk}`;
       }
     }
@@ -189,8 +223,9 @@ function registerKernel(c: RegisterConfig) {
   }
   L.push(`  }`);
   for (const i of us) for (const j of ls) L.push(`  store(u0 + ${i}u, ${col(j)}, c${i}_${j});`);
-  const operand = (m: LoadMode): "read f32" | "read vec4<f32>" =>
-    m === "s" ? "read f32" : "read vec4<f32>";
+  // A 16-bit operand is one packed binding whatever its load mode (its accessors unpack).
+  const operand = (m: LoadMode, t: Operand): `read ${"f32" | "vec4<f32>" | "bf16" | "f16"}` =>
+    t !== "f32" ? `read ${t}` : m === "s" ? "read f32" : "read vec4<f32>";
   return {
     name: `matmul_register_${registerKey(c)}`,
     params: {
@@ -206,7 +241,7 @@ function registerKernel(c: RegisterConfig) {
       alpha: "f32",
       beta: "f32",
     },
-    bindings: { P: operand(pm), Q: operand(qm), C: "read_write f32" },
+    bindings: { P: operand(pm, pt), Q: operand(qm, qt), C: "read_write f32" },
     // The k loop is the only loop: ⌈K/step⌉ iterations.
     loopBound: ({ K }: { K: number }) => Math.ceil(K / step) + 1,
     body: /* wgsl */ `
@@ -235,7 +270,8 @@ function loadMode(
   K: number,
   tile: number,
 ): LoadMode {
-  if (K % 4 !== 0 || t.offset % 16 !== 0) return "s";
+  // A 16-bit operand's four elements are two words from an even index: no offset condition.
+  if (K % 4 !== 0 || (!isHalf(t.dtype) && t.offset % 16 !== 0)) return "s";
   if (sK === 1 && sRow % 4 === 0) return "k";
   if (sRow === 1 && sK % 4 === 0 && rows % 4 === 0 && tile % 4 === 0) return "r";
   return "s";
@@ -264,7 +300,8 @@ function dispatchRegister(
   // A vec4 step needs K % 4 == 0; with it, any operand left scalar still steps by four.
   const step = pm === "s" && qm === "s" ? 1 : 4;
   if (step === 1) pm = qm = "s";
-  rec.dispatch(REGISTER.variant({ TU, TL, WG, pm, qm, step }), {
+  const pt = P.dtype as Operand, qt = Q.dtype as Operand;
+  rec.dispatch(REGISTER.variant({ TU, TL, WG, pm, qm, step, pt, qt }), {
     bindings: { P, Q, C: c },
     params: {
       U,
@@ -303,15 +340,18 @@ function stage(e: number, op: "A" | "B", m0: string, M: string, s0: string, s1: 
       if (p.${fast} == 0u) { r = idx % BM; k = idx / BM; }
       var ${v} = 0.0;
       if (${m0} + r < p.${M} && k0 + k < p.K) {
-        ${v} = ${op}[(${m0} + r) * p.${s0} + (k0 + k) * p.${s1}];
+        ${v} = ${op}_at((${m0} + r) * p.${s0} + (k0 + k) * p.${s1});
       }
       ${op}s[k * 16u + r / 4u][r % 4u] = ${v};
     }`;
 }
 
-/** One loop over the K slices; the loops of constant length in it are written out. */
-const TILED = defineKernel({
-  name: "matmul_tiled_64x64x16",
+/**
+ * One loop over the K slices; the loops of constant length in it are written out. One variant
+ * per pair of operand element types.
+ */
+const TILED = defineKernelVariants((t: { at: Operand; bt: Operand }) => ({
+  name: `matmul_tiled_64x64x16${typeKey(t.at, t.bt)}`,
   params: {
     M: "u32",
     N: "u32",
@@ -327,8 +367,8 @@ const TILED = defineKernel({
     aKFast: "u32",
     bKFast: "u32",
   },
-  bindings: { A: "read f32", B: "read f32", C: "read_write f32" },
-  loopBound: ({ K }) => Math.ceil(K / 16) + 1,
+  bindings: { A: `read ${t.at}`, B: `read ${t.bt}`, C: "read_write f32" },
+  loopBound: ({ K }: { K: number }) => Math.ceil(K / 16) + 1,
   body: /* wgsl */ `
 const BM = 64u;
 const BK = 16u;
@@ -378,7 +418,7 @@ fn store(m: u32, n: u32, acc: f32) {
   }
 }
 `,
-});
+} as const), (t) => `${t.at}${t.bt}`);
 
 function dispatchTiled(
   rec: Recorder,
@@ -389,7 +429,7 @@ function dispatchTiled(
   alpha: number,
   beta: number,
 ): void {
-  rec.dispatch(TILED, {
+  rec.dispatch(TILED.variant({ at: a.dtype as Operand, bt: b.dtype as Operand }), {
     bindings: { A: a, B: b, C: c },
     params: {
       M: p.M,
@@ -429,6 +469,21 @@ export function matmul(
   const p = problem(layout, c, a, b);
   const alpha = options.alpha ?? 1;
   const beta = options.beta ?? 0;
+  if (isHalf(c.dtype)) {
+    if (beta !== 0 && beta !== 1) {
+      throw new GpuShapeError(`matmul${layout}: a 16-bit C takes beta 0 or 1, got ${beta}`);
+    }
+    const tmp = options.scratch ?? rec.scratch([p.M, p.N], "f32", "matmul 16-bit C");
+    if (tmp.dtype !== "f32" || tmp.size !== p.M * p.N) {
+      throw new GpuShapeError(
+        `matmul${layout}: scratch ${tmp.describe()} is not f32[${p.M}, ${p.N}]`,
+      );
+    }
+    const d = tmp.view([p.M, p.N]);
+    matmul(rec, layout, d, a, b, { ...options, alpha, beta: 0, scratch: undefined });
+    accumulatePacked(rec, c, d, beta === 1);
+    return;
+  }
   const variant = options.variant ?? rec.matmulVariant;
   // Tiles of 64 waste most of their work on skinny products; the register kernel is the better
   // GPU kernel there too.

@@ -92,7 +92,7 @@ export interface TappedCall {
  * function that stops watching.
  */
 export function tapCalls(
-  system: System,
+  system: Pick<System, "name" | "nc">,
   onCall: (c: TappedCall) => void,
   nc: NatsConnection = system.nc,
 ): () => void {
@@ -144,20 +144,24 @@ export interface TestServer {
 
 /**
  * Starts `nats-server` with `lines` of config (`$DIR` stands for its own folder; listen and
- * ports_file_dir are added when absent) and waits until it accepts connections.
+ * ports_file_dir are added when absent) and waits until it accepts connections. `wrap` is put
+ * in front of the command line, e.g. to run it in another network namespace
+ * (tests/support/netns.ts).
  */
 export async function startServer(
   lines: string[],
   tag: string,
   name = "s",
+  wrap: string[] = [],
 ): Promise<TestServer> {
   const dir = await Deno.makeTempDir({ prefix: `hd-nats-${name}-` });
   const conf = lines.map((l) => l.replaceAll("$DIR", dir));
   if (!conf.some((l) => l.startsWith("listen"))) conf.unshift(`listen: "127.0.0.1:-1"`);
   conf.push(`ports_file_dir: ${JSON.stringify(dir)}`);
   await Deno.writeTextFile(`${dir}/server.conf`, conf.join("\n") + "\n");
-  const child = new Deno.Command("nats-server", {
-    args: ["-c", `${dir}/server.conf`, "-l", `${dir}/server.log`],
+  const argv = [...wrap, "nats-server", "-c", `${dir}/server.conf`, "-l", `${dir}/server.log`];
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
     env: { [TAG_ENV]: tag },
     stdin: "null",
     stdout: "null",
@@ -209,10 +213,16 @@ export function startHandNode(
     env?: Record<string, string>;
     /** Drop its output (its join line); errors are shown by default. */
     quiet?: boolean;
+    /** Put in front of the command line (another network namespace: tests/support/netns.ts). */
+    wrap?: string[];
+    /** More flags (credentials, TLS files). */
+    args?: string[];
   },
 ): HandNode {
-  const child = new Deno.Command(Deno.execPath(), {
+  const wrap = o.wrap ?? [];
+  const child = new Deno.Command(wrap[0] ?? Deno.execPath(), {
     args: [
+      ...(wrap.length ? [...wrap.slice(1), Deno.execPath()] : []),
       "run",
       "-A",
       "--quiet",
@@ -226,6 +236,7 @@ export function startHandNode(
       o.id,
       "--gpus",
       "1",
+      ...o.args ?? [],
     ],
     env: { LP_NUM_THREADS: "1", ...o.env, [TAG_ENV]: o.tag },
     stdin: "null",
@@ -261,14 +272,16 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs the finetune CLI to completion with `args`. */
+/** Runs the finetune CLI to completion with `args` (`wrap` in front, as for startServer). */
 export async function runCli(
   args: string[],
   tag: string,
   env: Record<string, string> = {},
+  wrap: string[] = [],
 ): Promise<CliResult> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--quiet", `--config=${CONFIG}`, FINETUNE, ...args],
+  const argv = [...wrap, Deno.execPath(), "run", "-A", "--quiet", `--config=${CONFIG}`, FINETUNE];
+  const out = await new Deno.Command(argv[0], {
+    args: [...argv.slice(1), ...args],
     env: { ...env, [TAG_ENV]: tag },
     stdin: "null",
     stdout: "piped",
@@ -329,30 +342,76 @@ export async function within<T>(p: Promise<T>, ms: number, what: string): Promis
   }
 }
 
+/** Where a server of {@link startCluster} runs: an address of its own and a command prefix. */
+export interface ClusterPlace {
+  /** Its server_name. */
+  name: string;
+  /** The address its routes and clients reach it at; it listens on every address of its host. */
+  ip: string;
+  /** Put in front of its command line (tests/support/netns.ts). */
+  wrap: string[];
+  /** Config lines of this server only (e.g. its TLS certificate). */
+  extra?: string[];
+}
+
+/** More settings of {@link startCluster}'s servers. */
+export interface ClusterOptions {
+  /** One server per place (on other hosts); default three on loopback ports. */
+  places?: ClusterPlace[];
+  /** Lines inside the `cluster {}` block (route authorization, route TLS). */
+  cluster?: string[];
+  /** `user:pass` the routes log in with. */
+  routeLogin?: string;
+}
+
 /**
- * Three nats-servers on loopback ports, routed to each other, with clustered JetStream and
- * `auth` (config lines). Resolves once the JetStream meta group has elected a leader.
+ * Three nats-servers on loopback ports (or one per `options.places`, each on ports 4222, 6222
+ * (routes) and 8222 (monitoring) of its own address), routed to each other, with clustered
+ * JetStream and `auth` (config lines). Resolves once the JetStream meta group has elected a
+ * leader.
  */
-export async function startCluster(tag: string, auth: string[] = []): Promise<TestServer[]> {
-  const routes = freePorts(3);
+export async function startCluster(
+  tag: string,
+  auth: string[] = [],
+  options: ClusterOptions = {},
+): Promise<TestServer[]> {
+  const loop = freePorts(3);
+  const places = options.places ?? loop.map((p, i) => ({ name: `s${i}`, ip: "", port: p }));
+  const route = (i: number) => {
+    const p = places[i] as ClusterPlace & { port?: number };
+    return p.port ? `127.0.0.1:${p.port}` : `${p.ip}:6222`;
+  };
+  const login = options.routeLogin ? `${options.routeLogin}@` : "";
   const servers: TestServer[] = [];
   try {
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < places.length; i++) {
+      const p = places[i] as ClusterPlace & { port?: number };
+      const lines = p.port ? [`http: "127.0.0.1:-1"`] : [
+        `listen: "0.0.0.0:4222"`,
+        `client_advertise: "${p.ip}:4222"`,
+        `http: "${p.ip}:8222"`,
+      ];
       servers.push(
         await startServer(
           [
-            `server_name: s${i}`,
-            `http: "127.0.0.1:-1"`,
+            `server_name: ${p.name}`,
+            ...lines,
             `jetstream { store_dir: "$DIR/js" }`,
-            `cluster { name: hd, listen: "127.0.0.1:${routes[i]}", routes: [${
-              routes.map((p) => `"nats-route://127.0.0.1:${p}"`).join(", ")
-            }] }`,
+            `cluster { name: hd, listen: "${p.port ? route(i) : "0.0.0.0:6222"}", routes: [${
+              places.map((_, j) => `"nats-route://${login}${route(j)}"`).join(", ")
+            }]${(options.cluster ?? []).map((l) => `, ${l}`).join("")} }`,
             ...auth,
+            ...p.extra ?? [],
           ],
           tag,
-          `s${i}`,
+          p.name,
+          p.wrap ?? [],
         ),
       );
+      // Its ports file lists every address it listens on; the one that other hosts reach is ip.
+      if (!p.port) {
+        servers[i] = { ...servers[i], url: `nats://${p.ip}:4222`, http: `http://${p.ip}:8222` };
+      }
     }
     await waitUntil("the JetStream meta group has a leader", async () => {
       const seen = await Promise.all(servers.map(metaLeader));

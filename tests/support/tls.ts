@@ -6,8 +6,11 @@ import assert from "node:assert/strict";
 
 const OPENSSL = "openssl";
 
-/** Writes `<dir>/key.pem` and `<dir>/cert.pem`: a self-signed P-256 cert for 127.0.0.1/localhost. */
-export async function selfSignedCert(dir: string): Promise<void> {
+/**
+ * Writes `<dir>/key.pem` and `<dir>/cert.pem`: a self-signed P-256 cert for 127.0.0.1/localhost
+ * and the addresses `ips` (other hosts' servers that present it).
+ */
+export async function selfSignedCert(dir: string, ips: string[] = []): Promise<void> {
   let out: Deno.CommandOutput;
   try {
     out = await new Deno.Command(OPENSSL, {
@@ -24,7 +27,7 @@ export async function selfSignedCert(dir: string): Promise<void> {
         "-subj",
         "/CN=localhost",
         "-addext",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        `subjectAltName=${["127.0.0.1", ...ips].map((ip) => `IP:${ip}`).join(",")},DNS:localhost`,
         "-keyout",
         `${dir}/key.pem`,
         "-out",

@@ -13,6 +13,7 @@ import { listenSchema, parseListen } from "../../cli/listen.ts";
 import { LINEAR_KINDS } from "../../model/config.ts";
 import { ADAPTER_CHOICES } from "../../gpu/device.ts";
 import { SAVE_DTYPES } from "../../model/half_float.ts";
+import { WEIGHTS_DTYPES } from "../../model/weights_dtype.ts";
 import { SCHEDULES } from "../optim/schedule.ts";
 import { type Method, METHODS } from "../methods/names.ts";
 import { recipeDefault } from "./recipe.ts";
@@ -351,6 +352,17 @@ export const FINETUNE_FLAGS = defineFlags({
       group: OPTIM,
       toWorkers: true,
     },
+    "weights-dtype": {
+      type: "enum",
+      choices: WEIGHTS_DTYPES,
+      default: "f32",
+      help: "dtype of the weight matrices on the device: bf16/f16 halve their memory (compute " +
+        "stays f32; hd-pissa's W += ΔW is rounded once per step, the same bits on every " +
+        "worker); not with --method full or --compare",
+      group: OPTIM,
+      definesRun: true,
+      toWorkers: true,
+    },
     epochs: {
       type: "int",
       min: 1,
@@ -402,6 +414,13 @@ export const FINETUNE_FLAGS = defineFlags({
       help: "power iterations of the randomized SVD",
       group: METHOD,
     },
+    "svd-threads": {
+      type: "int",
+      min: 0,
+      default: 0,
+      help: "threads of the adapter init's randomized SVDs (0 = one per core); same result",
+      group: METHOD,
+    },
     nats: {
       type: "custom",
       parse: (url: string, flag: string): string => {
@@ -417,6 +436,22 @@ export const FINETUNE_FLAGS = defineFlags({
       default: null,
       metavar: "URL",
       help: "join an existing cluster (nats://, tls://, ws:// or wss://) instead of a private one",
+      group: CLUSTER,
+    },
+    "store-replicas": {
+      type: "custom",
+      parse: (raw: string, flag: string): number | "auto" => {
+        if (raw === "auto") return "auto";
+        if (!/^[1-5]$/.test(raw)) {
+          throw new FlagError(`--${flag} must be 1 to 5 or "auto", got ${raw}`, flag);
+        }
+        return Number(raw);
+      },
+      schema: z.union([z.literal("auto"), z.number().int().min(1).max(5)]),
+      default: "auto",
+      metavar: "N|auto",
+      help: "replicas of the object store (weights, checkpoints) on a --nats cluster; auto: 3 " +
+        "when the cluster has 3 or more JetStream servers, else 1 (the private cluster has one)",
       group: CLUSTER,
     },
     out: {
@@ -584,6 +619,17 @@ export const FINETUNE_FLAGS = defineFlags({
       throw new FlagError(
         `--slice-scale equal changes hd-pissa's slices; --method ${o.method} has none`,
         "slice-scale",
+      );
+    }
+    // Full fine-tuning updates W itself every step with an f32 optimizer; a 16-bit W would
+    // round every update away below its ulp (docs/architecture.md), so it is refused here,
+    // before anything starts, rather than degraded silently.
+    if (o.weightsDtype !== "f32" && (o.method === "full" || o.compare)) {
+      throw new FlagError(
+        `--weights-dtype ${o.weightsDtype} is not supported with ${
+          o.compare ? "--compare (it runs full)" : "--method full"
+        }: full fine-tuning updates W with an f32 optimizer; use --weights-dtype f32`,
+        "weights-dtype",
       );
     }
     if (o.compare && o.resume !== null) {

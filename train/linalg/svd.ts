@@ -391,29 +391,101 @@ export interface RandomizedSvdOptions {
 /** Rows of the inner dimension summed per block: a block of `R` stays in the L2 cache. */
 const GEMM_KB = 256;
 
+/** A matrix operand of the products: float32 weights are read as they are stored. */
+export type Real = Float64Array | Float32Array;
+
 /**
  * `C [rows, cols] = P [rows, inner] · R [cols, inner]ᵀ`: both operands are read along their
- * contiguous inner dimension, 4 rows × 2 columns at a time with one accumulator each. The
- * summation order is fixed (blocks of GEMM_KB in order), so the bits do not depend on anything
- * but the inputs.
+ * contiguous inner dimension. The summation order is fixed (blocks of GEMM_KB in order), so the
+ * bits do not depend on anything but the inputs.
  */
-export function gemmNT(
-  P: Float64Array | Float32Array,
-  R: Float64Array | Float32Array,
-  rows: number,
+export function gemmNT(P: Real, R: Real, rows: number, cols: number, inner: number): Float64Array {
+  const C = new Float64Array(rows * cols);
+  gemmNTRows(P, R, cols, inner, C, 0, rows);
+  return C;
+}
+
+/**
+ * Rows `[r0, r1)` of `C = P · Rᵀ` (see `gemmNT`), written into `C` (zero there on entry). Every
+ * element is summed in the same order, `Σ_block (Σ_{k in block} P[r,k]·R[c,k])` with the blocks
+ * and the k within a block in ascending order, whatever range or register tile computes it: the
+ * rows of C can be split across threads without changing a bit.
+ *
+ * The register tile is 4 rows × 4 columns (16 accumulators, 8 loads per 16 products), then
+ * 4 × 2 and 4 × 1 for the last columns, and one row at a time for the last rows.
+ */
+export function gemmNTRows(
+  P: Real,
+  R: Real,
   cols: number,
   inner: number,
-): Float64Array {
-  const C = new Float64Array(rows * cols);
+  C: Float64Array,
+  r0: number,
+  r1: number,
+): void {
   for (let k0 = 0; k0 < inner; k0 += GEMM_KB) {
     const k1 = Math.min(inner, k0 + GEMM_KB);
-    let r = 0;
-    for (; r + 4 <= rows; r += 4) {
+    let r = r0;
+    for (; r + 4 <= r1; r += 4) {
       const p0 = r * inner;
       const p1 = p0 + inner;
       const p2 = p1 + inner;
       const p3 = p2 + inner;
+      const o0 = r * cols;
+      const o1 = o0 + cols;
+      const o2 = o1 + cols;
+      const o3 = o2 + cols;
       let c = 0;
+      for (; c + 4 <= cols; c += 4) {
+        const q0 = c * inner;
+        const q1 = q0 + inner;
+        const q2 = q1 + inner;
+        const q3 = q2 + inner;
+        let s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+        let s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
+        for (let k = k0; k < k1; k++) {
+          const x0 = R[q0 + k];
+          const x1 = R[q1 + k];
+          const x2 = R[q2 + k];
+          const x3 = R[q3 + k];
+          const a0 = P[p0 + k];
+          s00 += a0 * x0;
+          s01 += a0 * x1;
+          s02 += a0 * x2;
+          s03 += a0 * x3;
+          const a1 = P[p1 + k];
+          s10 += a1 * x0;
+          s11 += a1 * x1;
+          s12 += a1 * x2;
+          s13 += a1 * x3;
+          const a2 = P[p2 + k];
+          s20 += a2 * x0;
+          s21 += a2 * x1;
+          s22 += a2 * x2;
+          s23 += a2 * x3;
+          const a3 = P[p3 + k];
+          s30 += a3 * x0;
+          s31 += a3 * x1;
+          s32 += a3 * x2;
+          s33 += a3 * x3;
+        }
+        C[o0 + c] += s00;
+        C[o0 + c + 1] += s01;
+        C[o0 + c + 2] += s02;
+        C[o0 + c + 3] += s03;
+        C[o1 + c] += s10;
+        C[o1 + c + 1] += s11;
+        C[o1 + c + 2] += s12;
+        C[o1 + c + 3] += s13;
+        C[o2 + c] += s20;
+        C[o2 + c + 1] += s21;
+        C[o2 + c + 2] += s22;
+        C[o2 + c + 3] += s23;
+        C[o3 + c] += s30;
+        C[o3 + c + 1] += s31;
+        C[o3 + c + 2] += s32;
+        C[o3 + c + 3] += s33;
+      }
       for (; c + 2 <= cols; c += 2) {
         const q0 = c * inner;
         const q1 = q0 + inner;
@@ -434,14 +506,14 @@ export function gemmNT(
           s30 += a3 * x0;
           s31 += a3 * x1;
         }
-        C[r * cols + c] += s00;
-        C[r * cols + c + 1] += s01;
-        C[(r + 1) * cols + c] += s10;
-        C[(r + 1) * cols + c + 1] += s11;
-        C[(r + 2) * cols + c] += s20;
-        C[(r + 2) * cols + c + 1] += s21;
-        C[(r + 3) * cols + c] += s30;
-        C[(r + 3) * cols + c + 1] += s31;
+        C[o0 + c] += s00;
+        C[o0 + c + 1] += s01;
+        C[o1 + c] += s10;
+        C[o1 + c + 1] += s11;
+        C[o2 + c] += s20;
+        C[o2 + c + 1] += s21;
+        C[o3 + c] += s30;
+        C[o3 + c + 1] += s31;
       }
       for (; c < cols; c++) {
         const q0 = c * inner;
@@ -453,13 +525,13 @@ export function gemmNT(
           s2 += P[p2 + k] * x0;
           s3 += P[p3 + k] * x0;
         }
-        C[r * cols + c] += s0;
-        C[(r + 1) * cols + c] += s1;
-        C[(r + 2) * cols + c] += s2;
-        C[(r + 3) * cols + c] += s3;
+        C[o0 + c] += s0;
+        C[o1 + c] += s1;
+        C[o2 + c] += s2;
+        C[o3 + c] += s3;
       }
     }
-    for (; r < rows; r++) {
+    for (; r < r1; r++) {
       const p0 = r * inner;
       for (let c = 0; c < cols; c++) {
         const q0 = c * inner;
@@ -469,42 +541,56 @@ export function gemmNT(
       }
     }
   }
-  return C;
 }
 
 /** A row-major copy in a typed array (float32 inputs stay float32: half the memory traffic). */
-function packed(A: ArrayLike<number>): Float64Array | Float32Array {
+function packed(A: ArrayLike<number>): Real {
   return A instanceof Float32Array || A instanceof Float64Array ? A : Float64Array.from(A);
 }
 
-/** `Aᵀ [n, m]` of `A [m, n]` in the same element type, by 64×64 tiles. */
-function transposeTyped(A: Float64Array | Float32Array, m: number, n: number) {
-  const T = A instanceof Float32Array ? new Float32Array(m * n) : new Float64Array(m * n);
+/**
+ * Rows `[j0, j1)` of `T = Aᵀ [n, m]` for `A [m, n]`, by 64×64 tiles, written into `T` (of A's
+ * element type): a copy, so any split of the rows gives the same bits.
+ */
+export function transposeRows(A: Real, m: number, n: number, T: Real, j0: number, j1: number) {
   const B = 64;
   for (let i0 = 0; i0 < m; i0 += B) {
     const i1 = Math.min(m, i0 + B);
-    for (let j0 = 0; j0 < n; j0 += B) {
-      const j1 = Math.min(n, j0 + B);
+    for (let jb = j0; jb < j1; jb += B) {
+      const jb1 = Math.min(j1, jb + B);
       for (let i = i0; i < i1; i++) {
-        for (let j = j0; j < j1; j++) T[j * m + i] = A[i * n + j];
+        for (let j = jb; j < jb1; j++) T[j * m + i] = A[i * n + j];
       }
     }
   }
-  return T;
 }
 
 /**
- * The top `rank` singular triplets of `A [m, n]` by randomized subspace iteration. With a
- * decaying spectrum and a few power iterations it matches the exact SVD's leading components;
- * U and Vt are orthonormal to rounding whatever the spectrum.
+ * A product the randomized SVD needs: `A · Rᵀ` (`transposed` false, `[m, cols]`) or `Aᵀ · Rᵀ`
+ * (`[n, cols]`), with `R [cols, inner]` row-major and inner = n or m.
  */
-export function randomizedSvd(
+export interface SvdProduct {
+  transposed: boolean;
+  R: Float64Array;
+  cols: number;
+}
+
+/** The checked settings of one randomized SVD. */
+interface RandomizedPlan {
+  rank: number;
+  /** Columns of the sketch: rank + oversample, at most min(m, n). */
+  l: number;
+  niter: number;
+  rng: Rng;
+}
+
+function randomizedPlan(
   A: ArrayLike<number>,
   m: number,
   n: number,
   rank: number,
-  options: RandomizedSvdOptions = {},
-): SvdResult {
+  options: RandomizedSvdOptions,
+): RandomizedPlan {
   checkMatrix(A, m, n);
   const kmax = Math.min(m, n);
   if (!Number.isInteger(rank) || rank < 1 || rank > kmax) {
@@ -519,21 +605,40 @@ export function randomizedSvd(
     throw new SvdError(`niter ${niter} must be a non-negative integer`);
   }
   const l = Math.min(rank + oversample, kmax);
-  const rng = options.rng ?? new Rng(options.seed ?? 0);
+  return { rank, l, niter, rng: options.rng ?? new Rng(options.seed ?? 0) };
+}
+
+/**
+ * The randomized SVD as a sequence of products with A: it yields each product it needs and is
+ * resumed with the result; everything else (the Gaussian sketch, the QRs, the small exact SVD)
+ * happens here. The single-threaded `randomizedSvd` and the worker pool (`svd_pool.ts`) both run
+ * this one sequence, so they differ only in who computes the products, and the products' bits do
+ * not depend on that (`gemmNTRows`).
+ */
+function* randomizedSvdSteps(
+  m: number,
+  n: number,
+  plan: RandomizedPlan,
+): Generator<SvdProduct, SvdResult, Float64Array> {
+  const { rank, l, niter, rng } = plan;
   const omega = new Float64Array(n * l);
   for (let i = 0; i < omega.length; i++) omega[i] = rng.normal();
-
   // Every product reads its operands along rows: A·X as A · (Xᵀ)ᵀ, Aᵀ·Q as Aᵀ · (Qᵀ)ᵀ with Aᵀ
-  // transposed once.
-  const a = packed(A);
-  const at = transposeTyped(a, m, n);
-  let Q = orthonormalColumns(gemmNT(a, transpose(omega, n, l), m, l, n), m, l);
+  // transposed once by the caller.
+  const times = function* (
+    transposed: boolean,
+    X: Float64Array,
+    rows: number,
+  ): Generator<SvdProduct, Float64Array, Float64Array> {
+    return yield { transposed, R: transpose(X, rows, l), cols: l };
+  };
+  let Q = orthonormalColumns(yield* times(false, omega, n), m, l);
   for (let it = 0; it < niter; it++) {
-    const Z = orthonormalColumns(gemmNT(at, transpose(Q, m, l), n, l, m), n, l);
-    Q = orthonormalColumns(gemmNT(a, transpose(Z, n, l), m, l, n), m, l);
+    const Z = orthonormalColumns(yield* times(true, Q, m), n, l);
+    Q = orthonormalColumns(yield* times(false, Z, n), m, l);
   }
   // B = Qᵀ A is [l, n]: Bᵀ = Aᵀ Q; its exact SVD B = Ub S Vt gives A ≈ (Q Ub) S Vt.
-  const Bt = transpose(gemmNT(at, transpose(Q, m, l), n, l, m), n, l);
+  const Bt = transpose(yield* times(true, Q, m), n, l);
   const small = svd(Bt, l, n);
   const U = new Float64Array(m * rank);
   for (let i = 0; i < m; i++) {
@@ -553,9 +658,55 @@ export function randomizedSvd(
   };
 }
 
+/** Checks the arguments of a randomized SVD and returns its settings and its product sequence. */
+export function randomizedSvdPlan(
+  A: ArrayLike<number>,
+  m: number,
+  n: number,
+  rank: number,
+  options: RandomizedSvdOptions = {},
+): Generator<SvdProduct, SvdResult, Float64Array> {
+  return randomizedSvdSteps(m, n, randomizedPlan(A, m, n, rank, options));
+}
+
+/**
+ * The top `rank` singular triplets of `A [m, n]` by randomized subspace iteration. With a
+ * decaying spectrum and a few power iterations it matches the exact SVD's leading components;
+ * U and Vt are orthonormal to rounding whatever the spectrum.
+ */
+export function randomizedSvd(
+  A: ArrayLike<number>,
+  m: number,
+  n: number,
+  rank: number,
+  options: RandomizedSvdOptions = {},
+): SvdResult {
+  const steps = randomizedSvdPlan(A, m, n, rank, options);
+  const a = packed(A);
+  let at: Real | null = null;
+  let next = steps.next();
+  while (!next.done) {
+    const { transposed, R, cols } = next.value;
+    if (transposed && !at) {
+      at = a instanceof Float32Array ? new Float32Array(m * n) : new Float64Array(m * n);
+      transposeRows(a, m, n, at, 0, n);
+    }
+    next = steps.next(
+      transposed ? gemmNT(at!, R, n, cols, m) : gemmNT(a, R, m, cols, n),
+    );
+  }
+  return next.value;
+}
+
 /** How the leading components are found: the exact SVD, or the randomized one. */
 export interface TopSvdOptions extends RandomizedSvdOptions {
   method?: "exact" | "randomized";
+  /**
+   * The randomized SVD of this matrix with these settings, already computed (by an `SvdPool`,
+   * which gives the same bits): returned instead of computing it again. Its shape and rank must
+   * be the ones asked for.
+   */
+  precomputed?: SvdResult;
 }
 
 /** The top `rank` singular triplets by the chosen method (exact by default), truncated. */
@@ -566,7 +717,16 @@ export function topSvd(
   rank: number,
   options: TopSvdOptions = {},
 ): SvdResult {
-  if ((options.method ?? "exact") === "randomized") return randomizedSvd(A, m, n, rank, options);
+  if ((options.method ?? "exact") === "randomized") {
+    const p = options.precomputed;
+    if (!p) return randomizedSvd(A, m, n, rank, options);
+    if (p.m !== m || p.n !== n || p.k !== rank) {
+      throw new SvdError(
+        `the precomputed SVD is [${p.m}, ${p.n}] of rank ${p.k}, not [${m}, ${n}] of rank ${rank}`,
+      );
+    }
+    return p;
+  }
   const full = svd(A, m, n);
   if (!Number.isInteger(rank) || rank < 1 || rank > full.k) {
     throw new SvdError(

@@ -6,7 +6,7 @@
  * weights themselves.
  * @module
  */
-import { type GpuTensor, matmulNN } from "../../gpu/mod.ts";
+import { type GpuTensor, isHalf, matmulNN } from "../../gpu/mod.ts";
 import { adaptableLinears, type LlamaConfig } from "../../model/config.ts";
 import type { LlamaGpu } from "../../model/llama.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
@@ -95,9 +95,19 @@ export class AdapterWorker extends DataParallelWorker {
   async merge(): Promise<void> {
     const s = this.config.alpha / this.config.rank;
     const rec = this.gpu.record({ label: "merge" });
+    // A 16-bit W takes the product through an f32 scratch (matmul's 16-bit C); one per shape,
+    // reused by every weight of that shape, instead of one per weight held until the submit.
+    const scratch = new Map<string, GpuTensor>();
     for (const name of this.model.adapterNames()) {
       const a = this.model.adapter(name);
-      matmulNN(rec, this.model.weight(name), a.B, a.A, { alpha: s, beta: 1 });
+      const W = this.model.weight(name);
+      let d: GpuTensor | undefined;
+      if (isHalf(W.dtype)) {
+        const key = W.shape.join("x");
+        d = scratch.get(key);
+        if (!d) scratch.set(key, d = rec.scratch([...W.shape], "f32", `merge ${key}`));
+      }
+      matmulNN(rec, W, a.B, a.A, { alpha: s, beta: 1, scratch: d });
     }
     await rec.submit();
     // The adapter is folded in: the forward must no longer add it.
@@ -145,6 +155,8 @@ export interface AdapterMethodSpec<N extends string> {
   color?: string;
   /** The factors of one matrix: `factors` holds the one shared adapter. */
   initMatrix: (m: MatrixInit, o: { rank: number; alpha: number }) => MatrixFactors;
+  /** Singular triplets the init takes per matrix from r, when it uses the SVD (PiSSA: r). */
+  svdComponents?: (rank: number) => number;
   /** Whether the init gives a residual that replaces W (PiSSA). */
   residual: boolean;
   initLog: (matrices: number) => string;
@@ -174,6 +186,7 @@ export function adapterMethod<const N extends string>(
     traffic: (layout) => meanTraffic(layout, "4·Σ(in+out)·r bytes (adapter gradients)"),
     init: (config, weights, o, onProgress) =>
       initEachAdapted(config, weights, o, (m) => spec.initMatrix(m, o), onProgress),
+    ...(spec.svdComponents ? { svdComponents: (s) => spec.svdComponents!(s.rank) } : {}),
     initLog: (config, s) => spec.initLog(matrices(config, s)),
     initToTensors,
     initFromTensors: (tensors) => initFromTensors(tensors, 1),

@@ -6,7 +6,7 @@
  * `W += c·s·Σ_j (B_j+ΔB_j)(A_j+ΔA_j) − B_j A_j`.
  * @module
  */
-import { type GpuTensor, hdPissaUpdate } from "../../gpu/mod.ts";
+import { type GpuTensor, hdPissaUpdate, isHalf } from "../../gpu/mod.ts";
 import { adaptableLinears } from "../../model/config.ts";
 import type { LlamaGpu } from "../../model/llama.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
@@ -40,7 +40,7 @@ export class HdPissaWorker extends WorkerMethod {
   readonly shared: SharedStateSpec = HD_PISSA_SHARED;
   /** Per adapted weight: the K pairs with their step buffers, in worker order. */
   #pairs = new Map<string, { A: GpuTensor; B: GpuTensor; dA: GpuTensor; dB: GpuTensor }[]>();
-  #scratch = new Map<string, { L: GpuTensor; R: GpuTensor }>();
+  #scratch = new Map<string, { L: GpuTensor; R: GpuTensor; D: GpuTensor | null }>();
 
   constructor(
     model: LlamaGpu,
@@ -89,6 +89,8 @@ export class HdPissaWorker extends WorkerMethod {
         this.#scratch.set(key, {
           L: this.gpu.tensor([out, 2 * K * r], "f32", `L ${key}`),
           R: this.gpu.tensor([2 * K * r, inn], "f32", `R ${key}`),
+          // A 16-bit W gets the f32 product first, then one rounded add (gpu/kernels/hd_pissa.ts).
+          D: isHalf(W.dtype) ? this.gpu.tensor([out, inn], "f32", `D ${key}`) : null,
         });
       }
     }
@@ -119,8 +121,8 @@ export class HdPissaWorker extends WorkerMethod {
     const s = this.config.alpha / this.config.rank;
     for (const [name, pairs] of this.#pairs) {
       const W = this.model.weight(name);
-      const { L, R } = this.#scratch.get(`${W.shape[0]}x${W.shape[1]}`)!;
-      hdPissaUpdate(rec, W, pairs, L, R, { c, s });
+      const { L, R, D } = this.#scratch.get(`${W.shape[0]}x${W.shape[1]}`)!;
+      hdPissaUpdate(rec, W, pairs, L, R, { c, s, scratch: D ?? undefined });
     }
     await rec.submit();
     return performance.now() - t0;
@@ -204,6 +206,7 @@ export const hdPissa: TrainingMethod<"hd-pissa"> = {
     initEachAdapted(config, weights, o, ({ linear, W, svd }) => ({
       factors: hdPissaSlices(W, o.workers, o.rank, o.alpha, { name: linear.name, svd }),
     }), onProgress),
+  svdComponents: (s) => s.workers * s.rank,
   initLog: (config, s) => {
     const matrices = adaptableLinears(config, s.targets).length;
     return `initialising hd-pissa adapters (SVD of ${matrices} matrices)`;

@@ -14,7 +14,7 @@ import {
 import type { HostTensor } from "../../model/safetensors.ts";
 import type { AdapterFactors } from "./adapter_init.ts";
 import { Rng } from "../../core/rng.ts";
-import type { TopSvdOptions } from "../linalg/svd.ts";
+import type { SvdResult, TopSvdOptions } from "../linalg/svd.ts";
 
 export interface InitOptions {
   workers: number;
@@ -24,6 +24,11 @@ export interface InitOptions {
   svd: "auto" | "exact" | "randomized";
   svdNiter: number;
   seed: number;
+  /**
+   * The randomized SVDs of the adapted weights by name, computed ahead on several threads
+   * (`init_svd.ts`); a matrix without one gets its SVD computed in the walk.
+   */
+  svds?: ReadonlyMap<string, SvdResult>;
 }
 
 /** Per adapted weight: HD-PiSSA's K slices, or the one shared adapter of LoRA/PiSSA. */
@@ -41,7 +46,11 @@ export function emptyInit(): MethodInit {
 /** The exact SVD up to this size on the long side; the randomized one above it (auto). */
 export const EXACT_SVD_MAX = 1024;
 
-function svdOptions(o: InitOptions, shape: readonly number[], salt: number): TopSvdOptions {
+export function svdOptions(
+  o: InitOptions,
+  shape: readonly number[],
+  salt: number,
+): TopSvdOptions {
   const exact = o.svd === "exact" || (o.svd === "auto" && Math.max(...shape) <= EXACT_SVD_MAX);
   return exact
     ? { method: "exact" }
@@ -81,7 +90,14 @@ export function initEachAdapted(
   const rng = new Rng(o.seed);
   linears.forEach((l, i) => {
     const W = weights.get(l.name)!;
-    const made = perMatrix({ linear: l, W, svd: svdOptions(o, l.shape, i), rng });
+    const svd = svdOptions(o, l.shape, i);
+    const ahead = svd.method === "randomized" ? o.svds?.get(l.name) : undefined;
+    const made = perMatrix({
+      linear: l,
+      W,
+      svd: ahead ? { ...svd, precomputed: ahead } : svd,
+      rng,
+    });
     init.factors.set(l.name, made.factors);
     if (made.residual) init.residuals.set(l.name, made.residual);
     onProgress?.(i + 1, linears.length);

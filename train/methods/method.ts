@@ -101,6 +101,11 @@ export interface TrainingMethod<N extends string = string> {
     o: InitOptions,
     onProgress?: (done: number, total: number) => void,
   ): MethodInit;
+  /**
+   * Singular triplets the init takes from every adapted matrix (K·r, r), so that the driver can
+   * compute the randomized SVDs ahead on several threads; absent when the init needs no SVD.
+   */
+  svdComponents?(s: MethodSettings): number;
   /** The log line announcing the init, or null when there is nothing to announce. */
   initLog(config: LlamaConfig, s: MethodSettings): string | null;
   /** The init as named tensors for the object store (and back, on the workers). */

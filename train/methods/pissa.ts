@@ -18,6 +18,7 @@ export const pissa: TrainingMethod<"pissa"> = adapterMethod({
     const p = pissaInit(W, o.rank, o.alpha, { name: linear.name, svd });
     return { factors: [{ A: p.A, B: p.B }], residual: p.residual };
   },
+  svdComponents: (rank) => rank,
   residual: true,
   initLog: (matrices) => `initialising pissa adapters (SVD of ${matrices} matrices)`,
 });

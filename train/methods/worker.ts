@@ -26,13 +26,16 @@ import type { Layout } from "./layout.ts";
 
 /**
  * What a method's worker reads: the run's flags marked `toWorkers` in train/cli/finetune_flags.ts
- * (less `device` and `recompute`, which the worker's actor uses to open its GPU and build the
- * model), with the method by name. `muteRescale` and `sliceScale` (the study's ablations) may be
- * left out by callers that build a config by hand: absent means the flags' defaults, `inverse`
- * and `svd`, the method as published.
+ * (less `device`, `recompute` and `weightsDtype`, which the worker's actor uses to open its GPU
+ * and build the model), with the method by name. `muteRescale` and `sliceScale` (the study's
+ * ablations) may be left out by callers that build a config by hand: absent means the flags'
+ * defaults, `inverse` and `svd`, the method as published.
  */
 export type WorkerMethodConfig =
-  & Omit<WorkerSettings, "device" | "method" | "recompute" | "muteRescale" | "sliceScale">
+  & Omit<
+    WorkerSettings,
+    "device" | "method" | "recompute" | "weightsDtype" | "muteRescale" | "sliceScale"
+  >
   & Partial<Pick<WorkerSettings, "muteRescale" | "sliceScale">>
   & {
     /** The method's name (the worker finds the method by it). */

@@ -11,7 +11,8 @@
  * @module
  */
 import { DomainError } from "../../core/errors.ts";
-import { rowBlockCounts, sizeClass } from "../../gpu/mod.ts";
+import { dtypeBytes, rowBlockCounts, sizeClass } from "../../gpu/mod.ts";
+import { heldInWeightsDtype, type WeightsDtype } from "../../model/weights_dtype.ts";
 import {
   adaptableLinears,
   expectedTensors,
@@ -55,6 +56,8 @@ export interface MemoryPlanInput {
   trainable?: (name: string) => boolean;
   /** The SVD the driver runs (hd-pissa, pissa); auto: exact up to 1024 on the short side. */
   svd?: "auto" | "exact" | "randomized";
+  /** The device dtype of the weight matrices (`--weights-dtype`; default f32). */
+  weightsDtype?: WeightsDtype;
   limits?: PlanLimits;
 }
 
@@ -81,6 +84,10 @@ export interface HostMemory {
 
 export interface MemoryPlan {
   workers: number;
+  /** The method planned for (absent in reports from before it was recorded). */
+  method?: MemoryPlanInput["method"];
+  /** The device dtype of the weight matrices the plan counts (absent: f32, older reports). */
+  weights_dtype?: WeightsDtype;
   micro_batch: number;
   seq_len: number;
   head_chunk: number;
@@ -144,14 +151,43 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
   const split = ["model.embed_tokens.weight", "lm_head.weight"];
   const trainable = input.trainable ?? fullTrainableDefault;
 
-  // Weights (and, for full, their gradients and moments).
+  // Weights (and, for full, their gradients and moments). With --weights-dtype bf16/f16 the
+  // matrices take 2 bytes an element, packed two per word and row-split by their own byte size
+  // (llama_params.ts); vectors stay f32. A 16-bit W that HD-PiSSA updates also needs one f32
+  // [out, in] scratch per shape for the product before its rounded add (workspace).
+  const wd = input.weightsDtype ?? "f32";
+  const weight = (label: string, shape: readonly number[]) => {
+    const dtype = wd !== "f32" && heldInWeightsDtype(shape) ? wd : "f32";
+    const n = shape.reduce((a, b) => a * b, 1);
+    let counts = [shape[0]];
+    if (split.includes(label)) {
+      try {
+        counts = rowBlockCounts(shape[0], shape[1], binding, align, dtype);
+      } catch {
+        counts = [shape[0]];
+      }
+    }
+    const cols = n / shape[0];
+    for (const c of counts) {
+      const raw = dtypeBytes(dtype, c * cols);
+      if (raw > w.largest.bytes) w.largest = { label, bytes: raw };
+      w.weights += sizeClass(raw);
+    }
+  };
+  if (wd !== "f32" && method === "hd-pissa") {
+    const seen = new Set<string>();
+    for (const l of adaptableLinears(config, input.targets)) {
+      const key = `${l.out}x${l.in}`;
+      if (!seen.has(key)) add("workspace", `D ${key}`, l.out * l.in);
+      seen.add(key);
+    }
+  }
   let params = 0;
   let embedGrad = false;
   for (const s of specs) {
     const n = s.shape.reduce((a, b) => a * b, 1);
     params += n;
-    if (split.includes(s.name)) rows("weights", s.name, s.shape[0], s.shape[1]);
-    else add("weights", s.name, n);
+    weight(s.name, s.shape);
     if (method === "full" && trainable(s.name)) {
       if (split.includes(s.name)) rows("gradients", `grad ${s.name}`, s.shape[0], s.shape[1]);
       else add("gradients", `grad ${s.name}`, n);
@@ -267,7 +303,16 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     svd,
     total: 2 * hostWeights + svd,
   };
-  return { workers: K, micro_batch: M, seq_len: S, head_chunk: headChunk, worker: w, host };
+  return {
+    workers: K,
+    method,
+    weights_dtype: wd,
+    micro_batch: M,
+    seq_len: S,
+    head_chunk: headChunk,
+    worker: w,
+    host,
+  };
 }
 
 const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -288,7 +333,8 @@ export function planLines(p: MemoryPlan): string[] {
   const w = p.worker;
   const b = formatBytes;
   return [
-    `memory plan (micro-batch ${p.micro_batch} × seq ${p.seq_len}, head chunk ${p.head_chunk}):`,
+    `memory plan (micro-batch ${p.micro_batch} × seq ${p.seq_len}, head chunk ${p.head_chunk}, ` +
+    `weights ${p.weights_dtype ?? "f32"}):`,
     `  per worker: weights ${b(w.weights)}, adapters ${b(w.adapters)}, optimizer ${
       b(w.optimizer)
     }, gradients ${b(w.gradients)}, activations ${b(w.activations)}, workspace ${
@@ -311,7 +357,12 @@ export function checkMemoryPlan(
   sharedHost = limits.sharedHost ?? false,
 ): void {
   const b = formatBytes;
-  const advice = "lower --micro-batch or --seq-len, or use a smaller --rank";
+  // Full fine-tuning keeps an f32 W (finetune_flags.ts), so only the other methods are offered
+  // 16-bit weights; the memory plan's weights is the figure that halves.
+  const halve = (p.weights_dtype ?? "f32") === "f32" && p.method !== "full"
+    ? ", or --weights-dtype bf16 (halves the weights)"
+    : "";
+  const advice = `lower --micro-batch or --seq-len, or use a smaller --rank${halve}`;
   const fail = (what: string) => {
     throw new MemoryPlanError(
       `the run does not fit: ${what}; ${advice}\n${planLines(p).join("\n")}`,

@@ -76,6 +76,8 @@ export interface Timing {
   comm_ms: number;
   /** Applying the update (max over workers). */
   update_ms: number;
+  /** The adapter init in the driver (the SVDs of every adapted matrix); absent on a resume. */
+  init_ms?: number;
 }
 
 /** Memory a method needs per worker beyond the model weights. */
@@ -274,6 +276,7 @@ export const reportSchema = z.looseObject({
     compute_ms: nonNeg,
     comm_ms: nonNeg,
     update_ms: nonNeg,
+    init_ms: nonNeg.optional(),
   }),
   spectra: z.record(z.string().min(1), spectrumSchema).optional(),
   memory: z.looseObject({
@@ -283,6 +286,8 @@ export const reportSchema = z.looseObject({
   }).optional(),
   memory_plan: z.looseObject({
     workers: count,
+    method: z.enum(["hd-pissa", "pissa", "lora", "full"]).optional(),
+    weights_dtype: z.enum(["f32", "bf16", "f16"]).optional(),
     micro_batch: count,
     seq_len: count,
     head_chunk: count,

@@ -1,0 +1,89 @@
+/**
+ * One GPU host's link is cut (its veth goes down: packets are lost, nothing is refused) as step
+ * 3's calls go out, then restored.
+ *
+ * - For 0.5 s: TCP carries what was in flight once the link is back (its retransmission makes
+ *   that step about 1.2 s long here) and the run ends on the one-host run's bits. The nodes get a
+ *   5 s liveness window (`--missed-heartbeats 10`, as on a network with hiccups): with the
+ *   default 1.5 s, a loaded machine can stretch the silence past it, and the half-healed
+ *   partition below follows. The cut side may still take the driver (1.5 s) for dead and stop
+ *   its worker, which costs a rollback, so the rollbacks are printed, not asserted.
+ * - For 3 s, twice that: the driver takes the host's node for dead, its worker restarts there once
+ *   the host is back, the run rolls back to its last checkpoint and ends on the same bits. Ignored:
+ *   the cut side also takes the driver's node for dead and stops the workers it owns ("owner"),
+ *   and TCP's retransmission backoff keeps the route between the servers silent for seconds after
+ *   the link is up, so that side can see the driver vanish again, several times; most runs
+ *   recover, some give up after 5 rollbacks. A partition that heals one way first is not handled.
+ */
+import assert from "node:assert/strict";
+import { connectNats } from "../runtime/connect.ts";
+import { leftovers, newTag, sameFile, tapCalls, within } from "./support/faults.ts";
+import { driverRun, oneHostRun, startTrainingLab } from "./support/multihost.ts";
+import { writeTinySetup } from "./support/tiny_run.ts";
+
+const STEPS = 6;
+
+async function cutRun(cutMs: number, nodeArgs: string[] = []) {
+  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-link-" });
+  const tag = newTag();
+  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
+  try {
+    await writeTinySetup(dir);
+    const ref = await oneHostRun(dir, STEPS);
+    t = await startTrainingLab(tag, 2, { nodeArgs });
+    const lab = t;
+    const victim = t.gpus[0];
+    // The test process watches the calls from the bridge, as an operator's machine would.
+    const nc = await connectNats(t.servers.map((s) => s.url), { user: t.user, pass: t.pass });
+    let cutAt = 0;
+    let restored: Promise<void> | undefined;
+    const stopTap = tapCalls({ name: "default", nc }, (c) => {
+      const v = c.value as { step?: number };
+      if (cutAt || c.method !== "step" || v.step !== 3) return;
+      cutAt = performance.now();
+      restored = lab.lab.cut(victim).then(() => new Promise<void>((r) => setTimeout(r, cutMs)))
+        .then(() => lab.lab.restore(victim));
+    });
+    const out = `${dir}/hosts`;
+    let r;
+    try {
+      r = await within(
+        driverRun(t, dir, out, STEPS, ["--checkpoint-every", "2"]),
+        150_000,
+        "the run across hosts",
+      );
+    } finally {
+      stopTap();
+      await restored;
+      await nc.close();
+    }
+    assert.ok(cutAt > 0, "the link was cut during step 3");
+    assert.equal(r.code, 0, `the finetune CLI failed:\n${r.stderr}`);
+    const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
+    assert.deepEqual(report.steps.map((s: { step: number }) => s.step), [0, 1, 2, 3, 4, 5]);
+    assert.ok(
+      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
+      "the weights equal the one-host run's",
+    );
+    return report as { recoveries: number };
+  } finally {
+    await t?.stop();
+    assert.deepEqual(await leftovers(tag), []);
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("several hosts: a GPU host's link cut for 0.5 s mid-step and restored; same bits", async () => {
+  const report = await cutRun(500, ["--missed-heartbeats", "10"]);
+  console.log(`  rollbacks: ${report.recoveries}`);
+});
+
+Deno.test({
+  name: "several hosts: a GPU host's link cut for 3 s mid-step; a rollback, same bits",
+  ignore: true,
+  async fn() {
+    const report = await cutRun(3000);
+    // Cut for longer than the 1.5 s a node may be silent: its worker was lost and restarted.
+    assert.ok(report.recoveries >= 1, `rollbacks: ${report.recoveries}`);
+  },
+});
