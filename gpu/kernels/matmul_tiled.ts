@@ -149,7 +149,11 @@ function staging(
       );
     }
     const body = L.join("\n      ");
-    out.push(guard ? `if (tid + ${j * WG}u < ${items}u) {\n      ${body}\n    }` : `{\n      ${body}\n    }`);
+    out.push(
+      guard
+        ? `if (tid + ${j * WG}u < ${items}u) {\n      ${body}\n    }`
+        : `{\n      ${body}\n    }`,
+    );
   }
   return out.join("\n    ");
 }
