@@ -14,9 +14,9 @@ import json
 import sys
 
 try:
+    import transformers  # first: without it, fail before the slow import of torch
     import numpy as np
     import torch
-    import transformers
 except Exception as e:  # the reason is the output
     print(json.dumps({"not_measured": f"python3 cannot import torch/transformers/numpy ({e})"}))
     sys.exit(3)

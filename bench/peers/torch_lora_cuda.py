@@ -17,9 +17,9 @@ import sys
 import time
 
 try:
-    import torch
-    import transformers
+    import transformers  # first: without it, fail before the slow import of torch
     import peft
+    import torch
 except Exception as e:  # the reason is the output
     print(json.dumps({"not_measured": f"python3 cannot import torch/transformers/peft ({e})"}))
     sys.exit(3)
