@@ -15,7 +15,7 @@
 # A figure that cannot be measured prints "not measured: <reason>".
 #
 # What it carries is prepared by bench/gpu_machine_prep.sh in .gpu/ (Deno binary xz-compressed,
-# a Deno cache with the npm packages, nats-server, the Vulkan loader .deb); without .gpu/ it uses
+# a Deno cache with the npm packages, nats-server xz-compressed, the Vulkan loader .deb); without .gpu/ it uses
 # the deno and nats-server on PATH. It sets VK_DRIVER_FILES to the NVIDIA ICD when one is found.
 #
 #   bench/gpu_machine.sh            the GPU run (sizes above)
@@ -43,27 +43,33 @@ mkdir -p "$BIN"
 section "setup"
 echo "mode: $MODE"
 if [ -f "$G/deno.xz" ]; then
-  [ -x "$BIN/deno" ] || { xz -dc "$G/deno.xz" >"$BIN/deno.tmp" && chmod +x "$BIN/deno.tmp" && mv "$BIN/deno.tmp" "$BIN/deno"; }
+  # Unpacked once per deno.xz (a newer deno.xz is unpacked again).
+  if [ ! -x "$BIN/deno" ] || [ "$G/deno.xz" -nt "$BIN/deno" ]; then
+    xz -dc "$G/deno.xz" >"$BIN/deno.tmp" && chmod +x "$BIN/deno.tmp" && mv "$BIN/deno.tmp" "$BIN/deno"
+  fi
+  DENO=$BIN/deno
   echo "deno: unpacked from .gpu/deno.xz"
 elif command -v deno >/dev/null; then
-  ln -sf "$(command -v deno)" "$BIN/deno"
-  echo "deno: from PATH ($(command -v deno)); no .gpu/deno.xz (run bench/gpu_machine_prep.sh)"
+  DENO=$(command -v deno)
+  echo "deno: from PATH ($DENO); no .gpu/deno.xz (run bench/gpu_machine_prep.sh)"
 else
   echo "no deno: run bench/gpu_machine_prep.sh where deno is installed and carry .gpu/" >&2
   exit 1
 fi
 if [ -f "$G/deno_dir.tar.xz" ]; then
-  [ -d "$G/deno_dir" ] || tar -C "$G" -xJf "$G/deno_dir.tar.xz"
+  if [ ! -d "$G/deno_dir" ] || [ "$G/deno_dir.tar.xz" -nt "$G/deno_dir" ]; then
+    rm -rf "$G/deno_dir" && tar -C "$G" -xJf "$G/deno_dir.tar.xz" && touch "$G/deno_dir"
+  fi
   export DENO_DIR=$G/deno_dir
   echo "deno cache: .gpu/deno_dir"
 fi
-if [ -x "$G/nats-server" ]; then
-  cp -f "$G/nats-server" "$BIN/nats-server"
-  echo "nats-server: from .gpu/"
+if [ -f "$G/nats-server.xz" ]; then
+  xz -dc "$G/nats-server.xz" >"$BIN/nats-server.tmp" && chmod +x "$BIN/nats-server.tmp" &&
+    mv "$BIN/nats-server.tmp" "$BIN/nats-server"
+  echo "nats-server: unpacked from .gpu/nats-server.xz"
 fi
 export PATH=$BIN:$PATH
 command -v nats-server >/dev/null || echo "nats-server: none on PATH (the model section will fail)"
-DENO=$BIN/deno
 "$DENO" --version | head -1
 
 # The Vulkan loader: the system's, or the carried .deb unpacked without root.

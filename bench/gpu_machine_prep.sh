@@ -4,13 +4,14 @@
 #
 #   .gpu/deno.xz           this machine's Deno binary, xz-compressed
 #   .gpu/deno_dir.tar.xz   a Deno cache (DENO_DIR) holding every npm package the run imports
-#   .gpu/nats-server       the nats-server binary the workers' runtime starts
+#   .gpu/nats-server.xz    the nats-server binary the workers' runtime starts, xz-compressed
 #   .gpu/debs/*.deb        the Vulkan loader (libvulkan1) for a machine that has only the
 #                          NVIDIA driver's ICD, unpacked there without root (dpkg-deb -x)
 #
 #   bench/gpu_machine_prep.sh
 #
-# Then carry the project folder (with .gpu/) to the GPU machine and run bench/gpu_machine.sh.
+# Then carry the project folder (with .gpu/; about 60 MiB) to the GPU machine and run
+# bench/gpu_machine.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 G=.gpu
@@ -25,8 +26,9 @@ if [ -z "$nats" ]; then
   for d in /usr/sbin /usr/local/bin /usr/bin; do [ -x "$d/nats-server" ] && nats="$d/nats-server"; done
 fi
 [ -n "$nats" ] || { echo "nats-server not found: apt-get install nats-server" >&2; exit 1; }
-cp "$nats" "$G/nats-server"
-echo "nats-server: $nats -> $G/nats-server"
+xz -T0 -9 -c "$nats" >"$G/nats-server.xz.tmp" && mv "$G/nats-server.xz.tmp" "$G/nats-server.xz"
+rm -f "$G/nats-server"
+echo "nats-server: $nats -> $G/nats-server.xz"
 
 # A fresh DENO_DIR filled only by the entry points the run uses (npm packages included).
 tmp=$(mktemp -d)
@@ -39,3 +41,4 @@ echo "deno cache -> $G/deno_dir.tar.xz"
 (cd "$G/debs" && rm -f ./*.deb && apt-get download libvulkan1 >/dev/null)
 echo "vulkan loader: $(ls "$G/debs")"
 du -sh "$G"/* | sed 's/^/  /'
+echo "total: $(du -cb "$G"/*.xz "$G"/debs/*.deb | tail -1 | cut -f1) bytes to carry (.gpu/bin is unpacked on the machine)"
