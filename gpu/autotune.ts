@@ -74,10 +74,10 @@ async function readCache(file: string): Promise<CacheFile> {
   try {
     const parsed = JSON.parse(await Deno.readTextFile(file)) as CacheFile;
     if (parsed?.version === 1 && typeof parsed.entries === "object") return parsed;
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound) && !(e instanceof SyntaxError)) throw e;
+  } catch {
+    // Missing, unreadable or not JSON: start again; the cache only ever holds measurements,
+    // and a folder where it cannot be written is announced by `chooseTile`.
   }
-  // A missing or unreadable cache is rebuilt; it only ever holds measurements.
   return { version: 1, entries: {} };
 }
 
@@ -160,14 +160,24 @@ export async function chooseTile(
     log(hit.note);
     return hit;
   }
-  await Deno.mkdir(file.replace(/\/[^/]*$/, ""), { recursive: true });
   const lock = `${file}.lock`;
   for (;;) {
+    let step = "mkdir";
     try {
+      await Deno.mkdir(file.replace(/\/[^/]*$/, ""), { recursive: true });
+      step = "lock";
       await Deno.writeTextFile(lock, String(Deno.pid), { createNew: true });
       break;
     } catch (e) {
-      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+      if (step === "mkdir" || !(e instanceof Deno.errors.AlreadyExists)) {
+        // No usable cache folder: tune for this process, and say that it was not cached (each
+        // process then tunes for itself; the bits do not depend on its choice, see above).
+        const { tile, ms } = await tuneTiles(gpu, options);
+        const note = `matmul: tiled ${tile} on ${gpu.info.description} (autotuned for this ` +
+          `process only: the cache ${file} is not writable: ${(e as Error).message})`;
+        log(note);
+        return { variant: "tiled", tile, source: "tuned", note, timings: ms };
+      }
     }
     // Another process is tuning: wait for its entry, or take over a lock it left behind.
     const stat = await Deno.stat(lock).catch(() => null);

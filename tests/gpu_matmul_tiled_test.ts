@@ -191,6 +191,30 @@ Deno.test("autotune: tunes once per adapter, caches the choice, the next engine 
   }
 });
 
+Deno.test("autotune: a cache folder that cannot be written is announced, the engine still opens", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "autotune-ro-" });
+  const lines: string[] = [];
+  try {
+    // A file where the cache folder should be: the folder cannot be made.
+    await Deno.writeTextFile(`${dir}/hd-pissa`, "not a folder");
+    const gpu = await Gpu.open({
+      matmul: "tiled",
+      autotune: {
+        force: true,
+        size: 64,
+        candidates: ["32x64x16/4x4"],
+        cacheFile: `${dir}/hd-pissa/autotune.json`,
+      },
+      log: (l) => lines.push(l),
+    });
+    assert.equal(gpu.matmulChoice.tile, "32x64x16/4x4");
+    assert.match(lines.join("\n"), /autotuned for this process only: the cache .* is not writable/);
+    gpu.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("the CPU adapter keeps the register kernel and says so; a bad tile name is refused", async () => {
   const lines: string[] = [];
   const gpu = await Gpu.open({ log: (l) => lines.push(l) });
