@@ -5,6 +5,12 @@
 // GPU time comes from timestamp queries around a block of repeated dispatches when the device
 // has them, wall-clock time of a submit otherwise (which then includes the driver's latency).
 // Each figure is the best of 5 trials.
+//
+// `--gpu-mode machine` (bench/gpu_machine.sh) measures instead what a GPU is judged by: square
+// matmul 1024–8192 in f32 and with two f16 operands (f32 accumulation) in TFLOP/s, attention
+// forward+backward at 8 × 1024 tokens of 32 heads of 64 (8 KV heads), and the cross-entropy of
+// 2048 positions over Llama 3's 128,256-token vocabulary (1,024 over 32,000 when that does not
+// fit one binding); `machine-small` runs the same at sizes a CPU adapter finishes in seconds.
 import { percentile, type Report } from "./figure.ts";
 import { Gpu } from "../gpu/engine.ts";
 import type { Recorder } from "../gpu/recorder.ts";
@@ -16,6 +22,7 @@ import { rmsnormBackward, rmsnormForward } from "../gpu/kernels/rmsnorm.ts";
 import { swigluBackward, swigluForward } from "../gpu/kernels/swiglu.ts";
 import { type AdapterSteps, hdPissaUpdate } from "../gpu/kernels/hd_pissa.ts";
 import { Rng } from "../core/rng.ts";
+import { f32BitsToF16 } from "../gpu/half.ts";
 
 /**
  * Milliseconds of one `body`: the best of `trials` trials of `reps` repetitions each (the best,
@@ -40,7 +47,13 @@ async function timeIt(
   return percentile(ms, 0);
 }
 
-export async function run(report: Report): Promise<void> {
+export interface GpuBenchOptions {
+  gpuMode?: "kernels" | "machine" | "machine-small";
+}
+
+export async function run(report: Report, options: GpuBenchOptions = {}): Promise<void> {
+  const mode = options.gpuMode ?? "kernels";
+  if (mode !== "kernels") return await runMachine(report, mode === "machine-small");
   const gpu = await Gpu.open();
   const rng = new Rng(7);
   const held: GpuTensor[] = [];
@@ -143,3 +156,123 @@ export async function run(report: Report): Promise<void> {
     gpu.close();
   }
 }
+
+/** The `machine` modes (see the header). */
+async function runMachine(report: Report, small: boolean): Promise<void> {
+  const gpu = await Gpu.open({ log: (l) => console.error(l) });
+  const rng = new Rng(8);
+  const held: GpuTensor[] = [];
+  const keep = (t: GpuTensor) => (held.push(t), t);
+  const rand = (shape: number[], scale = 1) =>
+    keep(gpu.upload(rng.normals(shape.reduce((a, b) => a * b), scale), shape));
+  const empty = (shape: number[]) => keep(gpu.tensor(shape));
+  const release = () => {
+    for (const t of held.splice(0)) gpu.release(t);
+  };
+  try {
+    const m = gpu.matmulChoice;
+    const tag = `${gpu.matmulVariant}${m.variant === "tiled" ? ` ${m.tile}` : ""}`;
+    console.error(
+      `gpu machine bench on ${gpu.info.description} (${gpu.info.isCpu ? "CPU adapter" : "GPU"}; ` +
+        `matmul ${tag}, ${m.source}; shader-f16 ${gpu.info.shaderF16 ? "yes" : "no"}; ` +
+        `${gpu.info.timestamps ? "timestamp" : "wall"} timing)`,
+    );
+    const sizes = small ? [256, 512] : [1024, 2048, 4096, 8192];
+    const limit = gpu.limits.maxStorageBufferBindingSize;
+    for (const dtype of ["f32", "f16"] as const) {
+      for (const n of sizes) {
+        if (n * n * 4 > limit) {
+          report({
+            name: `matmul ${dtype} NT ${n}³`,
+            value: NaN,
+            unit: "TFLOP/s",
+            note: `not measured: ${n}×${n} f32 is over the binding limit ${limit}`,
+          });
+          continue;
+        }
+        let a: GpuTensor, b: GpuTensor;
+        if (dtype === "f32") {
+          a = rand([n, n]);
+          b = rand([n, n]);
+        } else {
+          const bits = () => {
+            const x = rng.normals(n * n);
+            const w = new Uint32Array(n * n / 2);
+            const h = new Uint16Array(w.buffer);
+            for (let i = 0; i < x.length; i++) h[i] = f32ToF16(x[i]);
+            return h;
+          };
+          a = keep(gpu.uploadHalf(bits(), "f16", [n, n]));
+          b = keep(gpu.uploadHalf(bits(), "f16", [n, n]));
+        }
+        const c = empty([n, n]);
+        const flop = 2 * n * n * n;
+        const reps = Math.max(1, Math.min(50, Math.round((small ? 2e8 : 2e11) / flop)));
+        const ms = await timeIt(gpu, (rec) => matmul(rec, "NT", c, a, b), reps, 3);
+        report({
+          name: `matmul ${dtype} NT ${n}³ (${tag})`,
+          value: flop / ms / 1e9,
+          unit: "TFLOP/s",
+        });
+        release();
+      }
+    }
+    // Attention forward + backward.
+    const [B, S, nH, nKV, hd] = small ? [2, 128, 4, 2, 32] : [8, 1024, 32, 8, 64];
+    const T = B * S;
+    const shape = { batch: B, seqLen: S, nHeads: nH, nKvHeads: nKV, headDim: hd };
+    const q = rand([T, nH * hd]), k = rand([T, nKV * hd]), v = rand([T, nKV * hd]);
+    const o = empty([T, nH * hd]), lse = empty([T, nH]), delta = empty([T, nH]);
+    const dout = rand([T, nH * hd]);
+    const dq = empty([T, nH * hd]), dk = empty([T, nKV * hd]), dv = empty([T, nKV * hd]);
+    const fwd = await timeIt(
+      gpu,
+      (rec) => attentionForward(rec, { out: o, lse, q, k, v }, shape),
+      small ? 2 : 5,
+      3,
+    );
+    const bwd = await timeIt(
+      gpu,
+      (rec) => attentionBackward(rec, { dq, dk, dv, dout, q, k, v, out: o, lse, delta }, shape),
+      small ? 2 : 5,
+      3,
+    );
+    // Causal attention: about 2·2·S²·hd/2 multiply-adds per head and sequence forward.
+    const attFlop = 2 * B * nH * S * S * hd;
+    const label = `B${B} S${S} nH${nH} nKV${nKV} hd${hd}`;
+    report({ name: `attention forward ${label}`, value: fwd, unit: "ms" });
+    report({ name: `attention forward ${label}`, value: attFlop / fwd / 1e9, unit: "TFLOP/s" });
+    report({ name: `attention backward ${label}`, value: bwd, unit: "ms" });
+    release();
+    // Cross-entropy loss + gradient at a real vocabulary.
+    let [Tc, V] = small ? [64, 32000] : [2048, 128256];
+    if (Tc * V * 4 > limit) [Tc, V] = [Math.floor(limit / 4 / 32000 / 2), 32000];
+    const logits = rand([Tc, V], 2), dl = empty([Tc, V]), losses = empty([Tc]), loss = empty([1]);
+    const targets = keep(gpu.upload(Int32Array.from({ length: Tc }, () => rng.int(V))));
+    const weights = keep(gpu.upload(new Float32Array(Tc).fill(1 / Tc)));
+    const ce = await timeIt(
+      gpu,
+      (rec) => crossEntropy(rec, { logits, targets, weights, losses, loss, dlogits: dl }),
+      small ? 2 : 5,
+      3,
+    );
+    report({ name: `cross-entropy loss+grad ${Tc}x${V}`, value: ce, unit: "ms" });
+    report({
+      name: `cross-entropy loss+grad ${Tc}x${V}`,
+      value: (Tc * V * 4 * 3) / ce / 1e6,
+      unit: "GB/s",
+    });
+    release();
+  } finally {
+    release();
+    gpu.close();
+  }
+}
+
+/** f32 → f16 bits, rounded to nearest even (via gpu/half.ts). */
+function f32ToF16(x: number): number {
+  F32[0] = x;
+  return f32BitsToF16(U32[0]);
+}
+const F32 = new Float32Array(1);
+const U32 = new Uint32Array(F32.buffer);

@@ -18,6 +18,13 @@ const FLAGS = defineFlags({
   positionals: { metavar: "SUITE...", help: "only the suites whose file name starts with these" },
   flags: {
     json: { type: "boolean", help: 'one JSON object per line: {"name", "value", "unit"}' },
+    "gpu-mode": {
+      type: "enum",
+      choices: ["kernels", "machine", "machine-small"],
+      default: "kernels",
+      help: "gpu suite: the small config's kernels, or matmul 1024–8192 f32/f16, attention and " +
+        "cross-entropy at model sizes (machine; machine-small: the same at small sizes)",
+    },
   },
 });
 const { options, positionals } = FLAGS.main();
@@ -50,5 +57,5 @@ for (const suite of suites) {
         : f.value.toPrecision(4);
       console.log(`  ${f.name.padEnd(56)} ${v.padStart(12)} ${f.unit}`);
     }
-  });
+  }, options);
 }

@@ -42,6 +42,8 @@ export interface DeviceInfo {
   fallback: string | null;
   /** `timestamp-query` was available and is enabled on the device. */
   timestamps: boolean;
+  /** `shader-f16` was available and is enabled on the device. */
+  shaderF16: boolean;
   features: string[];
 }
 
@@ -124,7 +126,7 @@ export async function probeAdapter(): Promise<
 
 /**
  * Opens a device on the best adapter allowed by `options.adapter`, with raised limits and
- * `timestamp-query` when available.
+ * `timestamp-query` and `shader-f16` when available.
  *
  * @throws NoAdapterError when WebGPU is missing or no adapter matches; the message names the
  *   Vulkan driver package to install.
@@ -188,7 +190,12 @@ export async function openDevice(options: DeviceOptions = {}): Promise<OpenedDev
     if (typeof v === "number") requiredLimits[name] = v;
   }
   const timestamps = adapter.features.has("timestamp-query");
-  const requiredFeatures: GPUFeatureName[] = timestamps ? ["timestamp-query"] : [];
+  // shader-f16 lets the tiled matmul stage two f16 operands as f16 (kernels/matmul_tiled.ts).
+  const shaderF16 = adapter.features.has("shader-f16");
+  const requiredFeatures: GPUFeatureName[] = [
+    ...(timestamps ? ["timestamp-query" as const] : []),
+    ...(shaderF16 ? ["shader-f16" as const] : []),
+  ];
   let device: GPUDevice;
   try {
     device = await adapter.requestDevice({
@@ -220,6 +227,7 @@ export async function openDevice(options: DeviceOptions = {}): Promise<OpenedDev
       isCpu,
       fallback: isCpu ? fallback : null,
       timestamps,
+      shaderF16,
       features: [...device.features].map(String).sort(),
     },
   };

@@ -3,6 +3,7 @@
  * uniform arenas. Kernels record into a `Recorder` made by `Gpu.record()`.
  * @module
  */
+import { type AutotuneOptions, chooseTile, fixedChoice, type MatmulChoice } from "./autotune.ts";
 import { BufferPool, type PoolStats } from "./buffer_pool.ts";
 import { type DeviceInfo, type DeviceOptions, openDevice } from "./device.ts";
 import {
@@ -14,6 +15,7 @@ import {
   GpuValidationError,
 } from "./errors.ts";
 import type { BindingDecls, KernelRef, ParamDecls } from "./kernel.ts";
+import { TILE_SHAPES, type TileShape } from "./kernels/matmul_tiled.ts";
 import { type CompiledKernel, PipelineCache } from "./pipeline_cache.ts";
 import {
   type ArenaChunk,
@@ -44,6 +46,15 @@ export interface GpuOptions extends DeviceOptions {
    */
   matmul?: "auto" | MatmulVariant;
   /**
+   * Tile shape of the tiled matmul by name (kernels/matmul_tiled.ts `TILE_SHAPES`); default:
+   * the autotune's choice on a GPU (gpu/autotune.ts), the default shape on a CPU adapter.
+   */
+  matmulTile?: string;
+  /** Options of the autotune (cache file, size; `force` tunes on a CPU adapter too). */
+  autotune?: AutotuneOptions;
+  /** Where the engine's one-line notes go (the matmul choice); default stderr on a GPU only. */
+  log?: (line: string) => void;
+  /**
    * Lowers `limits.maxStorageBufferBindingSize` to this many bytes (never raises it), e.g. so
    * that tests exercise the row-split tensors without allocating the device's real limit.
    */
@@ -53,6 +64,8 @@ export interface GpuOptions extends DeviceOptions {
 export interface EngineStats extends PoolStats {
   pipelines: number;
   bindGroups: number;
+  /** The matmul kernel in use and how it was chosen (gpu/autotune.ts). */
+  matmul: { variant: MatmulVariant; tile: string; source: MatmulChoice["source"] };
 }
 
 const TENSOR_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
@@ -80,7 +93,6 @@ export class Gpu {
   readonly adapter: GPUAdapter;
   readonly device: GPUDevice;
   readonly info: DeviceInfo;
-  readonly matmulVariant: MatmulVariant;
   /** The device's limits that the kernels and checks use. */
   readonly limits: {
     maxStorageBufferBindingSize: number;
@@ -106,6 +118,7 @@ export class Gpu {
   #lost: Promise<never>;
   #closed = false;
   #host: RecorderHost;
+  #matmul: MatmulChoice;
 
   private constructor(
     opened: { adapter: GPUAdapter; device: GPUDevice; info: DeviceInfo },
@@ -125,7 +138,8 @@ export class Gpu {
       maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
     };
     const choice = options.matmul ?? "auto";
-    this.matmulVariant = choice === "auto" ? (this.info.isCpu ? "register" : "tiled") : choice;
+    const variant = choice === "auto" ? (this.info.isCpu ? "register" : "tiled") : choice;
+    this.#matmul = fixedChoice(this.info, variant, options.matmulTile);
     // Any destroyed buffer may sit in a cached bind group; dropping them all is simple and rare.
     this.#pool = new BufferPool(this.device, () => this.#bindGroups.clear());
     this.#pipelines = new PipelineCache(this.device);
@@ -150,7 +164,30 @@ export class Gpu {
 
   /** Opens a device (see `openDevice`) and wraps it in an engine. */
   static async open(options: GpuOptions = {}): Promise<Gpu> {
-    return new Gpu(await openDevice(options), options);
+    const gpu = new Gpu(await openDevice(options), options);
+    const log = options.log ?? ((line: string) => {
+      if (!gpu.info.isCpu) console.error(line);
+    });
+    const tune = gpu.#matmul.variant === "tiled" && options.matmulTile === undefined &&
+      (!gpu.info.isCpu || options.autotune?.force === true);
+    try {
+      if (tune) gpu.#matmul = await chooseTile(gpu, options.autotune ?? {}, log);
+      else log(gpu.#matmul.note);
+    } catch (e) {
+      gpu.close();
+      throw e;
+    }
+    return gpu;
+  }
+
+  /** The matmul implementation in use (see gpu/autotune.ts). */
+  get matmulVariant(): MatmulVariant {
+    return this.#matmul.variant;
+  }
+
+  /** The matmul kernel in use, how it was chosen, and the line that announced it. */
+  get matmulChoice(): Readonly<MatmulChoice> {
+    return this.#matmul;
   }
 
   get closed(): boolean {
@@ -370,6 +407,11 @@ export class Gpu {
       ...this.#pool.stats(),
       pipelines: this.#pipelines.size,
       bindGroups: this.#bindGroups.size,
+      matmul: {
+        variant: this.#matmul.variant,
+        tile: this.#matmul.tile,
+        source: this.#matmul.source,
+      },
     };
   }
 
@@ -399,6 +441,9 @@ export class Gpu {
 
   #makeHost(): RecorderHost {
     const device = this.device;
+    // The matmul choice is made after the host (the autotune records with it): read it live.
+    // deno-lint-ignore no-this-alias
+    const self = this;
     const race = <T>(p: Promise<T>): Promise<T> => Promise.race([p, this.#lost]);
     return {
       device,
@@ -409,7 +454,13 @@ export class Gpu {
       maxBinding: this.limits.maxStorageBufferBindingSize,
       maxGroups: this.limits.maxComputeWorkgroupsPerDimension,
       arenaBytes: ARENA_BYTES,
-      matmulVariant: this.matmulVariant,
+      get matmulVariant(): MatmulVariant {
+        return self.#matmul.variant;
+      },
+      get matmulTile(): TileShape {
+        return TILE_SHAPES[self.#matmul.tile];
+      },
+      shaderF16: this.info.shaderF16,
       onCpu: this.info.isCpu,
       kernel: (ref: KernelRef<ParamDecls, BindingDecls>): CompiledKernel =>
         this.#pipelines.get(ref),

@@ -88,6 +88,11 @@ export interface KernelDecl<P extends ParamDecls, B extends BindingDecls> {
   /** Entry point; default "main". */
   readonly entry?: string;
   /**
+   * WGSL extensions the body uses (e.g. `f16`), written as `enable` directives before the
+   * header; the device must have the matching feature (`shader-f16`).
+   */
+  readonly enables?: readonly string[];
+  /**
    * The most loop passes one invocation runs for these parameters: Σ over the loops it runs of
    * (iterations + 1), an outer loop's passes included (see `MAX_INVOCATION_LOOP`). Required
    * when the body has a loop (`for`, `while`, `loop`); a body without loops runs 0.
@@ -289,7 +294,8 @@ export function kernelInterface<P extends ParamDecls, B extends BindingDecls>(
     paramIndex: new Map(params.map((q, i) => [q.name, i])),
     bindingIndex: new Map(bindings.map((b, i) => [b.name, i])),
     paramBytes: Math.max(16, Math.ceil((params.length * 4) / 16) * 16),
-    code: kernelHeader(params, bindings, decl.body) + decl.body,
+    code: (decl.enables ?? []).map((e) => `enable ${e};\n`).join("") +
+      kernelHeader(params, bindings, decl.body) + decl.body,
     loopBound: (decl.loopBound as KernelInterface["loopBound"] | undefined) ?? null,
   };
 }

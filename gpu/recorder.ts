@@ -27,6 +27,7 @@ import {
 import type { CompiledKernel } from "./pipeline_cache.ts";
 import { unpackHalf } from "./half.ts";
 import { type DType, GpuTensor, isHalf } from "./tensor.ts";
+import type { TileShape } from "./kernels/matmul_tiled.ts";
 
 /** Timing of one timed section (a kernel in profile mode, or a `timed` block). */
 export interface Section {
@@ -71,6 +72,10 @@ export interface RecorderHost {
   readonly maxGroups: number;
   readonly arenaBytes: number;
   readonly matmulVariant: MatmulVariant;
+  /** The tiled matmul's tile shape on this device (gpu/autotune.ts). */
+  readonly matmulTile: TileShape;
+  /** `shader-f16` is enabled on the device. */
+  readonly shaderF16: boolean;
   readonly onCpu: boolean;
   kernel(ref: KernelRef<ParamDecls, BindingDecls>): CompiledKernel;
   bindGroup(key: string, make: () => GPUBindGroup): GPUBindGroup;
@@ -135,6 +140,16 @@ export class Recorder {
   /** The matmul implementation preferred on this device. */
   get matmulVariant(): MatmulVariant {
     return this.#host.matmulVariant;
+  }
+
+  /** The tiled matmul's tile shape on this device (gpu/autotune.ts). */
+  get matmulTile(): TileShape {
+    return this.#host.matmulTile;
+  }
+
+  /** `shader-f16` is enabled on the device (kernels may `enable f16`). */
+  get shaderF16(): boolean {
+    return this.#host.shaderF16;
   }
 
   /** The device is a CPU adapter (lavapipe): kernels pick CPU-friendly workgroup shapes. */

@@ -98,7 +98,10 @@ export interface CrossEntropyTensors {
   weights: GpuTensor;
   /** f32 [T], per-position weighted loss (written). */
   losses: GpuTensor;
-  /** f32 [1], Σ_t losses[t] in order (written); omit to skip the sum. */
+  /**
+   * f32 [1], Σ_t losses[t] in a fixed order over as many workgroups as T needs (`sum`,
+   * kernels/reduce.ts), written; omit to skip the sum.
+   */
   loss?: GpuTensor;
   /** f32 [T, V] gradient (written); may be `logits` itself to save memory; omit for loss only. */
   dlogits?: GpuTensor;

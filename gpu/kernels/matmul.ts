@@ -23,8 +23,9 @@
  *   On lavapipe a load costs about as much as twenty FMAs and workgroup barriers are slow, which
  *   is why this beats workgroup-memory tiling there (~26 GFLOP/s against an FMA peak of ~120 on
  *   two cores; the remaining gap is load instructions and spilled accumulators).
- * - "tiled" (real GPUs, when M and N are at least 32): 64×64 output tiles per 16×16 workgroup,
- *   16-deep K slices staged in workgroup memory as vec4, 4×4 accumulators per invocation.
+ * - "tiled" (real GPUs, when M and N are at least 32): workgroup-memory tiles in several shapes,
+ *   the one in use chosen per adapter by a short autotune (kernels/matmul_tiled.ts,
+ *   gpu/autotune.ts); f16 operands staged as f16 where the device has `shader-f16`.
  *
  * Weights in 16 bits: A and B may each be a bf16/f16 tensor (packed two per word, gpu/half.ts),
  * e.g. a frozen W in `x·Wᵀ` and `dY·W`. The kernels read every operand through the generated
@@ -36,8 +37,8 @@
  * is the f32 formula with one rounding, the same bits on every device.
  *
  * Loop passes per invocation (see `MAX_INVOCATION_LOOP`): the register kernel runs ⌈K/step⌉ + 1
- * (step 4 when K % 4 == 0, else 1), the tiled kernel ⌈K/16⌉ + 1 (its constant loops are written
- * out), so K may reach 65,534 (262,136 with step 4) and 1,048,544 respectively; a larger K is
+ * (step 4 when K % 4 == 0, else 1), the tiled kernel ⌈K/BK⌉ + 1 (its constant loops are written
+ * out; BK is 8 or 16), so K may reach 65,534 (262,136 with step 4) and 524,272 or more; a larger K is
  * refused with KernelLoopBoundError.
  * @module
  */
@@ -46,6 +47,7 @@ import { defineKernelVariants } from "../kernel.ts";
 import type { MatmulVariant, Recorder } from "../recorder.ts";
 import { type GpuTensor, isHalf } from "../tensor.ts";
 import { accumulatePacked } from "./packed.ts";
+import { dispatchTiled, TILE_SHAPES } from "./matmul_tiled.ts";
 
 /** Operand layouts; the letters say whether A and B are used as stored (N) or transposed (T). */
 export type MatmulLayout = "NT" | "NN" | "TN";
@@ -63,6 +65,11 @@ export interface MatmulOptions {
    * warps).
    */
   registerWorkgroup?: 8 | 16 | 32 | 64;
+  /**
+   * Tile shape of the tiled kernel, by name (kernels/matmul_tiled.ts `TILE_SHAPES`); default the
+   * engine's choice (gpu/autotune.ts).
+   */
+  tile?: string;
   /**
    * f32 [M, N] scratch for a 16-bit C (see the module doc); default a recorder scratch, held
    * until the submit. Callers updating many weights in one recording pass one per shape.
@@ -320,136 +327,6 @@ function dispatchRegister(
   });
 }
 
-// ---- workgroup-tiled implementation ----------------------------------------------------------
-
-const TILE = 64;
-
-/** WGSL statements `line(0) … line(n-1)` written out (constant loops add no loop passes). */
-function unrolled(n: number, line: (i: number) => string, indent = "  "): string {
-  return Array.from({ length: n }, (_, i) => line(i)).join(`\n${indent}`);
-}
-
-// Staging of one operand's k-slice: element e of invocation tid is idx = tid + e·256.
-function stage(e: number, op: "A" | "B", m0: string, M: string, s0: string, s1: string): string {
-  const fast = op === "A" ? "aKFast" : "bKFast";
-  const v = `v${op}${e}`;
-  return `{
-      let idx = tid + ${e * 256}u;
-      var r = idx / BK;
-      var k = idx % BK;
-      if (p.${fast} == 0u) { r = idx % BM; k = idx / BM; }
-      var ${v} = 0.0;
-      if (${m0} + r < p.${M} && k0 + k < p.K) {
-        ${v} = ${op}_at((${m0} + r) * p.${s0} + (k0 + k) * p.${s1});
-      }
-      ${op}s[k * 16u + r / 4u][r % 4u] = ${v};
-    }`;
-}
-
-/**
- * One loop over the K slices; the loops of constant length in it are written out. One variant
- * per pair of operand element types.
- */
-const TILED = defineKernelVariants((t: { at: Operand; bt: Operand }) => ({
-  name: `matmul_tiled_64x64x16${typeKey(t.at, t.bt)}`,
-  params: {
-    M: "u32",
-    N: "u32",
-    K: "u32",
-    sAm: "u32",
-    sAk: "u32",
-    sBn: "u32",
-    sBk: "u32",
-    sCm: "u32",
-    sCn: "u32",
-    alpha: "f32",
-    beta: "f32",
-    aKFast: "u32",
-    bKFast: "u32",
-  },
-  bindings: { A: `read ${t.at}`, B: `read ${t.bt}`, C: "read_write f32" },
-  loopBound: ({ K }: { K: number }) => Math.ceil(K / 16) + 1,
-  body: /* wgsl */ `
-const BM = 64u;
-const BK = 16u;
-// [BK][BM/4] vec4: a k-slice of 64 rows, four rows per vec4.
-var<workgroup> As: array<vec4<f32>, 256>;
-var<workgroup> Bs: array<vec4<f32>, 256>;
-
-@compute @workgroup_size(16, 16)
-fn main(
-  @builtin(workgroup_id) wid: vec3<u32>,
-  @builtin(local_invocation_id) lid: vec3<u32>,
-  @builtin(local_invocation_index) tid: u32,
-) {
-  let m0 = wid.y * BM;
-  let n0 = wid.x * BM;
-  var acc0 = vec4<f32>(0.0);
-  var acc1 = vec4<f32>(0.0);
-  var acc2 = vec4<f32>(0.0);
-  var acc3 = vec4<f32>(0.0);
-  for (var k0 = 0u; k0 < p.K; k0 += BK) {
-    // Consecutive invocations load consecutive addresses of whichever index is contiguous.
-    ${
-    unrolled(4, (e) =>
-      stage(e, "A", "m0", "M", "sAm", "sAk") + " " + stage(e, "B", "n0", "N", "sBn", "sBk"), "    ")
-  }
-    workgroupBarrier();
-    ${
-    unrolled(16, (k) =>
-      `{ let a = As[${k * 16}u + lid.y]; let b = Bs[${k * 16}u + lid.x]; ` +
-      `acc0 = fma(vec4<f32>(a.x), b, acc0); acc1 = fma(vec4<f32>(a.y), b, acc1); ` +
-      `acc2 = fma(vec4<f32>(a.z), b, acc2); acc3 = fma(vec4<f32>(a.w), b, acc3); }`, "    ")
-  }
-    workgroupBarrier();
-  }
-  ${
-    unrolled(16, (ij) => {
-      const i = Math.floor(ij / 4), j = ij % 4;
-      return `store(m0 + lid.y * 4u + ${i}u, n0 + lid.x * 4u + ${j}u, acc${i}.${"xyzw"[j]});`;
-    })
-  }
-}
-
-fn store(m: u32, n: u32, acc: f32) {
-  if (m < p.M && n < p.N) {
-    let o = m * p.sCm + n * p.sCn;
-    if (p.beta == 0.0) { C[o] = p.alpha * acc; } else { C[o] = p.alpha * acc + p.beta * C[o]; }
-  }
-}
-`,
-} as const), (t) => `${t.at}${t.bt}`);
-
-function dispatchTiled(
-  rec: Recorder,
-  c: GpuTensor,
-  a: GpuTensor,
-  b: GpuTensor,
-  p: Problem,
-  alpha: number,
-  beta: number,
-): void {
-  rec.dispatch(TILED.variant({ at: a.dtype as Operand, bt: b.dtype as Operand }), {
-    bindings: { A: a, B: b, C: c },
-    params: {
-      M: p.M,
-      N: p.N,
-      K: p.K,
-      sAm: p.sAm,
-      sAk: p.sAk,
-      sBn: p.sBn,
-      sBk: p.sBk,
-      sCm: p.N,
-      sCn: 1,
-      alpha,
-      beta,
-      aKFast: p.sAk === 1 ? 1 : 0,
-      bKFast: p.sBk === 1 ? 1 : 0,
-    },
-    grid: [Math.ceil(p.N / TILE), Math.ceil(p.M / TILE)],
-  });
-}
-
 // ---- public API ------------------------------------------------------------------------------
 
 /**
@@ -488,8 +365,11 @@ export function matmul(
   // Tiles of 64 waste most of their work on skinny products; the register kernel is the better
   // GPU kernel there too.
   const tiled = variant === "tiled" && (options.variant === "tiled" || Math.min(p.M, p.N) >= 32);
-  if (tiled) dispatchTiled(rec, c, a, b, p, alpha, beta);
-  else dispatchRegister(rec, c, a, b, p, alpha, beta, options);
+  if (tiled) {
+    const shape = options.tile === undefined ? rec.matmulTile : TILE_SHAPES[options.tile];
+    if (!shape) throw new GpuShapeError(`matmul: no tile shape named '${options.tile}'`);
+    dispatchTiled(rec, c, a, b, p, alpha, beta, { shape, shaderF16: rec.shaderF16 });
+  } else dispatchRegister(rec, c, a, b, p, alpha, beta, options);
 }
 
 /** `C[M,N] = α·A[M,K]·B[N,K]ᵀ + β·C` (linear forward `y = x·Wᵀ`). */

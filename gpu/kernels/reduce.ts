@@ -2,12 +2,16 @@
  * Deterministic reductions: sum, sum of squares over several tensors (global gradient norm)
  * and clipping by that norm, without a read-back.
  *
- * A reduction runs in passes. Each pass gives every chunk of CHUNK = 65,536 elements one
- * workgroup of 256 invocations: invocation i sums the chunk's elements i, i+256, … in order
- * (at most 256 of them), then a fixed tree combines the 256 partial sums into one value per
- * chunk. The chunk sums (in a scratch tensor of the recorder) are reduced the same way until
- * one value is left: one pass up to 65,536 elements, two up to 4.3G. The order depends only on
- * the element count, never on timing, so the same input gives the same bits.
+ * A reduction runs in passes, every workgroup of a pass summing one chunk of its input into one
+ * output element: invocation i sums the chunk's elements i, i+256, … in order, then a fixed tree
+ * combines the 256 partial sums. A tensor of up to 65,536 elements is one pass of one workgroup
+ * (256 elements per invocation). A larger one is first cut into chunks of 256·items elements,
+ * items = max(16, ⌈n / (256·1024)⌉) (≤ 256), so that a pass keeps about a thousand workgroups
+ * busy however large the tensor (10M elements: 1,002 workgroups of 39 elements per invocation,
+ * where one chunk size of 65,536 gave 153); the chunk sums (in a scratch tensor of the
+ * recorder) are reduced the same way until one value is left. The chunking depends only on the
+ * element count, never on the device or on timing, and no pass uses atomics, so the same input
+ * gives the same bits on every run and every worker.
  * @module
  */
 import { GpuShapeError } from "../errors.ts";
@@ -17,16 +21,24 @@ import { expectShape, type GpuTensor } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d, GROUP_INDEX_WGSL, workgroupTreeWgsl } from "./grid.ts";
 
 const RWG = 256;
-/** Elements each invocation of a pass sums. */
-const ITEMS = 256;
-/** Elements per workgroup of a pass. */
-const CHUNK = RWG * ITEMS;
+/** Most elements one invocation of a pass sums. */
+const MAX_ITEMS = 256;
+/** Most elements one workgroup sums: up to this, a tensor is one pass of one workgroup. */
+const ONE_GROUP = RWG * MAX_ITEMS;
+/** Workgroups a first pass aims at (see the module doc). */
+const GROUPS = 1024;
+
+/** Elements per invocation of the first pass over `n` elements (see the module doc). */
+function itemsPerInvocation(n: number): number {
+  if (n <= ONE_GROUP) return MAX_ITEMS;
+  return Math.min(MAX_ITEMS, Math.max(16, Math.ceil(n / (RWG * GROUPS))));
+}
 
 const REDUCE = defineKernel({
   name: "reduce_sum",
-  params: { n: "u32", square: "u32", slot: "u32" },
+  params: { n: "u32", chunk: "u32", square: "u32", slot: "u32" },
   bindings: { outv: "read_write f32", x: "read f32" },
-  loopBound: () => ITEMS + 1,
+  loopBound: ({ chunk }) => Math.ceil(chunk / RWG) + 1,
   body: /* wgsl */ `
 ${GROUP_INDEX_WGSL}
 var<workgroup> part: array<f32, ${RWG}>;
@@ -37,9 +49,9 @@ fn main(
   @builtin(local_invocation_index) tid: u32,
 ) {
   let g = groupIndex(wid, nwg);
-  let start = g * ${CHUNK}u;
+  let start = g * p.chunk;
   if (start >= p.n) { return; }
-  let end = min(p.n, start + ${CHUNK}u);
+  let end = min(p.n, start + p.chunk);
   var s = 0.0;
   for (var i = start + tid; i < end; i += ${RWG}u) {
     let v = x[i];
@@ -66,12 +78,13 @@ function reduceInto(
 ): void {
   let src = x;
   let sq = square;
-  while (src.size > CHUNK) {
-    const chunks = Math.ceil(src.size / CHUNK);
+  while (src.size > ONE_GROUP) {
+    const chunk = RWG * itemsPerInvocation(src.size);
+    const chunks = Math.ceil(src.size / chunk);
     const part = rec.scratch([chunks], "f32", "reduce partials");
     rec.dispatch(REDUCE, {
       bindings: { outv: part, x: src },
-      params: { n: src.size, square: sq ? 1 : 0, slot: 0 },
+      params: { n: src.size, chunk, square: sq ? 1 : 0, slot: 0 },
       grid: grid1d(chunks, 1),
     });
     src = part;
@@ -79,7 +92,7 @@ function reduceInto(
   }
   rec.dispatch(REDUCE, {
     bindings: { outv, x: src },
-    params: { n: src.size, square: sq ? 1 : 0, slot },
+    params: { n: src.size, chunk: ONE_GROUP, square: sq ? 1 : 0, slot },
     grid: [1],
   });
 }
