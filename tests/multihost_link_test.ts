@@ -57,6 +57,7 @@ async function cutRun(cutMs: number, nodeArgs: string[] = []) {
       await restored;
       await nc.close();
     }
+    if (Deno.env.get("PART_DEBUG")) console.log(r.stderr);
     assert.ok(cutAt > 0, "the link was cut during step 3");
     assert.equal(r.code, 0, `the finetune CLI failed:\n${r.stderr}`);
     const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));

@@ -33,10 +33,10 @@ export class WorkersUnavailableError extends TrainingError {
     why: string,
   ) {
     super(
-      `worker${workers.length === 1 ? "" : "s"} ${workers.join(", ")} (each needs ${
-        JSON.stringify(resources)
-      }) cannot be placed again: ${why}; the checkpoints are kept: rerun with --resume once a ` +
-        `host with the resources is back`,
+      `${workers.length === 1 ? "worker" : "workers"} ${workers.join(", ")} (${
+        workers.length === 1 ? "needs" : "each needs"
+      } ${JSON.stringify(resources)}) cannot be placed again: ${why}; the checkpoints are kept: ` +
+        `rerun with --resume once a host with the resources is back`,
     );
   }
 }
