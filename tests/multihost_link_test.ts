@@ -22,6 +22,7 @@ import { driverRun, oneHostRun, startTrainingLab } from "./support/multihost.ts"
 import { writeTinySetup } from "./support/tiny_run.ts";
 
 const STEPS = 6;
+const CKPT = ["--checkpoint-every", "2"];
 
 async function cutRun(cutMs: number, nodeArgs: string[] = []) {
   const dir = await Deno.makeTempDir({ prefix: "hd-multihost-link-" });
@@ -57,7 +58,6 @@ async function cutRun(cutMs: number, nodeArgs: string[] = []) {
       await restored;
       await nc.close();
     }
-    if (Deno.env.get("PART_DEBUG")) console.log(r.stderr);
     assert.ok(cutAt > 0, "the link was cut during step 3");
     assert.equal(r.code, 0, `the finetune CLI failed:\n${r.stderr}`);
     const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
@@ -84,4 +84,61 @@ Deno.test("several hosts: a GPU host's link cut for 3 s mid-step; a rollback, sa
   // Cut for longer than the 1.5 s a node may be silent: its worker was lost and restarted.
   assert.ok(report.recoveries >= 1, `rollbacks: ${report.recoveries}`);
   console.log(`  rollbacks: ${report.recoveries}`);
+});
+
+Deno.test("several hosts: a GPU host's link cut for longer than the driver waits; the run stops, --resume once it is back ends on the same bits", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-longcut-" });
+  const tag = newTag();
+  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
+  try {
+    await writeTinySetup(dir);
+    const ref = await oneHostRun(dir, STEPS, { checkpointEvery: 2 });
+    t = await startTrainingLab(tag, 2);
+    const lab = t;
+    const victim = t.gpus[0];
+    const nc = await connectNats(t.servers.map((s) => s.url), { user: t.user, pass: t.pass });
+    let restored: Promise<void> | undefined;
+    let release: () => void = () => {};
+    const stopTap = tapCalls({ name: "default", nc }, (c) => {
+      const v = c.value as { step?: number };
+      if (restored || c.method !== "step" || v.step !== 3) return;
+      // Cut until the run has stopped: longer than the 15 s a rollback waits for room.
+      const over = new Promise<void>((r) => release = r);
+      restored = lab.lab.cut(victim).then(() => over).then(() => lab.lab.restore(victim));
+    });
+    const out = `${dir}/hosts`;
+    let r;
+    try {
+      r = await within(driverRun(t, dir, out, STEPS, CKPT), 150_000, "the run across hosts");
+    } finally {
+      stopTap();
+      release();
+      await restored;
+    }
+    assert.ok(restored, "the link was cut during step 3");
+    assert.equal(r.code, 1, `the run stopped with an error:\n${r.stderr}`);
+    assert.match(
+      r.stderr,
+      /finetune: WorkersUnavailableError: worker \d \(needs \{"gpu":1\}\) cannot be placed again/,
+    );
+    assert.doesNotMatch(r.stderr, /giving up after/, "it did not spend its rollbacks");
+    // The cut host's node outlives the run (its worker, whose owner is gone, was stopped): a
+    // resumed run finds both GPU hosts once the link is back.
+    const resumed = await within(
+      driverRun(t, dir, out, STEPS, [...CKPT, "--resume", out]),
+      150_000,
+      "the resumed run",
+    );
+    await nc.close();
+    assert.equal(resumed.code, 0, `the resumed run failed:\n${resumed.stderr}`);
+    assert.match(resumed.stderr, /resumed from .*step-0000\d\d at step \d/);
+    assert.ok(
+      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
+      "the resumed run ends on the one-host run's bits",
+    );
+  } finally {
+    await t?.stop();
+    assert.deepEqual(await leftovers(tag), []);
+    await Deno.remove(dir, { recursive: true });
+  }
 });
