@@ -486,30 +486,40 @@ export class System {
     schema: S,
     take: (value: z.output<S>) => void,
   ): void {
-    const nodeOf = this.#subjects.nodeOf;
     this.#subs.push(this.nc.subscribe(subject, {
       callback: (err, msg) => {
-        if (err) return;
-        let raw: unknown;
-        try {
-          raw = msg.json();
-        } catch {
-          return;
-        }
-        const v = schema.safeParse(raw);
-        if (v.success && v.data.node === nodeOf(msg.subject)) take(v.data);
+        if (!err) this.#takeNodeMessage(msg.subject, msg.string(), schema, take);
       },
     }));
+  }
+
+  /** Takes one JSON message of a per-node subject if `schema` accepts it and it names that node. */
+  #takeNodeMessage<S extends z.ZodType<{ node: string }>>(
+    subject: string,
+    text: string,
+    schema: S,
+    take: (value: z.output<S>) => void,
+  ): void {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch {
+      return;
+    }
+    const v = schema.safeParse(raw);
+    if (v.success && v.data.node === this.#subjects.nodeOf(subject)) take(v.data);
   }
 
   async #start() {
     const s = this.#subjects;
     // Heartbeats and application events speak only for the node whose subject they came on
     // (which only that node may publish to, where the server gives each node its own user).
-    this.#onNodeSubject(s.heartbeats, heartbeatSchema, (hb) => {
+    // Heartbeats arrive on the heartbeat thread's connection (runtime/heartbeat_worker.ts), so
+    // that a backlog of replies on this one cannot hold them back.
+    const onHeartbeat = (hb: Heartbeat) => {
       this.#dir.heartbeat(hb);
       this.#rates.note(hb);
-    });
+    };
     this.#onNodeSubject(s.appEvents, appEventSchema, (event) => this.#tell({ type: "app", event }));
     this.#subs.push(this.nc.subscribe(s.events, {
       callback: (err, msg) => {
@@ -539,6 +549,11 @@ export class System {
       this.#opts.heartbeatMs * this.#opts.missedHeartbeats,
       payload,
       () => this.#frozen(),
+      {
+        subject: s.heartbeats,
+        onHeard: (subject, text) =>
+          this.#takeNodeMessage(subject, text, heartbeatSchema, onHeartbeat),
+      },
     );
     const period = Math.max(20, Math.floor(this.#opts.heartbeatMs / 2));
     this.#tick = setInterval(() => this.#dir.tick(Date.now(), period), period);

@@ -75,7 +75,10 @@ async function leaderRun(method: string, step?: number) {
     });
     assert.notEqual(info.cluster?.leader, killed);
     assert.ok(info.state.messages > 0, "the stream holds the run's objects");
-    console.log(`  killed ${killed}, the stream's leader; now led by ${info.cluster?.leader}`);
+    console.log(
+      `  killed ${killed}, the stream's leader; now led by ${info.cluster?.leader}; ` +
+        `rollbacks: ${report.recoveries}`,
+    );
     await nc.close();
   } finally {
     await t?.stop();
