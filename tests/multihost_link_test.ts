@@ -5,15 +5,19 @@
  * - For 0.5 s: TCP carries what was in flight once the link is back (its retransmission makes
  *   that step about 1.2 s long here) and the run ends on the one-host run's bits. The nodes get a
  *   5 s liveness window (`--missed-heartbeats 10`, as on a network with hiccups): with the
- *   default 1.5 s, a loaded machine can stretch the silence past it, and the half-healed
- *   partition below follows. The cut side may still take the driver (1.5 s) for dead and stop
- *   its worker, which costs a rollback, so the rollbacks are printed, not asserted.
+ *   default 1.5 s, a loaded machine can stretch the silence past it, and the partition below
+ *   follows. The cut side may still take the driver (1.5 s) for dead; it keeps its worker through
+ *   the owner grace. A loaded machine may still stretch a silence past 5 s, which costs a
+ *   rollback, so the rollbacks are printed, not asserted.
  * - For 3 s, twice that: the driver takes the host's node for dead, its worker restarts there once
- *   the host is back, the run rolls back to its last checkpoint and ends on the same bits. Ignored:
- *   the cut side also takes the driver's node for dead and stops the workers it owns ("owner"),
- *   and TCP's retransmission backoff keeps the route between the servers silent for seconds after
- *   the link is up, so that side can see the driver vanish again, several times; most runs
- *   recover, some give up after 5 rollbacks. A partition that heals one way first is not handled.
+ *   the host is back, the run rolls back to its last checkpoint and ends on the same bits. The cut
+ *   side also takes the driver's node for dead, and TCP's retransmission backoff may heal the
+ *   route between the servers one way seconds after the other, so it may do so again after the
+ *   link is up: the node keeps its worker through the owner grace (10 s), and the driver's restart
+ *   takes that old worker's place on the node.
+ * - Until the run stops: no node has room for the lost worker, so after 15 s the run stops with
+ *   WorkersUnavailableError, its checkpoints kept; once the link is back, `--resume` continues it
+ *   to the same bits.
  */
 import assert from "node:assert/strict";
 import { connectNats } from "../runtime/connect.ts";
