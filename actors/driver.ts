@@ -38,6 +38,7 @@ import {
   type NonfiniteLoss,
   RunState,
   TrainingError,
+  WorkersUnavailableError,
 } from "./driver/context.ts";
 import { checkResumable, Fleet, initMethod, loadInputs, type RunInputs } from "./driver/setup.ts";
 import { StepProtocol } from "./driver/step_protocol.ts";
@@ -46,7 +47,7 @@ import { verifyChecksums } from "./driver/sync.ts";
 import { checkpointDir, restoreCheckpoint, saveCheckpoint } from "./driver/checkpoints.ts";
 import { evaluate, exportModel, runReport } from "./driver/report.ts";
 
-export { type DriverStep, TrainingError };
+export { type DriverStep, TrainingError, WorkersUnavailableError };
 
 /** What setup makes: the run's inputs, its workers, and the parts that use them. */
 interface Parts {
@@ -362,7 +363,7 @@ export const Driver = defineActor({
     ),
   close: (core) => core.close(),
   // What the job (and so the finetune CLI) gets as itself: its own errors, and the workers'.
-  errors: [TrainingError, ...WORKER_ERRORS],
+  errors: [TrainingError, WorkersUnavailableError, ...WORKER_ERRORS],
   methods: {
     setup: {
       input: z.object({}),

@@ -157,7 +157,10 @@ export interface CallOptions {
   /**
    * The method gives the same result when run twice (or its repeats are harmless): the call is
    * then sent again when a connection on its way reconnected, since the request or its reply
-   * may have been lost with the server that went away. Default false (a call is sent once).
+   * may have been lost with the server that went away. The actor still runs it once: a copy
+   * that arrives while the call is queued or running is dropped, one that arrives after it was
+   * answered gets the same answer again (runtime/instance.ts). Default false (a call is sent
+   * once).
    */
   idempotent?: boolean;
 }

@@ -366,7 +366,15 @@ export class Caller {
       try {
         o = await this.#exchange(
           this.#subjects.actor(id),
-          { k: "call", m: method, t: remaining, i: e.info.inc, q: t.epoch },
+          // `r`: this call may go out again; the actor runs it once (runtime/instance.ts).
+          {
+            k: "call",
+            m: method,
+            t: remaining,
+            i: e.info.inc,
+            q: t.epoch,
+            ...(what.idempotent ? { r: 1 } : {}),
+          },
           value,
           deadline,
           what,

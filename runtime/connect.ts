@@ -98,6 +98,11 @@ export async function connectNats(
     inboxPrefix: options.inboxPrefix,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
+    // The URLs in the order given: the first is this host's own server (README.md, "Running on
+    // several hosts"), the others only a way out while it is down. nats.js would otherwise pick
+    // one at random, and a process joined through another host's server loses its heartbeats
+    // whenever that host is cut off.
+    noRandomize: true,
     ...await authOptions(options),
     ...options.extra,
   };

@@ -11,10 +11,15 @@ export class HeartbeatPublisher {
   #replies: ((r: HeartbeatReply) => void)[] = [];
   #closed = false;
 
-  private constructor(worker: Worker, onFrozen: (ms: number) => void) {
+  private constructor(
+    worker: Worker,
+    onFrozen: (ms: number) => void,
+    onHeard?: (subject: string, text: string) => void,
+  ) {
     this.#worker = worker;
     worker.onmessage = (e: MessageEvent<HeartbeatReply>) => {
       const r = e.data;
+      if (r.type === "heard") return onHeard?.(r.subject, r.text);
       if (r.type === "frozen") return onFrozen(r.ms);
       if (r.type === "error" && this.#replies.length === 0) {
         console.error(`heartbeat: ${r.message}`);
@@ -26,7 +31,9 @@ export class HeartbeatPublisher {
 
   /**
    * Starts the worker and waits until its first heartbeat is out. `onFrozen` is called when the
-   * worker finds that the whole process was stopped for longer than `frozenAfterMs`.
+   * worker finds that the whole process was stopped for longer than `frozenAfterMs`. With
+   * `listen`, the worker also receives the heartbeats on that subject on its connection and hands
+   * each to `onHeard`.
    */
   static async start(
     servers: string[],
@@ -36,11 +43,12 @@ export class HeartbeatPublisher {
     frozenAfterMs: number,
     payload: Record<string, unknown>,
     onFrozen: (ms: number) => void,
+    listen?: { subject: string; onHeard: (subject: string, text: string) => void },
   ): Promise<HeartbeatPublisher> {
     const worker = new Worker(new URL("./heartbeat_worker.ts", import.meta.url), {
       type: "module",
     });
-    const p = new HeartbeatPublisher(worker, onFrozen);
+    const p = new HeartbeatPublisher(worker, onFrozen, listen?.onHeard);
     const r = await p.#command({
       type: "start",
       servers,
@@ -49,6 +57,7 @@ export class HeartbeatPublisher {
       intervalMs,
       frozenAfterMs,
       payload,
+      listen: listen?.subject,
     });
     if (r.type === "error") {
       worker.terminate();

@@ -5,6 +5,10 @@
  * make its node look dead: liveness means "the process is there", which a separate thread can
  * tell even while the main thread is busy. The main thread posts the latest payload whenever it
  * changes; this thread stamps a sequence number on it and publishes it every period.
+ *
+ * It also receives the other nodes' heartbeats (`listen`) and hands them to the main thread: on
+ * the main connection they would queue behind whatever else arrives there, and a process with a
+ * backlog of replies could read a live node's heartbeats too late and take it for dead.
  * @module
  */
 /// <reference lib="deno.worker" />
@@ -22,6 +26,8 @@ export type HeartbeatCommand =
     /** A gap this long between two beats means the whole process was frozen. */
     frozenAfterMs: number;
     payload: Record<string, unknown>;
+    /** The subject (wildcard) of the heartbeats to receive and pass on, if any. */
+    listen?: string;
   }
   /** A new payload; it goes out at once unless `quiet` (then with the next period's beat). */
   | { type: "payload"; payload: Record<string, unknown>; quiet?: boolean }
@@ -32,7 +38,9 @@ export type HeartbeatReply =
   | { type: "started" }
   | { type: "stopped" }
   | { type: "error"; message: string }
-  | { type: "frozen"; ms: number };
+  | { type: "frozen"; ms: number }
+  /** A heartbeat received on `listen`: its subject and its JSON text. */
+  | { type: "heard"; subject: string; text: string };
 
 let nc: NatsConnection | undefined;
 let timer: ReturnType<typeof setTimeout> | undefined;
@@ -66,6 +74,17 @@ self.onmessage = async (e: MessageEvent<HeartbeatCommand>) => {
       subject = cmd.subject;
       frozenAfterMs = cmd.frozenAfterMs;
       nc = await connectNats(cmd.servers, { ...cmd.options, name: `${cmd.options.name ?? ""}-hb` });
+      if (cmd.listen) {
+        nc.subscribe(cmd.listen, {
+          callback: (err, msg) => {
+            if (err) return;
+            self.postMessage(
+              { type: "heard", subject: msg.subject, text: msg.string() } satisfies HeartbeatReply,
+            );
+          },
+        });
+        await nc.flush();
+      }
       beat();
       timer = setInterval(beat, cmd.intervalMs);
       self.postMessage({ type: "started" } satisfies HeartbeatReply);

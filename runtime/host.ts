@@ -159,6 +159,12 @@ export class Host {
   /** Starts an instance; resolves with its info once its constructor has finished. */
   async spawn(req: SpawnRequest): Promise<ActorInfo> {
     if (this.#closed) throw new ActorDiedError(req.id, "shutdown", "node is shutting down");
+    const old = this.#instances.get(req.id);
+    if (old && old.info.inc < req.inc && old.info.owner === req.owner) {
+      // Its owner took this instance for dead (this node was cut off) and restarts it here: the
+      // restart takes the old instance's place and resources.
+      await this.stop(req.id, "kill", "killed", 0);
+    }
     if (this.#instances.has(req.id) || this.#starting.has(req.id)) {
       throw new ActorExistsError(req.id);
     }

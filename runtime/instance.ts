@@ -5,8 +5,16 @@
  * once, without queueing it, so its caller may send it again (runtime/flow.ts). To keep each
  * caller's calls in order, a refusal also blocks that caller: every later call of it that carries
  * the refused call's epoch (`q`) or an older one is refused too, room or not, until the caller
- * sends under a newer epoch (the refused call first). Every call carries its timeout: a call still queued at its deadline is dropped, a running one
- * sees its `signal` abort and its late result is discarded. Stopping fails every queued call.
+ * sends under a newer epoch (the refused call first). Every call carries its timeout: a call still
+ * queued at its deadline is dropped, a running one sees its `signal` abort and its late result is
+ * discarded. Stopping fails every queued call.
+ *
+ * A call that its caller may send again (an idempotent call, `r` in its meta: it goes out again
+ * when a connection on its way reconnected) runs at most once: its reply subject, unique per call,
+ * names it. A copy that arrives while the call is queued or running is dropped (its answer goes to
+ * the same subject), one that arrives after it is answered gets the same answer again, up to the
+ * call's deadline. This check comes before the mailbox's, so a copy is never refused either: a
+ * refusal would tell the caller that the call never ran.
  * @module
  */
 import type { Msg, NatsConnection, Subscription } from "@nats-io/nats-core";
@@ -29,7 +37,8 @@ import { type ActorInfo, type ActorLoad, issuesOf } from "./protocol.ts";
 import { declaredWire } from "./declared_errors.ts";
 import type { TrafficStats } from "./caller.ts";
 import type { Deadlines } from "./deadlines.ts";
-import { FrameInbox, type Incoming, send } from "./wire.ts";
+import { encodeFrame } from "./codec.ts";
+import { encode, FrameInbox, type Incoming, publish, publishFrame, send } from "./wire.ts";
 
 /** What an instance needs from the process hosting it. */
 export interface InstanceEnv {
@@ -53,11 +62,20 @@ interface Call {
   timeoutMs: number;
   ac?: AbortController;
   done: boolean;
+  /** Its caller may send it again (idempotent): remembered by its reply subject. */
+  resendable: boolean;
+  /** Its answer as sent, kept for a copy of the call that arrives later (resendable only). */
+  answer?: Uint8Array;
 }
 
 /** How long a caller's block is kept after its last refused call: its calls in flight arrive
  * within milliseconds of each other, so only a caller that went away leaves one this old. */
 const BLOCK_KEEP_MS = 60_000;
+
+/** Most answered calls remembered at once, and most bytes of their answers kept: past either
+ * the oldest are forgotten first (a copy of one of those would run again). */
+const SEEN_MAX_CALLS = 4096;
+const SEEN_MAX_BYTES = 256 * 1024 * 1024;
 
 /** A hosted actor. */
 export class ActorInstance {
@@ -78,6 +96,10 @@ export class ActorInstance {
   /** Callers (by reply inbox) refused lately: the epoch refused, and when last. */
   readonly #blocked = new Map<string, { epoch: number; at: number }>();
   #swept = 0;
+  /** Resendable calls by reply subject, from arrival until their deadline (arrival order). */
+  readonly #seen = new Map<string, Call>();
+  #seenBytes = 0;
+  #seenSwept = 0;
 
   constructor(env: InstanceEnv, def: AnyActorDef, info: ActorInfo, mailbox: number) {
     this.#env = env;
@@ -150,6 +172,11 @@ export class ActorInstance {
         new StaleIncarnationError(this.info.id, this.info.inc).toWire(),
       );
     }
+    const resendable = meta.r === 1;
+    if (resendable) {
+      const seen = this.#seen.get(reply);
+      if (seen) return this.#again(seen);
+    }
     const method = String(meta.m);
     const timeoutMs = Number(meta.t) > 0 ? Number(meta.t) : 30_000;
     if (this.#stopping) {
@@ -159,15 +186,52 @@ export class ActorInstance {
       // Not queued: the caller may send it again, which is what flow control does.
       return this.#replyError(reply, new MailboxFullError(this.info.id, this.#mailbox).toWire());
     }
-    this.#queue.push({
+    const call: Call = {
       method,
       value: m.value,
       reply,
       deadline: Date.now() + timeoutMs,
       timeoutMs,
       done: false,
-    });
+      resendable,
+    };
+    if (resendable) this.#remember(call);
+    this.#queue.push(call);
     if (!this.#running) this.#runningDone = this.#drain();
+  }
+
+  /**
+   * A copy of a call already taken: queued or running, its answer is still to come on the same
+   * subject; answered, the answer goes out again; dropped (deadline, cancel), nothing.
+   */
+  #again(call: Call) {
+    const a = call.answer;
+    if (!a || !call.done) return;
+    publishFrame(this.#env.nc, call.reply, a).then(
+      (n) => this.#env.stats.bytesSent += n,
+      () => {},
+    );
+  }
+
+  /** Remembers a resendable call until its deadline, forgetting those past theirs. */
+  #remember(call: Call) {
+    const now = Date.now();
+    this.#seen.set(call.reply, call);
+    const within = this.#seen.size <= SEEN_MAX_CALLS && this.#seenBytes <= SEEN_MAX_BYTES;
+    if (within && now - this.#seenSwept < 1000) return;
+    this.#seenSwept = now;
+    for (const [k, c] of this.#seen) {
+      const over = this.#seen.size > SEEN_MAX_CALLS || this.#seenBytes > SEEN_MAX_BYTES;
+      if (now < c.deadline && !over) continue;
+      if (over && !c.done) continue; // only answered calls are forgotten early
+      this.#forget(k, c);
+    }
+  }
+
+  #forget(reply: string, c: Call) {
+    this.#seen.delete(reply);
+    if (c.answer) this.#seenBytes -= c.answer.byteLength;
+    c.answer = undefined;
   }
 
   /**
@@ -274,9 +338,15 @@ export class ActorInstance {
     call.done = true;
     if (call.ac?.signal.aborted && Date.now() >= call.deadline) return; // caller timed out
     try {
-      this.#env.stats.bytesSent += error
-        ? await send(this.#env.nc, call.reply, { k: "err", e: error }, null)
-        : await send(this.#env.nc, call.reply, { k: "ok" }, value);
+      const meta = error ? { k: "err", e: error } : { k: "ok" };
+      const v = error ? null : value;
+      const e = encode(this.#env.nc, meta, v);
+      if (call.resendable && this.#seen.get(call.reply) === call) {
+        // Parts point into the value's own arrays, which the actor may reuse: keep a copy.
+        call.answer = e.frame ?? encodeFrame(meta, v);
+        this.#seenBytes += e.bytes;
+      }
+      this.#env.stats.bytesSent += await publish(this.#env.nc, call.reply, e);
     } catch (e) {
       // The value could not be encoded (e.g. a Float64Array): tell the caller why.
       if (!error) {
@@ -328,6 +398,8 @@ export class ActorInstance {
     const died = new ActorDiedError(this.info.id, reason);
     this.#sub?.unsubscribe();
     this.#sub = undefined;
+    this.#seen.clear();
+    this.#seenBytes = 0;
     for (const c of this.#queue.splice(0)) {
       c.done = true;
       this.#replyError(c.reply, died.toWire());

@@ -165,6 +165,14 @@ const FLAGS = defineFlags({
       help: "heartbeats missed before a node counts as gone",
       group: LIVENESS,
     },
+    "owner-grace-ms": {
+      type: "number",
+      min: 0,
+      default: 10_000,
+      help: "ms the actors here outlive their owner once it counts as gone (a partition that " +
+        "heals within it costs them nothing)",
+      group: LIVENESS,
+    },
     "owner-pipe": {
       type: "boolean",
       help: "stop when stdin closes (the process that started this one exited)",
@@ -245,6 +253,7 @@ async function main() {
     bundleCache: o.bundleCache ?? undefined,
     heartbeatMs: o.heartbeatMs,
     missedHeartbeats: o.missedHeartbeats,
+    ownerGraceMs: o.ownerGraceMs,
     maxFrameBytes: 1024 * 1024 * 1024,
   });
   if (!o.ownerPipe) {

@@ -113,6 +113,13 @@ export interface InitOptions extends Credentials {
   /** Heartbeats missed before a node counts as dead. Default 3. */
   missedHeartbeats?: number;
   /**
+   * How long the actors hosted here outlive their owner's silence once it counts as dead, before
+   * they are stopped (reason `owner`). A partition that heals within it costs them nothing: the
+   * owner either still has them, or restarts them, and a restart placed here takes the old
+   * instance's place and resources. Default 10 000 ms.
+   */
+  ownerGraceMs?: number;
+  /**
    * Settings of the embedded server; `transport: "ws"` makes this system use its WebSocket port.
    * `nodeIdentities`: how many node users it is made with (each local node process, replacements
    * included, connects as one of them, with the permissions of a node); default
@@ -276,6 +283,7 @@ interface JoinOptions {
   bundleCache?: string;
   heartbeatMs: number;
   missedHeartbeats: number;
+  ownerGraceMs: number;
   maxFrameBytes: number;
   replaceNodes?: boolean | ReplaceBudget;
   nodeConfig?: string;
@@ -347,6 +355,7 @@ export async function init(options: InitOptions = {}): Promise<System> {
       bundleCache: options.bundleCache,
       heartbeatMs: options.heartbeatMs ?? 500,
       missedHeartbeats: options.missedHeartbeats ?? 3,
+      ownerGraceMs: options.ownerGraceMs ?? 10_000,
       maxFrameBytes: options.maxFrameBytes ?? 1024 * 1024 * 1024,
       replaceNodes: options.replaceNodes,
       nodeConfig: options.nodeConfig,
@@ -396,6 +405,8 @@ export class System {
   /** Specs of the live local nodes, by id (a replacement gets the same spec). */
   readonly #specs = new Map<string, NodeSpec>();
   readonly #replaced: number[] = [];
+  /** Owners taken for dead whose actors here wait out the owner grace: their pid, the timer. */
+  readonly #orphans = new Map<string, { pid: number; timer: ReturnType<typeof setTimeout> }>();
   readonly #subs: Subscription[] = [];
   readonly #rates = new LoadTracker();
   #heartbeat?: HeartbeatPublisher;
@@ -475,30 +486,40 @@ export class System {
     schema: S,
     take: (value: z.output<S>) => void,
   ): void {
-    const nodeOf = this.#subjects.nodeOf;
     this.#subs.push(this.nc.subscribe(subject, {
       callback: (err, msg) => {
-        if (err) return;
-        let raw: unknown;
-        try {
-          raw = msg.json();
-        } catch {
-          return;
-        }
-        const v = schema.safeParse(raw);
-        if (v.success && v.data.node === nodeOf(msg.subject)) take(v.data);
+        if (!err) this.#takeNodeMessage(msg.subject, msg.string(), schema, take);
       },
     }));
+  }
+
+  /** Takes one JSON message of a per-node subject if `schema` accepts it and it names that node. */
+  #takeNodeMessage<S extends z.ZodType<{ node: string }>>(
+    subject: string,
+    text: string,
+    schema: S,
+    take: (value: z.output<S>) => void,
+  ): void {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch {
+      return;
+    }
+    const v = schema.safeParse(raw);
+    if (v.success && v.data.node === this.#subjects.nodeOf(subject)) take(v.data);
   }
 
   async #start() {
     const s = this.#subjects;
     // Heartbeats and application events speak only for the node whose subject they came on
     // (which only that node may publish to, where the server gives each node its own user).
-    this.#onNodeSubject(s.heartbeats, heartbeatSchema, (hb) => {
+    // Heartbeats arrive on the heartbeat thread's connection (runtime/heartbeat_worker.ts), so
+    // that a backlog of replies on this one cannot hold them back.
+    const onHeartbeat = (hb: Heartbeat) => {
       this.#dir.heartbeat(hb);
       this.#rates.note(hb);
-    });
+    };
     this.#onNodeSubject(s.appEvents, appEventSchema, (event) => this.#tell({ type: "app", event }));
     this.#subs.push(this.nc.subscribe(s.events, {
       callback: (err, msg) => {
@@ -528,6 +549,11 @@ export class System {
       this.#opts.heartbeatMs * this.#opts.missedHeartbeats,
       payload,
       () => this.#frozen(),
+      {
+        subject: s.heartbeats,
+        onHeard: (subject, text) =>
+          this.#takeNodeMessage(subject, text, heartbeatSchema, onHeartbeat),
+      },
     );
     const period = Math.max(20, Math.floor(this.#opts.heartbeatMs / 2));
     this.#tick = setInterval(() => this.#dir.tick(Date.now(), period), period);
@@ -621,10 +647,36 @@ export class System {
         }
       }
     } else if (e.type === "node_down") {
-      this.#host.stopOwnedBy(e.node).catch(() => {});
+      this.#orphaned(e.node, e.hb.pid);
       this.#replace(e.node);
+    } else if (e.type === "node_up") {
+      const o = this.#orphans.get(e.node);
+      if (o) {
+        this.#orphans.delete(e.node);
+        clearTimeout(o.timer);
+        // The same process is back (a partition healed): its actors here are still its own.
+        // Another process under the same id is not the owner they had.
+        if (o.pid !== e.hb.pid) this.#host.stopOwnedBy(e.node).catch(() => {});
+      }
     }
     this.#tell(e);
+  }
+
+  /**
+   * Node `owner` counts as dead: the actors it owns here stop unless it is back within the
+   * owner grace. A partition longer than the liveness window makes each side take the other for
+   * dead, and as TCP's retransmission backoff heals the two directions seconds apart, it can do so
+   * again right after; stopping at once would cost a rollback each time (docs/architecture.md §5).
+   */
+  #orphaned(owner: string, pid: number) {
+    if (!this.#host.actors().some((a) => a.owner === owner)) return;
+    const prev = this.#orphans.get(owner);
+    if (prev) return;
+    const timer = setTimeout(() => {
+      this.#orphans.delete(owner);
+      this.#host.stopOwnedBy(owner).catch(() => {});
+    }, this.#opts.ownerGraceMs);
+    this.#orphans.set(owner, { pid, timer });
   }
 
   /** Starts a fresh node in place of local node `id`, which died, if allowed and in budget. */
@@ -1185,7 +1237,7 @@ export class System {
         self: this.nodeId,
         pinned,
         exclude,
-        inflight: this.#inflight,
+        inflight: this.#reclaiming(c),
         load: (id) => this.#load(id),
       });
       if (!node) {
@@ -1225,6 +1277,28 @@ export class System {
     }
   }
 
+  /**
+   * The reservations in flight, less what an older incarnation of `c` still holds on a node (a
+   * node that was cut off and is back, hosting the instance this process took for dead): a
+   * restart placed there takes that instance's place (runtime/host.ts), so its resources count as
+   * free for it.
+   */
+  #reclaiming(c: ActorChild): ReadonlyMap<string, Resources> {
+    if (c.inc === 0) return this.#inflight;
+    let out: Map<string, Resources> | undefined;
+    for (const [id, n] of this.#dir.nodes) {
+      const old = n.hb.actors.find((a) =>
+        a.id === c.id && a.inc < c.inc && a.owner === this.nodeId && a.node === id
+      );
+      if (!old) continue;
+      out ??= new Map([...this.#inflight].map(([k, v]) => [k, { ...v }]));
+      const cur = out.get(id) ?? {};
+      for (const [k, v] of Object.entries(old.resources)) cur[k] = (cur[k] ?? 0) - v;
+      out.set(id, cur);
+    }
+    return out ?? this.#inflight;
+  }
+
   #load(node: string): number {
     let n = 0;
     for (const e of this.#dir.actors.values()) if (e.state === "up" && e.info.node === node) n++;
@@ -1260,6 +1334,8 @@ export class System {
       const owned = [...this.#owned.values()].filter((c) => c.state === "running");
       for (const c of owned) c.state = "stopped";
       await Promise.all(owned.map((c) => this.#requestStop(c.id, "stop", 2000).catch(() => {})));
+      for (const o of this.#orphans.values()) clearTimeout(o.timer);
+      this.#orphans.clear();
       await this.#host.close(2000);
       clearInterval(this.#tick);
       clearInterval(this.#refresh);

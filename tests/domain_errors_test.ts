@@ -3,7 +3,7 @@
 // example of each is sent through the same encoding a reply uses and rebuilt as the caller would.
 import assert from "node:assert/strict";
 import { DomainError } from "../core/errors.ts";
-import { Driver, TrainingError } from "../actors/driver.ts";
+import { Driver, TrainingError, WorkersUnavailableError } from "../actors/driver.ts";
 import { GpuWorker, StepProtocolError, UpdateMissingError } from "../actors/gpu_worker.ts";
 import { OutputFolderError } from "../actors/job.ts";
 import { StudyError } from "../train/study/errors.ts";
@@ -165,6 +165,7 @@ const SAMPLES: DomainError[] = [
   new StepProtocolError("protocol"),
   new UpdateMissingError(4, 5000),
   new TrainingError("training"),
+  new WorkersUnavailableError([1], { gpu: 1 }, "no node had room for 15 s"),
   new OutputFolderError("out"),
   new AdapterExportError("export"),
   new AdapterModelMismatchError("different configs", "hidden_size"),

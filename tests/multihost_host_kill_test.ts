@@ -4,6 +4,10 @@
  *
  * - A GPU host, with a spare GPU host in the cluster: K = 2 can be kept, so the worker restarts
  *   on the spare, the run rolls back to its checkpoint and ends on the one-host run's bits.
+ * - A GPU host, with no spare: the worker has nowhere to go, so the run stops with
+ *   WorkersUnavailableError (once no node had room for it for 15 s, not at the 60 s placement
+ *   timeout or after 5 rollbacks), its checkpoints kept; once another GPU host joins, `--resume`
+ *   continues to the same bits.
  * - The driver's host: the run stops there (the workers, whose owner is gone, are stopped by
  *   their nodes); `--resume` from another host continues it from the last checkpoint to the same
  *   bits.
@@ -61,6 +65,66 @@ Deno.test("several hosts: a GPU host killed whole mid-step; the worker moves to 
     assert.ok(
       await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
       "the weights equal the one-host run's",
+    );
+  } finally {
+    await t?.stop();
+    assert.deepEqual(await leftovers(tag), []);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("several hosts: a GPU host killed whole with no spare; the run stops naming the worker, --resume once a host joins ends on the same bits", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-nospare-" });
+  const tag = newTag();
+  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
+  try {
+    await writeTinySetup(dir);
+    const ref = await oneHostRun(dir, STEPS, { checkpointEvery: 2 });
+    // gpu3 has a server but no node until after the failure: the host that comes back.
+    t = await startTrainingLab(tag, 3, { nodes: 2 });
+    const lab = t;
+    const [victim, , later] = t.gpus;
+    const nc = await connectNats(t.servers.map((s) => s.url), { user: t.user, pass: t.pass });
+    let killed: Promise<number[]> | undefined;
+    const stopTap = tapCalls({ name: "default", nc }, (c) => {
+      if (killed || c.method !== "step" || (c.value as { step?: number }).step !== 3) return;
+      killed = lab.lab.killHost(victim);
+    });
+    const out = `${dir}/hosts`;
+    let r;
+    try {
+      r = await within(driverRun(t, dir, out, STEPS, CKPT), 150_000, "the run across hosts");
+    } finally {
+      stopTap();
+    }
+    assert.ok(killed, "the GPU host was killed at step 3");
+    assert.equal(r.code, 1, `the run stopped with an error:\n${r.stderr}`);
+    assert.match(
+      r.stderr,
+      /finetune: WorkersUnavailableError: worker \d \(needs \{"gpu":1\}\) cannot be placed again: no node had room/,
+    );
+    assert.match(r.stderr, /rerun with --resume/);
+    assert.doesNotMatch(r.stderr, /giving up after/, "it did not spend its rollbacks");
+    await Deno.stat(`${out}/report.json`).then(
+      () => assert.fail("the run stopped, yet wrote report.json"),
+      () => {},
+    );
+    const kept = [];
+    for await (const e of Deno.readDir(`${out}/checkpoints`)) kept.push(e.name);
+    assert.ok(kept.some((n) => /^step-0000\d\d$/.test(n)), `checkpoints kept: ${kept}`);
+
+    lab.startNode(later);
+    const resumed = await within(
+      driverRun(t, dir, out, STEPS, [...CKPT, "--resume", out]),
+      150_000,
+      "the resumed run",
+    );
+    await nc.close();
+    assert.equal(resumed.code, 0, `the resumed run failed:\n${resumed.stderr}`);
+    assert.match(resumed.stderr, /resumed from .*step-0000\d\d at step \d/);
+    assert.ok(
+      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
+      "the resumed run ends on the one-host run's bits",
     );
   } finally {
     await t?.stop();

@@ -9,10 +9,36 @@ import type { TrainingMethod } from "../../train/methods/method.ts";
 import type { StepRecord } from "../../train/report/report.ts";
 import type { GpuWorker } from "../gpu_worker.ts";
 import { DomainError } from "../../core/errors.ts";
+import { z } from "zod";
 
 /** The run cannot go on: unequal W across workers, a bad contribution under `stop`, ... */
 export class TrainingError extends DomainError {
   static override readonly code: string = "TRAINING";
+}
+
+/**
+ * A worker lost with its node could not come back: no node had room for it (its GPU host is
+ * gone and there is no spare), or it failed to restart. The run stops, its checkpoints kept;
+ * `--resume` continues it once a host is back (docs/architecture.md §6, "Failures and rollback").
+ */
+export class WorkersUnavailableError extends TrainingError {
+  static override readonly code: string = "WORKERS_UNAVAILABLE";
+  static readonly fields = z.object({
+    workers: z.array(z.number().int()),
+    resources: z.record(z.string(), z.number()),
+  });
+  constructor(
+    readonly workers: number[],
+    readonly resources: Record<string, number>,
+    why: string,
+  ) {
+    super(
+      `${workers.length === 1 ? "worker" : "workers"} ${workers.join(", ")} (${
+        workers.length === 1 ? "needs" : "each needs"
+      } ${JSON.stringify(resources)}) cannot be placed again: ${why}; the checkpoints are kept: ` +
+        `rerun with --resume once a host with the resources is back`,
+    );
+  }
 }
 
 /** A step as the driver reports it: the report's record plus the phase split. */

@@ -8,12 +8,26 @@ import { ActorDiedError, CallTimeoutError, CollectiveTimeoutError } from "../../
 import { latestCheckpoint } from "../../train/checkpoint/checkpoint.ts";
 import { DomainError } from "../../core/errors.ts";
 import { StepProtocolError } from "../gpu_worker.ts";
-import { type DriverContext, type RunState, TrainingError } from "./context.ts";
+import {
+  type DriverContext,
+  type RunState,
+  TrainingError,
+  WorkersUnavailableError,
+} from "./context.ts";
 import { checkpointDir, restoreCheckpoint } from "./checkpoints.ts";
-import type { Fleet, RunInputs } from "./setup.ts";
+import { type Fleet, type RunInputs, WORKER_RESOURCES } from "./setup.ts";
 
 /** Rollbacks a run may make before it gives up. */
 export const MAX_RECOVERIES = 5;
+
+/**
+ * How long a rollback waits for a lost worker while no node has room for it (its host is gone,
+ * or cut off, and no spare is free): past it the run stops with WorkersUnavailableError rather
+ * than spend its rollbacks on calls that cannot be placed.
+ */
+export const NO_ROOM_MS = 15_000;
+/** How long a rollback waits in all for its lost workers to be back (placement, constructor). */
+export const WORKERS_BACK_MS = 120_000;
 
 /**
  * A contribution was not finite under `--on-nonfinite skip`: the step is to be dropped. The
@@ -79,6 +93,7 @@ export class Recovery {
       if (counted) this.state.recoveries++;
       counted = true;
       try {
+        await this.workersBack();
         await this.rollback();
         this.ctx.emit("rollback", {
           generation: this.state.generation,
@@ -92,6 +107,66 @@ export class Recovery {
         cause = e as Error;
         this.ctx.log(`rollback failed (${cause.message}); trying again`);
       }
+    }
+  }
+
+  /**
+   * Waits until every worker is up again. A worker lost with its node restarts wherever a node
+   * has room (its own node once back from a partition, a spare); a rollback before that would
+   * only wait in its calls. Throws WorkersUnavailableError when no node has had room for one of
+   * them for NO_ROOM_MS, when one will not come back (its restarts failed), or after
+   * WORKERS_BACK_MS in all.
+   */
+  async workersBack(): Promise<void> {
+    const { system } = this.ctx;
+    const ids = this.fleet.workers.map((w) => w.ref.id);
+    const start = Date.now();
+    let roomSince = start;
+    let announced = false;
+    for (;;) {
+      const known = new Map(system.actors().map((a) => [a.id, a]));
+      const missing = ids.flatMap((id, k) => known.get(id)?.state === "up" ? [] : [k]);
+      if (missing.length === 0) return;
+      const gone = missing.filter((k) => known.get(ids[k])?.state === "gone");
+      if (gone.length > 0) {
+        throw new WorkersUnavailableError(gone, WORKER_RESOURCES, "its restarts failed");
+      }
+      const nodes = system.nodes();
+      const room = nodes.some((n) =>
+        Object.entries(WORKER_RESOURCES).every(([r, v]) =>
+          (n.resources[r] ?? 0) - (n.used[r] ?? 0) >= v
+        )
+      ) ||
+        // A node back from a partition still hosts the old instance, which a restart replaces.
+        missing.some((k) =>
+          nodes.some((n) => n.id === known.get(ids[k])?.node)
+        );
+      const now = Date.now();
+      if (room) roomSince = now;
+      else if (now - roomSince >= NO_ROOM_MS) {
+        throw new WorkersUnavailableError(
+          missing,
+          WORKER_RESOURCES,
+          `no node had room for ${NO_ROOM_MS / 1000} s; nodes: ${
+            nodes.map((n) =>
+              `${n.id}@${n.host} ${JSON.stringify(n.used)}/` +
+              JSON.stringify(n.resources)
+            ).join(", ") || "none"
+          }`,
+        );
+      }
+      if (now - start >= WORKERS_BACK_MS) {
+        throw new WorkersUnavailableError(
+          missing,
+          WORKER_RESOURCES,
+          `not back within ${WORKERS_BACK_MS / 1000} s`,
+        );
+      }
+      if (!announced) {
+        announced = true;
+        this.ctx.log(`waiting for worker${missing.length === 1 ? "" : "s"} ${missing.join(", ")}`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
     }
   }
 

@@ -38,6 +38,10 @@ import type { InitOptions } from "../../train/methods/init.ts";
 import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
 
 /** What a run reads once, in setup, and never changes. */
+
+/** What each worker asks of the node it runs on. */
+export const WORKER_RESOURCES: Record<string, number> = { gpu: 1 };
+
 export interface RunInputs {
   config: LlamaConfig;
   tokenizer: Tokenizer;
@@ -157,7 +161,7 @@ export class Fleet {
       Array.from({ length: ctx.o.workers }, (_, k) =>
         ctx.system.spawn(GpuWorker, { worker: k }, {
           name: `${ctx.job}-w${k}`,
-          resources: { gpu: 1 },
+          resources: WORKER_RESOURCES,
           maxRestarts: 3,
           withinMs: 60_000,
           placementTimeoutMs: 60_000,
