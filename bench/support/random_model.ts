@@ -171,7 +171,8 @@ function header(list: { name: string; shape: number[]; bytes: number }[]): Uint8
 }
 
 /**
- * Writes the folder `dir` (created; it must not exist yet, so nothing is overwritten) for
+ * Writes the folder `dir` (created with its parents; it must not exist yet, so nothing is
+ * overwritten) for
  * `shape`: config.json, BF16 shards with their index, generation_config.json and, for the Llama 3
  * vocabulary, the real tokenizer files. Deterministic for a seed.
  */
@@ -186,7 +187,9 @@ export async function writeRandomModel(
   const seed = options.seed ?? 0;
   const std = options.std ?? 0.02;
   const maxShard = options.maxShardBytes ?? 1_000_000_000;
-  await Deno.mkdir(dir, { recursive: false });
+  const parent = dir.replace(/\/[^/]+\/?$/, "");
+  if (parent && parent !== dir) await Deno.mkdir(parent, { recursive: true });
+  await Deno.mkdir(dir);
 
   const specs = expectedTensors(config).map((s, index) => ({
     ...s,
