@@ -91,6 +91,9 @@ interface Peaks {
   nats: number;
 }
 
+/** A measurement that failed: its error, for the table, and the run goes on. */
+class HarnessError extends Error {}
+
 /** Runs the harness in `mode`; returns its `SCALE` figures and the processes' peak memory. */
 async function harness(
   mode: "fwdbwd" | "job",
@@ -99,7 +102,7 @@ async function harness(
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", HARNESS, mode, JSON.stringify(spec)],
     stdout: "piped",
-    stderr: "inherit",
+    stderr: "piped",
   }).spawn();
   const peak = new Map<number, { comm: string; bytes: number }>();
   let done = false;
@@ -119,7 +122,10 @@ async function harness(
   const text = new TextDecoder().decode(out.stdout);
   const line = text.split("\n").find((l) => l.startsWith("SCALE "));
   if (!out.success || !line) {
-    throw new Error(`${mode} exited with ${out.code}: ${text.slice(-2000)}`);
+    const err = new TextDecoder().decode(out.stderr);
+    const first = err.split("\n").find((l) => /error/i.test(l)) ?? err.slice(-300);
+    // deno-lint-ignore no-control-regex
+    throw new HarnessError(`exit ${out.code}: ${first.replace(/\x1b\[[0-9;]*m/g, "").trim()}`);
   }
   const entries = [...peak.entries()];
   return {
@@ -155,9 +161,14 @@ function planOf(shape: ModelShape, method: "hd-pissa" | "lora", workers: number)
   });
 }
 
-/** Bytes the host must hold for a job of this plan: the driver's and K workers' (lavapipe). */
+/**
+ * Bytes the host must hold for a job of this plan: the driver's and K workers' (lavapipe keeps
+ * the devices in host memory), plus what the plan leaves out and this bench measured at 135M and
+ * 180M: each worker process also holds W in f32 on the host while it uploads it, and its runtime
+ * (~0.5 GiB), so its peak is about the plan's device total + W + 0.5 GiB.
+ */
 function hostNeed(p: MemoryPlan): number {
-  return p.host.total + p.workers * p.worker.total;
+  return p.host.total + p.workers * (p.worker.total + p.host.weights + 512 * MiB);
 }
 
 function available(): number {
@@ -169,11 +180,12 @@ export async function run(report: Report): Promise<void> {
   const root = await Deno.makeTempDir({ prefix: "hd-scale-bench-" });
   try {
     const data = `${root}/data.jsonl`;
-    const lines = Array.from({ length: 8 }, (_, i) =>
-      JSON.stringify({
-        prompt: `Question ${i}: what is ${i} plus ${i + 1}? Answer with one number.`,
-        response: `${2 * i + 1}`,
-      }));
+    // Short enough for 32 tokens in bytes (the 135M folder has the byte tokenizer): every
+    // example keeps its response, so every micro-batch has targets.
+    const lines = Array.from(
+      { length: 8 },
+      (_, i) => JSON.stringify({ prompt: `${i}+${i + 1}=`, response: `${2 * i + 1}` }),
+    );
     await Deno.writeTextFile(data, lines.join("\n") + "\n");
     for (const { key, shape } of SHAPES.filter((s) => pick.includes(s.key))) {
       const n = shape.name;
@@ -181,6 +193,16 @@ export async function run(report: Report): Promise<void> {
         report({ name: `${n}: ${name}`, value, unit });
       const skip = (name: string, note: string) =>
         report({ name: `${n}: ${name}`, value: NaN, unit: "", note });
+      /** The harness's figures, or null after reporting why it failed. */
+      const measure = async (name: string, ...args: Parameters<typeof harness>) => {
+        try {
+          return await harness(...args);
+        } catch (e) {
+          if (!(e instanceof HarnessError)) throw e;
+          skip(name, `failed: ${e.message}`);
+          return null;
+        }
+      };
       const dir = `${root}/${key}`;
       console.error(`scale bench: ${n}: writing ${dir}`);
       const t0 = performance.now();
@@ -195,50 +217,56 @@ export async function run(report: Report): Promise<void> {
       if (fbNeed > available()) {
         skip("forward+backward", `needs ${formatBytes(fbNeed)}, ${formatBytes(available())} free`);
       } else {
-        const fb = await harness("fwdbwd", {
+        const fb = await measure("forward+backward", "fwdbwd", {
           model: dir,
           rows: 1,
           seq: SEQ,
           rank: RANK,
           reps: key === "1b" ? 1 : 3,
         });
-        const f = fb.figures as Record<string, number>;
-        fig("read folder to f32 (one process)", f.readMs / 1e3, "s");
-        fig(`forward+backward 1x${SEQ}, r${RANK} x7`, f.ms / 1e3, "s");
-        fig(`forward+backward 1x${SEQ} throughput`, f.tokensPerS, "tokens/s");
-        fig("device pool, measured", f.poolBytes / MiB, "MiB");
-        fig("device pool, plan (same buffers)", f.planModelBytes / MiB, "MiB");
-        fig("forward+backward process peak RSS", fb.peaks.main / MiB, "MiB");
+        if (fb !== null) {
+          const f = fb.figures as Record<string, number>;
+          fig("read folder to f32 (one process)", f.readMs / 1e3, "s");
+          fig(`forward+backward 1x${SEQ}, r${RANK} x7`, f.ms / 1e3, "s");
+          fig(`forward+backward 1x${SEQ} throughput`, f.tokensPerS, "tokens/s");
+          fig("device pool, measured", f.poolBytes / MiB, "MiB");
+          fig("device pool, plan (same buffers)", f.planModelBytes / MiB, "MiB");
+          fig("forward+backward process peak RSS", fb.peaks.main / MiB, "MiB");
+        }
       }
 
       // Loading W into K workers: folder vs object store (LoRA: the setup is the load).
-      const loadPlan = planOf(shape, "lora", K);
       for (const via of ["auto", "store"] as const) {
         const label = via === "auto" ? "folder" : "object store";
-        if (hostNeed(loadPlan) > available()) {
+        // K = 2 where it fits now, else one worker.
+        let lk = K;
+        if (hostNeed(planOf(shape, "lora", lk)) > available()) lk = 1;
+        const need = hostNeed(planOf(shape, "lora", lk));
+        if (need > available()) {
           skip(
-            `load W into ${K} workers via ${label}`,
-            `plan ${formatBytes(hostNeed(loadPlan))}, ${formatBytes(available())} free`,
+            `load W via ${label}`,
+            `needs ${formatBytes(need)}, ${formatBytes(available())} available`,
           );
           continue;
         }
-        const r = await harness("job", {
+        const r = await measure(`load W via ${label}`, "job", {
           model: dir,
           data,
           eval: null,
           out: `${root}/out-${key}-${via}`,
           method: "lora",
-          workers: K,
+          workers: lk,
           rank: RANK,
-          batchSize: K,
+          batchSize: lk,
           microBatch: 1,
           seqLen: SEQ,
           loadVia: via,
           checkpointEvery: 0,
           steps: 0,
         });
+        if (r === null) continue;
         fig(
-          `load W into ${K} workers via ${label} (job setup)`,
+          `load W into ${lk} worker(s) via ${label} (job setup)`,
           (r.figures.setupMs as number) / 1e3,
           "s",
         );
@@ -261,7 +289,7 @@ export async function run(report: Report): Promise<void> {
           continue;
         }
       }
-      const r = await harness("job", {
+      const r = await measure(`HD-PiSSA step at K=${workers}`, "job", {
         model: dir,
         data,
         eval: null,
@@ -277,6 +305,7 @@ export async function run(report: Report): Promise<void> {
         checkpointEvery: 0,
         steps: 1,
       });
+      if (r === null) continue;
       if (typeof r.figures.refused === "string") {
         skip(`HD-PiSSA step at K=${workers}`, `MemoryPlanError: ${r.figures.refused}`);
         continue;
