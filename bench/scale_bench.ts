@@ -88,17 +88,15 @@ interface Peaks {
   main: number;
   /** Each Deno process below it (a job's worker nodes), largest first. */
   nodes: number[];
-  nats: number;
+  /** nats-server processes below it. */
+  nats: number[];
 }
 
-/** A measurement that failed: its error, for the table, and the run goes on. */
-class HarnessError extends Error {}
+/** A measurement's figures and peaks, or why it failed (for the table; the run goes on). */
+type Measured = { figures: Record<string, unknown>; peaks: Peaks } | { failed: string };
 
 /** Runs the harness in `mode`; returns its `SCALE` figures and the processes' peak memory. */
-async function harness(
-  mode: "fwdbwd" | "job",
-  spec: Record<string, unknown>,
-): Promise<{ figures: Record<string, unknown>; peaks: Peaks }> {
+async function harness(mode: "fwdbwd" | "job", spec: Record<string, unknown>): Promise<Measured> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", HARNESS, mode, JSON.stringify(spec)],
     stdout: "piped",
@@ -125,7 +123,7 @@ async function harness(
     const err = new TextDecoder().decode(out.stderr);
     const first = err.split("\n").find((l) => /error/i.test(l)) ?? err.slice(-300);
     // deno-lint-ignore no-control-regex
-    throw new HarnessError(`exit ${out.code}: ${first.replace(/\x1b\[[0-9;]*m/g, "").trim()}`);
+    return { failed: `exit ${out.code}: ${first.replace(/\x1b\[[0-9;]*m/g, "").trim()}` };
   }
   const entries = [...peak.entries()];
   return {
@@ -134,10 +132,7 @@ async function harness(
       main: peak.get(child.pid)?.bytes ?? NaN,
       nodes: entries.filter(([pid, p]) => pid !== child.pid && p.comm === "deno")
         .map(([, p]) => p.bytes).sort((a, b) => b - a),
-      nats: entries.filter(([, p]) => p.comm.startsWith("nats")).reduce(
-        (a, [, p]) => a + p.bytes,
-        0,
-      ),
+      nats: entries.filter(([, p]) => p.comm.startsWith("nats")).map(([, p]) => p.bytes),
     },
   };
 }
@@ -195,13 +190,10 @@ export async function run(report: Report): Promise<void> {
         report({ name: `${n}: ${name}`, value: NaN, unit: "", note });
       /** The harness's figures, or null after reporting why it failed. */
       const measure = async (name: string, ...args: Parameters<typeof harness>) => {
-        try {
-          return await harness(...args);
-        } catch (e) {
-          if (!(e instanceof HarnessError)) throw e;
-          skip(name, `failed: ${e.message}`);
-          return null;
-        }
+        const m = await harness(...args);
+        if (!("failed" in m)) return m;
+        skip(name, `failed: ${m.failed}`);
+        return null;
       };
       const dir = `${root}/${key}`;
       console.error(`scale bench: ${n}: writing ${dir}`);
@@ -227,6 +219,7 @@ export async function run(report: Report): Promise<void> {
         if (fb !== null) {
           const f = fb.figures as Record<string, number>;
           fig("read folder to f32 (one process)", f.readMs / 1e3, "s");
+          fig(`forward+backward 1x${SEQ}, first (cold) step`, f.warmMs / 1e3, "s");
           fig(`forward+backward 1x${SEQ}, r${RANK} x7`, f.ms / 1e3, "s");
           fig(`forward+backward 1x${SEQ} throughput`, f.tokensPerS, "tokens/s");
           fig("device pool, measured", f.poolBytes / MiB, "MiB");
@@ -322,7 +315,9 @@ export async function run(report: Report): Promise<void> {
       fig(`${tag}: driver plan (host)`, p.host.total / MiB, "MiB");
       fig(`${tag}: largest worker peak RSS`, (r.peaks.nodes[0] ?? NaN) / MiB, "MiB");
       fig(`${tag}: worker plan (device, in host memory)`, p.worker.total / MiB, "MiB");
-      fig(`${tag}: nats-server peak RSS`, r.peaks.nats / MiB, "MiB");
+      if (r.peaks.nats.length > 0) {
+        fig(`${tag}: nats-server peak RSS`, r.peaks.nats[0] / MiB, "MiB");
+      }
       await Deno.remove(dir, { recursive: true });
     }
   } finally {
