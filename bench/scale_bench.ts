@@ -160,10 +160,12 @@ function planOf(shape: ModelShape, method: "hd-pissa" | "lora", workers: number)
  * Bytes the host must hold for a job of this plan: the driver's and K workers' (lavapipe keeps
  * the devices in host memory), plus what the plan leaves out and this bench measured at 135M and
  * 180M: each worker process also holds W in f32 on the host while it uploads it, and its runtime
- * (~0.5 GiB), so its peak is about the plan's device total + W + 0.5 GiB.
+ * (~0.5 GiB), so its peak is about the plan's device total + W + 0.5 GiB; through the object
+ * store it holds the received bytes as well (+W again).
  */
-function hostNeed(p: MemoryPlan): number {
-  return p.host.total + p.workers * (p.worker.total + p.host.weights + 512 * MiB);
+function hostNeed(p: MemoryPlan, via: "auto" | "store" = "auto"): number {
+  const copies = via === "store" ? 2 : 1;
+  return p.host.total + p.workers * (p.worker.total + copies * p.host.weights + 512 * MiB);
 }
 
 function available(): number {
@@ -233,8 +235,8 @@ export async function run(report: Report): Promise<void> {
         const label = via === "auto" ? "folder" : "object store";
         // K = 2 where it fits now, else one worker.
         let lk = K;
-        if (hostNeed(planOf(shape, "lora", lk)) > available()) lk = 1;
-        const need = hostNeed(planOf(shape, "lora", lk));
+        if (hostNeed(planOf(shape, "lora", lk), via) > available()) lk = 1;
+        const need = hostNeed(planOf(shape, "lora", lk), via);
         if (need > available()) {
           skip(
             `load W via ${label}`,
