@@ -230,6 +230,68 @@ export async function run(report: Report): Promise<void> {
         }
       }
 
+      // One HD-PiSSA step at K = 2 (K = 1 for a shape whose K = 2 does not fit now), before
+      // the loads: at 1B it is the figure that matters most.
+      const hdStep = async () => {
+        let workers = K;
+        let plan = planOf(shape, "hd-pissa", workers);
+        // What the job checks (and refuses with MemoryPlanError over the host's total memory).
+        fig(
+          `HD-PiSSA K=${K}: job's plan on the host (driver + ${K} workers)`,
+          (plan.host.total + K * plan.worker.total) / MiB,
+          "MiB",
+        );
+        const why = (p: MemoryPlan) =>
+          `needs ~${formatBytes(hostNeed(p))} (the plan + each worker's f32 W and runtime, ` +
+          `as measured at 135M/180M), ${formatBytes(available())} available now: not run`;
+        if (hostNeed(plan) > available()) {
+          skip(`HD-PiSSA step at K=${K}`, why(plan));
+          workers = 1;
+          plan = planOf(shape, "hd-pissa", workers);
+          if (hostNeed(plan) > available()) {
+            skip("HD-PiSSA step at K=1", why(plan));
+            return;
+          }
+        }
+        const r = await measure(`HD-PiSSA step at K=${workers}`, "job", {
+          model: dir,
+          data,
+          eval: null,
+          out: `${root}/out-${key}-hd`,
+          method: "hd-pissa",
+          workers,
+          rank: RANK,
+          batchSize: workers,
+          microBatch: 1,
+          seqLen: SEQ,
+          svd: "randomized",
+          warmupRatio: 0,
+          checkpointEvery: 0,
+          steps: 1,
+        });
+        if (r === null) return;
+        if (typeof r.figures.refused === "string") {
+          skip(`HD-PiSSA step at K=${workers}`, `MemoryPlanError: ${r.figures.refused}`);
+          return;
+        }
+        const step = (r.figures.steps as Record<string, number>[])[0];
+        const p = r.figures.plan as MemoryPlan;
+        const tag = `HD-PiSSA K=${workers}`;
+        fig(`${tag}: setup (read, load, SVD init)`, (r.figures.setupMs as number) / 1e3, "s");
+        fig(`${tag}: step time`, step.ms / 1e3, "s");
+        fig(`${tag}: step compute (fwd+bwd+optimizer)`, step.compute_ms / 1e3, "s");
+        fig(`${tag}: step update`, step.update_ms / 1e3, "s");
+        fig(`${tag}: loss`, step.loss, "");
+        fig(`${tag}: driver peak RSS`, r.peaks.main / MiB, "MiB");
+        fig(`${tag}: driver plan (host)`, p.host.total / MiB, "MiB");
+        fig(`${tag}: largest worker peak RSS`, (r.peaks.nodes[0] ?? NaN) / MiB, "MiB");
+        fig(`${tag}: worker plan (device, in host memory)`, p.worker.total / MiB, "MiB");
+        if (r.peaks.nats.length > 0) {
+          fig(`${tag}: nats-server peak RSS`, r.peaks.nats[0] / MiB, "MiB");
+        }
+      };
+      await hdStep();
+
       // Loading W into K workers: folder vs object store (LoRA: the setup is the load).
       for (const via of ["auto", "store"] as const) {
         const label = via === "auto" ? "folder" : "object store";
@@ -269,57 +331,6 @@ export async function run(report: Report): Promise<void> {
         fig(`load via ${label}: largest worker peak RSS`, (r.peaks.nodes[0] ?? NaN) / MiB, "MiB");
       }
 
-      // One HD-PiSSA step at K = 2 (K = 1 for a shape whose K = 2 plan does not fit now).
-      let workers = K;
-      let plan = planOf(shape, "hd-pissa", workers);
-      if (hostNeed(plan) > available()) {
-        skip(
-          `HD-PiSSA step at K=${K}`,
-          `plan ${formatBytes(hostNeed(plan))} > ${formatBytes(available())} available now`,
-        );
-        workers = 1;
-        plan = planOf(shape, "hd-pissa", workers);
-        if (hostNeed(plan) > available()) {
-          skip("HD-PiSSA step at K=1", `plan ${formatBytes(hostNeed(plan))} > available`);
-          continue;
-        }
-      }
-      const r = await measure(`HD-PiSSA step at K=${workers}`, "job", {
-        model: dir,
-        data,
-        eval: null,
-        out: `${root}/out-${key}-hd`,
-        method: "hd-pissa",
-        workers,
-        rank: RANK,
-        batchSize: workers,
-        microBatch: 1,
-        seqLen: SEQ,
-        svd: "randomized",
-        warmupRatio: 0,
-        checkpointEvery: 0,
-        steps: 1,
-      });
-      if (r === null) continue;
-      if (typeof r.figures.refused === "string") {
-        skip(`HD-PiSSA step at K=${workers}`, `MemoryPlanError: ${r.figures.refused}`);
-        continue;
-      }
-      const step = (r.figures.steps as Record<string, number>[])[0];
-      const p = r.figures.plan as MemoryPlan;
-      const tag = `HD-PiSSA K=${workers}`;
-      fig(`${tag}: setup (read, load, SVD init)`, (r.figures.setupMs as number) / 1e3, "s");
-      fig(`${tag}: step time`, step.ms / 1e3, "s");
-      fig(`${tag}: step compute (fwd+bwd+optimizer)`, step.compute_ms / 1e3, "s");
-      fig(`${tag}: step update`, step.update_ms / 1e3, "s");
-      fig(`${tag}: loss`, step.loss, "");
-      fig(`${tag}: driver peak RSS`, r.peaks.main / MiB, "MiB");
-      fig(`${tag}: driver plan (host)`, p.host.total / MiB, "MiB");
-      fig(`${tag}: largest worker peak RSS`, (r.peaks.nodes[0] ?? NaN) / MiB, "MiB");
-      fig(`${tag}: worker plan (device, in host memory)`, p.worker.total / MiB, "MiB");
-      if (r.peaks.nats.length > 0) {
-        fig(`${tag}: nats-server peak RSS`, r.peaks.nats[0] / MiB, "MiB");
-      }
       await Deno.remove(dir, { recursive: true });
     }
   } finally {
