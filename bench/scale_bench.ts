@@ -165,7 +165,9 @@ function planOf(shape: ModelShape, method: "hd-pissa" | "lora", workers: number)
  */
 function hostNeed(p: MemoryPlan, via: "auto" | "store" = "auto"): number {
   const copies = via === "store" ? 3 : 2;
-  return p.host.total + p.workers * (p.worker.total + copies * p.host.weights + 512 * MiB);
+  // The driver serializes W only for the store (its measured peak: W + SVD + ~1 GiB).
+  const driver = (via === "store" ? p.host.total : p.host.total - p.host.serialized) + 1024 * MiB;
+  return driver + p.workers * (p.worker.total + copies * p.host.weights + 512 * MiB);
 }
 
 function available(): number {
