@@ -173,6 +173,7 @@ async function planRun(
       seqLen: o.seqLen,
       svd: o.svd,
       weightsDtype: o.weightsDtype,
+      recompute: o.recompute,
       limits,
     });
   for (const m of o.compare ? METHODS : [o.method]) checkMemoryPlan(planOf(m), limits);

@@ -5,6 +5,7 @@
 //                                   "note" with value null for a figure not measured
 //   deno task bench runtime gpu     only the suites whose file name starts with these words
 //   deno task bench cluster         several hosts as network namespaces (needs root, `ip netns`)
+//   deno task bench scale           real model sizes (135M, 180M, 1B) end to end (minutes)
 //
 // A suite is a file `bench/<name>_bench.ts` exporting `run(report)`; it calls `report` once per
 // figure. Figures are measured, never asserted.

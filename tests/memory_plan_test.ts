@@ -74,6 +74,41 @@ const cases: {
     },
     binding: 64 * 1024,
   },
+  {
+    name: "lora, GQA untied, --recompute, 3 layers, micro-batch 4 × 16, 2 slots",
+    config: {
+      ...GQA_UNTIED,
+      hidden_size: 64,
+      intermediate_size: 128,
+      vocab_size: 300,
+      num_hidden_layers: 3,
+    },
+    plan: {
+      method: "lora",
+      workers: 2,
+      rank: 4,
+      targets: LINEAR_KINDS,
+      microBatch: 4,
+      maxMicroBatches: 2,
+      seqLen: 16,
+      recompute: true,
+    },
+  },
+  {
+    name: "full, GQA tied, --recompute, micro-batch 2 × 24, split vocabulary",
+    config: { ...GQA_TIED, hidden_size: 48, intermediate_size: 96, vocab_size: 2000 },
+    plan: {
+      method: "full",
+      workers: 1,
+      rank: 4,
+      targets: LINEAR_KINDS,
+      microBatch: 2,
+      maxMicroBatches: 1,
+      seqLen: 24,
+      recompute: true,
+    },
+    binding: 64 * 1024,
+  },
 ];
 
 for (const c of cases) {
@@ -89,6 +124,7 @@ for (const c of cases) {
     options.maxRows = c.plan.microBatch;
     options.seqLen = c.plan.seqLen;
     options.maxMicroBatches = c.plan.maxMicroBatches;
+    options.recompute = c.plan.recompute;
     const got = await measure(c.config, options, c.binding);
     const plan = memoryPlan({ ...c.plan, config: c.config, limits: got.limits });
     const w = plan.worker;
@@ -140,4 +176,29 @@ Deno.test("checkMemoryPlan refuses a buffer over maxBufferSize and a total over 
     () => checkMemoryPlan(small, { ...DEFAULT_LIMITS, hostMemory: 1000 }, true),
     /sharing its memory/,
   );
+});
+
+Deno.test("with --recompute the plan counts one set of layer activations, not one per layer", () => {
+  const input: MemoryPlanInput = {
+    config: GQA_UNTIED,
+    method: "hd-pissa",
+    workers: 2,
+    rank: 2,
+    targets: LINEAR_KINDS,
+    microBatch: 2,
+    maxMicroBatches: 1,
+    seqLen: 8,
+  };
+  const acts = (layers: number, recompute: boolean) =>
+    memoryPlan({
+      ...input,
+      config: { ...input.config, num_hidden_layers: layers },
+      recompute,
+    }).worker.activations;
+  // A layer more adds its input to the residual stream, and without --recompute its own set.
+  const resid = acts(3, true) - acts(2, true);
+  const set = acts(3, false) - acts(2, false) - resid;
+  assert.ok(resid > 0 && set > resid, `resid ${resid}, set ${set}`);
+  assert.equal(acts(1, true), acts(1, false), "one layer: nothing to share");
+  assert.equal(acts(5, false) - acts(5, true), 4 * set, "five layers: four sets fewer");
 });

@@ -54,6 +54,11 @@ export interface MemoryPlanInput {
   seqLen: number;
   /** full: the trained weights (default: all but the embeddings and the head). */
   trainable?: (name: string) => boolean;
+  /**
+   * `--recompute`: the layers share one set of activations (each layer's input stays in the
+   * residual stream), recomputed from that input before the layer's backward.
+   */
+  recompute?: boolean;
   /** The SVD the driver runs (hd-pissa, pissa); auto: exact up to 1024 on the short side. */
   svd?: "auto" | "exact" | "randomized";
   /** The device dtype of the weight matrices (`--weights-dtype`; default f32). */
@@ -217,9 +222,12 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     }
   }
 
-  // Activations at this micro-batch and sequence (docs/architecture.md §3; every layer's kept).
+  // Activations at this micro-batch and sequence (docs/architecture.md §3): every layer's input
+  // (the residual stream) is kept; the rest of a layer's activations once per layer, or, with
+  // --recompute, one set the layers share.
   const kinds = new Set(linears.map((l) => l.kind));
   const act = (label: string, n: number, times = 1) => add("activations", label, n, times);
+  const perLayer = input.recompute ? 1 : L;
   act("resid", Tm * C, L + 1);
   for (
     const [label, n] of [
@@ -237,8 +245,8 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
       ["up", Tm * I],
       ["h", Tm * I],
     ] as const
-  ) act(label, n, L);
-  for (const k of LINEAR_KINDS) if (kinds.has(k)) act(`xa ${k}`, Tm * r, L);
+  ) act(label, n, perLayer);
+  for (const k of LINEAR_KINDS) if (kinds.has(k)) act(`xa ${k}`, Tm * r, perLayer);
   act("tmp", Tm * C);
   act("lnf", Tm * C);
   act("rstdf", Tm);
