@@ -28,10 +28,10 @@ export interface CodesSizes {
 
 /**
  * 32 keys, each line 4 times (128 training lines, 32 test lines). Sized by measurement at the
- * study's 60 steps of batch 16, one seed (README, "When to use HD-PiSSA"): full fine-tuning
- * recalls every code while LoRA r = 4 recalls almost none, and the adapters' scores climb with
- * rank (LoRA r = 32 nearly all). At 40 keys and more the adapters score near 0 at every rank, and
- * at 600 keys full fine-tuning did too.
+ * study's 60 steps of batch 16 (README, "When to use HD-PiSSA"): full fine-tuning recalls 95 % of
+ * the codes (3 seeds) and LoRA r = 4 none, while the adapters' scores climb with rank (one seed:
+ * LoRA r = 32 94 %). At 40 keys and more the adapters scored near 0 at every rank tried; at the
+ * first draw's 600 keys full fine-tuning did too.
  */
 export const CODES_SIZES: CodesSizes = { keys: 32, repeats: 4 };
 
