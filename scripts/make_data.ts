@@ -84,12 +84,13 @@ function readme(files: Record<string, string>, nTrain: number, nTest: number): s
     "",
     "## codes/: the capacity-bound task of the rank study",
     "",
-    `- \`train.jsonl\`: ${CODES_SIZES.keys + CODES_SIZES.trainPairs} lines, ` +
-    `${size("data/codes/train.jsonl")}; \`test.jsonl\`: ${CODES_SIZES.testPairs} lines, ` +
+    `- \`train.jsonl\`: ${CODES_SIZES.keys * CODES_SIZES.repeats} lines, ` +
+    `${size("data/codes/train.jsonl")}; \`test.jsonl\`: ${CODES_SIZES.keys} lines, ` +
     `${size("data/codes/test.jsonl")}.`,
     `- ${CODES_SIZES.keys} invented keys, each with an arbitrary three-letter code. Train states`,
-    `  every key's code once and asks ${CODES_SIZES.trainPairs} pairs of keys; test asks pairs`,
-    "  never trained on. The codes are in no pretraining text: answering means storing them all.",
+    `  every key's code ${CODES_SIZES.repeats} times; test asks every key once, in the same words.`,
+    "  A memorisation task: every test prompt is a training prompt, and the score is the share of",
+    "  trained facts recalled. The codes are in no pretraining text: answering means storing them.",
     `- Seed ${CODES_SEED}. Generator: \`train/datagen/codes.ts\`.`,
     "",
   ].join("\n");

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { runFinetune } from "../actors/job.ts";
 import { CODES_SIZES, makeCodes } from "../train/datagen/codes.ts";
+import { TaskGenerationError } from "../train/datagen/split.ts";
 import { PROJECT_ROOT } from "../train/cli/options.ts";
 import type { FinetuneOptions } from "../train/cli/options.ts";
 import { comparisons, points, tuning } from "../train/study/analyze.ts";
@@ -162,23 +163,44 @@ Deno.test("study analysis: tuning picks the best validation rate; paired compari
   assert.deepEqual(sum.difference.diffs.map((v) => Math.round(v * 100)), [10, 0]);
 });
 
-Deno.test("codes task: test pairs are new, every key's code is trained, codes are consistent", () => {
+Deno.test("codes task: every key asked once in test, stated `repeats` times in train, same code", () => {
   const { train, test } = makeCodes();
-  assert.equal(train.length, CODES_SIZES.keys + CODES_SIZES.trainPairs);
-  assert.equal(test.length, CODES_SIZES.testPairs);
-  const trained = new Set(train.map((e) => e.prompt));
-  assert.ok(test.every((e) => !trained.has(e.prompt)));
+  assert.equal(test.length, CODES_SIZES.keys);
+  assert.equal(train.length, CODES_SIZES.keys * CODES_SIZES.repeats);
   const code = new Map<string, string>();
+  for (const e of test) {
+    const m = /^Q: Code of ([a-z]{5})\nA: $/.exec(e.prompt);
+    assert.ok(m, e.prompt);
+    assert.match(e.response, /^[a-z]{3}$/);
+    assert.ok(!code.has(m[1]), `key ${m[1]} asked twice`);
+    code.set(m[1], e.response);
+  }
+  // A memorisation task: every training line is one of the test's facts, each `repeats` times.
+  const count = new Map<string, number>();
   for (const e of train) {
-    const m = /^Q: Code of (\w+)\nA: $/.exec(e.prompt);
-    if (m) code.set(m[1], e.response);
+    const m = /^Q: Code of ([a-z]{5})\nA: $/.exec(e.prompt);
+    assert.ok(m, e.prompt);
+    assert.equal(e.response, code.get(m[1]), e.prompt);
+    count.set(m[1], (count.get(m[1]) ?? 0) + 1);
   }
-  assert.equal(code.size, CODES_SIZES.keys);
-  for (const e of [...train, ...test]) {
-    const m = /^Q: Codes of (\w+) (\w+)\nA: $/.exec(e.prompt);
-    if (m) assert.equal(e.response, `${code.get(m[1])} ${code.get(m[2])}`, e.prompt);
-  }
+  assert.deepEqual([...new Set(count.values())], [CODES_SIZES.repeats]);
+  assert.equal(count.size, CODES_SIZES.keys);
+  // Shuffled, not the test's order repeated.
+  assert.notDeepEqual(
+    train.slice(0, CODES_SIZES.keys).map((e) => e.prompt),
+    test.map((e) => e.prompt),
+  );
+  // Why the repeats: the study's validation split (a tenth of the training lines) still asks
+  // facts that the remaining training lines state.
+  const { train: kept, valid } = splitLines(train.map((e) => JSON.stringify(e)));
+  assert.ok(valid.length >= 10, `${valid.length} validation lines`);
+  const keptSet = new Set(kept);
+  assert.ok(valid.every((l) => keptSet.has(l)), "a validation fact is never trained");
   assert.deepEqual(makeCodes(), { train, test }); // seeded
+  assert.throws(() => makeCodes(1, { keys: 0, repeats: 4 }), TaskGenerationError);
+  assert.throws(() => makeCodes(1, { keys: 4, repeats: 1.5 }), TaskGenerationError);
+  // More keys than five-letter names exist: the generator says so instead of looping.
+  assert.throws(() => makeCodes(1, { keys: 14 ** 3 * 25 + 1, repeats: 1 }), TaskGenerationError);
 });
 
 Deno.test("study data: the validation split comes from the training lines, disjoint, seeded", () => {

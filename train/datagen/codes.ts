@@ -1,10 +1,16 @@
 /**
- * `codes`: a capacity-bound task for the rank study (docs/architecture.md §9, the study). Each
- * of many invented keys has an arbitrary three-letter code that no pretraining text contains, so
- * the only way to answer is to store every key→code pair in the weights: the more keys, the
- * more the update must hold. Training states each key's code alone ("Q: Code of bafir\nA: " →
- * "kqz") and asks pairs of keys ("Q: Codes of bafir tomek\nA: " → "kqz wpt"); the test asks
- * pairs never trained on, whose keys each appear in training. No test prompt is in train.
+ * `codes`: a capacity-bound memorisation task for the rank study (docs/architecture.md §9, the
+ * study). Each of a few dozen invented keys has an arbitrary three-letter code that no
+ * pretraining text contains, so the only way to answer is to store every key→code pair in the
+ * weights. Training states each key's code ("Q: Code of bafir\nA: " → "kqz"), every line
+ * `repeats` times; the test asks every key once, in the same words.
+ *
+ * A memorisation task's test can only ask facts that were trained, so here, unlike the shipped
+ * benchmark, every test prompt is also a training prompt: the test measures how many of the
+ * trained facts the update has stored after the study's steps, not generalisation. The repeats
+ * are there for the study's validation split (a tenth of the training lines, drawn at random):
+ * a held-out line nearly always has a copy left in training, so tuning, too, scores recall of
+ * trained facts rather than facts no run could know.
  * @module
  */
 import { Rng } from "../../core/rng.ts";
@@ -14,21 +20,20 @@ import { TaskGenerationError } from "./split.ts";
 export const CODES = "codes";
 export const CODES_SEED = 23;
 
-/** The shipped sizes: keys, training pairs and test pairs. */
+/** The shipped sizes: keys (the test asks each once) and copies of each key's training line. */
 export interface CodesSizes {
   keys: number;
-  trainPairs: number;
-  testPairs: number;
+  repeats: number;
 }
 
 /**
- * 600 keys (about 8.5 kbit of arbitrary codes, against the 28 rank-4 adapters' ~37k floats and
- * the model's ~0.8M); each key is in about 11 training lines. Meant to make the update's capacity
- * limit accuracy, but not yet shown to: at 400 steps neither LoRA r = 4 nor full fine-tuning
- * scores above 0 % (README, "When to use HD-PiSSA"), so the size (or the study's steps) must be
- * revisited before the full study.
+ * 32 keys, each line 4 times (128 training lines, 32 test lines). Sized by measurement at the
+ * study's 60 steps of batch 16 (README, "When to use HD-PiSSA"): full fine-tuning recalls 95 % of
+ * the codes (3 seeds) and LoRA r = 4 none, while the adapters' scores climb with rank (one seed:
+ * LoRA r = 32 94 %). At 40 keys and more the adapters scored near 0 at every rank tried; at the
+ * first draw's 600 keys full fine-tuning did too.
  */
-export const CODES_SIZES: CodesSizes = { keys: 600, trainPairs: 3000, testPairs: 300 };
+export const CODES_SIZES: CodesSizes = { keys: 32, repeats: 4 };
 
 const CONSONANTS = "bdfgklmnprstvz";
 const VOWELS = "aeiou";
@@ -46,8 +51,18 @@ function code(rng: Rng): string {
   return s;
 }
 
-/** The task's splits: every key's single line and `trainPairs` pairs in train, fresh pairs in test. */
+/** The task's splits: every key's line `repeats` times in train (shuffled), once in test. */
 export function makeCodes(seed = CODES_SEED, sizes: CodesSizes = CODES_SIZES): TaskSplit {
+  if (!Number.isInteger(sizes.keys) || sizes.keys < 1) {
+    throw new TaskGenerationError(
+      `task ${CODES}: keys must be a positive integer, not ${sizes.keys}`,
+    );
+  }
+  if (!Number.isInteger(sizes.repeats) || sizes.repeats < 1) {
+    throw new TaskGenerationError(
+      `task ${CODES}: repeats must be a positive integer, not ${sizes.repeats}`,
+    );
+  }
   const rng = new Rng(seed);
   const codes = new Map<string, string>();
   for (let i = 0; i < 100 * sizes.keys && codes.size < sizes.keys; i++) {
@@ -56,26 +71,12 @@ export function makeCodes(seed = CODES_SEED, sizes: CodesSizes = CODES_SIZES): T
   if (codes.size < sizes.keys) {
     throw new TaskGenerationError(`task ${CODES}: found only ${codes.size} distinct keys`);
   }
-  const keys = [...codes.keys()];
-  const pairCount = sizes.trainPairs + sizes.testPairs;
-  if (pairCount > keys.length * (keys.length - 1)) {
-    throw new TaskGenerationError(`task ${CODES}: ${pairCount} pairs asked of ${keys.length} keys`);
-  }
-  const seen = new Set<string>();
-  const pairs: TaskExample[] = [];
-  while (pairs.length < pairCount) {
-    const a = keys[rng.int(keys.length)], b = keys[rng.int(keys.length)];
-    const prompt = ask(`Codes of ${a} ${b}`);
-    if (a === b || seen.has(prompt)) continue;
-    seen.add(prompt);
-    pairs.push({ prompt, response: `${codes.get(a)} ${codes.get(b)}`, task: CODES });
-  }
-  const singles = keys.map((k) => ({
+  const test: TaskExample[] = [...codes].map(([k, c]) => ({
     prompt: ask(`Code of ${k}`),
-    response: codes.get(k)!,
+    response: c,
     task: CODES,
   }));
-  const test = pairs.slice(0, sizes.testPairs);
-  const train = rng.shuffle([...singles, ...pairs.slice(sizes.testPairs)]);
-  return { train, test };
+  const train: TaskExample[] = [];
+  for (let r = 0; r < sizes.repeats; r++) train.push(...test.map((e) => ({ ...e })));
+  return { train: rng.shuffle(train), test };
 }
