@@ -23,6 +23,33 @@ export const SlowClose = defineActor({
   },
 });
 
+/** Keeps its node's main thread busy (as parsing a large blob from the object store does). */
+export const Spinner = defineActor({
+  name: "Spinner",
+  module: import.meta.url,
+  init: z.object({ spinMs: z.number().int().nonnegative() }),
+  create: (input) => {
+    spin(input.spinMs);
+    return {};
+  },
+  methods: {
+    spin: {
+      input: z.number().int().nonnegative(),
+      output: z.number(),
+      handler: (_s, ms) => {
+        spin(ms);
+        return Deno.pid;
+      },
+    },
+  },
+});
+
+/** Blocks the calling thread: no timer, no message, no socket read runs meanwhile. */
+function spin(ms: number) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) { /* busy on purpose */ }
+}
+
 function info(id: string, node: string, rev?: number, inc = 0): ActorInfo {
   return { id, type: "T", inc, node, owner: "owner", resources: {}, ...(rev ? { rev } : {}) };
 }
@@ -70,6 +97,33 @@ if (Deno.mainModule === import.meta.url) {
         downs.map(() => "stopped"),
         `expected only reason "stopped", got ${JSON.stringify(downs)}`,
       );
+    } finally {
+      await system.shutdown();
+    }
+  });
+
+  Deno.test("a node whose main thread is blocked for seconds around a spawn loses no actor", async () => {
+    const system = await init({ nodes: 1 });
+    try {
+      const [node] = system.localNodes;
+      const downs: string[] = [];
+      const off = system.on((e) => {
+        if (e.type === "actor_down" || e.type === "node_down") downs.push(JSON.stringify(e));
+      });
+      const peer = await system.spawn(SlowClose, { closeMs: 1 }, { node: node.id });
+      // 3 s of constructor on the node's main thread: its heartbeat thread keeps sending the
+      // list from before the spawn while the spawn's reply and "up" event wait behind it.
+      const busy = await system.spawn(Spinner, { spinMs: 3000 }, { node: node.id });
+      // And 3 s blocked right after the spawn, while heartbeats with the new list are due.
+      assert.equal(await busy.spin(3000), node.pid);
+      assert.equal(await peer.ping(), "pong");
+      // A few more periods for late heartbeats of the blocked stretch to arrive and be judged.
+      await new Promise((r) => setTimeout(r, 1500));
+      off();
+      assert.deepEqual(downs, []);
+      for (const id of [peer.ref.id, busy.ref.id]) {
+        assert.equal(system.actors().find((a) => a.id === id)?.state, "up", id);
+      }
     } finally {
       await system.shutdown();
     }
