@@ -26,6 +26,11 @@ export interface ActorEntry {
   since?: number;
   reason?: DeathReason;
   detail?: string;
+  /**
+   * Its node's revision when it came up, if known (from its info, its "up" event, or the first
+   * heartbeat that listed it): heartbeats older than this predate it and say nothing of it.
+   */
+  upRev?: number;
 }
 
 /** A directory entry for one node. */
@@ -112,14 +117,18 @@ export class Directory {
     for (const a of hb.actors) {
       if (a.node !== hb.node) continue; // a node speaks only for what it hosts
       listed.add(a.id);
-      this.#up(a);
+      this.#up(a, hb.rev);
     }
-    // An actor this node no longer lists, while the heartbeat is newer than the event that put
-    // it there, ended without its "down" event reaching us.
+    // An actor this node no longer lists, while the heartbeat is no older than the last event
+    // heard from the node nor than the actor's own start, ended without its "down" event reaching
+    // us. A node lists, revision and `ended` in one snapshot (runtime/host.ts), so a heartbeat at
+    // or after the start that lacks the actor is proof of its end; an older one (queued behind a
+    // busy thread, or overtaken by the spawn's reply on the other connection) is no proof.
     const rev = this.#eventRev.get(hb.node) ?? -1;
     if (hb.rev < rev) return;
     for (const e of this.actors.values()) {
       if (e.state === "up" && e.info.node === hb.node && !listed.has(e.info.id)) {
+        if (e.upRev !== undefined && hb.rev < e.upRev) continue;
         // Its node says how it ended, if lately; otherwise it vanished.
         const end = hb.ended?.find((x) => x.id === e.info.id && x.inc === e.info.inc);
         if (end) this.#down(e, end.reason, end.final);
@@ -133,7 +142,7 @@ export class Directory {
     switch (ev.e) {
       case "up":
         this.#bumpRev(ev.actor.node, ev.rev);
-        this.#up(ev.actor);
+        this.#up(ev.actor, ev.rev);
         break;
       case "down": {
         this.#bumpRev(ev.node, ev.rev);
@@ -171,14 +180,20 @@ export class Directory {
     if ((this.#eventRev.get(node) ?? -1) < rev) this.#eventRev.set(node, rev);
   }
 
-  #up(a: ActorInfo) {
+  /** `rev`: the revision of the report (event or heartbeat), when its info lacks its own. */
+  #up(a: ActorInfo, rev?: number) {
+    const upRev = a.rev ?? rev;
     const e = this.actors.get(a.id);
     if (e) {
       if (a.inc < e.info.inc) return;
       // Same incarnation: either already known, or we saw it end and this is a stale report.
-      if (a.inc === e.info.inc && (e.state !== "up" || e.info.node === a.node)) return;
+      if (a.inc === e.info.inc && (e.state !== "up" || e.info.node === a.node)) {
+        // Known from a report without a revision (an older node's spawn reply): learn it now.
+        if (e.state === "up" && e.upRev === undefined) e.upRev = upRev;
+        return;
+      }
     }
-    this.actors.set(a.id, { info: a, state: "up" });
+    this.actors.set(a.id, { info: a, state: "up", upRev });
     this.#emit({ type: "actor_up", actor: a });
   }
 

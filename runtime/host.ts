@@ -60,6 +60,11 @@ export class Host {
   readonly #env: HostEnv;
   readonly #instances = new Map<string, ActorInstance>();
   readonly #starting = new Set<string>();
+  /**
+   * Instances being stopped: still listed in heartbeats until they have ended, so that the list
+   * and the revision change together (see `stop`).
+   */
+  readonly #stopping = new Map<string, ActorInstance>();
   readonly #used: Resources = {};
   readonly #inbox: FrameInbox;
   #sub?: Subscription;
@@ -92,9 +97,13 @@ export class Host {
     return { ...this.#used };
   }
 
-  /** The hosted actors, as listed in heartbeats. */
+  /**
+   * The hosted actors, as listed in heartbeats: the running ones and those still stopping. An
+   * instance leaves this list only in the same step that bumps the revision and notes how it
+   * ended, so any snapshot of list, `rev` and `ended` agrees with itself.
+   */
   actors(): ActorInfo[] {
-    return [...this.#instances.values()].map((i) => i.info);
+    return [...this.#stopping.values(), ...this.#instances.values()].map((i) => i.info);
   }
 
   /** Mailbox and call counters of the hosted actors, by id. */
@@ -211,6 +220,8 @@ export class Host {
       }
       this.#instances.set(req.id, inst);
       this.#rev++;
+      // The revision it came up at: a heartbeat older than that cannot speak of its end.
+      info.rev = this.#rev;
       this.#env.changed();
       this.#publish({ e: "up", actor: info, rev: this.#rev });
       return info;
@@ -232,7 +243,17 @@ export class Host {
     const inst = this.#instances.get(id);
     if (!inst) return false;
     this.#instances.delete(id);
-    await inst.stop(mode, reason, graceMs);
+    // Until its handler and `close` are done (seconds, for a worker freeing GPU memory) it stays
+    // listed at the old revision: dropped from the list now, its node's heartbeats would carry
+    // an unchanged revision without it and without an `ended` entry, which other processes must
+    // read as a death they missed ("node"), not as the stop it is.
+    const key = `${id}#${inst.info.inc}`;
+    this.#stopping.set(key, inst);
+    try {
+      await inst.stop(mode, reason, graceMs);
+    } finally {
+      this.#stopping.delete(key);
+    }
     this.#reserve(inst.info.resources, -1);
     this.#rev++;
     this.#ended.push({ id, inc: inst.info.inc, reason, final: mode === "stop", at: Date.now() });

@@ -103,6 +103,11 @@ export const actorInfoSchema = z.object({
    * to it than fit, plus the running one (runtime/flow.ts).
    */
   mailbox: z.number().int().positive().optional(),
+  /**
+   * Its node's revision right after this incarnation came up (absent from older nodes): only a
+   * heartbeat at this revision or later can tell of its end by not listing it.
+   */
+  rev: z.number().int().nonnegative().optional(),
 });
 /** What a system knows about a running actor. */
 export type ActorInfo = z.infer<typeof actorInfoSchema>;
