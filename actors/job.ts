@@ -174,6 +174,7 @@ async function planRun(
       svd: o.svd,
       weightsDtype: o.weightsDtype,
       recompute: o.recompute,
+      loadVia: o.loadVia,
       limits,
     });
   for (const m of o.compare ? METHODS : [o.method]) checkMemoryPlan(planOf(m), limits);

@@ -37,7 +37,7 @@ import {
   sum,
 } from "../gpu/mod.ts";
 import { expectedTensors, LINEAR_KINDS, type LinearKind, type LlamaConfig } from "./config.ts";
-import type { HostTensor } from "./safetensors.ts";
+import type { HostTensor, TensorRows } from "./safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
 import {
   type Attention,
@@ -322,7 +322,8 @@ export class LlamaGpu {
   static async create(
     gpu: Gpu,
     config: LlamaConfig,
-    weights: ReadonlyMap<string, HostTensor>,
+    /** The weights in host memory, or `{ streamed }`: read one tensor at a time as uploaded. */
+    weights: ReadonlyMap<string, HostTensor> | { streamed: ReadonlyMap<string, TensorRows> },
     options: LlamaGpuOptions,
   ): Promise<LlamaGpu> {
     const maxMicroBatches = options.maxMicroBatches ?? 1;
@@ -361,11 +362,10 @@ export class LlamaGpu {
     const gradNames = options.gradients === "weights"
       ? expectedTensors(config).map((s) => s.name).filter((n) => options.trainable?.(n) ?? true)
       : [];
-    const params = LlamaParams.create(gpu, config, weights, {
-      adapters: options.adapters,
-      gradNames,
-      weightsDtype,
-    });
+    const paramOptions = { adapters: options.adapters, gradNames, weightsDtype };
+    const params = "streamed" in weights
+      ? await LlamaParams.createStreamed(gpu, config, weights.streamed, paramOptions)
+      : LlamaParams.create(gpu, config, weights as ReadonlyMap<string, HostTensor>, paramOptions);
     const held: GpuTensor[] = [];
     try {
       const model = new LlamaGpu(gpu, config, params, {
