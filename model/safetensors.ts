@@ -1180,10 +1180,11 @@ export function streamSafetensorsBytes(
     tensors.set(e.name, {
       shape: e.shape,
       dtype: e.dtype,
-      rows: (start, count) => {
+      // deno-lint-ignore require-await
+      rows: async (start, count) => {
         const [b, end] = rowRange(e, start, count, source);
         const raw = bytes.subarray(header.dataStart + b, header.dataStart + end);
-        return Promise.resolve(decode(raw, rowsEntry(e, count), source));
+        return decode(raw, rowsEntry(e, count), source);
       },
     });
   }
