@@ -28,8 +28,8 @@ import {
   inspectModelFolder,
   parseSafetensors,
   serializeSafetensors,
-  streamModelFolder,
   type StreamedTensors,
+  streamModelFolder,
   streamSafetensorsBytes,
 } from "../model/safetensors.ts";
 import { checkWeightDigests } from "../model/folder_digest.ts";

@@ -1142,7 +1142,11 @@ export function streamModelFolder(layout: ModelFolderLayout): StreamedTensors {
           const e = header.entries.find((x) => x.name === spec.name);
           // The file changed since its header was inspected.
           if (!e) {
-            throw new MissingTensorError(`${source}: missing tensor "${spec.name}"`, source, spec.name);
+            throw new MissingTensorError(
+              `${source}: missing tensor "${spec.name}"`,
+              source,
+              spec.name,
+            );
           }
           checkShape(spec.name, spec.shape, e.shape, source);
           const [b, end] = rowRange(e, start, count, source);

@@ -205,7 +205,11 @@ Deno.test("the host term counts the driver and every worker process, devices in 
       seqLen: 32,
       svd: "randomized",
       loadVia,
-      limits: { ...DEFAULT_LIMITS, maxBufferSize: Infinity, maxStorageBufferBindingSize: 128 << 20 },
+      limits: {
+        ...DEFAULT_LIMITS,
+        maxBufferSize: Infinity,
+        maxStorageBufferBindingSize: 128 << 20,
+      },
     });
   const p2 = plan(2, "auto");
   const W = p2.host.weights;
