@@ -175,6 +175,7 @@ async function planRun(
       weightsDtype: o.weightsDtype,
       recompute: o.recompute,
       loadVia: o.loadVia,
+      svdThreads: o.svdThreads,
       limits,
     });
   for (const m of o.compare ? METHODS : [o.method]) checkMemoryPlan(planOf(m), limits);

@@ -14,9 +14,11 @@
 //   driver's process and of each worker's against the plan.
 //
 // Each measurement runs in its own process (bench/support/scale_job.ts), so the peaks are its
-// own and the memory is the host's again afterwards. A measurement whose plan needs more than the
-// host's available memory now (other jobs share it) is not run, and says so; for the 1B at K = 2
-// the step is then tried at K = 1. SCALE_SHAPES=135m,205m,1b picks shapes (default: all).
+// own and the memory is the host's again afterwards; each peak is printed next to the plan's
+// figure for that process (train/plan/memory.ts: the driver's host memory, and a worker's device
+// bytes in host memory + its own host memory while it streams W in). A measurement whose plan
+// needs more than the host's available memory now (other jobs share it) is not run, and says so;
+// a step at K = 2 that does not fit is then tried at K = 1. SCALE_SHAPES=135m,205m,1b picks shapes (default: all).
 //
 //   deno task bench scale
 import type { Report } from "./figure.ts";

@@ -56,7 +56,14 @@ import {
   lmHeadName,
 } from "./llama_blocks.ts";
 import type { AdapterBuffers, AdapterScales, LinearScratch } from "./llama_linear.ts";
-import { halfBits, LlamaParams, WEIGHTS_DTYPES, type WeightsDtype } from "./llama_params.ts";
+import {
+  checkWeights,
+  halfBits,
+  hostRows,
+  LlamaParams,
+  WEIGHTS_DTYPES,
+  type WeightsDtype,
+} from "./llama_params.ts";
 import { ropeInvFreq } from "./rope.ts";
 import { LlamaInputError, LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
 import { generateGreedy, type GenerateOptions } from "./generate.ts";
@@ -363,9 +370,17 @@ export class LlamaGpu {
       ? expectedTensors(config).map((s) => s.name).filter((n) => options.trainable?.(n) ?? true)
       : [];
     const paramOptions = { adapters: options.adapters, gradNames, weightsDtype };
-    const params = "streamed" in weights
-      ? await LlamaParams.createStreamed(gpu, config, weights.streamed, paramOptions)
-      : LlamaParams.create(gpu, config, weights as ReadonlyMap<string, HostTensor>, paramOptions);
+    // W in host memory goes up the same way, a tensor at a time with the queue flushed after
+    // each, so the queue's staging copies never add up to a second W.
+    let streamed: ReadonlyMap<string, TensorRows>;
+    if ("streamed" in weights) {
+      streamed = weights.streamed;
+    } else {
+      const held = weights as ReadonlyMap<string, HostTensor>;
+      checkWeights(config, held);
+      streamed = hostRows(held);
+    }
+    const params = await LlamaParams.createStreamed(gpu, config, streamed, paramOptions);
     const held: GpuTensor[] = [];
     try {
       const model = new LlamaGpu(gpu, config, params, {

@@ -94,6 +94,21 @@ export function checkWeightShapes(
   }
 }
 
+/** Weights in host memory as {@link TensorRows}: a row range is a view of the tensor, no copy. */
+export function hostRows(weights: ReadonlyMap<string, HostTensor>): Map<string, TensorRows> {
+  const out = new Map<string, TensorRows>();
+  for (const [name, t] of weights) {
+    const cols = t.shape.slice(1).reduce((a, b) => a * b, 1);
+    out.set(name, {
+      shape: t.shape,
+      dtype: "F32",
+      rows: (start, count) =>
+        Promise.resolve(t.data.subarray(start * cols, (start + count) * cols)),
+    });
+  }
+  return out;
+}
+
 /** The weights held as row blocks (split when over the device's binding limit). */
 export const ROW_SPLIT_NAMES: readonly string[] = ["model.embed_tokens.weight", "lm_head.weight"];
 

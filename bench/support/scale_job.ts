@@ -160,6 +160,7 @@ async function job(spec: JobSpec): Promise<void> {
     recompute: o.recompute,
     weightsDtype: o.weightsDtype,
     loadVia: o.loadVia,
+    svdThreads: o.svdThreads,
     limits,
   });
   try {

@@ -26,6 +26,7 @@ import {
   type LlamaConfig,
 } from "../../model/config.ts";
 import { fullTrainableDefault } from "../methods/layout.ts";
+import { defaultSvdThreads } from "../linalg/svd_pool.ts";
 
 /** The device limits the plan checks against (WebGPU's guaranteed defaults when unknown). */
 export interface PlanLimits {
@@ -65,6 +66,11 @@ export interface MemoryPlanInput {
   recompute?: boolean;
   /** The SVD the driver runs (hd-pissa, pissa); auto: exact up to 1024 on the short side. */
   svd?: "auto" | "exact" | "randomized";
+  /**
+   * The driver's SVD threads (`--svd-threads`; 0 or absent: one per core): each works on its own
+   * matrix, with its own copy and workspace.
+   */
+  svdThreads?: number;
   /** The device dtype of the weight matrices (`--weights-dtype`; default f32). */
   weightsDtype?: WeightsDtype;
   /**
@@ -112,6 +118,11 @@ const MiB = 1024 * 1024;
  */
 export const DRIVER_RUNTIME = 1024 * MiB;
 export const WORKER_RUNTIME = 512 * MiB;
+/**
+ * One SVD thread's own memory (a Deno worker's isolate), as measured at 1B with 2 threads: the
+ * driver's peak was 339 MiB over W + one SVD workspace + DRIVER_RUNTIME.
+ */
+export const SVD_THREAD_RUNTIME = 160 * MiB;
 
 export interface MemoryPlan {
   workers: number;
@@ -318,7 +329,8 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
 
   w.total = w.weights + w.adapters + w.optimizer + w.gradients + w.activations + w.workspace;
 
-  // Host: W in f32, the safetensors copy the workers load from, the SVD of the largest matrix.
+  // Host: W in f32, the safetensors copy the workers load from, the SVD of the largest matrix on
+  // each SVD thread (and the thread itself).
   let svd = 0;
   if (method === "hd-pissa" || method === "pissa") {
     for (const l of linears) {
@@ -329,6 +341,8 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
         : 2 * l.out * l.in + (l.out + l.in + 1) * k;
       svd = Math.max(svd, need * f32);
     }
+    const threads = input.svdThreads ? input.svdThreads : defaultSvdThreads();
+    if (linears.length > 0) svd = threads * (svd + SVD_THREAD_RUNTIME);
   }
   const hostWeights = params * f32;
   const viaStore = (input.loadVia ?? "store") === "store";
