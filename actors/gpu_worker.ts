@@ -25,9 +25,12 @@ import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from "../model/
 import { LlamaGpu } from "../model/llama.ts";
 import {
   type HostTensor,
-  loadModelFolder,
+  inspectModelFolder,
   parseSafetensors,
   serializeSafetensors,
+  type StreamedTensors,
+  streamModelFolder,
+  streamSafetensorsBytes,
 } from "../model/safetensors.ts";
 import { checkWeightDigests } from "../model/folder_digest.ts";
 import type { MicroBatch } from "../model/batch.ts";
@@ -294,21 +297,26 @@ async function perturb(
 
 /**
  * W from the object store, or from the model folder after checking that its weight files are the
- * ones the driver read (a WeightDigestError otherwise: never another path in its place).
+ * ones the driver read (a WeightDigestError otherwise: never another path in its place). The
+ * tensors are read on demand, as the model uploads them (one at a time): the folder's from its
+ * files, the store's decoded from the received bytes.
  */
 async function readWeights(
   src: WeightSource,
   ctx: ActorContext,
-): Promise<{ config: LlamaConfig; tensors: Map<string, HostTensor> }> {
+): Promise<{ config: LlamaConfig; tensors: StreamedTensors }> {
   if (src.via === "folder") {
     await checkWeightDigests(src.folder, src.digests);
-    const m = await loadModelFolder(src.folder);
-    return { config: m.config, tensors: m.tensors };
+    const layout = await inspectModelFolder(src.folder);
+    return { config: layout.config, tensors: streamModelFolder(layout) };
   }
   const bytes = await (await ctx.objects()).get(src.name);
-  const { tensors, metadata } = parseSafetensors(bytes, {}, src.name);
+  const { tensors, metadata } = streamSafetensorsBytes(bytes, src.name);
   if (!metadata.config) throw new StepProtocolError(`${src.name} carries no config`);
-  return { config: parseLlamaConfig(JSON.parse(metadata.config)), tensors };
+  return {
+    config: parseLlamaConfig(JSON.parse(metadata.config)),
+    tensors: { tensors, close: () => {} },
+  };
 }
 
 export const GpuWorker = defineActor({
@@ -326,16 +334,20 @@ export const GpuWorker = defineActor({
       handler: async (s, input, ctx) => {
         s.close();
         const { config, tensors } = await readWeights(input.weights, ctx);
-        s.gpu = await Gpu.open({ adapter: input.settings.device });
-        const settings = { ...input.settings };
-        s.model = await LlamaGpu.create(s.gpu, config, tensors, {
-          maxRows: input.microBatch,
-          seqLen: input.seqLen,
-          maxMicroBatches: input.maxMicroBatches,
-          recompute: settings.recompute,
-          weightsDtype: settings.weightsDtype,
-          ...getMethod(settings.method).modelOptions(settings),
-        });
+        try {
+          s.gpu = await Gpu.open({ adapter: input.settings.device });
+          const settings = { ...input.settings };
+          s.model = await LlamaGpu.create(s.gpu, config, { streamed: tensors.tensors }, {
+            maxRows: input.microBatch,
+            seqLen: input.seqLen,
+            maxMicroBatches: input.maxMicroBatches,
+            recompute: settings.recompute,
+            weightsDtype: settings.weightsDtype,
+            ...getMethod(settings.method).modelOptions(settings),
+          });
+        } finally {
+          tensors.close();
+        }
         s.load = input;
         s.updates = await ctx.collectives.subscribe(input.updateSubject, {
           schema: Update,
@@ -345,7 +357,7 @@ export const GpuWorker = defineActor({
         s.rejected = 0;
         s.receiverRejected = 0;
         let parameters = 0;
-        for (const t of tensors.values()) parameters += t.data.length;
+        for (const t of tensors.tensors.values()) parameters += t.shape.reduce((a, b) => a * b, 1);
         return { device: s.gpu.info.description, fallback: s.gpu.info.fallback, parameters };
       },
     },

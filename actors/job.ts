@@ -174,6 +174,8 @@ async function planRun(
       svd: o.svd,
       weightsDtype: o.weightsDtype,
       recompute: o.recompute,
+      loadVia: o.loadVia,
+      svdThreads: o.svdThreads,
       limits,
     });
   for (const m of o.compare ? METHODS : [o.method]) checkMemoryPlan(planOf(m), limits);

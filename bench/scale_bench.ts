@@ -14,9 +14,11 @@
 //   driver's process and of each worker's against the plan.
 //
 // Each measurement runs in its own process (bench/support/scale_job.ts), so the peaks are its
-// own and the memory is the host's again afterwards. A measurement whose plan needs more than the
-// host's available memory now (other jobs share it) is not run, and says so; for the 1B at K = 2
-// the step is then tried at K = 1. SCALE_SHAPES=135m,205m,1b picks shapes (default: all).
+// own and the memory is the host's again afterwards; each peak is printed next to the plan's
+// figure for that process (train/plan/memory.ts: the driver's host memory, and a worker's device
+// bytes in host memory + its own host memory while it streams W in). A measurement whose plan
+// needs more than the host's available memory now (other jobs share it) is not run, and says so;
+// a step at K = 2 that does not fit is then tried at K = 1. SCALE_SHAPES=135m,205m,1b picks shapes (default: all).
 //
 //   deno task bench scale
 import type { Report } from "./figure.ts";
@@ -28,7 +30,12 @@ import {
   writeRandomModel,
 } from "./support/random_model.ts";
 import { LINEAR_KINDS } from "../model/config.ts";
-import { formatBytes, type MemoryPlan, memoryPlan } from "../train/plan/memory.ts";
+import {
+  formatBytes,
+  hostNeed as planHostNeed,
+  type MemoryPlan,
+  memoryPlan,
+} from "../train/plan/memory.ts";
 
 const SHAPES: { key: string; shape: ModelShape }[] = [
   { key: "135m", shape: SMOLLM2_135M },
@@ -137,8 +144,14 @@ async function harness(mode: "fwdbwd" | "job", spec: Record<string, unknown>): P
   };
 }
 
-function planOf(shape: ModelShape, method: "hd-pissa" | "lora", workers: number): MemoryPlan {
+function planOf(
+  shape: ModelShape,
+  method: "hd-pissa" | "lora",
+  workers: number,
+  loadVia: "auto" | "store" = "auto",
+): MemoryPlan {
   return memoryPlan({
+    loadVia,
     config: shape.config,
     method,
     workers,
@@ -157,17 +170,12 @@ function planOf(shape: ModelShape, method: "hd-pissa" | "lora", workers: number)
 }
 
 /**
- * Bytes the host must hold for a job of this plan: the driver's and K workers' (lavapipe keeps
- * the devices in host memory), plus what the plan leaves out and this bench measured: a worker
- * process peaks at about the plan's device total + 2·W (f32) + 0.5 GiB (135M: 1.9 GiB against a
- * plan of 0.6; 180M: 2.2 against 0.8; 1B: 14.1 against 4.8), from the host copies it makes while
- * it reads and uploads W; through the object store it holds the received bytes as well (+W).
+ * Bytes the host must hold for a job of this plan: the plan's host need (the driver's process and
+ * each worker's: runtime, what it holds while loading W one tensor at a time, and its device in
+ * host memory under lavapipe), which the job checks too.
  */
-function hostNeed(p: MemoryPlan, via: "auto" | "store" = "auto"): number {
-  const copies = via === "store" ? 3 : 2;
-  // The driver serializes W only for the store (its measured peak: W + SVD + ~1 GiB).
-  const driver = (via === "store" ? p.host.total : p.host.total - p.host.serialized) + 1024 * MiB;
-  return driver + p.workers * (p.worker.total + copies * p.host.weights + 512 * MiB);
+function hostNeed(p: MemoryPlan): number {
+  return planHostNeed(p, true);
 }
 
 function available(): number {
@@ -240,12 +248,12 @@ export async function run(report: Report): Promise<void> {
         // What the job checks (and refuses with MemoryPlanError over the host's total memory).
         fig(
           `HD-PiSSA K=${K}: job's plan on the host (driver + ${K} workers)`,
-          (plan.host.total + K * plan.worker.total) / MiB,
+          hostNeed(plan) / MiB,
           "MiB",
         );
         const why = (p: MemoryPlan) =>
-          `needs ~${formatBytes(hostNeed(p))} (the plan + each worker's host copies of W, as ` +
-          `measured), ${formatBytes(available())} available now: not run`;
+          `the plan needs ${formatBytes(hostNeed(p))} of host memory, ` +
+          `${formatBytes(available())} available now: not run`;
         if (hostNeed(plan) > available()) {
           skip(`HD-PiSSA step at K=${K}`, why(plan));
           workers = 1;
@@ -288,6 +296,17 @@ export async function run(report: Report): Promise<void> {
         fig(`${tag}: driver plan (host)`, p.host.total / MiB, "MiB");
         fig(`${tag}: largest worker peak RSS`, (r.peaks.nodes[0] ?? NaN) / MiB, "MiB");
         fig(`${tag}: worker plan (device, in host memory)`, p.worker.total / MiB, "MiB");
+        fig(
+          `${tag}: worker plan (device + process's host memory)`,
+          (p.worker.total + (p.host.worker?.total ?? 0)) / MiB,
+          "MiB",
+        );
+        fig(`${tag}: all processes, plan`, hostNeed(p) / MiB, "MiB");
+        fig(
+          `${tag}: all processes, measured peaks (sum)`,
+          (r.peaks.main + r.peaks.nodes.reduce((a, b) => a + b, 0)) / MiB,
+          "MiB",
+        );
         if (r.peaks.nats.length > 0) {
           fig(`${tag}: nats-server peak RSS`, r.peaks.nats[0] / MiB, "MiB");
         }
@@ -299,8 +318,9 @@ export async function run(report: Report): Promise<void> {
         const label = via === "auto" ? "folder" : "object store";
         // K = 2 where it fits now, else one worker.
         let lk = K;
-        if (hostNeed(planOf(shape, "lora", lk), via) > available()) lk = 1;
-        const need = hostNeed(planOf(shape, "lora", lk), via);
+        if (hostNeed(planOf(shape, "lora", lk, via)) > available()) lk = 1;
+        const lp = planOf(shape, "lora", lk, via);
+        const need = hostNeed(lp);
         if (need > available()) {
           skip(
             `load W via ${label}`,
@@ -330,7 +350,13 @@ export async function run(report: Report): Promise<void> {
           "s",
         );
         fig(`load via ${label}: driver peak RSS`, r.peaks.main / MiB, "MiB");
+        fig(`load via ${label}: driver plan (host)`, lp.host.total / MiB, "MiB");
         fig(`load via ${label}: largest worker peak RSS`, (r.peaks.nodes[0] ?? NaN) / MiB, "MiB");
+        fig(
+          `load via ${label}: worker plan (device + process's host memory)`,
+          (lp.worker.total + (lp.host.worker?.total ?? 0)) / MiB,
+          "MiB",
+        );
       }
 
       await Deno.remove(dir, { recursive: true });

@@ -37,7 +37,7 @@ import {
   sum,
 } from "../gpu/mod.ts";
 import { expectedTensors, LINEAR_KINDS, type LinearKind, type LlamaConfig } from "./config.ts";
-import type { HostTensor } from "./safetensors.ts";
+import type { HostTensor, TensorRows } from "./safetensors.ts";
 import type { MicroBatch } from "../model/batch.ts";
 import {
   type Attention,
@@ -56,7 +56,14 @@ import {
   lmHeadName,
 } from "./llama_blocks.ts";
 import type { AdapterBuffers, AdapterScales, LinearScratch } from "./llama_linear.ts";
-import { halfBits, LlamaParams, WEIGHTS_DTYPES, type WeightsDtype } from "./llama_params.ts";
+import {
+  checkWeights,
+  halfBits,
+  hostRows,
+  LlamaParams,
+  WEIGHTS_DTYPES,
+  type WeightsDtype,
+} from "./llama_params.ts";
 import { ropeInvFreq } from "./rope.ts";
 import { LlamaInputError, LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
 import { generateGreedy, type GenerateOptions } from "./generate.ts";
@@ -322,7 +329,8 @@ export class LlamaGpu {
   static async create(
     gpu: Gpu,
     config: LlamaConfig,
-    weights: ReadonlyMap<string, HostTensor>,
+    /** The weights in host memory, or `{ streamed }`: read one tensor at a time as uploaded. */
+    weights: ReadonlyMap<string, HostTensor> | { streamed: ReadonlyMap<string, TensorRows> },
     options: LlamaGpuOptions,
   ): Promise<LlamaGpu> {
     const maxMicroBatches = options.maxMicroBatches ?? 1;
@@ -361,11 +369,18 @@ export class LlamaGpu {
     const gradNames = options.gradients === "weights"
       ? expectedTensors(config).map((s) => s.name).filter((n) => options.trainable?.(n) ?? true)
       : [];
-    const params = LlamaParams.create(gpu, config, weights, {
-      adapters: options.adapters,
-      gradNames,
-      weightsDtype,
-    });
+    const paramOptions = { adapters: options.adapters, gradNames, weightsDtype };
+    // W in host memory goes up the same way, a tensor at a time with the queue flushed after
+    // each, so the queue's staging copies never add up to a second W.
+    let streamed: ReadonlyMap<string, TensorRows>;
+    if ("streamed" in weights) {
+      streamed = weights.streamed;
+    } else {
+      const held = weights as ReadonlyMap<string, HostTensor>;
+      checkWeights(config, held);
+      streamed = hostRows(held);
+    }
+    const params = await LlamaParams.createStreamed(gpu, config, streamed, paramOptions);
     const held: GpuTensor[] = [];
     try {
       const model = new LlamaGpu(gpu, config, params, {

@@ -22,7 +22,7 @@ import {
   type LinearKind,
   type LlamaConfig,
 } from "./config.ts";
-import type { HostTensor } from "./safetensors.ts";
+import type { HostTensor, TensorRows } from "./safetensors.ts";
 import type { AdapterBuffers } from "./llama_linear.ts";
 import { LlamaOptionsError, LlamaWeightError } from "./llama_errors.ts";
 import { heldInWeightsDtype, WEIGHTS_DTYPES, type WeightsDtype } from "./weights_dtype.ts";
@@ -60,12 +60,29 @@ export interface ParamOptions {
  * the config switches off, or q/k shapes of another head dimension.
  */
 export function checkWeights(config: LlamaConfig, weights: ReadonlyMap<string, HostTensor>): void {
+  checkWeightShapes(config, weights);
+  for (const spec of expectedTensors(config)) {
+    const t = weights.get(spec.name)!;
+    const n = spec.shape.reduce((a, b) => a * b, 1);
+    if (!(t.data instanceof Float32Array) || t.data.length !== n) {
+      throw new LlamaWeightError(
+        spec.name,
+        `weight "${spec.name}" must hold ${n} f32 values, got ${t.data?.length ?? "none"}`,
+      );
+    }
+  }
+}
+
+/** As {@link checkWeights}, from the shapes alone (the values are checked as they are read). */
+export function checkWeightShapes(
+  config: LlamaConfig,
+  weights: ReadonlyMap<string, { shape: readonly number[] }>,
+): void {
   checkConfigAgainstTensors(config, weights, "weights");
   for (const spec of expectedTensors(config)) {
     const t = weights.get(spec.name);
     const want = `[${spec.shape.join(", ")}]`;
     if (!t) throw new LlamaWeightError(spec.name, `missing weight "${spec.name}" (shape ${want})`);
-    const n = spec.shape.reduce((a, b) => a * b, 1);
     const sameShape = t.shape.length === spec.shape.length &&
       t.shape.every((d, i) => d === spec.shape[i]);
     if (!sameShape) {
@@ -74,13 +91,22 @@ export function checkWeights(config: LlamaConfig, weights: ReadonlyMap<string, H
         `weight "${spec.name}" has shape [${t.shape.join(", ")}], the config implies ${want}`,
       );
     }
-    if (!(t.data instanceof Float32Array) || t.data.length !== n) {
-      throw new LlamaWeightError(
-        spec.name,
-        `weight "${spec.name}" must hold ${n} f32 values, got ${t.data?.length ?? "none"}`,
-      );
-    }
   }
+}
+
+/** Weights in host memory as {@link TensorRows}: a row range is a view of the tensor, no copy. */
+export function hostRows(weights: ReadonlyMap<string, HostTensor>): Map<string, TensorRows> {
+  const out = new Map<string, TensorRows>();
+  for (const [name, t] of weights) {
+    const cols = t.shape.slice(1).reduce((a, b) => a * b, 1);
+    out.set(name, {
+      shape: t.shape,
+      dtype: "F32",
+      rows: (start, count) =>
+        Promise.resolve(t.data.subarray(start * cols, (start + count) * cols)),
+    });
+  }
+  return out;
 }
 
 /** The weights held as row blocks (split when over the device's binding limit). */
@@ -116,6 +142,95 @@ export class LlamaParams {
     options: ParamOptions,
   ): LlamaParams {
     checkWeights(config, weights);
+    const { p, linears, wd, trained } = LlamaParams.#begin(gpu, config, options);
+    try {
+      for (const [name, shape] of p.#shapes) {
+        p.names.push(name);
+        const f32 = weights.get(name)!.data as Float32Array;
+        const dtype = p.#dtypeOf(name, shape, wd, trained);
+        const data = dtype === "f32" ? f32 : halfBits(name, f32, dtype);
+        if (ROW_SPLIT_NAMES.includes(name)) {
+          const parts = gpu.uploadRows(data, shape[0], shape[1], name, dtype);
+          p.rowParts.set(name, parts);
+          if (parts.parts.length === 1) p.weights.set(name, parts.parts[0]);
+        } else if (data instanceof Uint16Array) {
+          p.weights.set(name, gpu.uploadHalf(data, dtype as HalfType, shape, name));
+        } else {
+          p.weights.set(name, gpu.upload(data, shape, name));
+        }
+      }
+      p.#allocate(options, linears);
+    } catch (e) {
+      p.release();
+      throw e;
+    }
+    return p;
+  }
+
+  /**
+   * As {@link create}, reading each weight only when it is uploaded: one tensor at a time, and
+   * the row-split tables (embedding, lm_head) one row block at a time, each flushed to the device
+   * before the next is read. The host then holds about one tensor (or block) beyond the device's
+   * bytes while loading, not a copy of W; the uploaded values are the same.
+   */
+  static async createStreamed(
+    gpu: Gpu,
+    config: LlamaConfig,
+    weights: ReadonlyMap<string, TensorRows>,
+    options: ParamOptions,
+  ): Promise<LlamaParams> {
+    checkWeightShapes(config, weights);
+    const { p, linears, wd, trained } = LlamaParams.#begin(gpu, config, options);
+    // writeBuffer copies into a staging buffer the queue keeps until its next submission: flush
+    // after each write, or the staging copies add up to W.
+    const flush = () => gpu.record({ label: "weights upload" }).submit();
+    try {
+      for (const [name, shape] of p.#shapes) {
+        p.names.push(name);
+        const src = weights.get(name)!;
+        const dtype = p.#dtypeOf(name, shape, wd, trained);
+        const read = async (start: number, count: number, elems: number) => {
+          const f32 = await src.rows(start, count);
+          if (!(f32 instanceof Float32Array) || f32.length !== elems) {
+            throw new LlamaWeightError(
+              name,
+              `weight "${name}" rows ${start}..${start + count}: ${elems} f32 values expected`,
+            );
+          }
+          return dtype === "f32" ? f32 : halfBits(name, f32, dtype);
+        };
+        if (ROW_SPLIT_NAMES.includes(name)) {
+          const parts = gpu.uploadRows(null, shape[0], shape[1], name, dtype);
+          p.rowParts.set(name, parts);
+          if (parts.parts.length === 1) p.weights.set(name, parts.parts[0]);
+          for (let i = 0; i < parts.parts.length; i++) {
+            const n = parts.counts[i];
+            gpu.write(parts.parts[i], await read(parts.starts[i], n, n * shape[1]));
+            await flush();
+          }
+        } else {
+          const n = shape.reduce((a, b) => a * b, 1);
+          const data = await read(0, shape.length === 0 ? 1 : shape[0], n);
+          p.weights.set(
+            name,
+            data instanceof Uint16Array
+              ? gpu.uploadHalf(data, dtype as HalfType, shape, name)
+              : gpu.upload(data, shape, name),
+          );
+          await flush();
+        }
+      }
+      p.#allocate(options, linears);
+    } catch (e) {
+      p.release();
+      throw e;
+    }
+    return p;
+  }
+
+  #shapes = new Map<string, number[]>();
+
+  static #begin(gpu: Gpu, config: LlamaConfig, options: ParamOptions) {
     const ad = options.adapters;
     if (ad && (!Number.isInteger(ad.rank) || ad.rank < 1)) {
       throw new LlamaOptionsError(`adapter rank must be an integer >= 1, got ${ad.rank}`);
@@ -135,48 +250,42 @@ export class LlamaParams {
     }
     const trained = new Set(options.gradNames);
     const p = new LlamaParams(gpu, ad?.rank ?? 0, wd);
-    try {
-      const shapes = new Map(expectedTensors(config).map((s) => [s.name, s.shape]));
-      for (const [name, shape] of shapes) {
-        p.names.push(name);
-        const f32 = weights.get(name)!.data as Float32Array;
-        const dtype = wd !== "f32" && heldInWeightsDtype(shape) && !trained.has(name) ? wd : "f32";
-        const data = dtype === "f32" ? f32 : halfBits(name, f32, dtype);
-        if (ROW_SPLIT_NAMES.includes(name)) {
-          const parts = gpu.uploadRows(data, shape[0], shape[1], name, dtype);
-          p.rowParts.set(name, parts);
-          if (parts.parts.length === 1) p.weights.set(name, parts.parts[0]);
-        } else if (data instanceof Uint16Array) {
-          p.weights.set(name, gpu.uploadHalf(data, dtype as HalfType, shape, name));
-        } else {
-          p.weights.set(name, gpu.upload(data, shape, name));
-        }
+    p.#shapes = new Map(expectedTensors(config).map((s) => [s.name, s.shape]));
+    return { p, linears, wd, trained };
+  }
+
+  #dtypeOf(
+    name: string,
+    shape: readonly number[],
+    wd: WeightsDtype,
+    trained: ReadonlySet<string>,
+  ): "f32" | HalfType {
+    return wd !== "f32" && heldInWeightsDtype(shape) && !trained.has(name) ? wd : "f32";
+  }
+
+  /** The gradient buffers of the trained weights and the zeroed adapter slots. */
+  #allocate(options: ParamOptions, linears: ReturnType<typeof adaptableLinears>): void {
+    const gpu = this.#gpu;
+    for (const name of options.gradNames) {
+      const shape = this.#shapes.get(name);
+      if (!shape) throw new LlamaWeightError(name, `no weight "${name}" to train`);
+      if (ROW_SPLIT_NAMES.includes(name)) {
+        const parts = gpu.uploadRows(null, shape[0], shape[1], `grad ${name}`);
+        this.gradParts.set(name, parts);
+        if (parts.parts.length === 1) this.grads.set(name, parts.parts[0]);
+      } else {
+        this.grads.set(name, gpu.zeros(shape, "f32", `grad ${name}`));
       }
-      for (const name of options.gradNames) {
-        const shape = shapes.get(name);
-        if (!shape) throw new LlamaWeightError(name, `no weight "${name}" to train`);
-        if (ROW_SPLIT_NAMES.includes(name)) {
-          const parts = gpu.uploadRows(null, shape[0], shape[1], `grad ${name}`);
-          p.gradParts.set(name, parts);
-          if (parts.parts.length === 1) p.grads.set(name, parts.parts[0]);
-        } else {
-          p.grads.set(name, gpu.zeros(shape, "f32", `grad ${name}`));
-        }
-      }
-      for (const lin of linears) {
-        const r = p.rank;
-        p.adapters.set(lin.name, {
-          A: gpu.zeros([r, lin.in], "f32", `A ${lin.name}`),
-          B: gpu.zeros([lin.out, r], "f32", `B ${lin.name}`),
-          gA: gpu.zeros([r, lin.in], "f32", `gA ${lin.name}`),
-          gB: gpu.zeros([lin.out, r], "f32", `gB ${lin.name}`),
-        });
-      }
-    } catch (e) {
-      p.release();
-      throw e;
     }
-    return p;
+    for (const lin of linears) {
+      const r = this.rank;
+      this.adapters.set(lin.name, {
+        A: gpu.zeros([r, lin.in], "f32", `A ${lin.name}`),
+        B: gpu.zeros([lin.out, r], "f32", `B ${lin.name}`),
+        gA: gpu.zeros([r, lin.in], "f32", `gA ${lin.name}`),
+        gB: gpu.zeros([lin.out, r], "f32", `gB ${lin.name}`),
+      });
+    }
   }
 
   /** Every gradient buffer (weights, then adapters' g_A, g_B), e.g. to zero them. */

@@ -1064,3 +1064,133 @@ export async function copyCompanionFiles(from: string | URL, to: string): Promis
   }
   return copied;
 }
+
+/**
+ * One tensor read on demand, by rows: what a loader that uploads as it reads takes, so that it
+ * holds one tensor (or one block of rows) on the host at a time, never all of W.
+ */
+export interface TensorRows {
+  shape: readonly number[];
+  /** The stored dtype (decoded to f32 by `rows`). */
+  dtype: string;
+  /** Rows [start, start + count) of the tensor (along its first dimension) as f32 values. */
+  rows(start: number, count: number): Promise<Float32Array>;
+}
+
+/** Tensors read on demand (model order), and the handles to close once they have been read. */
+export interface StreamedTensors {
+  tensors: Map<string, TensorRows>;
+  close(): void;
+}
+
+function rowRange(e: TensorEntry, start: number, count: number, source: string): [number, number] {
+  const rows = e.shape.length === 0 ? 1 : e.shape[0];
+  if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || start + count > rows) {
+    throw new SafetensorsError(
+      `${source}: rows ${start}..${start + count} of "${e.name}" (it has ${rows})`,
+      source,
+      e.name,
+    );
+  }
+  const rowBytes = (e.end - e.begin) / rows;
+  return [e.begin + start * rowBytes, e.begin + (start + count) * rowBytes];
+}
+
+function rowsEntry(e: TensorEntry, count: number): TensorEntry {
+  return { ...e, shape: e.shape.length === 0 ? [] : [count, ...e.shape.slice(1)] };
+}
+
+/**
+ * The tensors of a model folder that the config needs, read on demand from their files (after
+ * {@link inspectModelFolder}'s checks): a tensor's bytes are read and decoded only when asked
+ * for, one block of rows at a time if the caller wants. The same f32 values as
+ * {@link loadModelFolder}.
+ */
+export function streamModelFolder(layout: ModelFolderLayout): StreamedTensors {
+  const files = new Map<string, Promise<{ file: Deno.FsFile; header: SafetensorsHeader }>>();
+  const open = (path: string | URL) => {
+    const key = String(path);
+    let f = files.get(key);
+    if (!f) {
+      f = (async () => {
+        const file = await openFile(path);
+        try {
+          return { file, header: await readHeaderFrom(file, key) };
+        } catch (e) {
+          file.close();
+          throw e;
+        }
+      })();
+      files.set(key, f);
+    }
+    return f;
+  };
+  // One read at a time per file: seek + read must not interleave.
+  let queue: Promise<unknown> = Promise.resolve();
+  const tensors = new Map<string, TensorRows>();
+  const byName = new Map<string, string | URL>();
+  for (const { path, names } of layout.files) for (const n of names) byName.set(n, path);
+  for (const spec of expectedTensors(layout.config)) {
+    const path = byName.get(spec.name)!;
+    const source = String(path);
+    tensors.set(spec.name, {
+      shape: spec.shape,
+      dtype: layout.source.dtypes.get(spec.name)!,
+      rows: (start, count) => {
+        const read = queue.then(async () => {
+          const { file, header } = await open(path);
+          const e = header.entries.find((x) => x.name === spec.name);
+          // The file changed since its header was inspected.
+          if (!e) {
+            throw new MissingTensorError(
+              `${source}: missing tensor "${spec.name}"`,
+              source,
+              spec.name,
+            );
+          }
+          checkShape(spec.name, spec.shape, e.shape, source);
+          const [b, end] = rowRange(e, start, count, source);
+          const raw = new Uint8Array(end - b);
+          await file.seek(header.dataStart + b, Deno.SeekMode.Start);
+          await readFully(file, raw, source);
+          return decode(raw, rowsEntry(e, count), source);
+        });
+        queue = read.catch(() => {});
+        return read;
+      },
+    });
+  }
+  return {
+    tensors,
+    close: () => {
+      for (const f of files.values()) f.then((x) => x.file.close(), () => {});
+      files.clear();
+    },
+  };
+}
+
+/**
+ * A safetensors file held in memory, its tensors decoded on demand (the bytes stay the caller's;
+ * only the asked rows are decoded): the header's metadata and every entry readable as f32.
+ */
+export function streamSafetensorsBytes(
+  bytes: Uint8Array,
+  source = "<bytes>",
+): { metadata: Record<string, string>; tensors: Map<string, TensorRows> } {
+  const len = readHeaderLength(bytes.subarray(0, 8), bytes.length, source);
+  const header = parseHeader(bytes.subarray(8, 8 + len), bytes.length, source);
+  const tensors = new Map<string, TensorRows>();
+  for (const e of header.entries) {
+    tensors.set(e.name, {
+      shape: e.shape,
+      dtype: e.dtype,
+      // deno-lint-ignore require-await
+      rows: async (start, count) => {
+        const [b, end] = rowRange(e, start, count, source);
+        const raw = bytes.subarray(header.dataStart + b, header.dataStart + end);
+        return decode(raw, rowsEntry(e, count), source);
+      },
+    });
+  }
+  return { metadata: header.metadata, tensors };
+}

@@ -10,6 +10,7 @@ import { LlamaParams } from "../model/llama_params.ts";
 import {
   checkMemoryPlan,
   DEFAULT_LIMITS,
+  hostNeed,
   memoryPlan,
   MemoryPlanError,
   type MemoryPlanInput,
@@ -167,15 +168,82 @@ Deno.test("checkMemoryPlan refuses a buffer over maxBufferSize and a total over 
     maxMicroBatches: 1,
     seqLen: 8,
   });
-  checkMemoryPlan(small, { ...DEFAULT_LIMITS, deviceMemory: 1 << 30, hostMemory: 1 << 30 });
+  checkMemoryPlan(small, { ...DEFAULT_LIMITS, deviceMemory: 1 << 30, hostMemory: 4 * 2 ** 30 });
   assert.throws(
     () => checkMemoryPlan(small, { ...DEFAULT_LIMITS, deviceMemory: 1000 }),
     /a worker needs/,
   );
   assert.throws(
     () => checkMemoryPlan(small, { ...DEFAULT_LIMITS, hostMemory: 1000 }, true),
-    /sharing its memory/,
+    /their devices in host memory/,
   );
+});
+
+// Llama-3.2-1B's shape (1.24B parameters, tied embeddings).
+const LLAMA_1B: LlamaConfig = {
+  ...GQA_TIED,
+  hidden_size: 2048,
+  intermediate_size: 8192,
+  num_hidden_layers: 16,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  vocab_size: 128256,
+  tie_word_embeddings: true,
+};
+
+Deno.test("the host term counts the driver and every worker process, devices in host memory", () => {
+  const GiB = 1024 ** 3;
+  const plan = (workers: number, loadVia: "auto" | "store") =>
+    memoryPlan({
+      config: LLAMA_1B,
+      method: "hd-pissa",
+      workers,
+      rank: 4,
+      targets: LINEAR_KINDS,
+      microBatch: 1,
+      maxMicroBatches: 1,
+      seqLen: 32,
+      svd: "randomized",
+      loadVia,
+      limits: {
+        ...DEFAULT_LIMITS,
+        maxBufferSize: Infinity,
+        maxStorageBufferBindingSize: 128 << 20,
+      },
+    });
+  const p2 = plan(2, "auto");
+  const W = p2.host.weights;
+  assert.ok(Math.abs(W / 4 - 1.2358e9) < 1e6, `parameters ${W / 4}`);
+  // The folder load: no serialized copy in the driver; a worker holds at most a few pieces of W
+  // (the largest one a 128 MiB row block of the embedding table) while it loads.
+  assert.equal(p2.host.serialized, 0);
+  assert.equal(p2.host.total, W + p2.host.svd + (p2.host.runtime ?? NaN));
+  const wl = p2.host.worker!;
+  assert.ok(wl.load <= 3 * (128 << 20) && wl.load >= 3 * 64 * (1 << 20), `load ${wl.load}`);
+  assert.equal(hostNeed(p2, true), p2.host.total + 2 * (p2.worker.total + wl.total));
+  assert.equal(hostNeed(p2, false), p2.host.total + 2 * wl.total);
+  // Through the object store the driver serializes W and each worker holds the received bytes.
+  const s2 = plan(2, "store");
+  assert.equal(s2.host.serialized, W);
+  assert.equal(s2.host.worker!.load, wl.load + W);
+
+  // On a 24 GiB host whose workers' devices live in host memory (lavapipe): K = 2 from the
+  // folder fits (17 GiB); K = 4 (28 GiB), or K = 2 through the object store, is refused with what to change.
+  const host = { ...DEFAULT_LIMITS, maxBufferSize: Infinity, hostMemory: 24 * GiB };
+  checkMemoryPlan(p2, host, true);
+  assert.throws(
+    () => checkMemoryPlan(plan(4, "auto"), host, true),
+    (e: unknown) =>
+      e instanceof MemoryPlanError && /4 worker process\(es\)/.test(e.message) &&
+      /fewer --workers/.test(e.message) && /--weights-dtype bf16/.test(e.message) &&
+      /host has 24\.0 GiB/.test(e.message),
+  );
+  assert.throws(
+    () => checkMemoryPlan(s2, host, true),
+    (e: unknown) => e instanceof MemoryPlanError && /--load-via auto/.test(e.message),
+  );
+  // The same K = 4 run on devices of their own only needs the processes' host memory.
+  checkMemoryPlan(plan(4, "auto"), { ...host, deviceMemory: 80 * GiB }, false);
 });
 
 Deno.test("with --recompute the plan counts one set of layer activations, not one per layer", () => {

@@ -158,6 +158,9 @@ async function job(spec: JobSpec): Promise<void> {
     seqLen: o.seqLen,
     svd: o.svd,
     recompute: o.recompute,
+    weightsDtype: o.weightsDtype,
+    loadVia: o.loadVia,
+    svdThreads: o.svdThreads,
     limits,
   });
   try {

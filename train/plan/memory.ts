@@ -2,8 +2,12 @@
  * The memory plan of a run, before anything starts: per GPU worker, the bytes of the weights, the
  * adapters (HD-PiSSA: the worker's own slice and all K pairs), the optimizer state (moments; for
  * HD-PiSSA also the K step buffers), the gradients, the activations at this micro-batch and
- * sequence length, and the workspace (the logits chunk and scratch); and the host memory the
- * driver needs (the base weights in f32, their serialized copy, the SVD workspace).
+ * sequence length, and the workspace (the logits chunk and scratch); and the host memory of the
+ * processes on this host: the driver's (the base weights in f32, their serialized copy when a
+ * worker loads through the object store, the SVD workspace, the runtime) and each worker
+ * process's own (the runtime, and what it holds while it loads W: one tensor or row block at a
+ * time, plus the received bytes through the object store), besides its device's bytes when the
+ * device lives in host memory (lavapipe: `sharedHost`).
  *
  * Every figure is a sum over the buffers the GPU model and the method allocate, each rounded to
  * the buffer pool's size class, so the plan matches the engine's pool bytes up to the small
@@ -22,6 +26,7 @@ import {
   type LlamaConfig,
 } from "../../model/config.ts";
 import { fullTrainableDefault } from "../methods/layout.ts";
+import { defaultSvdThreads } from "../linalg/svd_pool.ts";
 
 /** The device limits the plan checks against (WebGPU's guaranteed defaults when unknown). */
 export interface PlanLimits {
@@ -61,8 +66,18 @@ export interface MemoryPlanInput {
   recompute?: boolean;
   /** The SVD the driver runs (hd-pissa, pissa); auto: exact up to 1024 on the short side. */
   svd?: "auto" | "exact" | "randomized";
+  /**
+   * The driver's SVD threads (`--svd-threads`; 0 or absent: one per core): each works on its own
+   * matrix, with its own copy and workspace.
+   */
+  svdThreads?: number;
   /** The device dtype of the weight matrices (`--weights-dtype`; default f32). */
   weightsDtype?: WeightsDtype;
+  /**
+   * How the workers get W (`--load-via`; default store). auto: the workers on this host read
+   * the model folder, so the driver serializes no copy for them.
+   */
+  loadVia?: "auto" | "store";
   limits?: PlanLimits;
 }
 
@@ -79,13 +94,35 @@ export interface WorkerMemory {
   largest: { label: string; bytes: number };
 }
 
-/** The driver's host memory, bytes. */
+/** The host memory of the driver's process (`total`) and of each worker's, bytes. */
 export interface HostMemory {
   weights: number;
   serialized: number;
   svd: number;
+  /** The driver process's own (Deno, the runtime, data): measured, see DRIVER_RUNTIME. */
+  runtime?: number;
+  /** The driver's process: weights + serialized + svd + runtime. */
   total: number;
+  /**
+   * One worker process's host memory besides its device's bytes: its runtime and its peak while
+   * loading W (absent in reports from before it was counted).
+   */
+  worker?: { runtime: number; load: number; total: number };
 }
+
+const MiB = 1024 * 1024;
+/**
+ * A process's own memory besides the buffers the plan counts, as measured by
+ * `deno task bench scale` (VmHWM less the counted bytes, 135M to 1B): Deno, the actor runtime,
+ * the WebGPU driver's own, the tokenizer and the data for the driver.
+ */
+export const DRIVER_RUNTIME = 1024 * MiB;
+export const WORKER_RUNTIME = 512 * MiB;
+/**
+ * One SVD thread's own memory (a Deno worker's isolate), as measured at 1B with 2 threads: the
+ * driver's peak was 339 MiB over W + one SVD workspace + DRIVER_RUNTIME.
+ */
+export const SVD_THREAD_RUNTIME = 160 * MiB;
 
 export interface MemoryPlan {
   workers: number;
@@ -292,7 +329,8 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
 
   w.total = w.weights + w.adapters + w.optimizer + w.gradients + w.activations + w.workspace;
 
-  // Host: W in f32, the safetensors copy the workers load from, the SVD of the largest matrix.
+  // Host: W in f32, the safetensors copy the workers load from, the SVD of the largest matrix on
+  // each SVD thread (and the thread itself).
   let svd = 0;
   if (method === "hd-pissa" || method === "pissa") {
     for (const l of linears) {
@@ -303,13 +341,36 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
         : 2 * l.out * l.in + (l.out + l.in + 1) * k;
       svd = Math.max(svd, need * f32);
     }
+    const threads = input.svdThreads ? input.svdThreads : defaultSvdThreads();
+    if (linears.length > 0) svd = threads * (svd + SVD_THREAD_RUNTIME);
   }
   const hostWeights = params * f32;
+  const viaStore = (input.loadVia ?? "store") === "store";
+  const serialized = viaStore ? hostWeights : 0;
+  // A worker loads W one tensor at a time (the row-split tables one block at a time): the piece
+  // read (at most its f32 bytes), decoded to f32, and the queue's staging copy of it; through the
+  // object store it also holds the received safetensors bytes (W in f32) until W is up.
+  let piece = 0;
+  for (const s of specs) {
+    const cols = s.shape.slice(1).reduce((a, b) => a * b, 1);
+    let rowsAt = [s.shape[0] ?? 1];
+    if (split.includes(s.name)) {
+      try {
+        rowsAt = rowBlockCounts(s.shape[0], s.shape[1], binding, align);
+      } catch {
+        rowsAt = [s.shape[0]];
+      }
+    }
+    for (const n of rowsAt) piece = Math.max(piece, n * cols * f32);
+  }
+  const load = 3 * piece + (viaStore ? hostWeights : 0);
   const host: HostMemory = {
     weights: hostWeights,
-    serialized: hostWeights,
+    serialized,
     svd,
-    total: 2 * hostWeights + svd,
+    runtime: DRIVER_RUNTIME,
+    total: hostWeights + serialized + svd + DRIVER_RUNTIME,
+    worker: { runtime: WORKER_RUNTIME, load, total: WORKER_RUNTIME + load },
   };
   return {
     workers: K,
@@ -348,10 +409,26 @@ export function planLines(p: MemoryPlan): string[] {
     }, gradients ${b(w.gradients)}, activations ${b(w.activations)}, workspace ${
       b(w.workspace)
     } = ${b(w.total)} (largest buffer ${b(w.largest.bytes)}: ${w.largest.label})`,
-    `  host: weights ${b(p.host.weights)}, serialized ${b(p.host.serialized)}, svd ${
+    `  host, driver: weights ${b(p.host.weights)}, serialized ${b(p.host.serialized)}, svd ${
       b(p.host.svd)
-    } = ${b(p.host.total)}`,
+    }, runtime ${b(p.host.runtime ?? 0)} = ${b(p.host.total)}`,
+    ...(p.host.worker
+      ? [
+        `  host, each worker process: runtime ${b(p.host.worker.runtime)}, loading W ${
+          b(p.host.worker.load)
+        } = ${b(p.host.worker.total)}`,
+      ]
+      : []),
   ];
+}
+
+/**
+ * The host memory the run's processes on this host need at their peaks: the driver's, and each
+ * worker process's own plus, when the devices live in host memory, its device's bytes.
+ */
+export function hostNeed(p: MemoryPlan, sharedHost: boolean): number {
+  const perWorker = (p.host.worker?.total ?? 0) + (sharedHost ? p.worker.total : 0);
+  return p.host.total + p.workers * perWorker;
 }
 
 /**
@@ -389,14 +466,25 @@ export function checkMemoryPlan(
     fail(`a worker needs ${b(w.total)}, the device has ${b(dev)}`);
   }
   const hostMem = limits.hostMemory;
-  const onHost = p.host.total + (sharedHost ? p.workers * w.total : 0);
+  const onHost = hostNeed(p, sharedHost);
   if (hostMem != null && onHost > hostMem) {
-    fail(
-      sharedHost
-        ? `the host and ${p.workers} workers sharing its memory need ${b(onHost)}, the host has ${
-          b(hostMem)
-        }`
-        : `the driver needs ${b(onHost)} of host memory, the host has ${b(hostMem)}`,
+    const perWorker = (p.host.worker?.total ?? 0) + (sharedHost ? w.total : 0);
+    const hostAdvice = [
+      p.workers > 1 ? "fewer --workers" : "",
+      p.host.serialized > 0 ? "--load-via auto (no serialized copy of W)" : "",
+      (p.weights_dtype ?? "f32") === "f32" && p.method !== "full" && sharedHost
+        ? "--weights-dtype bf16 (halves each worker's weights)"
+        : "",
+      "a host with more memory",
+    ].filter((x) => x !== "").join(", or ");
+    throw new MemoryPlanError(
+      `the run does not fit: the driver (${b(p.host.total)}) and ${p.workers} worker ` +
+        `process(es) (${b(perWorker)} each${
+          sharedHost ? ", their devices in host memory" : ""
+        }) need ${b(onHost)} of host memory, the host has ${b(hostMem)}; use ${hostAdvice}\n${
+          planLines(p).join("\n")
+        }`,
+      p,
     );
   }
 }
