@@ -17,6 +17,7 @@ import {
 } from "../mod.ts";
 import { Sequence } from "./support/sequence_actor.ts";
 import { liveMemory } from "./support/ledger_actor.ts";
+import { waitUntil } from "./support/faults.ts";
 
 const MiB = 1024 * 1024;
 
@@ -113,9 +114,13 @@ Deno.test("flow control: calls held back while the mailbox is full, sent as room
       try {
         await knows(other, a.ref.id);
         // The first call keeps the actor busy well past what follows; two more fill its mailbox.
-        busy = a.take({ caller: 0, n: 0, ms: 1500 });
-        await new Promise((r) => setTimeout(r, 200)); // let it start running
+        // The other process sends only once heartbeats show the mailbox full, whatever the load.
+        busy = a.take({ caller: 0, n: 0, ms: 8000 });
         queued = [1, 2].map((n) => a.take({ caller: 0, n }));
+        await waitUntil("the actor runs one call and holds two", () => {
+          const x = other.introspect().actors.find((y) => y.id === a.ref.id);
+          return x?.queued === 2 && x.busy === true;
+        }, 6000);
         // Another process has nothing out to the actor: its call is sent, and the full mailbox
         // refuses it.
         const h = other.handle(Sequence, a.ref);
