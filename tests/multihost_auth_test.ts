@@ -8,37 +8,21 @@
  */
 import assert from "node:assert/strict";
 import { connectNats } from "../runtime/connect.ts";
-import {
-  CONFIG,
-  leftovers,
-  newTag,
-  NODE_MAIN,
-  runCli,
-  sameFile,
-  TAG_ENV,
-  tinyArgs,
-  within,
-} from "./support/faults.ts";
-import { driverRun, oneHostRun, startTrainingLab } from "./support/multihost.ts";
+import { denoArgv, NODE_MAIN, runCli, TAG_ENV, tinyArgs, within } from "./support/faults.ts";
+import { assertSameBits, driverRun, withScenario } from "./support/multihost.ts";
+import type { Lab } from "./support/netns.ts";
 import { selfSignedCert } from "./support/tls.ts";
-import { writeTinySetup } from "./support/tiny_run.ts";
 
 const STEPS = 4;
 
 Deno.test("several hosts over TLS: no credentials refused, another system's credentials see nothing; same bits", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-auth-" });
-  const tag = newTag();
   const otherPass = crypto.randomUUID();
-  const tls = `cert_file: "${dir}/cert.pem", key_file: "${dir}/key.pem"`;
-  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
-  try {
-    await writeTinySetup(dir);
-    const ref = await oneHostRun(dir, STEPS);
-    // gpu3 is the intruders' host: it runs a server of the cluster but no legitimate node.
-    t = await startTrainingLab(tag, 3, {
+  const labOptions = (dir: string) => {
+    const tls = `cert_file: "${dir}/cert.pem", key_file: "${dir}/key.pem"`;
+    return {
       nodes: 2,
-      prepare: (lab) => selfSignedCert(dir, lab.hosts.map((h) => h.ip)),
-      auth: (user, pass) => [
+      prepare: (lab: Lab) => selfSignedCert(dir, lab.hosts.map((h) => h.ip)),
+      auth: (user: string, pass: string) => [
         `tls { ${tls} }`,
         `accounts {`,
         `  HD: { jetstream: enabled, users: [ { user: "${user}", password: "${pass}" } ] }`,
@@ -47,101 +31,95 @@ Deno.test("several hosts over TLS: no credentials refused, another system's cred
       ],
       clusterLines: [`tls { ${tls}, ca_file: "${dir}/cert.pem" }`],
       env: { NATS_TLS_CA: `${dir}/cert.pem` },
-    });
-    const intruders = t.gpus[2];
-    const caOnly = { NATS_TLS_CA: `${dir}/cert.pem` };
+    };
+  };
+  // gpu3 is the intruders' host: it runs a server of the cluster but no legitimate node.
+  await withScenario(
+    "hd-multihost-auth-",
+    { steps: STEPS, gpuHosts: 3, lab: labOptions },
+    async (s) => {
+      const { t, dir, tag, out } = s;
+      const intruders = t.gpus[2];
+      const caOnly = { NATS_TLS_CA: `${dir}/cert.pem` };
 
-    // No valid credentials: the node is refused and exits.
-    const bare = await runCli(
-      tinyArgs(dir, `${dir}/bare`, STEPS, ["--nats", t.urls(intruders)]),
-      tag,
-      { ...caOnly, NATS_USER: t.user, NATS_PASSWORD: "guess" },
-      intruders.wrap,
-    );
-    assert.equal(bare.code, 1);
-    assert.match(bare.stderr, /^finetune: .*Authorization Violation/m);
-    const node = await new Deno.Command(intruders.wrap[0], {
-      args: [
-        ...intruders.wrap.slice(1),
-        Deno.execPath(),
-        "run",
-        "-A",
-        "--quiet",
-        `--config=${CONFIG}`,
-        NODE_MAIN,
+      // No valid credentials: the node is refused and exits.
+      const bare = await runCli(
+        tinyArgs(dir, `${dir}/bare`, STEPS, ["--nats", t.urls(intruders)]),
+        tag,
+        { ...caOnly, NATS_USER: t.user, NATS_PASSWORD: "guess" },
+        intruders.wrap,
+      );
+      assert.equal(bare.code, 1);
+      assert.match(bare.stderr, /^finetune: .*Authorization Violation/m);
+      const argv = denoArgv(intruders.wrap, NODE_MAIN, [
         "--nats",
         t.urls(intruders),
         "--gpus",
         "1",
-      ],
-      env: { ...caOnly, [TAG_ENV]: tag },
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assert.equal(node.code, 1);
-    assert.match(new TextDecoder().decode(node.stderr), /^node: .*Authorization Violation/m);
+      ]);
+      const node = await new Deno.Command(argv[0], {
+        args: argv.slice(1),
+        env: { ...caOnly, [TAG_ENV]: tag },
+        stdin: "null",
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      assert.equal(node.code, 1);
+      assert.match(new TextDecoder().decode(node.stderr), /^node: .*Authorization Violation/m);
 
-    // Another system's credentials: in the cluster, but this system's subjects stay silent.
-    const tlsOpt = { caFile: `${dir}/cert.pem` };
-    const urls = t.servers.map((s) => s.url);
-    const other = await connectNats(urls, { user: "other", pass: otherPass, tls: tlsOpt });
-    const ours = await connectNats(urls, { user: t.user, pass: t.pass, tls: tlsOpt });
-    let otherSaw = 0;
-    let oursSaw = 0;
-    other.subscribe("actors.>", {
-      callback: () => {
-        otherSaw++;
-      },
-    });
-    other.subscribe("$O.>", {
-      callback: () => {
-        otherSaw++;
-      },
-    });
-    ours.subscribe("actors.>", {
-      callback: () => {
-        oursSaw++;
-      },
-    });
-    await other.flush();
-    await ours.flush();
+      // Another system's credentials: in the cluster, but this system's subjects stay silent.
+      const tlsOpt = { caFile: `${dir}/cert.pem` };
+      const urls = t.servers.map((x) => x.url);
+      const other = await connectNats(urls, { user: "other", pass: otherPass, tls: tlsOpt });
+      const ours = await connectNats(urls, { user: t.user, pass: t.pass, tls: tlsOpt });
+      let otherSaw = 0;
+      let oursSaw = 0;
+      other.subscribe("actors.>", {
+        callback: () => {
+          otherSaw++;
+        },
+      });
+      other.subscribe("$O.>", {
+        callback: () => {
+          otherSaw++;
+        },
+      });
+      ours.subscribe("actors.>", {
+        callback: () => {
+          oursSaw++;
+        },
+      });
+      await other.flush();
+      await ours.flush();
 
-    const out = `${dir}/hosts`;
-    const r = await within(driverRun(t, dir, out, STEPS), 120_000, "the run across hosts");
-    await other.flush();
-    await ours.flush();
-    assert.equal(r.code, 0, `the finetune CLI failed:\n${r.stderr}`);
-    assert.ok(oursSaw > 0, "this system's own user saw its traffic");
-    assert.equal(otherSaw, 0, "the other system's user saw none of it");
-    // Its account has no such bucket: the weights and checkpoints are out of its reach.
-    const names = (await other.request("$JS.API.STREAM.NAMES", "{}")).json<{ total: number }>();
-    assert.equal(names.total, 0, "the other account has no streams at all");
-    await other.close();
-    await ours.close();
+      const r = await within(driverRun(t, dir, out, STEPS), 120_000, "the run across hosts");
+      await other.flush();
+      await ours.flush();
+      assert.equal(r.code, 0, `the finetune CLI failed:\n${r.stderr}`);
+      assert.ok(oursSaw > 0, "this system's own user saw its traffic");
+      assert.equal(otherSaw, 0, "the other system's user saw none of it");
+      // Its account has no such bucket: the weights and checkpoints are out of its reach.
+      const names = (await other.request("$JS.API.STREAM.NAMES", "{}")).json<{ total: number }>();
+      assert.equal(names.total, 0, "the other account has no streams at all");
+      await other.close();
+      await ours.close();
 
-    // Each server's route port speaks TLS, so the routes that formed the cluster run TLS; every
-    // client connection runs TLS too.
-    for (const s of t.servers) {
-      const host = new URL(s.url).hostname;
-      assert.ok(await routeSpeaksTls(host, `${dir}/cert.pem`), `${host}:6222 without TLS`);
-      const connz = await (await fetch(`${s.http}/connz`)).json();
-      for (const c of connz.connections ?? []) {
-        assert.ok(c.tls_version, `client ${c.ip} on ${host} without TLS`);
+      // Each server's route port speaks TLS, so the routes that formed the cluster run TLS; every
+      // client connection runs TLS too.
+      for (const server of t.servers) {
+        const host = new URL(server.url).hostname;
+        assert.ok(await routeSpeaksTls(host, `${dir}/cert.pem`), `${host}:6222 without TLS`);
+        const connz = await (await fetch(`${server.http}/connz`)).json();
+        for (const c of connz.connections ?? []) {
+          assert.ok(c.tls_version, `client ${c.ip} on ${host} without TLS`);
+        }
       }
-    }
 
-    const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
-    assert.deepEqual(report.weights_loaded_via, ["store", "store"]);
-    assert.ok(
-      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
-      "the weights equal the one-host run's",
-    );
-  } finally {
-    await t?.stop();
-    assert.deepEqual(await leftovers(tag), []);
-    await Deno.remove(dir, { recursive: true });
-  }
+      const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
+      assert.deepEqual(report.weights_loaded_via, ["store", "store"]);
+      await assertSameBits(s);
+    },
+  );
 });
 
 /**

@@ -15,153 +15,83 @@
  * The object store has 3 replicas on 4 servers, so losing any one host keeps it.
  */
 import assert from "node:assert/strict";
-import { connectNats } from "../runtime/connect.ts";
+import { processesWithTag } from "./support/faults.ts";
 import {
-  leftovers,
-  newTag,
-  processesWithTag,
-  sameFile,
-  tapCalls,
-  within,
-} from "./support/faults.ts";
-import { driverRun, oneHostRun, startTrainingLab } from "./support/multihost.ts";
-import { writeTinySetup } from "./support/tiny_run.ts";
+  assertNoReport,
+  assertSameBits,
+  assertWorkersUnavailable,
+  CKPT,
+  finishedReport,
+  resumeToSameBits,
+  runAtCall,
+  withScenario,
+} from "./support/multihost.ts";
 
 const STEPS = 6;
-const CKPT = ["--checkpoint-every", "2"];
 
 Deno.test("several hosts: a GPU host killed whole mid-step; the worker moves to the spare host, same bits", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-kill-" });
-  const tag = newTag();
-  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
-  try {
-    await writeTinySetup(dir);
-    const ref = await oneHostRun(dir, STEPS);
-    t = await startTrainingLab(tag, 3, { nodes: 2 });
-    const lab = t;
-    const [victim, , spare] = t.gpus;
-    const nc = await connectNats(t.servers.map((s) => s.url), { user: t.user, pass: t.pass });
-    let killed: Promise<number[]> | undefined;
-    const stopTap = tapCalls({ name: "default", nc }, (c) => {
-      // The spare joins once the two workers are placed (on gpu1 and gpu2).
-      if (c.method === "load" && lab.nodes.length === 2) lab.startNode(spare);
-      if (killed || c.method !== "step" || (c.value as { step?: number }).step !== 3) return;
-      killed = lab.lab.killHost(victim);
-    });
-    const out = `${dir}/hosts`;
-    let r;
-    try {
-      r = await within(driverRun(t, dir, out, STEPS, CKPT), 150_000, "the run across hosts");
-    } finally {
-      stopTap();
-      await nc.close();
-    }
-    const pids = await killed;
-    assert.ok(pids && pids.length >= 2, `the host's server and node were killed: ${pids}`);
-    assert.equal(r.code, 0, `the finetune CLI failed:\n${r.stderr}`);
-    const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
-    assert.deepEqual(report.steps.map((s: { step: number }) => s.step), [0, 1, 2, 3, 4, 5]);
-    assert.ok(report.recoveries >= 1, `rollbacks: ${report.recoveries}`);
-    assert.ok(
-      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
-      "the weights equal the one-host run's",
-    );
-  } finally {
-    await t?.stop();
-    assert.deepEqual(await leftovers(tag), []);
-    await Deno.remove(dir, { recursive: true });
-  }
+  await withScenario(
+    "hd-multihost-kill-",
+    { steps: STEPS, gpuHosts: 3, lab: { nodes: 2 } },
+    async (s) => {
+      const { t } = s;
+      const [victim, , spare] = t.gpus;
+      const { r, fired } = await runAtCall(s, CKPT, {
+        // The spare joins once the two workers are placed (on gpu1 and gpu2).
+        watch: (c) => {
+          if (c.method === "load" && t.nodes.length === 2) t.startNode(spare);
+        },
+        method: "step",
+        step: 3,
+        act: () => t.lab.killHost(victim),
+      });
+      const pids = await fired;
+      assert.ok(pids && pids.length >= 2, `the host's server and node were killed: ${pids}`);
+      const report = await finishedReport(s, r);
+      assert.ok(report.recoveries >= 1, `rollbacks: ${report.recoveries}`);
+      await assertSameBits(s);
+    },
+  );
 });
 
 Deno.test("several hosts: a GPU host killed whole with no spare; the run stops naming the worker, --resume once a host joins ends on the same bits", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-nospare-" });
-  const tag = newTag();
-  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
-  try {
-    await writeTinySetup(dir);
-    const ref = await oneHostRun(dir, STEPS, { checkpointEvery: 2 });
-    // gpu3 has a server but no node until after the failure: the host that comes back.
-    t = await startTrainingLab(tag, 3, { nodes: 2 });
-    const lab = t;
+  // gpu3 has a server but no node until after the failure: the host that comes back.
+  const setup = { steps: STEPS, gpuHosts: 3, lab: { nodes: 2 }, reference: { checkpointEvery: 2 } };
+  await withScenario("hd-multihost-nospare-", setup, async (s) => {
+    const { t } = s;
     const [victim, , later] = t.gpus;
-    const nc = await connectNats(t.servers.map((s) => s.url), { user: t.user, pass: t.pass });
-    let killed: Promise<number[]> | undefined;
-    const stopTap = tapCalls({ name: "default", nc }, (c) => {
-      if (killed || c.method !== "step" || (c.value as { step?: number }).step !== 3) return;
-      killed = lab.lab.killHost(victim);
+    const { r, fired } = await runAtCall(s, CKPT, {
+      method: "step",
+      step: 3,
+      act: () => t.lab.killHost(victim),
     });
-    const out = `${dir}/hosts`;
-    let r;
-    try {
-      r = await within(driverRun(t, dir, out, STEPS, CKPT), 150_000, "the run across hosts");
-    } finally {
-      stopTap();
-    }
-    assert.ok(killed, "the GPU host was killed at step 3");
-    assert.equal(r.code, 1, `the run stopped with an error:\n${r.stderr}`);
-    assert.match(
-      r.stderr,
-      /finetune: WorkersUnavailableError: worker \d \(needs \{"gpu":1\}\) cannot be placed again: no node had room/,
-    );
+    assert.ok(fired, "the GPU host was killed at step 3");
+    assertWorkersUnavailable(r);
+    assert.match(r.stderr, /cannot be placed again: no node had room/);
     assert.match(r.stderr, /rerun with --resume/);
-    assert.doesNotMatch(r.stderr, /giving up after/, "it did not spend its rollbacks");
-    await Deno.stat(`${out}/report.json`).then(
-      () => assert.fail("the run stopped, yet wrote report.json"),
-      () => {},
-    );
+    await assertNoReport(s, "the run stopped, yet wrote report.json");
     const kept = [];
-    for await (const e of Deno.readDir(`${out}/checkpoints`)) kept.push(e.name);
+    for await (const e of Deno.readDir(`${s.out}/checkpoints`)) kept.push(e.name);
     assert.ok(kept.some((n) => /^step-0000\d\d$/.test(n)), `checkpoints kept: ${kept}`);
 
-    lab.startNode(later);
-    const resumed = await within(
-      driverRun(t, dir, out, STEPS, [...CKPT, "--resume", out]),
-      150_000,
-      "the resumed run",
-    );
-    await nc.close();
-    assert.equal(resumed.code, 0, `the resumed run failed:\n${resumed.stderr}`);
-    assert.match(resumed.stderr, /resumed from .*step-0000\d\d at step \d/);
-    assert.ok(
-      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
-      "the resumed run ends on the one-host run's bits",
-    );
-  } finally {
-    await t?.stop();
-    assert.deepEqual(await leftovers(tag), []);
-    await Deno.remove(dir, { recursive: true });
-  }
+    t.startNode(later);
+    await resumeToSameBits(s, CKPT);
+  });
 });
 
 Deno.test("several hosts: the driver's host killed whole mid-step; --resume from another host ends on the same bits", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-dkill-" });
-  const tag = newTag();
-  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
-  try {
-    await writeTinySetup(dir);
-    const ref = await oneHostRun(dir, STEPS, { checkpointEvery: 2 });
-    // gpu3 has a server but no node: the operator's next host for the driver.
-    t = await startTrainingLab(tag, 3, { nodes: 2 });
-    const lab = t;
-    const nc = await connectNats(t.servers.map((s) => s.url), { user: t.user, pass: t.pass });
-    let killed: Promise<number[]> | undefined;
-    const stopTap = tapCalls({ name: "default", nc }, (c) => {
-      if (killed || c.method !== "step" || (c.value as { step?: number }).step !== 3) return;
-      killed = lab.lab.killHost(lab.driver);
+  // gpu3 has a server but no node: the operator's next host for the driver.
+  const setup = { steps: STEPS, gpuHosts: 3, lab: { nodes: 2 }, reference: { checkpointEvery: 2 } };
+  await withScenario("hd-multihost-dkill-", setup, async (s) => {
+    const { t, tag } = s;
+    const { r, fired } = await runAtCall(s, CKPT, {
+      method: "step",
+      step: 3,
+      act: () => t.lab.killHost(t.driver),
     });
-    const out = `${dir}/hosts`;
-    let r;
-    try {
-      r = await within(driverRun(t, dir, out, STEPS, CKPT), 150_000, "the run across hosts");
-    } finally {
-      stopTap();
-    }
-    assert.ok(killed, "the driver's host was killed at step 3");
+    assert.ok(fired, "the driver's host was killed at step 3");
     assert.equal(r.signal, "SIGKILL", `the CLI was killed with its host:\n${r.stderr}`);
-    await Deno.stat(`${out}/report.json`).then(
-      () => assert.fail("the run was cut short, yet wrote report.json"),
-      () => {},
-    );
+    await assertNoReport(s, "the run was cut short, yet wrote report.json");
     // The nodes on the GPU hosts live on (their workers end with their owner).
     assert.equal(
       t.nodes.filter((n) => processesWithTag(tag).includes(n.pid)).length,
@@ -169,21 +99,6 @@ Deno.test("several hosts: the driver's host killed whole mid-step; --resume from
       "both GPU hosts' nodes still run",
     );
 
-    const resumed = await within(
-      driverRun(t, dir, out, STEPS, [...CKPT, "--resume", out], t.env, t.gpus[2]),
-      150_000,
-      "the resumed run",
-    );
-    await nc.close();
-    assert.equal(resumed.code, 0, `the resumed run failed:\n${resumed.stderr}`);
-    assert.match(resumed.stderr, /resumed from .*step-0000\d\d at step \d/);
-    assert.ok(
-      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
-      "the resumed run ends on the one-host run's bits",
-    );
-  } finally {
-    await t?.stop();
-    assert.deepEqual(await leftovers(tag), []);
-    await Deno.remove(dir, { recursive: true });
-  }
+    await resumeToSameBits(s, CKPT, t.gpus[2]);
+  });
 });

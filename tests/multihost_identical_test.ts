@@ -6,35 +6,22 @@
  */
 import assert from "node:assert/strict";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { connectNats } from "../runtime/connect.ts";
-import { leftovers, newTag, sameFile, within } from "./support/faults.ts";
-import { driverRun, oneHostRun, startTrainingLab } from "./support/multihost.ts";
-import { writeTinySetup } from "./support/tiny_run.ts";
+import { within } from "./support/faults.ts";
+import { assertSameBits, driverRun, finishedReport, withScenario } from "./support/multihost.ts";
 
 const STEPS = 4;
 
 Deno.test("several hosts: a run across namespaces ends on the one-host run's bits; weights through a 3-replica store", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-" });
-  const tag = newTag();
-  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
-  try {
-    await writeTinySetup(dir);
-    const ref = await oneHostRun(dir, STEPS);
-    t = await startTrainingLab(tag, 2);
-    const out = `${dir}/hosts`;
-    const r = await within(driverRun(t, dir, out, STEPS), 120_000, "the run across hosts");
-    assert.equal(r.code, 0, `the finetune CLI failed:\n${r.stderr}`);
-    const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
+  await withScenario("hd-multihost-", { steps: STEPS, gpuHosts: 2 }, async (s) => {
+    const { t } = s;
+    const r = await within(driverRun(t, s.dir, s.out, STEPS), 120_000, "the run across hosts");
+    const report = await finishedReport(s, r);
     assert.deepEqual(report.weights_loaded_via, ["store", "store"]);
-    assert.deepEqual(report.steps.map((s: { step: number }) => s.step), [0, 1, 2, 3]);
     assert.match(r.stderr, /object store actors_default: 3 replicas/);
-    assert.ok(
-      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
-      "the weights equal the one-host run's",
-    );
+    await assertSameBits(s);
 
     // The bucket's stream really has 3 peers, on 3 of the hosts.
-    const nc = await connectNats(t.servers.map((s) => s.url), { user: t.user, pass: t.pass });
+    const nc = await t.connect();
     try {
       const info = await (await jetstreamManager(nc)).streams.info("OBJ_actors_default");
       assert.equal(info.config.num_replicas, 3);
@@ -43,9 +30,5 @@ Deno.test("several hosts: a run across namespaces ends on the one-host run's bit
     } finally {
       await nc.close();
     }
-  } finally {
-    await t?.stop();
-    assert.deepEqual(await leftovers(tag), []);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });

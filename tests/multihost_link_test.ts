@@ -20,62 +20,35 @@
  *   to the same bits.
  */
 import assert from "node:assert/strict";
-import { connectNats } from "../runtime/connect.ts";
-import { leftovers, newTag, sameFile, tapCalls, within } from "./support/faults.ts";
-import { driverRun, oneHostRun, startTrainingLab } from "./support/multihost.ts";
-import { writeTinySetup } from "./support/tiny_run.ts";
+import {
+  assertSameBits,
+  assertWorkersUnavailable,
+  CKPT,
+  finishedReport,
+  resumeToSameBits,
+  runAtCall,
+  withScenario,
+} from "./support/multihost.ts";
 
 const STEPS = 6;
-const CKPT = ["--checkpoint-every", "2"];
 
 async function cutRun(cutMs: number, nodeArgs: string[] = []) {
-  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-link-" });
-  const tag = newTag();
-  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
-  try {
-    await writeTinySetup(dir);
-    const ref = await oneHostRun(dir, STEPS);
-    t = await startTrainingLab(tag, 2, { nodeArgs });
-    const lab = t;
+  const setup = { steps: STEPS, gpuHosts: 2, lab: { nodeArgs } };
+  return await withScenario("hd-multihost-link-", setup, async (s) => {
+    const { t } = s;
     const victim = t.gpus[0];
-    // The test process watches the calls from the bridge, as an operator's machine would.
-    const nc = await connectNats(t.servers.map((s) => s.url), { user: t.user, pass: t.pass });
-    let cutAt = 0;
-    let restored: Promise<void> | undefined;
-    const stopTap = tapCalls({ name: "default", nc }, (c) => {
-      const v = c.value as { step?: number };
-      if (cutAt || c.method !== "step" || v.step !== 3) return;
-      cutAt = performance.now();
-      restored = lab.lab.cut(victim).then(() => new Promise<void>((r) => setTimeout(r, cutMs)))
-        .then(() => lab.lab.restore(victim));
+    const { r, fired } = await runAtCall(s, CKPT, {
+      method: "step",
+      step: 3,
+      act: () =>
+        t.lab.cut(victim).then(() => new Promise<void>((r) => setTimeout(r, cutMs)))
+          .then(() => t.lab.restore(victim)),
     });
-    const out = `${dir}/hosts`;
-    let r;
-    try {
-      r = await within(
-        driverRun(t, dir, out, STEPS, ["--checkpoint-every", "2"]),
-        150_000,
-        "the run across hosts",
-      );
-    } finally {
-      stopTap();
-      await restored;
-      await nc.close();
-    }
-    assert.ok(cutAt > 0, "the link was cut during step 3");
-    assert.equal(r.code, 0, `the finetune CLI failed:\n${r.stderr}`);
-    const report = JSON.parse(await Deno.readTextFile(`${out}/report.json`));
-    assert.deepEqual(report.steps.map((s: { step: number }) => s.step), [0, 1, 2, 3, 4, 5]);
-    assert.ok(
-      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
-      "the weights equal the one-host run's",
-    );
-    return report as { recoveries: number };
-  } finally {
-    await t?.stop();
-    assert.deepEqual(await leftovers(tag), []);
-    await Deno.remove(dir, { recursive: true });
-  }
+    assert.ok(fired, "the link was cut during step 3");
+    const report = await finishedReport(s, r);
+    await assertSameBits(s);
+    return report;
+  });
 }
 
 Deno.test("several hosts: a GPU host's link cut for 0.5 s mid-step and restored; same bits", async () => {
@@ -91,58 +64,25 @@ Deno.test("several hosts: a GPU host's link cut for 3 s mid-step; a rollback, sa
 });
 
 Deno.test("several hosts: a GPU host's link cut for longer than the driver waits; the run stops, --resume once it is back ends on the same bits", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "hd-multihost-longcut-" });
-  const tag = newTag();
-  let t: Awaited<ReturnType<typeof startTrainingLab>> | undefined;
-  try {
-    await writeTinySetup(dir);
-    const ref = await oneHostRun(dir, STEPS, { checkpointEvery: 2 });
-    t = await startTrainingLab(tag, 2);
-    const lab = t;
+  const setup = { steps: STEPS, gpuHosts: 2, reference: { checkpointEvery: 2 } };
+  await withScenario("hd-multihost-longcut-", setup, async (s) => {
+    const { t } = s;
     const victim = t.gpus[0];
-    const nc = await connectNats(t.servers.map((s) => s.url), { user: t.user, pass: t.pass });
-    let restored: Promise<void> | undefined;
     let release: () => void = () => {};
-    const stopTap = tapCalls({ name: "default", nc }, (c) => {
-      const v = c.value as { step?: number };
-      if (restored || c.method !== "step" || v.step !== 3) return;
+    const { r, fired } = await runAtCall(s, CKPT, {
+      method: "step",
+      step: 3,
       // Cut until the run has stopped: longer than the 15 s a rollback waits for room.
-      const over = new Promise<void>((r) => release = r);
-      restored = lab.lab.cut(victim).then(() => over).then(() => lab.lab.restore(victim));
+      act: () => {
+        const over = new Promise<void>((r) => release = r);
+        return t.lab.cut(victim).then(() => over).then(() => t.lab.restore(victim));
+      },
+      settle: () => release(),
     });
-    const out = `${dir}/hosts`;
-    let r;
-    try {
-      r = await within(driverRun(t, dir, out, STEPS, CKPT), 150_000, "the run across hosts");
-    } finally {
-      stopTap();
-      release();
-      await restored;
-    }
-    assert.ok(restored, "the link was cut during step 3");
-    assert.equal(r.code, 1, `the run stopped with an error:\n${r.stderr}`);
-    assert.match(
-      r.stderr,
-      /finetune: WorkersUnavailableError: worker \d \(needs \{"gpu":1\}\) cannot be placed again/,
-    );
-    assert.doesNotMatch(r.stderr, /giving up after/, "it did not spend its rollbacks");
+    assert.ok(fired, "the link was cut during step 3");
+    assertWorkersUnavailable(r);
     // The cut host's node outlives the run (its worker, whose owner is gone, was stopped): a
     // resumed run finds both GPU hosts once the link is back.
-    const resumed = await within(
-      driverRun(t, dir, out, STEPS, [...CKPT, "--resume", out]),
-      150_000,
-      "the resumed run",
-    );
-    await nc.close();
-    assert.equal(resumed.code, 0, `the resumed run failed:\n${resumed.stderr}`);
-    assert.match(resumed.stderr, /resumed from .*step-0000\d\d at step \d/);
-    assert.ok(
-      await sameFile(`${ref}/model.safetensors`, `${out}/model.safetensors`),
-      "the resumed run ends on the one-host run's bits",
-    );
-  } finally {
-    await t?.stop();
-    assert.deepEqual(await leftovers(tag), []);
-    await Deno.remove(dir, { recursive: true });
-  }
+    await resumeToSameBits(s, CKPT);
+  });
 });

@@ -196,6 +196,14 @@ export async function startServer(
   };
 }
 
+/**
+ * The command line that runs the module `main` of this checkout with `args`, as a user runs it
+ * (`deno run -A` with the project's config), `wrap` in front (another network namespace).
+ */
+export function denoArgv(wrap: string[], main: string, args: string[]): string[] {
+  return [...wrap, Deno.execPath(), "run", "-A", "--quiet", `--config=${CONFIG}`, main, ...args];
+}
+
 /** A node process started by hand (`deno task node`), as on another host. */
 export interface HandNode {
   id: string;
@@ -219,25 +227,19 @@ export function startHandNode(
     args?: string[];
   },
 ): HandNode {
-  const wrap = o.wrap ?? [];
-  const child = new Deno.Command(wrap[0] ?? Deno.execPath(), {
-    args: [
-      ...(wrap.length ? [...wrap.slice(1), Deno.execPath()] : []),
-      "run",
-      "-A",
-      "--quiet",
-      `--config=${CONFIG}`,
-      NODE_MAIN,
-      "--nats",
-      o.urls,
-      "--system",
-      o.system ?? "default",
-      "--id",
-      o.id,
-      "--gpus",
-      "1",
-      ...o.args ?? [],
-    ],
+  const argv = denoArgv(o.wrap ?? [], NODE_MAIN, [
+    "--nats",
+    o.urls,
+    "--system",
+    o.system ?? "default",
+    "--id",
+    o.id,
+    "--gpus",
+    "1",
+    ...o.args ?? [],
+  ]);
+  const child = new Deno.Command(argv[0], {
+    args: argv.slice(1),
     env: { LP_NUM_THREADS: "1", ...o.env, [TAG_ENV]: o.tag },
     stdin: "null",
     stdout: "null",
@@ -279,9 +281,9 @@ export async function runCli(
   env: Record<string, string> = {},
   wrap: string[] = [],
 ): Promise<CliResult> {
-  const argv = [...wrap, Deno.execPath(), "run", "-A", "--quiet", `--config=${CONFIG}`, FINETUNE];
+  const argv = denoArgv(wrap, FINETUNE, args);
   const out = await new Deno.Command(argv[0], {
-    args: [...argv.slice(1), ...args],
+    args: argv.slice(1),
     env: { ...env, [TAG_ENV]: tag },
     stdin: "null",
     stdout: "piped",

@@ -6,10 +6,26 @@
  * the weights through the object store. The same run on one host (the private cluster of
  * `runFinetune`) gives the reference bits.
  */
+import assert from "node:assert/strict";
+import type { NatsConnection } from "@nats-io/nats-core";
 import { runFinetune } from "../../actors/job.ts";
-import { type HandNode, runCli, startHandNode, type TestServer, tinyArgs } from "./faults.ts";
+import { connectNats } from "../../runtime/connect.ts";
+import {
+  type CliResult,
+  type HandNode,
+  leftovers,
+  newTag,
+  runCli,
+  sameFile,
+  startHandNode,
+  tapCalls,
+  type TappedCall,
+  type TestServer,
+  tinyArgs,
+  within,
+} from "./faults.ts";
 import { type Host, type Lab, startHostServers, startLab } from "./netns.ts";
-import { tinyOptions } from "./tiny_run.ts";
+import { tinyOptions, writeTinySetup } from "./tiny_run.ts";
 
 const quiet = { log: () => {}, isTty: false, progress: () => {} };
 
@@ -29,8 +45,25 @@ export interface TrainingLab {
   urls(from: Host): string;
   /** Starts a node with one GPU slot on `h`, connected to its own host's server. */
   startNode(h: Host, id?: string): HandNode;
+  /** A connection of the test process (as an operator's machine, on the bridge) to every server. */
+  connect(): Promise<NatsConnection>;
   /** Stops the nodes and tears the lab down. */
   stop(): Promise<void>;
+}
+
+/** How {@link startTrainingLab} sets up its servers and nodes. */
+export interface TrainingLabOptions {
+  nodes?: number;
+  /** The servers' client auth block, given the user and password (default: that one user). */
+  auth?: (user: string, pass: string) => string[];
+  /** Lines inside every server's `cluster {}` block (route TLS). */
+  clusterLines?: string[];
+  /** Runs once the hosts exist, before the servers start (to make their certificate). */
+  prepare?: (lab: Lab) => Promise<void>;
+  /** More flags of the nodes (`--allow-module`). */
+  nodeArgs?: string[];
+  /** More environment for the nodes and the CLI (NATS_TLS_CA). */
+  env?: Record<string, string>;
 }
 
 /**
@@ -40,19 +73,7 @@ export interface TrainingLab {
 export async function startTrainingLab(
   tag: string,
   gpuHosts: number,
-  options: {
-    nodes?: number;
-    /** The servers' client auth block, given the user and password (default: that one user). */
-    auth?: (user: string, pass: string) => string[];
-    /** Lines inside every server's `cluster {}` block (route TLS). */
-    clusterLines?: string[];
-    /** Runs once the hosts exist, before the servers start (to make their certificate). */
-    prepare?: (lab: Lab) => Promise<void>;
-    /** More flags of the nodes (`--allow-module`). */
-    nodeArgs?: string[];
-    /** More environment for the nodes and the CLI (NATS_TLS_CA). */
-    env?: Record<string, string>;
-  } = {},
+  options: TrainingLabOptions = {},
 ): Promise<TrainingLab> {
   const names = ["drv", ...Array.from({ length: gpuHosts }, (_, i) => `gpu${i + 1}`)];
   const lab = await startLab(names, tag);
@@ -115,6 +136,7 @@ export async function startTrainingLab(
     env,
     urls,
     startNode,
+    connect: () => connectNats(servers.map((s) => s.url), { user, pass }),
     stop,
   };
 }
@@ -149,4 +171,158 @@ export function driverRun(
     env,
     from.wrap,
   );
+}
+
+/** The flags that make the runs here write a checkpoint every 2 steps. */
+export const CKPT = ["--checkpoint-every", "2"];
+
+/** One multi-host scenario, as {@link withScenario} sets it up. */
+export interface Scenario {
+  /** The scenario's folder, with the tiny setup (tests/support/tiny_run.ts) in it. */
+  dir: string;
+  /** The tag of every process it starts. */
+  tag: string;
+  /** The steps of its runs. */
+  steps: number;
+  /** The one-host run's --out: the reference bits. */
+  ref: string;
+  /** The --out of its runs across hosts. */
+  out: string;
+  t: TrainingLab;
+}
+
+/**
+ * Runs `body` in a fresh scenario: a folder (`prefix`…) with the tiny setup, the one-host run of
+ * `steps` steps (`reference`: its options over the defaults) and a lab of `gpuHosts` GPU hosts
+ * (`lab`: its options, given the folder). Then, whatever happened, stops the lab, asserts that no
+ * process of the scenario is left and removes the folder.
+ */
+export async function withScenario<T>(
+  prefix: string,
+  o: {
+    steps: number;
+    gpuHosts: number;
+    reference?: Parameters<typeof tinyOptions>[1];
+    lab?: TrainingLabOptions | ((dir: string) => TrainingLabOptions);
+  },
+  body: (s: Scenario) => Promise<T>,
+): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix });
+  const tag = newTag();
+  let t: TrainingLab | undefined;
+  try {
+    await writeTinySetup(dir);
+    const ref = await oneHostRun(dir, o.steps, o.reference);
+    t = await startTrainingLab(tag, o.gpuHosts, typeof o.lab === "function" ? o.lab(dir) : o.lab);
+    return await body({ dir, tag, steps: o.steps, ref, out: `${dir}/hosts`, t });
+  } finally {
+    await t?.stop();
+    assert.deepEqual(await leftovers(tag), []);
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** What {@link runAtCall} does during the run. */
+export interface AtCall<R> {
+  /** The first call of this method (of step `step`, when given) sets off `act`. */
+  method: string;
+  step?: number;
+  /** The fault; runs once. */
+  act: () => R;
+  /** Sees every call first (to add a host as the run goes). */
+  watch?: (c: TappedCall) => void;
+  /** Runs once the CLI has ended, before what `act` returned is awaited (ends a fault it holds). */
+  settle?: () => void;
+}
+
+/**
+ * Runs the finetune CLI of the scenario on the driver's host (`extra` flags, 150 s at most) while
+ * a connection of the test process watches the calls from the bridge, as an operator's machine
+ * would, and sets off `at.act`. Once the CLI has ended, awaits what `act` returned. Returns the
+ * CLI's result and what `act` returned (undefined: no such call went out).
+ */
+export async function runAtCall<R>(
+  s: Scenario,
+  extra: string[],
+  at: AtCall<R>,
+): Promise<{ r: CliResult; fired: R | undefined }> {
+  const nc = await s.t.connect();
+  let done = false;
+  let fired: R | undefined;
+  const stopTap = tapCalls({ name: "default", nc }, (c) => {
+    at.watch?.(c);
+    if (done || c.method !== at.method) return;
+    if (at.step !== undefined && (c.value as { step?: number }).step !== at.step) return;
+    done = true;
+    fired = at.act();
+  });
+  try {
+    const r = await within(
+      driverRun(s.t, s.dir, s.out, s.steps, extra),
+      150_000,
+      "the run across hosts",
+    );
+    return { r, fired };
+  } finally {
+    stopTap();
+    at.settle?.();
+    await fired;
+    await nc.close();
+  }
+}
+
+/** The fields of report.json the multi-host tests read. */
+export interface HostsReport {
+  steps: { step: number }[];
+  recoveries: number;
+  weights_loaded_via: string[];
+}
+
+/** Asserts that the run `r` ended well and went through every step; returns its report.json. */
+export async function finishedReport(s: Scenario, r: CliResult): Promise<HostsReport> {
+  assert.equal(r.code, 0, `the finetune CLI failed:\n${r.stderr}`);
+  const report: HostsReport = JSON.parse(await Deno.readTextFile(`${s.out}/report.json`));
+  assert.deepEqual(report.steps.map((x) => x.step), Array.from({ length: s.steps }, (_, i) => i));
+  return report;
+}
+
+/** Asserts that the scenario's run ended on the one-host run's bits. */
+export async function assertSameBits(
+  s: Scenario,
+  what = "the weights equal the one-host run's",
+): Promise<void> {
+  assert.ok(await sameFile(`${s.ref}/model.safetensors`, `${s.out}/model.safetensors`), what);
+}
+
+/** Asserts that a run that stopped short left no report.json. */
+export async function assertNoReport(s: Scenario, what: string): Promise<void> {
+  await Deno.stat(`${s.out}/report.json`).then(() => assert.fail(what), () => {});
+}
+
+/**
+ * Asserts that the run `r` stopped because a worker could not be placed again (with the advice to
+ * resume), before it spent its rollbacks.
+ */
+export function assertWorkersUnavailable(r: CliResult): void {
+  assert.equal(r.code, 1, `the run stopped with an error:\n${r.stderr}`);
+  assert.match(
+    r.stderr,
+    /finetune: WorkersUnavailableError: worker \d \(needs \{"gpu":1\}\) cannot be placed again/,
+  );
+  assert.doesNotMatch(r.stderr, /giving up after/, "it did not spend its rollbacks");
+}
+
+/**
+ * Runs the scenario's run again with `--resume` (`extra` flags, from the driver's host or `from`)
+ * and asserts that it continues from a checkpoint to the one-host run's bits.
+ */
+export async function resumeToSameBits(s: Scenario, extra: string[], from?: Host): Promise<void> {
+  const resumed = await within(
+    driverRun(s.t, s.dir, s.out, s.steps, [...extra, "--resume", s.out], s.t.env, from),
+    150_000,
+    "the resumed run",
+  );
+  assert.equal(resumed.code, 0, `the resumed run failed:\n${resumed.stderr}`);
+  assert.match(resumed.stderr, /resumed from .*step-0000\d\d at step \d/);
+  await assertSameBits(s, "the resumed run ends on the one-host run's bits");
 }
