@@ -20,6 +20,7 @@ import {
   randomAdapterFactors,
   randomMicroBatch,
   randomWeights,
+  referenceAdapters,
   referenceStep,
   relErr,
   Rng,
@@ -47,19 +48,6 @@ function makeCase(config: LlamaConfig, seed: number, rank: number): Case {
   ];
   assert.ok(batches[0].targets > 0 && batches[1].targets === 0 && batches[2].targets > 0);
   return { config, weights, batches, factors: randomAdapterFactors(config, rank, rng) };
-}
-
-function refAdapters(
-  c: Case,
-  names: readonly string[],
-  rank: number,
-  scale: number,
-  sigma: number,
-): Map<string, ReferenceAdapter> {
-  return new Map(names.map((n) => {
-    const f = c.factors.get(n)!;
-    return [n, { A: f.A, B: f.B, rank, scale, sigma }];
-  }));
 }
 
 Deno.test("gpu model matches the float64 reference", async (t) => {
@@ -110,7 +98,7 @@ Deno.test("gpu model matches the float64 reference", async (t) => {
                 config,
                 c.weights,
                 c.batches,
-                refAdapters(c, model.adapterNames(), rank, s, sigma),
+                referenceAdapters(c.factors, rank, s, sigma, model.adapterNames()),
               );
               const lossErr = Math.abs(got.loss - ref.loss) / ref.loss;
               const worst = new WorstError();
@@ -130,7 +118,7 @@ Deno.test("gpu model matches the float64 reference", async (t) => {
                 config,
                 c.weights,
                 [c.batches[0]],
-                refAdapters(c, model.adapterNames(), rank, 1.5, sigma),
+                referenceAdapters(c.factors, rank, 1.5, sigma, model.adapterNames()),
               );
               const e = relErr(logits, ref.logits[0]);
               console.log(`${label} logits σ=${sigma}: rel ${e.toExponential(2)}`);
@@ -162,7 +150,7 @@ Deno.test("gpu model matches the float64 reference", async (t) => {
                 model.writeAdapter(n, c.factors.get(n)!.A, c.factors.get(n)!.B);
               }
               model.setAdapterScales(s, s);
-              adapters = refAdapters(c, model.adapterNames(), rank, s, s);
+              adapters = referenceAdapters(c.factors, rank, s, s, model.adapterNames());
             }
             const got = await gpuStep(model, c.batches);
             const ref = referenceStep(config, c.weights, c.batches, adapters);
@@ -212,9 +200,7 @@ Deno.test("gpu model matches the float64 reference", async (t) => {
           config,
           c.weights,
           c.batches,
-          new Map(
-            [...factors].map(([n, f]) => [n, { A: f.A, B: f.B, rank: 2, scale: 2, sigma: 0 }]),
-          ),
+          referenceAdapters(factors, 2, 2, 0),
         );
         const worst = new WorstError();
         for (const n of model.adapterNames()) {

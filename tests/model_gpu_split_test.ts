@@ -13,10 +13,12 @@ import {
   randomAdapterFactors,
   randomMicroBatch,
   randomWeights,
+  referenceAdapters,
   referenceStep,
   relErr,
   Rng,
   WorstError,
+  writeAdapters,
 } from "./support/model_gpu.ts";
 
 const config: LlamaConfig = {
@@ -48,9 +50,7 @@ Deno.test("split embedding and lm_head at vocabulary 128256 match the float64 re
         ...opts,
       });
       try {
-        for (const n of model.adapterNames()) {
-          model.writeAdapter(n, factors.get(n)!.A, factors.get(n)!.B);
-        }
+        writeAdapters(model, factors);
         model.setAdapterScales(scale, scale);
         const parts = model.weightParts("model.embed_tokens.weight").parts.length;
         const step = await gpuStep(model, batches);
@@ -74,7 +74,7 @@ Deno.test("split embedding and lm_head at vocabulary 128256 match the float64 re
     config,
     weights,
     batches,
-    new Map([...factors].map(([n, f]) => [n, { A: f.A, B: f.B, rank, scale, sigma: scale }])),
+    referenceAdapters(factors, rank, scale, scale),
   );
   for (const [what, got] of [["split", split], ["whole", whole]] as const) {
     const lossErr = Math.abs(got.step.loss - ref.loss) / ref.loss;

@@ -13,10 +13,12 @@ import {
   randomAdapterFactors,
   randomMicroBatch,
   randomWeights,
+  referenceAdapters,
   referenceStep,
   relErr,
   Rng,
   WorstError,
+  writeAdapters,
 } from "./support/model_gpu.ts";
 
 Deno.test("gpu model at vocabulary 32000 matches the float64 reference", async () => {
@@ -43,21 +45,14 @@ Deno.test("gpu model at vocabulary 32000 matches the float64 reference", async (
       gradients: "adapters",
     });
     try {
-      for (const n of model.adapterNames()) {
-        model.writeAdapter(n, factors.get(n)!.A, factors.get(n)!.B);
-      }
+      writeAdapters(model, factors);
       model.setAdapterScales(scale, scale);
       const got = await gpuStep(model, batches);
       const ref = referenceStep(
         config,
         weights,
         batches,
-        new Map(
-          model.adapterNames().map((n) => {
-            const f = factors.get(n)!;
-            return [n, { A: f.A, B: f.B, rank, scale, sigma: scale }];
-          }),
-        ),
+        referenceAdapters(factors, rank, scale, scale, model.adapterNames()),
       );
       const lossErr = Math.abs(got.loss - ref.loss) / ref.loss;
       const worst = new WorstError();

@@ -16,10 +16,12 @@ import {
   randomAdapterFactors,
   randomMicroBatch,
   randomWeights,
+  referenceAdapters,
   referenceStep,
   relErr,
   Rng,
   WorstError,
+  writeAdapters,
 } from "./support/model_gpu.ts";
 
 const S = 9;
@@ -41,9 +43,7 @@ Deno.test("fixed mute rescale: adapter gradients are the reference's times γ·1
     gradients: "adapters",
   });
   try {
-    for (const n of model.adapterNames()) {
-      model.writeAdapter(n, factors.get(n)!.A, factors.get(n)!.B);
-    }
+    writeAdapters(model, factors);
     const s = 1.5;
     for (const gamma of [1e-2, 1e-8]) {
       const sigma = Math.fround(gamma * s);
@@ -54,12 +54,7 @@ Deno.test("fixed mute rescale: adapter gradients are the reference's times γ·1
         config,
         weights,
         batches,
-        new Map(
-          model.adapterNames().map((n) => {
-            const f = factors.get(n)!;
-            return [n, { A: f.A, B: f.B, rank, scale: s, sigma }];
-          }),
-        ),
+        referenceAdapters(factors, rank, s, sigma, model.adapterNames()),
       );
       // What the fixed rescale computes: σ·dY·1e16 where the exact gradient has s·dY.
       const factor = Math.fround(sigma / s) * FIXED_MUTE_RESCALE;

@@ -159,6 +159,36 @@ export function randomAdapterFactors(
   return out;
 }
 
+/** Writes each adapter of `model` from its factors in `factors` (one for each of its adapters). */
+export function writeAdapters(
+  model: LlamaGpu,
+  factors: ReadonlyMap<string, { A: Float32Array; B: Float32Array }>,
+): void {
+  for (const n of model.adapterNames()) {
+    const f = factors.get(n);
+    assert.ok(f, `no factors for the adapter ${n}`);
+    model.writeAdapter(n, f.A, f.B);
+  }
+}
+
+/**
+ * The reference's adapters of `names` (default: every one in `factors`) from their factors, all of
+ * rank `rank` with scale `scale` and σ `sigma`.
+ */
+export function referenceAdapters(
+  factors: ReadonlyMap<string, { A: Float32Array; B: Float32Array }>,
+  rank: number,
+  scale: number,
+  sigma: number,
+  names: Iterable<string> = factors.keys(),
+): Map<string, ReferenceAdapter> {
+  return new Map(Array.from(names, (n) => {
+    const f = factors.get(n);
+    assert.ok(f, `no factors for the adapter ${n}`);
+    return [n, { A: f.A, B: f.B, rank, scale, sigma }];
+  }));
+}
+
 export interface ReferenceStep {
   loss: number;
   /** Logits of each micro-batch [rows·S·V]. */
