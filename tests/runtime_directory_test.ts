@@ -4,33 +4,11 @@ import assert from "node:assert/strict";
 import { Deadlines } from "../runtime/deadlines.ts";
 import { Directory, type DirectoryEvent } from "../runtime/directory.ts";
 import { pickNode } from "../runtime/placement.ts";
-import type { ActorInfo, Heartbeat } from "../runtime/protocol.ts";
+import type { ActorInfo } from "../runtime/protocol.ts";
+import { hb } from "./support/heartbeat.ts";
 
 function actor(id: string, node: string, inc = 0): ActorInfo {
   return { id, type: "T", inc, node, owner: "owner", resources: {} };
-}
-
-function hb(
-  node: string,
-  actors: ActorInfo[],
-  rev: number,
-  seq: number,
-  extra: Partial<Heartbeat> = {},
-): Heartbeat {
-  return {
-    node,
-    pid: 1,
-    host: "h",
-    interval: 500,
-    missed: 3,
-    resources: {},
-    used: {},
-    placeable: true,
-    rev,
-    seq,
-    actors,
-    ...extra,
-  };
 }
 
 Deno.test("a node that stops sending heartbeats is declared dead, with its actors", () => {

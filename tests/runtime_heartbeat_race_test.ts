@@ -7,7 +7,8 @@
 import assert from "node:assert/strict";
 import { defineActor, init, z } from "../internal_mod.ts";
 import { Directory, type DirectoryEvent } from "../runtime/directory.ts";
-import type { ActorInfo, Heartbeat } from "../runtime/protocol.ts";
+import type { ActorInfo } from "../runtime/protocol.ts";
+import { hb } from "./support/heartbeat.ts";
 
 /** An actor whose `close` takes a while (freeing GPU buffers, flushing a checkpoint). */
 export const SlowClose = defineActor({
@@ -52,22 +53,6 @@ function spin(ms: number) {
 
 function info(id: string, node: string, rev?: number, inc = 0): ActorInfo {
   return { id, type: "T", inc, node, owner: "owner", resources: {}, ...(rev ? { rev } : {}) };
-}
-
-function hb(node: string, actors: ActorInfo[], rev: number, seq: number): Heartbeat {
-  return {
-    node,
-    pid: 1,
-    host: "h",
-    interval: 500,
-    missed: 3,
-    resources: {},
-    used: {},
-    placeable: true,
-    rev,
-    seq,
-    actors,
-  };
 }
 
 if (Deno.mainModule === import.meta.url) {
