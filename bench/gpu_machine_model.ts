@@ -9,15 +9,13 @@
 // "not measured: <reason>". The 1B shape (Llama-3.2-1B) comes from bench/support/random_model.ts
 // (the real-sizes work); without that module in the checkout the 1B figures are not measured.
 import { defineFlags } from "../cli/flags.ts";
+import { benchModelConfig, writeBenchModel } from "./support/bench_model.ts";
 import { runOne, startSystem } from "../actors/job.ts";
-import type { LlamaConfig } from "../model/config.ts";
-import { loadModelFolder, saveModelFolder } from "../model/safetensors.ts";
+import { loadModelFolder } from "../model/safetensors.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import { Gpu } from "../gpu/engine.ts";
-import { initWeights } from "../train/pretrain/pretrain.ts";
 import { defaultOptions, type FinetuneOptions } from "../train/cli/options.ts";
 import type { RunReport } from "../train/report/report.ts";
-import { Rng } from "../core/rng.ts";
 
 const FLAGS = defineFlags({
   name: "gpu_machine_model",
@@ -34,22 +32,8 @@ const FLAGS = defineFlags({
 });
 const { options: opt } = FLAGS.main();
 
-/** The model bench's config (hidden 128, 4 layers, byte vocabulary): seconds on lavapipe. */
-const TINY: LlamaConfig = {
-  hidden_size: 128,
-  intermediate_size: 344,
-  num_hidden_layers: 4,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  vocab_size: 259,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000,
-  max_position_embeddings: 256,
-  tie_word_embeddings: false,
-  bos_token_id: 1,
-  eos_token_id: 2,
-  pad_token_id: 0,
-};
+/** The benchmarks' model, 256 positions: seconds on lavapipe. */
+const TINY = benchModelConfig(256);
 
 if (!opt.out) {
   console.error("gpu_machine_model: --out DIR is required");
@@ -61,8 +45,7 @@ await Deno.mkdir(out, { recursive: true });
 
 async function writeBase(): Promise<string | null> {
   if (opt.shape === "tiny") {
-    const weights = initWeights(TINY, new Rng(3), 1 / Math.sqrt(TINY.hidden_size));
-    await saveModelFolder(base, TINY, weights);
+    await writeBenchModel(base, TINY);
     return null;
   }
   const url = new URL("support/random_model.ts", import.meta.url);

@@ -16,6 +16,7 @@
 //
 //   deno task bench model
 import { percentile, type Report } from "./figure.ts";
+import { benchModelConfig } from "./support/bench_model.ts";
 import {
   adamwDelta,
   type AdapterSteps,
@@ -30,7 +31,6 @@ import {
   adaptableLinears,
   expectedTensors,
   LINEAR_KINDS,
-  type LlamaConfig,
   parameterCount,
 } from "../model/config.ts";
 import { LlamaGpu, type LlamaGpuOptions } from "../model/llama.ts";
@@ -39,21 +39,7 @@ import type { MicroBatch } from "../model/batch.ts";
 import { Rng } from "../core/rng.ts";
 import { findTorchPython } from "../scripts/torch_python.ts";
 
-const CONFIG: LlamaConfig = {
-  hidden_size: 128,
-  intermediate_size: 344,
-  num_hidden_layers: 4,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  vocab_size: 259,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000,
-  max_position_embeddings: 128,
-  tie_word_embeddings: false,
-  bos_token_id: 1,
-  eos_token_id: 2,
-  pad_token_id: 0,
-};
+const CONFIG = benchModelConfig(128);
 const SEQ = 64;
 const BATCH = 16;
 const K = 4;

@@ -12,37 +12,14 @@
  * with the others', which inflates the update's cost against a real multi-GPU setup.
  */
 import type { Report } from "./figure.ts";
+import { benchModelConfig, writeBenchModel } from "./support/bench_model.ts";
 import { runOne, startSystem } from "../actors/job.ts";
-import type { LlamaConfig } from "../model/config.ts";
-import { saveModelFolder } from "../model/safetensors.ts";
-import { initWeights } from "../train/pretrain/pretrain.ts";
 import { defaultOptions, type FinetuneOptions, type Method } from "../train/cli/options.ts";
 import type { RunReport } from "../train/report/report.ts";
-import { Rng } from "../core/rng.ts";
 
-const CONFIG: LlamaConfig = {
-  hidden_size: 128,
-  intermediate_size: 344,
-  num_hidden_layers: 4,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  vocab_size: 259,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000,
-  max_position_embeddings: 64,
-  tie_word_embeddings: false,
-  bos_token_id: 1,
-  eos_token_id: 2,
-  pad_token_id: 0,
-};
+const CONFIG = benchModelConfig(64);
 const STEPS = 14;
 const WARMUP = 4;
-
-async function writeModel(dir: string): Promise<void> {
-  // Std 1/sqrt(hidden): the activations keep their scale through the layers.
-  const weights = initWeights(CONFIG, new Rng(3), 1 / Math.sqrt(CONFIG.hidden_size));
-  await saveModelFolder(`${dir}/model`, CONFIG, weights);
-}
 
 interface Figures {
   ms: number;
@@ -72,7 +49,7 @@ function summarise(r: RunReport): Figures {
 export async function run(report: Report): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "hd-bench-" });
   try {
-    await writeModel(dir);
+    await writeBenchModel(`${dir}/model`, CONFIG);
     const base: FinetuneOptions = {
       ...defaultOptions(),
       model: `${dir}/model`,
