@@ -37,6 +37,7 @@ import {
   DEFAULT_LIMITS,
   type MemoryPlan,
   memoryPlan,
+  type MemoryPlanInput,
   type PlanLimits,
   planLines,
 } from "../train/plan/memory.ts";
@@ -153,6 +154,31 @@ async function planLimits(
   return { ...base, ...given };
 }
 
+/** What the memory plan of a run of `o` (as method `method`) on a model of `config` counts. */
+export function planInput(
+  o: FinetuneOptions,
+  config: LlamaConfig,
+  limits: PlanLimits,
+  method: FinetuneOptions["method"] = o.method,
+): MemoryPlanInput {
+  return {
+    config,
+    method,
+    workers: o.workers,
+    rank: o.rank,
+    targets: o.targets,
+    microBatch: o.microBatch,
+    maxMicroBatches: o.batchSize / (o.workers * o.microBatch),
+    seqLen: o.seqLen,
+    svd: o.svd,
+    weightsDtype: o.weightsDtype,
+    recompute: o.recompute,
+    loadVia: o.loadVia,
+    svdThreads: o.svdThreads,
+    limits,
+  };
+}
+
 /** The memory plan of the run (every method's with --compare); throws MemoryPlanError. */
 async function planRun(
   o: FinetuneOptions,
@@ -162,22 +188,7 @@ async function planRun(
 ): Promise<MemoryPlan> {
   const limits = await planLimits(o, given, io);
   const planOf = (method: FinetuneOptions["method"]) =>
-    memoryPlan({
-      config,
-      method,
-      workers: o.workers,
-      rank: o.rank,
-      targets: o.targets,
-      microBatch: o.microBatch,
-      maxMicroBatches: o.batchSize / (o.workers * o.microBatch),
-      seqLen: o.seqLen,
-      svd: o.svd,
-      weightsDtype: o.weightsDtype,
-      recompute: o.recompute,
-      loadVia: o.loadVia,
-      svdThreads: o.svdThreads,
-      limits,
-    });
+    memoryPlan(planInput(o, config, limits, method));
   for (const m of o.compare ? METHODS : [o.method]) checkMemoryPlan(planOf(m), limits);
   return planOf(o.method);
 }

@@ -16,7 +16,7 @@
  * @module
  */
 import { Driver } from "../../actors/driver.ts";
-import { startSystem } from "../../actors/job.ts";
+import { planInput, startSystem } from "../../actors/job.ts";
 import { Rng } from "../../core/rng.ts";
 import { Gpu, probeAdapter } from "../../gpu/mod.ts";
 import { LINEAR_KINDS } from "../../model/config.ts";
@@ -147,22 +147,7 @@ async function job(spec: JobSpec): Promise<void> {
     sharedHost: found.isCpu,
     hostMemory: Deno.systemMemoryInfo().total,
   };
-  const plan = memoryPlan({
-    config,
-    method: o.method,
-    workers: o.workers,
-    rank: o.rank,
-    targets: o.targets,
-    microBatch: o.microBatch,
-    maxMicroBatches: o.batchSize / (o.workers * o.microBatch),
-    seqLen: o.seqLen,
-    svd: o.svd,
-    recompute: o.recompute,
-    weightsDtype: o.weightsDtype,
-    loadVia: o.loadVia,
-    svdThreads: o.svdThreads,
-    limits,
-  });
+  const plan = memoryPlan(planInput(o, config, limits));
   try {
     checkMemoryPlan(plan, limits);
   } catch (e) {
