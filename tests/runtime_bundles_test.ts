@@ -26,6 +26,7 @@ import {
 import { CREDENTIALS_ENV } from "../runtime/connect.ts";
 import { fromWireError } from "../runtime/errors.ts";
 import type { AnyActorDef } from "../runtime/actor.ts";
+import { denoArgv, NODE_MAIN } from "./support/faults.ts";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
 
@@ -83,24 +84,20 @@ class NodeProcess {
     cwd: string,
     allow: string[],
   ) {
-    this.#child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "--quiet",
-        `--config=${ROOT}/deno.json`,
-        `${ROOT}/runtime/node_main.ts`,
-        "--nats",
-        system.servers.join(","),
-        "--system",
-        system.name,
-        "--id",
-        id,
-        "--owner-pipe",
-        "--bundle-cache",
-        cache,
-        ...allow.flatMap((d) => ["--allow-bundle", d]),
-      ],
+    const argv = denoArgv([], NODE_MAIN, [
+      "--nats",
+      system.servers.join(","),
+      "--system",
+      system.name,
+      "--id",
+      id,
+      "--owner-pipe",
+      "--bundle-cache",
+      cache,
+      ...allow.flatMap((d) => ["--allow-bundle", d]),
+    ]);
+    this.#child = new Deno.Command(argv[0], {
+      args: argv.slice(1),
       cwd,
       env: { [CREDENTIALS_ENV]: JSON.stringify(credentials) },
       stdin: "piped",

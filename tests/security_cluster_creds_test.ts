@@ -12,6 +12,7 @@ import { bundleModule, init, type ShippedModule } from "../runtime/mod.ts";
 import type { AnyActorDef } from "../runtime/actor.ts";
 import { Greeter } from "../examples/greeter_actor.ts";
 import { nkeys } from "@nats-io/nats-core";
+import { denoArgv, NODE_MAIN } from "./support/faults.ts";
 
 const ROOT = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(/\/$/, "");
 const SYSTEM = "credsys";
@@ -62,22 +63,18 @@ function startNode(
   env: Record<string, string>,
   extra: string[] = [],
 ): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "--quiet",
-      `--config=${ROOT}/deno.json`,
-      `${ROOT}/runtime/node_main.ts`,
-      "--nats",
-      url,
-      "--system",
-      SYSTEM,
-      "--id",
-      id,
-      "--owner-pipe",
-      ...extra,
-    ],
+  const argv = denoArgv([], NODE_MAIN, [
+    "--nats",
+    url,
+    "--system",
+    SYSTEM,
+    "--id",
+    id,
+    "--owner-pipe",
+    ...extra,
+  ]);
+  return new Deno.Command(argv[0], {
+    args: argv.slice(1),
     clearEnv: true,
     env: nodeEnv(env),
     stdin: "piped",
