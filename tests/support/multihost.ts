@@ -188,6 +188,7 @@ export interface Scenario {
   ref: string;
   /** The --out of its runs across hosts. */
   out: string;
+  /** Its hosts, servers and nodes. */
   t: TrainingLab;
 }
 
