@@ -600,15 +600,7 @@ export class LlamaGpu {
         const ctx = this.#ctx(false);
         if (c === 0) {
           this.#forwardLayers(rec, this.#inference);
-          const h = this.#head;
-          rmsnormForward(
-            rec,
-            h.lnf.rows(0, T),
-            h.rstdf.rows(0, T),
-            h.x.rows(0, T),
-            this.#params.weights.get("model.norm.weight")!,
-            this.#dims.eps,
-          );
+          this.#finalNorm(rec, T);
         }
         const logits = this.#head.logits.rows(0, n);
         headLogits(rec, ctx, lmHeadName(this.config), logits, this.#head.lnf.rows(c0, n));
@@ -807,6 +799,19 @@ export class LlamaGpu {
     }
   }
 
+  /** The final RMSNorm of the first T positions, into the head's input `lnf`. */
+  #finalNorm(rec: Recorder, T: number): void {
+    const h = this.#head;
+    rmsnormForward(
+      rec,
+      h.lnf.rows(0, T),
+      h.rstdf.rows(0, T),
+      h.x.rows(0, T),
+      this.#params.weights.get("model.norm.weight")!,
+      this.#dims.eps,
+    );
+  }
+
   /** [first position, count] of each chunk of the head over T positions. */
   #chunks(T: number): [number, number][] {
     const C = this.options.headChunk;
@@ -827,14 +832,7 @@ export class LlamaGpu {
     const ctx = this.#ctx(withGrad);
     const h = this.#head;
     const lm = lmHeadName(this.config);
-    rmsnormForward(
-      rec,
-      h.lnf.rows(0, T),
-      h.rstdf.rows(0, T),
-      h.x.rows(0, T),
-      this.#params.weights.get("model.norm.weight")!,
-      this.#dims.eps,
-    );
+    this.#finalNorm(rec, T);
     for (const [c0, n] of this.#chunks(T)) {
       const logits = h.logits.rows(0, n);
       const lnf = h.lnf.rows(c0, n);

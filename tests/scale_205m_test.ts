@@ -32,6 +32,7 @@ import { encodeExamples, packMicroBatch } from "../train/data/encode.ts";
 import { loadJsonl } from "../train/data/jsonl.ts";
 import { chatFormatFor } from "../train/eval/evaluate.ts";
 import { getMethod } from "../train/methods/registry.ts";
+import { initOptionsOf } from "../train/methods/init.ts";
 import { defaultOptions, type FinetuneOptions } from "../train/cli/options.ts";
 import { referenceCosineLr, referenceStep } from "./support/step_reference.ts";
 import { relErr, toReferenceBatch } from "./support/model_gpu.ts";
@@ -122,15 +123,7 @@ Deno.test("one HD-PiSSA step at K = 2 with a 128,256-token vocabulary matches fl
     const shards = step.workers.map((w) =>
       w.microBatches.map((idx) => toReferenceBatch(packMicroBatch(encoded, idx, SEQ)))
     );
-    const init = getMethod("hd-pissa").init(CONFIG, weights, {
-      workers: o.workers,
-      rank: o.rank,
-      alpha: o.alpha,
-      targets: o.targets,
-      svd: o.svd,
-      svdNiter: o.svdNiter,
-      seed: o.seed,
-    });
+    const init = getMethod("hd-pissa").init(CONFIG, weights, initOptionsOf(o));
     const lr = referenceCosineLr(0, { lr: o.lr, warmupRatio: 0, totalSteps: 1 });
     const ref = referenceStep({
       config: CONFIG,

@@ -34,7 +34,7 @@ import type { WeightSource } from "../messages.ts";
 import { weightFileDigests } from "../../model/folder_digest.ts";
 import { defaultSvdThreads, SvdPool } from "../../train/linalg/svd_pool.ts";
 import { randomizedSvdMatrices, randomizedSvdsAhead } from "../../train/methods/init_svd.ts";
-import type { InitOptions } from "../../train/methods/init.ts";
+import { type InitOptions, initOptionsOf } from "../../train/methods/init.ts";
 import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
 
 /** What a run reads once, in setup, and never changes. */
@@ -342,15 +342,7 @@ export async function initMethod(
   const announce = ctx.method.initLog(run.config, o);
   if (announce) ctx.log(announce);
   const t0 = performance.now();
-  const options: InitOptions = {
-    workers: o.workers,
-    rank: o.rank,
-    alpha: o.alpha,
-    targets: o.targets,
-    svd: o.svd,
-    svdNiter: o.svdNiter,
-    seed: o.seed,
-  };
+  const options: InitOptions = initOptionsOf(o);
   const svds = await svdsAhead(ctx, run, options);
   const init = ctx.method.init(run.config, run.baseWeights, { ...options, svds });
   state.initMs = performance.now() - t0;

@@ -31,6 +31,14 @@ export interface InitOptions {
   svds?: ReadonlyMap<string, SvdResult>;
 }
 
+/** The init options a run's settings give (one place, so the job and its checks agree). */
+export function initOptionsOf(
+  o: Pick<InitOptions, "workers" | "rank" | "alpha" | "targets" | "svd" | "svdNiter" | "seed">,
+): InitOptions {
+  const { workers, rank, alpha, targets, svd, svdNiter, seed } = o;
+  return { workers, rank, alpha, targets, svd, svdNiter, seed };
+}
+
 /** Per adapted weight: HD-PiSSA's K slices, or the one shared adapter of LoRA/PiSSA. */
 export interface MethodInit {
   factors: Map<string, AdapterFactors[]>;
