@@ -74,8 +74,15 @@ const FULL: StudySettings = {
 
 Deno.test("study plan: the grid of the issue, unique ids, a budget from the step time", () => {
   const tune = tuneRuns(FULL);
-  assert.equal(tune.length, 2 * 4 * 3); // tasks × methods × rates
+  assert.equal(tune.length, 2 * (4 + 4 + 4 + 3)); // tasks × (lora, pissa, hd-pissa, full rates)
   assert.ok(tune.every((r) => r.evalOn === "valid" && r.seed === 0));
+  // HD-PiSSA's grid is the adapters' × K (mean moves each slice 1/K as far per step).
+  const rates = (m: string) =>
+    tune.filter((r) => r.task === "codes" && r.method === m).map((r) => r.lr);
+  assert.deepEqual(rates("pissa"), [0.005, 0.01, 0.02, 0.04]);
+  assert.deepEqual(rates("hd-pissa"), [0.02, 0.04, 0.08, 0.16]);
+  assert.deepEqual(rates("full"), [0.0005, 0.002, 0.005]);
+  assert.ok(tune.some((r) => r.id === "tune_codes_hd-pissa_r2_lr0.16_s0"));
   const main = mainRuns(FULL, new Map());
   const rank = main.filter((r) => r.phase === "rank");
   assert.equal(rank.length, 2 * 13 * 3); // (4 + 4 + 4 + 1) configurations
@@ -97,14 +104,14 @@ Deno.test("study plan: the grid of the issue, unique ids, a budget from the step
   const lrK = tuned.find((r) => r.series === "hd-pissa mean lr×K")!;
   assert.equal(lrK.lr, 0.01);
   assert.equal(lrK.lrFactor, 4);
-  // Budget: 125 runs × 12 s + (102 + 9 + 8 + 6·4) step-equivalents × 60 steps × 0.7 s.
+  // Budget: 131 runs × 12 s + (108 + 9 + 8 + 6·4) step-equivalents × 60 steps × 0.7 s.
   const all = [...tune, ...main];
-  assert.equal(all.length, 125);
+  assert.equal(all.length, 131);
   const budget = { stepSeconds: 0.7, overheadSeconds: 12, referenceBatch: 16 };
-  close(totalSeconds(all, 60, budget), 125 * 12 + (102 + 9 + 8 + 24) * 60 * 0.7, 1e-6);
+  close(totalSeconds(all, 60, budget), 131 * 12 + (108 + 9 + 8 + 24) * 60 * 0.7, 1e-6);
   const text = planLines(FULL, budget, new Set([ids[0]])).join("\n");
-  assert.match(text, /total {5}125 runs {2}~2 h 05 min/); // 7506 s
-  assert.match(text, /left {6}124 runs/);
+  assert.match(text, /total {5}131 runs {2}~2 h 10 min/); // 7830 s
+  assert.match(text, /left {6}130 runs/);
   assert.match(text, new RegExp(`done ${ids[0]}`));
   // --quick's flags: the codes task, one seed.
   const q = STUDY_FLAGS.parse(["--quick"]).options;
@@ -117,7 +124,7 @@ Deno.test("study analysis: tuning picks the best validation rate; paired compari
   const put = (id: string, acc: number) => {
     const spec = [
       ...tuneRuns(s),
-      ...mainRuns(s, new Map([["codes/pissa", 5e-3], ["codes/hd-pissa", 1e-2]])),
+      ...mainRuns(s, new Map([["codes/pissa", 1e-2], ["codes/hd-pissa", 4e-2]])),
     ]
       .find((r) => r.id === id)!;
     assert.ok(spec, id);
@@ -137,20 +144,23 @@ Deno.test("study analysis: tuning picks the best validation rate; paired compari
       }),
     );
   };
-  for (const [lr, acc] of [[0.002, 0.1], [0.005, 0.3], [0.01, 0.2]] as const) {
+  for (const [lr, acc] of [[0.005, 0.1], [0.01, 0.3], [0.02, 0.2], [0.04, 0.3]] as const) {
     put(`tune_codes_pissa_r8_lr${lr}_s0`, acc);
   }
-  for (const [lr, acc] of [[0.002, 0.1], [0.005, 0.1], [0.01, 0.25]] as const) {
+  // Unfinished grid: no rate chosen yet.
+  for (const [lr, acc] of [[0.02, 0.1], [0.04, 0.25], [0.08, 0.1]] as const) {
     put(`tune_codes_hd-pissa_r2_lr${lr}_s0`, acc);
   }
+  assert.deepEqual([...tuning(s, results).best], [["codes/pissa", 0.01]]); // tie: smaller rate
+  put("tune_codes_hd-pissa_r2_lr0.16_s0", 0);
   const { best } = tuning(s, results);
-  assert.deepEqual([...best], [["codes/pissa", 0.005], ["codes/hd-pissa", 0.01]]);
-  put("rank_codes_pissa_r4_lr0.005_s0", 0.40);
-  put("rank_codes_pissa_r4_lr0.005_s1", 0.50);
-  put("rank_codes_hd-pissa_r4_lr0.01_s0", 0.35);
-  put("rank_codes_hd-pissa_r4_lr0.01_s1", 0.40);
-  put("control_codes_hd-pissa_r4_lr0.01_s0_agg-sum", 0.45);
-  put("control_codes_hd-pissa_r4_lr0.01_s1_agg-sum", 0.40);
+  assert.deepEqual([...best], [["codes/pissa", 0.01], ["codes/hd-pissa", 0.04]]);
+  put("rank_codes_pissa_r4_lr0.01_s0", 0.40);
+  put("rank_codes_pissa_r4_lr0.01_s1", 0.50);
+  put("rank_codes_hd-pissa_r4_lr0.04_s0", 0.35);
+  put("rank_codes_hd-pissa_r4_lr0.04_s1", 0.40);
+  put("control_codes_hd-pissa_r4_lr0.04_s0_agg-sum", 0.45);
+  put("control_codes_hd-pissa_r4_lr0.04_s1_agg-sum", 0.40);
   const ps = points(results.values());
   const pissa4 = ps.find((p) => p.series === "pissa" && p.rank === 4)!;
   close(pissa4.accuracy.mean, 0.45);

@@ -24,7 +24,7 @@ export function tuning(
   const runs = tuneRuns(s);
   for (const task of s.tasks) {
     for (const method of s.methods) {
-      const grid = lrGrid(method, s.quick);
+      const grid = lrGrid(method, s.quick, s.workers);
       if (grid.length < 2) continue;
       const cells = grid.map((lr) => {
         const r = runs.find((x) =>

@@ -2,9 +2,9 @@
  * The study's time budget: each run costs a fixed overhead (starting the workers, the SVD,
  * evaluating before and after, writing the model) plus its steps, a step's time growing with
  * the global batch. The defaults were measured on this project's 2-core CPU host with lavapipe
- * (`deno task study --quick`, K = 4, batch 16, 2026-12-07, with other jobs sharing the cores: a
-mean of 53 s per 60-step run, 0.6–0.9 s per step; see README, "When to use HD-PiSSA"); once runs
- * have finished, their mean wall time is reported next to the estimate.
+ * (a one-seed pass over codes, K = 4, batch 16, 2026-12-07: 38 runs, a mean of ~41 s per 60-step
+ * run at batch 16 and ~106 s at batch 64); once runs have finished, their mean wall time is
+ * reported next to the estimate.
  * @module
  */
 import type { RunSpec } from "./plan.ts";
@@ -21,7 +21,7 @@ export interface BudgetModel {
 }
 
 export const DEFAULT_BUDGET: BudgetModel = {
-  stepSeconds: 0.7,
+  stepSeconds: 0.47,
   overheadSeconds: 12,
   referenceBatch: 16,
 };

@@ -69,8 +69,8 @@ export const STUDY_FLAGS = defineFlags({
     steps: {
       type: "int",
       min: 1,
-      default: (o) => (o.quick ? 60 : 60),
-      defaultText: "60 (--quick: 30), sized to the budget",
+      default: () => 60,
+      defaultText: "60, sized to the budget",
       help: "optimizer steps of every run",
       group: RUNS,
     },

@@ -76,12 +76,21 @@ export function tuneRank(method: StudyMethod, quick: boolean): number {
 }
 
 /**
- * Rates tried per method. The shipped model's default, 5e-3, is in every adapter grid; full
- * fine-tuning moves every weight and gets a grid a factor lower as well.
+ * Rates tried per method. The adapters' grid spans 5e-3 (the shipped model's default) to 4e-2 in
+ * steps of 2: a first pass on codes found both LoRA's and PiSSA's best rate at the top of a
+ * 2e-3…1e-2 grid. HD-PiSSA's grid is the adapters' grid × K: with `--aggregate mean` each of the
+ * K slices moves 1/K as far per step as PiSSA's single adapter under Adam, so this grid gives each
+ * slice the same range of steps per direction (at the adapters' grid HD-PiSSA stored no fact in
+ * that first pass). Full fine-tuning moves every weight and gets a grid a factor lower. `--quick`
+ * has one rate per method, chosen the same way.
  */
-export function lrGrid(method: StudyMethod, quick: boolean): number[] {
-  if (quick) return [5e-3];
-  return method === "full" ? [5e-4, 2e-3, 5e-3] : [2e-3, 5e-3, 1e-2];
+export function lrGrid(method: StudyMethod, quick: boolean, workers: number): number[] {
+  if (method === "full") return quick ? [2e-3] : [5e-4, 2e-3, 5e-3];
+  const adapters = quick ? [1e-2] : [5e-3, 1e-2, 2e-2, 4e-2];
+  // Rounded so that a rate prints (and names its run) as written, not as 0.12000000000000001.
+  return method === "hd-pissa"
+    ? adapters.map((lr) => Number((lr * workers).toPrecision(6)))
+    : adapters;
 }
 
 /** The HD-PiSSA rank the controls and the mute ablation use. */
@@ -129,7 +138,7 @@ export function tuneRuns(s: StudySettings): RunSpec[] {
   const out: RunSpec[] = [];
   for (const task of s.tasks) {
     for (const method of s.methods) {
-      const grid = lrGrid(method, s.quick);
+      const grid = lrGrid(method, s.quick, s.workers);
       if (grid.length < 2) continue;
       for (const lr of grid) {
         out.push(run(s, {
@@ -158,7 +167,7 @@ export function tunedKey(task: StudyTask, method: StudyMethod): string {
 export function mainRuns(s: StudySettings, tuned: ReadonlyMap<string, number>): RunSpec[] {
   const out: RunSpec[] = [];
   const lrOf = (task: StudyTask, method: StudyMethod) => {
-    const grid = lrGrid(method, s.quick);
+    const grid = lrGrid(method, s.quick, s.workers);
     return grid.length === 1 ? grid[0] : tuned.get(tunedKey(task, method)) ?? null;
   };
   const seeds = Array.from({ length: s.seeds }, (_, i) => i);
