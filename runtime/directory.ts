@@ -208,14 +208,21 @@ export class Directory {
 
   /**
    * Declares dead every node whose heartbeats stopped. Call it periodically; `period` is how
-   * often, so a stalled loop can be recognised.
+   * often, so a late tick can be recognised.
+   *
+   * Heartbeats are read on this loop, so while it was busy (a long synchronous step, or a starved
+   * process under load) none were read, whatever the nodes sent. A tick more than half a period
+   * late therefore does not count the time since the previous tick against any node: a loop
+   * that keeps running late (each tick blocked by a few hundred ms of work between reads) would
+   * otherwise add up its own delays into a node's silence and declare a live node dead. Under
+   * such load a dead node is found later, by the time the loop was away.
    */
   tick(now: number, period: number) {
-    const stalled = this.#lastTick !== 0 && now - this.#lastTick > 2 * period + 100;
+    const gap = this.#lastTick === 0 ? 0 : now - this.#lastTick;
     this.#lastTick = now;
-    if (stalled) {
-      for (const n of this.nodes.values()) n.lastSeen = Math.max(n.lastSeen, now);
-      return;
+    if (gap > 1.5 * period) {
+      for (const n of this.nodes.values()) n.lastSeen = Math.min(now, n.lastSeen + gap);
+      if (gap > 2 * period + 100) return; // a stall: the heartbeats it hid are still unread
     }
     for (const [id, n] of this.nodes) {
       if (now - n.lastSeen > n.hb.interval * n.hb.missed) this.nodeDown(id);

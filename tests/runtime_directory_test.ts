@@ -24,7 +24,7 @@ Deno.test("a node that stops sending heartbeats is declared dead, with its actor
   }
   assert.ok(d.nodes.has("n1"), "1.4 s of silence is under 3 missed heartbeats of 500 ms");
   d.heartbeat(hb("n2", [], 0, 7), t0 + 1750);
-  d.tick(t0 + 1650, 250);
+  d.tick(t0 + 1500, 250);
   d.tick(t0 + 1750, 250);
   assert.ok(!d.nodes.has("n1"));
   assert.ok(d.nodes.has("n2"));
@@ -49,6 +49,24 @@ Deno.test("a stalled event loop declares nobody dead on the tick after the stall
   assert.ok(d.nodes.has("n1"), "silence is counted from the end of the stall");
   d.tick(t0 + 4750, 250);
   assert.ok(!d.nodes.has("n1"), "still silent after the stall: dead");
+});
+
+Deno.test("a loop that keeps ticking late does not add its own delays to a node's silence", () => {
+  const d = new Directory();
+  const t0 = 7_000_000;
+  d.heartbeat(hb("n1", [], 0, 0), t0);
+  d.tick(t0, 250);
+  // Ticks 500 ms apart (each 250 ms late, under the 600 ms of a stall) for 6 s, no heartbeat
+  // read: the loop was busy, so nothing says n1 stopped.
+  let t = t0;
+  for (let i = 0; i < 12; i++) d.tick(t += 500, 250);
+  assert.ok(d.nodes.has("n1"), "6 s of late ticks are not 6 s of silence");
+  // Back on time: the silence counts again, and n1 is dead 1.5 s later.
+  for (let i = 0; i < 5; i++) d.tick(t += 250, 250);
+  assert.ok(d.nodes.has("n1"), "1.25 s of on-time silence is under 3 missed heartbeats");
+  d.tick(t += 250, 250);
+  d.tick(t += 250, 250);
+  assert.ok(!d.nodes.has("n1"), "silent on time for 1.75 s: dead");
 });
 
 Deno.test("an actor missing from a fresh heartbeat is down; a stale heartbeat changes nothing", () => {
