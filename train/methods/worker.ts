@@ -101,15 +101,15 @@ export interface SharedStateSpec {
 export interface SharedState {
   /** Adapters (`<weight>.A<j>`, `<weight>.B<j>`) and moments (`<key>.m`, `<key>.v`). */
   tensors: Map<string, HostTensor>;
-  /** Where a layout segment lives on the device: one tensor, or the row blocks of a split one. */
+  /** The optimizer's step counter when it is shared, else null. */
+  optimizerStep: number | null;
+}
+
+/** Where a layout segment lives on the device: one tensor, or the row blocks of a split one. */
 export type SegmentTarget = GpuTensor | readonly GpuTensor[];
 
 function pieces(t: SegmentTarget): readonly GpuTensor[] {
   return Array.isArray(t) ? t : [t as GpuTensor];
-}
-
-/** The optimizer's step counter when it is shared, else null. */
-  optimizerStep: number | null;
 }
 
 export abstract class WorkerMethod {
@@ -244,7 +244,11 @@ export abstract class WorkerMethod {
         at += t.size;
       }
       if (at !== offset + seg.offset + seg.length) {
-        throw new WorkerStateError(`segment ${seg.name}: its tensors hold ${at - offset - seg.offset} of ${seg.length} floats`);
+        throw new WorkerStateError(
+          `segment ${seg.name}: its tensors hold ${
+            at - offset - seg.offset
+          } of ${seg.length} floats`,
+        );
       }
     });
   }
