@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/engine.ts";
 import { GpuShapeError } from "../gpu/errors.ts";
-import type { AdapterSteps } from "../gpu/kernels/hd_pissa.ts";
+import { type AdapterSteps, hdPissaUpdate } from "../gpu/kernels/hd_pissa.ts";
+import { packHalf } from "../gpu/half.ts";
 import {
   hdPissaUpdateRows,
   matmulNNRows,
@@ -145,3 +146,63 @@ Deno.test("row-split matrices at the device's real binding limit", async (t) => 
     gpu.close();
   }
 });
+
+// A bf16 W in row blocks (sized by f32 bytes, so each block's f32 product fits a binding): the
+// HD-PiSSA update through a block-sized f32 scratch gives the same bits as the update of the
+// same W held whole (each element's product and rounded add are the same operations). The limit
+// is lowered here only to keep W small; the f32 path runs at the real limit above.
+Deno.test("a bf16 W in row blocks takes the HD-PiSSA update with the bits of the whole W", async () => {
+  const rng = new Rng(1616);
+  const out = 100, inn = 64, K = 2, r = 3;
+  const w = rng.normals(out * inn);
+  const bits = new Uint16Array(packHalf(w, "bf16", () => {}).buffer, 0, out * inn);
+  const host = Array.from({ length: K }, () => ({
+    A: rng.normals(r * inn),
+    B: rng.normals(out * r),
+    dA: rng.normals(r * inn, 0.5),
+    dB: rng.normals(out * r, 0.5),
+  }));
+  const run = async (limit: number | undefined) => {
+    const gpu = await Gpu.open(limit ? { maxBindingBytes: limit } : {});
+    try {
+      const W = gpu.uploadRows(bits, out, inn, "W", "bf16", "f32");
+      const pairs: AdapterSteps[] = host.map((h) => ({
+        A: gpu.upload(h.A, [r, inn]),
+        B: gpu.upload(h.B, [out, r]),
+        dA: gpu.upload(h.dA, [r, inn]),
+        dB: gpu.upload(h.dB, [out, r]),
+      }));
+      const L = gpu.tensor([out, 2 * K * r]), R = gpu.tensor([2 * K * r, inn]);
+      const rows = maxBlockRows(W);
+      const scratch = gpu.tensor([rows * inn], "f32", "D");
+      const block = gpu.tensor([rows * 2 * K * r], "f32", "L rows");
+      await gpu.run((rec) =>
+        W.parts.length === 1
+          ? hdPissaUpdate(rec, W.parts[0], pairs, L, R, {
+            c: 0.5,
+            s: 1.5,
+            scratch: scratch.view([out, inn]),
+          })
+          : hdPissaUpdateRows(rec, W, pairs, L, R, { c: 0.5, s: 1.5, block, scratch })
+      );
+      return { blocks: W.parts.length, w: await readParts(gpu, W) };
+    } finally {
+      gpu.close();
+    }
+  };
+  // 8 KiB: 32 rows of 64 f32 a block (the bf16 blocks 4 KiB), so 4 blocks.
+  const split = await run(8192);
+  const whole = await run(undefined);
+  assert.equal(split.blocks, 4);
+  assert.equal(whole.blocks, 1);
+  assert.deepEqual(split.w, whole.w);
+  // And the update did something: most elements moved from their bf16 start.
+  let moved = 0;
+  for (let i = 0; i < w.length; i++) if (whole.w[i] !== unpackOne(bits[i])) moved++;
+  assert.ok(moved > w.length / 2, `${moved} of ${w.length} elements changed`);
+});
+
+/** The f32 value of one bf16 element. */
+function unpackOne(h: number): number {
+  return new Float32Array(new Uint32Array([h << 16]).buffer)[0];
+}
