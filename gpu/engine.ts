@@ -269,7 +269,8 @@ export class Gpu {
   /**
    * A [rows, cols] matrix as row blocks each within the binding limit (one part when the whole
    * fits). `data` null gives zeros; f32 values for an f32 matrix, element bits (Uint16Array) for
-   * a bf16/f16 one.
+   * a bf16/f16 one. `splitAs` "f32" sizes a 16-bit matrix's blocks by their f32 bytes, so that
+   * an f32 copy of any block (the product before a rounded in-place update) fits a binding too.
    */
   uploadRows(
     data: Float32Array | Uint16Array | null,
@@ -277,6 +278,7 @@ export class Gpu {
     cols: number,
     label = "",
     dtype: "f32" | HalfType = "f32",
+    splitAs: "f32" | HalfType = dtype,
   ): RowParts {
     if (data && (data instanceof Uint16Array) !== isHalf(dtype)) {
       throw new GpuShapeError(`uploadRows: ${data.constructor.name} data for a ${dtype} matrix`);
@@ -286,7 +288,7 @@ export class Gpu {
       cols,
       this.limits.maxStorageBufferBindingSize,
       this.limits.minStorageBufferOffsetAlignment,
-      dtype,
+      splitAs,
     );
     if (data && data.length !== rows * cols) {
       throw new GpuShapeError(`uploadRows: ${data.length} values do not fit [${rows}, ${cols}]`);

@@ -38,6 +38,9 @@ export {
   dtypeBytes,
   GpuTensor,
   isHalf,
+  isRowParts,
+  type Matrix,
+  matrixShape,
   numel,
   rowBlockCounts,
   type RowParts,
@@ -90,5 +93,6 @@ export * from "./kernels/cross_entropy.ts";
 export * from "./kernels/reduce.ts";
 export * from "./kernels/optimizer.ts";
 export * from "./kernels/hd_pissa.ts";
+export * from "./kernels/matmul_rows.ts";
 export * from "./kernels/argmax.ts";
 export * from "./kernels/packed.ts";

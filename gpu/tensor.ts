@@ -200,3 +200,18 @@ export function expectSize(what: string, t: GpuTensor, size: number, dtype: DTyp
     throw new GpuShapeError(`${what}: expected ${size} ${dtype} elements, got ${t.describe()}`);
   }
 }
+
+/** A matrix as one tensor or as row blocks (the linear layers' W: split only when over the limit). */
+export type Matrix = GpuTensor | RowParts;
+
+/** True when `m` is held as row blocks (even a single one). */
+export function isRowParts(m: Matrix): m is RowParts {
+  return !(m instanceof GpuTensor);
+}
+
+/** [rows, cols] of a 2-D tensor or of a split matrix. */
+export function matrixShape(m: Matrix): [number, number] {
+  if (isRowParts(m)) return [m.rows, m.cols];
+  if (m.shape.length !== 2) throw new GpuShapeError(`expected a matrix, got ${m.describe()}`);
+  return [m.shape[0], m.shape[1]];
+}

@@ -30,6 +30,8 @@ import {
   type Gpu,
   type GpuTensor,
   isHalf,
+  type Matrix,
+  maxBlockRows,
   type Recorder,
   rmsnormForward,
   type RopeTable,
@@ -61,6 +63,7 @@ import {
   halfBits,
   hostRows,
   LlamaParams,
+  ROW_SPLIT_NAMES,
   WEIGHTS_DTYPES,
   type WeightsDtype,
 } from "./llama_params.ts";
@@ -178,6 +181,7 @@ export class LlamaGpu {
   #head: HeadActs;
   #grads: LayerGrads | null;
   #scratch: LinearScratch | null;
+  #splitBlock: GpuTensor | null;
   #losses: GpuTensor;
   #mbLoss: GpuTensor;
   #positions: GpuTensor;
@@ -283,6 +287,15 @@ export class LlamaGpu {
       : null;
     const maxOut = Math.max(d.C, d.I, d.H * d.D, d.KV * d.D);
     this.#scratch = train && r > 0 ? { dyB: t([Tm * r], "dyB"), dH: t([Tm * maxOut], "dH") } : null;
+    // The column blocks of the linears held as row blocks (over the binding limit): one [Tm, n]
+    // block at a time, shared by every layer (gpu/kernels/matmul_rows.ts).
+    let splitRows = 0;
+    for (const [name, parts] of params.rowParts) {
+      if (parts.parts.length > 1 && !ROW_SPLIT_NAMES.includes(name)) {
+        splitRows = Math.max(splitRows, maxBlockRows(parts));
+      }
+    }
+    this.#splitBlock = splitRows > 0 ? t([Tm * splitRows], "split block") : null;
 
     const pos = new Int32Array(Tm);
     for (let i = 0; i < Tm; i++) pos[i] = i % S;
@@ -413,7 +426,7 @@ export class LlamaGpu {
         throw new LlamaWeightError(
           name,
           `"${name}" is split into ${parts.parts.length} row blocks (over the device's binding ` +
-            `limit); use weightParts`,
+            `limit); use weightMatrix or weightParts`,
         );
       }
       throw new LlamaWeightError(name, `the model has no weight "${name}"`);
@@ -421,7 +434,26 @@ export class LlamaGpu {
     return w;
   }
 
-  /** The row blocks of the embedding table or the lm_head (one block when it fits a binding). */
+  /**
+   * A weight as the layers hold it: one tensor, or row blocks when it is over the device's
+   * binding limit (optimizers and updates may change it in place, block by block).
+   */
+  weightMatrix(name: string): Matrix {
+    this.#check();
+    const m = this.#params.matrix(name);
+    if (!m) throw new LlamaWeightError(name, `the model has no weight "${name}"`);
+    return m;
+  }
+
+  /** ∂L/∂W of a trainable weight, split as the weight is. */
+  weightGradMatrix(name: string): Matrix {
+    this.#check();
+    const g = this.#params.gradMatrix(name);
+    if (!g) throw new LlamaWeightError(name, `"${name}" has no gradient (not trainable)`);
+    return g;
+  }
+
+  /** The row blocks of a weight held as row blocks (the embedding table, the lm_head, any matrix over the binding limit). */
   weightParts(name: string): RowParts {
     this.#check();
     const p = this.#params.rowParts.get(name);
@@ -694,6 +726,7 @@ export class LlamaGpu {
       scales: this.#scales,
       adapterGrads: training && this.#grads !== null && this.#params.adapters.size > 0,
       scratch: this.#scratch,
+      splitBlock: this.#splitBlock,
     };
   }
 

@@ -77,6 +77,8 @@ export interface BlockContext {
   /** Keep x·Aᵀ in the forward and accumulate adapter gradients in the backward. */
   adapterGrads: boolean;
   scratch: LinearScratch | null;
+  /** Flat f32 scratch for the column blocks of the linears held as row blocks; null: none is. */
+  splitBlock: GpuTensor | null;
 }
 
 /** One decoder layer's activations for T tokens (kept for the backward when training). */
@@ -193,7 +195,8 @@ export function layerForward(
     linearForward(rec, {
       y,
       x,
-      W: w(name),
+      W: params.matrix(name)!,
+      block: ctx.splitBlock,
       b: params.weights.get(biasNameOf(name)) ?? null,
       adapter: params.adapters.get(name),
       xa: a.xa.get(kind) ?? null,
@@ -246,8 +249,9 @@ export function layerBackward(
       accumulateDx,
       dy,
       x,
-      W: w(name),
-      dW: params.grads.get(name) ?? null,
+      W: params.matrix(name)!,
+      dW: params.gradMatrix(name) ?? null,
+      block: ctx.splitBlock,
       db: params.grads.get(biasNameOf(name)) ?? null,
       adapter,
       xa: adapter ? a.xa.get(kind)! : null,

@@ -11,15 +11,24 @@
  * γ thus enters once each way. A fixed `rescale` replaces f32(1/γ) (the public HD-PiSSA code
  * multiplies by 1e16 whatever γ is), so that the mute ablation can tell underflow from a
  * mismatched rescale. Gradients accumulate (β = 1): the step zeroes them first.
+ *
+ * W (and ∂W) over the device's binding limit is held as row blocks (gpu/kernels/matmul_rows.ts):
+ * the x·Wᵀ, dY·W and dYᵀ·x products then run per block through the `block` scratch, and nothing
+ * else here changes (the adapter's A, B and the activations are never split).
  * @module
  */
 import {
   biasBackward,
   biasForward,
   type GpuTensor,
+  isRowParts,
   matmulNN,
+  matmulNNRows,
   matmulNT,
+  matmulNTRows,
   matmulTN,
+  matmulTNRows,
+  type Matrix,
   type Recorder,
   scale,
 } from "../gpu/mod.ts";
@@ -67,8 +76,10 @@ export interface LinearForward {
   y: GpuTensor;
   /** [T, in] */
   x: GpuTensor;
-  /** [out, in] */
-  W: GpuTensor;
+  /** [out, in], one tensor or row blocks. */
+  W: Matrix;
+  /** Flat f32 scratch for the column blocks of a split W (gpu/kernels/matmul_rows.ts). */
+  block?: GpuTensor | null;
   /** [out], added to every row after x·Wᵀ (as `F.linear`), before the adapter term (as PEFT). */
   b?: GpuTensor | null;
   adapter?: AdapterBuffers;
@@ -77,7 +88,8 @@ export interface LinearForward {
 }
 
 export function linearForward(rec: Recorder, t: LinearForward, scales: AdapterScales): void {
-  matmulNT(rec, t.y, t.x, t.W);
+  if (isRowParts(t.W)) matmulNTRows(rec, t.y, t.x, t.W, { block: t.block ?? undefined });
+  else matmulNT(rec, t.y, t.x, t.W);
   if (t.b) biasForward(rec, t.y, t.b);
   if (!t.adapter || !t.xa) return;
   matmulNT(rec, t.xa, t.x, t.adapter.A);
@@ -92,9 +104,11 @@ export interface LinearBackward {
   dy: GpuTensor;
   /** [T, in], the forward input. */
   x: GpuTensor;
-  W: GpuTensor;
-  /** [out, in] ∂W accumulator; null when W is frozen. */
-  dW: GpuTensor | null;
+  W: Matrix;
+  /** [out, in] ∂W accumulator, split as W is; null when W is frozen. */
+  dW: Matrix | null;
+  /** Flat f32 scratch for the column blocks of a split W. */
+  block?: GpuTensor | null;
   /** [out] ∂b accumulator; null (or absent) when there is no bias or it is frozen. */
   db?: GpuTensor | null;
   /** The adapter whose gradients to accumulate (with its forward's x·Aᵀ and the scratch). */
@@ -104,8 +118,16 @@ export interface LinearBackward {
 }
 
 export function linearBackward(rec: Recorder, t: LinearBackward, scales: AdapterScales): void {
-  if (t.dx) matmulNN(rec, t.dx, t.dy, t.W, { beta: t.accumulateDx ? 1 : 0 });
-  if (t.dW) matmulTN(rec, t.dW, t.dy, t.x, { beta: 1 });
+  const block = t.block ?? undefined;
+  const beta = t.accumulateDx ? 1 : 0;
+  if (t.dx) {
+    if (isRowParts(t.W)) matmulNNRows(rec, t.dx, t.dy, t.W, { beta, block });
+    else matmulNN(rec, t.dx, t.dy, t.W, { beta });
+  }
+  if (t.dW) {
+    if (isRowParts(t.dW)) matmulTNRows(rec, t.dW, t.dy, t.x, { beta: 1, block });
+    else matmulTN(rec, t.dW, t.dy, t.x, { beta: 1 });
+  }
   if (t.db) biasBackward(rec, t.db, t.dy, true);
   const ad = t.adapter;
   if (!ad) return;

@@ -14,7 +14,14 @@
  * is refused naming the tensor rather than turned into an infinity.
  * @module
  */
-import { type Gpu, type GpuTensor, type HalfType, packHalf, type RowParts } from "../gpu/mod.ts";
+import {
+  type Gpu,
+  type GpuTensor,
+  type HalfType,
+  type Matrix,
+  packHalf,
+  type RowParts,
+} from "../gpu/mod.ts";
 import {
   adaptableLinears,
   checkConfigAgainstTensors,
@@ -109,8 +116,17 @@ export function hostRows(weights: ReadonlyMap<string, HostTensor>): Map<string, 
   return out;
 }
 
-/** The weights held as row blocks (split when over the device's binding limit). */
+/** The weights always held as row blocks (split when over the device's binding limit). */
 export const ROW_SPLIT_NAMES: readonly string[] = ["model.embed_tokens.weight", "lm_head.weight"];
+
+/**
+ * Whether any other matrix (a linear's W) is held as row blocks: when its f32 bytes are over the
+ * binding limit. Its blocks are sized by their f32 bytes whatever the weights dtype, so that the
+ * f32 product of a block (HD-PiSSA's update, an adapter merge into a 16-bit W) fits a binding too.
+ */
+export function splitsLinear(shape: readonly number[], maxBinding: number): boolean {
+  return shape.length === 2 && shape[0] * shape[1] * 4 > maxBinding;
+}
 
 export class LlamaParams {
   /** Every weight that is one tensor (a split one is only in `rowParts`). */
@@ -149,8 +165,9 @@ export class LlamaParams {
         const f32 = weights.get(name)!.data as Float32Array;
         const dtype = p.#dtypeOf(name, shape, wd, trained);
         const data = dtype === "f32" ? f32 : halfBits(name, f32, dtype);
-        if (ROW_SPLIT_NAMES.includes(name)) {
-          const parts = gpu.uploadRows(data, shape[0], shape[1], name, dtype);
+        const split = p.#splitAs(name, shape, dtype);
+        if (split) {
+          const parts = gpu.uploadRows(data, shape[0], shape[1], name, dtype, split);
           p.rowParts.set(name, parts);
           if (parts.parts.length === 1) p.weights.set(name, parts.parts[0]);
         } else if (data instanceof Uint16Array) {
@@ -199,8 +216,9 @@ export class LlamaParams {
           }
           return dtype === "f32" ? f32 : halfBits(name, f32, dtype);
         };
-        if (ROW_SPLIT_NAMES.includes(name)) {
-          const parts = gpu.uploadRows(null, shape[0], shape[1], name, dtype);
+        const split = p.#splitAs(name, shape, dtype);
+        if (split) {
+          const parts = gpu.uploadRows(null, shape[0], shape[1], name, dtype, split);
           p.rowParts.set(name, parts);
           if (parts.parts.length === 1) p.weights.set(name, parts.parts[0]);
           for (let i = 0; i < parts.parts.length; i++) {
@@ -229,6 +247,22 @@ export class LlamaParams {
   }
 
   #shapes = new Map<string, number[]>();
+
+  /** The dtype a weight's row blocks are sized by, or null when it is held as one tensor. */
+  #splitAs(name: string, shape: readonly number[], dtype: "f32" | HalfType) {
+    if (ROW_SPLIT_NAMES.includes(name)) return dtype;
+    return splitsLinear(shape, this.#gpu.limits.maxStorageBufferBindingSize) ? "f32" : null;
+  }
+
+  /** A weight as one tensor or as its row blocks (the linear layers take either). */
+  matrix(name: string): Matrix | undefined {
+    return this.weights.get(name) ?? this.rowParts.get(name);
+  }
+
+  /** A weight's gradient as one tensor or as row blocks (split as the weight is). */
+  gradMatrix(name: string): Matrix | undefined {
+    return this.grads.get(name) ?? this.gradParts.get(name);
+  }
 
   static #begin(gpu: Gpu, config: LlamaConfig, options: ParamOptions) {
     const ad = options.adapters;
@@ -269,7 +303,7 @@ export class LlamaParams {
     for (const name of options.gradNames) {
       const shape = this.#shapes.get(name);
       if (!shape) throw new LlamaWeightError(name, `no weight "${name}" to train`);
-      if (ROW_SPLIT_NAMES.includes(name)) {
+      if (this.#splitAs(name, shape, "f32")) {
         const parts = gpu.uploadRows(null, shape[0], shape[1], `grad ${name}`);
         this.gradParts.set(name, parts);
         if (parts.parts.length === 1) this.grads.set(name, parts.parts[0]);

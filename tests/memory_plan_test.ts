@@ -79,9 +79,24 @@ const FULL_SPLIT: Case = {
   binding: 64 * 1024,
 };
 
+// The MLP's matrices [128, 64] f32 (32 KiB) over a 20 KiB limit: row blocks, their gradients
+// (full) and the shared column block counted as the model allocates them.
+const LINEAR_SPLIT: Case = {
+  name: "full, GQA untied, MLP in row blocks, micro-batch 1 × 24",
+  config: { ...GQA_UNTIED, hidden_size: 64, intermediate_size: 128, vocab_size: 2000 },
+  plan: { ...FULL_SPLIT.plan, microBatch: 1 },
+  binding: 20 * 1024,
+};
+
 const cases: Case[] = [
   LORA,
   FULL_SPLIT,
+  LINEAR_SPLIT,
+  {
+    ...LINEAR_SPLIT,
+    name: "lora, GQA untied, MLP in row blocks",
+    plan: { ...LORA.plan, microBatch: 1, seqLen: 24, maxMicroBatches: 1 },
+  },
   {
     name: "lora, GQA untied, --recompute, 3 layers, micro-batch 4 × 16, 2 slots",
     config: { ...LORA.config, num_hidden_layers: 3 },
@@ -223,4 +238,54 @@ Deno.test("with --recompute the plan counts one set of layer activations, not on
   assert.ok(resid > 0 && set > resid, `resid ${resid}, set ${set}`);
   assert.equal(acts(1, true), acts(1, false), "one layer: nothing to share");
   assert.equal(acts(5, false) - acts(5, true), 4 * set, "five layers: four sets fewer");
+});
+
+/** Llama-3-8B's shape (hidden 4096, MLP 14336, vocabulary 128,256). */
+const LLAMA3_8B: LlamaConfig = {
+  ...GQA_UNTIED,
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  num_hidden_layers: 32,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  vocab_size: 128256,
+};
+
+Deno.test("at Llama-3-8B's shape the MLP's matrices are row blocks; an activation over the binding limit is refused", () => {
+  const limits = { ...DEFAULT_LIMITS, maxBufferSize: Infinity };
+  const plan = (method: "hd-pissa" | "full", seqLen: number) =>
+    memoryPlan({
+      config: LLAMA3_8B,
+      method,
+      workers: 2,
+      rank: 16,
+      targets: LINEAR_KINDS,
+      microBatch: 1,
+      maxMicroBatches: 1,
+      seqLen,
+      trainable: (n) => n.includes("layers"),
+      limits,
+    });
+  // W [14336, 4096] f32 is 224 MiB: two blocks of at most 128 MiB, no buffer over the limit.
+  for (const method of ["hd-pissa", "full"] as const) {
+    const p = plan(method, 2048);
+    assert.ok(
+      p.worker.largest.bytes <= 128 << 20,
+      `${method}: ${JSON.stringify(p.worker.largest)}`,
+    );
+    checkMemoryPlan(p, limits);
+  }
+  // Full fine-tuning counts the gradient and both moments of every block.
+  const full = plan("full", 2048);
+  const linears = 32 * (2 * 4096 * 4096 + 2 * 1024 * 4096 + 3 * 14336 * 4096) * 4;
+  assert.ok(full.worker.optimizer >= 2 * linears && full.worker.gradients >= linears);
+  // At 4096 positions an MLP activation [4096, 14336] f32 (224 MiB) is one binding: refused
+  // before anything starts, naming it and what to change.
+  assert.throws(
+    () => checkMemoryPlan(plan("hd-pissa", 4096), limits),
+    (e: unknown) =>
+      e instanceof MemoryPlanError &&
+      /the buffer gate \(224\.0 MiB, activations\)/.test(e.message) &&
+      /maxStorageBufferBindingSize 128\.0 MiB/.test(e.message) && /--seq-len/.test(e.message),
+  );
 });

@@ -17,7 +17,7 @@
 import { GpuShapeError } from "../errors.ts";
 import { defineKernel } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
-import { expect2d, expectShape, type GpuTensor } from "../tensor.ts";
+import { expect2d, expectShape, type GpuTensor, type Matrix, matrixShape } from "../tensor.ts";
 import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
 
@@ -123,11 +123,10 @@ export interface AdapterSteps {
 }
 
 /** Checks the K pairs against W and returns r. */
-function adapterRank(W: GpuTensor, pairs: readonly AdapterSteps[]): number {
-  if (W.shape.length !== 2 || W.dtype === "i32") {
-    throw new GpuShapeError(`hdPissa W: expected a 2-D float tensor, got ${W.describe()}`);
-  }
-  const [out, inn] = W.shape;
+function adapterRank(W: Matrix, pairs: readonly AdapterSteps[]): number {
+  const dtype = "parts" in W ? W.parts[0].dtype : W.dtype;
+  if (dtype === "i32") throw new GpuShapeError(`hdPissa W: expected a float matrix, got i32`);
+  const [out, inn] = matrixShape(W);
   if (pairs.length === 0) throw new GpuShapeError("hdPissa: no adapter pairs");
   const [r] = expect2d("hdPissa A_1", pairs[0].A);
   pairs.forEach((q, j) => {
@@ -144,11 +143,11 @@ export function hdPissaPack(
   rec: Recorder,
   L: GpuTensor,
   R: GpuTensor,
-  W: GpuTensor,
+  W: Matrix,
   pairs: readonly AdapterSteps[],
 ): void {
   const r = adapterRank(W, pairs);
-  const [out, inn] = W.shape;
+  const [out, inn] = matrixShape(W);
   const inner = 2 * pairs.length * r;
   expectShape("hdPissa L", L, [out, inner]);
   expectShape("hdPissa R", R, [inner, inn]);

@@ -6,7 +6,14 @@
  * weights themselves.
  * @module
  */
-import { type GpuTensor, isHalf, matmulNN } from "../../gpu/mod.ts";
+import {
+  type GpuTensor,
+  isHalf,
+  isRowParts,
+  matmulNN,
+  matmulNNIntoRows,
+  maxBlockRows,
+} from "../../gpu/mod.ts";
 import { adaptableLinears, type LlamaConfig } from "../../model/config.ts";
 import type { LlamaGpu } from "../../model/llama.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
@@ -17,6 +24,7 @@ import { initEachAdapted, type MatrixFactors, type MatrixInit, type MethodInit }
 import { adapterLayout, type Layout } from "./layout.ts";
 import { checkRankFits, type MethodSettings, type Traffic, type TrainingMethod } from "./method.ts";
 import {
+  type SegmentTarget,
   type SharedStateSpec,
   type StepResult,
   WorkerMethod,
@@ -32,11 +40,15 @@ export const ADAPTER_SHARED: SharedStateSpec = { adapters: true, optimizer: true
 
 /** A data-parallel worker: sends its gradients, applies the mean with its optimizer. */
 export abstract class DataParallelWorker extends WorkerMethod {
-  #grads: GpuTensor[] = [];
+  #grads: SegmentTarget[] = [];
 
-  /** Call once the moments are added: the gradients of the optimised tensors, in layout order. */
-  protected collectGradients(): void {
-    this.#grads = this.moments.map((m) => m.grad);
+  /**
+   * Call once the moments are added: the gradients of the optimised tensors, in layout order
+   * (`segments`: per layout segment, its gradient tensors, when a segment has several: the row
+   * blocks of a split weight; default one moment per segment).
+   */
+  protected collectGradients(segments?: SegmentTarget[]): void {
+    this.#grads = segments ?? this.moments.map((m) => m.grad);
   }
 
   step(batches: MicroBatch[]): Promise<StepResult> {
@@ -49,7 +61,7 @@ export abstract class DataParallelWorker extends WorkerMethod {
     this.optimizerStep++;
     this.writeSegments(update, 0, this.#grads);
     const rec = this.gpu.record({ label: "update" });
-    this.recordClip(rec, this.#grads);
+    this.recordClip(rec, this.moments.map((m) => m.grad));
     for (const m of this.moments) this.recordOptimizer(rec, m, lr, null);
     await rec.submit();
     return performance.now() - t0;
@@ -100,7 +112,18 @@ export class AdapterWorker extends DataParallelWorker {
     const scratch = new Map<string, GpuTensor>();
     for (const name of this.model.adapterNames()) {
       const a = this.model.adapter(name);
-      const W = this.model.weight(name);
+      const W = this.model.weightMatrix(name);
+      if (isRowParts(W)) {
+        // Over the binding limit: one product per row block, each through a block-sized scratch.
+        let d: GpuTensor | undefined;
+        if (isHalf(W.parts[0].dtype)) {
+          const key = `rows ${maxBlockRows(W) * W.cols}`;
+          d = scratch.get(key);
+          if (!d) scratch.set(key, d = rec.scratch([maxBlockRows(W) * W.cols], "f32", key));
+        }
+        matmulNNIntoRows(rec, W, a.B, a.A, { alpha: s, scratch: d });
+        continue;
+      }
       let d: GpuTensor | undefined;
       if (isHalf(W.dtype)) {
         const key = W.shape.join("x");

@@ -3,6 +3,7 @@
  * output head by default) trained data-parallel, AdamW or SGD on W; no adapters, no init.
  * @module
  */
+import { type GpuTensor, isRowParts } from "../../gpu/mod.ts";
 import type { LlamaGpu } from "../../model/llama.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
 import { DataParallelWorker, meanTraffic } from "./data_parallel.ts";
@@ -10,7 +11,7 @@ import { meanContributions } from "./combine.ts";
 import { emptyInit } from "./init.ts";
 import { fullTrainableDefault, weightLayout } from "./layout.ts";
 import type { TrainingMethod } from "./method.ts";
-import type { SharedStateSpec, WorkerMethodConfig } from "./worker.ts";
+import { type SharedStateSpec, type WorkerMethodConfig, WorkerStateError } from "./worker.ts";
 
 /** Every worker takes the same optimizer step on the same mean: the moments agree everywhere. */
 export const FULL_SHARED: SharedStateSpec = { adapters: false, optimizer: true };
@@ -21,10 +22,32 @@ export class FullWorker extends DataParallelWorker {
 
   constructor(model: LlamaGpu, config: WorkerMethodConfig) {
     super(model, config, weightLayout(model.config, config));
+    const segments: GpuTensor[][] = [];
     for (const seg of this.layout.segments) {
-      this.addMoments(model.weight(seg.name), model.weightGrad(seg.name), seg.name);
+      const W = model.weightMatrix(seg.name);
+      const G = model.weightGradMatrix(seg.name);
+      if (!isRowParts(W) && !isRowParts(G)) {
+        this.addMoments(W, G, seg.name);
+        segments.push([G]);
+        continue;
+      }
+      // A weight over the binding limit: its row blocks, each with its own moments (keys name
+      // the rows, so a checkpoint of another split is refused rather than misread).
+      const Ws = isRowParts(W) ? W : null, Gs = isRowParts(G) ? G : null;
+      if (!Ws || !Gs || Ws.parts.length !== Gs.parts.length) {
+        throw new WorkerStateError(
+          `${seg.name}: the weight and its gradient are split differently`,
+        );
+      }
+      Ws.parts.forEach((p, i) => {
+        const rows = Ws.parts.length === 1
+          ? seg.name
+          : `${seg.name}[${Ws.starts[i]}:${Ws.starts[i] + Ws.counts[i]}]`;
+        this.addMoments(p, Gs.parts[i], rows);
+      });
+      segments.push([...Gs.parts]);
     }
-    this.collectGradients();
+    this.collectGradients(segments);
   }
 
   merge(): Promise<void> {

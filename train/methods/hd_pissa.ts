@@ -6,7 +6,15 @@
  * `W += c·s·Σ_j (B_j+ΔB_j)(A_j+ΔA_j) − B_j A_j`.
  * @module
  */
-import { type GpuTensor, hdPissaUpdate, isHalf } from "../../gpu/mod.ts";
+import {
+  type GpuTensor,
+  hdPissaUpdate,
+  hdPissaUpdateRows,
+  isHalf,
+  isRowParts,
+  matrixShape,
+  maxBlockRows,
+} from "../../gpu/mod.ts";
 import { adaptableLinears } from "../../model/config.ts";
 import type { LlamaGpu } from "../../model/llama.ts";
 import type { HostTensor } from "../../model/safetensors.ts";
@@ -40,7 +48,10 @@ export class HdPissaWorker extends WorkerMethod {
   readonly shared: SharedStateSpec = HD_PISSA_SHARED;
   /** Per adapted weight: the K pairs with their step buffers, in worker order. */
   #pairs = new Map<string, { A: GpuTensor; B: GpuTensor; dA: GpuTensor; dB: GpuTensor }[]>();
-  #scratch = new Map<string, { L: GpuTensor; R: GpuTensor; D: GpuTensor | null }>();
+  #scratch = new Map<
+    string,
+    { L: GpuTensor; R: GpuTensor; D: GpuTensor | null; block: GpuTensor | null }
+  >();
 
   constructor(
     model: LlamaGpu,
@@ -70,8 +81,12 @@ export class HdPissaWorker extends WorkerMethod {
       // The init (and the checkpoints' copy of it) keeps the SVD's slices; every worker rescales
       // them alike here, so the stored init stays the method's and W stays the same everywhere.
       const slices = scaleSlices(given, config.sliceScale ?? "svd", name);
-      const W = model.weight(name);
-      const [out, inn] = W.shape;
+      const W = model.weightMatrix(name);
+      const [out, inn] = matrixShape(W);
+      // Over the binding limit W is row blocks (model/llama_params.ts): the update runs per block
+      // with its rows of L, and a 16-bit W's f32 product is one block's, not W's.
+      const rows = isRowParts(W) ? maxBlockRows(W) : out;
+      const half = isHalf(isRowParts(W) ? W.parts[0].dtype : W.dtype);
       const pairs = slices.map((f: AdapterFactors, j) => ({
         A: this.gpu.upload(f.A, [r, inn], `${name}.A${j}`),
         B: this.gpu.upload(f.B, [out, r], `${name}.B${j}`),
@@ -90,7 +105,10 @@ export class HdPissaWorker extends WorkerMethod {
           L: this.gpu.tensor([out, 2 * K * r], "f32", `L ${key}`),
           R: this.gpu.tensor([2 * K * r, inn], "f32", `R ${key}`),
           // A 16-bit W gets the f32 product first, then one rounded add (gpu/kernels/hd_pissa.ts).
-          D: isHalf(W.dtype) ? this.gpu.tensor([out, inn], "f32", `D ${key}`) : null,
+          D: half
+            ? this.gpu.tensor(isRowParts(W) ? [rows * inn] : [out, inn], "f32", `D ${key}`)
+            : null,
+          block: isRowParts(W) ? this.gpu.tensor([rows * 2 * K * r], "f32", `L rows ${key}`) : null,
         });
       }
     }
@@ -120,9 +138,17 @@ export class HdPissaWorker extends WorkerMethod {
     const c = this.config.aggregate === "mean" ? 1 / K : 1;
     const s = this.config.alpha / this.config.rank;
     for (const [name, pairs] of this.#pairs) {
-      const W = this.model.weight(name);
-      const { L, R, D } = this.#scratch.get(`${W.shape[0]}x${W.shape[1]}`)!;
-      hdPissaUpdate(rec, W, pairs, L, R, { c, s, scratch: D ?? undefined });
+      const W = this.model.weightMatrix(name);
+      const [out, inn] = matrixShape(W);
+      const { L, R, D, block } = this.#scratch.get(`${out}x${inn}`)!;
+      if (isRowParts(W)) {
+        hdPissaUpdateRows(rec, W, pairs, L, R, {
+          c,
+          s,
+          block: block ?? undefined,
+          scratch: D ?? undefined,
+        });
+      } else hdPissaUpdate(rec, W, pairs, L, R, { c, s, scratch: D ?? undefined });
     }
     await rec.submit();
     return performance.now() - t0;

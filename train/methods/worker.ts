@@ -105,6 +105,13 @@ export interface SharedState {
   optimizerStep: number | null;
 }
 
+/** Where a layout segment lives on the device: one tensor, or the row blocks of a split one. */
+export type SegmentTarget = GpuTensor | readonly GpuTensor[];
+
+function pieces(t: SegmentTarget): readonly GpuTensor[] {
+  return Array.isArray(t) ? t : [t as GpuTensor];
+}
+
 export abstract class WorkerMethod {
   readonly layout: Layout;
   readonly gpu: Gpu;
@@ -225,10 +232,24 @@ export abstract class WorkerMethod {
     this.optimizerStep = s.optimizerStep;
   }
 
-  /** Copies the flat segments of `c` into the given device tensors (same order as the layout). */
-  protected writeSegments(c: Float32Array, offset: number, targets: GpuTensor[]): void {
+  /**
+   * Copies the flat segments of `c` into the given device tensors (same order as the layout). A
+   * segment's target may be a list: the row blocks of a split matrix, filled in order.
+   */
+  protected writeSegments(c: Float32Array, offset: number, targets: SegmentTarget[]): void {
     this.layout.segments.forEach((seg, i) => {
-      this.gpu.write(targets[i], c.subarray(offset + seg.offset, offset + seg.offset + seg.length));
+      let at = offset + seg.offset;
+      for (const t of pieces(targets[i])) {
+        this.gpu.write(t, c.subarray(at, at + t.size));
+        at += t.size;
+      }
+      if (at !== offset + seg.offset + seg.length) {
+        throw new WorkerStateError(
+          `segment ${seg.name}: its tensors hold ${
+            at - offset - seg.offset
+          } of ${seg.length} floats`,
+        );
+      }
     });
   }
 
@@ -244,7 +265,7 @@ export abstract class WorkerMethod {
   protected async runStep(
     batches: MicroBatch[],
     after: (rec: Recorder) => void,
-    outputs: GpuTensor[],
+    outputs: SegmentTarget[],
   ): Promise<StepResult> {
     const t0 = performance.now();
     this.model.setStepBatches(batches);
@@ -252,13 +273,16 @@ export abstract class WorkerMethod {
     this.model.recordForwardBackward(rec);
     after(rec);
     const loss = rec.read(this.model.loss);
-    const reads = outputs.map((t) => rec.read(t));
+    const reads = outputs.map((t) => pieces(t).map((p) => rec.read(p)));
     const res = await rec.submit();
     const contribution = new Float32Array(this.layout.length);
-    const parts = await Promise.all(reads);
-    this.layout.segments.forEach((seg, i) =>
-      contribution.set(parts[i] as Float32Array, seg.offset)
-    );
+    for (const [i, seg] of this.layout.segments.entries()) {
+      let at = seg.offset;
+      for (const p of await Promise.all(reads[i])) {
+        contribution.set(p as Float32Array, at);
+        at += p.length;
+      }
+    }
     return {
       loss: (await loss)[0],
       contribution,

@@ -17,6 +17,7 @@
 import { DomainError } from "../../core/errors.ts";
 import { dtypeBytes, rowBlockCounts, sizeClass } from "../../gpu/mod.ts";
 import { heldInWeightsDtype, type WeightsDtype } from "../../model/weights_dtype.ts";
+import { splitsLinear } from "../../model/llama_params.ts";
 import {
   adaptableLinears,
   expectedTensors,
@@ -90,8 +91,11 @@ export interface WorkerMemory {
   activations: number;
   workspace: number;
   total: number;
-  /** The largest single buffer. */
-  largest: { label: string; bytes: number };
+  /**
+   * The largest single buffer (one binding: a matrix in row blocks counts by its largest block),
+   * and which part of the plan it is in (absent in reports from before it was recorded).
+   */
+  largest: { label: string; bytes: number; part?: Part };
 }
 
 /** The host memory of the driver's process (`total`) and of each worker's, bytes. */
@@ -167,7 +171,7 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
   };
   const add = (part: Part, label: string, elems: number, times = 1) => {
     const raw = elems * f32;
-    if (raw > w.largest.bytes) w.largest = { label, bytes: raw };
+    if (raw > w.largest.bytes) w.largest = { label, bytes: raw, part };
     w[part] += sizeClass(raw) * times;
   };
   const rows = (part: Part, label: string, r: number, c: number) => {
@@ -192,6 +196,17 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
   const specs = expectedTensors(config);
   const split = ["model.embed_tokens.weight", "lm_head.weight"];
   const trainable = input.trainable ?? fullTrainableDefault;
+  // Any other matrix whose f32 bytes are over the binding limit is row blocks sized by their
+  // f32 bytes (model/llama_params.ts); the row counts of its blocks, or null when held whole.
+  const linearBlocks = (shape: readonly number[]): number[] | null => {
+    if (!splitsLinear(shape, binding)) return null;
+    try {
+      return rowBlockCounts(shape[0], shape[1], binding, align);
+    } catch {
+      return null; // a single row over the limit: counted whole, refused by checkMemoryPlan
+    }
+  };
+  let splitRows = 0;
 
   // Weights (and, for full, their gradients and moments). With --weights-dtype bf16/f16 the
   // matrices take 2 bytes an element, packed two per word and row-split by their own byte size
@@ -208,11 +223,17 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
       } catch {
         counts = [shape[0]];
       }
+    } else {
+      const blocks = linearBlocks(shape);
+      if (blocks) {
+        counts = blocks;
+        splitRows = Math.max(splitRows, ...blocks);
+      }
     }
     const cols = n / shape[0];
     for (const c of counts) {
       const raw = dtypeBytes(dtype, c * cols);
-      if (raw > w.largest.bytes) w.largest = { label, bytes: raw };
+      if (raw > w.largest.bytes) w.largest = { label, bytes: raw, part: "weights" };
       w.weights += sizeClass(raw);
     }
   };
@@ -220,7 +241,9 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     const seen = new Set<string>();
     for (const l of adaptableLinears(config, input.targets)) {
       const key = `${l.out}x${l.in}`;
-      if (!seen.has(key)) add("workspace", `D ${key}`, l.out * l.in);
+      // A W in row blocks takes the product one block at a time.
+      const rowsAt = Math.max(...(linearBlocks([l.out, l.in]) ?? [l.out]));
+      if (!seen.has(key)) add("workspace", `D ${key}`, rowsAt * l.in);
       seen.add(key);
     }
   }
@@ -231,10 +254,22 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     params += n;
     weight(s.name, s.shape);
     if (method === "full" && trainable(s.name)) {
-      if (split.includes(s.name)) rows("gradients", `grad ${s.name}`, s.shape[0], s.shape[1]);
-      else add("gradients", `grad ${s.name}`, n);
+      // A gradient and moments split as the (f32) weight is, one buffer per row block.
+      const blocks = split.includes(s.name) ? null : linearBlocks(s.shape);
+      if (split.includes(s.name) || blocks) {
+        rows("gradients", `grad ${s.name}`, s.shape[0], s.shape[1]);
+        let counts: number[];
+        try {
+          counts = rowBlockCounts(s.shape[0], s.shape[1], binding, align);
+        } catch {
+          counts = [s.shape[0]];
+        }
+        for (const c of counts) add("optimizer", `${s.name}.m`, c * s.shape[1], 2);
+      } else {
+        add("gradients", `grad ${s.name}`, n);
+        add("optimizer", `${s.name}.m`, n, 2);
+      }
       if (s.name === "model.embed_tokens.weight") embedGrad = true;
-      add("optimizer", `${s.name}.m`, n, 2);
     }
   }
 
@@ -256,6 +291,8 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
       shapes.add(key);
       add("workspace", `L ${key}`, l.out * 2 * K * r);
       add("workspace", `R ${key}`, 2 * K * r * l.in);
+      const blocks = linearBlocks([l.out, l.in]);
+      if (blocks) add("workspace", `L rows ${key}`, Math.max(...blocks) * 2 * K * r);
     }
   }
 
@@ -303,6 +340,8 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
       ["delta", Tm * H],
     ] as const
   ) act(label, n);
+  // The column blocks of the linears in row blocks, one [Tm, n] block the layers share.
+  if (splitRows > 0) act("split block", Tm * splitRows);
   act("positions", Tm);
   act("rope", S * (D / 2), 2);
   // Inputs: ids, targets, loss weights per micro-batch slot, and the inference slot.
@@ -353,7 +392,7 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
   let piece = 0;
   for (const s of specs) {
     const cols = s.shape.slice(1).reduce((a, b) => a * b, 1);
-    let rowsAt = [s.shape[0] ?? 1];
+    let rowsAt = linearBlocks(s.shape) ?? [s.shape[0] ?? 1];
     if (split.includes(s.name)) {
       try {
         rowsAt = rowBlockCounts(s.shape[0], s.shape[1], binding, align);
@@ -461,6 +500,28 @@ export function checkMemoryPlan(
         `${b(limits.maxBufferSize)}`,
     );
   }
+  const binding = limits.maxStorageBufferBindingSize;
+  if (w.largest.bytes > binding) {
+    // Every matrix over the limit is already in row blocks here: what is left is one buffer a
+    // kernel binds whole (an activation of micro-batch × seq-len positions, a workspace) or a
+    // single row of a matrix.
+    const part = w.largest.part;
+    const change =
+      part === "activations" || (part === "workspace" && /^(dH|dyB)$/.test(w.largest.label))
+        ? "it holds micro-batch × seq-len positions: lower --micro-batch or --seq-len"
+        : part === "workspace" || part === "adapters" || part === "optimizer"
+        ? "use a smaller --rank (or fewer --workers for hd-pissa)"
+        : "one row of it is over the limit, which no setting splits: use a device with a larger " +
+          "maxStorageBufferBindingSize";
+    throw new MemoryPlanError(
+      `the run does not fit: the buffer ${w.largest.label} (${b(w.largest.bytes)}, ${
+        part ?? "unknown part"
+      }) is over the device's maxStorageBufferBindingSize ${b(binding)} and is bound whole; ` +
+        `${change}\n${planLines(p).join("\n")}`,
+      p,
+    );
+  }
+
   const dev = limits.deviceMemory;
   if (dev != null && !sharedHost && w.total > dev) {
     fail(`a worker needs ${b(w.total)}, the device has ${b(dev)}`);

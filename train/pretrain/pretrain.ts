@@ -18,6 +18,8 @@ import {
   clipByGlobalNorm,
   type Gpu,
   type GpuTensor,
+  isRowParts,
+  type Matrix,
   sumSquares,
 } from "../../gpu/mod.ts";
 import { expectedTensors, type LlamaConfig, parameterCount } from "../../model/config.ts";
@@ -401,23 +403,28 @@ export async function pretrain(
   });
   try {
     const names = model.trainableNames();
-    const grads = names.map((n) => model.weightGrad(n));
+    // A weight over the binding limit is row blocks: each block is its own optimizer tensor.
+    const blocks = (m: Matrix) => isRowParts(m) ? [...m.parts] : [m];
+    const pieces = names.flatMap((n) => {
+      const Ws = blocks(model.weightMatrix(n)), Gs = blocks(model.weightGradMatrix(n));
+      return Ws.map((param, i) => ({ n, param, grad: Gs[i], matrix: model.weightMatrix(n) }));
+    });
+    const grads = pieces.map((p) => p.grad);
     const zeros = (shape: readonly number[], what: string) => {
       const z = gpu.zeros([...shape], "f32", what);
       held.push(z);
       return z;
     };
-    const states = names.map((n) => {
-      const param = model.weight(n);
+    const states = pieces.map(({ n, param, grad, matrix }) => {
       return {
         state: {
           param,
-          grad: model.weightGrad(n),
+          grad,
           m: zeros(param.shape, `m ${n}`),
           v: zeros(param.shape, `v ${n}`),
         },
         // Matrices only: a norm gain is a scale whose neutral value is 1, not 0.
-        decay: param.shape.length === 2 ? o.weightDecay : 0,
+        decay: isRowParts(matrix) || param.shape.length === 2 ? o.weightDecay : 0,
       };
     });
     const sumSq = zeros([1], "grad norm²");

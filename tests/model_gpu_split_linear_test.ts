@@ -1,0 +1,113 @@
+// Linear layers over the binding limit (lowered through Gpu.open's maxBindingBytes so the model
+// stays small; tests/gpu_matmul_rows_test.ts covers the device's real limit): q/o and the MLP's
+// matrices are held as row blocks, invisibly to the layers, and a training step matches the
+// float64 reference (loss, logits, adapter gradients, full-weight gradients of the split
+// matrices) and the same model with every matrix whole.
+import assert from "node:assert/strict";
+import { Gpu } from "../gpu/mod.ts";
+import { LINEAR_KINDS, linearName, type LlamaConfig } from "../model/config.ts";
+import { LlamaGpu } from "../model/llama.ts";
+import {
+  gpuStep,
+  GQA_UNTIED,
+  randomAdapterFactors,
+  randomMicroBatch,
+  randomWeights,
+  referenceAdapters,
+  referenceStep,
+  relErr,
+  Rng,
+  WorstError,
+  writeAdapters,
+} from "./support/model_gpu.ts";
+
+const config: LlamaConfig = {
+  ...GQA_UNTIED,
+  hidden_size: 64,
+  intermediate_size: 96,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  num_hidden_layers: 2,
+  vocab_size: 37,
+};
+const rows = 2, seqLen = 12, rank = 2, scale = 1.5;
+// 12 KiB: q/o [64, 64] (16 KiB) and gate/up/down (24 KiB) split in two; k/v (8 KiB), the
+// activations ([24, 96] f32 = 9 KiB) and the tables stay whole.
+const LIMIT = 12 * 1024;
+
+Deno.test("linears over the binding limit as row blocks match the float64 reference", async () => {
+  const rng = new Rng(4096);
+  const weights = randomWeights(config, rng);
+  const batches = [randomMicroBatch(config, rng, rows, seqLen)];
+  const factors = randomAdapterFactors(config, rank, rng);
+  const run = async (limit: number | undefined) => {
+    const gpu = await Gpu.open(limit ? { maxBindingBytes: limit } : {});
+    try {
+      const model = await LlamaGpu.create(gpu, config, weights, {
+        maxRows: rows,
+        seqLen,
+        adapters: { targets: LINEAR_KINDS, rank },
+        gradients: "weights",
+      });
+      try {
+        writeAdapters(model, factors);
+        model.setAdapterScales(scale, scale);
+        const blocks = new Map(
+          LINEAR_KINDS.map((k) => {
+            const m = model.weightMatrix(linearName(0, k));
+            return [k, "parts" in m ? m.parts.length : 1];
+          }),
+        );
+        const step = await gpuStep(model, batches);
+        const logits = await model.logits(batches[0]);
+        const readBack = await model.readWeights();
+        return { step, logits, blocks, readBack };
+      } finally {
+        model.close();
+      }
+    } finally {
+      gpu.close();
+    }
+  };
+  const split = await run(LIMIT);
+  assert.deepEqual(Object.fromEntries(split.blocks), {
+    q_proj: 2,
+    k_proj: 1,
+    v_proj: 1,
+    o_proj: 2,
+    gate_proj: 2,
+    up_proj: 2,
+    down_proj: 2,
+  });
+  const whole = await run(undefined);
+  assert.ok([...whole.blocks.values()].every((n) => n === 1));
+  // The split weights read back as they were uploaded.
+  for (const [n, t] of split.readBack) assert.deepEqual(t.data, weights.get(n)!.data, n);
+
+  const ref = referenceStep(
+    config,
+    weights,
+    batches,
+    referenceAdapters(factors, rank, scale, scale),
+  );
+  for (const [what, got] of [["split", split], ["whole", whole]] as const) {
+    const lossErr = Math.abs(got.step.loss - ref.loss) / ref.loss;
+    const worstA = new WorstError();
+    for (const [n, g] of got.step.gradA) worstA.add(`g_A ${n}`, relErr(g, ref.gradA.get(n)!));
+    for (const [n, g] of got.step.gradB) worstA.add(`g_B ${n}`, relErr(g, ref.gradB.get(n)!));
+    const worstW = new WorstError();
+    for (const [n, g] of got.step.gradW) worstW.add(n, relErr(g, ref.gradW.get(n)!));
+    const logitsErr = relErr(got.logits, ref.logits[0]);
+    console.log(
+      `${what}: loss rel ${lossErr.toExponential(2)}, logits ${logitsErr.toExponential(2)}, ` +
+        `adapter grads ${worstA}, weight grads ${worstW}`,
+    );
+    assert.ok(lossErr < 1e-5, `${what} loss ${got.step.loss} vs ${ref.loss}`);
+    assert.ok(logitsErr < 1e-5, `${what} logits ${logitsErr}`);
+    assert.ok(worstA.value < 1e-5, `${what} adapter gradients ${worstA}`);
+    assert.ok(worstW.value < 1e-5, `${what} weight gradients ${worstW}`);
+    assert.ok(got.step.gradW.has(linearName(1, "down_proj")));
+  }
+  // Each logit is one dot product either way: the same bits.
+  assert.deepEqual(split.logits, whole.logits);
+});
