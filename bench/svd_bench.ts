@@ -59,7 +59,11 @@ export async function run(report: Report): Promise<void> {
     unit: "",
   });
   const gpu = await Gpu.open();
-  report({ name: `GPU: ${gpu.info.description}`, value: gpu.info.isCpu ? 1 : 0, unit: "(1 = CPU)" });
+  report({
+    name: `GPU: ${gpu.info.description}`,
+    value: gpu.info.isCpu ? 1 : 0,
+    unit: "(1 = CPU)",
+  });
   report({
     name: "GPU binding limit (W is split in row blocks above it)",
     value: gpu.limits.maxStorageBufferBindingSize / 2 ** 20,
