@@ -4,6 +4,7 @@
 // (the seed is drawn per run and named in each message).
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/engine.ts";
+import { f32BitsToBf16 } from "../gpu/half.ts";
 import { randomizedSvd, svd, SvdError, type SvdResult } from "../train/linalg/svd.ts";
 import {
   type KnownSpectrum,
@@ -21,6 +22,16 @@ function asKnown(r: SvdResult): KnownSpectrum {
     for (let j = 0; j < r.n; j++) V[j * r.k + i] = r.Vt[i * r.n + j];
   }
   return { W: new Float64Array(0), U: r.U, V, s: r.S };
+}
+
+/** The top `rank` triplets of the exact float64 SVD of `W [m, n]`. */
+function exactTop(W: ArrayLike<number>, m: number, n: number, rank: number): SvdResult {
+  const exact = svd(W, m, n);
+  const U = new Float64Array(m * rank);
+  for (let i = 0; i < m; i++) {
+    for (let c = 0; c < rank; c++) U[i * rank + c] = exact.U[i * exact.k + c];
+  }
+  return { m, n, k: rank, U, S: exact.S.slice(0, rank), Vt: exact.Vt.slice(0, rank * n) };
 }
 
 function sameBits(a: SvdResult, b: SvdResult): boolean {
@@ -46,18 +57,7 @@ Deno.test("gpu randomized svd: the exact float64 top subspace of a known spectru
       rank * n,
     ]);
     // The reference: the exact float64 SVD of the same (f32-rounded) W.
-    const exact = svd(t.W, m, n);
-    const top: SvdResult = {
-      m,
-      n,
-      k: rank,
-      U: Float64Array.from(
-        { length: m * rank },
-        (_, x) => exact.U[Math.floor(x / rank) * exact.k + x % rank],
-      ),
-      S: exact.S.slice(0, rank),
-      Vt: exact.Vt.slice(0, rank * n),
-    };
+    const top = exactTop(t.W, m, n, rank);
     const a = svdAgreement(r, asKnown(top));
     const msg = `seed ${seed}: ${JSON.stringify(a)}`;
     assert.ok(a.orthonormality < 1e-12, msg);
@@ -67,6 +67,27 @@ Deno.test("gpu randomized svd: the exact float64 top subspace of a known spectru
     const again = await gpuRandomizedSvd(gpu, W, rank, { niter: 4, seed: seed + 1 });
     assert.ok(sameBits(r, again), `seed ${seed}: a second run differs`);
     for (const p of W.parts) gpu.release(p);
+  } finally {
+    gpu.close();
+  }
+});
+
+Deno.test("gpu randomized svd: a bf16 W (a worker's under --weights-dtype bf16) gives the exact top subspace of the rounded W", async () => {
+  const gpu = await Gpu.open({ maxBindingBytes: 64 * 300 * 2 });
+  try {
+    const [m, n, rank] = [300, 300, 8];
+    const spectrum = Array.from({ length: 100 }, (_, i) => 0.75 ** i);
+    const t = knownSpectrumMatrix(m, n, spectrum, seed + 2, true);
+    const bits = Uint16Array.from(new Uint32Array((t.W as Float32Array).buffer), f32BitsToBf16);
+    const rounded = new Float32Array(Uint32Array.from(bits, (b) => b << 16).buffer);
+    const W = gpu.uploadRows(bits, m, n, "W bf16", "bf16");
+    assert.ok(W.parts.length > 1, `W is in ${W.parts.length} block(s), the test needs several`);
+    const r = await gpuRandomizedSvd(gpu, W, rank, { niter: 4, seed });
+    const a = svdAgreement(r, asKnown(exactTop(rounded, m, n, rank)));
+    const msg = `seed ${seed}: ${JSON.stringify(a)}`;
+    assert.ok(a.orthonormality < 1e-12, msg);
+    assert.ok(a.singularValueError < 1e-5, msg);
+    assert.ok(Math.max(a.leftAngle, a.rightAngle) < 1e-3, msg);
   } finally {
     gpu.close();
   }
