@@ -429,7 +429,6 @@ export const FINETUNE_FLAGS = defineFlags({
         "workers' devices, round-robin: passes over W in f32, QRs in float64; other bits than " +
         "cpu) or auto (gpu when every worker has a GPU, cpu on CPU adapters; announced)",
       group: METHOD,
-      definesRun: true,
     },
     nats: {
       type: "custom",
