@@ -20,7 +20,10 @@ import {
   defineActor,
   type Receiver,
 } from "../runtime/mod.ts";
-import { Gpu } from "../gpu/mod.ts";
+import { Gpu, type RowParts } from "../gpu/mod.ts";
+import { SvdError, type SvdResult } from "../train/linalg/svd.ts";
+import { gpuRandomizedSvd } from "../train/linalg/svd_gpu.ts";
+import { encodeSvds } from "../train/linalg/svd_wire.ts";
 import { type LlamaConfig, llamaConfigToJson } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import {
@@ -54,6 +57,8 @@ import {
   SaveOutput,
   StepInput,
   StepOutput,
+  SvdInput,
+  SvdOutput,
   Update,
   type WeightSource,
 } from "./messages.ts";
@@ -358,7 +363,12 @@ export const GpuWorker = defineActor({
         s.receiverRejected = 0;
         let parameters = 0;
         for (const t of tensors.tensors.values()) parameters += t.shape.reduce((a, b) => a * b, 1);
-        return { device: s.gpu.info.description, fallback: s.gpu.info.fallback, parameters };
+        return {
+          device: s.gpu.info.description,
+          fallback: s.gpu.info.fallback,
+          cpu: s.gpu.info.isCpu,
+          parameters,
+        };
       },
     },
     /** Sets up the method from the driver's factors (and a checkpoint's state on a restore). */
@@ -500,6 +510,45 @@ export const GpuWorker = defineActor({
           sha256: combinedSha256(digests),
           tensors: input.tensors ? digests : undefined,
         };
+      },
+    },
+    /**
+     * Randomized SVDs of base weights on this worker's device (train/linalg/svd_gpu.ts), before
+     * the init: after it a method may have replaced W (PiSSA's residual). W is the tensor the
+     * model holds, so under a 16-bit `--weights-dtype` it is W rounded to that type.
+     */
+    svd: {
+      input: SvdInput,
+      output: SvdOutput,
+      handler: async (s, input, ctx) => {
+        if (!s.model || !s.gpu) throw new StepProtocolError("svd before load");
+        if (s.method) throw new StepProtocolError("svd after init: W is no longer the base weight");
+        const results: SvdResult[] = [];
+        const out: z.input<typeof SvdOutput>["matrices"] = [];
+        for (const { name, rank, niter, seed } of input.matrices) {
+          const W = s.model.weight(name);
+          const [m, n] = W.shape;
+          const parts: RowParts = {
+            rows: m,
+            cols: n,
+            label: name,
+            parts: [W],
+            starts: [0],
+            counts: [m],
+          };
+          const t0 = performance.now();
+          let r: SvdResult;
+          try {
+            r = await gpuRandomizedSvd(s.gpu, parts, rank, { niter, seed });
+          } catch (e) {
+            if (e instanceof SvdError) throw new SvdError(`"${name}": ${e.message}`);
+            throw e;
+          }
+          results.push(r);
+          out.push({ name, m, n, k: r.k, ms: performance.now() - t0 });
+        }
+        await (await ctx.objects()).put(input.out, encodeSvds(results));
+        return { matrices: out };
       },
     },
     /** Greedy decoding of token prompts with the current (merged, if merged) weights. */

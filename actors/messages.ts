@@ -54,6 +54,8 @@ export const LoadOutput = z.object({
   device: z.string(),
   /** Why `--device auto` runs this worker on a CPU adapter; null on a GPU or under `cpu`. */
   fallback: z.string().nullable(),
+  /** The device is a CPU adapter (lavapipe), whichever `--device` chose it. */
+  cpu: z.boolean(),
   parameters: z.number().int(),
 });
 
@@ -187,4 +189,29 @@ export const DebugPerturbOutput = z.object({
   /** True when the perturbation waits for the apply of `afterStep`. */
   armed: z.boolean(),
   appliedStep: z.number().int(),
+});
+
+/**
+ * Randomized SVDs of some of the base weights the worker holds (before its init), computed on its
+ * device; the factors go to the object store under `out` (train/linalg/svd_wire.ts).
+ */
+export const SvdInput = z.object({
+  matrices: z.array(z.object({
+    name: z.string(),
+    rank: z.number().int().min(1),
+    niter: z.number().int().min(0),
+    seed: z.number().int(),
+  })),
+  out: z.string(),
+});
+
+/** The shapes of the SVDs in `out`, in the order asked, and each one's time on the device. */
+export const SvdOutput = z.object({
+  matrices: z.array(z.object({
+    name: z.string(),
+    m: z.number().int().min(1),
+    n: z.number().int().min(1),
+    k: z.number().int().min(1),
+    ms: z.number(),
+  })),
 });

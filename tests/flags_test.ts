@@ -342,6 +342,7 @@ const CONFIG_KEYS = [
   "svd",
   "svd_niter",
   "svd_threads",
+  "svd_device",
   "nats",
   "store_replicas",
   "out",

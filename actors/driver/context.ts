@@ -88,6 +88,8 @@ export class RunState {
   factors = "";
   /** Wall time of the adapter init (SVDs included), ms; null when the run resumed. */
   initMs: number | null = null;
+  /** Where the init's randomized SVDs ran (`--svd-device`) and why; null when there were none. */
+  svdDevice: { asked: string; used: "cpu" | "gpu"; reason: string } | null = null;
   recoveries = 0;
   /** Re-synchronisations of W from worker 0 (tolerant sync). */
   resyncs = 0;

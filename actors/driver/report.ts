@@ -132,6 +132,7 @@ export function runReport(
     data: { path: o.data, examples: run.train.length },
     devices: fleet.devices,
     device_fallback: fleet.fallbacks,
+    ...(state.svdDevice ? { svd_device: state.svdDevice } : {}),
     ...(fleet.loadedVia.length > 0 ? { weights_loaded_via: fleet.loadedVia } : {}),
     ...(fleet.storeBytes.chunks > 0
       ? { weights_store: { chunks: fleet.storeBytes.chunks, peak_bytes: fleet.storeBytes.peak } }

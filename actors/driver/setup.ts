@@ -33,7 +33,14 @@ import { GpuWorker } from "../gpu_worker.ts";
 import type { WeightSource } from "../messages.ts";
 import { weightFileDigests } from "../../model/folder_digest.ts";
 import { defaultSvdThreads, SvdPool } from "../../train/linalg/svd_pool.ts";
-import { randomizedSvdMatrices, randomizedSvdsAhead } from "../../train/methods/init_svd.ts";
+import {
+  randomizedSvdMatrices,
+  randomizedSvdRequests,
+  randomizedSvdsAhead,
+} from "../../train/methods/init_svd.ts";
+import { SvdError, type SvdResult } from "../../train/linalg/svd.ts";
+import { decodeSvds } from "../../train/linalg/svd_wire.ts";
+import { AdapterInitError } from "../../train/methods/adapter_init.ts";
 import { type InitOptions, initOptionsOf } from "../../train/methods/init.ts";
 import { deleteStoredWeights, putStoredWeights, StoreBytes } from "../stored_weights.ts";
 import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
@@ -142,6 +149,8 @@ export interface DeviceFallback {
 /** The K workers of a run, and what they reported about their devices. */
 export class Fleet {
   devices: string[] = [];
+  /** Whether each worker's device is a CPU adapter (from the last load). */
+  cpus: boolean[] = [];
   readonly fallbacks: DeviceFallback[] = [];
   /** Floats of optimizer state per worker (from the last init). */
   optimizerFloats = 0;
@@ -253,6 +262,7 @@ export class Fleet {
       }, CALL)
     ));
     this.devices = loaded.map((r) => r.device);
+    this.cpus = loaded.map((r) => r.cpu);
     // Announced once per worker and kept for report.json: a run on the CPU adapter is slow, and
     // a user who expected a GPU must see why it did not get one. Workers with the same device and
     // reason share one line.
@@ -305,17 +315,57 @@ export class Fleet {
 }
 
 /**
- * The randomized SVDs of the init, on a pool of `--svd-threads` threads (one per core by
- * default), with a `train.init` event after each matrix for the progress display; none when the
- * method needs no SVD or every matrix gets the exact one.
+ * Where the init's randomized SVDs run: `--svd-device` cpu or gpu as asked; auto takes the
+ * workers' devices when every one of them is a GPU, and the driver's threads when any is a CPU
+ * adapter (there the passes over W would compete for the same cores, and lavapipe's f32 matmuls
+ * are slower than the float64 threads: `deno task bench svd`). Announced, and kept for
+ * report.json.
  */
-async function svdsAhead(ctx: DriverContext, run: RunInputs, options: InitOptions) {
+function chooseSvdDevice(ctx: DriverContext, fleet: Fleet, state: RunState): "cpu" | "gpu" {
+  const asked = ctx.o.svdDevice;
+  const onCpu = fleet.cpus.flatMap((c, k) => c ? [k] : []);
+  let used: "cpu" | "gpu";
+  let reason: string;
+  if (asked !== "auto") {
+    used = asked;
+    reason = `--svd-device ${asked}`;
+  } else if (onCpu.length === 0 && fleet.cpus.length > 0) {
+    used = "gpu";
+    reason = "auto: every worker has a GPU";
+  } else {
+    used = "cpu";
+    reason = `auto: worker${onCpu.length === 1 ? "" : "s"} ${onCpu.join(", ")} ` +
+      `${onCpu.length === 1 ? "is" : "are"} on a CPU adapter`;
+  }
+  state.svdDevice = { asked, used, reason };
+  return used;
+}
+
+/**
+ * The randomized SVDs of the init, with a `train.init` event after each matrix for the progress
+ * display; none when the method needs no SVD or every matrix gets the exact one. On the driver's
+ * pool of `--svd-threads` threads (float64), or on the workers' devices (`--svd-device`).
+ */
+async function svdsAhead(
+  ctx: DriverContext,
+  run: RunInputs,
+  fleet: Fleet,
+  state: RunState,
+  options: InitOptions,
+) {
   const components = ctx.method.svdComponents?.(ctx.o) ?? 0;
   const total = randomizedSvdMatrices(run.config, options).length;
   if (components === 0 || total === 0) return undefined;
+  const device = chooseSvdDevice(ctx, fleet, state);
   const threads = ctx.o.svdThreads === 0 ? defaultSvdThreads() : ctx.o.svdThreads;
-  ctx.log(`randomized SVD of ${total} matrices on ${threads} threads`);
+  ctx.log(
+    device === "gpu"
+      ? `randomized SVD of ${total} matrices on the ${fleet.workers.length} workers' devices ` +
+        `(${state.svdDevice!.reason})`
+      : `randomized SVD of ${total} matrices on ${threads} threads (${state.svdDevice!.reason})`,
+  );
   ctx.emit("init", { done: 0, total, ms: 0 });
+  if (device === "gpu") return await svdsOnWorkers(ctx, run, fleet, options, components);
   using pool = new SvdPool({ threads });
   return await randomizedSvdsAhead(
     run.config,
@@ -325,6 +375,47 @@ async function svdsAhead(ctx: DriverContext, run: RunInputs, options: InitOption
     pool,
     (p) => ctx.emit("init", { matrix: p.matrix, done: p.done, total: p.total, ms: p.ms }),
   );
+}
+
+/**
+ * The randomized SVDs on the workers: matrix i (model order) on worker i mod K, each worker
+ * through its list one matrix at a time on its own device with the base W it holds, its factors
+ * back through the object store. The driver then builds the init from these factors once, so
+ * every worker takes its slice of the same factors whichever worker computed them.
+ */
+async function svdsOnWorkers(
+  ctx: DriverContext,
+  run: RunInputs,
+  fleet: Fleet,
+  options: InitOptions,
+  components: number,
+): Promise<Map<string, SvdResult>> {
+  const requests = randomizedSvdRequests(run.config, options);
+  const K = fleet.workers.length;
+  const store = await ctx.system.objects();
+  const results = new Map<string, SvdResult>();
+  let done = 0;
+  await Promise.all(fleet.workers.map(async (w, k) => {
+    for (const r of requests.filter((_, i) => i % K === k)) {
+      const out = `${ctx.job}.svd.${r.name}`;
+      let reply;
+      try {
+        reply = await w.svd({
+          matrices: [{ name: r.name, rank: components, niter: r.niter, seed: r.seed }],
+          out,
+        }, CALL);
+      } catch (e) {
+        if (!(e instanceof SvdError)) throw e;
+        throw new AdapterInitError(`worker ${k}: ${e.message}`, r.name);
+      }
+      const [svd] = decodeSvds(await store.get(out), reply.matrices);
+      await store.delete(out);
+      results.set(r.name, svd);
+      const ms = reply.matrices[0].ms;
+      ctx.emit("init", { matrix: r.name, done: ++done, total: requests.length, ms });
+    }
+  }));
+  return new Map(requests.map((r) => [r.name, results.get(r.name)!]));
 }
 
 /**
@@ -342,7 +433,7 @@ export async function initMethod(
   if (announce) ctx.log(announce);
   const t0 = performance.now();
   const options: InitOptions = initOptionsOf(o);
-  const svds = await svdsAhead(ctx, run, options);
+  const svds = await svdsAhead(ctx, run, fleet, state, options);
   const init = ctx.method.init(run.config, run.baseWeights, { ...options, svds });
   state.initMs = performance.now() - t0;
   ctx.log(`adapter init: ${(state.initMs / 1000).toFixed(1)} s`);

@@ -421,6 +421,15 @@ export const FINETUNE_FLAGS = defineFlags({
       help: "threads of the adapter init's randomized SVDs (0 = one per core); same result",
       group: METHOD,
     },
+    "svd-device": {
+      type: "enum",
+      choices: ["cpu", "gpu", "auto"],
+      default: "auto",
+      help: "where the init's randomized SVDs run: cpu (the driver's threads, float64), gpu (the " +
+        "workers' devices, round-robin: passes over W in f32, QRs in float64; other bits than " +
+        "cpu) or auto (gpu when every worker has a GPU, cpu on CPU adapters; announced)",
+      group: METHOD,
+    },
     nats: {
       type: "custom",
       parse: (url: string, flag: string): string => {

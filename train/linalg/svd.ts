@@ -592,6 +592,19 @@ function randomizedPlan(
   options: RandomizedSvdOptions,
 ): RandomizedPlan {
   checkMatrix(A, m, n);
+  return randomizedShapePlan(m, n, rank, options);
+}
+
+/** The settings of a randomized SVD of an `[m, n]` matrix whose entries are not on the host. */
+function randomizedShapePlan(
+  m: number,
+  n: number,
+  rank: number,
+  options: RandomizedSvdOptions,
+): RandomizedPlan {
+  if (!Number.isInteger(m) || !Number.isInteger(n) || m < 1 || n < 1) {
+    throw new SvdError(`matrix shape [${m}, ${n}] is not a positive integer shape`);
+  }
   const kmax = Math.min(m, n);
   if (!Number.isInteger(rank) || rank < 1 || rank > kmax) {
     throw new SvdError(`rank ${rank} must be an integer in [1, ${kmax}] for a [${m}, ${n}] matrix`);
@@ -667,6 +680,20 @@ export function randomizedSvdPlan(
   options: RandomizedSvdOptions = {},
 ): Generator<SvdProduct, SvdResult, Float64Array> {
   return randomizedSvdSteps(m, n, randomizedPlan(A, m, n, rank, options));
+}
+
+/**
+ * The step sequence of `randomizedSvdPlan` for a matrix held elsewhere (on a GPU): only its
+ * shape and the settings are checked here, so the caller must check that every product it
+ * returns is finite (a non-finite entry of A shows there).
+ */
+export function randomizedSvdPlanOfShape(
+  m: number,
+  n: number,
+  rank: number,
+  options: RandomizedSvdOptions = {},
+): Generator<SvdProduct, SvdResult, Float64Array> {
+  return randomizedSvdSteps(m, n, randomizedShapePlan(m, n, rank, options));
 }
 
 /**

@@ -29,6 +29,26 @@ export function randomizedSvdMatrices(config: LlamaConfig, o: InitOptions): stri
     .map((l) => l.name);
 }
 
+/** One randomized SVD of an init: the weight, and the settings its walk would use. */
+export interface SvdRequest {
+  name: string;
+  shape: readonly number[];
+  niter: number;
+  seed: number;
+}
+
+/**
+ * The randomized SVDs of an init under `o`, in model order, with the settings the walk gives
+ * each (so that SVDs computed elsewhere with them can stand in for the walk's).
+ */
+export function randomizedSvdRequests(config: LlamaConfig, o: InitOptions): SvdRequest[] {
+  return adaptableLinears(config, o.targets).flatMap((l, i) => {
+    const svd = svdOptions(o, l.shape, i);
+    if (svd.method !== "randomized") return [];
+    return [{ name: l.name, shape: l.shape, niter: svd.niter ?? 4, seed: svd.seed ?? 0 }];
+  });
+}
+
 /**
  * The top `components` singular triplets of every adapted weight whose SVD is randomized, by
  * name, computed on `pool`. A weight that cannot be decomposed (non-finite entries, too small

@@ -171,6 +171,8 @@ export interface RunReport {
   devices?: string[];
   /** Workers that `--device auto` ran on a CPU adapter, and why (empty: none). */
   device_fallback?: { worker: number; device: string; reason: string }[];
+  /** Where the init's randomized SVDs ran (`--svd-device`), and why; absent when none ran. */
+  svd_device?: { asked: string; used: "cpu" | "gpu"; reason: string };
   /** How each worker read the base weights: the model folder itself or the object store. */
   weights_loaded_via?: ("folder" | "store")[];
   /**
@@ -320,6 +322,8 @@ export const reportSchema = z.looseObject({
   data: describedSchema.optional(),
   devices: z.array(z.string()).optional(),
   device_fallback: z.array(z.object({ worker: count, device: z.string(), reason: z.string() }))
+    .optional(),
+  svd_device: z.object({ asked: z.string(), used: z.enum(["cpu", "gpu"]), reason: z.string() })
     .optional(),
   weights_loaded_via: z.array(z.enum(["folder", "store"])).optional(),
   weights_store: z.looseObject({ chunks: count, peak_bytes: count }).optional(),
