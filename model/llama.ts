@@ -238,7 +238,6 @@ export class LlamaGpu {
       for (const k of adapted) xa.set(k, t([Tm, r], `xa ${k} ${l}`));
       const a: LayerActs = {
         x: resid[l],
-        ln1: t([Tm, d.C], `ln1 ${l}`),
         rstd1: t([Tm], `rstd1 ${l}`),
         q: t([Tm, d.H * d.D], `q ${l}`),
         k: t([Tm, d.KV * d.D], `k ${l}`),
@@ -246,14 +245,12 @@ export class LlamaGpu {
         att: t([Tm, d.H * d.D], `att ${l}`),
         lse: train ? t([Tm, d.H], `lse ${l}`) : null,
         xMid: t([Tm, d.C], `xMid ${l}`),
-        ln2: t([Tm, d.C], `ln2 ${l}`),
         rstd2: t([Tm], `rstd2 ${l}`),
         gate: t([Tm, d.I], `gate ${l}`),
         up: t([Tm, d.I], `up ${l}`),
         h: t([Tm, d.I], `h ${l}`),
         xa,
         out: resid[l + 1],
-        tmp: l === 0 ? t([Tm, d.C], "tmp") : this.#layers[0].tmp,
       };
       this.#layers.push(a);
       if (!perLayer) shared = a;

@@ -1,13 +1,15 @@
 /**
  * The LLaMA decoder as named forward/backward pairs in model order (llm.c style): a decoder
  * layer (RMSNorm, q/k/v, RoPE, causal attention, o + residual, RMSNorm, SwiGLU MLP + residual)
- * and the head (final RMSNorm, lm_head). They record into a Recorder and work on activation
+ * and the head (final RMSNorm, lm_head). Inside a layer the two RMSNorms are formed in the loads
+ * of the matmuls that read them (only rstd is computed and kept, the normalized [T, C] is never
+ * written), and the residual adds in the stores of o_proj and down_proj (gpu
+ * kernels/matmul_fused.ts); both have the bits of the separate passes they replace. They record into a Recorder and work on activation
  * buffers the caller preallocates; attention is a strategy, so the same layer code serves the
  * training forward (whole sequences) and cached greedy decoding.
  * @module
  */
 import {
-  add,
   attentionBackward,
   blockCopy,
   blockExtract,
@@ -15,9 +17,11 @@ import {
   matmulNN,
   matmulNT,
   matmulTN,
+  type NormOnLoad,
   type Recorder,
   rmsnormBackward,
   rmsnormForward,
+  rmsnormRstd,
   rmsnormWeightGrad,
   ropeBackward,
   ropeForward,
@@ -83,7 +87,7 @@ export interface BlockContext {
 export interface LayerActs {
   /** Layer input, the residual stream [T, C]. */
   x: GpuTensor;
-  ln1: GpuTensor;
+  /** 1/rms of every row of x [T] (the input norm is formed on load from x, rstd1, its weight). */
   rstd1: GpuTensor;
   /** [T, H·D] after RoPE. */
   q: GpuTensor;
@@ -96,7 +100,7 @@ export interface LayerActs {
   lse: GpuTensor | null;
   /** x + o_proj(att). */
   xMid: GpuTensor;
-  ln2: GpuTensor;
+  /** 1/rms of every row of xMid [T]. */
   rstd2: GpuTensor;
   gate: GpuTensor;
   up: GpuTensor;
@@ -106,8 +110,6 @@ export interface LayerActs {
   xa: Map<LinearKind, GpuTensor>;
   /** Layer output [T, C]; may be `x` itself when the input need not be kept. */
   out: GpuTensor;
-  /** [T, C] scratch for the o_proj and down_proj outputs. */
-  tmp: GpuTensor;
 }
 
 /** The first T rows of every activation (a micro-batch or decode step smaller than the buffers). */
@@ -117,7 +119,6 @@ export function layerActsRows(a: LayerActs, T: number, keepXa = true): LayerActs
   if (keepXa) { for (const [k, t] of a.xa) xa.set(k, v(t)); }
   return {
     x: v(a.x),
-    ln1: v(a.ln1),
     rstd1: v(a.rstd1),
     q: v(a.q),
     k: v(a.k),
@@ -125,14 +126,12 @@ export function layerActsRows(a: LayerActs, T: number, keepXa = true): LayerActs
     att: v(a.att),
     lse: a.lse ? v(a.lse) : null,
     xMid: v(a.xMid),
-    ln2: v(a.ln2),
     rstd2: v(a.rstd2),
     gate: v(a.gate),
     up: v(a.up),
     h: v(a.h),
     xa,
     out: v(a.out),
-    tmp: v(a.tmp),
   };
 }
 
@@ -188,32 +187,49 @@ export function layerForward(
 ): void {
   const { dims, params } = ctx;
   const w = (name: string) => params.weights.get(name)!;
-  const linear = (kind: LinearKind, y: GpuTensor, x: GpuTensor) => {
+  const linear = (
+    kind: LinearKind,
+    y: GpuTensor,
+    x: GpuTensor,
+    norm: NormOnLoad | null,
+    residual: GpuTensor | null,
+  ) => {
     const name = linearName(l, kind);
     linearForward(rec, {
       y,
       x,
+      norm,
+      residual,
       W: w(name),
       b: params.weights.get(biasNameOf(name)) ?? null,
       adapter: params.adapters.get(name),
       xa: a.xa.get(kind) ?? null,
     }, ctx.scales);
   };
-  rmsnormForward(rec, a.ln1, a.rstd1, a.x, w(normName(l, "input")), dims.eps);
-  linear("q_proj", a.q, a.ln1);
-  linear("k_proj", a.k, a.ln1);
-  linear("v_proj", a.v, a.ln1);
+  rmsnormRstd(rec, a.rstd1, a.x, dims.eps);
+  const n1 = normOf(ctx, l, "input", a);
+  linear("q_proj", a.q, a.x, n1, null);
+  linear("k_proj", a.k, a.x, n1, null);
+  linear("v_proj", a.v, a.x, n1, null);
   ropeForward(rec, a.q, attn.positions, attn.rope, dims.H);
   ropeForward(rec, a.k, attn.positions, attn.rope, dims.KV);
   attn.forward(rec, l, a.att, a.lse, a.q, a.k, a.v);
-  linear("o_proj", a.tmp, a.att);
-  add(rec, a.xMid, a.x, a.tmp);
-  rmsnormForward(rec, a.ln2, a.rstd2, a.xMid, w(normName(l, "post")), dims.eps);
-  linear("gate_proj", a.gate, a.ln2);
-  linear("up_proj", a.up, a.ln2);
+  linear("o_proj", a.xMid, a.att, null, a.x);
+  rmsnormRstd(rec, a.rstd2, a.xMid, dims.eps);
+  const n2 = normOf(ctx, l, "post", a);
+  linear("gate_proj", a.gate, a.xMid, n2, null);
+  linear("up_proj", a.up, a.xMid, n2, null);
+  // silu(gate)·up is one elementwise pass; gate and up stay stored for the backward.
   swigluForward(rec, a.h, a.gate, a.up);
-  linear("down_proj", a.tmp, a.h);
-  add(rec, a.out, a.xMid, a.tmp);
+  linear("down_proj", a.out, a.h, null, a.xMid);
+}
+
+/** A layer's norm as its matmuls read it: the kept rstd and the norm's weight. */
+function normOf(ctx: BlockContext, l: number, which: "input" | "post", a: LayerActs): NormOnLoad {
+  return {
+    rstd: which === "input" ? a.rstd1 : a.rstd2,
+    gamma: ctx.params.weights.get(normName(l, which))!,
+  };
 }
 
 /**
@@ -238,6 +254,7 @@ export function layerBackward(
     accumulateDx: boolean,
     dy: GpuTensor,
     x: GpuTensor,
+    norm: NormOnLoad | null = null,
   ) => {
     const name = linearName(l, kind);
     const adapter = ctx.adapterGrads ? params.adapters.get(name) : undefined;
@@ -246,6 +263,7 @@ export function layerBackward(
       accumulateDx,
       dy,
       x,
+      norm,
       W: w(name),
       dW: params.grads.get(name) ?? null,
       db: params.grads.get(biasNameOf(name)) ?? null,
@@ -266,8 +284,9 @@ export function layerBackward(
   // out = xMid + down(h): the residual passes dx on to xMid unchanged.
   linear("down_proj", g.dh, false, g.dx, a.h);
   swigluBackward(rec, g.dgate, g.dup, g.dh, a.gate, a.up);
-  linear("gate_proj", g.dln, false, g.dgate, a.ln2);
-  linear("up_proj", g.dln, true, g.dup, a.ln2);
+  const n2 = normOf(ctx, l, "post", a);
+  linear("gate_proj", g.dln, false, g.dgate, a.xMid, n2);
+  linear("up_proj", g.dln, true, g.dup, a.xMid, n2);
   const post = normName(l, "post");
   const dPost = params.grads.get(post);
   if (dPost) rmsnormWeightGrad(rec, dPost, g.dln, a.xMid, a.rstd2, true);
@@ -292,9 +311,10 @@ export function layerBackward(
   const inName = normName(l, "input");
   const dIn = params.grads.get(inName);
   const needDln = inputGrad || dIn !== undefined;
-  linear("q_proj", needDln ? g.dln : null, false, g.dq, a.ln1);
-  linear("k_proj", needDln ? g.dln : null, true, g.dk, a.ln1);
-  linear("v_proj", needDln ? g.dln : null, true, g.dv, a.ln1);
+  const n1 = normOf(ctx, l, "input", a);
+  linear("q_proj", needDln ? g.dln : null, false, g.dq, a.x, n1);
+  linear("k_proj", needDln ? g.dln : null, true, g.dk, a.x, n1);
+  linear("v_proj", needDln ? g.dln : null, true, g.dv, a.x, n1);
   if (dIn) rmsnormWeightGrad(rec, dIn, g.dln, a.x, a.rstd1, true);
   if (inputGrad) rmsnormBackward(rec, g.dx, g.dln, a.x, w(inName), a.rstd1, true);
 }

@@ -20,6 +20,7 @@ import {
   matmulNN,
   matmulNT,
   matmulTN,
+  type NormOnLoad,
   type Recorder,
   scale,
 } from "../gpu/mod.ts";
@@ -65,8 +66,15 @@ export function prefix(t: GpuTensor, shape: readonly number[]): GpuTensor {
 export interface LinearForward {
   /** [T, out] (written). */
   y: GpuTensor;
-  /** [T, in] */
+  /** [T, in]; with `norm`, the norm's input (the layer reads RMSNorm(x) on load). */
   x: GpuTensor;
+  /** The RMSNorm in front of the layer, formed in the matmuls' loads (gpu `NormOnLoad`). */
+  norm?: NormOnLoad | null;
+  /**
+   * [T, out] added to y by the last matmul that writes it (the adapter's when σ ≠ 0, else the
+   * base product's, before a bias): the residual stream, with no pass of its own.
+   */
+  residual?: GpuTensor | null;
   /** [out, in] */
   W: GpuTensor;
   /** [out], added to every row after x·Wᵀ (as `F.linear`), before the adapter term (as PEFT). */
@@ -77,11 +85,16 @@ export interface LinearForward {
 }
 
 export function linearForward(rec: Recorder, t: LinearForward, scales: AdapterScales): void {
-  matmulNT(rec, t.y, t.x, t.W);
+  const norm = t.norm ?? undefined;
+  const residual = t.residual ?? undefined;
+  const adapterTerm = t.adapter !== undefined && t.xa != null && scales.sigma !== 0;
+  matmulNT(rec, t.y, t.x, t.W, { norm, residual: adapterTerm ? undefined : residual });
   if (t.b) biasForward(rec, t.y, t.b);
   if (!t.adapter || !t.xa) return;
-  matmulNT(rec, t.xa, t.x, t.adapter.A);
-  if (scales.sigma !== 0) matmulNT(rec, t.y, t.xa, t.adapter.B, { alpha: scales.sigma, beta: 1 });
+  matmulNT(rec, t.xa, t.x, t.adapter.A, { norm });
+  if (adapterTerm) {
+    matmulNT(rec, t.y, t.xa, t.adapter.B, { alpha: scales.sigma, beta: 1, residual });
+  }
 }
 
 export interface LinearBackward {
@@ -90,8 +103,10 @@ export interface LinearBackward {
   accumulateDx: boolean;
   /** [T, out] */
   dy: GpuTensor;
-  /** [T, in], the forward input. */
+  /** [T, in], the forward input (the norm's input with `norm`). */
   x: GpuTensor;
+  /** The forward's norm on load: the weight and adapter gradients read RMSNorm(x) the same way. */
+  norm?: NormOnLoad | null;
   W: GpuTensor;
   /** [out, in] ∂W accumulator; null when W is frozen. */
   dW: GpuTensor | null;
@@ -105,7 +120,8 @@ export interface LinearBackward {
 
 export function linearBackward(rec: Recorder, t: LinearBackward, scales: AdapterScales): void {
   if (t.dx) matmulNN(rec, t.dx, t.dy, t.W, { beta: t.accumulateDx ? 1 : 0 });
-  if (t.dW) matmulTN(rec, t.dW, t.dy, t.x, { beta: 1 });
+  const norm = t.norm ?? undefined;
+  if (t.dW) matmulTN(rec, t.dW, t.dy, t.x, { beta: 1, norm });
   if (t.db) biasBackward(rec, t.db, t.dy, true);
   const ad = t.adapter;
   if (!ad) return;
@@ -116,7 +132,7 @@ export function linearBackward(rec: Recorder, t: LinearBackward, scales: Adapter
   if (scales.gamma === null) {
     matmulTN(rec, ad.gB, t.dy, t.xa, { alpha: scales.scale, beta: 1 });
     matmulNN(rec, dyB, t.dy, ad.B);
-    matmulTN(rec, ad.gA, dyB, t.x, { alpha: scales.scale, beta: 1 });
+    matmulTN(rec, ad.gA, dyB, t.x, { alpha: scales.scale, beta: 1, norm });
     if (t.dx && scales.sigma !== 0) {
       matmulNN(rec, t.dx, dyB, ad.A, { alpha: scales.sigma, beta: 1 });
     }
@@ -128,6 +144,6 @@ export function linearBackward(rec: Recorder, t: LinearBackward, scales: Adapter
   scale(rec, dH, t.dy, scales.sigma);
   matmulTN(rec, ad.gB, dH, t.xa, { alpha: inv, beta: 1 });
   matmulNN(rec, dyB, dH, ad.B);
-  matmulTN(rec, ad.gA, dyB, t.x, { alpha: inv, beta: 1 });
+  matmulTN(rec, ad.gA, dyB, t.x, { alpha: inv, beta: 1, norm });
   if (t.dx) matmulNN(rec, t.dx, dyB, ad.A, { beta: 1 });
 }

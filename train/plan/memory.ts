@@ -268,7 +268,6 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
   act("resid", Tm * C, L + 1);
   for (
     const [label, n] of [
-      ["ln1", Tm * C],
       ["rstd1", Tm],
       ["q", Tm * H * D],
       ["k", Tm * KV * D],
@@ -276,7 +275,6 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
       ["att", Tm * H * D],
       ["lse", Tm * H],
       ["xMid", Tm * C],
-      ["ln2", Tm * C],
       ["rstd2", Tm],
       ["gate", Tm * I],
       ["up", Tm * I],
@@ -284,7 +282,6 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     ] as const
   ) act(label, n, perLayer);
   for (const k of LINEAR_KINDS) if (kinds.has(k)) act(`xa ${k}`, Tm * r, perLayer);
-  act("tmp", Tm * C);
   act("lnf", Tm * C);
   act("rstdf", Tm);
   act("losses", Tm);
