@@ -1,10 +1,11 @@
 /**
  * The LLaMA decoder as named forward/backward pairs in model order (llm.c style): a decoder
  * layer (RMSNorm, q/k/v, RoPE, causal attention, o + residual, RMSNorm, SwiGLU MLP + residual)
- * and the head (final RMSNorm, lm_head). Inside a layer the two RMSNorms are formed in the loads
- * of the matmuls that read them (only rstd is computed and kept, the normalized [T, C] is never
- * written), and the residual adds in the stores of o_proj and down_proj (gpu
- * kernels/matmul_fused.ts); both have the bits of the separate passes they replace. They record into a Recorder and work on activation
+ * and the head (final RMSNorm, lm_head). The residual adds happen in the stores of o_proj and
+ * down_proj, and on GPU adapters the two RMSNorms of a layer are formed in the loads of the
+ * matmuls that read them (only rstd is computed and kept, the normalized [T, C] is never written;
+ * gpu kernels/matmul_fused.ts). Both have the bits of the separate passes they replace, so a
+ * model gives the same bits with the norms on load or written (`normOnLoadFor`). They record into a Recorder and work on activation
  * buffers the caller preallocates; attention is a strategy, so the same layer code serves the
  * training forward (whole sequences) and cached greedy decoding.
  * @module
@@ -13,6 +14,7 @@ import {
   attentionBackward,
   blockCopy,
   blockExtract,
+  type Gpu,
   type GpuTensor,
   matmulNN,
   matmulNT,
@@ -87,7 +89,9 @@ export interface BlockContext {
 export interface LayerActs {
   /** Layer input, the residual stream [T, C]. */
   x: GpuTensor;
-  /** 1/rms of every row of x [T] (the input norm is formed on load from x, rstd1, its weight). */
+  /** RMSNorm(x) [T, C], or null when the matmuls form it on load from x, rstd1 and its weight. */
+  ln1: GpuTensor | null;
+  /** 1/rms of every row of x [T]. */
   rstd1: GpuTensor;
   /** [T, H·D] after RoPE. */
   q: GpuTensor;
@@ -100,6 +104,8 @@ export interface LayerActs {
   lse: GpuTensor | null;
   /** x + o_proj(att). */
   xMid: GpuTensor;
+  /** RMSNorm(xMid) [T, C], or null when formed on load. */
+  ln2: GpuTensor | null;
   /** 1/rms of every row of xMid [T]. */
   rstd2: GpuTensor;
   gate: GpuTensor;
@@ -119,6 +125,7 @@ export function layerActsRows(a: LayerActs, T: number, keepXa = true): LayerActs
   if (keepXa) { for (const [k, t] of a.xa) xa.set(k, v(t)); }
   return {
     x: v(a.x),
+    ln1: a.ln1 ? v(a.ln1) : null,
     rstd1: v(a.rstd1),
     q: v(a.q),
     k: v(a.k),
@@ -126,6 +133,7 @@ export function layerActsRows(a: LayerActs, T: number, keepXa = true): LayerActs
     att: v(a.att),
     lse: a.lse ? v(a.lse) : null,
     xMid: v(a.xMid),
+    ln2: a.ln2 ? v(a.ln2) : null,
     rstd2: v(a.rstd2),
     gate: v(a.gate),
     up: v(a.up),
@@ -206,30 +214,59 @@ export function layerForward(
       xa: a.xa.get(kind) ?? null,
     }, ctx.scales);
   };
-  rmsnormRstd(rec, a.rstd1, a.x, dims.eps);
-  const n1 = normOf(ctx, l, "input", a);
-  linear("q_proj", a.q, a.x, n1, null);
-  linear("k_proj", a.k, a.x, n1, null);
-  linear("v_proj", a.v, a.x, n1, null);
+  const n1 = normForward(rec, ctx, l, "input", a);
+  linear("q_proj", a.q, n1.x, n1.norm, null);
+  linear("k_proj", a.k, n1.x, n1.norm, null);
+  linear("v_proj", a.v, n1.x, n1.norm, null);
   ropeForward(rec, a.q, attn.positions, attn.rope, dims.H);
   ropeForward(rec, a.k, attn.positions, attn.rope, dims.KV);
   attn.forward(rec, l, a.att, a.lse, a.q, a.k, a.v);
   linear("o_proj", a.xMid, a.att, null, a.x);
-  rmsnormRstd(rec, a.rstd2, a.xMid, dims.eps);
-  const n2 = normOf(ctx, l, "post", a);
-  linear("gate_proj", a.gate, a.xMid, n2, null);
-  linear("up_proj", a.up, a.xMid, n2, null);
+  const n2 = normForward(rec, ctx, l, "post", a);
+  linear("gate_proj", a.gate, n2.x, n2.norm, null);
+  linear("up_proj", a.up, n2.x, n2.norm, null);
   // silu(gate)·up is one elementwise pass; gate and up stay stored for the backward.
   swigluForward(rec, a.h, a.gate, a.up);
   linear("down_proj", a.out, a.h, null, a.xMid);
 }
 
-/** A layer's norm as its matmuls read it: the kept rstd and the norm's weight. */
-function normOf(ctx: BlockContext, l: number, which: "input" | "post", a: LayerActs): NormOnLoad {
-  return {
-    rstd: which === "input" ? a.rstd1 : a.rstd2,
-    gamma: ctx.params.weights.get(normName(l, which))!,
-  };
+/**
+ * Whether a model on this device forms its layers' RMSNorms on load. Not on CPU adapters: there
+ * the norm's two multiplies would run again in every product that reads it, at the cost of its
+ * FMAs in the skinny adapter products (which lavapipe runs as one workgroup), so writing the
+ * normalized activations once is faster. On a GPU the tiled kernel applies it once per staged
+ * element and the saved [T, C] writes, reads and memory are the gain.
+ */
+export function normOnLoadFor(gpu: Gpu): boolean {
+  return !gpu.info.isCpu;
+}
+
+/** How a layer's matmuls read one of its norms: a written ln (norm null), or x with the norm. */
+interface NormInput {
+  x: GpuTensor;
+  norm: NormOnLoad | null;
+}
+
+/** A layer's norm as its matmuls read it, without recording anything (the backward). */
+function normOf(ctx: BlockContext, l: number, which: "input" | "post", a: LayerActs): NormInput {
+  const [x, ln, rstd] = which === "input" ? [a.x, a.ln1, a.rstd1] : [a.xMid, a.ln2, a.rstd2];
+  if (ln) return { x: ln, norm: null };
+  return { x, norm: { rstd, gamma: ctx.params.weights.get(normName(l, which))! } };
+}
+
+/** Records a layer's norm in the forward: all of it into ln, or only rstd when formed on load. */
+function normForward(
+  rec: Recorder,
+  ctx: BlockContext,
+  l: number,
+  which: "input" | "post",
+  a: LayerActs,
+): NormInput {
+  const [x, ln, rstd] = which === "input" ? [a.x, a.ln1, a.rstd1] : [a.xMid, a.ln2, a.rstd2];
+  const eps = ctx.dims.eps;
+  if (ln) rmsnormForward(rec, ln, rstd, x, ctx.params.weights.get(normName(l, which))!, eps);
+  else rmsnormRstd(rec, rstd, x, eps);
+  return normOf(ctx, l, which, a);
 }
 
 /**
@@ -285,8 +322,8 @@ export function layerBackward(
   linear("down_proj", g.dh, false, g.dx, a.h);
   swigluBackward(rec, g.dgate, g.dup, g.dh, a.gate, a.up);
   const n2 = normOf(ctx, l, "post", a);
-  linear("gate_proj", g.dln, false, g.dgate, a.xMid, n2);
-  linear("up_proj", g.dln, true, g.dup, a.xMid, n2);
+  linear("gate_proj", g.dln, false, g.dgate, n2.x, n2.norm);
+  linear("up_proj", g.dln, true, g.dup, n2.x, n2.norm);
   const post = normName(l, "post");
   const dPost = params.grads.get(post);
   if (dPost) rmsnormWeightGrad(rec, dPost, g.dln, a.xMid, a.rstd2, true);
@@ -312,9 +349,9 @@ export function layerBackward(
   const dIn = params.grads.get(inName);
   const needDln = inputGrad || dIn !== undefined;
   const n1 = normOf(ctx, l, "input", a);
-  linear("q_proj", needDln ? g.dln : null, false, g.dq, a.x, n1);
-  linear("k_proj", needDln ? g.dln : null, true, g.dk, a.x, n1);
-  linear("v_proj", needDln ? g.dln : null, true, g.dv, a.x, n1);
+  linear("q_proj", needDln ? g.dln : null, false, g.dq, n1.x, n1.norm);
+  linear("k_proj", needDln ? g.dln : null, true, g.dk, n1.x, n1.norm);
+  linear("v_proj", needDln ? g.dln : null, true, g.dv, n1.x, n1.norm);
   if (dIn) rmsnormWeightGrad(rec, dIn, g.dln, a.x, a.rstd1, true);
   if (inputGrad) rmsnormBackward(rec, g.dx, g.dln, a.x, w(inName), a.rstd1, true);
 }

@@ -36,6 +36,11 @@
  * and rounded to nearest even once per element (`accumulatePacked`), so `W ← rnd(W + α·A·B)`
  * is the f32 formula with one rounding, the same bits on every device.
  *
+ * Fusions (kernels/matmul_fused.ts), in both implementations: `norm` reads NT's A or TN's B
+ * through RMSNorm (gamma·(x·rstd), applied to each loaded value; the tiled kernel does it once per
+ * staged element), `residual` adds R in the store. Neither changes the FMA chain, so the bits
+ * are those of the separate passes.
+ *
  * Loop passes per invocation (see `MAX_INVOCATION_LOOP`): the register kernel runs ⌈K/step⌉ + 1
  * (step 4 when K % 4 == 0, else 1), the tiled kernel ⌈K/BK⌉ + 1 (its constant loops are written
  * out; BK is 8 or 16), so K may reach 65,534 (262,136 with step 4) and 524,272 or more; a larger K is
