@@ -31,7 +31,6 @@ import {
   layerActsRows,
   layerForward,
   lmHeadName,
-  normOnLoadFor,
 } from "./llama_blocks.ts";
 import { LlamaInputError } from "./llama_errors.ts";
 import { dynamicRopeEngaged, ropeInvFreq } from "./rope.ts";
@@ -175,7 +174,6 @@ async function generateBatch(
     held.push(rope.cos, rope.sin);
 
     const x = t([R, d.C], "x");
-    const onLoad = normOnLoadFor(gpu);
     const xa = new Map<LinearKind, GpuTensor>();
     if (ctx.scales.sigma !== 0) {
       for (const name of ctx.params.adapters.keys()) {
@@ -185,7 +183,7 @@ async function generateBatch(
     }
     const acts: LayerActs = {
       x,
-      ln1: onLoad ? null : t([R, d.C], "ln1"),
+      ln1: null,
       rstd1: t([R], "rstd1"),
       q: t([R, d.H * d.D], "q"),
       k: t([R, d.KV * d.D], "k"),
@@ -193,7 +191,7 @@ async function generateBatch(
       att: t([R, d.H * d.D], "att"),
       lse: null,
       xMid: t([R, d.C], "xMid"),
-      ln2: onLoad ? null : t([R, d.C], "ln2"),
+      ln2: null,
       rstd2: t([R], "rstd2"),
       gate: t([R, d.I], "gate"),
       up: t([R, d.I], "up"),

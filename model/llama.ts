@@ -54,7 +54,6 @@ import {
   layerForward,
   type LayerGrads,
   lmHeadName,
-  normOnLoadFor,
 } from "./llama_blocks.ts";
 import type { AdapterBuffers, AdapterScales, LinearScratch } from "./llama_linear.ts";
 import {
@@ -109,8 +108,8 @@ export interface LlamaGpuOptions {
   recompute?: boolean;
   /**
    * Form each layer's RMSNorms in the loads of the matmuls that read them instead of writing the
-   * normalized activations (model/llama_blocks.ts); the same bits either way. Default
-   * `normOnLoadFor(gpu)`: on GPU adapters, not on CPU ones.
+   * normalized activations (model/llama_blocks.ts); the same bits either way, two [T, C]
+   * buffers fewer per layer. Default true; false keeps the separate pass (to compare).
    */
   normOnLoad?: boolean;
   /**
@@ -399,7 +398,7 @@ export class LlamaGpu {
         headChunk: headChunkOf(gpu, config, options),
         gradients: options.gradients,
         recompute: options.gradients !== "none" && (options.recompute ?? false),
-        normOnLoad: options.normOnLoad ?? normOnLoadFor(gpu),
+        normOnLoad: options.normOnLoad ?? true,
         weightsDtype,
         adapters: options.adapters,
       }, held);

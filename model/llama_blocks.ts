@@ -2,10 +2,10 @@
  * The LLaMA decoder as named forward/backward pairs in model order (llm.c style): a decoder
  * layer (RMSNorm, q/k/v, RoPE, causal attention, o + residual, RMSNorm, SwiGLU MLP + residual)
  * and the head (final RMSNorm, lm_head). The residual adds happen in the stores of o_proj and
- * down_proj, and on GPU adapters the two RMSNorms of a layer are formed in the loads of the
- * matmuls that read them (only rstd is computed and kept, the normalized [T, C] is never written;
- * gpu kernels/matmul_fused.ts). Both have the bits of the separate passes they replace, so a
- * model gives the same bits with the norms on load or written (`normOnLoadFor`). They record into a Recorder and work on activation
+ * down_proj, and the two RMSNorms of a layer are formed in the loads of the matmuls that read
+ * them (only rstd is computed and kept, the normalized [T, C] is never written; gpu
+ * kernels/matmul_fused.ts), unless the activations carry ln1/ln2 buffers (the model's
+ * `normOnLoad: false`). Both have the bits of the separate passes they replace. They record into a Recorder and work on activation
  * buffers the caller preallocates; attention is a strategy, so the same layer code serves the
  * training forward (whole sequences) and cached greedy decoding.
  * @module
@@ -14,7 +14,6 @@ import {
   attentionBackward,
   blockCopy,
   blockExtract,
-  type Gpu,
   type GpuTensor,
   matmulNN,
   matmulNT,
@@ -228,17 +227,6 @@ export function layerForward(
   // silu(gate)·up is one elementwise pass; gate and up stay stored for the backward.
   swigluForward(rec, a.h, a.gate, a.up);
   linear("down_proj", a.out, a.h, null, a.xMid);
-}
-
-/**
- * Whether a model on this device forms its layers' RMSNorms on load. Not on CPU adapters: there
- * the norm's two multiplies would run again in every product that reads it, at the cost of its
- * FMAs in the skinny adapter products (which lavapipe runs as one workgroup), so writing the
- * normalized activations once is faster. On a GPU the tiled kernel applies it once per staged
- * element and the saved [T, C] writes, reads and memory are the gain.
- */
-export function normOnLoadFor(gpu: Gpu): boolean {
-  return !gpu.info.isCpu;
 }
 
 /** How a layer's matmuls read one of its norms: a written ln (norm null), or x with the norm. */

@@ -1,7 +1,7 @@
-// The decoder layer with its RMSNorms formed in the matmuls' loads (`normOnLoad: true`, the
-// default on GPU adapters) against the same model writing the normalized activations (the
-// default on CPU adapters such as lavapipe): the same loss and gradients, bit for bit, with full
-// weight and adapter gradients, the numeric mute, a sliding window and biases; and fewer bytes.
+// The decoder layer with its RMSNorms formed in the matmuls' loads (`normOnLoad`, the default)
+// against the same model writing the normalized activations (`normOnLoad: false`, the separate
+// pass): the same loss and gradients, bit for bit, with full-weight and adapter gradients, the
+// numeric mute, a sliding window and biases, recompute; and two [T, C] buffers fewer per layer.
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/mod.ts";
 import { LINEAR_KINDS, type LlamaConfig } from "../model/config.ts";

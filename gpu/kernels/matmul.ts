@@ -179,18 +179,22 @@ interface RegisterConfig {
   /** RMSNorm on load of P or Q (see `NormOnLoad`), by the axis t runs along; "" for none. */
   pn: NormAxis | "";
   qn: NormAxis | "";
+  /** The store adds the residual R (kernels/matmul_fused.ts). */
+  res: boolean;
 }
 
 /** "" for two f32 operands (the names of the f32 kernels are unchanged), else `_<P>_<Q>`. */
 const typeKey = (p: Operand, q: Operand) => (p === "f32" && q === "f32" ? "" : `_${p}_${q}`);
 const normKey = (p: NormAxis | "", q: NormAxis | "") => (p || q ? `_n${p || "-"}${q || "-"}` : "");
 const registerKey = (c: RegisterConfig) =>
-  `${c.TU}x${c.TL}x${c.WG}${c.pm}${c.qm}${c.step}${typeKey(c.pt, c.qt)}${normKey(c.pn, c.qn)}`;
+  `${c.TU}x${c.TL}x${c.WG}${c.pm}${c.qm}${c.step}${typeKey(c.pt, c.qt)}${normKey(c.pn, c.qn)}${
+    c.res ? "_r" : ""
+  }`;
 
 const REGISTER = defineKernelVariants(registerKernel, registerKey);
 
 function registerKernel(c: RegisterConfig) {
-  const { TU, TL, WG, pm, qm, step, pt, qt, pn, qn } = c;
+  const { TU, TL, WG, pm, qm, step, pt, qt, pn, qn, res } = c;
   const L: string[] = [];
   const us = [...Array(TU).keys()];
   const ls = [...Array(TL).keys()];
@@ -309,7 +313,6 @@ function registerKernel(c: RegisterConfig) {
       sCl: "u32",
       alpha: "f32",
       beta: "f32",
-      res: "u32",
     },
     bindings: {
       P: operand(pm, pt),
@@ -322,7 +325,7 @@ function registerKernel(c: RegisterConfig) {
     // The k loop is the only loop: ⌈K/step⌉ iterations.
     loopBound: ({ K }: { K: number }) => Math.ceil(K / step) + 1,
     body: /* wgsl */ `
-${storeWgsl("u < p.U && l < p.L", "u * p.sCu + l * p.sCl", "u: u32, l: u32")}
+${storeWgsl("u < p.U && l < p.L", "u * p.sCu + l * p.sCl", "u: u32, l: u32", res)}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -377,24 +380,26 @@ function dispatchRegister(
   const [pn, qn]: (NormAxis | "")[] = swap
     ? [p.normB ?? "", p.normA ?? ""]
     : [p.normA ?? "", p.normB ?? ""];
-  rec.dispatch(REGISTER.variant({ TU, TL, WG, pm, qm, step, pt, qt, pn, qn }), {
-    bindings: { P, Q, C: c, R: fused.R, nr: fused.nr, ng: fused.ng },
-    params: {
-      U,
-      L: Lw,
-      K: p.K,
-      sPu,
-      sPk,
-      sQl,
-      sQk,
-      sCu: swap ? 1 : p.N,
-      sCl: swap ? p.N : 1,
-      alpha,
-      beta,
-      res: fused.R ? 1 : 0,
+  rec.dispatch(
+    REGISTER.variant({ TU, TL, WG, pm, qm, step, pt, qt, pn, qn, res: fused.R !== null }),
+    {
+      bindings: { P, Q, C: c, R: fused.R, nr: fused.nr, ng: fused.ng },
+      params: {
+        U,
+        L: Lw,
+        K: p.K,
+        sPu,
+        sPk,
+        sQl,
+        sQk,
+        sCu: swap ? 1 : p.N,
+        sCl: swap ? p.N : 1,
+        alpha,
+        beta,
+      },
+      grid: [Math.ceil(Lw / (WG * TL)), Math.ceil(U / TU)],
     },
-    grid: [Math.ceil(Lw / (WG * TL)), Math.ceil(U / TU)],
-  });
+  );
 }
 
 // ---- public API ------------------------------------------------------------------------------

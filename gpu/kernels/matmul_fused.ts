@@ -40,21 +40,22 @@ export function scaleArray(axis: NormAxis, rows: boolean): "nr" | "ng" {
 }
 
 /**
- * WGSL `fn store(<args>, acc: f32)`: `C[o] = α·acc (+ β·C[o]) (+ R[o])` when `inside`. The
- * residual comes last, as the separate add it replaces did (`x + (x̂·Wᵀ)`), and with α = 1,
- * β = 0 it is one rounding of acc + R whether or not the compiler contracts it into an fma.
- * Kernels using it declare `beta`, `alpha`, `res` parameters and the C and R bindings.
+ * WGSL `fn store(<args>, acc: f32)`: `C[o] = α·acc (+ β·C[o])` when `inside`, and with `residual`
+ * `+ R[o]` last, as the separate add it replaces did (`x + (x̂·Wᵀ)`); with α = 1, β = 0 that is
+ * one rounding of acc + R whether or not the compiler contracts it into an fma. The residual is
+ * a variant of its own, so that the other kernels keep their store unchanged (a branch per store
+ * on a uniform flag measured a few per cent slower on lavapipe). Kernels using it declare
+ * `alpha`, `beta` and the C and R bindings.
  */
-export function storeWgsl(inside: string, offset: string, args: string): string {
+export function storeWgsl(inside: string, offset: string, args: string, residual: boolean): string {
+  const plain =
+    "if (p.beta == 0.0) { C[o] = p.alpha * acc; } else { C[o] = p.alpha * acc + p.beta * C[o]; }";
+  const res =
+    "if (p.beta == 0.0) { C[o] = p.alpha * acc + R[o]; } else { C[o] = (p.alpha * acc + p.beta * C[o]) + R[o]; }";
   return /* wgsl */ `fn store(${args}, acc: f32) {
   if (${inside}) {
     let o = ${offset};
-    if (p.beta == 0.0) {
-      if (p.res == 0u) { C[o] = p.alpha * acc; } else { C[o] = p.alpha * acc + R[o]; }
-    } else {
-      let v = p.alpha * acc + p.beta * C[o];
-      if (p.res == 0u) { C[o] = v; } else { C[o] = v + R[o]; }
-    }
+    ${residual ? res : plain}
   }
 }`;
 }

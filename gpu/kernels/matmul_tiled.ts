@@ -94,6 +94,8 @@ interface TiledConfig extends TileShape {
   /** RMSNorm on load of A or B, applied while staging (once per element and tile). */
   an: NormAxis | "";
   bn: NormAxis | "";
+  /** The store adds the residual R (kernels/matmul_fused.ts). */
+  res: boolean;
 }
 
 /** The name of a tile shape. */
@@ -101,7 +103,7 @@ export const tileName = (s: TileShape) => `${s.BM}x${s.BN}x${s.BK}/${s.TM}x${s.T
 
 const configKey = (c: TiledConfig) =>
   `${c.BM}x${c.BN}x${c.BK}_${c.TM}x${c.TN}_${c.am}${c.bm}_${c.at}${c.bt}${c.half ? "_h" : ""}` +
-  (c.an || c.bn ? `_n${c.an || "-"}${c.bn || "-"}` : "");
+  (c.an || c.bn ? `_n${c.an || "-"}${c.bn || "-"}` : "") + (c.res ? "_r" : "");
 
 /** WGSL statements `line(0) … line(n-1)` written out (constant loops add no loop passes). */
 function unrolled(n: number, line: (i: number) => string, indent = "  "): string {
@@ -241,7 +243,6 @@ const TILED = defineKernelVariants((c: TiledConfig) => {
       sCn: "u32",
       alpha: "f32",
       beta: "f32",
-      res: "u32",
     },
     bindings: {
       A: operand(c.am, c.at),
@@ -257,7 +258,7 @@ const TILED = defineKernelVariants((c: TiledConfig) => {
 var<workgroup> As: array<vec4<${st}>, ${(BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<${st}>, ${(BK * BN) / 4}>;
 
-${storeWgsl("m < p.M && n < p.N", "m * p.sCm + n * p.sCn", "m: u32, n: u32")}
+${storeWgsl("m < p.M && n < p.N", "m * p.sCm + n * p.sCn", "m: u32, n: u32", c.res)}
 
 fn store4(m: u32, n: u32, acc: vec4<f32>) {
   store(m, n, acc.x);
@@ -330,6 +331,7 @@ export function dispatchTiled(
     half: options.shaderF16 && at === "f16" && bt === "f16",
     an: p.normA ?? "",
     bn: p.normB ?? "",
+    res: options.fused?.R != null,
   };
   const f = options.fused ?? { R: null, nr: null, ng: null };
   const rowTiles = Math.ceil(p.M / s.BM);
@@ -348,7 +350,6 @@ export function dispatchTiled(
       sCn: 1,
       alpha,
       beta,
-      res: f.R ? 1 : 0,
     },
     grid: [Math.ceil(p.N / s.BN), Math.ceil(rowTiles / z), z],
   });
