@@ -413,3 +413,23 @@ export function hdPissaRef(
   }
   return res;
 }
+
+/**
+ * The fused linear of kernels/matmul_fused.ts: y [T, N] = rmsnorm(x, gamma)·Wᵀ + R (R may be
+ * null), with x [T, F], gamma [F], W [N, F]; and x̂ = rmsnorm(x, gamma) for the backward.
+ */
+export function normLinearRef(
+  x: Arr,
+  gamma: Arr,
+  W: Arr,
+  R: Arr | null,
+  T: number,
+  F: number,
+  N: number,
+  eps: number,
+): { y: Float64Array; xn: Float64Array } {
+  const xn = rmsnormRef(x, gamma, T, F, eps).y;
+  const y = matmulRef("NT", T, N, F, xn, W, null);
+  if (R) { for (let i = 0; i < T * N; i++) y[i] += R[i]; }
+  return { y, xn };
+}

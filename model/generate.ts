@@ -183,7 +183,7 @@ async function generateBatch(
     }
     const acts: LayerActs = {
       x,
-      ln1: t([R, d.C], "ln1"),
+      ln1: null,
       rstd1: t([R], "rstd1"),
       q: t([R, d.H * d.D], "q"),
       k: t([R, d.KV * d.D], "k"),
@@ -191,14 +191,13 @@ async function generateBatch(
       att: t([R, d.H * d.D], "att"),
       lse: null,
       xMid: t([R, d.C], "xMid"),
-      ln2: t([R, d.C], "ln2"),
+      ln2: null,
       rstd2: t([R], "rstd2"),
       gate: t([R, d.I], "gate"),
       up: t([R, d.I], "up"),
       h: t([R, d.I], "h"),
       xa,
       out: x,
-      tmp: t([R, d.C], "tmp"),
     };
     const kCache: GpuTensor[] = [];
     const vCache: GpuTensor[] = [];

@@ -110,6 +110,12 @@ export interface LlamaGpuOptions {
    */
   recompute?: boolean;
   /**
+   * Form each layer's RMSNorms in the loads of the matmuls that read them instead of writing the
+   * normalized activations (model/llama_blocks.ts); the same bits either way, two [T, C]
+   * buffers fewer per layer. Default true; false keeps the separate pass (to compare).
+   */
+  normOnLoad?: boolean;
+  /**
    * The device dtype of the weight matrices (linears, embedding, lm_head): "f32" (default), or
    * "bf16"/"f16", two per 32-bit word, converted exactly to f32 in the kernels (compute stays
    * f32). Not with gradients "weights" (an optimizer needs an f32 W). See llama_params.ts.
@@ -126,6 +132,8 @@ export interface LlamaGpuSizes {
   readonly gradients: LlamaGpuOptions["gradients"];
   /** Layer activations recomputed in the backward (training only). */
   readonly recompute: boolean;
+  /** The layers' RMSNorms are formed in the matmuls' loads (not written). */
+  readonly normOnLoad: boolean;
   /** The device dtype of the weight matrices. */
   readonly weightsDtype: WeightsDtype;
   readonly adapters?: { readonly targets: readonly LinearKind[]; readonly rank: number };
@@ -231,6 +239,7 @@ export class LlamaGpu {
     // Each layer has its own activations when training without recomputation; otherwise the
     // layers share one set (each with its own input and output in the residual stream).
     const perLayer = train && !options.recompute;
+    const onLoad = options.normOnLoad;
     let shared: LayerActs | null = null;
     this.#layers = [];
     for (let l = 0; l < d.L; l++) {
@@ -242,7 +251,7 @@ export class LlamaGpu {
       for (const k of adapted) xa.set(k, t([Tm, r], `xa ${k} ${l}`));
       const a: LayerActs = {
         x: resid[l],
-        ln1: t([Tm, d.C], `ln1 ${l}`),
+        ln1: onLoad ? null : t([Tm, d.C], `ln1 ${l}`),
         rstd1: t([Tm], `rstd1 ${l}`),
         q: t([Tm, d.H * d.D], `q ${l}`),
         k: t([Tm, d.KV * d.D], `k ${l}`),
@@ -250,14 +259,13 @@ export class LlamaGpu {
         att: t([Tm, d.H * d.D], `att ${l}`),
         lse: train ? t([Tm, d.H], `lse ${l}`) : null,
         xMid: t([Tm, d.C], `xMid ${l}`),
-        ln2: t([Tm, d.C], `ln2 ${l}`),
+        ln2: onLoad ? null : t([Tm, d.C], `ln2 ${l}`),
         rstd2: t([Tm], `rstd2 ${l}`),
         gate: t([Tm, d.I], `gate ${l}`),
         up: t([Tm, d.I], `up ${l}`),
         h: t([Tm, d.I], `h ${l}`),
         xa,
         out: resid[l + 1],
-        tmp: l === 0 ? t([Tm, d.C], "tmp") : this.#layers[0].tmp,
       };
       this.#layers.push(a);
       if (!perLayer) shared = a;
@@ -403,6 +411,7 @@ export class LlamaGpu {
         headChunk: headChunkOf(gpu, config, options),
         gradients: options.gradients,
         recompute: options.gradients !== "none" && (options.recompute ?? false),
+        normOnLoad: options.normOnLoad ?? true,
         weightsDtype,
         adapters: options.adapters,
       }, held);

@@ -1,13 +1,16 @@
 /**
  * The LLaMA decoder as named forward/backward pairs in model order (llm.c style): a decoder
  * layer (RMSNorm, q/k/v, RoPE, causal attention, o + residual, RMSNorm, SwiGLU MLP + residual)
- * and the head (final RMSNorm, lm_head). They record into a Recorder and work on activation
+ * and the head (final RMSNorm, lm_head). The residual adds happen in the stores of o_proj and
+ * down_proj, and the two RMSNorms of a layer are formed in the loads of the matmuls that read
+ * them (only rstd is computed and kept, the normalized [T, C] is never written; gpu
+ * kernels/matmul_fused.ts), unless the activations carry ln1/ln2 buffers (the model's
+ * `normOnLoad: false`). Both have the bits of the separate passes they replace. They record into a Recorder and work on activation
  * buffers the caller preallocates; attention is a strategy, so the same layer code serves the
  * training forward (whole sequences) and cached greedy decoding.
  * @module
  */
 import {
-  add,
   attentionBackward,
   blockCopy,
   blockExtract,
@@ -15,9 +18,11 @@ import {
   matmulNN,
   matmulNT,
   matmulTN,
+  type NormOnLoad,
   type Recorder,
   rmsnormBackward,
   rmsnormForward,
+  rmsnormRstd,
   rmsnormWeightGrad,
   ropeBackward,
   ropeForward,
@@ -85,7 +90,9 @@ export interface BlockContext {
 export interface LayerActs {
   /** Layer input, the residual stream [T, C]. */
   x: GpuTensor;
-  ln1: GpuTensor;
+  /** RMSNorm(x) [T, C], or null when the matmuls form it on load from x, rstd1 and its weight. */
+  ln1: GpuTensor | null;
+  /** 1/rms of every row of x [T]. */
   rstd1: GpuTensor;
   /** [T, H·D] after RoPE. */
   q: GpuTensor;
@@ -98,7 +105,9 @@ export interface LayerActs {
   lse: GpuTensor | null;
   /** x + o_proj(att). */
   xMid: GpuTensor;
-  ln2: GpuTensor;
+  /** RMSNorm(xMid) [T, C], or null when formed on load. */
+  ln2: GpuTensor | null;
+  /** 1/rms of every row of xMid [T]. */
   rstd2: GpuTensor;
   gate: GpuTensor;
   up: GpuTensor;
@@ -108,8 +117,6 @@ export interface LayerActs {
   xa: Map<LinearKind, GpuTensor>;
   /** Layer output [T, C]; may be `x` itself when the input need not be kept. */
   out: GpuTensor;
-  /** [T, C] scratch for the o_proj and down_proj outputs. */
-  tmp: GpuTensor;
 }
 
 /** The first T rows of every activation (a micro-batch or decode step smaller than the buffers). */
@@ -119,7 +126,7 @@ export function layerActsRows(a: LayerActs, T: number, keepXa = true): LayerActs
   if (keepXa) { for (const [k, t] of a.xa) xa.set(k, v(t)); }
   return {
     x: v(a.x),
-    ln1: v(a.ln1),
+    ln1: a.ln1 ? v(a.ln1) : null,
     rstd1: v(a.rstd1),
     q: v(a.q),
     k: v(a.k),
@@ -127,14 +134,13 @@ export function layerActsRows(a: LayerActs, T: number, keepXa = true): LayerActs
     att: v(a.att),
     lse: a.lse ? v(a.lse) : null,
     xMid: v(a.xMid),
-    ln2: v(a.ln2),
+    ln2: a.ln2 ? v(a.ln2) : null,
     rstd2: v(a.rstd2),
     gate: v(a.gate),
     up: v(a.up),
     h: v(a.h),
     xa,
     out: v(a.out),
-    tmp: v(a.tmp),
   };
 }
 
@@ -189,12 +195,19 @@ export function layerForward(
   attn: Attention,
 ): void {
   const { dims, params } = ctx;
-  const w = (name: string) => params.weights.get(name)!;
-  const linear = (kind: LinearKind, y: GpuTensor, x: GpuTensor) => {
+  const linear = (
+    kind: LinearKind,
+    y: GpuTensor,
+    x: GpuTensor,
+    norm: NormOnLoad | null,
+    residual: GpuTensor | null,
+  ) => {
     const name = linearName(l, kind);
     linearForward(rec, {
       y,
       x,
+      norm,
+      residual,
       W: params.matrix(name)!,
       block: ctx.splitBlock,
       b: params.weights.get(biasNameOf(name)) ?? null,
@@ -202,21 +215,48 @@ export function layerForward(
       xa: a.xa.get(kind) ?? null,
     }, ctx.scales);
   };
-  rmsnormForward(rec, a.ln1, a.rstd1, a.x, w(normName(l, "input")), dims.eps);
-  linear("q_proj", a.q, a.ln1);
-  linear("k_proj", a.k, a.ln1);
-  linear("v_proj", a.v, a.ln1);
+  const n1 = normForward(rec, ctx, l, "input", a);
+  linear("q_proj", a.q, n1.x, n1.norm, null);
+  linear("k_proj", a.k, n1.x, n1.norm, null);
+  linear("v_proj", a.v, n1.x, n1.norm, null);
   ropeForward(rec, a.q, attn.positions, attn.rope, dims.H);
   ropeForward(rec, a.k, attn.positions, attn.rope, dims.KV);
   attn.forward(rec, l, a.att, a.lse, a.q, a.k, a.v);
-  linear("o_proj", a.tmp, a.att);
-  add(rec, a.xMid, a.x, a.tmp);
-  rmsnormForward(rec, a.ln2, a.rstd2, a.xMid, w(normName(l, "post")), dims.eps);
-  linear("gate_proj", a.gate, a.ln2);
-  linear("up_proj", a.up, a.ln2);
+  linear("o_proj", a.xMid, a.att, null, a.x);
+  const n2 = normForward(rec, ctx, l, "post", a);
+  linear("gate_proj", a.gate, n2.x, n2.norm, null);
+  linear("up_proj", a.up, n2.x, n2.norm, null);
+  // silu(gate)·up is one elementwise pass; gate and up stay stored for the backward.
   swigluForward(rec, a.h, a.gate, a.up);
-  linear("down_proj", a.tmp, a.h);
-  add(rec, a.out, a.xMid, a.tmp);
+  linear("down_proj", a.out, a.h, null, a.xMid);
+}
+
+/** How a layer's matmuls read one of its norms: a written ln (norm null), or x with the norm. */
+interface NormInput {
+  x: GpuTensor;
+  norm: NormOnLoad | null;
+}
+
+/** A layer's norm as its matmuls read it, without recording anything (the backward). */
+function normOf(ctx: BlockContext, l: number, which: "input" | "post", a: LayerActs): NormInput {
+  const [x, ln, rstd] = which === "input" ? [a.x, a.ln1, a.rstd1] : [a.xMid, a.ln2, a.rstd2];
+  if (ln) return { x: ln, norm: null };
+  return { x, norm: { rstd, gamma: ctx.params.weights.get(normName(l, which))! } };
+}
+
+/** Records a layer's norm in the forward: all of it into ln, or only rstd when formed on load. */
+function normForward(
+  rec: Recorder,
+  ctx: BlockContext,
+  l: number,
+  which: "input" | "post",
+  a: LayerActs,
+): NormInput {
+  const [x, ln, rstd] = which === "input" ? [a.x, a.ln1, a.rstd1] : [a.xMid, a.ln2, a.rstd2];
+  const eps = ctx.dims.eps;
+  if (ln) rmsnormForward(rec, ln, rstd, x, ctx.params.weights.get(normName(l, which))!, eps);
+  else rmsnormRstd(rec, rstd, x, eps);
+  return normOf(ctx, l, which, a);
 }
 
 /**
@@ -241,6 +281,7 @@ export function layerBackward(
     accumulateDx: boolean,
     dy: GpuTensor,
     x: GpuTensor,
+    norm: NormOnLoad | null = null,
   ) => {
     const name = linearName(l, kind);
     const adapter = ctx.adapterGrads ? params.adapters.get(name) : undefined;
@@ -249,6 +290,7 @@ export function layerBackward(
       accumulateDx,
       dy,
       x,
+      norm,
       W: params.matrix(name)!,
       dW: params.gradMatrix(name) ?? null,
       block: ctx.splitBlock,
@@ -270,8 +312,9 @@ export function layerBackward(
   // out = xMid + down(h): the residual passes dx on to xMid unchanged.
   linear("down_proj", g.dh, false, g.dx, a.h);
   swigluBackward(rec, g.dgate, g.dup, g.dh, a.gate, a.up);
-  linear("gate_proj", g.dln, false, g.dgate, a.ln2);
-  linear("up_proj", g.dln, true, g.dup, a.ln2);
+  const n2 = normOf(ctx, l, "post", a);
+  linear("gate_proj", g.dln, false, g.dgate, n2.x, n2.norm);
+  linear("up_proj", g.dln, true, g.dup, n2.x, n2.norm);
   const post = normName(l, "post");
   const dPost = params.grads.get(post);
   if (dPost) rmsnormWeightGrad(rec, dPost, g.dln, a.xMid, a.rstd2, true);
@@ -296,9 +339,10 @@ export function layerBackward(
   const inName = normName(l, "input");
   const dIn = params.grads.get(inName);
   const needDln = inputGrad || dIn !== undefined;
-  linear("q_proj", needDln ? g.dln : null, false, g.dq, a.ln1);
-  linear("k_proj", needDln ? g.dln : null, true, g.dk, a.ln1);
-  linear("v_proj", needDln ? g.dln : null, true, g.dv, a.ln1);
+  const n1 = normOf(ctx, l, "input", a);
+  linear("q_proj", needDln ? g.dln : null, false, g.dq, n1.x, n1.norm);
+  linear("k_proj", needDln ? g.dln : null, true, g.dk, n1.x, n1.norm);
+  linear("v_proj", needDln ? g.dln : null, true, g.dv, n1.x, n1.norm);
   if (dIn) rmsnormWeightGrad(rec, dIn, g.dln, a.x, a.rstd1, true);
   if (inputGrad) rmsnormBackward(rec, g.dx, g.dln, a.x, w(inName), a.rstd1, true);
 }

@@ -29,6 +29,7 @@ import {
   matmulTN,
   matmulTNRows,
   type Matrix,
+  type NormOnLoad,
   type Recorder,
   scale,
 } from "../gpu/mod.ts";
@@ -74,8 +75,15 @@ export function prefix(t: GpuTensor, shape: readonly number[]): GpuTensor {
 export interface LinearForward {
   /** [T, out] (written). */
   y: GpuTensor;
-  /** [T, in] */
+  /** [T, in]; with `norm`, the norm's input (the layer reads RMSNorm(x) on load). */
   x: GpuTensor;
+  /** The RMSNorm in front of the layer, formed in the matmuls' loads (gpu `NormOnLoad`). */
+  norm?: NormOnLoad | null;
+  /**
+   * [T, out] added to y by the last matmul that writes it (the adapter's when σ ≠ 0, else the
+   * base product's, before a bias): the residual stream, with no pass of its own.
+   */
+  residual?: GpuTensor | null;
   /** [out, in], one tensor or row blocks. */
   W: Matrix;
   /** Flat f32 scratch for the column blocks of a split W (gpu/kernels/matmul_rows.ts). */
@@ -88,12 +96,18 @@ export interface LinearForward {
 }
 
 export function linearForward(rec: Recorder, t: LinearForward, scales: AdapterScales): void {
-  if (isRowParts(t.W)) matmulNTRows(rec, t.y, t.x, t.W, { block: t.block ?? undefined });
-  else matmulNT(rec, t.y, t.x, t.W);
+  const norm = t.norm ?? undefined;
+  const residual = t.residual ?? undefined;
+  const adapterTerm = t.adapter !== undefined && t.xa != null && scales.sigma !== 0;
+  const base = { norm, residual: adapterTerm ? undefined : residual };
+  if (isRowParts(t.W)) matmulNTRows(rec, t.y, t.x, t.W, { ...base, block: t.block ?? undefined });
+  else matmulNT(rec, t.y, t.x, t.W, base);
   if (t.b) biasForward(rec, t.y, t.b);
   if (!t.adapter || !t.xa) return;
-  matmulNT(rec, t.xa, t.x, t.adapter.A);
-  if (scales.sigma !== 0) matmulNT(rec, t.y, t.xa, t.adapter.B, { alpha: scales.sigma, beta: 1 });
+  matmulNT(rec, t.xa, t.x, t.adapter.A, { norm });
+  if (adapterTerm) {
+    matmulNT(rec, t.y, t.xa, t.adapter.B, { alpha: scales.sigma, beta: 1, residual });
+  }
 }
 
 export interface LinearBackward {
@@ -102,8 +116,10 @@ export interface LinearBackward {
   accumulateDx: boolean;
   /** [T, out] */
   dy: GpuTensor;
-  /** [T, in], the forward input. */
+  /** [T, in], the forward input (the norm's input with `norm`). */
   x: GpuTensor;
+  /** The forward's norm on load: the weight and adapter gradients read RMSNorm(x) the same way. */
+  norm?: NormOnLoad | null;
   W: Matrix;
   /** [out, in] ∂W accumulator, split as W is; null when W is frozen. */
   dW: Matrix | null;
@@ -120,13 +136,14 @@ export interface LinearBackward {
 export function linearBackward(rec: Recorder, t: LinearBackward, scales: AdapterScales): void {
   const block = t.block ?? undefined;
   const beta = t.accumulateDx ? 1 : 0;
+  const norm = t.norm ?? undefined;
   if (t.dx) {
     if (isRowParts(t.W)) matmulNNRows(rec, t.dx, t.dy, t.W, { beta, block });
     else matmulNN(rec, t.dx, t.dy, t.W, { beta });
   }
   if (t.dW) {
-    if (isRowParts(t.dW)) matmulTNRows(rec, t.dW, t.dy, t.x, { beta: 1, block });
-    else matmulTN(rec, t.dW, t.dy, t.x, { beta: 1 });
+    if (isRowParts(t.dW)) matmulTNRows(rec, t.dW, t.dy, t.x, { beta: 1, block, norm });
+    else matmulTN(rec, t.dW, t.dy, t.x, { beta: 1, norm });
   }
   if (t.db) biasBackward(rec, t.db, t.dy, true);
   const ad = t.adapter;
@@ -138,7 +155,7 @@ export function linearBackward(rec: Recorder, t: LinearBackward, scales: Adapter
   if (scales.gamma === null) {
     matmulTN(rec, ad.gB, t.dy, t.xa, { alpha: scales.scale, beta: 1 });
     matmulNN(rec, dyB, t.dy, ad.B);
-    matmulTN(rec, ad.gA, dyB, t.x, { alpha: scales.scale, beta: 1 });
+    matmulTN(rec, ad.gA, dyB, t.x, { alpha: scales.scale, beta: 1, norm });
     if (t.dx && scales.sigma !== 0) {
       matmulNN(rec, t.dx, dyB, ad.A, { alpha: scales.sigma, beta: 1 });
     }
@@ -150,6 +167,6 @@ export function linearBackward(rec: Recorder, t: LinearBackward, scales: Adapter
   scale(rec, dH, t.dy, scales.sigma);
   matmulTN(rec, ad.gB, dH, t.xa, { alpha: inv, beta: 1 });
   matmulNN(rec, dyB, dH, ad.B);
-  matmulTN(rec, ad.gA, dyB, t.x, { alpha: inv, beta: 1 });
+  matmulTN(rec, ad.gA, dyB, t.x, { alpha: inv, beta: 1, norm });
   if (t.dx) matmulNN(rec, t.dx, dyB, ad.A, { beta: 1 });
 }

@@ -36,6 +36,11 @@
  * and rounded to nearest even once per element (`accumulatePacked`), so `W ← rnd(W + α·A·B)`
  * is the f32 formula with one rounding, the same bits on every device.
  *
+ * Fusions (kernels/matmul_fused.ts), in both implementations: `norm` reads NT's A or TN's B
+ * through RMSNorm (gamma·(x·rstd), applied to each loaded value; the tiled kernel does it once per
+ * staged element), `residual` adds R in the store. Neither changes the FMA chain, so the bits
+ * are those of the separate passes.
+ *
  * Loop passes per invocation (see `MAX_INVOCATION_LOOP`): the register kernel runs ⌈K/step⌉ + 1
  * (step 4 when K % 4 == 0, else 1), the tiled kernel ⌈K/BK⌉ + 1 (its constant loops are written
  * out; BK is 8 or 16), so K may reach 65,534 (262,136 with step 4) and 524,272 or more; a larger K is
@@ -48,6 +53,7 @@ import type { MatmulVariant, Recorder } from "../recorder.ts";
 import { type GpuTensor, isHalf } from "../tensor.ts";
 import { accumulatePacked } from "./packed.ts";
 import { dispatchTiled, TILE_SHAPES } from "./matmul_tiled.ts";
+import { type Fused, type NormAxis, normed, scaleArray, storeWgsl } from "./matmul_fused.ts";
 
 /** Operand layouts; the letters say whether A and B are used as stored (N) or transposed (T). */
 export type MatmulLayout = "NT" | "NN" | "TN";
@@ -75,6 +81,26 @@ export interface MatmulOptions {
    * until the submit. Callers updating many weights in one recording pass one per shape.
    */
   scratch?: GpuTensor;
+  /**
+   * RMSNorm on load (see `NormOnLoad`): the activation operand, NT's A or TN's B, is read as its
+   * normalized values, so the normalized [T, F] tensor is never written.
+   */
+  norm?: NormOnLoad;
+  /** `C = α·op(A)·op(B) + β·C + R` in the store: a residual add in the same pass. R [M, N]. */
+  residual?: GpuTensor;
+}
+
+/**
+ * An operand X [T, F] (row-major, f32) read as RMSNorm's output `gamma[f]·(X[t,f]·rstd[t])`,
+ * the very f32 operations of `rmsnormForward`, so the product has the bits of the unfused one.
+ * NT reads A = X (t = m, f = k); TN reads B = X (t = k, f = n): the layer's forward `x̂·Wᵀ` and
+ * its weight gradient `dYᵀ·x̂`.
+ */
+export interface NormOnLoad {
+  /** [T], from `rmsnormRstd` (kept for the backward). */
+  rstd: GpuTensor;
+  /** [F], the norm's weight. */
+  gamma: GpuTensor;
 }
 
 /** The element type of a float operand (a 16-bit one is read through its accessors). */
@@ -97,6 +123,9 @@ interface Problem {
   sAk: number;
   sBn: number;
   sBk: number;
+  /** Which operand is read through RMSNorm, and along which index its rows (t) run. */
+  normA?: NormAxis;
+  normB?: NormAxis;
 }
 
 function problem(layout: MatmulLayout, c: GpuTensor, a: GpuTensor, b: GpuTensor): Problem {
@@ -147,17 +176,25 @@ interface RegisterConfig {
   step: 1 | 4;
   pt: Operand;
   qt: Operand;
+  /** RMSNorm on load of P or Q (see `NormOnLoad`), by the axis t runs along; "" for none. */
+  pn: NormAxis | "";
+  qn: NormAxis | "";
+  /** The store adds the residual R (kernels/matmul_fused.ts). */
+  res: boolean;
 }
 
 /** "" for two f32 operands (the names of the f32 kernels are unchanged), else `_<P>_<Q>`. */
 const typeKey = (p: Operand, q: Operand) => (p === "f32" && q === "f32" ? "" : `_${p}_${q}`);
+const normKey = (p: NormAxis | "", q: NormAxis | "") => (p || q ? `_n${p || "-"}${q || "-"}` : "");
 const registerKey = (c: RegisterConfig) =>
-  `${c.TU}x${c.TL}x${c.WG}${c.pm}${c.qm}${c.step}${typeKey(c.pt, c.qt)}`;
+  `${c.TU}x${c.TL}x${c.WG}${c.pm}${c.qm}${c.step}${typeKey(c.pt, c.qt)}${normKey(c.pn, c.qn)}${
+    c.res ? "_r" : ""
+  }`;
 
 const REGISTER = defineKernelVariants(registerKernel, registerKey);
 
 function registerKernel(c: RegisterConfig) {
-  const { TU, TL, WG, pm, qm, step, pt, qt } = c;
+  const { TU, TL, WG, pm, qm, step, pt, qt, pn, qn, res } = c;
   const L: string[] = [];
   const us = [...Array(TU).keys()];
   const ls = [...Array(TL).keys()];
@@ -177,47 +214,76 @@ function registerKernel(c: RegisterConfig) {
   } else {
     for (const j of ls) L.push(`  let ql${j} = min(${col(j)}, p.L - 1u) * p.sQl;`);
   }
+  // Scales of a normalized operand along its rows, loaded once (see `normed`).
+  if (pn) {
+    const arr = scaleArray(pn, true);
+    if (pm === "r") {
+      for (let g = 0; g < TU / 4; g++) {
+        L.push(`  let ps${g} = vec4<f32>(${[0, 1, 2, 3].map((c) => `${arr}[pg${g} + ${c}u]`)});`);
+      }
+    } else for (const i of us) L.push(`  let ps${i} = ${arr}[min(u0 + ${i}u, p.U - 1u)];`);
+  }
+  if (qn) {
+    const arr = scaleArray(qn, true);
+    if (qm === "r") {
+      for (let g = 0; g < TL / 4; g++) {
+        L.push(`  let qs${g} = vec4<f32>(${[0, 1, 2, 3].map((c) => `${arr}[qg${g} + ${c}u]`)});`);
+      }
+    } else for (const j of ls) L.push(`  let qs${j} = ${arr}[min(${col(j)}, p.L - 1u)];`);
+  }
   for (const i of us) for (const j of ls) L.push(`  var c${i}_${j} = 0.0;`);
   L.push(`  for (var k = 0u; k < p.K; k += ${step}u) {`);
+  // Scales along k of a normalized operand, for this step's k + kk.
+  for (const [n, x, m] of [[pn, "p", pm], [qn, "q", qm]] as const) {
+    if (!n) continue;
+    for (const kk of kks) L.push(`    let ${x}k${kk} = ${scaleArray(n, false)}[k + ${kk}u];`);
+    if (m === "k") L.push(`    let ${x}k4 = vec4<f32>(${kks.map((kk) => `${x}k${kk}`)});`);
+  }
   // a(i, kk) and b(j, kk): the operand values at row i / column j and k + kk.
   const a: string[][] = us.map(() => []);
   const b: string[][] = ls.map(() => []);
   if (pm === "k") {
     for (const i of us) {
-      L.push(`    let a${i} = P_at4(pu${i} + k);`);
+      const v = `P_at4(pu${i} + k)`;
+      L.push(`    let a${i} = ${pn ? normed(pn, v, `ps${i}`, "pk4") : v};`);
       for (const kk of kks) a[i][kk] = `a${i}.${comp(kk)}`;
     }
   } else if (pm === "r") {
     for (let g = 0; g < TU / 4; g++) {
       for (const kk of kks) {
-        L.push(`    let a${g}_${kk} = P_at4(pg${g} + (k + ${kk}u) * p.sPk);`);
+        const v = `P_at4(pg${g} + (k + ${kk}u) * p.sPk)`;
+        L.push(`    let a${g}_${kk} = ${pn ? normed(pn, v, `ps${g}`, `pk${kk}`) : v};`);
         for (let c = 0; c < 4; c++) a[4 * g + c][kk] = `a${g}_${kk}.${comp(c)}`;
       }
     }
   } else {
     for (const i of us) {
       for (const kk of kks) {
-        L.push(`    let a${i}_${kk} = P_at(pu${i} + (k + ${kk}u) * p.sPk);`);
+        const v = `P_at(pu${i} + (k + ${kk}u) * p.sPk)`;
+        L.push(`    let a${i}_${kk} = ${pn ? normed(pn, v, `ps${i}`, `pk${kk}`) : v};`);
         a[i][kk] = `a${i}_${kk}`;
       }
     }
   }
   if (qm === "k") {
     for (const j of ls) {
-      L.push(`    let b${j} = Q_at4(ql${j} + k);`);
+      const v = `Q_at4(ql${j} + k)`;
+      L.push(`    let b${j} = ${qn ? normed(qn, v, `qs${j}`, "qk4") : v};`);
       for (const kk of kks) b[j][kk] = `b${j}.${comp(kk)}`;
     }
   } else if (qm === "r") {
     for (let g = 0; g < TL / 4; g++) {
       for (const kk of kks) {
-        L.push(`    let b${g}_${kk} = Q_at4(qg${g} + (k + ${kk}u) * p.sQk);`);
+        const v = `Q_at4(qg${g} + (k + ${kk}u) * p.sQk)`;
+        L.push(`    let b${g}_${kk} = ${qn ? normed(qn, v, `qs${g}`, `qk${kk}`) : v};`);
         for (let c = 0; c < 4; c++) b[4 * g + c][kk] = `b${g}_${kk}.${comp(c)}`;
       }
     }
   } else {
     for (const j of ls) {
       for (const kk of kks) {
-        L.push(`    let b${j}_${kk} = Q_at(ql${j} + (k + ${kk}u) * p.sQk);`);
+        const v = `Q_at(ql${j} + (k + ${kk}u) * p.sQk)`;
+        L.push(`    let b${j}_${kk} = ${qn ? normed(qn, v, `qs${j}`, `qk${kk}`) : v};`);
         b[j][kk] = `b${j}_${kk}`;
       }
     }
@@ -248,16 +314,18 @@ function registerKernel(c: RegisterConfig) {
       alpha: "f32",
       beta: "f32",
     },
-    bindings: { P: operand(pm, pt), Q: operand(qm, qt), C: "read_write f32" },
+    bindings: {
+      P: operand(pm, pt),
+      Q: operand(qm, qt),
+      C: "read_write f32",
+      R: "read f32?",
+      nr: "read f32?",
+      ng: "read f32?",
+    },
     // The k loop is the only loop: ⌈K/step⌉ iterations.
     loopBound: ({ K }: { K: number }) => Math.ceil(K / step) + 1,
     body: /* wgsl */ `
-fn store(u: u32, l: u32, acc: f32) {
-  if (u < p.U && l < p.L) {
-    let o = u * p.sCu + l * p.sCl;
-    if (p.beta == 0.0) { C[o] = p.alpha * acc; } else { C[o] = p.alpha * acc + p.beta * C[o]; }
-  }
-}
+${storeWgsl("u < p.U && l < p.L", "u * p.sCu + l * p.sCl", "u: u32, l: u32", res)}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -293,6 +361,7 @@ function dispatchRegister(
   alpha: number,
   beta: number,
   options: MatmulOptions,
+  fused: Fused,
 ): void {
   const swap = p.M > p.N;
   const U = swap ? p.N : p.M;
@@ -308,23 +377,29 @@ function dispatchRegister(
   const step = pm === "s" && qm === "s" ? 1 : 4;
   if (step === 1) pm = qm = "s";
   const pt = P.dtype as Operand, qt = Q.dtype as Operand;
-  rec.dispatch(REGISTER.variant({ TU, TL, WG, pm, qm, step, pt, qt }), {
-    bindings: { P, Q, C: c },
-    params: {
-      U,
-      L: Lw,
-      K: p.K,
-      sPu,
-      sPk,
-      sQl,
-      sQk,
-      sCu: swap ? 1 : p.N,
-      sCl: swap ? p.N : 1,
-      alpha,
-      beta,
+  const [pn, qn]: (NormAxis | "")[] = swap
+    ? [p.normB ?? "", p.normA ?? ""]
+    : [p.normA ?? "", p.normB ?? ""];
+  rec.dispatch(
+    REGISTER.variant({ TU, TL, WG, pm, qm, step, pt, qt, pn, qn, res: fused.R !== null }),
+    {
+      bindings: { P, Q, C: c, R: fused.R, nr: fused.nr, ng: fused.ng },
+      params: {
+        U,
+        L: Lw,
+        K: p.K,
+        sPu,
+        sPk,
+        sQl,
+        sQk,
+        sCu: swap ? 1 : p.N,
+        sCl: swap ? p.N : 1,
+        alpha,
+        beta,
+      },
+      grid: [Math.ceil(Lw / (WG * TL)), Math.ceil(U / TU)],
     },
-    grid: [Math.ceil(Lw / (WG * TL)), Math.ceil(U / TU)],
-  });
+  );
 }
 
 // ---- public API ------------------------------------------------------------------------------
@@ -346,6 +421,10 @@ export function matmul(
   const p = problem(layout, c, a, b);
   const alpha = options.alpha ?? 1;
   const beta = options.beta ?? 0;
+  const fused = fusedOf(layout, c, p, options);
+  if (isHalf(c.dtype) && (fused.R || fused.nr)) {
+    throw new GpuShapeError(`matmul${layout}: a 16-bit C takes no residual or norm on load`);
+  }
   if (isHalf(c.dtype)) {
     if (beta !== 0 && beta !== 1) {
       throw new GpuShapeError(`matmul${layout}: a 16-bit C takes beta 0 or 1, got ${beta}`);
@@ -368,8 +447,42 @@ export function matmul(
   if (tiled) {
     const shape = options.tile === undefined ? rec.matmulTile : TILE_SHAPES[options.tile];
     if (!shape) throw new GpuShapeError(`matmul: no tile shape named '${options.tile}'`);
-    dispatchTiled(rec, c, a, b, p, alpha, beta, { shape, shaderF16: rec.shaderF16 });
-  } else dispatchRegister(rec, c, a, b, p, alpha, beta, options);
+    dispatchTiled(rec, c, a, b, p, alpha, beta, { shape, shaderF16: rec.shaderF16, fused });
+  } else dispatchRegister(rec, c, a, b, p, alpha, beta, options, fused);
+}
+
+/**
+ * Checks the residual and norm-on-load options against the problem and marks the normalized
+ * operand in `p` (NT's A with t along its rows, TN's B with t along k).
+ * @throws GpuShapeError for a layout without a normalized operand, or mismatched shapes.
+ */
+function fusedOf(layout: MatmulLayout, c: GpuTensor, p: Problem, o: MatmulOptions): Fused {
+  const f32 = (what: string, t: GpuTensor, shape: number[]) => {
+    if (t.dtype !== "f32" || t.shape.join() !== shape.join()) {
+      throw new GpuShapeError(
+        `matmul${layout} ${what}: expected f32[${shape}], got ${t.describe()}`,
+      );
+    }
+  };
+  if (o.residual) {
+    f32("residual", o.residual, [p.M, p.N]);
+    if (o.residual.allocation === c.allocation) {
+      throw new GpuShapeError(`matmul${layout}: the residual shares C's buffer (use beta = 1)`);
+    }
+  }
+  if (!o.norm) return { R: o.residual ?? null, nr: null, ng: null };
+  if (layout === "NT") {
+    f32("norm rstd", o.norm.rstd, [p.M]);
+    f32("norm gamma", o.norm.gamma, [p.K]);
+    p.normA = "r";
+  } else if (layout === "TN") {
+    f32("norm rstd", o.norm.rstd, [p.K]);
+    f32("norm gamma", o.norm.gamma, [p.N]);
+    p.normB = "k";
+  } else {
+    throw new GpuShapeError("matmulNN: norm on load reads NT's A or TN's B only");
+  }
+  return { R: o.residual ?? null, nr: o.norm.rstd, ng: o.norm.gamma };
 }
 
 /** `C[M,N] = α·A[M,K]·B[N,K]ᵀ + β·C` (linear forward `y = x·Wᵀ`). */

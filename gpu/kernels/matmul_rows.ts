@@ -23,7 +23,7 @@ import { GpuShapeError } from "../errors.ts";
 import type { Recorder } from "../recorder.ts";
 import { expect2d, type GpuTensor, isHalf, type RowParts } from "../tensor.ts";
 import { type AdapterSteps, blockCopy, blockExtract, hdPissaPack } from "./hd_pissa.ts";
-import { matmul } from "./matmul.ts";
+import { matmul, type NormOnLoad } from "./matmul.ts";
 
 export interface RowsMatmulOptions {
   /** Scale of the product (default 1). */
@@ -32,6 +32,13 @@ export interface RowsMatmulOptions {
   beta?: number;
   /** Flat f32 scratch of at least T·max(n_i) elements for the column blocks (see the module doc). */
   block?: GpuTensor;
+  /** RMSNorm on load of the activation (NT's x, TN's x), as the plain matmul's `norm`. */
+  norm?: NormOnLoad;
+  /**
+   * NT only, with β = 0: `y = α·x·Wᵀ + R`. Each block starts from its columns of R, so the add
+   * is still part of the product's pass.
+   */
+  residual?: GpuTensor;
 }
 
 /** The largest row count of the blocks. */
@@ -85,12 +92,19 @@ export function matmulNTRows(
   const [T] = expect2d("matmulNTRows x", x);
   expectRows("matmulNTRows x", x, T, W.cols);
   expectRows("matmulNTRows y", y, T, W.rows);
-  const alpha = o.alpha ?? 1, beta = o.beta ?? 0;
-  if (W.parts.length === 1) return matmul(rec, "NT", y, x, W.parts[0], { alpha, beta });
+  const alpha = o.alpha ?? 1, beta = o.beta ?? 0, { norm, residual } = o;
+  if (residual && beta !== 0) {
+    throw new GpuShapeError("matmulNTRows: a residual add needs β = 0 (y is written whole)");
+  }
+  if (residual) expectRows("matmulNTRows residual", residual, T, W.rows);
+  if (W.parts.length === 1) {
+    return matmul(rec, "NT", y, x, W.parts[0], { alpha, beta, norm, residual });
+  }
   W.parts.forEach((part, i) => {
     const tmp = blockOf(rec, o.block, T, W.counts[i], `${W.label} y block`);
-    if (beta !== 0) blockExtract(rec, tmp, y, 0, W.starts[i]);
-    matmul(rec, "NT", tmp, x, part, { alpha, beta });
+    const from = residual ?? (beta !== 0 ? y : null);
+    if (from) blockExtract(rec, tmp, from, 0, W.starts[i]);
+    matmul(rec, "NT", tmp, x, part, { alpha, beta: residual ? 1 : beta, norm });
     blockCopy(rec, y, tmp, null, 0, W.starts[i]);
   });
 }
@@ -128,12 +142,12 @@ export function matmulTNRows(
   const [T] = expect2d("matmulTNRows dy", dy);
   expectRows("matmulTNRows dy", dy, T, dW.rows);
   expectRows("matmulTNRows x", x, T, dW.cols);
-  const alpha = o.alpha ?? 1, beta = o.beta ?? 0;
-  if (dW.parts.length === 1) return matmul(rec, "TN", dW.parts[0], dy, x, { alpha, beta });
+  const alpha = o.alpha ?? 1, beta = o.beta ?? 0, norm = o.norm;
+  if (dW.parts.length === 1) return matmul(rec, "TN", dW.parts[0], dy, x, { alpha, beta, norm });
   dW.parts.forEach((part, i) => {
     const tmp = blockOf(rec, o.block, T, dW.counts[i], `${dW.label} dy block`);
     blockExtract(rec, tmp, dy, 0, dW.starts[i]);
-    matmul(rec, "TN", part, tmp, x, { alpha, beta });
+    matmul(rec, "TN", part, tmp, x, { alpha, beta, norm });
   });
 }
 

@@ -30,6 +30,7 @@ import { defineKernelVariants } from "../kernel.ts";
 import type { Recorder } from "../recorder.ts";
 import { type GpuTensor, isHalf } from "../tensor.ts";
 import { MAX_GROUPS_PER_DIM } from "./grid.ts";
+import { type Fused, type NormAxis, normed, scaleArray, storeWgsl } from "./matmul_fused.ts";
 
 /** A tile shape: BM×BN outputs per workgroup, K slices of BK, TM×TN per invocation. */
 export interface TileShape {
@@ -60,7 +61,7 @@ export const DEFAULT_TILE = "64x64x16/4x4";
  * Version of the tiled kernels' code: part of the autotune cache key, so that a change of the
  * kernels invalidates choices measured on the old ones.
  */
-export const TILED_KERNEL_VERSION = 1;
+export const TILED_KERNEL_VERSION = 2;
 
 /** The logical problem: C(m,n) = α Σ_k A(m,k)·B(n,k) + β C(m,n), with element strides. */
 export interface TiledProblem {
@@ -71,6 +72,9 @@ export interface TiledProblem {
   sAk: number;
   sBn: number;
   sBk: number;
+  /** The operand read through RMSNorm (kernels/matmul_fused.ts), by the axis t runs along. */
+  normA?: NormAxis;
+  normB?: NormAxis;
 }
 
 /**
@@ -87,13 +91,19 @@ interface TiledConfig extends TileShape {
   bt: Operand;
   /** Stage in f16 workgroup memory (both operands f16, device with shader-f16). */
   half: boolean;
+  /** RMSNorm on load of A or B, applied while staging (once per element and tile). */
+  an: NormAxis | "";
+  bn: NormAxis | "";
+  /** The store adds the residual R (kernels/matmul_fused.ts). */
+  res: boolean;
 }
 
 /** The name of a tile shape. */
 export const tileName = (s: TileShape) => `${s.BM}x${s.BN}x${s.BK}/${s.TM}x${s.TN}`;
 
 const configKey = (c: TiledConfig) =>
-  `${c.BM}x${c.BN}x${c.BK}_${c.TM}x${c.TN}_${c.am}${c.bm}_${c.at}${c.bt}${c.half ? "_h" : ""}`;
+  `${c.BM}x${c.BN}x${c.BK}_${c.TM}x${c.TN}_${c.am}${c.bm}_${c.at}${c.bt}${c.half ? "_h" : ""}` +
+  (c.an || c.bn ? `_n${c.an || "-"}${c.bn || "-"}` : "") + (c.res ? "_r" : "");
 
 /** WGSL statements `line(0) … line(n-1)` written out (constant loops add no loop passes). */
 function unrolled(n: number, line: (i: number) => string, indent = "  "): string {
@@ -111,8 +121,19 @@ function staging(
   BK: number,
   WG: number,
   st: string,
+  norm: NormAxis | "",
 ): string {
   const [r0, Rn, sR, sK] = op === "A" ? ["m0", "M", "sAm", "sAk"] : ["n0", "N", "sBn", "sBk"];
+  // `v = gamma·(v·rstd)` for a normalized operand: rows from `row` (four with `rows4`), k from k.
+  const norming = (rows4: boolean, k4: boolean) => {
+    if (!norm) return "";
+    const ra = scaleArray(norm, true), ka = scaleArray(norm, false);
+    const four = (arr: string, i: string) =>
+      `vec4<f32>(${[0, 1, 2, 3].map((c) => `${arr}[${i} + ${c}u]`)})`;
+    const rs = rows4 ? four(ra, `${r0} + r`) : `${ra}[${r0} + r]`;
+    const ks = k4 ? four(ka, "k0 + k") : `${ka}[k0 + k]`;
+    return ` v = ${normed(norm, "v", rs, ks)};`;
+  };
   const arr = `${op}s`;
   const vec = mode === "k4" || mode === "r4";
   const items = vec ? (R * BK) / 4 : R * BK;
@@ -126,7 +147,9 @@ function staging(
         `let r = e / ${BK / 4}u;`,
         `let k = (e % ${BK / 4}u) * 4u;`,
         `var v = vec4<f32>(0.0);`,
-        `if (${r0} + r < p.${Rn} && k0 + k < p.K) { v = ${op}_at4((${r0} + r) * p.${sR} + k0 + k); }`,
+        `if (${r0} + r < p.${Rn} && k0 + k < p.K) { v = ${op}_at4((${r0} + r) * p.${sR} + k0 + k);${
+          norming(false, true)
+        } }`,
         ...[0, 1, 2, 3].map((c) =>
           `${arr}[(k + ${c}u) * ${R / 4}u + r / 4u][r % 4u] = ${st}(v.${"xyzw"[c]});`
         ),
@@ -136,7 +159,9 @@ function staging(
         `let k = e / ${R / 4}u;`,
         `let r = (e % ${R / 4}u) * 4u;`,
         `var v = vec4<f32>(0.0);`,
-        `if (${r0} + r < p.${Rn} && k0 + k < p.K) { v = ${op}_at4(${r0} + r + (k0 + k) * p.${sK}); }`,
+        `if (${r0} + r < p.${Rn} && k0 + k < p.K) { v = ${op}_at4(${r0} + r + (k0 + k) * p.${sK});${
+          norming(true, false)
+        } }`,
         `${arr}[k * ${R / 4}u + r / 4u] = vec4<${st}>(v);`,
       );
     } else {
@@ -144,7 +169,9 @@ function staging(
         mode === "k1" ? `let r = e / ${BK}u;` : `let r = e % ${R}u;`,
         mode === "k1" ? `let k = e % ${BK}u;` : `let k = e / ${R}u;`,
         `var v = 0.0;`,
-        `if (${r0} + r < p.${Rn} && k0 + k < p.K) { v = ${op}_at((${r0} + r) * p.${sR} + (k0 + k) * p.${sK}); }`,
+        `if (${r0} + r < p.${Rn} && k0 + k < p.K) { v = ${op}_at((${r0} + r) * p.${sR} + (k0 + k) * p.${sK});${
+          norming(false, false)
+        } }`,
         `${arr}[k * ${R / 4}u + r / 4u][r % 4u] = ${st}(v);`,
       );
     }
@@ -217,19 +244,21 @@ const TILED = defineKernelVariants((c: TiledConfig) => {
       alpha: "f32",
       beta: "f32",
     },
-    bindings: { A: operand(c.am, c.at), B: operand(c.bm, c.bt), C: "read_write f32" },
+    bindings: {
+      A: operand(c.am, c.at),
+      B: operand(c.bm, c.bt),
+      C: "read_write f32",
+      R: "read f32?",
+      nr: "read f32?",
+      ng: "read f32?",
+    },
     loopBound: ({ K }: { K: number }) => Math.ceil(K / BK) + 1,
     body: /* wgsl */ `
 // [BK][BM/4] and [BK][BN/4]: a k-slice of the tile's rows, four rows per vec4.
 var<workgroup> As: array<vec4<${st}>, ${(BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<${st}>, ${(BK * BN) / 4}>;
 
-fn store(m: u32, n: u32, acc: f32) {
-  if (m < p.M && n < p.N) {
-    let o = m * p.sCm + n * p.sCn;
-    if (p.beta == 0.0) { C[o] = p.alpha * acc; } else { C[o] = p.alpha * acc + p.beta * C[o]; }
-  }
-}
+${storeWgsl("m < p.M && n < p.N", "m * p.sCm + n * p.sCn", "m: u32, n: u32", c.res)}
 
 fn store4(m: u32, n: u32, acc: vec4<f32>) {
   store(m, n, acc.x);
@@ -251,8 +280,8 @@ fn main(
   let n0 = wid.x * ${BN}u;
   ${unrolled(TM, (i) => hs.map((h) => `var ${acc(i, h)} = vec4<f32>(0.0);`).join(" "))}
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
-    ${staging("A", c.am, BM, BK, WG, st)}
-    ${staging("B", c.bm, BN, BK, WG, st)}
+    ${staging("A", c.am, BM, BK, WG, st, c.an)}
+    ${staging("B", c.bm, BN, BK, WG, st, c.bn)}
     workgroupBarrier();
     ${inner}
     workgroupBarrier();
@@ -276,6 +305,8 @@ export interface TiledOptions {
   shape: TileShape;
   /** The device has `shader-f16` (enabled): two f16 operands are staged as f16. */
   shaderF16: boolean;
+  /** Residual and norm-on-load tensors (kernels/matmul_fused.ts); default none. */
+  fused?: Fused;
 }
 
 /** Records `C = α·op(A)·op(B) + β·C` with the tiled kernel of `options.shape`. */
@@ -298,11 +329,15 @@ export function dispatchTiled(
     at,
     bt,
     half: options.shaderF16 && at === "f16" && bt === "f16",
+    an: p.normA ?? "",
+    bn: p.normB ?? "",
+    res: options.fused?.R != null,
   };
+  const f = options.fused ?? { R: null, nr: null, ng: null };
   const rowTiles = Math.ceil(p.M / s.BM);
   const z = Math.ceil(rowTiles / MAX_GROUPS_PER_DIM);
   rec.dispatch(TILED.variant(config), {
-    bindings: { A: a, B: b, C: c },
+    bindings: { A: a, B: b, C: c, R: f.R, nr: f.nr, ng: f.ng },
     params: {
       M: p.M,
       N: p.N,

@@ -42,6 +42,30 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 `,
 });
 
+// The forward's first pass alone, for a norm folded into the next matmul's load
+// (kernels/matmul_fused.ts): the same sum in the same order, so rstd has the forward's bits.
+const RSTD = defineKernel({
+  name: "rmsnorm_rstd",
+  params: { T: "u32", H: "u32", eps: "f32" },
+  bindings: { x: "read f32", rstd: "read_write f32" },
+  loopBound: ({ H }) => H + 1,
+  body: /* wgsl */ `
+${FLAT_INDEX_WGSL}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let t = flatIndex(gid, nwg, ${WG}u);
+  if (t >= p.T) { return; }
+  let base = t * p.H;
+  var ss = 0.0;
+  for (var i = 0u; i < p.H; i++) {
+    let v = x[base + i];
+    ss = fma(v, v, ss);
+  }
+  rstd[t] = 1.0 / sqrt(ss / f32(p.H) + p.eps);
+}
+`,
+});
+
 const BACKWARD = defineKernel({
   name: "rmsnorm_backward",
   params: { T: "u32", H: "u32", accumulate: "u32" },
@@ -141,6 +165,16 @@ export function rmsnormForward(
     params: { T, H, eps },
     grid: grid1d(T, WG),
   });
+}
+
+/**
+ * Only `rstd[t] = 1/sqrt(mean(x[t,:]²) + eps)` (bit for bit `rmsnormForward`'s), for a norm whose
+ * output the next matmul forms on load (`matmul` option `norm`). Shapes: x [T, H], rstd [T].
+ */
+export function rmsnormRstd(rec: Recorder, rstd: GpuTensor, x: GpuTensor, eps: number): void {
+  const [T, H] = expect2d("rmsnorm x", x);
+  expectShape("rmsnorm rstd", rstd, [T]);
+  rec.dispatch(RSTD, { bindings: { x, rstd }, params: { T, H, eps }, grid: grid1d(T, WG) });
 }
 
 /**

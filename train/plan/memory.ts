@@ -310,14 +310,14 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
 
   // Activations at this micro-batch and sequence (docs/architecture.md §3): every layer's input
   // (the residual stream) is kept; the rest of a layer's activations once per layer, or, with
-  // --recompute, one set the layers share.
+  // --recompute, one set the layers share. The normalized activations are not
+  // kept: the layers' matmuls form them on load (model/llama_blocks.ts).
   const kinds = new Set(linears.map((l) => l.kind));
   const act = (label: string, n: number, times = 1) => add("activations", label, n, times);
   const perLayer = input.recompute ? 1 : L;
   act("resid", Tm * C, L + 1);
   for (
     const [label, n] of [
-      ["ln1", Tm * C],
       ["rstd1", Tm],
       ["q", Tm * H * D],
       ["k", Tm * KV * D],
@@ -325,7 +325,6 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
       ["att", Tm * H * D],
       ["lse", Tm * H],
       ["xMid", Tm * C],
-      ["ln2", Tm * C],
       ["rstd2", Tm],
       ["gate", Tm * I],
       ["up", Tm * I],
@@ -333,7 +332,6 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     ] as const
   ) act(label, n, perLayer);
   for (const k of LINEAR_KINDS) if (kinds.has(k)) act(`xa ${k}`, Tm * r, perLayer);
-  act("tmp", Tm * C);
   act("lnf", Tm * C);
   act("rstdf", Tm);
   act("losses", Tm);
