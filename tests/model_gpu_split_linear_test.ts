@@ -40,7 +40,9 @@ Deno.test("linears over the binding limit as row blocks match the float64 refere
   const weights = randomWeights(config, rng);
   const batches = [randomMicroBatch(config, rng, rows, seqLen)];
   const factors = randomAdapterFactors(config, rank, rng);
-  const run = async (limit: number | undefined) => {
+  // normOnLoad: the layers' RMSNorms read in the split matmuls' loads (the default on GPUs;
+  // lavapipe writes them), so the row-block path takes the norm too.
+  const run = async (limit: number | undefined, normOnLoad = false) => {
     const gpu = await Gpu.open(limit ? { maxBindingBytes: limit } : {});
     try {
       const model = await LlamaGpu.create(gpu, config, weights, {
@@ -48,6 +50,7 @@ Deno.test("linears over the binding limit as row blocks match the float64 refere
         seqLen,
         adapters: { targets: LINEAR_KINDS, rank },
         gradients: "weights",
+        normOnLoad,
       });
       try {
         writeAdapters(model, factors);
@@ -80,6 +83,7 @@ Deno.test("linears over the binding limit as row blocks match the float64 refere
     down_proj: 2,
   });
   const whole = await run(undefined);
+  const splitOnLoad = await run(LIMIT, true);
   assert.ok([...whole.blocks.values()].every((n) => n === 1));
   // The split weights read back as they were uploaded.
   for (const [n, t] of split.readBack) assert.deepEqual(t.data, weights.get(n)!.data, n);
@@ -90,7 +94,8 @@ Deno.test("linears over the binding limit as row blocks match the float64 refere
     batches,
     referenceAdapters(factors, rank, scale, scale),
   );
-  for (const [what, got] of [["split", split], ["whole", whole]] as const) {
+  const variants = [["split", split], ["whole", whole], ["split, norm on load", splitOnLoad]];
+  for (const [what, got] of variants as [string, typeof split][]) {
     const lossErr = Math.abs(got.step.loss - ref.loss) / ref.loss;
     const worstA = new WorstError();
     for (const [n, g] of got.step.gradA) worstA.add(`g_A ${n}`, relErr(g, ref.gradA.get(n)!));
@@ -110,4 +115,40 @@ Deno.test("linears over the binding limit as row blocks match the float64 refere
   }
   // Each logit is one dot product either way: the same bits.
   assert.deepEqual(split.logits, whole.logits);
+  assert.deepEqual(splitOnLoad.logits, whole.logits);
+  assert.deepEqual(splitOnLoad.step.loss, split.step.loss);
+});
+
+Deno.test("without adapters the residual add rides in the split o_proj/down_proj products", async () => {
+  // No adapter term: the base product is the last matmul writing o_proj's and down_proj's
+  // output, so the residual goes into the row blocks' pass (gpu/kernels/matmul_rows.ts).
+  const rng = new Rng(8192);
+  const weights = randomWeights(config, rng);
+  const batch = randomMicroBatch(config, rng, rows, seqLen);
+  const logits = async (limit: number | undefined, normOnLoad: boolean) => {
+    const gpu = await Gpu.open(limit ? { maxBindingBytes: limit } : {});
+    try {
+      const model = await LlamaGpu.create(gpu, config, weights, {
+        maxRows: rows,
+        seqLen,
+        gradients: "none",
+        normOnLoad,
+      });
+      try {
+        const m = model.weightMatrix(linearName(0, "down_proj"));
+        assert.equal("parts" in m ? m.parts.length : 1, limit ? 2 : 1);
+        return await model.logits(batch);
+      } finally {
+        model.close();
+      }
+    } finally {
+      gpu.close();
+    }
+  };
+  const whole = await logits(undefined, false);
+  const ref = referenceStep(config, weights, [batch], referenceAdapters(new Map(), 0, 0, 0));
+  assert.ok(relErr(whole, ref.logits[0]) < 1e-5, "the whole model against float64");
+  for (const onLoad of [false, true]) {
+    assert.deepEqual(await logits(LIMIT, onLoad), whole, `split, norm on load ${onLoad}`);
+  }
 });
