@@ -4,7 +4,8 @@
 #
 #   1. matmul f32 and f16 at 1024–8192 (TFLOP/s), attention, cross-entropy
 #      (deno task bench gpu --gpu-mode machine);
-#   2. the kernels' correctness suite (tests/gpu_*_test.ts) on the default adapter, the GPU;
+#   2. the kernels' correctness suite (tests/gpu_*_test.ts, the fused and split model layers,
+#      the SVD on the device) on the default adapter, the GPU;
 #   3. the 1B-shape model (Llama-3.2-1B, random init): HD-PiSSA steps with K = 1 and K = 2
 #      workers on the one GPU, forward+backward tokens/s (bench/gpu_machine_model.ts; the 1B
 #      writer is bench/support/random_model.ts of the real-sizes work);
@@ -118,6 +119,9 @@ else
   for f in tests/gpu_*_test.ts; do
     [ "$f" = tests/gpu_machine_script_test.ts ] || TESTS+=("$f")
   done
+  # The model-level fusions (the norm on load is the GPU default, written on lavapipe), split
+  # linears and the randomized SVD's passes on the device.
+  TESTS+=(tests/model_gpu_norm_on_load_test.ts tests/model_gpu_split_linear_test.ts tests/svd_gpu_test.ts)
 fi
 echo "files: ${TESTS[*]}"
 timeout 300 "$DENO" test -A "${TESTS[@]}" >"$RUN/tests.log" 2>&1
