@@ -16,6 +16,19 @@ import { FLAT_INDEX_WGSL, grid1d } from "./grid.ts";
 
 const WG = 64;
 
+// 1/sqrt(mean(x²) + eps) of the row at `base`, summed in index order. The forward and the
+// norm-on-load pass both call it, so their rstd has the same bits.
+const ROW_RSTD_WGSL = /* wgsl */ `
+fn rowRstd(base: u32) -> f32 {
+  var ss = 0.0;
+  for (var i = 0u; i < p.H; i++) {
+    let v = x[base + i];
+    ss = fma(v, v, ss);
+  }
+  return 1.0 / sqrt(ss / f32(p.H) + p.eps);
+}
+`;
+
 const FORWARD = defineKernel({
   name: "rmsnorm_forward",
   params: { T: "u32", H: "u32", eps: "f32" },
@@ -23,17 +36,12 @@ const FORWARD = defineKernel({
   loopBound: ({ H }) => 2 * (H + 1),
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
-@compute @workgroup_size(${WG})
+${ROW_RSTD_WGSL}@compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let t = flatIndex(gid, nwg, ${WG}u);
   if (t >= p.T) { return; }
   let base = t * p.H;
-  var ss = 0.0;
-  for (var i = 0u; i < p.H; i++) {
-    let v = x[base + i];
-    ss = fma(v, v, ss);
-  }
-  let r = 1.0 / sqrt(ss / f32(p.H) + p.eps);
+  let r = rowRstd(base);
   rstd[t] = r;
   for (var i = 0u; i < p.H; i++) {
     y[base + i] = w[i] * (x[base + i] * r);
@@ -51,17 +59,11 @@ const RSTD = defineKernel({
   loopBound: ({ H }) => H + 1,
   body: /* wgsl */ `
 ${FLAT_INDEX_WGSL}
-@compute @workgroup_size(${WG})
+${ROW_RSTD_WGSL}@compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let t = flatIndex(gid, nwg, ${WG}u);
   if (t >= p.T) { return; }
-  let base = t * p.H;
-  var ss = 0.0;
-  for (var i = 0u; i < p.H; i++) {
-    let v = x[base + i];
-    ss = fma(v, v, ss);
-  }
-  rstd[t] = 1.0 / sqrt(ss / f32(p.H) + p.eps);
+  rstd[t] = rowRstd(t * p.H);
 }
 `,
 });
