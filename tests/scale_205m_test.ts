@@ -9,6 +9,8 @@
  * Two layers instead of the shape's 30: the float64 reference and the driver's exact SVDs grow
  * with the layers while the vocabulary-sized parts (embedding blocks, the chunked head and its
  * loss over 128,256 classes) are what this test is about; two layers keep it near a minute.
+ * `SCALE_205M_LAYERS=30 deno test -A tests/scale_205m_test.ts` runs the same check at the shape's
+ * full depth (minutes; not part of the suite).
  *
  * SGD, not AdamW: AdamW's first step is −lr·g/(|g| + ε), i.e. −lr·sign(g) wherever |g| ≫ ε, so
  * an entry whose gradient is within f32 rounding of zero flips sign and is off by 2·lr; among the
@@ -37,7 +39,16 @@ import { defaultOptions, type FinetuneOptions } from "../train/cli/options.ts";
 import { referenceCosineLr, referenceStep } from "./support/step_reference.ts";
 import { relErr, toReferenceBatch } from "./support/model_gpu.ts";
 
-const LAYERS = 2;
+const LAYERS = layersFromEnv(Deno.env.get("SCALE_205M_LAYERS"));
+
+function layersFromEnv(v: string | undefined): number {
+  if (v === undefined) return 2;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 30) {
+    throw new Error(`SCALE_205M_LAYERS must be an integer from 1 to 30, got ${v}`);
+  }
+  return n;
+}
 const CONFIG: LlamaConfig = { ...LLAMA3_VOCAB_205M.config, num_hidden_layers: LAYERS };
 const SEQ = 16;
 const BINDING = 128 * 1024 * 1024;
