@@ -76,7 +76,11 @@ export function accuracyPlot(
       `<line class="full" x1="${L}" x2="${W - R}" y1="${y}" y2="${y}" stroke="${
         colorOf("full")
       }" stroke-dasharray="6 4"/>`,
-      `<text x="${W - R + 6}" y="${y + 4}" font-size="11">full ${pct(full.accuracy.mean)}${
+      // In the legend, below the curves' names: beside the line it would sit on a name when
+      // full fine-tuning is near the top, as it is on the capacity task.
+      `<text x="${W - R + 6}" y="${T + 14 + 16 * curves.length}" font-size="11" fill="${
+        colorOf("full")
+      }">full (dashed) ${pct(full.accuracy.mean)}${
         full.accuracy.sd === null ? "" : ` ± ${pct(full.accuracy.sd)}`
       }</text>`,
     );
