@@ -3,60 +3,19 @@
 // pass): the same loss and gradients, bit for bit, with full-weight and adapter gradients, the
 // numeric mute, a sliding window and biases, recompute; and two [T, C] buffers fewer per layer.
 import assert from "node:assert/strict";
-import { Gpu } from "../gpu/mod.ts";
 import { LINEAR_KINDS, type LlamaConfig } from "../model/config.ts";
-import { LlamaGpu, type LlamaGpuOptions } from "../model/llama.ts";
 import { sameBits } from "../gpu/check.ts";
 import {
   BIASED_WINDOWED,
-  type GpuStep,
-  gpuStep,
   GQA_TIED,
-  randomMicroBatch,
-  randomWeights,
-  Rng,
+  type OwnStepOptions,
+  stepOnOwnGpu,
 } from "./support/model_gpu.ts";
 
 const S = 9;
 
-type Options = Omit<LlamaGpuOptions, "maxRows" | "seqLen" | "maxMicroBatches">;
-
-async function step(
-  config: LlamaConfig,
-  options: Options,
-  scales: [number, number],
-): Promise<{ result: GpuStep; bytes: number; onLoad: boolean }> {
-  const rng = new Rng(33);
-  const weights = randomWeights(config, rng);
-  const batches = [randomMicroBatch(config, rng, 3, S), randomMicroBatch(config, rng, 2, S)];
-  const gpu = await Gpu.open();
-  try {
-    const model = await LlamaGpu.create(gpu, config, weights, {
-      maxRows: 3,
-      seqLen: S,
-      maxMicroBatches: 2,
-      ...options,
-    });
-    const bytes = gpu.stats().bytes;
-    try {
-      for (const n of model.adapterNames()) {
-        const a = model.adapter(n);
-        const r = new Rng(n.length);
-        model.writeAdapter(n, r.normals(a.A.size, 0.3), r.normals(a.B.size, 0.3));
-      }
-      model.setAdapterScales(...scales);
-      const result = await gpuStep(model, batches);
-      return { result, bytes, onLoad: model.options.normOnLoad };
-    } finally {
-      model.close();
-    }
-  } finally {
-    gpu.close();
-  }
-}
-
 Deno.test("gpu model: RMSNorm on load gives the bits of the written norm", async (t) => {
-  const cases: [string, LlamaConfig, Options, [number, number]][] = [
+  const cases: [string, LlamaConfig, OwnStepOptions, [number, number]][] = [
     ["3 layers, tied, full-weight and adapter gradients", { ...GQA_TIED, num_hidden_layers: 3 }, {
       adapters: { targets: LINEAR_KINDS, rank: 2 },
       gradients: "weights",
@@ -73,9 +32,9 @@ Deno.test("gpu model: RMSNorm on load gives the bits of the written norm", async
   ];
   for (const [name, config, options, scales] of cases) {
     await t.step(name, async () => {
-      const written = await step(config, { ...options, normOnLoad: false }, scales);
-      const onLoad = await step(config, { ...options, normOnLoad: true }, scales);
-      assert.ok(!written.onLoad && onLoad.onLoad);
+      const written = await stepOnOwnGpu(config, 33, S, { ...options, normOnLoad: false }, scales);
+      const onLoad = await stepOnOwnGpu(config, 33, S, { ...options, normOnLoad: true }, scales);
+      assert.ok(!written.resolved.normOnLoad && onLoad.resolved.normOnLoad);
       assert.ok(Number.isFinite(written.result.loss) && written.result.loss > 0);
       assert.equal(onLoad.result.loss, written.result.loss);
       let compared = 0;

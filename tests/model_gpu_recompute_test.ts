@@ -8,49 +8,13 @@ import { LlamaGpu, type LlamaGpuOptions } from "../model/llama.ts";
 import { sameBits } from "../gpu/check.ts";
 import {
   BIASED_WINDOWED,
-  type GpuStep,
-  gpuStep,
   GQA_TIED,
-  randomMicroBatch,
   randomWeights,
   Rng,
+  stepOnOwnGpu,
 } from "./support/model_gpu.ts";
 
 const S = 9;
-
-async function step(
-  config: LlamaConfig,
-  seed: number,
-  options: Omit<LlamaGpuOptions, "maxRows" | "seqLen" | "maxMicroBatches">,
-): Promise<{ result: GpuStep; bytes: number; recompute: boolean }> {
-  const rng = new Rng(seed);
-  const weights = randomWeights(config, rng);
-  const batches = [randomMicroBatch(config, rng, 3, S), randomMicroBatch(config, rng, 2, S)];
-  // A Gpu of its own, so that the pool's bytes are this model's buffers alone.
-  const gpu = await Gpu.open();
-  try {
-    const model = await LlamaGpu.create(gpu, config, weights, {
-      maxRows: 3,
-      seqLen: S,
-      maxMicroBatches: 2,
-      ...options,
-    });
-    const bytes = gpu.stats().bytes;
-    try {
-      for (const n of model.adapterNames()) {
-        const a = model.adapter(n);
-        const r = new Rng(n.length);
-        model.writeAdapter(n, r.normals(a.A.size, 0.3), r.normals(a.B.size, 0.3));
-      }
-      model.setAdapterScales(0.5, 0.5);
-      return { result: await gpuStep(model, batches), bytes, recompute: model.options.recompute };
-    } finally {
-      model.close();
-    }
-  } finally {
-    gpu.close();
-  }
-}
 
 Deno.test("gpu model: recompute gives the same bits with smaller activations", async (t) => {
   const cases: [string, LlamaConfig, Omit<LlamaGpuOptions, "maxRows" | "seqLen">][] = [
@@ -65,9 +29,9 @@ Deno.test("gpu model: recompute gives the same bits with smaller activations", a
   ];
   for (const [name, config, options] of cases) {
     await t.step(name, async () => {
-      const kept = await step(config, 21, options);
-      const re = await step(config, 21, { ...options, recompute: true });
-      assert.ok(!kept.recompute && re.recompute);
+      const kept = await stepOnOwnGpu(config, 21, S, options, [0.5, 0.5]);
+      const re = await stepOnOwnGpu(config, 21, S, { ...options, recompute: true }, [0.5, 0.5]);
+      assert.ok(!kept.resolved.recompute && re.resolved.recompute);
       assert.ok(Number.isFinite(kept.result.loss) && kept.result.loss > 0);
       assert.equal(re.result.loss, kept.result.loss);
       let compared = 0;

@@ -12,7 +12,8 @@ import {
   referenceForwardBackward,
 } from "../../model/reference/llama.ts";
 import type { MicroBatch } from "../../model/batch.ts";
-import type { LlamaGpu } from "../../model/llama.ts";
+import { LlamaGpu, type LlamaGpuOptions } from "../../model/llama.ts";
+import { Gpu } from "../../gpu/mod.ts";
 import { Rng } from "../../core/rng.ts";
 
 /**
@@ -314,3 +315,50 @@ export async function gpuStep(model: LlamaGpu, batches: readonly MicroBatch[]): 
 }
 
 export { Rng };
+
+/** A model's options for `stepOnOwnGpu`: all but the sizes it fixes. */
+export type OwnStepOptions = Omit<LlamaGpuOptions, "maxRows" | "seqLen" | "maxMicroBatches">;
+
+/**
+ * One step over two micro-batches (3 and 2 rows of `seqLen`) of a model with random weights and
+ * random adapters (from `seed`; adapter n from `Rng(n.length)`), on a Gpu of its own so that the
+ * pool's bytes are this model's buffers alone. Returns the step, those bytes and the options the
+ * model resolved (what a default turned into).
+ */
+export async function stepOnOwnGpu(
+  config: LlamaConfig,
+  seed: number,
+  seqLen: number,
+  options: OwnStepOptions,
+  scales: [number, number],
+): Promise<{ result: GpuStep; bytes: number; resolved: LlamaGpu["options"] }> {
+  const rng = new Rng(seed);
+  const weights = randomWeights(config, rng);
+  const batches = [
+    randomMicroBatch(config, rng, 3, seqLen),
+    randomMicroBatch(config, rng, 2, seqLen),
+  ];
+  const gpu = await Gpu.open();
+  try {
+    const model = await LlamaGpu.create(gpu, config, weights, {
+      maxRows: 3,
+      seqLen,
+      maxMicroBatches: 2,
+      ...options,
+    });
+    const bytes = gpu.stats().bytes;
+    try {
+      for (const n of model.adapterNames()) {
+        const a = model.adapter(n);
+        const r = new Rng(n.length);
+        model.writeAdapter(n, r.normals(a.A.size, 0.3), r.normals(a.B.size, 0.3));
+      }
+      model.setAdapterScales(...scales);
+      return { result: await gpuStep(model, batches), bytes, resolved: model.options };
+    } finally {
+      model.close();
+    }
+  } finally {
+    gpu.close();
+  }
+}
