@@ -94,8 +94,10 @@ Deno.test("study plan: the grid of the issue, unique ids, a budget from the step
   assert.equal(main.filter((r) => r.phase === "control").length, 15);
   const mute = main.filter((r) => r.phase === "mute");
   assert.deepEqual(
-    mute.map((r) => `${r.mute}/${r.muteRescale}`),
-    ["0.01", "1e-8", "1e-16", "1e-32"].flatMap((g) => [`${g}/inverse`, `${g}/fixed`]),
+    mute.map((r) => `${r.mute}/${r.muteRescale}/s${r.seed}`),
+    ["0.01", "1e-8", "1e-16", "1e-32"].flatMap((g) =>
+      ["inverse", "fixed"].flatMap((m) => [0, 1, 2].map((seed) => `${g}/${m}/s${seed}`))
+    ),
   );
   const ids = [...tune, ...main].map((r) => r.id);
   assert.equal(new Set(ids).size, ids.length);
@@ -104,14 +106,14 @@ Deno.test("study plan: the grid of the issue, unique ids, a budget from the step
   const lrK = tuned.find((r) => r.series === "hd-pissa mean lr×K")!;
   assert.equal(lrK.lr, 0.01);
   assert.equal(lrK.lrFactor, 4);
-  // Budget: 131 runs × 12 s + (108 + 9 + 8 + 6·4) step-equivalents × 60 steps × 0.7 s.
+  // Budget: 147 runs × 12 s + (108 + 9 + 24 + 6·4) step-equivalents × 60 steps × 0.7 s.
   const all = [...tune, ...main];
-  assert.equal(all.length, 131);
+  assert.equal(all.length, 147);
   const budget = { stepSeconds: 0.7, overheadSeconds: 12, referenceBatch: 16 };
-  close(totalSeconds(all, 60, budget), 131 * 12 + (108 + 9 + 8 + 24) * 60 * 0.7, 1e-6);
+  close(totalSeconds(all, 60, budget), 147 * 12 + (108 + 9 + 24 + 24) * 60 * 0.7, 1e-6);
   const text = planLines(FULL, budget, new Set([ids[0]])).join("\n");
-  assert.match(text, /total {5}131 runs {2}~2 h 10 min/); // 7830 s
-  assert.match(text, /left {6}130 runs/);
+  assert.match(text, /total {5}147 runs {2}~2 h 24 min/); // 8694 s
+  assert.match(text, /left {6}146 runs/);
   assert.match(text, new RegExp(`done ${ids[0]}`));
   // --quick's flags: the codes task, one seed.
   const q = STUDY_FLAGS.parse(["--quick"]).options;

@@ -9,7 +9,8 @@
  *   seed, at the method's tuned rate, scored on the test file.
  * - controls (on the capacity task): HD-PiSSA with `--aggregate sum`, with mean and the rate ×K,
  *   with `--slice-scale equal`, and HD-PiSSA and PiSSA at four times the global batch.
- * - mute: HD-PiSSA with γ ∈ {1e-2, 1e-8, 1e-16, 1e-32}, rescaled by 1/γ or by the fixed 1e16.
+ * - mute: HD-PiSSA with γ ∈ {1e-2, 1e-8, 1e-16, 1e-32}, rescaled by 1/γ or by the fixed 1e16,
+ *   every seed.
  *
  * All runs of a seed share the data order and the number of steps.
  * @module
@@ -218,16 +219,19 @@ export function mainRuns(s: StudySettings, tuned: ReadonlyMap<string, number>): 
     const gammas = s.quick ? [1e-32] : MUTE_GAMMAS;
     for (const mute of gammas) {
       for (const muteRescale of ["inverse", "fixed"] as const) {
-        out.push(run(s, {
-          phase: "mute",
-          task,
-          method: "hd-pissa",
-          rank,
-          lr: lrOf(task, "hd-pissa"),
-          mute,
-          muteRescale,
-          series: `mute ${muteRescale}`,
-        }));
+        for (const seed of seeds) {
+          out.push(run(s, {
+            phase: "mute",
+            task,
+            method: "hd-pissa",
+            rank,
+            lr: lrOf(task, "hd-pissa"),
+            seed,
+            mute,
+            muteRescale,
+            series: `mute ${muteRescale}`,
+          }));
+        }
       }
     }
   }
