@@ -212,17 +212,20 @@ export class Directory {
    *
    * Heartbeats are read on this loop, so while it was busy (a long synchronous step, or a starved
    * process under load) none were read, whatever the nodes sent. A tick more than half a period
-   * late therefore does not count the time since the previous tick against any node: a loop
-   * that keeps running late (each tick blocked by a few hundred ms of work between reads) would
-   * otherwise add up its own delays into a node's silence and declare a live node dead. Under
-   * such load a dead node is found later, by the time the loop was away.
+   * late therefore moves every node's last sighting on by the delay (the gap less the period it
+   * was due after anyway): the loop's own lateness is not a node's silence, but a silent node
+   * still ages by a period per tick, so it is found dead however late the ticks run (ticks every
+   * 2 periods find it after twice the window). After a stall (a gap over two periods) nobody is
+   * declared dead on that tick: heartbeats it hid may still be queued, unread.
    */
   tick(now: number, period: number) {
     const gap = this.#lastTick === 0 ? 0 : now - this.#lastTick;
     this.#lastTick = now;
     if (gap > 1.5 * period) {
-      for (const n of this.nodes.values()) n.lastSeen = Math.min(now, n.lastSeen + gap);
-      if (gap > 2 * period + 100) return; // a stall: the heartbeats it hid are still unread
+      for (const n of this.nodes.values()) {
+        n.lastSeen = Math.min(now, n.lastSeen + (gap - period));
+      }
+      if (gap > 2 * period + 100) return;
     }
     for (const [id, n] of this.nodes) {
       if (now - n.lastSeen > n.hb.interval * n.hb.missed) this.nodeDown(id);

@@ -33,6 +33,12 @@ const config: LlamaConfig = {
 const rows = 2, seqLen = 12, rank = 2, scale = 1.5;
 // 8 MiB: the [128256, 64] tables (32.8 MB) split into 4 row blocks; 16 logits rows a chunk.
 const LIMIT = 8 * 1024 * 1024;
+// The gradients pass through the head's backward, dX = dLogits·W_head, a sum over all 128,256
+// vocabulary rows in f32: its rounding error grows like √V·2⁻²⁴ ≈ 2.1e-5 of the result, where the
+// logits (one dot product of 64 terms each) stay near 1e-6. Measured: 4.5e-6 … 1.09e-5 (g_B of
+// k_proj, the smallest gradients, on the whole path after the residual adds moved into the
+// matmuls' stores and changed the order of two roundings).
+const GRAD_BOUND = 2.5e-5;
 
 Deno.test("split embedding and lm_head at vocabulary 128256 match the float64 reference", async () => {
   const rng = new Rng(128256);
@@ -90,8 +96,8 @@ Deno.test("split embedding and lm_head at vocabulary 128256 match the float64 re
     );
     assert.ok(lossErr < 1e-5, `${what} loss ${got.step.loss} vs ${ref.loss}`);
     assert.ok(logitsErr < 1e-5, `${what} logits ${logitsErr}`);
-    assert.ok(worstA.value < 1e-5, `${what} adapter gradients ${worstA}`);
-    assert.ok(worstW.value < 1e-5, `${what} weight gradients ${worstW}`);
+    assert.ok(worstA.value < GRAD_BOUND, `${what} adapter gradients ${worstA}`);
+    assert.ok(worstW.value < GRAD_BOUND, `${what} weight gradients ${worstW}`);
     assert.ok(got.step.gradW.has("model.embed_tokens.weight"));
     assert.ok(got.step.gradW.has("lm_head.weight"));
   }
