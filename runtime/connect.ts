@@ -61,20 +61,30 @@ export function transportOf(url: string): "tcp" | "ws" {
   throw new InvalidArgumentError(`unsupported NATS URL scheme in ${url} (use nats:// or ws://)`);
 }
 
-let resetGuard = false;
+let socketGuard = false;
 
 /**
- * When a server refuses a TCP client (bad credentials), nats.js lets go of the socket, and under
- * Deno's node:net the peer's reset can still surface afterwards as an "error" event nobody
- * listens to, which would end the process. Such a reset concerns a socket already closed, so it
- * is dropped here; any other uncaught error is left alone.
+ * Two late socket errors of nats.js's TCP transport under Deno's node:net concern a socket that
+ * is already closed, and would otherwise end the process as "error" events nobody listens to:
+ *
+ * - When a server refuses a client (bad credentials), nats.js lets go of the socket and the
+ *   peer's reset can surface afterwards (`ECONNRESET` on read).
+ * - When a server goes away (its host killed), the transport answers the peer's end by ending
+ *   its side, and a frame it was flushing at that moment is written after the end; the stream
+ *   reports `ERR_STREAM_WRITE_AFTER_END` on the next tick, after the transport's close handler
+ *   has removed its listeners (`EPIPE` when the peer's end arrived first). The client
+ *   reconnects to another server regardless: the frame was lost with the connection, and its
+ *   requests time out and are retried like any other.
+ *
+ * Both are dropped here; any other uncaught error is left alone. Exported for its test.
  */
-function guardLateResets() {
-  if (resetGuard) return;
-  resetGuard = true;
+export function guardLateSocketErrors(): void {
+  if (socketGuard) return;
+  socketGuard = true;
   globalThis.addEventListener("error", (e) => {
     const err = (e as ErrorEvent).error as { code?: string; syscall?: string } | undefined;
     if (err?.code === "ECONNRESET" && err.syscall === "read") e.preventDefault();
+    if (err?.code === "ERR_STREAM_WRITE_AFTER_END" || err?.code === "EPIPE") e.preventDefault();
   });
 }
 
@@ -107,7 +117,7 @@ export async function connectNats(
     ...options.extra,
   };
   if (kinds.has("tcp")) {
-    guardLateResets();
+    guardLateSocketErrors();
     return await tcpConnect(base);
   }
   return await wsconnect({
