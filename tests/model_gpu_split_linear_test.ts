@@ -2,11 +2,13 @@
 // stays small; tests/gpu_matmul_rows_test.ts covers the device's real limit): q/o and the MLP's
 // matrices are held as row blocks, invisibly to the layers, and a training step matches the
 // float64 reference (loss, logits, adapter gradients, full-weight gradients of the split
-// matrices) and the same model with every matrix whole.
+// matrices) and the same model with every matrix whole; greedy generation (the KV cache's
+// one-row products) with every matrix, the tables too, in blocks equals the reference.
 import assert from "node:assert/strict";
 import { Gpu } from "../gpu/mod.ts";
 import { LINEAR_KINDS, linearName, type LlamaConfig } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
+import { type ReferenceAdapter, referenceGreedy } from "../model/reference/llama.ts";
 import {
   gpuStep,
   GQA_UNTIED,
@@ -151,4 +153,52 @@ Deno.test("without adapters the residual add rides in the split o_proj/down_proj
   for (const onLoad of [false, true]) {
     assert.deepEqual(await logits(LIMIT, onLoad), whole, `split, norm on load ${onLoad}`);
   }
+});
+
+Deno.test("greedy generation with the linears, the embedding and lm_head in row blocks equals the reference", async () => {
+  // Vocabulary 300: the tables ([300, 64] f32, 75 KiB) split too, so every matrix the decoding
+  // path reads (its one-row products, the KV cache's projections, the head) is in row blocks.
+  const big: LlamaConfig = { ...config, vocab_size: 300 };
+  const rng = new Rng(2048);
+  const weights = randomWeights(big, rng);
+  const factors = randomAdapterFactors(big, rank, rng);
+  const prompts = [5, 1, 8].map((n) =>
+    Array.from({ length: n }, (_, i) => i === 0 ? 1 : rng.int(big.vocab_size))
+  );
+  const maxNew = 7;
+  const generate = async (limit: number | undefined) => {
+    const gpu = await Gpu.open(limit ? { maxBindingBytes: limit } : {});
+    try {
+      const model = await LlamaGpu.create(gpu, big, weights, {
+        maxRows: 2,
+        seqLen: 16,
+        adapters: { targets: LINEAR_KINDS, rank },
+        gradients: "adapters",
+      });
+      try {
+        writeAdapters(model, factors);
+        model.setAdapterScales(0.5, scale);
+        const head = model.weightMatrix("lm_head.weight");
+        const down = model.weightMatrix(linearName(1, "down_proj"));
+        const blocks = [head, down].map((m) => "parts" in m ? m.parts.length : 1);
+        const tokens = await model.generate(prompts, { maxNewTokens: maxNew, stopIds: [] });
+        return { tokens, blocks };
+      } finally {
+        model.close();
+      }
+    } finally {
+      gpu.close();
+    }
+  };
+  const split = await generate(LIMIT);
+  assert.ok(split.blocks.every((n) => n > 1), `lm_head and down_proj in blocks: ${split.blocks}`);
+  const adapters = new Map<string, ReferenceAdapter>(
+    [...factors].map(([n, f]) => [n, { A: f.A, B: f.B, rank, scale, sigma: 0.5 }]),
+  );
+  const ref = prompts.map((p) => referenceGreedy(big, weights, p, maxNew, [], { adapters }));
+  console.log(`split: ${JSON.stringify(split.tokens)}`);
+  assert.deepEqual(split.tokens, ref);
+  const whole = await generate(undefined);
+  assert.deepEqual(whole.blocks, [1, 1]);
+  assert.deepEqual(split.tokens, whole.tokens);
 });
