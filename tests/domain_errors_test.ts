@@ -145,8 +145,11 @@ const SAMPLES: DomainError[] = [
   new ScheduleError("schedule"),
   new CheckpointError("checkpoint"),
   new WeightDigestError("changed", "model.safetensors", "ab", "cd"),
-  new StoredWeightsError("changed", "job.weights.g0.c3", "model.norm.weight"),
-  new StoredWeightsError("no manifest", "job.weights.g0", null),
+  new StoredWeightsError("changed", "job.weights.g0.c3", [
+    "model.layers.1.mlp.down_proj.weight",
+    "model.norm.weight",
+  ]),
+  new StoredWeightsError("no manifest", "job.weights.g0", []),
   new ContributionError(1, "nonfinite", "NaN"),
   new WorkerStateError("state"),
   new AdapterInitError("rank too large", "q_proj"),

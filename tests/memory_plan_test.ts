@@ -212,9 +212,14 @@ Deno.test("the host term counts the driver and every worker process, devices in 
   assert.equal(s2.host.total, p2.host.total + chunk);
   assert.equal(s2.host.worker!.load, wl.load + 2 * chunk);
   assert.equal(p2.host.store_chunk, 0);
-  // A smaller chunk (as a test's) is what the plan counts; a tensor smaller than it, its own size.
+  // A smaller chunk (as a test's) is what the plan counts, cut to whole f32 values; a W smaller
+  // than a chunk is one chunk of its own size.
   const small = memoryPlan({ ...planInput(2, "store"), storeChunkBytes: 1 << 20 });
   assert.equal(small.host.serialized, 1 << 20);
+  const odd = memoryPlan({ ...planInput(2, "store"), storeChunkBytes: (1 << 20) + 3 });
+  assert.equal(odd.host.store_chunk, 1 << 20);
+  const whole = memoryPlan({ ...planInput(2, "store"), storeChunkBytes: 2 * W });
+  assert.equal(whole.host.store_chunk, W);
   assert.ok(planLines(s2).some((l) => /serialized 64\.0 MiB \(one object-store chunk/.test(l)));
 
   // On a 24 GiB host whose workers' devices live in host memory (lavapipe): K = 2 from the

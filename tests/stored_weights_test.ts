@@ -1,8 +1,10 @@
-// W through the object store in chunks (actors/stored_weights.ts): with a chunk far smaller than
-// W (and than its larger tensors), a worker's store load ends on the same device bits as its load
-// from the model folder, while the driver never held more than one chunk for the store (its
-// counter, not RSS); a changed, missing or mis-announced object is a StoredWeightsError naming
-// the tensor, also across the actor boundary, with nothing left waiting.
+// W through the object store as packed chunks (actors/stored_weights.ts): with a chunk far
+// smaller than W (and than its larger tensors), small tensors share a chunk and large ones span
+// several; a worker's store load, reading each chunk once, ends on the same device bits as its
+// load from the model folder, while the driver never held more than one chunk for the store (its
+// counter, not RSS); a changed, missing, mis-announced or inconsistent object is a
+// StoredWeightsError naming the chunk and its tensors, also across the actor boundary, with
+// nothing left waiting.
 import assert from "node:assert/strict";
 import { GpuWorker } from "../actors/gpu_worker.ts";
 import {
@@ -29,9 +31,31 @@ import { TINY_CONFIG, tinyOptions, writeTinySetup } from "./support/tiny_run.ts"
 
 /**
  * 3000 bytes, not a whole number of rows (32 f32): the embedding table and the head (259 × 32
- * f32, 33 KiB) take 12 chunks each, the MLP matrices 3, and chunks start mid-row.
+ * f32, 33 KiB) span 12 chunks each, the norms (128 bytes) share chunks with their neighbours,
+ * and chunks start mid-row and mid-tensor.
  */
 const CHUNK = 3000;
+
+/** A short window for gets of objects that will never turn up (the default is 30 s). */
+const WAIT_MS = 200;
+
+interface Manifest {
+  chunks: { name: string; bytes: number; digest: string }[];
+  tensors: { name: string; shape: number[]; offset: number }[];
+}
+
+/** Per chunk of a manifest, the tensors with values in it. */
+function tensorsPerChunk(m: Manifest): string[][] {
+  let start = 0;
+  return m.chunks.map((c) => {
+    const lo = start;
+    start += c.bytes / 4;
+    return m.tensors.filter((t) => {
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      return n > 0 && t.offset < start && t.offset + n > lo;
+    }).map((t) => t.name);
+  });
+}
 
 function bytesOf(a: ArrayBufferView): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
@@ -62,7 +86,7 @@ async function deviceBytes(
   }
 }
 
-Deno.test("store load in chunks: the folder's bits, the driver holding at most one chunk", async () => {
+Deno.test("store load in packed chunks: shared and spanned, the folder's bits, the driver holding one chunk", async () => {
   const dir = await Deno.makeTempDir({ prefix: "hd-stored-" });
   const system = await init({ nodes: 1 });
   try {
@@ -80,13 +104,27 @@ Deno.test("store load in chunks: the folder's bits, the driver holding at most o
     // The counter's peak: one chunk, never W (nor two chunks).
     assert.ok(counter.peak > 0 && counter.peak <= CHUNK, `peak ${counter.peak}`);
     assert.equal(counter.current, 0);
-    const tensors = expectedTensors(TINY_CONFIG).length;
-    assert.ok(counter.chunks > tensors, `${counter.chunks} chunks for ${tensors} tensors`);
+    // Packed: the chunks are W's bytes in order, all full but the last, whatever the tensors.
+    assert.equal(counter.chunks, Math.ceil(total / CHUNK));
     assert.equal(put.objects.length, counter.chunks + 1);
-    for (const o of put.objects.filter((o) => o !== put.name)) {
+    const chunkObjects = put.objects.filter((o) => o !== put.name);
+    for (const [i, o] of chunkObjects.entries()) {
       const size = (await store.info(o))!.size;
-      assert.ok(size > 0 && size <= CHUNK, `${o}: ${size} bytes`);
+      assert.equal(size, i < chunkObjects.length - 1 ? CHUNK : total - CHUNK * i, o);
     }
+    const manifest: Manifest = JSON.parse(
+      new TextDecoder().decode(await store.get(put.name, { digest: put.digest })),
+    );
+    assert.deepEqual(manifest.chunks.map((c) => c.name), chunkObjects);
+    assert.deepEqual(
+      manifest.tensors.map((t) => t.name),
+      expectedTensors(TINY_CONFIG).map((t) => t.name),
+    );
+    const per = tensorsPerChunk(manifest);
+    // A chunk holds parts of several tensors, and a tensor spans several chunks.
+    assert.ok(per.some((ts) => ts.length >= 3), JSON.stringify(per));
+    const embed = per.filter((ts) => ts.includes("model.embed_tokens.weight")).length;
+    assert.ok(embed >= 11, `the embedding table in ${embed} chunks`);
 
     // In this process, with an 8 KiB binding limit: the head's row blocks cut across chunks.
     const gpu = await Gpu.open({ maxBindingBytes: 8 * 1024 });
@@ -98,6 +136,8 @@ Deno.test("store load in chunks: the folder's bits, the driver holding at most o
       const fromStore = await streamStoredWeights(store, put.name, put.digest);
       assert.deepEqual(fromStore.config, TINY_CONFIG);
       const got = await deviceBytes(gpu, fromStore.tensors.tensors);
+      // In model order, as the stream is: every chunk fetched once.
+      assert.equal(fromStore.chunkReads(), counter.chunks);
       fromStore.tensors.close();
       assert.equal(got.size, want.size);
       for (const [name, bytes] of want) assert.deepEqual(got.get(name), bytes, name);
@@ -134,7 +174,7 @@ Deno.test("store load in chunks: the folder's bits, the driver holding at most o
   }
 });
 
-Deno.test("store load: a changed, missing or mis-announced object is a StoredWeightsError", async () => {
+Deno.test("store load: a changed, missing, mis-announced or inconsistent object is a StoredWeightsError", async () => {
   const dir = await Deno.makeTempDir({ prefix: "hd-stored-" });
   const system = await init({ nodes: 1 });
   try {
@@ -144,58 +184,93 @@ Deno.test("store load: a changed, missing or mis-announced object is a StoredWei
     const put = await putStoredWeights(store, "bad.weights.g0", TINY_CONFIG, base.tensors, {
       chunkBytes: CHUNK,
     });
-    const manifest = JSON.parse(new TextDecoder().decode(await store.get(put.name)));
+    const raw = await store.get(put.name);
+    const manifest: Manifest = JSON.parse(new TextDecoder().decode(raw));
+    const per = tensorsPerChunk(manifest);
+    // The chunk where down_proj of layer 1 ends, shared with the tensors after it.
     const victim = "model.layers.1.mlp.down_proj.weight";
-    const chunks = manifest.tensors.find((t: { name: string }) => t.name === victim).chunks;
-    const target: string = chunks[chunks.length - 1].name;
+    const at = per.findLastIndex((ts) => ts.includes(victim));
+    assert.ok(per[at].length >= 2, JSON.stringify(per[at]));
+    const target = manifest.chunks[at].name;
+    const stream = () => streamStoredWeights(store, put.name, put.digest, { waitMs: WAIT_MS });
 
     // Another object under the chunk's name (as anybody with the system's credentials could
     // put): the store's own check passes, the manifest's digest does not.
     const changed = (await store.get(target)).slice();
     changed[0] ^= 1;
     await store.put(target, changed);
-    const s = await streamStoredWeights(store, put.name, put.digest);
+    const s = await stream();
     const rows = s.tensors.tensors.get(victim)!;
+    const isChunkError = (e: unknown, why: RegExp) =>
+      e instanceof StoredWeightsError && e.object === target &&
+      JSON.stringify(e.tensors) === JSON.stringify(per[at]) && why.test(e.message) &&
+      e.message.includes(victim) && e.message.includes(target);
     await assert.rejects(
       () => rows.rows(0, rows.shape[0]),
-      (e: unknown) =>
-        e instanceof StoredWeightsError && e.tensor === victim && e.object === target &&
-        /is not the one the driver put/.test(e.message) && e.message.includes(victim),
+      (e: unknown) => isChunkError(e, /cannot be read as the driver put it: .*has digest/),
     );
-    // An untouched tensor still reads.
+    // An untouched tensor (its chunks come before) still reads.
     const q = s.tensors.tensors.get("model.layers.0.self_attn.q_proj.weight")!;
     assert.equal((await q.rows(0, q.shape[0])).length, q.shape.reduce((a, b) => a * b, 1));
 
-    // The same through a worker: the load fails with the typed error, fields and all.
+    // The same through a worker: the load fails with the typed error, fields and all, once the
+    // worker's get has waited out its window for the announced bytes (30 s: a replica behind).
     const o = tinyOptions(dir);
     const w = await system.spawn(GpuWorker, { worker: 0 });
-    const load = (name: string, digest: string) =>
-      w.load({
-        weights: { via: "store", name, digest },
-        seqLen: o.seqLen,
-        microBatch: o.microBatch,
-        maxMicroBatches: 1,
-        settings: workerSettings(o),
-        updateSubject: "bad.update",
-        updateFloats: 1,
-      }, { timeoutMs: 120_000 }).then(() => null, (e) => e);
-    const e1 = await load(put.name, put.digest);
+    const e1 = await w.load({
+      weights: { via: "store", name: put.name, digest: put.digest },
+      seqLen: o.seqLen,
+      microBatch: o.microBatch,
+      maxMicroBatches: 1,
+      settings: workerSettings(o),
+      updateSubject: "bad.update",
+      updateFloats: 1,
+    }, { timeoutMs: 120_000 }).then(() => null, (e) => e);
     assert.ok(e1 instanceof StoredWeightsError, String(e1));
-    assert.equal(e1.tensor, victim);
     assert.equal(e1.object, target);
+    assert.deepEqual(e1.tensors, per[at]);
 
     // A missing chunk.
     await store.delete(target);
-    const e2 = await load(put.name, put.digest);
-    assert.ok(e2 instanceof StoredWeightsError, String(e2));
-    assert.equal(e2.tensor, victim);
-    assert.match(e2.message, /cannot be read: .*not found/);
+    const s2 = await stream();
+    const rows2 = s2.tensors.tensors.get(victim)!;
+    await assert.rejects(
+      () => rows2.rows(0, rows2.shape[0]),
+      (e: unknown) => isChunkError(e, /cannot be read as the driver put it: .*not found/),
+    );
 
     // A manifest that is not the one announced.
-    const e3 = await load(put.name, "SHA-256=" + "A".repeat(43) + "=");
-    assert.ok(e3 instanceof StoredWeightsError, String(e3));
-    assert.equal(e3.tensor, null);
-    assert.match(e3.message, /manifest .* is not the one the driver put/);
+    await assert.rejects(
+      streamStoredWeights(store, put.name, "SHA-256=" + "A".repeat(43) + "=", {
+        waitMs: WAIT_MS,
+      }),
+      (e: unknown) =>
+        e instanceof StoredWeightsError && e.object === put.name && e.tensors.length === 0 &&
+        /the manifest of the stored weights cannot be read as the driver put it/.test(e.message),
+    );
+
+    // Manifests whose digests are right but whose contents do not add up: a tensor moved in
+    // the stream, a chunk left out, not JSON.
+    const inconsistent = async (name: string, m: unknown, why: RegExp) => {
+      const bytes = typeof m === "string" ? new TextEncoder().encode(m) : new TextEncoder().encode(
+        JSON.stringify(m),
+      );
+      const e = await store.put(name, bytes);
+      await assert.rejects(
+        streamStoredWeights(store, name, e.digest, { waitMs: WAIT_MS }),
+        (err: unknown) =>
+          err instanceof StoredWeightsError && err.object === name && err.tensors.length === 0 &&
+          why.test(err.message),
+      );
+    };
+    const full = JSON.parse(new TextDecoder().decode(raw));
+    const moved = structuredClone(full);
+    moved.tensors[3].offset += 1;
+    await inconsistent("bad.moved", moved, new RegExp(`puts ${moved.tensors[3].name} at element`));
+    const short = structuredClone(full);
+    short.chunks.pop();
+    await inconsistent("bad.short", short, /has tensors of \d+ elements in chunks of \d+/);
+    await inconsistent("bad.json", "{", /is malformed/);
   } finally {
     await system.shutdown();
     await Deno.remove(dir, { recursive: true });

@@ -26,7 +26,7 @@ import {
   type LinearKind,
   type LlamaConfig,
 } from "../../model/config.ts";
-import { STORE_CHUNK_BYTES } from "../../model/weight_chunks.ts";
+import { chunkCapacity, STORE_CHUNK_BYTES } from "../../model/weight_chunks.ts";
 import { fullTrainableDefault } from "../methods/layout.ts";
 import { defaultSvdThreads } from "../linalg/svd_pool.ts";
 
@@ -395,18 +395,13 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
   }
   const hostWeights = params * f32;
   const viaStore = (input.loadVia ?? "store") === "store";
-  // W goes into the store one chunk (at most storeChunkBytes of one tensor) at a time: the
-  // driver holds the chunk it is putting, a worker the chunk it copies rows from and, while one
-  // arrives, the client's received pieces of it before they are joined (actors/stored_weights.ts).
-  let largestTensor = 0;
-  for (const s of specs) {
-    largestTensor = Math.max(
-      largestTensor,
-      s.shape.reduce((a, b) => a * b, 1),
-    );
-  }
+  // W goes into the store as one packed stream of f32 values cut into chunks (at most
+  // storeChunkBytes; a W smaller than that is one chunk of its own size), one at a time: the
+  // driver holds the chunk it is putting, a worker the chunk it copies rows from and, while the
+  // next arrives, the client's received pieces of it before they are joined
+  // (actors/stored_weights.ts).
   const chunk = viaStore
-    ? Math.min(input.storeChunkBytes ?? STORE_CHUNK_BYTES, largestTensor * f32)
+    ? Math.min(chunkCapacity(input.storeChunkBytes ?? STORE_CHUNK_BYTES), hostWeights)
     : 0;
   const serialized = chunk;
   // A worker loads W one tensor at a time (the row-split tables one block at a time): the piece
