@@ -309,8 +309,8 @@ async function perturb(
  * W from the object store, or from the model folder after checking that its weight files are the
  * ones the driver read (a WeightDigestError otherwise: never another path in its place). The
  * tensors are read on demand, as the model uploads them (one at a time): the folder's from its
- * files, the store's from their chunks, fetched one at a time and each checked against the
- * driver's manifest (a StoredWeightsError otherwise).
+ * files, the store's from the packed chunks that cover them, fetched in order, one held at a
+ * time, each by the digest in the driver's manifest (a StoredWeightsError otherwise).
  */
 async function readWeights(
   src: WeightSource,

@@ -7,7 +7,7 @@
 //   this device: tokens/s, and the device pool's bytes against the memory plan's for the same
 //   buffers;
 // - loading W into K = 2 worker processes, from the folder (--load-via auto) and through the
-//   object store (--load-via store, W in 64 MiB chunks): the job's setup with --method lora,
+//   object store (--load-via store, W packed into 64 MiB chunks): the job's setup with --method lora,
 //   whose init needs no SVD, so the setup is the load; each process's peak against the plan,
 //   nats-server's, and the driver's own count of the chunk bytes it held at once;
 // - one HD-PiSSA step at K = 2 (r = 4, micro-batch 1 × 32, randomized SVD, lr without warmup) through the job's

@@ -229,7 +229,8 @@ export class Fleet {
     const { o, job, system } = this.ctx;
     const direct = await this.#sources(base);
     const store = await system.objects();
-    // W goes into the store chunk by chunk, never serialized whole (actors/stored_weights.ts).
+    // W goes into the store as packed chunks, one at a time, never serialized whole
+    // (actors/stored_weights.ts).
     const put = direct.some((d) => d === null)
       ? await putStoredWeights(store, `${job}.weights.g${generation}`, run.config, weights, {
         counter: this.storeBytes,
