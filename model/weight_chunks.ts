@@ -3,7 +3,7 @@
  * order form one stream of little-endian f32 values, cut into chunks of at most a chunk's bytes.
  * Consecutive tensors share a chunk and a large tensor spans several, so the number of objects
  * follows W's bytes, not its tensor count (a test model is one chunk; the 1B shape, ~5 GB in f32,
- * about 80). The driver builds and sends one chunk at a time; a worker keeps the chunk it is
+ * 74). The driver builds and sends one chunk at a time; a worker keeps the chunk it is
  * reading and copies each tensor's rows out of the chunks that cover them, so neither holds a
  * serialized copy of W.
  * @module
