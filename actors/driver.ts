@@ -139,6 +139,12 @@ export class DriverCore {
     return this.#parts?.fleet.devices ?? [];
   }
 
+  /** The chunks of W put into the object store so far, and the most bytes of them held at once. */
+  get weightsStore(): { chunks: number; peakBytes: number } {
+    const c = this.#parts?.fleet.storeBytes;
+    return { chunks: c?.chunks ?? 0, peakBytes: c?.peak ?? 0 };
+  }
+
   /** Loads model and data, starts the workers, evaluates the base model, initialises the method. */
   async setup(): Promise<void> {
     await this.#setup();
@@ -371,6 +377,11 @@ export const Driver = defineActor({
         totalSteps: z.number().int(),
         nextStep: z.number().int(),
         devices: z.array(z.string()),
+        /** W through the object store during the setup (report.json's `weights_store`). */
+        weightsStore: z.object({
+          chunks: z.number().int().min(0),
+          peakBytes: z.number().int().min(0),
+        }),
         log: z.array(z.string()),
       }),
       handler: async (core) => {
@@ -379,6 +390,7 @@ export const Driver = defineActor({
           totalSteps: core.totalSteps,
           nextStep: core.nextStep,
           devices: core.devices,
+          weightsStore: core.weightsStore,
           log: core.drainLog(),
         };
       },

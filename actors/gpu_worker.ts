@@ -24,7 +24,7 @@ import { Gpu, type RowParts } from "../gpu/mod.ts";
 import { SvdError, type SvdResult } from "../train/linalg/svd.ts";
 import { gpuRandomizedSvd } from "../train/linalg/svd_gpu.ts";
 import { encodeSvds } from "../train/linalg/svd_wire.ts";
-import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from "../model/config.ts";
+import { type LlamaConfig, llamaConfigToJson } from "../model/config.ts";
 import { LlamaGpu } from "../model/llama.ts";
 import {
   type HostTensor,
@@ -33,7 +33,6 @@ import {
   serializeSafetensors,
   type StreamedTensors,
   streamModelFolder,
-  streamSafetensorsBytes,
 } from "../model/safetensors.ts";
 import { checkWeightDigests } from "../model/folder_digest.ts";
 import type { MicroBatch } from "../model/batch.ts";
@@ -65,6 +64,7 @@ import {
 } from "./messages.ts";
 import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
 import { DOMAIN_ERRORS } from "./errors.ts";
+import { StoredWeightsError, streamStoredWeights } from "./stored_weights.ts";
 import { DomainError } from "../core/errors.ts";
 
 /** The driver asked for something the worker's protocol state does not allow. */
@@ -85,7 +85,12 @@ export class UpdateMissingError extends StepProtocolError {
 }
 
 /** What reaches a GpuWorker's caller as itself: its protocol errors and the layers' below. */
-export const WORKER_ERRORS = [StepProtocolError, UpdateMissingError, ...DOMAIN_ERRORS];
+export const WORKER_ERRORS = [
+  StepProtocolError,
+  UpdateMissingError,
+  StoredWeightsError,
+  ...DOMAIN_ERRORS,
+];
 
 /**
  * Set to "1" in a worker's environment to let it accept `debugPerturb`, the fault injection of
@@ -304,7 +309,8 @@ async function perturb(
  * W from the object store, or from the model folder after checking that its weight files are the
  * ones the driver read (a WeightDigestError otherwise: never another path in its place). The
  * tensors are read on demand, as the model uploads them (one at a time): the folder's from its
- * files, the store's decoded from the received bytes.
+ * files, the store's from the packed chunks that cover them, fetched in order, one held at a
+ * time, each by the digest in the driver's manifest (a StoredWeightsError otherwise).
  */
 async function readWeights(
   src: WeightSource,
@@ -315,13 +321,7 @@ async function readWeights(
     const layout = await inspectModelFolder(src.folder);
     return { config: layout.config, tensors: streamModelFolder(layout) };
   }
-  const bytes = await (await ctx.objects()).get(src.name);
-  const { tensors, metadata } = streamSafetensorsBytes(bytes, src.name);
-  if (!metadata.config) throw new StepProtocolError(`${src.name} carries no config`);
-  return {
-    config: parseLlamaConfig(JSON.parse(metadata.config)),
-    tensors: { tensors, close: () => {} },
-  };
+  return await streamStoredWeights(await ctx.objects(), src.name, src.digest);
 }
 
 export const GpuWorker = defineActor({

@@ -19,8 +19,13 @@ export type WorkerMethodSettings = z.infer<typeof WorkerMethodSettings>;
 export const WeightSource = z.discriminatedUnion("via", [
   z.object({
     via: z.literal("store"),
-    /** Object-store name of a safetensors file with config.json's contents in its metadata. */
+    /**
+     * Object-store name of the manifest of W's chunks (actors/stored_weights.ts): config.json's
+     * contents and, per tensor, its chunks with their digests.
+     */
     name: z.string(),
+    /** The manifest's SHA-256 as the driver put it (`SHA-256=<base64url>`). */
+    digest: z.string(),
   }).strict(),
   z.object({
     via: z.literal("folder"),

@@ -7,8 +7,9 @@
 //   this device: tokens/s, and the device pool's bytes against the memory plan's for the same
 //   buffers;
 // - loading W into K = 2 worker processes, from the folder (--load-via auto) and through the
-//   object store (--load-via store): the job's setup with --method lora, whose init needs no SVD,
-//   so the setup is the load;
+//   object store (--load-via store, W packed into 64 MiB chunks): the job's setup with --method lora,
+//   whose init needs no SVD, so the setup is the load; each process's peak against the plan,
+//   nats-server's, and the driver's own count of the chunk bytes it held at once;
 // - one HD-PiSSA step at K = 2 (r = 4, micro-batch 1 × 32, randomized SVD, lr without warmup) through the job's
 //   Driver and worker processes: setup and step time, and the peak resident memory (VmHWM) of the
 //   driver's process and of each worker's against the plan.
@@ -18,7 +19,8 @@
 // figure for that process (train/plan/memory.ts: the driver's host memory, and a worker's device
 // bytes in host memory + its own host memory while it streams W in). A measurement whose plan
 // needs more than the host's available memory now (other jobs share it) is not run, and says so;
-// a step at K = 2 that does not fit is then tried at K = 1. SCALE_SHAPES=135m,205m,1b picks shapes (default: all).
+// a step at K = 2 that does not fit is then tried at K = 1. SCALE_SHAPES=135m,205m,1b picks shapes
+// (default: all); SCALE_PARTS=fwdbwd,step,load picks measurements (default: all).
 //
 //   deno task bench scale
 import type { Report } from "./figure.ts";
@@ -42,6 +44,8 @@ const SHAPES: { key: string; shape: ModelShape }[] = [
   { key: "205m", shape: LLAMA3_VOCAB_205M },
   { key: "1b", shape: LLAMA32_1B },
 ];
+/** The measurements of a shape, in the order they run. */
+const PARTS = ["fwdbwd", "step", "load"] as const;
 const SEQ = 32;
 const K = 2;
 const RANK = 4;
@@ -178,12 +182,22 @@ function hostNeed(p: MemoryPlan): number {
   return planHostNeed(p, true);
 }
 
+/** The sum of the driver's and the worker processes' peaks. */
+function sumPeaks(p: { main: number; nodes: number[] }): number {
+  return p.main + p.nodes.reduce((a, b) => a + b, 0);
+}
+
 function available(): number {
   return Deno.systemMemoryInfo().available;
 }
 
 export async function run(report: Report): Promise<void> {
   const pick = (Deno.env.get("SCALE_SHAPES") ?? "135m,205m,1b").split(",");
+  const parts = (Deno.env.get("SCALE_PARTS") ?? PARTS.join(",")).split(",");
+  const unknown = parts.filter((p) => !(PARTS as readonly string[]).includes(p));
+  if (unknown.length > 0) {
+    throw new Error(`SCALE_PARTS: unknown ${unknown.join(", ")}; known: ${PARTS.join(", ")}`);
+  }
   const root = await Deno.makeTempDir({ prefix: "hd-scale-bench-" });
   try {
     const data = `${root}/data.jsonl`;
@@ -218,7 +232,9 @@ export async function run(report: Report): Promise<void> {
       // Forward + backward in one process: the folder in f32 on the host and the model's pool.
       const lora = planOf(shape, "lora", 1);
       const fbNeed = lora.host.weights + lora.worker.total;
-      if (fbNeed > available()) {
+      if (!parts.includes("fwdbwd")) {
+        // Not asked for (SCALE_PARTS).
+      } else if (fbNeed > available()) {
         skip("forward+backward", `needs ${formatBytes(fbNeed)}, ${formatBytes(available())} free`);
       } else {
         const fb = await measure("forward+backward", "fwdbwd", {
@@ -304,17 +320,17 @@ export async function run(report: Report): Promise<void> {
         fig(`${tag}: all processes, plan`, hostNeed(p) / MiB, "MiB");
         fig(
           `${tag}: all processes, measured peaks (sum)`,
-          (r.peaks.main + r.peaks.nodes.reduce((a, b) => a + b, 0)) / MiB,
+          sumPeaks(r.peaks) / MiB,
           "MiB",
         );
         if (r.peaks.nats.length > 0) {
           fig(`${tag}: nats-server peak RSS`, r.peaks.nats[0] / MiB, "MiB");
         }
       };
-      await hdStep();
+      if (parts.includes("step")) await hdStep();
 
       // Loading W into K workers: folder vs object store (LoRA: the setup is the load).
-      for (const via of ["auto", "store"] as const) {
+      for (const via of parts.includes("load") ? ["auto", "store"] as const : []) {
         const label = via === "auto" ? "folder" : "object store";
         // K = 2 where it fits now, else one worker.
         let lk = K;
@@ -351,12 +367,43 @@ export async function run(report: Report): Promise<void> {
         );
         fig(`load via ${label}: driver peak RSS`, r.peaks.main / MiB, "MiB");
         fig(`load via ${label}: driver plan (host)`, lp.host.total / MiB, "MiB");
-        fig(`load via ${label}: largest worker peak RSS`, (r.peaks.nodes[0] ?? NaN) / MiB, "MiB");
+        r.peaks.nodes.forEach((b, i) =>
+          fig(
+            `load via ${label}: worker peak RSS (${i + 1} of ${lk}, largest first)`,
+            b / MiB,
+            "MiB",
+          )
+        );
         fig(
           `load via ${label}: worker plan (device + process's host memory)`,
           (lp.worker.total + (lp.host.worker?.total ?? 0)) / MiB,
           "MiB",
         );
+        fig(
+          `load via ${label}: all processes, measured peaks (sum)`,
+          sumPeaks(r.peaks) / MiB,
+          "MiB",
+        );
+        fig(`load via ${label}: all processes, plan`, hostNeed(lp) / MiB, "MiB");
+        if (r.peaks.nats.length > 0) {
+          fig(
+            `load via ${label}: nats-server peak RSS (not in the plan)`,
+            r.peaks.nats[0] / MiB,
+            "MiB",
+          );
+        }
+        // The driver's own count of the bytes of W it held for the object store (one chunk at a
+        // time), against the plan's serialized term.
+        const ws = r.figures.weightsStore as { chunks: number; peakBytes: number } | undefined;
+        if (via === "store" && ws) {
+          fig(`load via ${label}: chunks put`, ws.chunks, "");
+          fig(
+            `load via ${label}: driver's most chunk bytes held at once`,
+            ws.peakBytes / MiB,
+            "MiB",
+          );
+          fig(`load via ${label}: plan's serialized (driver)`, lp.host.serialized / MiB, "MiB");
+        }
       }
 
       await Deno.remove(dir, { recursive: true });

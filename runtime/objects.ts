@@ -122,12 +122,50 @@ export class ObjectStore {
     return { name: info.name, size: info.size, digest: info.digest, mtime: info.mtime };
   }
 
-  /** The bytes stored under `name`, verified against their SHA-256 digest. */
-  async get(name: string): Promise<Uint8Array> {
+  /**
+   * The bytes stored under `name`, verified against their SHA-256 digest.
+   *
+   * With `digest` (the caller knows which bytes it wants: a load message names its manifest's,
+   * the manifest its chunks'), an object that is missing or has another digest is waited for
+   * until `waitMs` (default {@link ELECTION_WAIT_MS}) have passed, then an ObjectStoreError.
+   * Why: in a replicated cluster the server a client asks can answer before it has caught up.
+   * A host whose link just came back, or a lagging replica or stale leader, reports "not found"
+   * (or the previous version) for an object another host put a moment ago; that is the same
+   * window as a leader election, and it ends when the replica catches up. A get without a
+   * digest cannot tell lag from absence and answers at once.
+   */
+  async get(name: string, options: { digest?: string; waitMs?: number } = {}): Promise<Uint8Array> {
     checkName(name);
+    const want = options.digest;
+    if (want === undefined) {
+      const r = await this.#read(name);
+      if (typeof r === "string") throw new ObjectStoreError(r);
+      return r;
+    }
+    const waitMs = options.waitMs ?? ELECTION_WAIT_MS;
+    if (!(waitMs >= 0)) throw new InvalidArgumentError(`waitMs ${waitMs}: >= 0 expected`);
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const r = await this.#read(name, want);
+      if (typeof r !== "string") return r;
+      if (Date.now() >= deadline) {
+        throw new ObjectStoreError(`${r} (waited ${waitMs} ms for ${want})`);
+      }
+      await new Promise((res) =>
+        setTimeout(res, Math.min(250, Math.max(1, deadline - Date.now())))
+      );
+    }
+  }
+
+  /**
+   * One read of `name`: its verified bytes, or why not as a message (missing, not `want`, or not
+   * the bytes its own entry records). A failed transfer is thrown.
+   */
+  async #read(name: string, want?: string): Promise<Uint8Array | string> {
     const info = await throughElections(() => this.#os.info(name));
-    if (!info || info.deleted) {
-      throw new ObjectStoreError(`object ${name} not found in ${this.bucket}`);
+    if (!info || info.deleted) return `object ${name} not found in ${this.bucket}`;
+    if (want !== undefined && info.digest !== want) {
+      return `object ${name} in ${this.bucket} has digest ${info.digest}, not ${want}`;
     }
     let data: Uint8Array | null;
     try {
@@ -135,12 +173,10 @@ export class ObjectStore {
     } catch (e) {
       throw new ObjectStoreError(`reading ${name} failed: ${(e as Error).message}`, { cause: e });
     }
-    if (!data) throw new ObjectStoreError(`object ${name} not found in ${this.bucket}`);
+    if (!data) return `object ${name} not found in ${this.bucket}`;
     const digest = await sha256(data);
     if (data.byteLength !== info.size || digest !== info.digest) {
-      throw new ObjectStoreError(
-        `object ${name}: digest mismatch (stored ${info.digest}, ${info.size} bytes; read ${digest}, ${data.byteLength} bytes)`,
-      );
+      return `object ${name}: digest mismatch (stored ${info.digest}, ${info.size} bytes; read ${digest}, ${data.byteLength} bytes)`;
     }
     return data;
   }

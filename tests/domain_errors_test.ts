@@ -64,6 +64,7 @@ import { TaskGenerationError } from "../train/datagen/split.ts";
 import { PretrainError } from "../train/pretrain/pretrain.ts";
 import { SamplingError } from "../model/sampling.ts";
 import { WeightDigestError } from "../model/folder_digest.ts";
+import { StoredWeightsError } from "../actors/stored_weights.ts";
 import { InferenceError } from "../infer/session.ts";
 import { MethodSettingsError } from "../train/methods/method.ts";
 import { UnknownMethodError } from "../train/methods/registry.ts";
@@ -144,6 +145,11 @@ const SAMPLES: DomainError[] = [
   new ScheduleError("schedule"),
   new CheckpointError("checkpoint"),
   new WeightDigestError("changed", "model.safetensors", "ab", "cd"),
+  new StoredWeightsError("changed", "job.weights.g0.c3", [
+    "model.layers.1.mlp.down_proj.weight",
+    "model.norm.weight",
+  ]),
+  new StoredWeightsError("no manifest", "job.weights.g0", []),
   new ContributionError(1, "nonfinite", "NaN"),
   new WorkerStateError("state"),
   new AdapterInitError("rank too large", "q_proj"),

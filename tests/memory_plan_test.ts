@@ -14,6 +14,7 @@ import {
   memoryPlan,
   MemoryPlanError,
   type MemoryPlanInput,
+  planLines,
 } from "../train/plan/memory.ts";
 import { fullTrainableDefault } from "../train/methods/layout.ts";
 import { GQA_TIED, GQA_UNTIED, randomWeights, Rng } from "./support/model_gpu.ts";
@@ -172,24 +173,25 @@ Deno.test("checkMemoryPlan refuses a buffer over maxBufferSize and a total over 
 
 Deno.test("the host term counts the driver and every worker process, devices in host memory", () => {
   const GiB = 1024 ** 3;
+  const planInput = (workers: number, loadVia: "auto" | "store"): MemoryPlanInput => ({
+    config: LLAMA32_1B.config,
+    method: "hd-pissa",
+    workers,
+    rank: 4,
+    targets: LINEAR_KINDS,
+    microBatch: 1,
+    maxMicroBatches: 1,
+    seqLen: 32,
+    svd: "randomized",
+    loadVia,
+    limits: {
+      ...DEFAULT_LIMITS,
+      maxBufferSize: Infinity,
+      maxStorageBufferBindingSize: 128 << 20,
+    },
+  });
   const plan = (workers: number, loadVia: "auto" | "store") =>
-    memoryPlan({
-      config: LLAMA32_1B.config,
-      method: "hd-pissa",
-      workers,
-      rank: 4,
-      targets: LINEAR_KINDS,
-      microBatch: 1,
-      maxMicroBatches: 1,
-      seqLen: 32,
-      svd: "randomized",
-      loadVia,
-      limits: {
-        ...DEFAULT_LIMITS,
-        maxBufferSize: Infinity,
-        maxStorageBufferBindingSize: 128 << 20,
-      },
-    });
+    memoryPlan(planInput(workers, loadVia));
   const p2 = plan(2, "auto");
   const W = p2.host.weights;
   assert.ok(Math.abs(W / 4 - 1.2358e9) < 1e6, `parameters ${W / 4}`);
@@ -201,15 +203,31 @@ Deno.test("the host term counts the driver and every worker process, devices in 
   assert.ok(wl.load <= 3 * (128 << 20) && wl.load >= 3 * 64 * (1 << 20), `load ${wl.load}`);
   assert.equal(hostNeed(p2, true), p2.host.total + 2 * (p2.worker.total + wl.total));
   assert.equal(hostNeed(p2, false), p2.host.total + 2 * wl.total);
-  // Through the object store the driver serializes W and each worker holds the received bytes.
+  // Through the object store W travels in 64 MiB chunks: the driver holds one, a worker the one
+  // it copies from and the one arriving; never a serialized copy of W.
   const s2 = plan(2, "store");
-  assert.equal(s2.host.serialized, W);
-  assert.equal(s2.host.worker!.load, wl.load + W);
+  const chunk = 64 << 20;
+  assert.equal(s2.host.store_chunk, chunk);
+  assert.equal(s2.host.serialized, chunk);
+  assert.equal(s2.host.total, p2.host.total + chunk);
+  assert.equal(s2.host.worker!.load, wl.load + 2 * chunk);
+  assert.equal(p2.host.store_chunk, 0);
+  // A smaller chunk (as a test's) is what the plan counts, cut to whole f32 values; a W smaller
+  // than a chunk is one chunk of its own size.
+  const small = memoryPlan({ ...planInput(2, "store"), storeChunkBytes: 1 << 20 });
+  assert.equal(small.host.serialized, 1 << 20);
+  const odd = memoryPlan({ ...planInput(2, "store"), storeChunkBytes: (1 << 20) + 3 });
+  assert.equal(odd.host.store_chunk, 1 << 20);
+  const whole = memoryPlan({ ...planInput(2, "store"), storeChunkBytes: 2 * W });
+  assert.equal(whole.host.store_chunk, W);
+  assert.ok(planLines(s2).some((l) => /serialized 64\.0 MiB \(one object-store chunk/.test(l)));
 
   // On a 24 GiB host whose workers' devices live in host memory (lavapipe): K = 2 from the
-  // folder fits (17 GiB); K = 4 (28 GiB), or K = 2 through the object store, is refused with what to change.
+  // folder or through the object store fits (17 GiB); K = 4 (28 GiB) is refused with what to
+  // change, and so is a store load on a host just too small for it, naming --load-via auto.
   const host = { ...DEFAULT_LIMITS, maxBufferSize: Infinity, hostMemory: 24 * GiB };
   checkMemoryPlan(p2, host, true);
+  checkMemoryPlan(s2, host, true);
   assert.throws(
     () => checkMemoryPlan(plan(4, "auto"), host, true),
     (e: unknown) =>
@@ -218,7 +236,7 @@ Deno.test("the host term counts the driver and every worker process, devices in 
       /host has 24\.0 GiB/.test(e.message),
   );
   assert.throws(
-    () => checkMemoryPlan(s2, host, true),
+    () => checkMemoryPlan(s2, { ...host, hostMemory: hostNeed(s2, true) - 1 }, true),
     (e: unknown) => e instanceof MemoryPlanError && /--load-via auto/.test(e.message),
   );
   // The same K = 4 run on devices of their own only needs the processes' host memory.

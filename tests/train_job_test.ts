@@ -318,6 +318,16 @@ Deno.test("workers on this host read the model folder: the same bits as through 
       const b = await readReportJson(`${stored.out}/report.json`);
       assert.deepEqual(a.weights_loaded_via, ["folder", "folder"]);
       assert.deepEqual(b.weights_loaded_via, ["store", "store"]);
+      // Through the store W went as one packed chunk (the tiny model is far under the 64 MiB
+      // chunk): the driver held W's bytes once, as the plan counts it.
+      assert.equal(a.weights_store, undefined);
+      const wBytes = 4 *
+        expectedTensors(TINY_CONFIG).reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
+      assert.equal(b.weights_store!.chunks, 1);
+      assert.equal(b.weights_store!.peak_bytes, wBytes);
+      assert.equal(b.memory_plan!.host.serialized, wBytes);
+      assert.equal(b.memory_plan!.host.store_chunk, wBytes);
+      assert.equal(a.memory_plan!.host.serialized, 0);
       assert.ok(
         await sameBytes(`${direct.out}/model.safetensors`, `${stored.out}/model.safetensors`),
         method,

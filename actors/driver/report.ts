@@ -134,6 +134,9 @@ export function runReport(
     device_fallback: fleet.fallbacks,
     ...(state.svdDevice ? { svd_device: state.svdDevice } : {}),
     ...(fleet.loadedVia.length > 0 ? { weights_loaded_via: fleet.loadedVia } : {}),
+    ...(fleet.storeBytes.chunks > 0
+      ? { weights_store: { chunks: fleet.storeBytes.chunks, peak_bytes: fleet.storeBytes.peak } }
+      : {}),
     recoveries: state.recoveries,
     resyncs: state.resyncs,
     sync_drift: state.drift,

@@ -3,7 +3,7 @@
  * and evaluation set of a run, and its K workers (spawn, load W, init the method).
  * @module
  */
-import { expectedTensors, type LlamaConfig, llamaConfigToJson } from "../../model/config.ts";
+import type { LlamaConfig } from "../../model/config.ts";
 import {
   type HostTensor,
   loadModelFolder,
@@ -42,6 +42,7 @@ import { SvdError, type SvdResult } from "../../train/linalg/svd.ts";
 import { decodeSvds } from "../../train/linalg/svd_wire.ts";
 import { AdapterInitError } from "../../train/methods/adapter_init.ts";
 import { type InitOptions, initOptionsOf } from "../../train/methods/init.ts";
+import { deleteStoredWeights, putStoredWeights, StoreBytes } from "../stored_weights.ts";
 import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
 
 /** What a run reads once, in setup, and never changes. */
@@ -155,6 +156,8 @@ export class Fleet {
   optimizerFloats = 0;
   /** How each worker read the base weights at their last load: the folder or the object store. */
   loadedVia: ("folder" | "store")[] = [];
+  /** The bytes of W's chunks the driver has held for the object store: now and at most. */
+  readonly storeBytes: StoreBytes = new StoreBytes();
   /** SHA-256 of the model folder's weight files, computed at the first direct load. */
   #digests: Record<string, string> | null = null;
 
@@ -190,27 +193,27 @@ export class Fleet {
   }
 
   /**
-   * Where each worker reads W. Only the base weights (`base`) may come from the model folder, and
+   * Where each worker reads W: the model folder, or null for the object store. Only the base weights (`base`) may come from the model folder, and
    * only for workers on this host under `--load-via auto`: a checkpoint's W or a re-sync is not
    * the folder's.
    */
-  async #sources(name: string, base: boolean): Promise<WeightSource[]> {
-    const store: WeightSource = { via: "store", name };
-    if (!base || this.ctx.o.loadVia === "store") return this.workers.map(() => store);
+  async #sources(base: boolean): Promise<(WeightSource & { via: "folder" } | null)[]> {
+    const store = this.workers.map(() => null);
+    if (!base || this.ctx.o.loadVia === "store") return store;
     let folder: string;
     try {
       folder = await Deno.realPath(this.ctx.o.model);
-      if (!(await Deno.stat(folder)).isDirectory) return this.workers.map(() => store);
+      if (!(await Deno.stat(folder)).isDirectory) return store;
     } catch {
-      return this.workers.map(() => store);
+      return store;
     }
     const here = Deno.hostname();
     const local = this.workers.map((w) => this.#hostOf(w) === here);
-    if (!local.some((l) => l)) return this.workers.map(() => store);
+    if (!local.some((l) => l)) return store;
     // Computed once: the folder must not change during the run (a worker refuses it if it did).
     this.#digests ??= await weightFileDigests(folder);
-    const direct: WeightSource = { via: "folder", folder, digests: this.#digests };
-    return local.map((l) => l ? direct : store);
+    const direct = { via: "folder" as const, folder, digests: this.#digests };
+    return local.map((l) => l ? direct : null);
   }
 
   /**
@@ -224,21 +227,18 @@ export class Fleet {
     base = false,
   ): Promise<void> {
     const { o, job, system } = this.ctx;
-    const name = `${job}.weights.g${generation}`;
-    const sources = await this.#sources(name, base);
+    const direct = await this.#sources(base);
     const store = await system.objects();
-    const viaStore = sources.some((s) => s.via === "store");
-    if (viaStore) {
-      const W = new Map<string, HostTensor>();
-      for (const t of expectedTensors(run.config)) W.set(t.name, weights.get(t.name)!);
-      await store.put(
-        name,
-        serializeSafetensors(W, {
-          format: "pt",
-          config: JSON.stringify(llamaConfigToJson(run.config)),
-        }),
-      );
-    }
+    // W goes into the store as packed chunks, one at a time, never serialized whole
+    // (actors/stored_weights.ts).
+    const put = direct.some((d) => d === null)
+      ? await putStoredWeights(store, `${job}.weights.g${generation}`, run.config, weights, {
+        counter: this.storeBytes,
+      })
+      : null;
+    const sources: WeightSource[] = direct.map((d) =>
+      d ?? { via: "store", name: put!.name, digest: put!.digest }
+    );
     const byPath = new Map<string, number[]>();
     sources.forEach((s, k) => byPath.set(s.via, [...(byPath.get(s.via) ?? []), k]));
     for (const [via, ks] of byPath) {
@@ -284,7 +284,7 @@ export class Fleet {
           `--device gpu refuses to, --device cpu asks for it`,
       );
     }
-    if (viaStore) await store.delete(name);
+    if (put) await deleteStoredWeights(store, put.objects);
   }
 
   /** Sets up the method on every worker from `factors` (and a checkpoint's states). */

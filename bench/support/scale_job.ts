@@ -173,7 +173,14 @@ async function job(spec: JobSpec): Promise<void> {
       const r = await driver.step({}, long);
       records.push({ ...r.record, wallMs: performance.now() - t });
     }
-    emit({ setupMs, log: setup.log, devices: setup.devices, steps: records, plan });
+    emit({
+      setupMs,
+      log: setup.log,
+      devices: setup.devices,
+      weightsStore: setup.weightsStore,
+      steps: records,
+      plan,
+    });
     await system.stop(driver).catch(() => {});
   } finally {
     await system.shutdown();

@@ -3,11 +3,11 @@
  * adapters (HD-PiSSA: the worker's own slice and all K pairs), the optimizer state (moments; for
  * HD-PiSSA also the K step buffers), the gradients, the activations at this micro-batch and
  * sequence length, and the workspace (the logits chunk and scratch); and the host memory of the
- * processes on this host: the driver's (the base weights in f32, their serialized copy when a
- * worker loads through the object store, the SVD workspace, the runtime) and each worker
- * process's own (the runtime, and what it holds while it loads W: one tensor or row block at a
- * time, plus the received bytes through the object store), besides its device's bytes when the
- * device lives in host memory (lavapipe: `sharedHost`).
+ * processes on this host: the driver's (the base weights in f32, the one chunk of them it holds
+ * for the object store at a time when a worker loads through it, the SVD workspace, the runtime)
+ * and each worker process's own (the runtime, and what it holds while it loads W: one tensor or
+ * row block at a time, plus the chunk it is receiving through the object store), besides its
+ * device's bytes when the device lives in host memory (lavapipe: `sharedHost`).
  *
  * Every figure is a sum over the buffers the GPU model and the method allocate, each rounded to
  * the buffer pool's size class, so the plan matches the engine's pool bytes up to the small
@@ -26,6 +26,7 @@ import {
   type LinearKind,
   type LlamaConfig,
 } from "../../model/config.ts";
+import { chunkCapacity, STORE_CHUNK_BYTES } from "../../model/weight_chunks.ts";
 import { fullTrainableDefault } from "../methods/layout.ts";
 import { defaultSvdThreads } from "../linalg/svd_pool.ts";
 
@@ -76,9 +77,11 @@ export interface MemoryPlanInput {
   weightsDtype?: WeightsDtype;
   /**
    * How the workers get W (`--load-via`; default store). auto: the workers on this host read
-   * the model folder, so the driver serializes no copy for them.
+   * the model folder, so the driver puts nothing into the object store for them.
    */
   loadVia?: "auto" | "store";
+  /** The largest chunk of W through the object store (default STORE_CHUNK_BYTES, 64 MiB). */
+  storeChunkBytes?: number;
   limits?: PlanLimits;
 }
 
@@ -101,7 +104,16 @@ export interface WorkerMemory {
 /** The host memory of the driver's process (`total`) and of each worker's, bytes. */
 export interface HostMemory {
   weights: number;
+  /**
+   * The driver's serialized bytes of W for the object store: one chunk at a time, never all of W
+   * (0 when no worker loads through the store).
+   */
   serialized: number;
+  /**
+   * The largest chunk of W through the object store, which the driver and each worker hold at
+   * most one of at a time (0: no store load; absent in reports from before W was chunked).
+   */
+  store_chunk?: number;
   svd: number;
   /** The driver process's own (Deno, the runtime, data): measured, see DRIVER_RUNTIME. */
   runtime?: number;
@@ -366,8 +378,8 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
 
   w.total = w.weights + w.adapters + w.optimizer + w.gradients + w.activations + w.workspace;
 
-  // Host: W in f32, the safetensors copy the workers load from, the SVD of the largest matrix on
-  // each SVD thread (and the thread itself).
+  // Host: W in f32, the chunk of it the driver holds for the object store, the SVD of the
+  // largest matrix on each SVD thread (and the thread itself).
   let svd = 0;
   if (method === "hd-pissa" || method === "pissa") {
     for (const l of linears) {
@@ -383,10 +395,18 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
   }
   const hostWeights = params * f32;
   const viaStore = (input.loadVia ?? "store") === "store";
-  const serialized = viaStore ? hostWeights : 0;
+  // W goes into the store as one packed stream of f32 values cut into chunks (at most
+  // storeChunkBytes; a W smaller than that is one chunk of its own size), one at a time: the
+  // driver holds the chunk it is putting, a worker the chunk it copies rows from and, while the
+  // next arrives, the client's received pieces of it before they are joined
+  // (actors/stored_weights.ts).
+  const chunk = viaStore
+    ? Math.min(chunkCapacity(input.storeChunkBytes ?? STORE_CHUNK_BYTES), hostWeights)
+    : 0;
+  const serialized = chunk;
   // A worker loads W one tensor at a time (the row-split tables one block at a time): the piece
   // read (at most its f32 bytes), decoded to f32, and the queue's staging copy of it; through the
-  // object store it also holds the received safetensors bytes (W in f32) until W is up.
+  // object store also the chunk it copies from and the one arriving (above).
   let piece = 0;
   for (const s of specs) {
     const cols = s.shape.slice(1).reduce((a, b) => a * b, 1);
@@ -400,10 +420,11 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     }
     for (const n of rowsAt) piece = Math.max(piece, n * cols * f32);
   }
-  const load = 3 * piece + (viaStore ? hostWeights : 0);
+  const load = 3 * piece + 2 * chunk;
   const host: HostMemory = {
     weights: hostWeights,
     serialized,
+    store_chunk: chunk,
     svd,
     runtime: DRIVER_RUNTIME,
     total: hostWeights + serialized + svd + DRIVER_RUNTIME,
@@ -446,13 +467,17 @@ export function planLines(p: MemoryPlan): string[] {
     }, gradients ${b(w.gradients)}, activations ${b(w.activations)}, workspace ${
       b(w.workspace)
     } = ${b(w.total)} (largest buffer ${b(w.largest.bytes)}: ${w.largest.label})`,
-    `  host, driver: weights ${b(p.host.weights)}, serialized ${b(p.host.serialized)}, svd ${
-      b(p.host.svd)
-    }, runtime ${b(p.host.runtime ?? 0)} = ${b(p.host.total)}`,
+    `  host, driver: weights ${b(p.host.weights)}, serialized ${b(p.host.serialized)}${
+      p.host.store_chunk ? " (one object-store chunk at a time)" : ""
+    }, svd ${b(p.host.svd)}, runtime ${b(p.host.runtime ?? 0)} = ${b(p.host.total)}`,
     ...(p.host.worker
       ? [
         `  host, each worker process: runtime ${b(p.host.worker.runtime)}, loading W ${
           b(p.host.worker.load)
+        }${
+          p.host.store_chunk
+            ? ` (through the object store: ${b(p.host.store_chunk)} chunks, at most 2 held)`
+            : ""
         } = ${b(p.host.worker.total)}`,
       ]
       : []),
@@ -530,7 +555,7 @@ export function checkMemoryPlan(
     const perWorker = (p.host.worker?.total ?? 0) + (sharedHost ? w.total : 0);
     const hostAdvice = [
       p.workers > 1 ? "fewer --workers" : "",
-      p.host.serialized > 0 ? "--load-via auto (no serialized copy of W)" : "",
+      p.host.serialized > 0 ? "--load-via auto (no object-store chunks of W)" : "",
       (p.weights_dtype ?? "f32") === "f32" && p.method !== "full" && sharedHost
         ? "--weights-dtype bf16 (halves each worker's weights)"
         : "",

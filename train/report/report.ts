@@ -175,6 +175,12 @@ export interface RunReport {
   svd_device?: { asked: string; used: "cpu" | "gpu"; reason: string };
   /** How each worker read the base weights: the model folder itself or the object store. */
   weights_loaded_via?: ("folder" | "store")[];
+  /**
+   * W through the object store, as the driver counted it over all loads (base, restores): the
+   * chunks it put and the most bytes of them it held at once (at most one chunk; absent when no
+   * worker loaded through the store).
+   */
+  weights_store?: { chunks: number; peak_bytes: number };
   /** Each worker whose loss was not finite, with the step (once per step and worker). */
   nonfinite_losses?: { step: number; worker: number }[];
   /** How many entries `nonfinite_losses` has. */
@@ -320,6 +326,7 @@ export const reportSchema = z.looseObject({
   svd_device: z.object({ asked: z.string(), used: z.enum(["cpu", "gpu"]), reason: z.string() })
     .optional(),
   weights_loaded_via: z.array(z.enum(["folder", "store"])).optional(),
+  weights_store: z.looseObject({ chunks: count, peak_bytes: count }).optional(),
   nonfinite_losses: z.array(z.looseObject({ step: count, worker: count })).optional(),
   nonfinite_loss_count: count.optional(),
   sync_drift: z.array(
