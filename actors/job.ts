@@ -175,6 +175,7 @@ export function planInput(
     recompute: o.recompute,
     loadVia: o.loadVia,
     svdThreads: o.svdThreads,
+    svdDevice: o.svdDevice,
     limits,
   };
 }

@@ -307,3 +307,52 @@ Deno.test("at Llama-3-8B's shape the MLP's matrices are row blocks; an activatio
       /maxStorageBufferBindingSize 128\.0 MiB/.test(e.message) && /--seq-len/.test(e.message),
   );
 });
+
+Deno.test("with --svd-device gpu the randomized SVDs leave the driver's plan for the workers'", () => {
+  const base: MemoryPlanInput = {
+    config: LLAMA32_1B.config,
+    method: "hd-pissa",
+    workers: 2,
+    rank: 16,
+    targets: LINEAR_KINDS,
+    microBatch: 1,
+    maxMicroBatches: 1,
+    seqLen: 32,
+    svdThreads: 2,
+    loadVia: "auto",
+    limits: { ...DEFAULT_LIMITS, maxBufferSize: Infinity },
+  };
+  const input = (svdDevice: MemoryPlanInput["svdDevice"], svd: MemoryPlanInput["svd"]) =>
+    memoryPlan({ ...base, svd, svdDevice });
+  const cpu = input("cpu", "randomized");
+  const gpu = input("gpu", "randomized");
+  const auto = input("auto", "randomized");
+  // On the driver: two threads, each with its own copy of the largest matrix (the MLP's
+  // [8192, 2048]) and its workspace; no SVD on the workers.
+  assert.ok(cpu.host.svd > 2 * 8192 * 2048 * 4, `driver svd ${cpu.host.svd}`);
+  assert.equal(cpu.host.worker!.svd, undefined);
+  // On the devices: nothing on the driver (every matrix randomized); each worker holds one
+  // float64 workspace of the sketch's width (2·16 + 10 columns) over the largest matrix's
+  // rows and columns, and the device its f32 products.
+  assert.equal(gpu.host.svd, 0);
+  assert.equal(gpu.host.worker!.svd, (8192 + 2048) * 42 * 6 * 8);
+  assert.equal(gpu.worker.workspace - cpu.worker.workspace >= (8192 + 2048) * 42 * 2 * 4, true);
+  assert.equal(gpu.host.total, cpu.host.total - cpu.host.svd);
+  // Loading W (a few 128 MiB pieces) is the worker's larger phase here.
+  assert.equal(gpu.host.worker!.total, cpu.host.worker!.total);
+  assert.ok(planLines(gpu).some((l) => /then the SVDs on its device/.test(l)));
+  // auto is decided after the plan, once the workers report their devices: counted both ways.
+  assert.equal(auto.host.svd, cpu.host.svd);
+  assert.equal(auto.host.worker!.svd, gpu.host.worker!.svd);
+  assert.equal(auto.worker.workspace, gpu.worker.workspace);
+  // With the exact SVD for the small matrices (auto), those stay on the driver: one at a time.
+  const mixed = memoryPlan({
+    ...base,
+    config: { ...LLAMA32_1B.config, num_key_value_heads: 2 },
+    svd: "auto",
+    svdDevice: "gpu",
+  });
+  // k/v: [2·64, 2048], short side 128 ≤ 1024: exact, on the driver's own thread.
+  const exact = (2 * 128 * 2048 + (128 + 2048 + 1) * 128) * 4;
+  assert.equal(mixed.host.svd, exact);
+});

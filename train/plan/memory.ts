@@ -73,6 +73,13 @@ export interface MemoryPlanInput {
    * matrix, with its own copy and workspace.
    */
   svdThreads?: number;
+  /**
+   * Where the randomized SVDs run (`--svd-device`; default cpu): the driver's threads, or the
+   * workers' devices (gpu: passes over W on the device, the rest in float64 on the worker's
+   * host; the exact SVDs of small matrices stay on the driver). auto decides once the workers
+   * report their devices, after the plan, so it is counted both ways.
+   */
+  svdDevice?: "cpu" | "gpu" | "auto";
   /** The device dtype of the weight matrices (`--weights-dtype`; default f32). */
   weightsDtype?: WeightsDtype;
   /**
@@ -121,9 +128,10 @@ export interface HostMemory {
   total: number;
   /**
    * One worker process's host memory besides its device's bytes: its runtime and its peak while
-   * loading W (absent in reports from before it was counted).
+   * loading W (absent in reports from before it was counted), or, if larger, while it runs a
+   * randomized SVD of the init on its device (`svd`, present only then).
    */
-  worker?: { runtime: number; load: number; total: number };
+  worker?: { runtime: number; load: number; svd?: number; total: number };
 }
 
 const MiB = 1024 * 1024;
@@ -376,23 +384,42 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     : 2 * linears.length;
   add("workspace", "clip partials", nGrads);
 
-  w.total = w.weights + w.adapters + w.optimizer + w.gradients + w.activations + w.workspace;
-
   // Host: W in f32, the chunk of it the driver holds for the object store, the SVD of the
-  // largest matrix on each SVD thread (and the thread itself).
+  // largest matrix on each SVD thread (and the thread itself); with the SVDs on the workers'
+  // devices, the driver keeps only the exact SVDs (one at a time, on its own thread) and each
+  // worker holds one randomized SVD's float64 workspace on its host and its f32 products on its
+  // device.
+  const onDriver = input.svdDevice !== "gpu";
+  const onWorkers = input.svdDevice === "gpu" || input.svdDevice === "auto";
   let svd = 0;
+  let workerSvd = 0;
+  let deviceSvd = 0;
   if (method === "hd-pissa" || method === "pissa") {
+    let exact = 0;
+    let randomized = 0;
     for (const l of linears) {
       const k = Math.min(l.out, l.in);
-      const randomized = input.svd === "randomized" || (input.svd !== "exact" && k > 1024);
-      const need = randomized
-        ? (l.out + l.in) * Math.min(k, K * r + 10) * 3 + l.out * l.in
-        : 2 * l.out * l.in + (l.out + l.in + 1) * k;
-      svd = Math.max(svd, need * f32);
+      const sketch = Math.min(k, K * r + 10);
+      if (input.svd === "randomized" || (input.svd !== "exact" && k > 1024)) {
+        randomized = Math.max(randomized, ((l.out + l.in) * sketch * 3 + l.out * l.in) * f32);
+        // The sketch, Q, Z, the products read back and the small SVD's factors, in float64.
+        workerSvd = Math.max(workerSvd, (l.out + l.in) * sketch * 6 * 8);
+        // The operand uploaded and the products written, per pass.
+        deviceSvd = Math.max(deviceSvd, (l.out + l.in) * sketch * 2 * f32);
+      } else {
+        exact = Math.max(exact, (2 * l.out * l.in + (l.out + l.in + 1) * k) * f32);
+      }
     }
     const threads = input.svdThreads ? input.svdThreads : defaultSvdThreads();
-    if (linears.length > 0) svd = threads * (svd + SVD_THREAD_RUNTIME);
+    if (onDriver && exact + randomized > 0) {
+      svd = threads * (Math.max(exact, randomized) + SVD_THREAD_RUNTIME);
+    } else if (exact > 0) {
+      svd = exact;
+    }
+    if (!onWorkers) workerSvd = deviceSvd = 0;
   }
+  if (deviceSvd > 0) add("workspace", "svd products", deviceSvd / f32);
+  w.total = w.weights + w.adapters + w.optimizer + w.gradients + w.activations + w.workspace;
   const hostWeights = params * f32;
   const viaStore = (input.loadVia ?? "store") === "store";
   // W goes into the store as one packed stream of f32 values cut into chunks (at most
@@ -428,7 +455,13 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     svd,
     runtime: DRIVER_RUNTIME,
     total: hostWeights + serialized + svd + DRIVER_RUNTIME,
-    worker: { runtime: WORKER_RUNTIME, load, total: WORKER_RUNTIME + load },
+    // Loading ends before the SVDs start: the worker's peak is the larger of the two.
+    worker: {
+      runtime: WORKER_RUNTIME,
+      load,
+      ...(workerSvd > 0 ? { svd: workerSvd } : {}),
+      total: WORKER_RUNTIME + Math.max(load, workerSvd),
+    },
   };
   return {
     workers: K,
@@ -477,6 +510,10 @@ export function planLines(p: MemoryPlan): string[] {
         }${
           p.host.store_chunk
             ? ` (through the object store: ${b(p.host.store_chunk)} chunks, at most 2 held)`
+            : ""
+        }${
+          p.host.worker.svd
+            ? `, then the SVDs on its device ${b(p.host.worker.svd)} (the larger)`
             : ""
         } = ${b(p.host.worker.total)}`,
       ]
