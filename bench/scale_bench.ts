@@ -108,8 +108,11 @@ type Measured = { figures: Record<string, unknown>; peaks: Peaks } | { failed: s
 
 /** Runs the harness in `mode`; returns its `SCALE` figures and the processes' peak memory. */
 async function harness(mode: "fwdbwd" | "job", spec: Record<string, unknown>): Promise<Measured> {
+  // A job's private nats-server runs detached, not below the harness: its pid comes through a
+  // file, so that its memory is polled with the rest.
+  const serverPidFile = await Deno.makeTempFile({ prefix: "hd-scale-nats-" });
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", HARNESS, mode, JSON.stringify(spec)],
+    args: ["run", "-A", HARNESS, mode, JSON.stringify({ ...spec, serverPidFile })],
     stdout: "piped",
     stderr: "piped",
   }).spawn();
@@ -118,6 +121,8 @@ async function harness(mode: "fwdbwd" | "job", spec: Record<string, unknown>): P
   const poll = (async () => {
     while (!done) {
       const pids = new Map([[child.pid, "main"], ...await descendants(child.pid)]);
+      const server = Number(await Deno.readTextFile(serverPidFile).catch(() => ""));
+      if (server > 0) pids.set(server, "nats-server");
       for (const [pid, comm] of pids) {
         const b = await vmHwm(pid);
         if (b !== null) peak.set(pid, { comm, bytes: Math.max(b, peak.get(pid)?.bytes ?? 0) });
@@ -128,6 +133,7 @@ async function harness(mode: "fwdbwd" | "job", spec: Record<string, unknown>): P
   const out = await child.output();
   done = true;
   await poll;
+  await Deno.remove(serverPidFile).catch(() => {});
   const text = new TextDecoder().decode(out.stdout);
   const line = text.split("\n").find((l) => l.startsWith("SCALE "));
   if (!out.success || !line) {

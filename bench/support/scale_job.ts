@@ -130,10 +130,14 @@ async function fwdBwd(spec: FwdBwdSpec): Promise<void> {
   }
 }
 
-type JobSpec = Partial<FinetuneOptions> & { steps: number };
+/**
+ * `serverPidFile`: where to write the pid of the job's private nats-server, which runs detached
+ * (runtime/nats_server.ts) and so is not below this process for the bench's memory poll.
+ */
+type JobSpec = Partial<FinetuneOptions> & { steps: number; serverPidFile?: string };
 
 async function job(spec: JobSpec): Promise<void> {
-  const { steps, ...over } = spec;
+  const { steps, serverPidFile, ...over } = spec;
   const o: FinetuneOptions = { ...defaultOptions(), ...over };
   // The folder's config only: the weights are the driver's to read.
   const { config } = await inspectModelFolder(o.model);
@@ -157,6 +161,9 @@ async function job(spec: JobSpec): Promise<void> {
   }
   await Deno.mkdir(o.out, { recursive: true });
   const system = await startSystem(o);
+  if (serverPidFile && system.server) {
+    await Deno.writeTextFile(serverPidFile, String(system.server.pid));
+  }
   try {
     const driver = await system.spawn(Driver, {
       job: `scale${crypto.randomUUID().slice(0, 8)}`,
