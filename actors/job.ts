@@ -176,6 +176,7 @@ export function planInput(
     loadVia: o.loadVia,
     svdThreads: o.svdThreads,
     svdDevice: o.svdDevice,
+    privateServer: !o.nats,
     limits,
   };
 }

@@ -99,7 +99,7 @@ interface Peaks {
   main: number;
   /** Each Deno process below it (a job's worker nodes), largest first. */
   nodes: number[];
-  /** nats-server processes below it. */
+  /** The job's nats-server (its private one, found through the pid file).*/
   nats: number[];
 }
 
@@ -162,6 +162,8 @@ function planOf(
 ): MemoryPlan {
   return memoryPlan({
     loadVia,
+    // Every job here starts its own nats-server.
+    privateServer: true,
     config: shape.config,
     method,
     workers,
@@ -189,8 +191,8 @@ function hostNeed(p: MemoryPlan): number {
 }
 
 /** The sum of the driver's and the worker processes' peaks. */
-function sumPeaks(p: { main: number; nodes: number[] }): number {
-  return p.main + p.nodes.reduce((a, b) => a + b, 0);
+function sumPeaks(p: Peaks): number {
+  return p.main + [...p.nodes, ...p.nats].reduce((a, b) => a + b, 0);
 }
 
 function available(): number {
@@ -392,12 +394,9 @@ export async function run(report: Report): Promise<void> {
         );
         fig(`load via ${label}: all processes, plan`, hostNeed(lp) / MiB, "MiB");
         if (r.peaks.nats.length > 0) {
-          fig(
-            `load via ${label}: nats-server peak RSS (not in the plan)`,
-            r.peaks.nats[0] / MiB,
-            "MiB",
-          );
+          fig(`load via ${label}: nats-server peak RSS`, r.peaks.nats[0] / MiB, "MiB");
         }
+        fig(`load via ${label}: nats-server plan`, (lp.host.server ?? 0) / MiB, "MiB");
         // The driver's own count of the bytes of W it held for the object store (one chunk at a
         // time), against the plan's serialized term.
         const ws = r.figures.weightsStore as { chunks: number; peakBytes: number } | undefined;

@@ -241,6 +241,22 @@ Deno.test("the host term counts the driver and every worker process, devices in 
   );
   // The same K = 4 run on devices of their own only needs the processes' host memory.
   checkMemoryPlan(plan(4, "auto"), { ...host, deviceMemory: 80 * GiB }, false);
+
+  // A private nats-server (no --nats) is counted: its own memory, and through the object store
+  // a chunk per worker being delivered, the driver's put and the store's last block; with
+  // --nats it runs elsewhere and is not.
+  const own = (loadVia: "auto" | "store") =>
+    memoryPlan({ ...planInput(2, loadVia), privateServer: true });
+  assert.equal(p2.host.server, undefined);
+  assert.equal(own("auto").host.server, 128 << 20);
+  assert.equal(own("store").host.server, (128 << 20) + 4 * chunk);
+  assert.equal(hostNeed(own("store"), true), hostNeed(s2, true) + (128 << 20) + 4 * chunk);
+  assert.ok(planLines(own("store")).some((l) => /private nats-server: 384\.0 MiB/.test(l)));
+  assert.throws(
+    () => checkMemoryPlan(own("store"), { ...host, hostMemory: hostNeed(s2, true) }, true),
+    (e: unknown) =>
+      e instanceof MemoryPlanError && /the nats-server \(384\.0 MiB\)/.test(e.message),
+  );
 });
 
 Deno.test("with --recompute the plan counts one set of layer activations, not one per layer", () => {

@@ -89,6 +89,8 @@ export interface MemoryPlanInput {
   loadVia?: "auto" | "store";
   /** The largest chunk of W through the object store (default STORE_CHUNK_BYTES, 64 MiB). */
   storeChunkBytes?: number;
+  /** The job starts its own nats-server on this host (no `--nats`): its memory is counted. */
+  privateServer?: boolean;
   limits?: PlanLimits;
 }
 
@@ -127,6 +129,11 @@ export interface HostMemory {
   /** The driver's process: weights + serialized + svd + runtime. */
   total: number;
   /**
+   * The job's private nats-server on this host (absent: none started, `--nats`, or a report
+   * from before it was counted): see NATS_SERVER_RUNTIME.
+   */
+  server?: number;
+  /**
    * One worker process's host memory besides its device's bytes: its runtime and its peak while
    * loading W (absent in reports from before it was counted), or, if larger, while it runs a
    * randomized SVD of the init on its device (`svd`, present only then).
@@ -147,6 +154,14 @@ export const WORKER_RUNTIME = 512 * MiB;
  * driver's peak was 339 MiB over W + one SVD workspace + DRIVER_RUNTIME.
  */
 export const SVD_THREAD_RUNTIME = 160 * MiB;
+/**
+ * A private nats-server's own memory (JetStream's file store, the actors' subjects), and, for a
+ * load through the object store, a chunk per worker being delivered plus the driver's put in
+ * flight and the store's cache of the last written block. `deno task bench scale` measured its
+ * peak RSS at K = 2: 16 / 61 MiB loading 135M / 1B from the folder, 237 / 341 MiB through the
+ * store (9 / 74 chunks of 64 MiB): bounded by the chunks, not by W.
+ */
+export const NATS_SERVER_RUNTIME = 128 * MiB;
 
 export interface MemoryPlan {
   workers: number;
@@ -448,6 +463,7 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     for (const n of rowsAt) piece = Math.max(piece, n * cols * f32);
   }
   const load = 3 * piece + 2 * chunk;
+  const server = input.privateServer ? NATS_SERVER_RUNTIME + (viaStore ? (K + 2) * chunk : 0) : 0;
   const host: HostMemory = {
     weights: hostWeights,
     serialized,
@@ -455,6 +471,7 @@ export function memoryPlan(input: MemoryPlanInput): MemoryPlan {
     svd,
     runtime: DRIVER_RUNTIME,
     total: hostWeights + serialized + svd + DRIVER_RUNTIME,
+    ...(server > 0 ? { server } : {}),
     // Loading ends before the SVDs start: the worker's peak is the larger of the two.
     worker: {
       runtime: WORKER_RUNTIME,
@@ -518,6 +535,9 @@ export function planLines(p: MemoryPlan): string[] {
         } = ${b(p.host.worker.total)}`,
       ]
       : []),
+    ...(p.host.server
+      ? [`  host, the private nats-server: ${b(p.host.server)} (its own and the chunks in flight)`]
+      : []),
   ];
 }
 
@@ -527,7 +547,7 @@ export function planLines(p: MemoryPlan): string[] {
  */
 export function hostNeed(p: MemoryPlan, sharedHost: boolean): number {
   const perWorker = (p.host.worker?.total ?? 0) + (sharedHost ? p.worker.total : 0);
-  return p.host.total + p.workers * perWorker;
+  return p.host.total + (p.host.server ?? 0) + p.workers * perWorker;
 }
 
 /**
@@ -599,7 +619,9 @@ export function checkMemoryPlan(
       "a host with more memory",
     ].filter((x) => x !== "").join(", or ");
     throw new MemoryPlanError(
-      `the run does not fit: the driver (${b(p.host.total)}) and ${p.workers} worker ` +
+      `the run does not fit: the driver (${b(p.host.total)})${
+        p.host.server ? `, the nats-server (${b(p.host.server)})` : ""
+      } and ${p.workers} worker ` +
         `process(es) (${b(perWorker)} each${
           sharedHost ? ", their devices in host memory" : ""
         }) need ${b(onHost)} of host memory, the host has ${b(hostMem)}; use ${hostAdvice}\n${
