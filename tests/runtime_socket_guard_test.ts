@@ -8,17 +8,19 @@ import net from "node:net";
 import { guardLateSocketErrors } from "../runtime/connect.ts";
 
 /**
- * A real TCP socket that this side has ended (as nats.js's transport ends its side when the
- * server ends the connection), to a server that keeps its own side open.
+ * A real TCP socket whose connection has ended: this side ended it (as nats.js's transport ends
+ * its side when the server ends the connection) while the server keeps its own open, or the
+ * server ended it.
  */
-async function endedSocket(): Promise<{ sock: net.Socket; close: () => Promise<void> }> {
+async function endedSocket(
+  by: "us" | "peer",
+): Promise<{ sock: net.Socket; close(): Promise<void> }> {
   const peers: net.Socket[] = [];
-  const server = net.createServer((s) => peers.push(s));
+  const server = net.createServer((s) => by === "peer" ? s.end() : peers.push(s));
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const port = (server.address() as net.AddressInfo).port;
-  const sock = net.connect(port, "127.0.0.1");
-  await new Promise<void>((r) => sock.once("connect", () => r()));
-  sock.end();
+  const sock = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
+  await new Promise<void>((r) => sock.once(by === "peer" ? "end" : "connect", () => r()));
+  if (by === "us") sock.end();
   const close = async () => {
     sock.destroy();
     for (const p of peers) p.destroy();
@@ -27,35 +29,30 @@ async function endedSocket(): Promise<{ sock: net.Socket; close: () => Promise<v
   return { sock, close };
 }
 
-Deno.test("a write after a socket's end, with no listener left, is dropped by the guard", async () => {
-  guardLateSocketErrors();
-  const { sock, close } = await endedSocket();
-  // As nats.js's transport does on close: no "error" listener remains when the write fails.
+/** Writes to `sock` as nats.js's transport does on close: no "error" listener remains. */
+async function writeWithNoListener(sock: net.Socket): Promise<string | undefined> {
   sock.removeAllListeners();
-  let failed: Error | null = null;
+  let failed: (Error & { code?: string }) | null = null;
   sock.write(new Uint8Array([1]), (e) => (failed = e ?? null));
   // The stream reports the error on a later tick; the test runner fails the test if it escapes.
   await new Promise((r) => setTimeout(r, 50));
   assert.ok(failed, "the write itself failed");
-  assert.equal((failed as unknown as { code: string }).code, "ERR_STREAM_WRITE_AFTER_END");
-  await close();
-});
+  return (failed as Error & { code?: string }).code;
+}
 
-Deno.test("a write after the peer ended the connection, with no listener left, is dropped by the guard", async () => {
-  guardLateSocketErrors();
-  const server = net.createServer((s) => s.end());
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const sock = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
-  await new Promise<void>((r) => sock.once("end", () => r()));
-  sock.removeAllListeners();
-  let failed: Error | null = null;
-  sock.write(new Uint8Array([1]), (e) => (failed = e ?? null));
-  await new Promise((r) => setTimeout(r, 50));
-  assert.ok(failed, "the write itself failed");
-  assert.equal((failed as unknown as { code: string }).code, "EPIPE");
-  sock.destroy();
-  await new Promise<void>((r) => server.close(() => r()));
-});
+for (
+  const [by, code] of [["us", "ERR_STREAM_WRITE_AFTER_END"], ["peer", "EPIPE"]] as const
+) {
+  Deno.test(`a write after ${by === "us" ? "this side" : "the peer"} ended the connection, with no listener left, is dropped by the guard`, async () => {
+    guardLateSocketErrors();
+    const { sock, close } = await endedSocket(by);
+    try {
+      assert.equal(await writeWithNoListener(sock), code);
+    } finally {
+      await close();
+    }
+  });
+}
 
 Deno.test("the guard leaves any other uncaught error alone", async () => {
   guardLateSocketErrors();
