@@ -53,6 +53,7 @@ import {
   InitOutput,
   LoadInput,
   LoadOutput,
+  ObjectRef,
   SaveInput,
   SaveOutput,
   StepInput,
@@ -62,9 +63,10 @@ import {
   Update,
   type WeightSource,
 } from "./messages.ts";
-import { FRAME_SLACK, objectDigest, tensorDigest } from "./digest.ts";
+import { FRAME_SLACK, tensorDigest } from "./digest.ts";
 import { DOMAIN_ERRORS } from "./errors.ts";
 import { StoredWeightsError, streamStoredWeights } from "./stored_weights.ts";
+import { getAnnounced, StoredObjectError } from "./stored_object.ts";
 import { DomainError } from "../core/errors.ts";
 
 /** The driver asked for something the worker's protocol state does not allow. */
@@ -89,6 +91,7 @@ export const WORKER_ERRORS = [
   StepProtocolError,
   UpdateMissingError,
   StoredWeightsError,
+  StoredObjectError,
   ...DOMAIN_ERRORS,
 ];
 
@@ -380,15 +383,15 @@ export const GpuWorker = defineActor({
         const store = await ctx.objects();
         const settings = s.load.settings;
         const method = getMethod(settings.method);
-        const { tensors } = parseSafetensors(await store.get(input.factors), {}, "factors");
+        // Both objects are read before anything changes: a failed get leaves the worker as it was.
+        const factors = await getAnnounced(store, input.factors, "the factors", input.waitMs);
+        const state = input.state &&
+          await getAnnounced(store, input.state, "the checkpoint's state", input.waitMs);
+        const { tensors } = parseSafetensors(factors, {}, input.factors.name);
         const init = method.initFromTensors(tensors, settings);
         s.method = method.createWorker(s.model, settings, s.worker, init);
-        if (input.state) {
-          const { tensors, metadata } = parseSafetensors(
-            await store.get(input.state),
-            {},
-            input.state,
-          );
+        if (input.state && state) {
+          const { tensors, metadata } = parseSafetensors(state, {}, input.state.name);
           s.method.restoreState({
             optimizerStep: Number(metadata.optimizer_step),
             moments: tensors,
@@ -547,8 +550,8 @@ export const GpuWorker = defineActor({
           results.push(r);
           out.push({ name, m, n, k: r.k, ms: performance.now() - t0 });
         }
-        await (await ctx.objects()).put(input.out, encodeSvds(results));
-        return { matrices: out };
+        const e = await (await ctx.objects()).put(input.out, encodeSvds(results));
+        return { digest: e.digest, matrices: out };
       },
     },
     /** Greedy decoding of token prompts with the current (merged, if merged) weights. */
@@ -623,14 +626,11 @@ export const GpuWorker = defineActor({
      * worker 0 so that the drift never accumulates.
      */
     importShared: {
-      input: z.object({ name: z.string(), digest: z.string() }),
+      input: ObjectRef,
       output: z.object({ sha256: z.string() }),
       handler: async (s, input, ctx) => {
         const { model, method } = s.need();
-        const bytes = await (await ctx.objects()).get(input.name);
-        if (objectDigest(bytes) !== input.digest) {
-          throw new StepProtocolError(`${input.name} does not have the digest ${input.digest}`);
-        }
+        const bytes = await getAnnounced(await ctx.objects(), input, "the export to import");
         const { tensors, metadata } = parseSafetensors(bytes, {}, input.name);
         for (const name of model.weightNames()) {
           const t = tensors.get(name);

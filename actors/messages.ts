@@ -59,15 +59,26 @@ export const LoadOutput = z.object({
   parameters: z.number().int(),
 });
 
-/** Object-store names of the method's initial factors and of a state to restore, if any. */
+/**
+ * An object in the store as its putter reported it: the name and the digest `put` returned
+ * (`SHA-256=<base64url>`). The reader gets exactly those bytes, waiting out a lagging replica.
+ */
+export const ObjectRef = z.object({ name: z.string(), digest: z.string() });
+
+/** The object-store window a worker's get waits for a lagging replica by default (30 s). */
+export const OBJECT_WAIT_MS = 30_000;
+
+/** Objects of the method's initial factors and of a state to restore, if any. */
 export const InitInput = z.object({
   generation: z.number().int().min(0),
   /** Safetensors of `<weight>.A<j>`, `<weight>.B<j>`, and `<weight>.residual` (PiSSA). */
-  factors: z.string(),
+  factors: ObjectRef,
   /** A checkpoint's state of this worker to restore after the init (optimizer moments). */
-  state: z.string().optional(),
+  state: ObjectRef.optional(),
   /** The step the worker is at after the init: the last applied step (−1: none). */
   appliedStep: z.number().int().min(-1),
+  /** How long the gets of `factors` and `state` wait for a lagging replica (ms). */
+  waitMs: z.number().int().min(0).default(OBJECT_WAIT_MS),
 });
 
 export const InitOutput = z.object({ optimizerFloats: z.number().int() });
@@ -205,8 +216,12 @@ export const SvdInput = z.object({
   out: z.string(),
 });
 
-/** The shapes of the SVDs in `out`, in the order asked, and each one's time on the device. */
+/**
+ * The shapes of the SVDs in `out`, in the order asked, and each one's time on the device; the
+ * digest `out` was put with, which the driver's get asks for.
+ */
 export const SvdOutput = z.object({
+  digest: z.string(),
   matrices: z.array(z.object({
     name: z.string(),
     m: z.number().int().min(1),

@@ -65,6 +65,7 @@ import { PretrainError } from "../train/pretrain/pretrain.ts";
 import { SamplingError } from "../model/sampling.ts";
 import { WeightDigestError } from "../model/folder_digest.ts";
 import { StoredWeightsError } from "../actors/stored_weights.ts";
+import { StoredObjectError } from "../actors/stored_object.ts";
 import { InferenceError } from "../infer/session.ts";
 import { MethodSettingsError } from "../train/methods/method.ts";
 import { UnknownMethodError } from "../train/methods/registry.ts";
@@ -150,6 +151,11 @@ const SAMPLES: DomainError[] = [
     "model.norm.weight",
   ]),
   new StoredWeightsError("no manifest", "job.weights.g0", []),
+  new StoredObjectError(
+    "the factors job.factors cannot be read as it was put: not found",
+    "job.factors",
+    "SHA-256=" + "A".repeat(43) + "=",
+  ),
   new ContributionError(1, "nonfinite", "NaN"),
   new WorkerStateError("state"),
   new AdapterInitError("rank too large", "q_proj"),

@@ -12,7 +12,7 @@ import { resolvedConfig } from "../../train/cli/options.ts";
 import { isFactorKey } from "../../train/methods/factors.ts";
 import type { EvalScore } from "../../train/eval/score.ts";
 import { type LoadedCheckpoint, writeCheckpoint } from "../../train/checkpoint/checkpoint.ts";
-import { CALL, type DriverContext, type RunState } from "./context.ts";
+import { CALL, type DriverContext, type RunState, type StoredRef } from "./context.ts";
 import { takeReported } from "./objects.ts";
 import type { Fleet, RunInputs } from "./setup.ts";
 
@@ -84,17 +84,20 @@ export async function restoreCheckpoint(
   }
   // PiSSA's live W is the residual; the worker keeps it as loaded.
   const store = await ctx.system.objects();
-  state.factors = `${ctx.job}.factors.g${state.generation}`;
-  await store.put(state.factors, serializeSafetensors(factors));
+  const put = await store.put(
+    `${ctx.job}.factors.g${state.generation}`,
+    serializeSafetensors(factors),
+  );
+  state.factors = { name: put.name, digest: put.digest };
   await fleet.load(W, run, state.generation);
-  const states: string[] = [];
+  const states: StoredRef[] = [];
   for (let k = 0; k < ctx.o.workers; k++) {
     const name = `${ctx.job}.state.g${state.generation}.w${k}`;
-    await store.put(name, ckpt.files.get(`worker-${k}.safetensors`)!);
-    states.push(name);
+    const e = await store.put(name, ckpt.files.get(`worker-${k}.safetensors`)!);
+    states.push({ name: e.name, digest: e.digest });
   }
   await fleet.init(state.generation, state.factors, states, ckpt.state.applied_step);
-  for (const n of states) await store.delete(n);
+  for (const s of states) await store.delete(s.name);
   state.nextStep = ckpt.state.applied_step + 1;
   state.steps = state.steps.filter((s) => s.step < state.nextStep);
 }

@@ -8,6 +8,7 @@ import type { FinetuneOptions } from "../../train/cli/options.ts";
 import type { TrainingMethod } from "../../train/methods/method.ts";
 import type { StepRecord } from "../../train/report/report.ts";
 import type { GpuWorker } from "../gpu_worker.ts";
+import type { ObjectRef } from "../messages.ts";
 import { DomainError } from "../../core/errors.ts";
 import { z } from "zod";
 
@@ -78,14 +79,20 @@ export interface DriverContext {
   emit(what: string, data: Record<string, unknown>): void;
 }
 
+/** An object the driver put, as the workers get it: its name and the digest `put` returned. */
+export type StoredRef = z.infer<typeof ObjectRef>;
+
 /** The run's position and counters: owned by the driver, advanced by its parts. */
 export class RunState {
   generation = 0;
   /** The next step to run. */
   nextStep = 0;
   steps: DriverStep[] = [];
-  /** Name in the object store of the current initial factors (kept for rollbacks). */
-  factors = "";
+  /**
+   * The current initial factors in the object store, with the digest their put returned (kept
+   * for rollbacks); null before the init.
+   */
+  factors: StoredRef | null = null;
   /** Wall time of the adapter init (SVDs included), ms; null when the run resumed. */
   initMs: number | null = null;
   /** Where the init's randomized SVDs ran (`--svd-device`) and why; null when there were none. */

@@ -4,8 +4,7 @@
  * older generation, or anybody else with the system's credentials, cannot slip bytes in.
  * @module
  */
-import type { ObjectStore } from "../../runtime/mod.ts";
-import { objectDigest } from "../digest.ts";
+import { type ObjectStore, ObjectStoreError } from "../../runtime/mod.ts";
 import { TrainingError } from "./context.ts";
 
 /** An object as a worker reports it. */
@@ -15,17 +14,24 @@ export interface Reported {
 }
 
 /**
- * The bytes of `e`, which must have the digest its worker reported; otherwise a TrainingError
- * with `changed(name)` as its message.
+ * The bytes of `e`, which must have the digest its worker reported. The get waits for them for
+ * the store's election window (a replica behind the worker's put answers late); then an object
+ * there under another digest is a TrainingError with `changed(name)` as its message, a missing
+ * one the store's ObjectStoreError.
  */
 export async function readReported(
   store: ObjectStore,
   e: Reported,
   changed: (name: string) => string,
 ): Promise<Uint8Array> {
-  const bytes = await store.get(e.name);
-  if (objectDigest(bytes) !== e.digest) throw new TrainingError(changed(e.name));
-  return bytes;
+  try {
+    return await store.get(e.name, { digest: e.digest });
+  } catch (err) {
+    if (!(err instanceof ObjectStoreError)) throw err;
+    const now = await store.info(e.name);
+    if (now && now.digest !== e.digest) throw new TrainingError(changed(e.name), { cause: err });
+    throw err;
+  }
 }
 
 /**

@@ -178,6 +178,9 @@ export class Recovery {
     if (ckpt) {
       await restoreCheckpoint(ctx, run, fleet, state, ckpt);
     } else {
+      if (!state.factors) {
+        throw new TrainingError("a rollback before the adapter init: no factors to start from");
+      }
       await fleet.load(run.baseWeights, run, state.generation, true);
       await fleet.init(state.generation, state.factors, undefined, -1);
       state.nextStep = 0;

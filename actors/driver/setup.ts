@@ -43,7 +43,14 @@ import { decodeSvds } from "../../train/linalg/svd_wire.ts";
 import { AdapterInitError } from "../../train/methods/adapter_init.ts";
 import { type InitOptions, initOptionsOf } from "../../train/methods/init.ts";
 import { deleteStoredWeights, putStoredWeights, StoreBytes } from "../stored_weights.ts";
-import { CALL, type DriverContext, type RunState, TrainingError, type Worker } from "./context.ts";
+import {
+  CALL,
+  type DriverContext,
+  type RunState,
+  type StoredRef,
+  TrainingError,
+  type Worker,
+} from "./context.ts";
 
 /** What a run reads once, in setup, and never changes. */
 
@@ -287,11 +294,14 @@ export class Fleet {
     if (put) await deleteStoredWeights(store, put.objects);
   }
 
-  /** Sets up the method on every worker from `factors` (and a checkpoint's states). */
+  /**
+   * Sets up the method on every worker from `factors` (and a checkpoint's states), each named
+   * with the digest its put returned.
+   */
   async init(
     generation: number,
-    factors: string,
-    states: string[] | undefined,
+    factors: StoredRef,
+    states: StoredRef[] | undefined,
     appliedStep: number,
   ): Promise<void> {
     const out = await Promise.all(
@@ -409,7 +419,7 @@ async function svdsOnWorkers(
         if (!(e instanceof SvdError)) throw e;
         throw new AdapterInitError(`worker ${k}: ${e.message}`, r.name);
       }
-      const [svd] = decodeSvds(await store.get(out), reply.matrices);
+      const [svd] = decodeSvds(await store.get(out, { digest: reply.digest }), reply.matrices);
       await store.delete(out);
       results.set(r.name, svd);
       const ms = reply.matrices[0].ms;
@@ -439,8 +449,11 @@ export async function initMethod(
   state.initMs = performance.now() - t0;
   ctx.log(`adapter init: ${(state.initMs / 1000).toFixed(1)} s`);
   const tensors = ctx.method.initToTensors(run.config, o, init);
-  state.factors = `${ctx.job}.factors`;
-  await (await ctx.system.objects()).put(state.factors, serializeSafetensors(tensors));
+  const put = await (await ctx.system.objects()).put(
+    `${ctx.job}.factors`,
+    serializeSafetensors(tensors),
+  );
+  state.factors = { name: put.name, digest: put.digest };
   await fleet.init(state.generation, state.factors, undefined, -1);
   state.nextStep = 0;
 }
