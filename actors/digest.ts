@@ -16,11 +16,5 @@ export function tensorDigest(t: Float32Array): string {
     .digest("hex");
 }
 
-/** SHA-256 of bytes in the object store's notation (`SHA-256=<base64url>`). */
-export function objectDigest(bytes: Uint8Array): string {
-  const b64 = createHash("sha256").update(bytes).digest("base64");
-  return `SHA-256=${b64.replaceAll("+", "-").replaceAll("/", "_")}`;
-}
-
 /** Bytes of slack over a tensor's own bytes for its frame's header (names, shape, JSON). */
 export const FRAME_SLACK = 64 * 1024;
